@@ -1,0 +1,1 @@
+//! Criterion benches for Kluis live in benches/benches/*.rs.

@@ -1,0 +1,308 @@
+//! The primitives Kluis uses, behind one small interface with two interchangeable backends.
+//!
+//! - [`Backend::RustCrypto`]: pure Rust (`aes-gcm`, `chacha20poly1305`, `hkdf`, `hmac`, `sha2`),
+//!   portable, zeroizes its key schedules. Always compiled in; the reference implementation.
+//! - [`Backend::Ring`] (feature `ring`, on by default): `ring`'s assembly AES-GCM and SHA-256, about
+//!   twice as fast for AES-256-GCM on x86-64. `ring` does not zeroize its internal key schedules;
+//!   SECURITY.md says so.
+//!
+//! Both backends produce and accept exactly the same bytes; `tests/tests/differential.rs` checks
+//! it with property tests. XChaCha20-Poly1305 is always computed by RustCrypto (`ring` has no
+//! XChaCha).
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::secret::{KEY_LEN, KeyMaterial};
+
+/// Length of every AEAD tag used by Kluis.
+pub const TAG_LEN: usize = 16;
+
+/// Which implementation computes the primitives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Backend {
+    /// Pure-Rust RustCrypto crates.
+    RustCrypto,
+    /// `ring` (feature `ring`).
+    #[cfg(feature = "ring")]
+    Ring,
+}
+
+impl Backend {
+    /// The fastest backend compiled in.
+    pub const fn preferred() -> Self {
+        #[cfg(feature = "ring")]
+        {
+            Self::Ring
+        }
+        #[cfg(not(feature = "ring"))]
+        {
+            Self::RustCrypto
+        }
+    }
+
+    /// Every backend compiled in.
+    pub const fn all() -> &'static [Backend] {
+        #[cfg(feature = "ring")]
+        {
+            &[Self::RustCrypto, Self::Ring]
+        }
+        #[cfg(not(feature = "ring"))]
+        {
+            &[Self::RustCrypto]
+        }
+    }
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Self::preferred()
+    }
+}
+
+/// An AEAD algorithm suite. The id is written into every ciphertext.
+///
+/// Both suites derive a fresh key per message (or per document) with HKDF-SHA256 and carry a
+/// 256-bit key commitment; see docs/FORMAT.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Suite {
+    /// AES-256-GCM. The default: with AES-NI/VAES it is the fastest (see BENCHMARKS.md).
+    #[default]
+    Aes256Gcm,
+    /// XChaCha20-Poly1305. For platforms without AES hardware.
+    XChaCha20Poly1305,
+}
+
+impl Suite {
+    /// The id byte in the wire format.
+    pub const fn id(self) -> u8 {
+        match self {
+            Self::Aes256Gcm => 0x01,
+            Self::XChaCha20Poly1305 => 0x02,
+        }
+    }
+
+    /// Parses the id byte.
+    pub fn from_id(id: u8) -> Result<Self> {
+        match id {
+            0x01 => Ok(Self::Aes256Gcm),
+            0x02 => Ok(Self::XChaCha20Poly1305),
+            other => Err(Error::UnsupportedSuite(other)),
+        }
+    }
+}
+
+/// A prepared HKDF-SHA256 PRK (RFC 5869 section 3.3: the key is already uniformly random, so the
+/// extract step is skipped and the key is used as the PRK). Preparing it once precomputes the HMAC
+/// pads, so each expand costs only the hashing of `info`.
+pub(crate) enum Prk {
+    RustCrypto(Box<Hkdf<Sha256>>),
+    #[cfg(feature = "ring")]
+    Ring(ring::hkdf::Prk),
+}
+
+#[cfg(feature = "ring")]
+struct RingLen(usize);
+#[cfg(feature = "ring")]
+impl ring::hkdf::KeyType for RingLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+impl Prk {
+    pub(crate) fn new(backend: Backend, key: &KeyMaterial) -> Result<Self> {
+        match backend {
+            Backend::RustCrypto => Hkdf::<Sha256>::from_prk(key.expose_secret())
+                .map(|h| Self::RustCrypto(Box::new(h)))
+                .map_err(|_| Error::ApiMisuse("hkdf prk length")),
+            #[cfg(feature = "ring")]
+            Backend::Ring => {
+                Ok(Self::Ring(ring::hkdf::Prk::new_less_safe(ring::hkdf::HKDF_SHA256, key.expose_secret())))
+            }
+        }
+    }
+
+    /// HKDF-Expand(PRK, info = concatenation of `info`, L = out.len()).
+    pub(crate) fn expand(&self, info: &[&[u8]], out: &mut [u8]) -> Result<()> {
+        match self {
+            Self::RustCrypto(h) => {
+                h.expand_multi_info(info, out).map_err(|_| Error::ApiMisuse("hkdf output length"))
+            }
+            #[cfg(feature = "ring")]
+            Self::Ring(p) => p
+                .expand(info, RingLen(out.len()))
+                .and_then(|okm| okm.fill(out))
+                .map_err(|_| Error::ApiMisuse("hkdf output length")),
+        }
+    }
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`, with the preferred backend.
+pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    hmac_sha256_with(Backend::preferred(), key, parts)
+}
+
+/// HMAC-SHA256 over the concatenation of `parts`, with a chosen backend.
+pub(crate) fn hmac_sha256_with(backend: Backend, key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    match backend {
+        Backend::RustCrypto => hmac_sha256_rustcrypto(key, parts),
+        #[cfg(feature = "ring")]
+        Backend::Ring => {
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+            let mut ctx = ring::hmac::Context::with_key(&k);
+            for p in parts {
+                ctx.update(p);
+            }
+            let tag = ctx.sign();
+            let mut out = [0u8; 32];
+            out.copy_from_slice(tag.as_ref());
+            out
+        }
+    }
+}
+
+fn hmac_sha256_rustcrypto(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = match <Hmac<Sha256> as KeyInit>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0u8; 32],
+    };
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// SHA-256 of the concatenation of `parts`.
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// A prepared AEAD key for one suite and backend.
+pub(crate) enum AeadKey {
+    RcAes(Box<aes_gcm::Aes256Gcm>),
+    RcXChaCha(Box<chacha20poly1305::XChaCha20Poly1305>),
+    #[cfg(feature = "ring")]
+    RingAes(Box<ring::aead::LessSafeKey>),
+}
+
+/// The 96-bit nonce part every Kluis nonce is built from. XChaCha20-Poly1305 receives twelve zero
+/// bytes followed by these twelve (its 192-bit nonce is not needed for uniqueness, since every
+/// key is derived per message or per document).
+pub(crate) type Nonce96 = [u8; 12];
+
+impl AeadKey {
+    pub(crate) fn new(backend: Backend, suite: Suite, key: &[u8; KEY_LEN]) -> Result<Self> {
+        match (suite, backend) {
+            (Suite::XChaCha20Poly1305, _) => chacha20poly1305::XChaCha20Poly1305::new_from_slice(key)
+                .map(|k| Self::RcXChaCha(Box::new(k)))
+                .map_err(|_| Error::ApiMisuse("aead key length")),
+            (Suite::Aes256Gcm, Backend::RustCrypto) => aes_gcm::Aes256Gcm::new_from_slice(key)
+                .map(|k| Self::RcAes(Box::new(k)))
+                .map_err(|_| Error::ApiMisuse("aead key length")),
+            #[cfg(feature = "ring")]
+            (Suite::Aes256Gcm, Backend::Ring) => ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
+                .map(|k| Self::RingAes(Box::new(ring::aead::LessSafeKey::new(k))))
+                .map_err(|_| Error::ApiMisuse("aead key length")),
+        }
+    }
+
+    /// Encrypts `buf` in place and returns the tag.
+    pub(crate) fn seal_detached(&self, nonce: &Nonce96, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+        let mut out = [0u8; TAG_LEN];
+        match self {
+            Self::RcAes(k) => {
+                let n = aes_gcm::aead::Nonce::<aes_gcm::Aes256Gcm>::from(*nonce);
+                let tag = k
+                    .encrypt_inout_detached(&n, aad, buf.into())
+                    .map_err(|_| Error::LimitReached("aead message length"))?;
+                out.copy_from_slice(tag.as_slice());
+            }
+            Self::RcXChaCha(k) => {
+                let n = chacha20poly1305::XNonce::from(xnonce(nonce));
+                let tag = k
+                    .encrypt_inout_detached(&n, aad, buf.into())
+                    .map_err(|_| Error::LimitReached("aead message length"))?;
+                out.copy_from_slice(tag.as_slice());
+            }
+            #[cfg(feature = "ring")]
+            Self::RingAes(k) => {
+                let n = ring::aead::Nonce::assume_unique_for_key(*nonce);
+                let tag = k
+                    .seal_in_place_separate_tag(n, ring::aead::Aad::from(aad), buf)
+                    .map_err(|_| Error::LimitReached("aead message length"))?;
+                out.copy_from_slice(tag.as_ref());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Decrypts `buf` in place after checking `tag`. On failure `buf` holds no plaintext
+    /// (RustCrypto and ring both leave it unchanged or zeroed).
+    pub(crate) fn open_detached(
+        &self,
+        nonce: &Nonce96,
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()> {
+        match self {
+            Self::RcAes(k) => {
+                let n = aes_gcm::aead::Nonce::<aes_gcm::Aes256Gcm>::from(*nonce);
+                let t = aes_gcm::aead::Tag::<aes_gcm::Aes256Gcm>::from(*tag);
+                k.decrypt_inout_detached(&n, aad, buf.into(), &t).map_err(|_| Error::Decrypt)
+            }
+            Self::RcXChaCha(k) => {
+                let n = chacha20poly1305::XNonce::from(xnonce(nonce));
+                let t = chacha20poly1305::Tag::from(*tag);
+                k.decrypt_inout_detached(&n, aad, buf.into(), &t).map_err(|_| Error::Decrypt)
+            }
+            #[cfg(feature = "ring")]
+            Self::RingAes(k) => {
+                let n = ring::aead::Nonce::assume_unique_for_key(*nonce);
+                let t = ring::aead::Tag::from(*tag);
+                k.open_in_place_separate_tag(n, ring::aead::Aad::from(aad), t, buf, 0..)
+                    .map(|_| ())
+                    .map_err(|_| Error::Decrypt)
+            }
+        }
+    }
+}
+
+fn xnonce(n: &Nonce96) -> [u8; 24] {
+    let mut x = [0u8; 24];
+    if let Some(dst) = x.get_mut(12..) {
+        dst.copy_from_slice(n);
+    }
+    x
+}
+
+/// 64 bytes of HKDF output: a one-time AEAD key and a key commitment.
+pub(crate) struct DerivedKeys {
+    pub(crate) aead_key: Zeroizing<[u8; KEY_LEN]>,
+    pub(crate) commitment: [u8; 32],
+}
+
+/// Derives the one-time AEAD key and the commitment for `info` from a prepared PRK.
+pub(crate) fn derive_keys(prk: &Prk, info: &[&[u8]]) -> Result<DerivedKeys> {
+    let mut okm = Zeroizing::new([0u8; 64]);
+    prk.expand(info, okm.as_mut_slice())?;
+    let mut aead_key = Zeroizing::new([0u8; KEY_LEN]);
+    let mut commitment = [0u8; 32];
+    let (a, c) = okm.split_at(KEY_LEN);
+    aead_key.copy_from_slice(a);
+    commitment.copy_from_slice(c);
+    Ok(DerivedKeys { aead_key, commitment })
+}

@@ -1,0 +1,899 @@
+//! Key hierarchy: root key provider → domain keys (per tenant, domain, version) → subject keys.
+//!
+//! ```text
+//! root key (keyring file or KMS; never in the database)
+//!   └─ wraps ─ domain key (tenant, domain, version)   state: active | decrypt-only | destroyed
+//!                 ├─ seals ─ field values of that domain
+//!                 ├─ seals ─ subject key (tenant, domain, subject, version)  → destroy = crypto-shred
+//!                 │             └─ seals ─ field values and document keys of that subject
+//!                 └─ derives ─ blind index keys (HKDF, per tenant, collection, field)
+//! ```
+//!
+//! This module holds the records that a store persists ([`DomainKeyRecord`], [`SubjectKeyRecord`]),
+//! the provider trait ([`RootKeyProvider`]), the unwrap cache ([`CachingProvider`]), unwrapped key
+//! sets ([`DomainKeySet`]), and the rollback check ([`check_generation`]). It performs no I/O.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::crypto::{Backend, Suite};
+use crate::error::{Error, Result};
+use crate::ids::{Context, DomainName, TenantId, labelled_ad};
+use crate::seal::{KeyKind, KeyRef, SealKey, SealedHeader};
+use crate::secret::{KeyMaterial, Plaintext};
+use crate::wire::{Reader, put_bytes16, put_bytes32};
+
+/// A boxed, sendable future (the provider trait is object-safe so a provider can be chosen at run
+/// time from a URL).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A key wrapped by a root key provider.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    /// Which provider and root key (e.g. `keyring`, or a KMS key URL).
+    pub root_key_id: String,
+    /// Root key version that wrapped it.
+    pub root_version: u32,
+    /// Provider-specific ciphertext.
+    pub ciphertext: Vec<u8>,
+}
+
+impl fmt::Debug for WrappedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Wrapped bytes are not secret, but there is no reason to print them.
+        f.debug_struct("WrappedKey")
+            .field("root_key_id", &self.root_key_id)
+            .field("root_version", &self.root_version)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+const WRAPPED_KEY_VERSION: u8 = 1;
+
+impl WrappedKey {
+    /// Serialises: `0x01 | u16-len root key id | u32 root version | u32-len ciphertext`.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(11 + self.root_key_id.len() + self.ciphertext.len());
+        out.push(WRAPPED_KEY_VERSION);
+        put_bytes16(&mut out, "root key id", self.root_key_id.as_bytes())?;
+        out.extend_from_slice(&self.root_version.to_be_bytes());
+        put_bytes32(&mut out, "wrapped key", &self.ciphertext)?;
+        Ok(out)
+    }
+
+    /// Parses [`WrappedKey::to_bytes`] output.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let mut r = Reader::new(b, "wrapped key");
+        let v = r.u8()?;
+        if v != WRAPPED_KEY_VERSION {
+            return Err(Error::UnsupportedVersion { what: "wrapped key", version: u16::from(v) });
+        }
+        let root_key_id = r.str16()?.to_owned();
+        let root_version = r.u32()?;
+        let ciphertext = r.bytes32()?.to_vec();
+        r.finish()?;
+        Ok(Self { root_key_id, root_version, ciphertext })
+    }
+}
+
+/// One item of a batched unwrap.
+#[derive(Debug, Clone, Copy)]
+pub struct UnwrapRequest<'a> {
+    /// Associated data the key was wrapped with (see [`domain_key_ad`]).
+    pub aad: &'a [u8],
+    /// The wrapped key.
+    pub wrapped: &'a WrappedKey,
+}
+
+/// A root key provider: wraps and unwraps key material under a named, versioned root key.
+///
+/// Implementations: the local keyring ([`crate::keyring::LocalKeyring`]); cloud KMS providers
+/// (Azure Key Vault, AWS KMS) in their own crates. All methods are async so a network provider
+/// fits; `unwrap_batch` lets a provider unwrap many keys in few round trips at start-up; wrap it in
+/// [`CachingProvider`] so the hot path makes no provider call.
+///
+/// A provider must bind `aad` to the wrapped key: unwrapping with other associated data fails.
+pub trait RootKeyProvider: Send + Sync + fmt::Debug {
+    /// Stable id of the root key (stored with every wrapped key), e.g. `keyring` or a key URL.
+    fn root_key_id(&self) -> &str;
+
+    /// The root key version used for new wraps.
+    fn primary_version(&self) -> BoxFuture<'_, Result<u32>>;
+
+    /// Wraps `key` under the primary root key version, binding `aad`.
+    fn wrap<'a>(&'a self, aad: &'a [u8], key: &'a KeyMaterial) -> BoxFuture<'a, Result<WrappedKey>>;
+
+    /// Unwraps several keys. The outer error is a provider failure; inner errors are per item.
+    fn unwrap_batch<'a>(
+        &'a self,
+        items: &'a [UnwrapRequest<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Result<KeyMaterial>>>>;
+
+    /// The provider's generation counter, if it keeps one (the local keyring does), for rollback
+    /// detection with [`check_generation`].
+    fn generation(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Unwraps one key through a provider.
+pub async fn unwrap_one(
+    provider: &dyn RootKeyProvider,
+    aad: &[u8],
+    wrapped: &WrappedKey,
+) -> Result<KeyMaterial> {
+    let items = [UnwrapRequest { aad, wrapped }];
+    let mut out = provider.unwrap_batch(&items).await?;
+    out.pop().ok_or(Error::ApiMisuse("provider returned no result"))?
+}
+
+/// State of a key version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KeyState {
+    /// Used for new writes. Exactly one version per tenant and domain is active.
+    Active,
+    /// May decrypt existing data; never used for new writes.
+    DecryptOnly,
+    /// Destroyed: the wrapped key is gone; data under it can no longer be read.
+    Destroyed,
+}
+
+impl KeyState {
+    /// Stable name for storage.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::DecryptOnly => "decrypt-only",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    /// Parses [`KeyState::as_str`].
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "active" => Ok(Self::Active),
+            "decrypt-only" => Ok(Self::DecryptOnly),
+            "destroyed" => Ok(Self::Destroyed),
+            _ => Err(Error::invalid("key state", format!("unknown state {s:?}"))),
+        }
+    }
+}
+
+/// Associated data binding a domain key's wrap to its tenant, domain and version.
+pub fn domain_key_ad(tenant: &TenantId, domain: &DomainName, version: u32) -> Result<Vec<u8>> {
+    labelled_ad(
+        b"kluis/domain-key/v1",
+        &[tenant.as_str().as_bytes(), domain.as_str().as_bytes(), &version.to_be_bytes()],
+    )
+}
+
+/// Associated data binding a subject key to its tenant, domain, subject and version.
+pub fn subject_key_ad(
+    tenant: &TenantId,
+    domain: &DomainName,
+    subject: &str,
+    version: u32,
+) -> Result<Vec<u8>> {
+    labelled_ad(
+        b"kluis/subject-key/v1",
+        &[tenant.as_str().as_bytes(), domain.as_str().as_bytes(), subject.as_bytes(), &version.to_be_bytes()],
+    )
+}
+
+/// A domain key as persisted by a store: wrapped by the root key, never in clear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainKeyRecord {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Domain.
+    pub domain: DomainName,
+    /// Version, starting at 1.
+    pub version: u32,
+    /// State.
+    pub state: KeyState,
+    /// The wrapped key; `None` once destroyed.
+    pub wrapped: Option<WrappedKey>,
+}
+
+impl DomainKeyRecord {
+    fn label(&self) -> String {
+        format!("{}/{} v{}", self.tenant, self.domain, self.version)
+    }
+}
+
+/// Creates version `version` of a domain key: fresh random key material, wrapped by the provider's
+/// primary root key with [`domain_key_ad`]. Returns the record to persist (state active).
+pub async fn new_domain_key(
+    provider: &dyn RootKeyProvider,
+    tenant: &TenantId,
+    domain: &DomainName,
+    version: u32,
+) -> Result<(DomainKeyRecord, KeyMaterial)> {
+    if version == 0 {
+        return Err(Error::invalid("key version", "versions start at 1"));
+    }
+    let key = KeyMaterial::generate()?;
+    let aad = domain_key_ad(tenant, domain, version)?;
+    let wrapped = provider.wrap(&aad, &key).await?;
+    let rec = DomainKeyRecord {
+        tenant: tenant.clone(),
+        domain: domain.clone(),
+        version,
+        state: KeyState::Active,
+        wrapped: Some(wrapped),
+    };
+    Ok((rec, key))
+}
+
+/// Checks the invariants of all versions of one (tenant, domain): same tenant and domain, unique
+/// versions, at most one active, destroyed versions hold no wrapped key, live ones do. Returns the
+/// active version, if any.
+pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<u32>> {
+    let mut active = None;
+    let mut seen = std::collections::BTreeSet::new();
+    let first = records.first();
+    for r in records {
+        if let Some(f) = first
+            && (r.tenant != f.tenant || r.domain != f.domain)
+        {
+            return Err(Error::invalid("domain key set", "records of several tenants or domains"));
+        }
+        if !seen.insert(r.version) {
+            return Err(Error::invalid("domain key set", format!("version {} appears twice", r.version)));
+        }
+        match (r.state, &r.wrapped) {
+            (KeyState::Destroyed, Some(_)) => {
+                return Err(Error::invalid(
+                    "domain key set",
+                    format!("{} is destroyed but still wrapped", r.label()),
+                ));
+            }
+            (KeyState::Active | KeyState::DecryptOnly, None) => {
+                return Err(Error::invalid("domain key set", format!("{} has no wrapped key", r.label())));
+            }
+            _ => {}
+        }
+        if r.state == KeyState::Active {
+            if active.is_some() {
+                return Err(Error::invalid("domain key set", "more than one active version"));
+            }
+            // INVARIANT: exactly one active version per tenant and domain (new writes use it).
+            active = Some(r.version);
+        }
+    }
+    Ok(active)
+}
+
+/// Rotation: creates the next version as active and turns the current active one decrypt-only.
+/// `records` is updated in place; the new record is also returned (with its key) for persisting.
+/// A store persists all changed records in one transaction.
+pub async fn rotate_domain_key(
+    provider: &dyn RootKeyProvider,
+    tenant: &TenantId,
+    domain: &DomainName,
+    records: &mut Vec<DomainKeyRecord>,
+) -> Result<(DomainKeyRecord, KeyMaterial)> {
+    validate_versions(records)?;
+    let next = records
+        .iter()
+        .map(|r| r.version)
+        .max()
+        .unwrap_or(0)
+        .checked_add(1)
+        .ok_or(Error::LimitReached("domain key versions exhausted"))?;
+    let (rec, key) = new_domain_key(provider, tenant, domain, next).await?;
+    for r in records.iter_mut() {
+        if r.state == KeyState::Active {
+            r.state = KeyState::DecryptOnly;
+        }
+    }
+    records.push(rec.clone());
+    Ok((rec, key))
+}
+
+/// Destroys a version: drops the wrapped key and marks it destroyed. Refuses the active version
+/// (rotate first).
+pub fn destroy_domain_key(record: &mut DomainKeyRecord) -> Result<()> {
+    if record.state == KeyState::Active {
+        return Err(Error::invalid("key state", "the active version cannot be destroyed; rotate first"));
+    }
+    record.state = KeyState::Destroyed;
+    record.wrapped = None;
+    Ok(())
+}
+
+/// Rewraps a domain key under the provider's current primary root key version (root rotation).
+/// Only the wrap changes; data sealed under the domain key is untouched.
+pub async fn rewrap_domain_key(
+    from: &dyn RootKeyProvider,
+    to: &dyn RootKeyProvider,
+    record: &DomainKeyRecord,
+) -> Result<DomainKeyRecord> {
+    let Some(wrapped) = &record.wrapped else {
+        return Ok(record.clone());
+    };
+    let aad = domain_key_ad(&record.tenant, &record.domain, record.version)?;
+    let key = unwrap_one(from, &aad, wrapped).await?;
+    let rewrapped = to.wrap(&aad, &key).await?;
+    let mut out = record.clone();
+    out.wrapped = Some(rewrapped);
+    Ok(out)
+}
+
+/// The unwrapped keys of one (tenant, domain), ready to seal and open.
+pub struct DomainKeySet {
+    tenant: TenantId,
+    domain: DomainName,
+    suite: Suite,
+    keys: BTreeMap<u32, (KeyState, Option<SealKey>)>,
+    active: Option<u32>,
+}
+
+impl fmt::Debug for DomainKeySet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let versions: Vec<(u32, KeyState)> = self.keys.iter().map(|(v, (s, _))| (*v, *s)).collect();
+        f.debug_struct("DomainKeySet")
+            .field("tenant", &self.tenant)
+            .field("domain", &self.domain)
+            .field("suite", &self.suite)
+            .field("versions", &versions)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+impl DomainKeySet {
+    /// Unwraps every live version in one batched provider call.
+    pub async fn unwrap(provider: &dyn RootKeyProvider, records: &[DomainKeyRecord]) -> Result<Self> {
+        Self::unwrap_with(provider, records, Suite::default(), Backend::preferred()).await
+    }
+
+    /// As [`DomainKeySet::unwrap`], choosing suite (for new writes) and backend.
+    pub async fn unwrap_with(
+        provider: &dyn RootKeyProvider,
+        records: &[DomainKeyRecord],
+        suite: Suite,
+        backend: Backend,
+    ) -> Result<Self> {
+        let active = validate_versions(records)?;
+        let first = records.first().ok_or(Error::invalid("domain key set", "no versions"))?;
+        let (tenant, domain) = (first.tenant.clone(), first.domain.clone());
+        let mut aads = Vec::new();
+        let mut live = Vec::new();
+        for r in records {
+            if let Some(w) = &r.wrapped {
+                aads.push(domain_key_ad(&r.tenant, &r.domain, r.version)?);
+                live.push((r, w));
+            }
+        }
+        let reqs: Vec<UnwrapRequest<'_>> =
+            aads.iter().zip(&live).map(|(aad, (_, w))| UnwrapRequest { aad, wrapped: w }).collect();
+        let results = if reqs.is_empty() { Vec::new() } else { provider.unwrap_batch(&reqs).await? };
+        if results.len() != reqs.len() {
+            return Err(Error::ApiMisuse("provider returned a different number of keys"));
+        }
+        let mut keys = BTreeMap::new();
+        for ((r, _), res) in live.into_iter().zip(results) {
+            let material = res?;
+            let sk = SealKey::with_backend(
+                material,
+                KeyRef { kind: KeyKind::Domain, version: r.version },
+                backend,
+            )?;
+            keys.insert(r.version, (r.state, Some(sk)));
+        }
+        for r in records.iter().filter(|r| r.wrapped.is_none()) {
+            keys.insert(r.version, (r.state, None));
+        }
+        Ok(Self { tenant, domain, suite, keys, active })
+    }
+
+    /// Builds a set from already unwrapped keys (tests, tools). `keys` are (version, state, key).
+    pub fn from_keys(
+        tenant: TenantId,
+        domain: DomainName,
+        keys: Vec<(u32, KeyState, KeyMaterial)>,
+        suite: Suite,
+        backend: Backend,
+    ) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        let mut active = None;
+        for (v, state, k) in keys {
+            if state == KeyState::Active {
+                if active.is_some() {
+                    return Err(Error::invalid("domain key set", "more than one active version"));
+                }
+                active = Some(v);
+            }
+            let sk = if state == KeyState::Destroyed {
+                None
+            } else {
+                Some(SealKey::with_backend(k, KeyRef { kind: KeyKind::Domain, version: v }, backend)?)
+            };
+            map.insert(v, (state, sk));
+        }
+        Ok(Self { tenant, domain, suite, keys: map, active })
+    }
+
+    /// Tenant of this set.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Domain of this set.
+    pub fn domain(&self) -> &DomainName {
+        &self.domain
+    }
+
+    /// Active version, if any.
+    pub fn active_version(&self) -> Option<u32> {
+        self.active
+    }
+
+    /// Versions and their states.
+    pub fn versions(&self) -> Vec<(u32, KeyState)> {
+        self.keys.iter().map(|(v, (s, _))| (*v, *s)).collect()
+    }
+
+    fn key_label(&self, version: u32) -> String {
+        format!("{}/{} v{}", self.tenant, self.domain, version)
+    }
+
+    /// The active key, for new writes.
+    pub fn active_key(&self) -> Result<&SealKey> {
+        let v = self.active.ok_or_else(|| Error::UnknownKey {
+            key: format!("{}/{} (no active version)", self.tenant, self.domain),
+        })?;
+        self.key(v)
+    }
+
+    /// The key of `version`, for reading (active or decrypt-only).
+    pub fn key(&self, version: u32) -> Result<&SealKey> {
+        match self.keys.get(&version) {
+            None => Err(Error::UnknownKey { key: self.key_label(version) }),
+            Some((KeyState::Destroyed, _)) | Some((_, None)) => {
+                Err(Error::KeyDestroyed { key: self.key_label(version) })
+            }
+            Some((_, Some(k))) => Ok(k),
+        }
+    }
+
+    fn check_context(&self, ctx: &Context<'_>) -> Result<()> {
+        if ctx.tenant != &self.tenant || ctx.domain != &self.domain {
+            return Err(Error::ApiMisuse("context names another tenant or domain than this key set"));
+        }
+        Ok(())
+    }
+
+    /// Seals a field value with the active version.
+    pub fn seal(&self, ctx: &Context<'_>, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.check_context(ctx)?;
+        self.active_key()?.seal(self.suite, ctx, plaintext)
+    }
+
+    /// Opens a field value sealed with any live version of this domain key.
+    pub fn open(&self, ctx: &Context<'_>, sealed: &[u8]) -> Result<Plaintext> {
+        self.check_context(ctx)?;
+        let h = SealedHeader::parse(sealed)?;
+        if h.key.kind != KeyKind::Domain {
+            return Err(Error::ApiMisuse(
+                "value was sealed with a subject key; open it with the subject key",
+            ));
+        }
+        self.key(h.key.version)?.open(ctx, sealed)
+    }
+
+    /// Creates a new subject key (version 1, or `version`) sealed under the active domain key.
+    pub fn new_subject_key(&self, subject: &str, version: u32) -> Result<(SubjectKeyRecord, SubjectKey)> {
+        check_subject(subject)?;
+        let material = KeyMaterial::generate()?;
+        let ad = subject_key_ad(&self.tenant, &self.domain, subject, version)?;
+        let dk = self.active_key()?;
+        let sealed = dk.seal_ad(self.suite, &ad, material.expose_secret())?;
+        let rec = SubjectKeyRecord {
+            tenant: self.tenant.clone(),
+            domain: self.domain.clone(),
+            subject: subject.to_owned(),
+            version,
+            wrapped: sealed,
+        };
+        let key = SubjectKey::new(self, subject, version, material)?;
+        Ok((rec, key))
+    }
+
+    /// Opens a subject key record. Fails with [`Error::Decrypt`] if the record was altered or
+    /// moved to another tenant, domain or subject.
+    pub fn open_subject_key(&self, rec: &SubjectKeyRecord) -> Result<SubjectKey> {
+        if rec.tenant != self.tenant || rec.domain != self.domain {
+            return Err(Error::ApiMisuse("subject key record of another tenant or domain"));
+        }
+        let h = SealedHeader::parse(&rec.wrapped)?;
+        if h.key.kind != KeyKind::Domain {
+            return Err(Error::malformed("subject key record", "not wrapped by a domain key"));
+        }
+        let ad = subject_key_ad(&self.tenant, &self.domain, &rec.subject, rec.version)?;
+        let pt = self
+            .key(h.key.version)?
+            .open_ad(&ad, &rec.wrapped, "subject key")
+            .map_err(crate::seal::OpenFailure::into_error)?;
+        let material = KeyMaterial::from_slice(pt.expose_secret())?;
+        SubjectKey::new(self, &rec.subject, rec.version, material)
+    }
+
+    /// Rewraps a subject key record under the active domain key version (used by re-encryption
+    /// after a domain key rotation).
+    pub fn rewrap_subject_key(&self, rec: &SubjectKeyRecord) -> Result<SubjectKeyRecord> {
+        let key = self.open_subject_key(rec)?;
+        let ad = subject_key_ad(&self.tenant, &self.domain, &rec.subject, rec.version)?;
+        let sealed = self.active_key()?.seal_ad(self.suite, &ad, key.key.material().expose_secret())?;
+        Ok(SubjectKeyRecord { wrapped: sealed, ..rec.clone() })
+    }
+
+    /// The version of the domain key that wraps a subject key record.
+    pub fn subject_key_wrapping_version(rec: &SubjectKeyRecord) -> Result<u32> {
+        Ok(SealedHeader::parse(&rec.wrapped)?.key.version)
+    }
+
+    /// Suite used for new writes.
+    pub fn suite(&self) -> Suite {
+        self.suite
+    }
+
+    pub(crate) fn backend_of_active(&self) -> Backend {
+        self.active_key().map(SealKey::backend).unwrap_or_default()
+    }
+}
+
+fn check_subject(subject: &str) -> Result<()> {
+    if subject.is_empty() || subject.len() > 255 {
+        return Err(Error::invalid("subject id", "must be 1 to 255 bytes"));
+    }
+    Ok(())
+}
+
+/// A subject key as persisted: sealed under a domain key version with [`subject_key_ad`].
+/// Deleting this record (and every copy of the domain key version that sealed it) crypto-shreds
+/// the subject.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectKeyRecord {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Domain.
+    pub domain: DomainName,
+    /// Data subject (e.g. an employee id).
+    pub subject: String,
+    /// Subject key version.
+    pub version: u32,
+    /// Sealed value (key kind domain) holding the 32-byte subject key.
+    pub wrapped: Vec<u8>,
+}
+
+/// An unwrapped subject key.
+pub struct SubjectKey {
+    tenant: TenantId,
+    domain: DomainName,
+    subject: String,
+    suite: Suite,
+    key: SealKey,
+}
+
+impl fmt::Debug for SubjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectKey")
+            .field("tenant", &self.tenant)
+            .field("domain", &self.domain)
+            .field("subject", &self.subject)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl SubjectKey {
+    fn new(set: &DomainKeySet, subject: &str, version: u32, material: KeyMaterial) -> Result<Self> {
+        let key = SealKey::with_backend(
+            material,
+            KeyRef { kind: KeyKind::Subject, version },
+            set.backend_of_active(),
+        )?;
+        Ok(Self {
+            tenant: set.tenant.clone(),
+            domain: set.domain.clone(),
+            subject: subject.to_owned(),
+            suite: set.suite,
+            key,
+        })
+    }
+
+    /// The subject.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The prepared key.
+    pub fn seal_key(&self) -> &SealKey {
+        &self.key
+    }
+
+    fn check_context(&self, ctx: &Context<'_>) -> Result<()> {
+        if ctx.tenant != &self.tenant || ctx.domain != &self.domain {
+            return Err(Error::ApiMisuse("context names another tenant or domain than this subject key"));
+        }
+        Ok(())
+    }
+
+    /// Seals a field value of this subject.
+    pub fn seal(&self, ctx: &Context<'_>, plaintext: &[u8]) -> Result<Vec<u8>> {
+        self.check_context(ctx)?;
+        self.key.seal(self.suite, ctx, plaintext)
+    }
+
+    /// Opens a field value of this subject.
+    pub fn open(&self, ctx: &Context<'_>, sealed: &[u8]) -> Result<Plaintext> {
+        self.check_context(ctx)?;
+        self.key.open(ctx, sealed)
+    }
+}
+
+/// The outcome of comparing the keyring's generation with the one the database last recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationStatus {
+    /// Same generation.
+    InSync,
+    /// The keyring is newer than the database's record. Normal right after a root rotation that
+    /// has not been recorded yet; otherwise an older database was restored onto a newer keyring.
+    /// The store reports it and records the new generation only when told to.
+    DatabaseBehind {
+        /// Keyring generation.
+        keyring: u64,
+        /// Database's recorded generation.
+        database: u64,
+    },
+}
+
+/// Rollback check: a keyring older than what the database has seen is an error
+/// ([`Error::KeyringRollback`]); a database behind the keyring is reported.
+pub fn check_generation(keyring: u64, database: u64) -> Result<GenerationStatus> {
+    use std::cmp::Ordering;
+    match keyring.cmp(&database) {
+        Ordering::Less => Err(Error::KeyringRollback { keyring, database }),
+        Ordering::Equal => Ok(GenerationStatus::InSync),
+        Ordering::Greater => Ok(GenerationStatus::DatabaseBehind { keyring, database }),
+    }
+}
+
+/// A source of time for the cache (tests use a manual clock).
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The system's monotonic clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// A clock that moves only when told (for tests).
+#[derive(Debug)]
+pub struct ManualClock {
+    now: Mutex<Instant>,
+}
+
+impl ManualClock {
+    /// Starts at the current instant.
+    pub fn new() -> Self {
+        Self { now: Mutex::new(Instant::now()) }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, d: Duration) {
+        if let Ok(mut n) = self.now.lock() {
+            *n += d;
+        }
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        self.now.lock().map(|n| *n).unwrap_or_else(|p| *p.into_inner())
+    }
+}
+
+/// Limits of the unwrap cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheConfig {
+    /// How long an unwrapped key may be served from memory.
+    pub ttl: Duration,
+    /// How many keys at most.
+    pub max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self { ttl: Duration::from_secs(15 * 60), max_entries: 10_000 }
+    }
+}
+
+struct CacheEntry {
+    key: KeyMaterial,
+    expires: Instant,
+}
+
+/// Wraps a provider with a cache of unwrapped keys: bounded in size and lifetime, zeroized on
+/// eviction (the entries hold [`KeyMaterial`]). Errors are never cached. Misses of one batch go to
+/// the inner provider in one call.
+pub struct CachingProvider<P> {
+    inner: P,
+    config: CacheConfig,
+    clock: Arc<dyn Clock>,
+    entries: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    stats: Mutex<CacheStats>,
+}
+
+/// Hit and miss counts of a [`CachingProvider`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Served from memory.
+    pub hits: u64,
+    /// Sent to the provider.
+    pub misses: u64,
+}
+
+impl<P: fmt::Debug> fmt::Debug for CachingProvider<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        f.debug_struct("CachingProvider")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .field("entries", &n)
+            .finish()
+    }
+}
+
+impl<P: RootKeyProvider> CachingProvider<P> {
+    /// A cache over `inner` with the system clock.
+    pub fn new(inner: P, config: CacheConfig) -> Self {
+        Self::with_clock(inner, config, Arc::new(SystemClock))
+    }
+
+    /// A cache with a chosen clock.
+    pub fn with_clock(inner: P, config: CacheConfig, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner,
+            config,
+            clock,
+            entries: Mutex::new(HashMap::new()),
+            stats: Mutex::new(CacheStats::default()),
+        }
+    }
+
+    /// The wrapped provider.
+    pub fn inner(&self) -> &P {
+        &self.inner
+    }
+
+    /// Hit and miss counts.
+    pub fn stats(&self) -> CacheStats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Number of keys held.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+    }
+
+    /// Is the cache empty?
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops (and zeroizes) every cached key.
+    pub fn clear(&self) {
+        if let Ok(mut e) = self.entries.lock() {
+            e.clear();
+        }
+    }
+
+    fn cache_key(item: &UnwrapRequest<'_>) -> [u8; 32] {
+        crate::crypto::sha256(&[
+            &(item.wrapped.root_key_id.len() as u64).to_be_bytes(),
+            item.wrapped.root_key_id.as_bytes(),
+            &item.wrapped.root_version.to_be_bytes(),
+            &(item.aad.len() as u64).to_be_bytes(),
+            item.aad,
+            &item.wrapped.ciphertext,
+        ])
+    }
+
+    async fn unwrap_cached(&self, items: &[UnwrapRequest<'_>]) -> Result<Vec<Result<KeyMaterial>>> {
+        let now = self.clock.now();
+        let ids: Vec<[u8; 32]> = items.iter().map(Self::cache_key).collect();
+        let mut out: Vec<Option<Result<KeyMaterial>>> = Vec::with_capacity(items.len());
+        let mut miss_idx = Vec::new();
+        {
+            let mut entries = self.entries.lock().map_err(|_| Error::ApiMisuse("cache lock poisoned"))?;
+            entries.retain(|_, e| e.expires > now);
+            for (i, id) in ids.iter().enumerate() {
+                match entries.get(id) {
+                    Some(e) => out.push(Some(Ok(e.key.clone()))),
+                    None => {
+                        out.push(None);
+                        miss_idx.push(i);
+                    }
+                }
+            }
+        }
+        if let Ok(mut s) = self.stats.lock() {
+            s.hits += (items.len() - miss_idx.len()) as u64;
+            s.misses += miss_idx.len() as u64;
+        }
+        if !miss_idx.is_empty() {
+            let misses: Vec<UnwrapRequest<'_>> =
+                miss_idx.iter().filter_map(|&i| items.get(i).copied()).collect();
+            let results = self.inner.unwrap_batch(&misses).await?;
+            if results.len() != misses.len() {
+                return Err(Error::ApiMisuse("provider returned a different number of keys"));
+            }
+            let expires = self.clock.now() + self.config.ttl;
+            let mut entries = self.entries.lock().map_err(|_| Error::ApiMisuse("cache lock poisoned"))?;
+            for (&i, res) in miss_idx.iter().zip(results) {
+                if let (Ok(k), Some(id)) = (&res, ids.get(i)) {
+                    if entries.len() >= self.config.max_entries {
+                        // Evict the entry closest to expiry.
+                        if let Some(victim) = entries.iter().min_by_key(|(_, e)| e.expires).map(|(k, _)| *k) {
+                            entries.remove(&victim);
+                        }
+                    }
+                    if self.config.max_entries > 0 {
+                        entries.insert(*id, CacheEntry { key: k.clone(), expires });
+                    }
+                }
+                if let Some(slot) = out.get_mut(i) {
+                    *slot = Some(res);
+                }
+            }
+        }
+        Ok(out.into_iter().map(|o| o.unwrap_or(Err(Error::ApiMisuse("missing unwrap result")))).collect())
+    }
+}
+
+impl<P: RootKeyProvider> RootKeyProvider for CachingProvider<P> {
+    fn root_key_id(&self) -> &str {
+        self.inner.root_key_id()
+    }
+
+    fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
+        self.inner.primary_version()
+    }
+
+    fn wrap<'a>(&'a self, aad: &'a [u8], key: &'a KeyMaterial) -> BoxFuture<'a, Result<WrappedKey>> {
+        self.inner.wrap(aad, key)
+    }
+
+    fn unwrap_batch<'a>(
+        &'a self,
+        items: &'a [UnwrapRequest<'a>],
+    ) -> BoxFuture<'a, Result<Vec<Result<KeyMaterial>>>> {
+        Box::pin(self.unwrap_cached(items))
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.inner.generation()
+    }
+}

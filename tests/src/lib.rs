@@ -1,0 +1,1 @@
+//! Integration tests for Kluis live in tests/*.rs.
