@@ -306,3 +306,50 @@ pub(crate) fn derive_keys(prk: &Prk, info: &[&[u8]]) -> Result<DerivedKeys> {
     commitment.copy_from_slice(c);
     Ok(DerivedKeys { aead_key, commitment })
 }
+
+/// Raw primitive wrappers, for test vectors and benchmarks only (feature `hazmat`).
+///
+/// These take caller-chosen nonces: reusing one breaks the AEAD. Applications use
+/// [`crate::SealKey`] and [`crate::DocumentSealer`], which never expose a nonce.
+#[cfg(feature = "hazmat")]
+pub mod hazmat {
+    use super::{AeadKey, Backend, Nonce96, Prk, Suite, TAG_LEN};
+    use crate::error::Result;
+    use crate::secret::{KEY_LEN, KeyMaterial};
+
+    /// An AEAD key for one suite and backend (XChaCha20-Poly1305 receives `[0; 12] || nonce`).
+    pub struct RawAead(AeadKey);
+
+    impl std::fmt::Debug for RawAead {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("RawAead([REDACTED])")
+        }
+    }
+
+    impl RawAead {
+        /// Prepares a key.
+        pub fn new(backend: Backend, suite: Suite, key: &[u8; KEY_LEN]) -> Result<Self> {
+            AeadKey::new(backend, suite, key).map(Self)
+        }
+
+        /// Encrypts in place, returns the tag.
+        pub fn seal(&self, nonce: &Nonce96, aad: &[u8], buf: &mut [u8]) -> Result<[u8; TAG_LEN]> {
+            self.0.seal_detached(nonce, aad, buf)
+        }
+
+        /// Decrypts in place after checking the tag.
+        pub fn open(&self, nonce: &Nonce96, aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<()> {
+            self.0.open_detached(nonce, aad, buf, tag)
+        }
+    }
+
+    /// HKDF-Expand (SHA-256) with a 32-byte PRK.
+    pub fn hkdf_expand(backend: Backend, prk: &[u8; KEY_LEN], info: &[u8], out: &mut [u8]) -> Result<()> {
+        Prk::new(backend, &KeyMaterial::from_bytes(*prk))?.expand(&[info], out)
+    }
+
+    /// HMAC-SHA256.
+    pub fn hmac_sha256(backend: Backend, key: &[u8], msg: &[u8]) -> [u8; 32] {
+        super::hmac_sha256_with(backend, key, &[msg])
+    }
+}
