@@ -684,8 +684,10 @@ impl DocumentOpener {
         let c16 = cs + TAG_LEN as u64;
         let first_chunk = (start / cs).min(layout.chunks - 1);
         let last_chunk = if end == start { first_chunk } else { ((end - 1) / cs).min(layout.chunks - 1) };
-        let object_start = self.header_len as u64 + first_chunk * c16;
-        let object_end = (self.header_len as u64 + (last_chunk + 1) * c16).min(object_len);
+        let hl = self.header_len as u64;
+        // No overflow: both chunk indexes are below `chunks`, and chunks * c16 <= body + c16.
+        let object_start = hl.saturating_add(first_chunk.saturating_mul(c16)).min(object_len);
+        let object_end = hl.saturating_add(last_chunk.saturating_add(1).saturating_mul(c16)).min(object_len);
         Ok(RangePlan {
             first_chunk,
             last_chunk,

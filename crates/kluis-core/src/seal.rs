@@ -295,12 +295,8 @@ impl OpenFailure {
 }
 
 fn write_header(out: &mut [u8; HEADER_LEN], suite: Suite, key: KeyRef, salt: &[u8; SALT_LEN]) {
-    let mut h = Vec::with_capacity(HEADER_LEN);
-    h.push(MAGIC);
-    h.push(VERSION);
-    h.push(suite.id());
-    h.push(key.kind.id());
-    h.extend_from_slice(&key.version.to_be_bytes());
-    h.extend_from_slice(salt);
-    out.copy_from_slice(&h);
+    let (fixed, rest) = out.split_at_mut(8);
+    let v = key.version.to_be_bytes();
+    fixed.copy_from_slice(&[MAGIC, VERSION, suite.id(), key.kind.id(), v[0], v[1], v[2], v[3]]);
+    rest.copy_from_slice(salt);
 }
