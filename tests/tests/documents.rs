@@ -183,8 +183,8 @@ fn tamper_matrix_for_documents() {
 
     // Truncation at a chunk boundary: the final chunk is missing.
     let r = open(&build(&doc.chunks[..4]));
-    assert!(matches!(r, Err(Error::Truncated | Error::Decrypt)), "{r:?}");
-    assert!(matches!(open(&build(&doc.chunks[..1])), Err(Error::Decrypt | Error::Truncated)));
+    assert!(matches!(r, Err(Error::Truncated)), "{r:?}");
+    assert!(matches!(open(&build(&doc.chunks[..1])), Err(Error::Truncated)));
     // Only the header.
     assert!(matches!(open(&doc.header), Err(Error::Truncated)));
     // Truncation inside the final chunk and inside a middle chunk.
@@ -199,6 +199,12 @@ fn tamper_matrix_for_documents() {
     let mut dup = doc.chunks.clone();
     dup.push(doc.chunks[4].clone());
     assert!(open(&build(&dup)).is_err());
+    // A whole document followed by more data: the final chunk is recognised as final.
+    let full = seal_doc(&k, "doc-f", &content(2 * CS, 3), opts(b, Suite::default(), false));
+    let mut more = full.object();
+    more.extend_from_slice(&full.chunks[0]);
+    let r = open_object(&k, "doc-f", &more, 5000);
+    assert!(matches!(r, Err(Error::TrailingData)), "{r:?}");
     // Reordering two chunks.
     let mut swapped = doc.chunks.clone();
     swapped.swap(1, 2);
@@ -245,7 +251,8 @@ fn tamper_matrix_for_documents() {
     // A range read of the last chunk of a truncated object fails (it is not the final chunk).
     let short = build(&doc.chunks[..3]);
     let plan = opener.plan_range(short.len() as u64, 2 * CS as u64, 3 * CS as u64).unwrap();
-    assert!(opener.open_range(&plan, &short[plan.object_start as usize..plan.object_end as usize]).is_err());
+    let r = opener.open_range(&plan, &short[plan.object_start as usize..plan.object_end as usize]);
+    assert!(matches!(r, Err(Error::Truncated)), "{r:?}");
 }
 
 #[test]
@@ -332,4 +339,29 @@ fn malformed_headers_are_typed_errors() {
     for n in 0..doc.header.len() {
         assert!(DocumentHeader::parse(&doc.header[..n]).is_err(), "prefix {n}");
     }
+}
+
+#[test]
+fn a_declared_length_is_enforced_without_padding_too() {
+    let b = Backend::preferred();
+    let k = domain_key(5, 1, b);
+    let t = tenant("acme");
+    let d = domain("medical");
+    let ctx = DocumentContext { tenant: &t, domain: &d, document_id: "x" };
+    let o = opts(b, Suite::default(), false);
+    // Sealing: fewer or more bytes than declared is refused.
+    let mut s = StreamSealer::new(DocumentSealer::new(&k, &ctx, &meta(Some(5000)), o).unwrap());
+    s.push(&[1u8; 4999], &mut Vec::new()).unwrap();
+    assert!(matches!(s.finish(), Err(Error::Invalid { .. })));
+    let mut s = StreamSealer::new(DocumentSealer::new(&k, &ctx, &meta(Some(5000)), o).unwrap());
+    assert!(matches!(s.push(&[1u8; 5001], &mut Vec::new()), Err(Error::Invalid { .. })));
+    // Opening: a document with a declared length checks it against the stored size.
+    let mut sealer = DocumentSealer::new(&k, &ctx, &meta(Some(10)), o).unwrap();
+    let mut obj = sealer.header().to_vec();
+    let mut buf = vec![7u8; 10];
+    sealer.seal_chunk(&mut buf, true).unwrap();
+    obj.extend_from_slice(&buf);
+    let opener = DocumentHeader::parse(&obj).unwrap().open(&k, &ctx).unwrap();
+    assert_eq!(opener.layout(obj.len() as u64).unwrap().content_len, 10);
+    assert!(opener.layout(obj.len() as u64 + 1).is_err());
 }

@@ -1,7 +1,8 @@
 //! Blind indexes: equality search over sealed fields without decrypting.
 //!
 //! `index = truncate(HMAC-SHA256(k_field, value), n)`, where
-//! `k_field = HKDF-Expand(domain key, "kluis/bidx/v1" || tenant || domain || collection || field, 32)`.
+//! `k_field = HKDF-Expand(domain key, info, 32)` and `info = "kluis/bidx/v1"` followed by tenant,
+//! domain, collection and field, each as a u16 big-endian length and its bytes.
 //!
 //! Leakage (documented in SECURITY.md): within one tenant, field and domain key version, equal
 //! values have equal indexes, so whoever reads the index column learns which rows share a value

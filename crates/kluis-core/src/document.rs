@@ -97,7 +97,7 @@ impl fmt::Debug for DocumentMetadata {
             .field("content_type", &"[REDACTED]")
             .field("length", &self.length)
             .field("created_unix", &self.created_unix)
-            .field("uploaded_by", &self.uploaded_by)
+            .field("uploaded_by", &"[REDACTED]")
             .finish()
     }
 }
@@ -225,7 +225,7 @@ pub struct DocumentSealer {
     chunk_size: usize,
     next_index: u64,
     written: u64,
-    /// (declared length, padded stream length)
+    /// (declared content length, stream length = the padded length, or the declared one)
     padded: Option<(u64, u64)>,
     finished: bool,
 }
@@ -252,11 +252,12 @@ impl DocumentSealer {
         if !(MIN_CHUNK_LOG2..=MAX_CHUNK_LOG2).contains(&opts.chunk_log2) {
             return Err(Error::invalid("chunk size", "log2 must be between 12 and 24"));
         }
-        let padded = if opts.pad {
-            let len = meta.length.ok_or(Error::invalid("document", "padding needs the length up front"))?;
-            Some((len, padme(len)?))
-        } else {
-            None
+        // (declared content length, stream length): a declared length is enforced, padded or not.
+        let padded = match (opts.pad, meta.length) {
+            (true, None) => return Err(Error::invalid("document", "padding needs the length up front")),
+            (true, Some(len)) => Some((len, padme(len)?)),
+            (false, Some(len)) => Some((len, len)),
+            (false, None) => None,
         };
         let dk = KeyMaterial::generate()?;
         let wrapped = wrapping.seal_ad(opts.suite, &ctx.ad()?, dk.expose_secret())?;
@@ -661,14 +662,14 @@ impl DocumentOpener {
             return Err(Error::malformed("document", "empty final chunk"));
         }
         let stream_len = body - chunks * TAG_LEN as u64;
-        let content_len = if self.padded {
-            let declared = self.meta.length.ok_or(Error::malformed("document", "no length"))?;
-            if padme(declared)? != stream_len {
-                return Err(Error::malformed("document", "length does not match the declared length"));
+        let content_len = match self.meta.length {
+            Some(declared) => {
+                if self.expected_stream_len(declared)? != stream_len {
+                    return Err(Error::malformed("document", "length does not match the declared length"));
+                }
+                declared
             }
-            declared
-        } else {
-            stream_len
+            None => stream_len,
         };
         Ok(Layout { chunks, stream_len, content_len })
     }
@@ -697,6 +698,34 @@ impl DocumentOpener {
             take: end - start,
             final_chunk: layout.chunks - 1,
         })
+    }
+
+    fn expected_stream_len(&self, declared: u64) -> Result<u64> {
+        if self.padded { padme(declared) } else { Ok(declared) }
+    }
+
+    /// Copies `ct` into `buf` and opens it as chunk `index`. When authentication fails, it tells
+    /// a genuine chunk in the wrong role apart: a non-final chunk where the final one should be
+    /// is [`Error::Truncated`]; a final chunk followed by more data is [`Error::TrailingData`].
+    /// Anything else stays the opaque [`Error::Decrypt`].
+    fn open_chunk_from(&self, index: u64, last: bool, ct: &[u8], buf: &mut Vec<u8>) -> Result<usize> {
+        buf.clear();
+        buf.extend_from_slice(ct);
+        match self.open_chunk(index, last, buf) {
+            Err(Error::Decrypt) => {
+                buf.clear();
+                buf.extend_from_slice(ct);
+                let other_role = self.open_chunk(index, !last, buf).is_ok();
+                zeroize::Zeroize::zeroize(buf);
+                buf.clear();
+                Err(match (other_role, last) {
+                    (true, true) => Error::Truncated,
+                    (true, false) => Error::TrailingData,
+                    (false, _) => Error::Decrypt,
+                })
+            }
+            other => other,
+        }
     }
 
     /// Opens chunk `index` in place; `buf` holds its ciphertext and tag. Returns the plaintext
@@ -729,9 +758,7 @@ impl DocumentOpener {
         let mut take = plan.take;
         let mut buf = Vec::with_capacity(c16);
         for (i, ct) in (plan.first_chunk..=plan.last_chunk).zip(ciphertext.chunks(c16)) {
-            buf.clear();
-            buf.extend_from_slice(ct);
-            self.open_chunk(i, i == plan.final_chunk, &mut buf)?;
+            self.open_chunk_from(i, i == plan.final_chunk, ct, &mut buf)?;
             let from = usize::try_from(skip).unwrap_or(usize::MAX).min(buf.len());
             let n = usize::try_from(take).unwrap_or(usize::MAX).min(buf.len() - from);
             out.extend_from_slice(buf.get(from..from + n).unwrap_or(&[]));
@@ -754,7 +781,6 @@ impl DocumentOpener {
             index: 0,
             stream: 0,
             emitted: 0,
-            done: false,
         }
     }
 }
@@ -768,14 +794,12 @@ pub struct StreamOpener {
     index: u64,
     stream: u64,
     emitted: u64,
-    done: bool,
 }
 
 impl fmt::Debug for StreamOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamOpener")
             .field("index", &self.index)
-            .field("done", &self.done)
             .finish_non_exhaustive()
     }
 }
@@ -788,7 +812,7 @@ impl StreamOpener {
 
     fn emit(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         self.stream += chunk.len() as u64;
-        let limit = if self.opener.padded { self.opener.meta.length.unwrap_or(0) } else { u64::MAX };
+        let limit = self.opener.meta.length.unwrap_or(u64::MAX);
         let room = limit.saturating_sub(self.emitted);
         let n = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
         out.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
@@ -797,18 +821,14 @@ impl StreamOpener {
 
     /// Feeds ciphertext; appends authenticated plaintext to `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        if self.done {
-            return Err(Error::TrailingData);
-        }
         let c16 = self.opener.chunk_size + TAG_LEN;
         self.buf.extend_from_slice(data);
         let mut start = 0;
         let mut chunk = Vec::with_capacity(c16);
         // A full chunk followed by at least one more byte is not the final one.
         while self.buf.len() - start > c16 {
-            chunk.clear();
-            chunk.extend_from_slice(self.buf.get(start..start + c16).unwrap_or(&[]));
-            self.opener.open_chunk(self.index, false, &mut chunk)?;
+            let ct = self.buf.get(start..start + c16).unwrap_or(&[]);
+            self.opener.open_chunk_from(self.index, false, ct, &mut chunk)?;
             self.index = self.index.checked_add(1).ok_or(Error::LimitReached("chunk counter"))?;
             self.emit(&chunk, out);
             start += c16;
@@ -823,21 +843,21 @@ impl StreamOpener {
         if self.buf.is_empty() {
             return Err(Error::Truncated);
         }
-        let mut chunk = std::mem::take(&mut self.buf);
-        if chunk.len() < TAG_LEN {
+        let held = std::mem::take(&mut self.buf);
+        if held.len() < TAG_LEN {
             return Err(Error::Truncated);
         }
-        if self.index > 0 && chunk.len() == TAG_LEN {
+        if self.index > 0 && held.len() == TAG_LEN {
             return Err(Error::malformed("document", "empty final chunk"));
         }
-        self.opener.open_chunk(self.index, true, &mut chunk)?;
+        let mut chunk = Vec::with_capacity(held.len());
+        self.opener.open_chunk_from(self.index, true, &held, &mut chunk)?;
         self.emit(&chunk, out);
-        self.done = true;
-        if self.opener.padded {
-            let declared = self.opener.meta.length.unwrap_or(0);
-            if padme(declared)? != self.stream {
-                return Err(Error::malformed("document", "length does not match the declared length"));
-            }
+        zeroize::Zeroize::zeroize(&mut chunk);
+        if let Some(declared) = self.opener.meta.length
+            && self.opener.expected_stream_len(declared)? != self.stream
+        {
+            return Err(Error::malformed("document", "length does not match the declared length"));
         }
         Ok(())
     }

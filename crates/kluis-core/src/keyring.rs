@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! magic "KLUISKR\x01"(8) | format version u16 = 1 | generation u64 | kek kind u8
-//! | m_cost u32 | t_cost u32 | p_cost u32 | salt (16) | body length u32     = header, 55 bytes
+//! | m_cost u32 | t_cost u32 | p_cost u32 | salt (16) | body length u32     = header, 51 bytes
 //! | body: sealed value (key kind keyring-kek, version 0), ad = "kluis/keyring/v1" || header
 //! | SHA-256 of everything before it (32)
 //! ```
@@ -238,7 +238,8 @@ impl LocalKeyring {
 
         let mut payload = Zeroizing::new(Vec::with_capacity(8 + self.versions.len() * 44));
         payload.extend_from_slice(&self.primary.to_be_bytes());
-        payload.extend_from_slice(&(self.versions.len() as u32).to_be_bytes());
+        let count = u32::try_from(self.versions.len()).map_err(|_| Error::LimitReached("root key versions"))?;
+        payload.extend_from_slice(&count.to_be_bytes());
         for (v, r) in &self.versions {
             payload.extend_from_slice(&v.to_be_bytes());
             payload.extend_from_slice(&r.created_unix.to_be_bytes());
@@ -255,7 +256,11 @@ impl LocalKeyring {
         header.extend_from_slice(&params.p_cost.to_be_bytes());
         header.extend_from_slice(&salt);
         let body_len = payload.len() + crate::seal::OVERHEAD;
-        header.extend_from_slice(&(body_len as u32).to_be_bytes());
+        if body_len > MAX_BODY {
+            return Err(Error::LimitReached("a keyring holds at most about 20,000 root key versions"));
+        }
+        let body_len = u32::try_from(body_len).map_err(|_| Error::LimitReached("keyring size"))?;
+        header.extend_from_slice(&body_len.to_be_bytes());
 
         let mut ad = BODY_AD_LABEL.to_vec();
         ad.extend_from_slice(&header);
@@ -495,7 +500,7 @@ pub fn parse_key_file(bytes: &[u8]) -> Result<KeyMaterial> {
     let text = core::str::from_utf8(bytes)
         .map_err(|_| Error::invalid("key file", "must hold 32 raw bytes or 64 hex digits"))?;
     let t = text.trim();
-    if t.len() != 2 * KEY_LEN {
+    if t.len() != 2 * KEY_LEN || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::invalid("key file", "must hold 32 raw bytes or 64 hex digits"));
     }
     let mut out = Zeroizing::new([0u8; KEY_LEN]);

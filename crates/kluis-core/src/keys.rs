@@ -6,7 +6,7 @@
 //!                 ├─ seals ─ field values of that domain
 //!                 ├─ seals ─ subject key (tenant, domain, subject, version)  → destroy = crypto-shred
 //!                 │             └─ seals ─ field values and document keys of that subject
-//!                 └─ derives ─ blind index keys (HKDF, per tenant, collection, field)
+//!                 └─ derives ─ blind index keys (HKDF, per tenant, domain, collection, field)
 //! ```
 //!
 //! This module holds the records that a store persists ([`DomainKeyRecord`], [`SubjectKeyRecord`]),
@@ -405,6 +405,9 @@ impl DomainKeySet {
         let mut map = BTreeMap::new();
         let mut active = None;
         for (v, state, k) in keys {
+            if v == 0 || map.contains_key(&v) {
+                return Err(Error::invalid("domain key set", format!("version {v} is zero or appears twice")));
+            }
             if state == KeyState::Active {
                 if active.is_some() {
                     return Err(Error::invalid("domain key set", "more than one active version"));
@@ -489,9 +492,12 @@ impl DomainKeySet {
         self.key(h.key.version)?.open(ctx, sealed)
     }
 
-    /// Creates a new subject key (version 1, or `version`) sealed under the active domain key.
+    /// Creates version `version` (from 1) of a subject key, sealed under the active domain key.
     pub fn new_subject_key(&self, subject: &str, version: u32) -> Result<(SubjectKeyRecord, SubjectKey)> {
         check_subject(subject)?;
+        if version == 0 {
+            return Err(Error::invalid("key version", "versions start at 1"));
+        }
         let material = KeyMaterial::generate()?;
         let ad = subject_key_ad(&self.tenant, &self.domain, subject, version)?;
         let dk = self.active_key()?;

@@ -110,15 +110,17 @@ impl SealedHeader {
     /// Reads the header of a sealed value without decrypting it (to pick the key).
     pub fn parse(sealed: &[u8]) -> Result<Self> {
         let mut r = Reader::new(sealed, "sealed value");
-        if sealed.len() < OVERHEAD {
-            return Err(Error::malformed("sealed value", "too short"));
-        }
         if r.u8()? != MAGIC {
             return Err(Error::malformed("sealed value", "bad magic byte"));
         }
+        // The version comes before any length check, so a later format of another size is
+        // reported as "unsupported version", not as malformed.
         let version = r.u8()?;
         if version != VERSION {
             return Err(Error::UnsupportedVersion { what: "sealed value", version: u16::from(version) });
+        }
+        if sealed.len() < OVERHEAD {
+            return Err(Error::malformed("sealed value", "too short"));
         }
         let suite = Suite::from_id(r.u8()?)?;
         let kind = KeyKind::from_id(r.u8()?)?;

@@ -91,9 +91,17 @@ impl fmt::Debug for Passphrase {
     }
 }
 
-/// Decrypted plaintext. Zeroized on drop, `Debug` redacted (it may be a diagnosis).
-#[derive(Clone, Default, PartialEq, Eq)]
+/// Decrypted plaintext. Zeroized on drop, `Debug` redacted (it may be a diagnosis), equality in
+/// constant time (for equal lengths).
+#[derive(Clone, Default)]
 pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl PartialEq for Plaintext {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for Plaintext {}
 
 impl Plaintext {
     /// Wraps bytes.

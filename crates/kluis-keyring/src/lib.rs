@@ -4,9 +4,13 @@
 //! passphrase, or under a raw 256-bit key file (format: `kluis_core::keyring`, docs/FORMAT.md).
 //!
 //! Writes are atomic: the new file is written to a temporary file in the same directory, flushed
-//! with `fsync`, renamed over the old one, and the directory is synced. A failed or interrupted
-//! write leaves the old file as it was. Every write increases the keyring's generation, which the
-//! store compares with the generation it last recorded to detect a restored older keyring.
+//! with `fsync`, renamed over the old one, and the directory is synced (best effort: some file
+//! systems refuse `fsync` on a directory). A failed or interrupted write leaves the old file as it
+//! was. Writers hold an exclusive lock on a `.NAME.lock` file beside the keyring, apply every
+//! change to a freshly read copy, and refuse to write if the file changed since it was opened
+//! (another process rotated it), so no root key version is ever lost to a race. Every write
+//! increases the keyring's generation, which the store compares with the generation it last
+//! recorded to detect a restored older keyring.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +45,16 @@ pub enum KeyringError {
     /// The keyring could not be opened or sealed (wrong passphrase, corrupt, truncated, ...).
     #[error(transparent)]
     Key(#[from] kluis_core::Error),
+    /// The file changed on disk since it was opened (another process wrote it). Reopen it.
+    #[error("keyring file {path} changed since it was opened (generation {on_disk}, expected {in_memory}); reopen it")]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// Generation found on disk.
+        on_disk: u64,
+        /// Generation this handle holds.
+        in_memory: u64,
+    },
 }
 
 impl KeyringError {
@@ -72,13 +86,15 @@ impl KeyringFile {
     /// Creates a new keyring with one root key version at `path`. Refuses to overwrite.
     pub fn create(path: impl AsRef<Path>, secret: KeyringSecret) -> Result<Self> {
         let path = path.as_ref().to_owned();
+        let _lock = lock(&path)?;
         if path.exists() {
             return Err(KeyringError::AlreadyExists(path));
         }
-        let keyring = LocalKeyring::generate(unix_now())?;
-        let mut f = Self { path, keyring, secret };
-        f.save()?;
-        Ok(f)
+        let mut keyring = LocalKeyring::generate(unix_now())?;
+        let (bytes, generation) = keyring.to_file_bytes(&secret, Suite::default())?;
+        write_atomic(&path, &bytes, &mut |_| Ok(()))?;
+        keyring.set_generation(generation);
+        Ok(Self { path, keyring, secret })
     }
 
     /// Opens and decrypts the keyring at `path`.
@@ -110,54 +126,75 @@ impl KeyringFile {
         self.keyring
     }
 
-    /// Adds a root key version, makes it primary and writes the file. On a failed write the
-    /// in-memory keyring is reloaded from the (unchanged) file.
+    /// Adds a root key version, makes it primary and writes the file. Returns the new version.
     pub fn rotate(&mut self) -> Result<u32> {
-        let v = self.keyring.rotate(unix_now())?;
-        if let Err(e) = self.save() {
-            self.reload()?;
-            return Err(e);
-        }
-        Ok(v)
+        self.update(&mut |_| Ok(()), &mut |k| Ok(k.rotate(unix_now())?))
     }
 
     /// Removes a non-primary root key version (after every domain key was rewrapped) and writes.
     pub fn remove_version(&mut self, version: u32) -> Result<()> {
-        self.keyring.remove_version(version)?;
-        if let Err(e) = self.save() {
-            self.reload()?;
-            return Err(e);
-        }
-        Ok(())
+        self.update(&mut |_| Ok(()), &mut |k| Ok(k.remove_version(version)?))
     }
 
     /// Re-seals the file under a new passphrase or key file.
     pub fn change_secret(&mut self, secret: KeyringSecret) -> Result<()> {
-        let old = std::mem::replace(&mut self.secret, secret);
-        if let Err(e) = self.save() {
-            self.secret = old;
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    fn reload(&mut self) -> Result<()> {
-        let bytes = read(&self.path)?;
-        self.keyring = LocalKeyring::from_file_bytes(&bytes, &self.secret)?;
-        Ok(())
-    }
-
-    /// Writes the keyring atomically with the next generation.
-    pub fn save(&mut self) -> Result<()> {
-        self.save_with(&mut |_| Ok(()))
-    }
-
-    fn save_with(&mut self, fault: &mut dyn FnMut(Stage) -> io::Result<()>) -> Result<()> {
-        let (bytes, generation) = self.keyring.to_file_bytes(&self.secret, Suite::default())?;
-        write_atomic(&self.path, &bytes, fault)?;
+        let _lock = lock(&self.path)?;
+        let fresh = self.read_fresh()?;
+        let (bytes, generation) = fresh.to_file_bytes(&secret, Suite::default())?;
+        write_atomic(&self.path, &bytes, &mut |_| Ok(()))?;
+        self.keyring = fresh;
         self.keyring.set_generation(generation);
+        self.secret = secret;
         Ok(())
     }
+
+    /// Reads the file again and checks that nobody else wrote it since this handle last did.
+    fn read_fresh(&self) -> Result<LocalKeyring> {
+        let fresh = LocalKeyring::from_file_bytes(&read(&self.path)?, &self.secret)?;
+        if fresh.generation() != self.keyring.generation() {
+            return Err(KeyringError::Changed {
+                path: self.path.clone(),
+                on_disk: fresh.generation(),
+                in_memory: self.keyring.generation(),
+            });
+        }
+        Ok(fresh)
+    }
+
+    /// Under the lock: read a fresh copy, apply `change`, write it atomically, and only then
+    /// replace the in-memory keyring. A failure anywhere leaves file and handle as they were.
+    fn update<T>(
+        &mut self,
+        fault: &mut dyn FnMut(Stage) -> io::Result<()>,
+        change: &mut dyn FnMut(&mut LocalKeyring) -> Result<T>,
+    ) -> Result<T> {
+        let _lock = lock(&self.path)?;
+        let mut fresh = self.read_fresh()?;
+        let out = change(&mut fresh)?;
+        let (bytes, generation) = fresh.to_file_bytes(&self.secret, Suite::default())?;
+        write_atomic(&self.path, &bytes, fault)?;
+        fresh.set_generation(generation);
+        self.keyring = fresh;
+        Ok(out)
+    }
+}
+
+/// An exclusive advisory lock on `.NAME.lock` beside the keyring, held until dropped.
+fn lock(path: &Path) -> Result<File> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let lock_path = dir.join(format!(".{name}.lock"));
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| KeyringError::io("create lock file", &lock_path, e))?;
+    f.lock().map_err(|e| KeyringError::io("lock", &lock_path, e))?;
+    Ok(f)
 }
 
 /// Default Argon2id parameters for new keyrings.
@@ -217,9 +254,11 @@ fn write_atomic(path: &Path, bytes: &[u8], fault: &mut dyn FnMut(Stage) -> io::R
         fault(Stage::Synced)?;
         drop(f);
         fs::rename(&tmp, path)?;
-        // Make the rename durable.
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
+        // Make the rename durable (best effort: not every file system syncs directories).
+        if let Ok(d) = File::open(&dir)
+            && let Err(e) = d.sync_all()
+        {
+            tracing::warn!(target: "kluis::keyring", error = %e, "could not fsync the keyring directory");
         }
         Ok(())
     })();
@@ -257,21 +296,41 @@ mod tests {
         let before = fs::read(&path).unwrap();
         let gen_before = kf.keyring().generation();
         for stage in [Stage::Created, Stage::Written, Stage::Synced] {
-            kf.keyring.rotate(unix_now()).unwrap();
             let err = kf
-                .save_with(&mut |s| if s == stage { Err(io::Error::other("injected")) } else { Ok(()) })
+                .update(
+                    &mut |s| if s == stage { Err(io::Error::other("injected")) } else { Ok(()) },
+                    &mut |k| Ok(k.rotate(unix_now())?),
+                )
                 .unwrap_err();
             assert!(matches!(err, KeyringError::Io { .. }), "{err}");
-            kf.reload().unwrap();
             assert_eq!(fs::read(&path).unwrap(), before, "old file changed after failure at {stage:?}");
             assert_eq!(kf.keyring().generation(), gen_before);
-            // No temp file left behind.
-            let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-            assert_eq!(names.len(), 1, "{names:?}");
+            assert_eq!(kf.keyring().versions().len(), 1, "in-memory keyring changed after a failed write");
+            // No temp file left behind (only the keyring and its lock file).
+            let mut names: Vec<_> =
+                fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            assert_eq!(names, [".keyring.kr.lock", "keyring.kr"], "{names:?}");
         }
-        // The file still opens with the old contents.
+        // The file still opens with the old contents, and the handle still works.
         let again = KeyringFile::open(&path, pass("correct horse battery staple")).unwrap();
         assert_eq!(again.keyring().versions().len(), 1);
+        assert_eq!(kf.rotate().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_second_writer_cannot_lose_the_first_writers_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.kr");
+        let secret = || KeyringSecret::RawKey(kluis_core::KeyMaterial::from_bytes([3; 32]));
+        let mut a = KeyringFile::create(&path, secret()).unwrap();
+        let mut b = KeyringFile::open(&path, secret()).unwrap();
+        assert_eq!(a.rotate().unwrap(), 2);
+        // b still holds generation 1: its write would drop root version 2.
+        let err = b.rotate().unwrap_err();
+        assert!(matches!(err, KeyringError::Changed { on_disk: 2, in_memory: 1, .. }), "{err}");
+        let reopened = KeyringFile::open(&path, secret()).unwrap();
+        assert_eq!(reopened.keyring().versions().len(), 2);
     }
 
     #[test]
