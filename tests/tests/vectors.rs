@@ -155,12 +155,17 @@ fn subject_key_and_blind_index_vectors() {
             tenant: tn.clone(),
             domain: dn.clone(),
             subject: s(&t["subject"]).into(),
-            version: 1,
+            version: t["subject_key_version"].as_u64().unwrap() as u32,
             wrapped: h(&t["subject_key_record"]),
         };
         let sk = set.open_subject_key(&rec).unwrap();
-        let ctx =
-            Context { tenant: &tn, domain: &dn, collection: "absence", field: "diagnosis", record: "r-1" };
+        let ctx = Context {
+            tenant: &tn,
+            domain: &dn,
+            collection: s(&t["collection"]),
+            field: s(&t["field"]),
+            record: s(&t["record"]),
+        };
         assert_eq!(sk.open(&ctx, &h(&t["sealed"])).unwrap().expose_secret(), h(&t["plaintext"]));
     }
     for t in v["blind_indexes"].as_array().unwrap() {
@@ -355,6 +360,7 @@ fn generate() {
     let ctx = Context { tenant: &tn, domain: &dn, collection: "absence", field: "diagnosis", record: "r-1" };
     let sealed = sk.seal(&ctx, b"depressie").unwrap();
     let subject = json!([{ "tenant": "acme", "domain": "medical", "domain_key": hex::encode(dkey.expose_secret()),
+        "subject_key_version": 1, "collection": "absence", "field": "diagnosis", "record": "r-1",
         "subject": "emp-jan", "subject_key_record": hex::encode(&rec.wrapped), "sealed": hex::encode(&sealed),
         "plaintext": hex::encode(b"depressie") }]);
     let mut bidx = Vec::new();
