@@ -365,3 +365,20 @@ fn a_declared_length_is_enforced_without_padding_too() {
     assert_eq!(opener.layout(obj.len() as u64).unwrap().content_len, 10);
     assert!(opener.layout(obj.len() as u64 + 1).is_err());
 }
+
+#[test]
+fn a_lying_object_length_is_an_error_not_an_abort() {
+    // Found by fuzz/document_stream: storage reports a huge length but returns little data.
+    let b = Backend::preferred();
+    let k = domain_key(5, 1, b);
+    let doc = seal_doc(&k, "doc-1", &content(100, 1), opts(b, Suite::default(), false));
+    let obj = doc.object();
+    let t = tenant("acme");
+    let d = domain("medical");
+    let ctx = DocumentContext { tenant: &t, domain: &d, document_id: "doc-1" };
+    let opener = DocumentHeader::parse(&obj).unwrap().open(&k, &ctx).unwrap();
+    for lie in [1u64 << 40, u64::MAX / 2, u64::MAX] {
+        let plan = opener.plan_range(lie, 0, lie).unwrap();
+        assert!(opener.open_range(&plan, &obj[doc.header.len()..]).is_err());
+    }
+}

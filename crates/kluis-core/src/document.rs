@@ -753,7 +753,8 @@ impl DocumentOpener {
     /// Decrypts a planned range: `ciphertext` is the object bytes `plan.object_start..plan.object_end`.
     pub fn open_range(&self, plan: &RangePlan, ciphertext: &[u8]) -> Result<Plaintext> {
         let c16 = self.chunk_size + TAG_LEN;
-        let mut out = Vec::with_capacity(usize::try_from(plan.take).unwrap_or(0));
+        // Reserve by what was actually supplied, never by the (untrusted) planned length.
+        let mut out = Vec::with_capacity(usize::try_from(plan.take).unwrap_or(0).min(ciphertext.len()));
         let mut skip = plan.skip;
         let mut take = plan.take;
         let mut buf = Vec::with_capacity(c16);
