@@ -776,13 +776,7 @@ impl DocumentOpener {
     /// A sequential reader over the chunks (after the header).
     pub fn stream(self) -> StreamOpener {
         let cap = 2 * (self.chunk_size + TAG_LEN);
-        StreamOpener {
-            opener: self,
-            buf: Vec::with_capacity(cap),
-            index: 0,
-            stream: 0,
-            emitted: 0,
-        }
+        StreamOpener { opener: self, buf: Vec::with_capacity(cap), index: 0, stream: 0, emitted: 0 }
     }
 }
 
@@ -799,9 +793,7 @@ pub struct StreamOpener {
 
 impl fmt::Debug for StreamOpener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamOpener")
-            .field("index", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("StreamOpener").field("index", &self.index).finish_non_exhaustive()
     }
 }
 

@@ -238,7 +238,8 @@ impl LocalKeyring {
 
         let mut payload = Zeroizing::new(Vec::with_capacity(8 + self.versions.len() * 44));
         payload.extend_from_slice(&self.primary.to_be_bytes());
-        let count = u32::try_from(self.versions.len()).map_err(|_| Error::LimitReached("root key versions"))?;
+        let count =
+            u32::try_from(self.versions.len()).map_err(|_| Error::LimitReached("root key versions"))?;
         payload.extend_from_slice(&count.to_be_bytes());
         for (v, r) in &self.versions {
             payload.extend_from_slice(&v.to_be_bytes());

@@ -406,7 +406,10 @@ impl DomainKeySet {
         let mut active = None;
         for (v, state, k) in keys {
             if v == 0 || map.contains_key(&v) {
-                return Err(Error::invalid("domain key set", format!("version {v} is zero or appears twice")));
+                return Err(Error::invalid(
+                    "domain key set",
+                    format!("version {v} is zero or appears twice"),
+                ));
             }
             if state == KeyState::Active {
                 if active.is_some() {

@@ -46,7 +46,9 @@ pub enum KeyringError {
     #[error(transparent)]
     Key(#[from] kluis_core::Error),
     /// The file changed on disk since it was opened (another process wrote it). Reopen it.
-    #[error("keyring file {path} changed since it was opened (generation {on_disk}, expected {in_memory}); reopen it")]
+    #[error(
+        "keyring file {path} changed since it was opened (generation {on_disk}, expected {in_memory}); reopen it"
+    )]
     Changed {
         /// The file.
         path: PathBuf,
@@ -307,8 +309,10 @@ mod tests {
             assert_eq!(kf.keyring().generation(), gen_before);
             assert_eq!(kf.keyring().versions().len(), 1, "in-memory keyring changed after a failed write");
             // No temp file left behind (only the keyring and its lock file).
-            let mut names: Vec<_> =
-                fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            let mut names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
             names.sort();
             assert_eq!(names, [".keyring.kr.lock", "keyring.kr"], "{names:?}");
         }
