@@ -206,7 +206,8 @@ fn generate() {
     };
 
     // Sealed values.
-    let cases: [(&str, Suite, KeyKind, u32, [&str; 5], &[u8]); 7] = [
+    type Case<'a> = (&'a str, Suite, KeyKind, u32, [&'a str; 5], &'a [u8]);
+    let cases: [Case<'_>; 7] = [
         (
             "aes empty",
             Suite::Aes256Gcm,
