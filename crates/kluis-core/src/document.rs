@@ -261,7 +261,7 @@ impl DocumentSealer {
         };
         let dk = KeyMaterial::generate()?;
         let wrapped = wrapping.seal_ad(opts.suite, &ctx.ad()?, dk.expose_secret())?;
-        let doc_nonce: [u8; DOC_NONCE_LEN] = crate::random::array()?;
+        let doc_nonce: [u8; DOC_NONCE_LEN] = crate::random::public_array()?;
         let meta_pt = zeroize::Zeroizing::new(meta.encode()?);
 
         let mut header = Vec::with_capacity(PREFIX_LEN + wrapped.len() + meta_pt.len() + TAG_LEN);
@@ -332,20 +332,62 @@ impl DocumentSealer {
         {
             return Err(Error::invalid("document", "content length differs from the declared length"));
         }
-        let nonce = chunk_nonce(self.next_index, last);
-        let tag = self.payload.seal_detached(&nonce, &[], buf)?;
+        let tag = self.seal_slice(buf, last, total)?;
         buf.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    /// Seals a chunk whose size was already checked; `total` is the stream length after it.
+    fn seal_slice(&mut self, chunk: &mut [u8], last: bool, total: u64) -> Result<[u8; TAG_LEN]> {
+        let nonce = chunk_nonce(self.next_index, last);
+        let tag = self.payload.seal_detached(&nonce, &[], chunk)?;
         self.next_index = self.next_index.checked_add(1).ok_or(Error::LimitReached("chunk counter"))?;
         self.written = total;
         self.finished = last;
-        Ok(())
+        Ok(tag)
+    }
+
+    /// Seals a full, non-final chunk at the tail of `out`: copies `plain` there, seals it in place,
+    /// appends the tag. One copy per byte, no allocation beyond `out`'s growth.
+    fn seal_full_into(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if self.finished || plain.len() != self.chunk_size {
+            return Err(Error::ApiMisuse("chunk has the wrong size"));
+        }
+        let total =
+            self.written.checked_add(plain.len() as u64).ok_or(Error::LimitReached("document length"))?;
+        if let Some((_, padded)) = self.padded
+            && total > padded
+        {
+            return Err(Error::invalid("document", "content length differs from the declared length"));
+        }
+        let start = out.len();
+        out.reserve(plain.len() + TAG_LEN);
+        out.extend_from_slice(plain);
+        let tag = match out.get_mut(start..) {
+            Some(dst) => self.seal_slice(dst, false, total),
+            None => Err(Error::ApiMisuse("output buffer")),
+        };
+        match tag {
+            Ok(t) => {
+                out.extend_from_slice(&t);
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(tail) = out.get_mut(start..) {
+                    zeroize::Zeroize::zeroize(tail);
+                }
+                out.truncate(start);
+                Err(e)
+            }
+        }
     }
 }
 
 /// Pushes arbitrary slices through a [`DocumentSealer`], holding back at most one chunk.
 pub struct StreamSealer {
     inner: DocumentSealer,
-    buf: Vec<u8>,
+    /// The held plaintext chunk; reused for every chunk and wiped when dropped.
+    buf: zeroize::Zeroizing<Vec<u8>>,
     content: u64,
 }
 
@@ -359,7 +401,7 @@ impl StreamSealer {
     /// Wraps a sealer.
     pub fn new(inner: DocumentSealer) -> Self {
         let cap = inner.chunk_size + TAG_LEN;
-        Self { inner, buf: Vec::with_capacity(cap), content: 0 }
+        Self { inner, buf: zeroize::Zeroizing::new(Vec::with_capacity(cap)), content: 0 }
     }
 
     /// The header bytes.
@@ -378,20 +420,30 @@ impl StreamSealer {
             return Err(Error::invalid("document", "content is longer than the declared length"));
         }
         let cs = self.inner.chunk_size;
-        while !data.is_empty() {
-            if self.buf.len() == cs {
-                // More data follows, so the held chunk is not the last.
-                let mut chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(cs + TAG_LEN));
-                self.inner.seal_chunk(&mut chunk, false)?;
-                out.extend_from_slice(&chunk);
-                self.buf = chunk;
-                self.buf.clear();
-            }
+        if data.is_empty() {
+            return Ok(());
+        }
+        // Top up the held chunk; if it is full and more data follows, it is not the last.
+        if !self.buf.is_empty() || data.len() <= cs {
             let take = (cs - self.buf.len()).min(data.len());
             let (head, rest) = data.split_at(take);
             self.buf.extend_from_slice(head);
             data = rest;
+            if data.is_empty() {
+                return Ok(());
+            }
+            let r = self.inner.seal_full_into(&self.buf, out);
+            // Overwritten by the next chunk, wiped on drop.
+            self.buf.clear();
+            r?;
         }
+        // Whole chunks straight from the input while more data follows each of them.
+        while data.len() > cs {
+            let (chunk, rest) = data.split_at(cs);
+            self.inner.seal_full_into(chunk, out)?;
+            data = rest;
+        }
+        self.buf.extend_from_slice(data);
         Ok(())
     }
 
@@ -404,7 +456,8 @@ impl StreamSealer {
             return Err(Error::invalid("document", "content length differs from the declared length"));
         }
         let pad_left = self.inner.padded.map(|(d, p)| p - d).unwrap_or(0);
-        Ok(SealerTail { inner: self.inner, buf: Some(self.buf), pad_left })
+        let mut buf = self.buf;
+        Ok(SealerTail { inner: self.inner, buf: Some(std::mem::take(&mut *buf)), pad_left })
     }
 }
 
@@ -728,6 +781,33 @@ impl DocumentOpener {
         }
     }
 
+    /// Opens chunk `index` from `ct` directly at the tail of `out` (one copy, no temporary).
+    /// On failure `out` is left as it was and the error is classified as in `open_chunk_from`.
+    fn open_chunk_into(&self, index: u64, last: bool, ct: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let c16 = self.chunk_size + TAG_LEN;
+        if ct.len() < TAG_LEN || ct.len() > c16 || (!last && ct.len() != c16) {
+            return Err(Error::malformed("document chunk", "wrong length"));
+        }
+        let (body, tag) = ct.split_at(ct.len() - TAG_LEN);
+        let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| Error::ApiMisuse("tag"))?;
+        let start = out.len();
+        out.extend_from_slice(body);
+        let ok = match out.get_mut(start..) {
+            Some(dst) => self.payload.open_detached(&chunk_nonce(index, last), &[], dst, &tag).is_ok(),
+            None => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        if let Some(tail) = out.get_mut(start..) {
+            zeroize::Zeroize::zeroize(tail);
+        }
+        out.truncate(start);
+        // Error path only: classify (truncated / trailing data / opaque) with a scratch buffer.
+        let mut scratch = Vec::with_capacity(ct.len());
+        self.open_chunk_from(index, last, ct, &mut scratch).and(Err(Error::Decrypt))
+    }
+
     /// Opens chunk `index` in place; `buf` holds its ciphertext and tag. Returns the plaintext
     /// length (`buf` is truncated to it).
     pub fn open_chunk(&self, index: u64, last: bool, buf: &mut Vec<u8>) -> Result<usize> {
@@ -803,31 +883,58 @@ impl StreamOpener {
         &self.opener.meta
     }
 
-    fn emit(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        self.stream += chunk.len() as u64;
+    /// Opens the next chunk from `ct` straight into the tail of `out`, keeping only content (not
+    /// padding) there.
+    fn open_into(&mut self, last: bool, ct: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let start = out.len();
+        self.opener.open_chunk_into(self.index, last, ct, out)?;
+        let n = out.len() - start;
+        self.stream += n as u64;
         let limit = self.opener.meta.length.unwrap_or(u64::MAX);
         let room = limit.saturating_sub(self.emitted);
-        let n = usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len());
-        out.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-        self.emitted += n as u64;
+        let keep = usize::try_from(room).unwrap_or(usize::MAX).min(n);
+        if keep < n {
+            // Padding (zeros) or content beyond the declared length: not released.
+            if let Some(tail) = out.get_mut(start + keep..) {
+                zeroize::Zeroize::zeroize(tail);
+            }
+            out.truncate(start + keep);
+        }
+        self.emitted += keep as u64;
+        if !last {
+            self.index = self.index.checked_add(1).ok_or(Error::LimitReached("chunk counter"))?;
+        }
+        Ok(())
     }
 
-    /// Feeds ciphertext; appends authenticated plaintext to `out`.
-    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    /// Feeds ciphertext; appends authenticated plaintext to `out`. A chunk is released once at
+    /// least one byte follows it (so it is known not to be the final one).
+    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let c16 = self.opener.chunk_size + TAG_LEN;
-        self.buf.extend_from_slice(data);
-        let mut start = 0;
-        let mut chunk = Vec::with_capacity(c16);
-        // A full chunk followed by at least one more byte is not the final one.
-        while self.buf.len() - start > c16 {
-            let ct = self.buf.get(start..start + c16).unwrap_or(&[]);
-            self.opener.open_chunk_from(self.index, false, ct, &mut chunk)?;
-            self.index = self.index.checked_add(1).ok_or(Error::LimitReached("chunk counter"))?;
-            self.emit(&chunk, out);
-            start += c16;
+        if data.is_empty() {
+            return Ok(());
         }
-        zeroize::Zeroize::zeroize(&mut chunk);
-        self.buf.drain(..start);
+        if !self.buf.is_empty() || data.len() <= c16 {
+            let take = (c16 - self.buf.len()).min(data.len());
+            let (head, rest) = data.split_at(take);
+            self.buf.extend_from_slice(head);
+            data = rest;
+            if data.is_empty() {
+                return Ok(());
+            }
+            let held = std::mem::take(&mut self.buf);
+            let r = self.open_into(false, &held, out);
+            self.buf = held;
+            self.buf.clear();
+            r?;
+        }
+        // Whole chunks straight from the input, while more data follows each of them.
+        while data.len() > c16 {
+            let (chunk, rest) = data.split_at(c16);
+            self.open_into(false, chunk, out)?;
+            data = rest;
+        }
+        self.buf.extend_from_slice(data);
         Ok(())
     }
 
@@ -843,10 +950,7 @@ impl StreamOpener {
         if self.index > 0 && held.len() == TAG_LEN {
             return Err(Error::malformed("document", "empty final chunk"));
         }
-        let mut chunk = Vec::with_capacity(held.len());
-        self.opener.open_chunk_from(self.index, true, &held, &mut chunk)?;
-        self.emit(&chunk, out);
-        zeroize::Zeroize::zeroize(&mut chunk);
+        self.open_into(true, &held, out)?;
         if let Some(declared) = self.opener.meta.length
             && self.opener.expected_stream_len(declared)? != self.stream
         {

@@ -110,18 +110,21 @@ impl Context<'_> {
     /// big-endian length followed by its UTF-8 bytes, in the order tenant, domain, collection,
     /// field, record. Length prefixes make it unambiguous.
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(
-            CONTEXT_LABEL.len()
-                + 10
-                + self.tenant.0.len()
-                + self.domain.0.len()
-                + self.collection.len()
-                + self.field.len()
-                + self.record.len(),
-        );
+        let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(CONTEXT_LABEL);
         self.encode_into(&mut out)?;
         Ok(out)
+    }
+
+    /// Length of [`Context::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        CONTEXT_LABEL.len()
+            + 10
+            + self.tenant.0.len()
+            + self.domain.0.len()
+            + self.collection.len()
+            + self.field.len()
+            + self.record.len()
     }
 
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) -> Result<()> {
