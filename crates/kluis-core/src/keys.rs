@@ -471,10 +471,12 @@ impl DomainKeySet {
     }
 
     fn check_context(&self, ctx: &Context<'_>) -> Result<()> {
-        if ctx.tenant != &self.tenant || ctx.domain != &self.domain {
-            return Err(Error::ApiMisuse("context names another tenant or domain than this key set"));
-        }
-        Ok(())
+        check_scope(
+            ctx,
+            &self.tenant,
+            &self.domain,
+            "context names another tenant or domain than this key set",
+        )
     }
 
     /// Seals a field value with the active version.
@@ -559,6 +561,14 @@ impl DomainKeySet {
     }
 }
 
+/// A key belongs to one tenant and domain: refuse a context of any other before touching keys.
+fn check_scope(ctx: &Context<'_>, tenant: &TenantId, domain: &DomainName, msg: &'static str) -> Result<()> {
+    if ctx.tenant != tenant || ctx.domain != domain {
+        return Err(Error::ApiMisuse(msg));
+    }
+    Ok(())
+}
+
 fn check_subject(subject: &str) -> Result<()> {
     if subject.is_empty() || subject.len() > 255 {
         return Err(Error::invalid("subject id", "must be 1 to 255 bytes"));
@@ -630,10 +640,12 @@ impl SubjectKey {
     }
 
     fn check_context(&self, ctx: &Context<'_>) -> Result<()> {
-        if ctx.tenant != &self.tenant || ctx.domain != &self.domain {
-            return Err(Error::ApiMisuse("context names another tenant or domain than this subject key"));
-        }
-        Ok(())
+        check_scope(
+            ctx,
+            &self.tenant,
+            &self.domain,
+            "context names another tenant or domain than this subject key",
+        )
     }
 
     /// Seals a field value of this subject.

@@ -181,12 +181,17 @@ impl KeyringFile {
     }
 }
 
-/// An exclusive advisory lock on `.NAME.lock` beside the keyring, held until dropped.
-fn lock(path: &Path) -> Result<File> {
-    let dir = match path.parent() {
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+/// An exclusive advisory lock on `.NAME.lock` beside the keyring, held until dropped.
+fn lock(path: &Path) -> Result<File> {
+    let dir = parent_dir(path);
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let lock_path = dir.join(format!(".{name}.lock"));
     let f = OpenOptions::new()
@@ -225,10 +230,7 @@ enum Stage {
 /// Writes `bytes` to `path` atomically: temp file in the same directory (mode 0600), write, fsync,
 /// rename, fsync the directory. Stale temp files of earlier interrupted writes are removed.
 fn write_atomic(path: &Path, bytes: &[u8], fault: &mut dyn FnMut(Stage) -> io::Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .ok_or_else(|| KeyringError::io("name", path, io::Error::other("path has no file name")))?
