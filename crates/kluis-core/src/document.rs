@@ -191,6 +191,42 @@ pub fn padme(len: u64) -> Result<u64> {
     len.checked_add(mask).map(|v| v & !mask).ok_or(Error::LimitReached("document length"))
 }
 
+/// Splits pushed bytes into units of `size` for the streaming sealer and opener. The last unit
+/// seen may be the document's final one, so it is held back in `held` until at least one more byte
+/// arrives; `full` is called for every unit known not to be the last, straight from `data` where
+/// possible (no copy into `held`).
+fn feed_units(
+    held: &mut Vec<u8>,
+    mut data: &[u8],
+    size: usize,
+    mut full: impl FnMut(&[u8]) -> Result<()>,
+) -> Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    // Top up the held unit; if it is full and more data follows, it is not the last.
+    if !held.is_empty() || data.len() <= size {
+        let take = (size - held.len()).min(data.len());
+        let (head, rest) = data.split_at(take);
+        held.extend_from_slice(head);
+        data = rest;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let r = full(held.as_slice());
+        held.clear();
+        r?;
+    }
+    // Whole units straight from the input, while more data follows each of them.
+    while data.len() > size {
+        let (unit, rest) = data.split_at(size);
+        full(unit)?;
+        data = rest;
+    }
+    held.extend_from_slice(data);
+    Ok(())
+}
+
 fn chunk_nonce(index: u64, last: bool) -> Nonce96 {
     let mut n = [0u8; 12];
     if let Some(dst) = n.get_mut(3..11) {
@@ -411,7 +447,7 @@ impl StreamSealer {
 
     /// Appends the ciphertext of every chunk that is complete (and known not to be the last) to
     /// `out`.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         self.content =
             self.content.checked_add(data.len() as u64).ok_or(Error::LimitReached("document length"))?;
         if let Some((declared, _)) = self.inner.padded
@@ -420,31 +456,9 @@ impl StreamSealer {
             return Err(Error::invalid("document", "content is longer than the declared length"));
         }
         let cs = self.inner.chunk_size;
-        if data.is_empty() {
-            return Ok(());
-        }
-        // Top up the held chunk; if it is full and more data follows, it is not the last.
-        if !self.buf.is_empty() || data.len() <= cs {
-            let take = (cs - self.buf.len()).min(data.len());
-            let (head, rest) = data.split_at(take);
-            self.buf.extend_from_slice(head);
-            data = rest;
-            if data.is_empty() {
-                return Ok(());
-            }
-            let r = self.inner.seal_full_into(&self.buf, out);
-            // Overwritten by the next chunk, wiped on drop.
-            self.buf.clear();
-            r?;
-        }
-        // Whole chunks straight from the input while more data follows each of them.
-        while data.len() > cs {
-            let (chunk, rest) = data.split_at(cs);
-            self.inner.seal_full_into(chunk, out)?;
-            data = rest;
-        }
-        self.buf.extend_from_slice(data);
-        Ok(())
+        // The held plaintext is overwritten by the next chunk and wiped on drop.
+        let inner = &mut self.inner;
+        feed_units(&mut self.buf, data, cs, |unit| inner.seal_full_into(unit, out))
     }
 
     /// Ends the content. Returns the remaining chunks (held data, padding, the final chunk) one at
@@ -909,33 +923,13 @@ impl StreamOpener {
 
     /// Feeds ciphertext; appends authenticated plaintext to `out`. A chunk is released once at
     /// least one byte follows it (so it is known not to be the final one).
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let c16 = self.opener.chunk_size + TAG_LEN;
-        if data.is_empty() {
-            return Ok(());
-        }
-        if !self.buf.is_empty() || data.len() <= c16 {
-            let take = (c16 - self.buf.len()).min(data.len());
-            let (head, rest) = data.split_at(take);
-            self.buf.extend_from_slice(head);
-            data = rest;
-            if data.is_empty() {
-                return Ok(());
-            }
-            let held = std::mem::take(&mut self.buf);
-            let r = self.open_into(false, &held, out);
-            self.buf = held;
-            self.buf.clear();
-            r?;
-        }
-        // Whole chunks straight from the input, while more data follows each of them.
-        while data.len() > c16 {
-            let (chunk, rest) = data.split_at(c16);
-            self.open_into(false, chunk, out)?;
-            data = rest;
-        }
-        self.buf.extend_from_slice(data);
-        Ok(())
+        // `open_into` needs `&mut self`, so the held ciphertext is lent out for the call.
+        let mut held = std::mem::take(&mut self.buf);
+        let r = feed_units(&mut held, data, c16, |unit| self.open_into(false, unit, out));
+        self.buf = held;
+        r
     }
 
     /// Ends the stream: opens the held final chunk and appends its plaintext to `out`.
