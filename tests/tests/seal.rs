@@ -190,9 +190,14 @@ fn unknown_version_and_suite_are_reported() {
     let c = Ctx::new("acme", "general", "employee", "name", "e-1");
     let k = domain_key(3, 1, Backend::preferred());
     let sealed = k.seal(Suite::default(), &c.get(), b"Jan").unwrap();
-    let mut v2 = sealed.clone();
-    v2[1] = 2;
-    assert!(matches!(k.open(&c.get(), &v2), Err(Error::UnsupportedVersion { version: 2, .. })));
+    assert_eq!(sealed[1], kluis_core::seal::VERSION);
+    let mut v3 = sealed.clone();
+    v3[1] = 3;
+    assert!(matches!(k.open(&c.get(), &v3), Err(Error::UnsupportedVersion { version: 3, .. })));
+    // Relabelling a v2 value as v1 (a downgrade to the other derivation) only makes it fail.
+    let mut v1 = sealed.clone();
+    v1[1] = kluis_core::seal::VERSION_1;
+    assert!(matches!(k.open(&c.get(), &v1), Err(Error::Decrypt)));
     let mut s9 = sealed.clone();
     s9[2] = 9;
     assert!(matches!(k.open(&c.get(), &s9), Err(Error::UnsupportedSuite(9))));

@@ -190,12 +190,20 @@ pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A prepared AEAD key for one suite and backend.
+/// AES-256-GCM on the encryption-only AES-256 key schedule: GCM never runs the block cipher
+/// backwards, so the decryption round keys of `aes_gcm::Aes256Gcm` would be computed for nothing.
+pub(crate) type Aes256GcmEnc = aes_gcm::AesGcm<aes_gcm::aes::Aes256Enc, aes_gcm::aead::consts::U12>;
+
+/// A prepared AEAD key for one suite and backend. Not boxed: sealed values use each AES key for
+/// one message, and a heap allocation plus a copy of the key schedule per message cost more than
+/// the AEAD on a short value (BENCHMARKS.md); the owners that keep a key longer hold one per
+/// document.
+#[expect(clippy::large_enum_variant, reason = "one-time keys live on the stack; see above")]
 pub(crate) enum AeadKey {
-    RcAes(Box<aes_gcm::Aes256Gcm>),
-    RcXChaCha(Box<chacha20poly1305::XChaCha20Poly1305>),
+    RcAes(Aes256GcmEnc),
+    RcXChaCha(chacha20poly1305::XChaCha20Poly1305),
     #[cfg(feature = "ring")]
-    RingAes(Box<ring::aead::LessSafeKey>),
+    RingAes(ring::aead::LessSafeKey),
 }
 
 /// The 96-bit nonce part every Kluis nonce is built from. XChaCha20-Poly1305 receives twelve zero
@@ -207,14 +215,14 @@ impl AeadKey {
     pub(crate) fn new(backend: Backend, suite: Suite, key: &[u8; KEY_LEN]) -> Result<Self> {
         match (suite, backend) {
             (Suite::XChaCha20Poly1305, _) => chacha20poly1305::XChaCha20Poly1305::new_from_slice(key)
-                .map(|k| Self::RcXChaCha(Box::new(k)))
+                .map(Self::RcXChaCha)
                 .map_err(|_| Error::ApiMisuse("aead key length")),
-            (Suite::Aes256Gcm, Backend::RustCrypto) => aes_gcm::Aes256Gcm::new_from_slice(key)
-                .map(|k| Self::RcAes(Box::new(k)))
+            (Suite::Aes256Gcm, Backend::RustCrypto) => Aes256GcmEnc::new_from_slice(key)
+                .map(Self::RcAes)
                 .map_err(|_| Error::ApiMisuse("aead key length")),
             #[cfg(feature = "ring")]
             (Suite::Aes256Gcm, Backend::Ring) => ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
-                .map(|k| Self::RingAes(Box::new(ring::aead::LessSafeKey::new(k))))
+                .map(|k| Self::RingAes(ring::aead::LessSafeKey::new(k)))
                 .map_err(|_| Error::ApiMisuse("aead key length")),
         }
     }
@@ -224,7 +232,7 @@ impl AeadKey {
         let mut out = [0u8; TAG_LEN];
         match self {
             Self::RcAes(k) => {
-                let n = aes_gcm::aead::Nonce::<aes_gcm::Aes256Gcm>::from(*nonce);
+                let n = aes_gcm::aead::Nonce::<Aes256GcmEnc>::from(*nonce);
                 let tag = k
                     .encrypt_inout_detached(&n, aad, buf.into())
                     .map_err(|_| Error::LimitReached("aead message length"))?;
@@ -260,8 +268,8 @@ impl AeadKey {
     ) -> Result<()> {
         match self {
             Self::RcAes(k) => {
-                let n = aes_gcm::aead::Nonce::<aes_gcm::Aes256Gcm>::from(*nonce);
-                let t = aes_gcm::aead::Tag::<aes_gcm::Aes256Gcm>::from(*tag);
+                let n = aes_gcm::aead::Nonce::<Aes256GcmEnc>::from(*nonce);
+                let t = aes_gcm::aead::Tag::<Aes256GcmEnc>::from(*tag);
                 k.decrypt_inout_detached(&n, aad, buf.into(), &t).map_err(|_| Error::Decrypt)
             }
             Self::RcXChaCha(k) => {
@@ -287,6 +295,86 @@ fn xnonce(n: &Nonce96) -> [u8; 24] {
         dst.copy_from_slice(n);
     }
     x
+}
+
+/// XAES-256-GCM subkey derivation (<https://c2sp.org/XAES-256-GCM>), precomputed for one input
+/// key: the AES-256 key schedule and the CMAC subkey `K1` (steps 1 and 2 of the spec) are computed
+/// once, so each message costs two AES block encryptions (step 5).
+pub(crate) struct XaesKdf {
+    aes: aes_gcm::aes::Aes256Enc,
+    k1: Zeroizing<[u8; 16]>,
+}
+
+impl XaesKdf {
+    pub(crate) fn new(key: &[u8; KEY_LEN]) -> Self {
+        use aes_gcm::aes::cipher::{BlockCipherEncrypt, KeyInit as _};
+        let aes = aes_gcm::aes::Aes256Enc::new(&(*key).into());
+        let mut l = aes_gcm::aes::Block::default();
+        aes.encrypt_block(&mut l);
+        let l = Zeroizing::new(u128::from_be_bytes(l.into()));
+        // K1 = L << 1, xor 0x87 when the top bit of L was set; without a branch on the secret bit.
+        let carry = 0u128.wrapping_sub(*l >> 127);
+        let k1 = Zeroizing::new(((*l << 1) ^ (carry & 0x87)).to_be_bytes());
+        Self { aes, k1 }
+    }
+
+    /// The AES-256-GCM key `Kx` and nonce `Nx` for a 192-bit nonce.
+    pub(crate) fn derive(&self, nonce: &[u8; 24]) -> (Zeroizing<[u8; KEY_LEN]>, Nonce96) {
+        use aes_gcm::aes::cipher::BlockCipherEncrypt;
+        let (n1, n2) = nonce.split_at(12);
+        let mut blocks = [aes_gcm::aes::Block::default(), aes_gcm::aes::Block::default()];
+        for (i, b) in blocks.iter_mut().enumerate() {
+            // M_i = 0x00 || i || 'X' || 0x00 || N[:12], then M_i xor K1.
+            let mut m = [0u8; 16];
+            let (prefix, rest) = m.split_at_mut(4);
+            prefix.copy_from_slice(&[0x00, i as u8 + 1, 0x58, 0x00]);
+            rest.copy_from_slice(n1);
+            for (x, k) in m.iter_mut().zip(self.k1.iter()) {
+                *x ^= k;
+            }
+            *b = m.into();
+        }
+        self.aes.encrypt_blocks(&mut blocks);
+        let mut kx = Zeroizing::new([0u8; KEY_LEN]);
+        let (a, b) = kx.split_at_mut(16);
+        let [b0, b1] = &mut blocks;
+        a.copy_from_slice(b0);
+        b.copy_from_slice(b1);
+        zeroize::Zeroize::zeroize(b0.as_mut_slice());
+        zeroize::Zeroize::zeroize(b1.as_mut_slice());
+        let mut nx = [0u8; 12];
+        nx.copy_from_slice(n2);
+        (kx, nx)
+    }
+}
+
+/// XChaCha20-Poly1305 with a full 192-bit nonce (sealed values v2 use the salt as the nonce).
+pub(crate) fn xchacha_seal(
+    key: &chacha20poly1305::XChaCha20Poly1305,
+    nonce: &[u8; 24],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; TAG_LEN]> {
+    let n = chacha20poly1305::XNonce::from(*nonce);
+    let tag = key
+        .encrypt_inout_detached(&n, aad, buf.into())
+        .map_err(|_| Error::LimitReached("aead message length"))?;
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(tag.as_slice());
+    Ok(out)
+}
+
+/// Opens [`xchacha_seal`]'s output in place.
+pub(crate) fn xchacha_open(
+    key: &chacha20poly1305::XChaCha20Poly1305,
+    nonce: &[u8; 24],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<()> {
+    let n = chacha20poly1305::XNonce::from(*nonce);
+    let t = chacha20poly1305::Tag::from(*tag);
+    key.decrypt_inout_detached(&n, aad, buf.into(), &t).map_err(|_| Error::Decrypt)
 }
 
 /// 64 bytes of HKDF output: a one-time AEAD key and a key commitment.
@@ -341,6 +429,59 @@ pub mod hazmat {
         pub fn open(&self, nonce: &Nonce96, aad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<()> {
             self.0.open_detached(nonce, aad, buf, tag)
         }
+    }
+
+    /// A prepared XAES-256-GCM key derivation (key schedule and CMAC subkey computed once).
+    pub struct XaesKey(super::XaesKdf);
+
+    impl std::fmt::Debug for XaesKey {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("XaesKey([REDACTED])")
+        }
+    }
+
+    impl XaesKey {
+        /// Prepares `key`.
+        pub fn new(key: &[u8; KEY_LEN]) -> Self {
+            Self(super::XaesKdf::new(key))
+        }
+
+        /// `(Kx, Nx)` for a 192-bit `nonce`.
+        pub fn derive(&self, nonce: &[u8; 24]) -> ([u8; KEY_LEN], [u8; 12]) {
+            let (kx, nx) = self.0.derive(nonce);
+            (*kx, nx)
+        }
+    }
+
+    /// XAES-256-GCM subkey derivation: `(Kx, Nx)` for `key` and a 192-bit `nonce`.
+    pub fn xaes_derive(key: &[u8; KEY_LEN], nonce: &[u8; 24]) -> ([u8; KEY_LEN], [u8; 12]) {
+        let (kx, nx) = super::XaesKdf::new(key).derive(nonce);
+        (*kx, nx)
+    }
+
+    /// XAES-256-GCM encryption in place (derivation, then AES-256-GCM on `backend`); returns the tag.
+    pub fn xaes_seal(
+        backend: Backend,
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; 24],
+        aad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN]> {
+        let (kx, nx) = super::XaesKdf::new(key).derive(nonce);
+        AeadKey::new(backend, Suite::Aes256Gcm, &kx)?.seal_detached(&nx, aad, buf)
+    }
+
+    /// XAES-256-GCM decryption in place after checking the tag.
+    pub fn xaes_open(
+        backend: Backend,
+        key: &[u8; KEY_LEN],
+        nonce: &[u8; 24],
+        aad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()> {
+        let (kx, nx) = super::XaesKdf::new(key).derive(nonce);
+        AeadKey::new(backend, Suite::Aes256Gcm, &kx)?.open_detached(&nx, aad, buf, tag)
     }
 
     /// HKDF-Expand (SHA-256) with a 32-byte PRK.

@@ -188,7 +188,7 @@ pub fn padme(len: u64) -> Result<u64> {
     let s = 32 - e.leading_zeros(); // floor(log2 e) + 1
     let last_bits = e.saturating_sub(s);
     let mask = (1u64 << last_bits) - 1;
-    len.checked_add(mask).map(|v| v & !mask).ok_or(Error::LimitReached("document length"))
+    len.checked_add(mask).map(|v| v & !mask).ok_or_else(|| Error::LimitReached("document length"))
 }
 
 /// Splits pushed bytes into units of `size` for the streaming sealer and opener. The last unit
@@ -314,7 +314,7 @@ impl DocumentSealer {
         header.extend_from_slice(&ml.to_be_bytes());
         header.extend_from_slice(&wrapped);
 
-        let fixed = header.get(..FIXED_LEN).ok_or(Error::ApiMisuse("header"))?.to_vec();
+        let fixed = header.get(..FIXED_LEN).ok_or_else(|| Error::ApiMisuse("header"))?.to_vec();
         let keys = derive_doc_keys(&dk, &fixed, opts.suite, opts.backend)?;
         let mut meta_ct = meta_pt.to_vec();
         // The metadata AD is everything before it: prefix and wrapped key.
@@ -362,7 +362,7 @@ impl DocumentSealer {
             return Err(Error::ApiMisuse("the final chunk may be empty only for an empty document"));
         }
         let total =
-            self.written.checked_add(buf.len() as u64).ok_or(Error::LimitReached("document length"))?;
+            self.written.checked_add(buf.len() as u64).ok_or_else(|| Error::LimitReached("document length"))?;
         if let Some((_, padded)) = self.padded
             && (total > padded || (last && total != padded))
         {
@@ -377,7 +377,7 @@ impl DocumentSealer {
     fn seal_slice(&mut self, chunk: &mut [u8], last: bool, total: u64) -> Result<[u8; TAG_LEN]> {
         let nonce = chunk_nonce(self.next_index, last);
         let tag = self.payload.seal_detached(&nonce, &[], chunk)?;
-        self.next_index = self.next_index.checked_add(1).ok_or(Error::LimitReached("chunk counter"))?;
+        self.next_index = self.next_index.checked_add(1).ok_or_else(|| Error::LimitReached("chunk counter"))?;
         self.written = total;
         self.finished = last;
         Ok(tag)
@@ -390,7 +390,7 @@ impl DocumentSealer {
             return Err(Error::ApiMisuse("chunk has the wrong size"));
         }
         let total =
-            self.written.checked_add(plain.len() as u64).ok_or(Error::LimitReached("document length"))?;
+            self.written.checked_add(plain.len() as u64).ok_or_else(|| Error::LimitReached("document length"))?;
         if let Some((_, padded)) = self.padded
             && total > padded
         {
@@ -449,7 +449,7 @@ impl StreamSealer {
     /// `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         self.content =
-            self.content.checked_add(data.len() as u64).ok_or(Error::LimitReached("document length"))?;
+            self.content.checked_add(data.len() as u64).ok_or_else(|| Error::LimitReached("document length"))?;
         if let Some((declared, _)) = self.inner.padded
             && self.content > declared
         {
@@ -553,7 +553,7 @@ impl DocumentHeader {
     /// Parses a header (exactly [`DocumentHeader::header_len`] bytes, or more: the rest is ignored).
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let len = Self::header_len(bytes)?;
-        let raw = bytes.get(..len).ok_or(Error::malformed("document header", "too short"))?.to_vec();
+        let raw = bytes.get(..len).ok_or_else(|| Error::malformed("document header", "too short"))?.to_vec();
         let mut r = Reader::new(&raw, "document header");
         r.take(5)?;
         let suite = Suite::from_id(r.u8()?)?;
@@ -616,16 +616,16 @@ impl DocumentHeader {
         backend: Backend,
     ) -> Result<DocumentOpener> {
         let wrapped =
-            self.raw.get(PREFIX_LEN..PREFIX_LEN + self.wrapped_len).ok_or(Error::ApiMisuse("header"))?;
+            self.raw.get(PREFIX_LEN..PREFIX_LEN + self.wrapped_len).ok_or_else(|| Error::ApiMisuse("header"))?;
         let dk_bytes = wrapping
             .open_ad(&ctx.ad()?, wrapped, "document key")
             .map_err(crate::seal::OpenFailure::into_error)?;
         let dk = KeyMaterial::from_slice(dk_bytes.expose_secret())?;
-        let fixed = self.raw.get(..FIXED_LEN).ok_or(Error::ApiMisuse("header"))?;
+        let fixed = self.raw.get(..FIXED_LEN).ok_or_else(|| Error::ApiMisuse("header"))?;
         let keys = derive_doc_keys(&dk, fixed, self.suite, backend)?;
         let meta_start = PREFIX_LEN + self.wrapped_len;
-        let ad = self.raw.get(..meta_start).ok_or(Error::ApiMisuse("header"))?;
-        let ct = self.raw.get(meta_start..).ok_or(Error::ApiMisuse("header"))?;
+        let ad = self.raw.get(..meta_start).ok_or_else(|| Error::ApiMisuse("header"))?;
+        let ct = self.raw.get(meta_start..).ok_or_else(|| Error::ApiMisuse("header"))?;
         let (body, tag) = ct.split_at(ct.len() - TAG_LEN);
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| Error::ApiMisuse("tag"))?;
         let mut pt = Plaintext::new(body.to_vec()).into_zeroizing();
@@ -715,7 +715,7 @@ impl DocumentOpener {
     /// The layout of a stored object of `object_len` bytes. A length that cannot come from a whole
     /// document is [`Error::Truncated`] (too short for its final chunk) or malformed.
     pub fn layout(&self, object_len: u64) -> Result<Layout> {
-        let body = object_len.checked_sub(self.header_len as u64).ok_or(Error::Truncated)?;
+        let body = object_len.checked_sub(self.header_len as u64).ok_or_else(|| Error::Truncated)?;
         let c16 = (self.chunk_size + TAG_LEN) as u64;
         if body < TAG_LEN as u64 {
             return Err(Error::Truncated);
@@ -833,8 +833,8 @@ impl DocumentOpener {
         }
         let n = buf.len() - TAG_LEN;
         let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(buf.get(n..).ok_or(Error::ApiMisuse("chunk"))?);
-        let body = buf.get_mut(..n).ok_or(Error::ApiMisuse("chunk"))?;
+        tag.copy_from_slice(buf.get(n..).ok_or_else(|| Error::ApiMisuse("chunk"))?);
+        let body = buf.get_mut(..n).ok_or_else(|| Error::ApiMisuse("chunk"))?;
         if self.payload.open_detached(&chunk_nonce(index, last), &[], body, &tag).is_err() {
             metrics::decrypt_failed("document chunk", false);
             buf.clear();
@@ -916,7 +916,7 @@ impl StreamOpener {
         }
         self.emitted += keep as u64;
         if !last {
-            self.index = self.index.checked_add(1).ok_or(Error::LimitReached("chunk counter"))?;
+            self.index = self.index.checked_add(1).ok_or_else(|| Error::LimitReached("chunk counter"))?;
         }
         Ok(())
     }

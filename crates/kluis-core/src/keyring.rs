@@ -202,7 +202,7 @@ impl LocalKeyring {
             .copied()
             .unwrap_or(0)
             .checked_add(1)
-            .ok_or(Error::LimitReached("root key versions exhausted"))?;
+            .ok_or_else(|| Error::LimitReached("root key versions exhausted"))?;
         self.versions.insert(
             next,
             RootVersion { key: SealKey::new(KeyMaterial::generate()?, root_ref(next))?, created_unix },
@@ -225,7 +225,7 @@ impl LocalKeyring {
     /// Serialises and seals the keyring under `secret`, with `generation + 1` (the generation
     /// increases with every write; call [`LocalKeyring::set_generation`] after the write succeeds).
     pub fn to_file_bytes(&self, secret: &KeyringSecret, suite: Suite) -> Result<(Vec<u8>, u64)> {
-        let generation = self.generation.checked_add(1).ok_or(Error::LimitReached("keyring generation"))?;
+        let generation = self.generation.checked_add(1).ok_or_else(|| Error::LimitReached("keyring generation"))?;
         let salt: [u8; 16] = crate::random::array()?;
         let params = match secret {
             KeyringSecret::Passphrase(_, p) => {
@@ -328,7 +328,7 @@ impl LocalKeyring {
         let rv = self
             .versions
             .get(&self.primary)
-            .ok_or(Error::KeyringCorrupt("primary root key version missing"))?;
+            .ok_or_else(|| Error::KeyringCorrupt("primary root key version missing"))?;
         let mut ad = WRAP_AD_LABEL.to_vec();
         ad.extend_from_slice(aad);
         let ct = rv.key.seal_ad(Suite::default(), &ad, key.expose_secret())?;
@@ -432,7 +432,7 @@ impl<'a> ParsedKeyring<'a> {
         if body_len > MAX_BODY {
             return Err(Error::KeyringCorrupt("body length out of range"));
         }
-        let header = bytes.get(..HEADER_LEN).ok_or(Error::KeyringTruncated)?;
+        let header = bytes.get(..HEADER_LEN).ok_or_else(|| Error::KeyringTruncated)?;
         let total = HEADER_LEN + body_len + CHECKSUM_LEN;
         if bytes.len() < total {
             return Err(Error::KeyringTruncated);
@@ -453,7 +453,7 @@ impl<'a> ParsedKeyring<'a> {
             }
             _ => return Err(Error::KeyringCorrupt("unknown key-encryption kind")),
         }
-        let body = signed.get(HEADER_LEN..).ok_or(Error::KeyringTruncated)?;
+        let body = signed.get(HEADER_LEN..).ok_or_else(|| Error::KeyringTruncated)?;
         Ok(Self { header, generation, kek_kind, params, salt, body })
     }
 }
@@ -506,7 +506,7 @@ pub fn parse_key_file(bytes: &[u8]) -> Result<KeyMaterial> {
     }
     let mut out = Zeroizing::new([0u8; KEY_LEN]);
     for (i, slot) in out.iter_mut().enumerate() {
-        let pair = t.get(2 * i..2 * i + 2).ok_or(Error::invalid("key file", "bad hex"))?;
+        let pair = t.get(2 * i..2 * i + 2).ok_or_else(|| Error::invalid("key file", "bad hex"))?;
         *slot = u8::from_str_radix(pair, 16).map_err(|_| Error::invalid("key file", "bad hex"))?;
     }
     Ok(KeyMaterial::from_bytes(*out))

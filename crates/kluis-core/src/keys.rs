@@ -129,7 +129,7 @@ pub async fn unwrap_one(
 ) -> Result<KeyMaterial> {
     let items = [UnwrapRequest { aad, wrapped }];
     let mut out = provider.unwrap_batch(&items).await?;
-    out.pop().ok_or(Error::ApiMisuse("provider returned no result"))?
+    out.pop().ok_or_else(|| Error::ApiMisuse("provider returned no result"))?
 }
 
 /// State of a key version.
@@ -286,7 +286,7 @@ pub async fn rotate_domain_key(
         .max()
         .unwrap_or(0)
         .checked_add(1)
-        .ok_or(Error::LimitReached("domain key versions exhausted"))?;
+        .ok_or_else(|| Error::LimitReached("domain key versions exhausted"))?;
     let (rec, key) = new_domain_key(provider, tenant, domain, next).await?;
     for r in records.iter_mut() {
         if r.state == KeyState::Active {
@@ -362,7 +362,7 @@ impl DomainKeySet {
         backend: Backend,
     ) -> Result<Self> {
         let active = validate_versions(records)?;
-        let first = records.first().ok_or(Error::invalid("domain key set", "no versions"))?;
+        let first = records.first().ok_or_else(|| Error::invalid("domain key set", "no versions"))?;
         let (tenant, domain) = (first.tenant.clone(), first.domain.clone());
         let mut aads = Vec::new();
         let mut live = Vec::new();

@@ -53,7 +53,7 @@ pub(crate) fn public_array<const N: usize>() -> Result<[u8; N]> {
             pool.pos = 0;
         }
         let start = pool.pos;
-        let src = pool.bytes.get_mut(start..start + N).ok_or(Error::Rng)?;
+        let src = pool.bytes.get_mut(start..start + N).ok_or_else(|| Error::Rng)?;
         out.copy_from_slice(src);
         src.fill(0);
         pool.pos = start + N;

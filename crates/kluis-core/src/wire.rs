@@ -27,8 +27,8 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        let end = self.pos.checked_add(n).ok_or(Error::malformed(self.what, "length overflow"))?;
-        let out = self.buf.get(self.pos..end).ok_or(Error::malformed(self.what, "too short"))?;
+        let end = self.pos.checked_add(n).ok_or_else(|| Error::malformed(self.what, "length overflow"))?;
+        let out = self.buf.get(self.pos..end).ok_or_else(|| Error::malformed(self.what, "too short"))?;
         self.pos = end;
         Ok(out)
     }
