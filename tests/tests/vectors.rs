@@ -69,7 +69,14 @@ fn doc_content() -> Vec<u8> {
 
 #[test]
 fn sealed_value_vectors_open() {
-    let v = load("sealed_v1.json");
+    // v1 was written until format v2 replaced it; both must open for ever.
+    for (file, format_version) in [("sealed_v1.json", 1u8), ("sealed_v2.json", 2)] {
+        sealed_value_vectors_open_in(file, format_version);
+    }
+}
+
+fn sealed_value_vectors_open_in(file: &str, format_version: u8) {
+    let v = load(file);
     let vectors = v["vectors"].as_array().unwrap();
     assert!(vectors.len() >= 6);
     for t in vectors {
@@ -88,7 +95,9 @@ fn sealed_value_vectors_open() {
                 Ctx::new(s(&t["tenant"]), s(&t["domain"]), s(&t["collection"]), s(&t["field"]), "moved");
             assert!(matches!(k.open(&other.get(), &sealed), Err(Error::Decrypt)));
         }
-        assert_eq!(kluis_core::SealedHeader::parse(&sealed).unwrap().suite, suite(s(&t["suite"])));
+        let header = kluis_core::SealedHeader::parse(&sealed).unwrap();
+        assert_eq!(header.suite, suite(s(&t["suite"])));
+        assert_eq!(header.format_version, format_version, "{file}: {}", s(&t["name"]));
     }
 }
 
@@ -278,7 +287,8 @@ fn generate() {
             "plaintext": hex::encode(pt), "sealed": hex::encode(&sealed),
         }));
     }
-    write("sealed_v1.json", json!({"format": "kluis sealed value v1", "vectors": out}));
+    // sealed_v1.json was written by the generator of format v1; this one writes v2.
+    write("sealed_v2.json", json!({"format": "kluis sealed value v2", "vectors": out}));
 
     // Documents.
     let mut docs = Vec::new();
