@@ -1,0 +1,541 @@
+//! The document layer: streamed sealing into a backend, streamed and ranged reads.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use kluis_core::document::{DocumentOptions, PREFIX_LEN};
+use kluis_core::{
+    DocumentContext, DocumentHeader, DocumentMetadata, DocumentOpener, DocumentSealer, DomainKeySet,
+    DomainName, KeyKind, KeyRef, Plaintext, SealKey, SubjectKey, TenantId,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use crate::backend::{BlobBackend, GcReport, Upload};
+use crate::error::{BlobError, Result};
+use crate::name::ObjectName;
+
+const TAG_LEN: usize = 16;
+/// Longest subject or record id.
+pub const MAX_ID_LEN: usize = 255;
+
+/// How documents are written and read.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct VaultOptions {
+    /// Sealing options for new documents (suite, chunk size, padding).
+    pub document: DocumentOptions,
+    /// Bytes per upload part and per read request (rounded to whole chunks). Also the Azure
+    /// block size. Memory per transfer is about this plus two chunks.
+    pub part_size: usize,
+    /// Largest plaintext range [`DocumentVault::get_range`] returns in memory.
+    pub max_range_len: u64,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        Self { document: DocumentOptions::default(), part_size: 4 << 20, max_range_len: 64 << 20 }
+    }
+}
+
+impl VaultOptions {
+    /// Options with a given part size (at least one chunk; at most 256 MiB).
+    pub fn with_part_size(mut self, part_size: usize) -> Self {
+        self.part_size = part_size;
+        self
+    }
+
+    /// Options with given document sealing options.
+    pub fn with_document(mut self, document: DocumentOptions) -> Self {
+        self.document = document;
+        self
+    }
+}
+
+/// The keys a caller holds for one tenant and domain: the domain key set, and for documents of
+/// a subject sealed under its subject key, that subject key.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentKeys<'a> {
+    domain: &'a DomainKeySet,
+    subject: Option<&'a SubjectKey>,
+}
+
+impl<'a> DocumentKeys<'a> {
+    /// Domain keys only: new documents' data keys are sealed by the active domain key.
+    pub fn domain(domain: &'a DomainKeySet) -> Self {
+        Self { domain, subject: None }
+    }
+
+    /// With a subject key: new documents of that subject are sealed under it, so shredding the
+    /// subject key makes them unreadable.
+    pub fn with_subject(domain: &'a DomainKeySet, subject: &'a SubjectKey) -> Self {
+        Self { domain, subject: Some(subject) }
+    }
+}
+
+/// A document to store: who it belongs to and its (secret) metadata.
+#[derive(Debug, Clone)]
+pub struct NewDocument {
+    /// The data subject (e.g. an employee id), 1 to 255 bytes.
+    pub subject: String,
+    /// The record it belongs to, if any, 1 to 255 bytes.
+    pub record: Option<String>,
+    /// File name, extension, content type, length, created, uploader: stored encrypted only.
+    pub metadata: DocumentMetadata,
+}
+
+/// What a catalog stores for a document (see `docs/DOCUMENTS.md`). Holds no secret: no file name,
+/// type or content. Reading needs all of it back unchanged: the object name, tenant, domain,
+/// subject and record are bound into the document's encryption, so a row edited to point at
+/// another object, subject or record fails to decrypt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentDescriptor {
+    /// The storage object.
+    pub object: ObjectName,
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Domain.
+    pub domain: DomainName,
+    /// Data subject.
+    pub subject: String,
+    /// Record, if any.
+    pub record: Option<String>,
+    /// Which key sealed the data key (a domain key version or a subject key version).
+    pub wrapping_key: KeyRef,
+    /// Length of the stored object in bytes (already visible to storage).
+    pub object_len: u64,
+}
+
+impl DocumentDescriptor {
+    /// The document id bound into the data key's associated data: object name, subject and
+    /// record, length-prefixed so no two triples give the same string.
+    fn document_id(&self) -> String {
+        document_id(&self.object, &self.subject, self.record.as_deref())
+    }
+}
+
+fn document_id(object: &ObjectName, subject: &str, record: Option<&str>) -> String {
+    match record {
+        Some(r) => format!("kluis-blob/v1:{}:{}:{}:r{}:{}", object, subject.len(), subject, r.len(), r),
+        None => format!("kluis-blob/v1:{}:{}:{}:n", object, subject.len(), subject),
+    }
+}
+
+fn check_id(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
+        return Err(BlobError::Invalid { what, reason: "must be 1 to 255 bytes" });
+    }
+    Ok(())
+}
+
+/// Encrypted documents on a [`BlobBackend`].
+pub struct DocumentVault<B> {
+    backend: B,
+    opts: VaultOptions,
+}
+
+impl<B: fmt::Debug> fmt::Debug for DocumentVault<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocumentVault").field("backend", &self.backend).field("opts", &self.opts).finish()
+    }
+}
+
+impl<B: BlobBackend> DocumentVault<B> {
+    /// A vault with default options (64 KiB chunks, 4 MiB parts).
+    pub fn new(backend: B) -> Self {
+        Self { backend, opts: VaultOptions::default() }
+    }
+
+    /// A vault with options.
+    pub fn with_options(backend: B, opts: VaultOptions) -> Result<Self> {
+        let cs = 1usize << opts.document.chunk_log2;
+        if opts.part_size < cs + TAG_LEN || opts.part_size > 256 << 20 {
+            return Err(BlobError::Invalid {
+                what: "part size",
+                reason: "must hold at least one chunk and be at most 256 MiB",
+            });
+        }
+        Ok(Self { backend, opts })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Encrypts the content read from `content` and stores it as a new object. The content is
+    /// streamed: memory stays at about one part plus two chunks whatever its size. The object
+    /// becomes visible only once whole; if reading or storing fails, or the future is dropped,
+    /// nothing is visible (and [`DocumentVault::collect_garbage`] removes any leftovers).
+    pub async fn put<R: AsyncRead + Unpin + Send>(
+        &self,
+        keys: &DocumentKeys<'_>,
+        doc: &NewDocument,
+        content: R,
+    ) -> Result<DocumentDescriptor> {
+        check_id("subject id", &doc.subject)?;
+        if let Some(r) = &doc.record {
+            check_id("record id", r)?;
+        }
+        let wrapping: &SealKey = match keys.subject {
+            Some(sk) if sk.subject() == doc.subject => sk.seal_key(),
+            Some(_) => {
+                return Err(BlobError::Invalid { what: "subject key", reason: "belongs to another subject" });
+            }
+            None => keys.domain.active_key()?,
+        };
+        let object = ObjectName::random()?;
+        let id = document_id(&object, &doc.subject, doc.record.as_deref());
+        let ctx =
+            DocumentContext { tenant: keys.domain.tenant(), domain: keys.domain.domain(), document_id: &id };
+        let sealer = DocumentSealer::new(wrapping, &ctx, &doc.metadata, self.opts.document)?;
+
+        let mut upload = self.backend.begin(&object).await?;
+        match self.write_chunks(sealer, &doc.metadata, content, &mut upload).await {
+            Ok(()) => {}
+            Err(e) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(error = %abort, "aborting a failed upload failed; garbage collection will remove it");
+                }
+                return Err(e);
+            }
+        }
+        let object_len = upload.commit().await?;
+        tracing::debug!(object = %object, len = object_len, "document stored");
+        Ok(DocumentDescriptor {
+            object,
+            tenant: keys.domain.tenant().clone(),
+            domain: keys.domain.domain().clone(),
+            subject: doc.subject.clone(),
+            record: doc.record.clone(),
+            wrapping_key: wrapping.key_ref(),
+            object_len,
+        })
+    }
+
+    async fn write_chunks<R: AsyncRead + Unpin + Send>(
+        &self,
+        mut sealer: DocumentSealer,
+        meta: &DocumentMetadata,
+        content: R,
+        upload: &mut B::Upload,
+    ) -> Result<()> {
+        let cs = sealer.chunk_size();
+        let mut src = Source {
+            reader: content,
+            eof: false,
+            read: 0,
+            declared: meta.length,
+            pad_left: 0,
+            padded: sealer.padded_len(),
+        };
+        let mut part: Vec<u8> = Vec::with_capacity(self.opts.part_size + cs + TAG_LEN);
+        part.extend_from_slice(sealer.header());
+        // Two plaintext buffers: the next chunk is read before the current one is sealed, to
+        // know whether the current one is the final chunk. Both are wiped when dropped.
+        let mut cur = Zeroizing::new(Vec::with_capacity(cs + TAG_LEN));
+        let mut next = Zeroizing::new(Vec::with_capacity(cs + TAG_LEN));
+        let mut n = src.fill(&mut cur, cs).await?;
+        loop {
+            let (last, m) = if n < cs {
+                (true, 0)
+            } else {
+                let m = src.fill(&mut next, cs).await?;
+                (m == 0, m)
+            };
+            cur.truncate(n);
+            sealer.seal_chunk(&mut cur, last)?;
+            part.extend_from_slice(&cur);
+            if part.len() >= self.opts.part_size {
+                upload.append(&part).await?;
+                part.clear();
+            }
+            if last {
+                break;
+            }
+            std::mem::swap(&mut cur, &mut next);
+            n = m;
+        }
+        if !part.is_empty() {
+            upload.append(&part).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens a stored document for sequential reading. Checks the object's length against the
+    /// descriptor and opens the header (so a wrong key, tenant, subject or object fails here).
+    pub async fn open(
+        &self,
+        desc: &DocumentDescriptor,
+        keys: &DocumentKeys<'_>,
+    ) -> Result<DocumentReader<'_, B>> {
+        let (opener, len) = self.open_header(desc, keys).await?;
+        let layout = opener.layout(len)?;
+        let c16 = opener.chunk_size() + TAG_LEN;
+        let chunks_per_part = (self.opts.part_size / c16).max(1);
+        Ok(DocumentReader {
+            backend: &self.backend,
+            object: desc.object.clone(),
+            object_len: len,
+            next_index: 0,
+            final_chunk: layout.chunks - 1,
+            offset: opener.header_len() as u64,
+            content_left: layout.content_len,
+            part: Vec::with_capacity(chunks_per_part * c16),
+            part_pos: 0,
+            chunk: Zeroizing::new(Vec::with_capacity(c16)),
+            chunks_per_part,
+            c16,
+            opener,
+        })
+    }
+
+    async fn open_header(
+        &self,
+        desc: &DocumentDescriptor,
+        keys: &DocumentKeys<'_>,
+    ) -> Result<(DocumentOpener, u64)> {
+        if keys.domain.tenant() != &desc.tenant || keys.domain.domain() != &desc.domain {
+            return Err(BlobError::Invalid { what: "keys", reason: "belong to another tenant or domain" });
+        }
+        let len = self.backend.len(&desc.object).await?;
+        if len != desc.object_len {
+            return Err(BlobError::LengthMismatch { expected: desc.object_len, actual: len });
+        }
+        if len < PREFIX_LEN as u64 {
+            return Err(kluis_core::Error::Truncated.into());
+        }
+        let mut buf = Vec::with_capacity(PREFIX_LEN);
+        self.backend.read_range(&desc.object, 0, PREFIX_LEN as u64, &mut buf).await?;
+        let hl = DocumentHeader::header_len(&buf)? as u64;
+        if hl > len {
+            return Err(kluis_core::Error::Truncated.into());
+        }
+        self.backend.read_range(&desc.object, PREFIX_LEN as u64, hl, &mut buf).await?;
+        let header = DocumentHeader::parse(&buf)?;
+        let key = wrapping_for_read(keys, desc, header.wrapping_key())?;
+        let id = desc.document_id();
+        let ctx = DocumentContext { tenant: &desc.tenant, domain: &desc.domain, document_id: &id };
+        let opener = header.open(key, &ctx)?;
+        Ok((opener, len))
+    }
+
+    /// Decrypts the document into `out`; returns the number of content bytes written.
+    ///
+    /// Every chunk is authenticated before its plaintext is written. If an error is returned
+    /// the output may hold an authenticated prefix of the document: discard it.
+    pub async fn get<W: AsyncWrite + Unpin + Send>(
+        &self,
+        desc: &DocumentDescriptor,
+        keys: &DocumentKeys<'_>,
+        mut out: W,
+    ) -> Result<u64> {
+        let mut r = self.open(desc, keys).await?;
+        let mut n = 0u64;
+        while let Some(chunk) = r.next_chunk().await? {
+            out.write_all(chunk).await.map_err(BlobError::Sink)?;
+            n += chunk.len() as u64;
+        }
+        out.flush().await.map_err(BlobError::Sink)?;
+        Ok(n)
+    }
+
+    /// The decrypted metadata (file name, extension, content type, length, created, uploader).
+    /// Reads only the header.
+    pub async fn metadata(
+        &self,
+        desc: &DocumentDescriptor,
+        keys: &DocumentKeys<'_>,
+    ) -> Result<DocumentMetadata> {
+        let (opener, len) = self.open_header(desc, keys).await?;
+        opener.layout(len)?;
+        Ok(opener.metadata().clone())
+    }
+
+    /// Content bytes `start..end` (clamped to the content). Only the chunks holding the range are
+    /// fetched, and each is authenticated (including the final chunk when the range reaches it).
+    pub async fn get_range(
+        &self,
+        desc: &DocumentDescriptor,
+        keys: &DocumentKeys<'_>,
+        start: u64,
+        end: u64,
+    ) -> Result<Plaintext> {
+        if end.saturating_sub(start) > self.opts.max_range_len {
+            return Err(BlobError::Invalid {
+                what: "range",
+                reason: "longer than the vault's maximum range",
+            });
+        }
+        let (opener, len) = self.open_header(desc, keys).await?;
+        let plan = opener.plan_range(len, start, end)?;
+        let mut ct = Vec::new();
+        self.backend.read_range(&desc.object, plan.object_start, plan.object_end, &mut ct).await?;
+        Ok(opener.open_range(&plan, &ct)?)
+    }
+
+    /// Deletes a document's object. Returns whether it existed.
+    pub async fn delete(&self, desc: &DocumentDescriptor) -> Result<bool> {
+        self.backend.delete(&desc.object).await
+    }
+
+    /// Names of all stored objects (for reconciling with a catalog).
+    pub async fn list_objects(&self) -> Result<Vec<ObjectName>> {
+        self.backend.list().await
+    }
+
+    /// Removes every object not in `live` (the catalog's object names) and every leftover of an
+    /// unfinished upload, if last changed more than `grace` ago. Use a grace period longer than
+    /// the longest upload plus catalog insert (an hour is ample); zero only when no upload runs.
+    pub async fn collect_garbage<'n>(
+        &self,
+        live: impl IntoIterator<Item = &'n ObjectName>,
+        grace: Duration,
+    ) -> Result<GcReport> {
+        let live: HashSet<ObjectName> = live.into_iter().cloned().collect();
+        self.backend.collect_garbage(&live, grace).await
+    }
+}
+
+fn wrapping_for_read<'k>(
+    keys: &DocumentKeys<'k>,
+    desc: &DocumentDescriptor,
+    key: KeyRef,
+) -> Result<&'k SealKey> {
+    match key.kind {
+        KeyKind::Domain => Ok(keys.domain.key(key.version)?),
+        KeyKind::Subject => match keys.subject {
+            Some(sk) if sk.subject() == desc.subject && sk.seal_key().key_ref() == key => Ok(sk.seal_key()),
+            _ => Err(kluis_core::Error::UnknownKey {
+                key: format!("subject key v{} of this document", key.version),
+            }
+            .into()),
+        },
+        _ => Err(kluis_core::Error::Malformed {
+            what: "document header",
+            reason: "data key sealed by a key of the wrong kind",
+        }
+        .into()),
+    }
+}
+
+/// The content source of an upload: the caller's reader, then the Padmé padding zeros.
+struct Source<R> {
+    reader: R,
+    eof: bool,
+    read: u64,
+    declared: Option<u64>,
+    pad_left: u64,
+    padded: Option<u64>,
+}
+
+impl<R: AsyncRead + Unpin> Source<R> {
+    /// Fills `buf` with up to `cs` bytes; fewer only at the end of the stream.
+    async fn fill(&mut self, buf: &mut Vec<u8>, cs: usize) -> Result<usize> {
+        buf.resize(cs, 0);
+        let mut n = 0;
+        while n < cs && !self.eof {
+            let dst = buf.get_mut(n..cs).ok_or(BlobError::Task("chunk buffer"))?;
+            let k = self.reader.read(dst).await.map_err(BlobError::Source)?;
+            if k == 0 {
+                self.eof = true;
+                if let Some(d) = self.declared {
+                    if self.read != d {
+                        return Err(BlobError::Invalid {
+                            what: "document",
+                            reason: "content length differs from the declared length",
+                        });
+                    }
+                    self.pad_left = self.padded.unwrap_or(d).saturating_sub(d);
+                }
+            } else {
+                n += k;
+                self.read += k as u64;
+                if self.declared.is_some_and(|d| self.read > d) {
+                    return Err(BlobError::Invalid {
+                        what: "document",
+                        reason: "content is longer than the declared length",
+                    });
+                }
+            }
+        }
+        if n < cs && self.pad_left > 0 {
+            let add = usize::try_from(self.pad_left).unwrap_or(usize::MAX).min(cs - n);
+            if let Some(z) = buf.get_mut(n..n + add) {
+                z.fill(0);
+            }
+            n += add;
+            self.pad_left -= add as u64;
+        }
+        buf.truncate(n);
+        Ok(n)
+    }
+}
+
+/// Reads a stored document chunk by chunk (see [`DocumentVault::open`]).
+pub struct DocumentReader<'v, B> {
+    backend: &'v B,
+    object: ObjectName,
+    object_len: u64,
+    next_index: u64,
+    final_chunk: u64,
+    offset: u64,
+    content_left: u64,
+    part: Vec<u8>,
+    part_pos: usize,
+    chunk: Zeroizing<Vec<u8>>,
+    chunks_per_part: usize,
+    c16: usize,
+    opener: DocumentOpener,
+}
+
+impl<B> fmt::Debug for DocumentReader<'_, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DocumentReader")
+            .field("object", &self.object)
+            .field("next_index", &self.next_index)
+            .field("final_chunk", &self.final_chunk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: BlobBackend> DocumentReader<'_, B> {
+    /// The decrypted metadata.
+    pub fn metadata(&self) -> &DocumentMetadata {
+        self.opener.metadata()
+    }
+
+    /// The next chunk's authenticated plaintext (content only, no padding), or `None` after the
+    /// final chunk. The slice is valid until the next call.
+    pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>> {
+        if self.next_index > self.final_chunk {
+            return Ok(None);
+        }
+        let last = self.next_index == self.final_chunk;
+        let remaining = self.part.len().saturating_sub(self.part_pos);
+        if remaining == 0 {
+            // Fetch the next whole chunks.
+            let want = (self.chunks_per_part * self.c16) as u64;
+            let end = self.offset.saturating_add(want).min(self.object_len);
+            self.part.clear();
+            self.part_pos = 0;
+            self.backend.read_range(&self.object, self.offset, end, &mut self.part).await?;
+            self.offset = end;
+        }
+        let take = if last { self.part.len() - self.part_pos } else { self.c16 };
+        let ct = self.part.get(self.part_pos..self.part_pos + take).ok_or(kluis_core::Error::Truncated)?;
+        self.chunk.clear();
+        self.chunk.extend_from_slice(ct);
+        self.part_pos += take;
+        let n = self.opener.open_chunk(self.next_index, last, &mut self.chunk)?;
+        let keep = usize::try_from(self.content_left).unwrap_or(usize::MAX).min(n);
+        self.chunk.truncate(keep);
+        self.content_left -= keep as u64;
+        self.next_index += 1;
+        if last && self.content_left != 0 {
+            return Err(kluis_core::Error::Truncated.into());
+        }
+        Ok(Some(&self.chunk))
+    }
+}

@@ -1,0 +1,219 @@
+//! Shared test support: keys, content, backends (a temp directory; Azurite via a locally signed
+//! account SAS), and storage-level access for tamper tests.
+#![allow(dead_code, missing_debug_implementations)]
+// Test support: failing loudly is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use kluis_blob::azure::{AzureBlob, AzureOptions};
+use kluis_blob::{BlobBackend, DocumentVault, LocalDir, ObjectName, Upload, VaultOptions};
+use kluis_core::document::DocumentOptions;
+use kluis_core::{
+    Backend, DocumentMetadata, DomainKeySet, DomainName, KeyMaterial, KeyState, Suite, TenantId,
+};
+
+/// The Azurite account and its well-known key (public, emulator only).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+pub fn keys(tenant: &str, domain: DomainName) -> DomainKeySet {
+    DomainKeySet::from_keys(
+        TenantId::new(tenant).unwrap(),
+        domain,
+        vec![(1, KeyState::Active, KeyMaterial::generate().unwrap())],
+        Suite::default(),
+        Backend::preferred(),
+    )
+    .unwrap()
+}
+
+pub fn medical() -> DomainKeySet {
+    keys("acme", DomainName::medical())
+}
+
+pub fn meta(file_name: &str, length: Option<u64>) -> DocumentMetadata {
+    let extension = file_name.rsplit_once('.').map(|(_, e)| e.to_owned()).unwrap_or_default();
+    DocumentMetadata {
+        file_name: file_name.to_owned(),
+        extension,
+        content_type: "application/pdf".to_owned(),
+        length,
+        created_unix: 1_760_000_000,
+        uploaded_by: "hr-user-17".to_owned(),
+    }
+}
+
+/// Deterministic pseudo-random content.
+pub fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Small chunks (4 KiB) and parts of three chunks, so tests cross chunk and part boundaries.
+pub fn test_options() -> VaultOptions {
+    let doc = DocumentOptions { chunk_log2: 12, ..DocumentOptions::default() };
+    VaultOptions::default().with_document(doc).with_part_size(3 * (4096 + 16))
+}
+
+/// A backend under test plus what tests need to look behind it.
+pub struct Harness<B> {
+    pub vault: DocumentVault<B>,
+    /// The folder holding everything the backend stored (for canary scans).
+    pub storage_dir: PathBuf,
+    kind: Kind,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+enum Kind {
+    Local(PathBuf),
+    Azure(AzureBlob),
+}
+
+impl<B: BlobBackend> Harness<B> {
+    pub fn backend(&self) -> &B {
+        self.vault.backend()
+    }
+
+    /// Leftovers of unfinished uploads still in storage (temp files; blobs with only
+    /// uncommitted blocks).
+    pub async fn leftovers(&self) -> usize {
+        match &self.kind {
+            Kind::Local(root) => std::fs::read_dir(root.join("tmp")).unwrap().count(),
+            Kind::Azure(a) => a.list_unfinished().await.unwrap().len(),
+        }
+    }
+
+    /// The stored bytes of an object.
+    pub async fn raw(&self, name: &ObjectName) -> Vec<u8> {
+        let len = self.backend().len(name).await.unwrap();
+        let mut out = Vec::new();
+        self.backend().read_range(name, 0, len, &mut out).await.unwrap();
+        out
+    }
+
+    /// Replaces (or creates) an object's bytes at the storage level, as an attacker with write
+    /// access to storage could.
+    pub async fn overwrite(&self, name: &ObjectName, bytes: &[u8]) {
+        self.backend().delete(name).await.unwrap();
+        let mut up = self.backend().begin(name).await.unwrap();
+        up.append(bytes).await.unwrap();
+        up.commit().await.unwrap();
+    }
+}
+
+pub async fn local() -> Harness<LocalDir> {
+    local_with(test_options()).await
+}
+
+pub async fn local_with(opts: VaultOptions) -> Harness<LocalDir> {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let backend = LocalDir::open(&root).await.unwrap();
+    Harness {
+        vault: DocumentVault::with_options(backend, opts).unwrap(),
+        storage_dir: root.clone(),
+        kind: Kind::Local(root),
+        _tmp: Some(tmp),
+    }
+}
+
+/// Azurite from `KLUIS_TEST_AZURITE_URL` / `KLUIS_TEST_AZURITE_DIR`. In CI (`CI=true`) a missing
+/// Azurite fails the test; elsewhere the test prints `SKIPPED` and passes.
+pub async fn azure() -> Option<Harness<AzureBlob>> {
+    azure_with(test_options()).await
+}
+
+pub async fn azure_with(opts: VaultOptions) -> Option<Harness<AzureBlob>> {
+    let url = std::env::var("KLUIS_TEST_AZURITE_URL").ok().filter(|s| !s.is_empty());
+    let dir = std::env::var("KLUIS_TEST_AZURITE_DIR").ok().filter(|s| !s.is_empty());
+    let (Some(url), Some(dir)) = (url, dir) else {
+        let why = "KLUIS_TEST_AZURITE_URL and KLUIS_TEST_AZURITE_DIR not set; run scripts/start-azurite.sh";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("azurite is required in CI: {why}");
+        }
+        eprintln!("SKIPPED: azurite ({why})");
+        return None;
+    };
+    let container = format!("t{}", &ObjectName::random().unwrap().as_str()[..20]);
+    let sas = account_sas(AZURITE_ACCOUNT, AZURITE_KEY);
+    let backend = AzureBlob::with_sas_url(
+        &format!("{}/{container}?{sas}", url.trim_end_matches('/')),
+        &AzureOptions::quick(),
+    )
+    .unwrap();
+    backend.create_container_if_missing().await.unwrap();
+    Some(Harness {
+        vault: DocumentVault::with_options(backend.clone(), opts).unwrap(),
+        storage_dir: PathBuf::from(dir),
+        kind: Kind::Azure(backend),
+        _tmp: None,
+    })
+}
+
+/// An account SAS for the blob service (all resource types, read/write/delete/list/add/create),
+/// signed with the account key: HMAC-SHA256 over the account-SAS string-to-sign of
+/// service version 2021-08-06 (which includes the encryption-scope line).
+pub fn account_sas(account: &str, key_b64: &str) -> String {
+    let key = base64::engine::general_purpose::STANDARD.decode(key_b64).unwrap();
+    let (sv, ss, srt, sp, st, se, spr) =
+        ("2021-08-06", "b", "sco", "rwdlac", "2020-01-01T00:00:00Z", "2099-01-01T00:00:00Z", "http,https");
+    let to_sign = format!("{account}\n{sp}\n{ss}\n{srt}\n{st}\n{se}\n\n{spr}\n{sv}\n\n");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(to_sign.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    format!(
+        "sv={sv}&ss={ss}&srt={srt}&sp={sp}&st={}&se={}&spr={}&sig={}",
+        enc(st),
+        enc(se),
+        enc(spr),
+        enc(&sig)
+    )
+}
+
+/// Every file under `dir` (recursively) that contains `needle` (case-insensitive ASCII).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let needle: Vec<u8> = needle.to_ascii_lowercase();
+    let mut hits = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let lower = bytes.to_ascii_lowercase();
+                if lower.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+pub fn grace_zero() -> Duration {
+    Duration::ZERO
+}
