@@ -1,6 +1,31 @@
 //! # kluis-store
 //!
-//! Encrypted records on SQLite, PostgreSQL and MariaDB through sqlx; wrapped keys in the same database.
+//! Encrypted records on SQLite (the embedded default), PostgreSQL and MariaDB/MySQL through sqlx;
+//! wrapped domain and subject keys live in the same database (never the root key).
+//!
+//! - [`schema`]: collections and fields (type, domain, blind index, size), in code or TOML.
+//! - [`Store`]: create, read, update, delete, list with pagination, blind-index search,
+//!   transactions, optimistic concurrency, withheld fields, retention, crypto-shredding.
+//! - [`backend`]: one trait, one implementation per engine, same SQL.
+//!
+//! Every field value is sealed with the subject key of its (tenant, domain, subject), bound to
+//! tenant, domain, collection, field and record id. docs/STORE.md says what a DBA can see and how
+//! a shred is made real on each engine.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod backend;
+mod error;
+pub mod schema;
+mod store;
+mod value;
+
+pub use backend::{Backend, DocumentRow, Engine, MySqlBackend, PostgresBackend, SqliteBackend};
+pub use error::{Result, StoreError};
+pub use schema::{FieldDef, FieldType, Schema, field};
+pub use store::{
+    Access, Changes, FieldValue, LegalOverride, NewRecord, Op, Page, Record, ShredReport, Store, Written,
+    check_id,
+};
+pub use value::Value;

@@ -1,0 +1,1200 @@
+//! Storage backends: one trait, one implementation per engine (SQLite, PostgreSQL, MariaDB/MySQL),
+//! generated from the same SQL by a macro so the engines cannot drift apart.
+//!
+//! The trait works on rows that are already sealed: it never sees a key or a plaintext value.
+//! It is public so that tools and benches can reach the same tables through the same pool.
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use sqlx::Row;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+use crate::error::{Result, StoreError};
+
+/// Which database engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Engine {
+    /// SQLite (embedded default).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MariaDB or MySQL.
+    MySql,
+}
+
+/// A record's clear columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordRow {
+    /// Tenant id.
+    pub tenant: String,
+    /// Collection.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// Subject (data subject, e.g. employee id).
+    pub subject: String,
+    /// Version (optimistic concurrency), from 1.
+    pub version: i64,
+    /// Created, unix seconds.
+    pub created_at: i64,
+    /// Last updated, unix seconds.
+    pub updated_at: i64,
+    /// Retain until, unix seconds.
+    pub retain_until: Option<i64>,
+}
+
+/// One sealed field cell.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FieldRow {
+    /// Field name.
+    pub field: String,
+    /// Domain whose subject key sealed it.
+    pub domain: String,
+    /// Sealed bytes.
+    pub sealed: Vec<u8>,
+}
+
+impl std::fmt::Debug for FieldRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FieldRow")
+            .field("field", &self.field)
+            .field("domain", &self.domain)
+            .field("sealed_len", &self.sealed.len())
+            .finish()
+    }
+}
+
+/// One blind index entry of a record's field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexRow {
+    /// Field name.
+    pub field: String,
+    /// Domain key version the index key was derived from.
+    pub key_version: i64,
+    /// The index bytes.
+    pub idx: Vec<u8>,
+}
+
+/// A record with its sealed fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// Clear columns.
+    pub record: RecordRow,
+    /// Sealed cells.
+    pub fields: Vec<FieldRow>,
+}
+
+/// One write of a batch. A batch runs in one transaction.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum WriteOp {
+    /// Insert a new record.
+    Insert {
+        /// Clear columns (version 1).
+        record: RecordRow,
+        /// Sealed cells.
+        fields: Vec<FieldRow>,
+        /// Blind indexes.
+        indexes: Vec<IndexRow>,
+    },
+    /// Update a record whose version is `expected_version`; `record.version` is the new one.
+    Update {
+        /// New clear columns.
+        record: RecordRow,
+        /// Version the caller read.
+        expected_version: i64,
+        /// Cells set (replacing any old value).
+        set_fields: Vec<FieldRow>,
+        /// Cells removed (with their blind index).
+        remove_fields: Vec<String>,
+        /// Blind indexes set.
+        set_indexes: Vec<IndexRow>,
+    },
+    /// Replace the blind index of one field of a record (re-indexing after a key rotation).
+    SetIndex {
+        /// Tenant.
+        tenant: String,
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record_id: String,
+        /// The new index.
+        index: IndexRow,
+    },
+    /// Record a legal override (audit) in the same transaction.
+    Override(OverrideRow),
+    /// Delete a record (with its cells and indexes).
+    Delete {
+        /// Tenant.
+        tenant: String,
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// If given, the delete fails with a conflict unless the record has this version.
+        expected_version: Option<i64>,
+    },
+}
+
+/// A stored domain key row (the wrapped key in [`kluis_core::WrappedKey::to_bytes`] form).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainKeyRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Domain.
+    pub domain: String,
+    /// Version.
+    pub version: i64,
+    /// State name.
+    pub state: String,
+    /// Wrapped key; `None` once destroyed.
+    pub wrapped: Option<Vec<u8>>,
+}
+
+/// A stored subject key row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectKeyRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Domain.
+    pub domain: String,
+    /// Subject.
+    pub subject: String,
+    /// Version.
+    pub version: i64,
+    /// Sealed subject key.
+    pub wrapped: Vec<u8>,
+    /// Created, unix seconds.
+    pub created_at: i64,
+}
+
+/// A documents catalog entry (the blob itself lives in blob storage, issue 4).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DocumentRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Document id.
+    pub document_id: String,
+    /// Domain of the document.
+    pub domain: String,
+    /// Subject the document belongs to.
+    pub subject: String,
+    /// Record it is attached to, if any.
+    pub record_id: Option<String>,
+    /// Opaque blob object name (reveals nothing about the document).
+    pub object_name: String,
+    /// Key reference, e.g. `subject:medical:v1`.
+    pub key_ref: String,
+    /// Padded size of the encrypted blob in bytes.
+    pub padded_size: i64,
+    /// Created, unix seconds.
+    pub created_at: i64,
+    /// Sealed metadata (name, type, ...): opaque here.
+    pub sealed_meta: Vec<u8>,
+}
+
+impl std::fmt::Debug for DocumentRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocumentRow")
+            .field("tenant", &self.tenant)
+            .field("document_id", &self.document_id)
+            .field("domain", &self.domain)
+            .field("subject", &self.subject)
+            .field("record_id", &self.record_id)
+            .field("object_name", &self.object_name)
+            .field("key_ref", &self.key_ref)
+            .field("padded_size", &self.padded_size)
+            .field("created_at", &self.created_at)
+            .field("sealed_meta_len", &self.sealed_meta.len())
+            .finish()
+    }
+}
+
+/// A recorded legal override (audit row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverrideRow {
+    /// Tenant.
+    pub tenant: String,
+    /// What was done (`delete`, `shred`).
+    pub action: String,
+    /// What it was done to (`collection/record` or `subject:<id>`).
+    pub target: String,
+    /// The legal ground (no personal data in here: it is stored in clear).
+    pub reason: String,
+    /// Who authorised it.
+    pub authorised_by: String,
+    /// When, unix seconds.
+    pub at: i64,
+}
+
+/// Which documents to list.
+#[derive(Clone, Copy, Debug)]
+pub enum DocumentFilter<'a> {
+    /// Every document of a subject.
+    Subject(&'a str),
+    /// Every document attached to a record.
+    Record(&'a str),
+}
+
+/// What a backend does. Implemented for [`SqliteBackend`], [`PostgresBackend`] and
+/// [`MySqlBackend`]; every method that writes more than one row runs in one transaction.
+pub trait Backend: Send + Sync + 'static {
+    /// The sqlx database type.
+    type Database: sqlx::Database;
+
+    /// Which engine.
+    const ENGINE: Engine;
+
+    /// The pool.
+    fn pool(&self) -> &sqlx::Pool<Self::Database>;
+
+    /// Applies the embedded migrations.
+    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
+
+    /// All versions of a domain key.
+    fn domain_keys(
+        &self,
+        tenant: &str,
+        domain: &str,
+    ) -> impl Future<Output = Result<Vec<DomainKeyRow>>> + Send;
+
+    /// Inserts new domain key rows and updates existing ones (state, wrapped) in one transaction.
+    /// `insert_only` rows fail with [`StoreError::AlreadyExists`] if present.
+    fn put_domain_keys(
+        &self,
+        rows: Vec<DomainKeyRow>,
+        insert_only: bool,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// The subject key rows of (tenant, domain, subject).
+    fn subject_keys(
+        &self,
+        tenant: &str,
+        domain: &str,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<SubjectKeyRow>>> + Send;
+
+    /// Every subject key row of (tenant, domain).
+    fn all_subject_keys(
+        &self,
+        tenant: &str,
+        domain: &str,
+    ) -> impl Future<Output = Result<Vec<SubjectKeyRow>>> + Send;
+
+    /// Inserts a subject key row; `false` if that (tenant, domain, subject, version) exists.
+    fn insert_subject_key(&self, row: SubjectKeyRow) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Replaces the wrapped bytes of subject key rows (after a rewrap), in one transaction.
+    fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Applies a batch of writes in one transaction; any error rolls all of it back.
+    fn apply(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<()>> + Send;
+
+    /// One record.
+    fn get(
+        &self,
+        tenant: &str,
+        collection: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
+
+    /// A page of records ordered by id, after `after`, optionally only those of `subject`.
+    fn list(
+        &self,
+        tenant: &str,
+        collection: &str,
+        subject: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
+
+    /// Ids of records whose blind index of `field` is one of `candidates` (key version, index).
+    fn find_index(
+        &self,
+        tenant: &str,
+        collection: &str,
+        field: &str,
+        candidates: Vec<(i64, Vec<u8>)>,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Every record of a subject (clear columns only), over all collections.
+    fn subject_records(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<RecordRow>>> + Send;
+
+    /// Every blind index row of (tenant, field domain), for re-indexing after a key rotation.
+    fn index_rows(
+        &self,
+        tenant: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String, String, i64)>>> + Send;
+
+    /// Shreds a subject in one transaction: its subject keys, records, cells, indexes and
+    /// document catalog entries; records `audit` if given. Returns the number of records removed.
+    fn delete_subject(
+        &self,
+        tenant: &str,
+        subject: &str,
+        audit: Option<OverrideRow>,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Records a legal override.
+    fn record_override(&self, row: OverrideRow) -> impl Future<Output = Result<()>> + Send;
+
+    /// Reads a metadata value.
+    fn meta(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+
+    /// Writes a metadata value.
+    fn set_meta(&self, name: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Inserts a documents catalog entry.
+    fn insert_document(&self, row: DocumentRow) -> impl Future<Output = Result<()>> + Send;
+
+    /// Lists catalog entries by subject or record, ordered by document id.
+    fn list_documents(
+        &self,
+        tenant: &str,
+        filter: DocumentFilter<'_>,
+    ) -> impl Future<Output = Result<Vec<DocumentRow>>> + Send;
+
+    /// Deletes a catalog entry; `false` if there was none.
+    fn delete_document(&self, tenant: &str, document_id: &str) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Makes deleted key bytes unrecoverable from the database files (engine specific; see
+    /// docs/STORE.md): SQLite secure_delete + VACUUM + WAL checkpoint(TRUNCATE); PostgreSQL
+    /// VACUUM FULL of the key tables; MariaDB OPTIMIZE TABLE of the key tables.
+    fn purge(&self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteBackend {
+    pool: sqlx::SqlitePool,
+}
+
+/// The PostgreSQL backend.
+#[derive(Debug, Clone)]
+pub struct PostgresBackend {
+    pool: sqlx::PgPool,
+}
+
+/// The MariaDB / MySQL backend.
+#[derive(Debug, Clone)]
+pub struct MySqlBackend {
+    pool: sqlx::MySqlPool,
+}
+
+impl SqliteBackend {
+    /// Wraps a pool. Use [`SqliteBackend::open`] for the recommended settings.
+    pub fn new(pool: sqlx::SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Opens (creating if needed) a database file with WAL journaling, `secure_delete=ON`,
+    /// `synchronous=FULL`, foreign keys and a busy timeout.
+    pub async fn open(path: &std::path::Path) -> Result<Self> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .pragma("secure_delete", "ON");
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        Ok(Self { pool })
+    }
+}
+
+impl PostgresBackend {
+    /// Wraps a pool (the application chooses TLS and credentials).
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl MySqlBackend {
+    /// Wraps a pool (the application chooses TLS and credentials).
+    pub fn new(pool: sqlx::MySqlPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<
+            dyn Future<Output = std::result::Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>>
+                + Send
+                + 'static,
+        >,
+    > {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(v, d, sql)| {
+                    Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, Cow::Borrowed(*sql), false)
+                })
+                .collect())
+        })
+    }
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+const MYSQL_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "init", include_str!("../migrations/mysql/0001_init.sql"))];
+
+/// SQL as written (`?` placeholders): SQLite and MySQL.
+fn plain(sql: &str) -> Cow<'_, str> {
+    Cow::Borrowed(sql)
+}
+
+/// `?` placeholders to PostgreSQL's `$1, $2, ...` (our SQL has no `?` inside literals).
+fn numbered(sql: &str) -> Cow<'_, str> {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0u32;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('?');
+    }
+    s
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const RECORD_COLS: &str = "tenant, collection, id, subject, version, created_at, updated_at, retain_until";
+
+macro_rules! backend_impl {
+    ($ty:ty, $db:ty, $engine:expr, $sql:path, $migrations:expr) => {
+        impl $ty {
+            fn text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<String> {
+                // MariaDB reports `ascii_bin` columns as binary: read bytes, require UTF-8.
+                match row.try_get::<String, _>(i) {
+                    Ok(s) => Ok(s),
+                    Err(_) => {
+                        let b: Vec<u8> = row.try_get(i)?;
+                        String::from_utf8(b).map_err(|_| StoreError::Corrupt {
+                            what: "name column",
+                            reason: "not utf-8".into(),
+                        })
+                    }
+                }
+            }
+
+            fn opt_text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<Option<String>> {
+                if let Ok(s) = row.try_get::<Option<String>, _>(i) {
+                    return Ok(s);
+                }
+                let b: Option<Vec<u8>> = row.try_get(i)?;
+                b.map(|b| {
+                    String::from_utf8(b).map_err(|_| StoreError::Corrupt { what: "name column", reason: "not utf-8".into() })
+                })
+                .transpose()
+            }
+
+            fn record_from(row: &<$db as sqlx::Database>::Row) -> Result<RecordRow> {
+                Ok(RecordRow {
+                    tenant: Self::text(row, 0)?,
+                    collection: Self::text(row, 1)?,
+                    id: Self::text(row, 2)?,
+                    subject: Self::text(row, 3)?,
+                    version: row.try_get(4)?,
+                    created_at: row.try_get(5)?,
+                    updated_at: row.try_get(6)?,
+                    retain_until: row.try_get(7)?,
+                })
+            }
+
+            async fn attach_fields(
+                &self,
+                tenant: &str,
+                collection: &str,
+                records: Vec<RecordRow>,
+            ) -> Result<Vec<StoredRecord>> {
+                if records.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT record_id, field, domain, sealed FROM kluis_fields \
+                     WHERE tenant = ? AND collection = ? AND record_id IN ({}) ORDER BY record_id, field",
+                    placeholders(records.len())
+                );
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection);
+                for r in &records {
+                    q = q.bind(r.id.as_str());
+                }
+                let rows = q.fetch_all(&self.pool).await?;
+                let mut by_id: std::collections::HashMap<String, Vec<FieldRow>> = std::collections::HashMap::new();
+                for row in &rows {
+                    let rid = Self::text(row, 0)?;
+                    by_id.entry(rid).or_default().push(FieldRow {
+                        field: Self::text(row, 1)?,
+                        domain: Self::text(row, 2)?,
+                        sealed: row.try_get(3)?,
+                    });
+                }
+                Ok(records
+                    .into_iter()
+                    .map(|r| {
+                        let fields = by_id.remove(&r.id).unwrap_or_default();
+                        StoredRecord { record: r, fields }
+                    })
+                    .collect())
+            }
+
+            async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp) -> Result<()> {
+                match op {
+                    WriteOp::Insert { record, fields, indexes } => {
+                        let r = sqlx::query::<$db>(&$sql(
+                            "INSERT INTO kluis_records (tenant, collection, id, subject, version, created_at, updated_at, retain_until) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        ))
+                        .bind(&record.tenant)
+                        .bind(&record.collection)
+                        .bind(&record.id)
+                        .bind(&record.subject)
+                        .bind(record.version)
+                        .bind(record.created_at)
+                        .bind(record.updated_at)
+                        .bind(record.retain_until)
+                        .execute(&mut **tx)
+                        .await;
+                        if let Err(e) = r {
+                            if unique_violation(&e) {
+                                return Err(StoreError::AlreadyExists {
+                                    collection: record.collection,
+                                    record: record.id,
+                                });
+                            }
+                            return Err(e.into());
+                        }
+                        Self::put_fields(tx, &record, fields, indexes).await
+                    }
+                    WriteOp::Update { record, expected_version, set_fields, remove_fields, set_indexes } => {
+                        let done = sqlx::query::<$db>(&$sql(
+                            "UPDATE kluis_records SET version = ?, updated_at = ?, retain_until = ? \
+                             WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
+                        ))
+                        .bind(record.version)
+                        .bind(record.updated_at)
+                        .bind(record.retain_until)
+                        .bind(&record.tenant)
+                        .bind(&record.collection)
+                        .bind(&record.id)
+                        .bind(expected_version)
+                        .execute(&mut **tx)
+                        .await?;
+                        if done.rows_affected() != 1 {
+                            return Err(Self::conflict(tx, &record.tenant, &record.collection, &record.id, expected_version).await);
+                        }
+                        for f in remove_fields.iter().chain(set_fields.iter().map(|f| &f.field)) {
+                            for table in ["kluis_fields", "kluis_blind_index"] {
+                                let sql = format!(
+                                    "DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?"
+                                );
+                                sqlx::query::<$db>(&$sql(&sql))
+                                    .bind(&record.tenant)
+                                    .bind(&record.collection)
+                                    .bind(&record.id)
+                                    .bind(f)
+                                    .execute(&mut **tx)
+                                    .await?;
+                            }
+                        }
+                        Self::put_fields(tx, &record, set_fields, set_indexes).await
+                    }
+                    WriteOp::SetIndex { tenant, collection, record_id, index } => {
+                        sqlx::query::<$db>(&$sql(
+                            "DELETE FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+                        ))
+                        .bind(&tenant)
+                        .bind(&collection)
+                        .bind(&record_id)
+                        .bind(&index.field)
+                        .execute(&mut **tx)
+                        .await?;
+                        sqlx::query::<$db>(&$sql(
+                            "INSERT INTO kluis_blind_index (tenant, collection, record_id, field, key_version, idx) VALUES (?, ?, ?, ?, ?, ?)",
+                        ))
+                        .bind(tenant)
+                        .bind(collection)
+                        .bind(record_id)
+                        .bind(index.field)
+                        .bind(index.key_version)
+                        .bind(index.idx)
+                        .execute(&mut **tx)
+                        .await?;
+                        Ok(())
+                    }
+                    WriteOp::Override(row) => Self::insert_override(tx, row).await,
+                    WriteOp::Delete { tenant, collection, id, expected_version } => {
+                        let sql = match expected_version {
+                            Some(_) => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
+                            None => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?",
+                        };
+                        let sql = $sql(sql);
+                        let mut q = sqlx::query::<$db>(&sql).bind(&tenant).bind(&collection).bind(&id);
+                        if let Some(v) = expected_version {
+                            q = q.bind(v);
+                        }
+                        let done = q.execute(&mut **tx).await?;
+                        if done.rows_affected() != 1 {
+                            return Err(match expected_version {
+                                Some(v) => Self::conflict(tx, &tenant, &collection, &id, v).await,
+                                None => StoreError::NotFound { collection, record: id },
+                            });
+                        }
+                        for table in ["kluis_fields", "kluis_blind_index"] {
+                            let sql = format!("DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ?");
+                            sqlx::query::<$db>(&$sql(&sql))
+                                .bind(&tenant)
+                                .bind(&collection)
+                                .bind(&id)
+                                .execute(&mut **tx)
+                                .await?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
+
+            async fn conflict(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                tenant: &str,
+                collection: &str,
+                id: &str,
+                expected: i64,
+            ) -> StoreError {
+                let found: std::result::Result<Option<i64>, sqlx::Error> = sqlx::query_scalar::<$db, i64>(&$sql(
+                    "SELECT version FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?",
+                ))
+                .bind(tenant)
+                .bind(collection)
+                .bind(id)
+                .fetch_optional(&mut **tx)
+                .await;
+                match found {
+                    Err(e) => e.into(),
+                    Ok(None) => StoreError::NotFound { collection: collection.to_owned(), record: id.to_owned() },
+                    Ok(Some(v)) => StoreError::Conflict {
+                        collection: collection.to_owned(),
+                        record: id.to_owned(),
+                        expected: u64::try_from(expected).unwrap_or(0),
+                        found: u64::try_from(v).unwrap_or(0),
+                    },
+                }
+            }
+
+            async fn put_fields(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                record: &RecordRow,
+                fields: Vec<FieldRow>,
+                indexes: Vec<IndexRow>,
+            ) -> Result<()> {
+                for f in fields {
+                    sqlx::query::<$db>(&$sql(
+                        "INSERT INTO kluis_fields (tenant, collection, record_id, field, domain, sealed) VALUES (?, ?, ?, ?, ?, ?)",
+                    ))
+                    .bind(&record.tenant)
+                    .bind(&record.collection)
+                    .bind(&record.id)
+                    .bind(f.field)
+                    .bind(f.domain)
+                    .bind(f.sealed)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                for i in indexes {
+                    sqlx::query::<$db>(&$sql(
+                        "INSERT INTO kluis_blind_index (tenant, collection, record_id, field, key_version, idx) VALUES (?, ?, ?, ?, ?, ?)",
+                    ))
+                    .bind(&record.tenant)
+                    .bind(&record.collection)
+                    .bind(&record.id)
+                    .bind(i.field)
+                    .bind(i.key_version)
+                    .bind(i.idx)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Ok(())
+            }
+
+            fn subject_key_from(row: &<$db as sqlx::Database>::Row) -> Result<SubjectKeyRow> {
+                Ok(SubjectKeyRow {
+                    tenant: Self::text(row, 0)?,
+                    domain: Self::text(row, 1)?,
+                    subject: Self::text(row, 2)?,
+                    version: row.try_get(3)?,
+                    wrapped: row.try_get(4)?,
+                    created_at: row.try_get(5)?,
+                })
+            }
+
+            fn document_from(row: &<$db as sqlx::Database>::Row) -> Result<DocumentRow> {
+                Ok(DocumentRow {
+                    tenant: Self::text(row, 0)?,
+                    document_id: Self::text(row, 1)?,
+                    domain: Self::text(row, 2)?,
+                    subject: Self::text(row, 3)?,
+                    record_id: Self::opt_text(row, 4)?,
+                    object_name: Self::text(row, 5)?,
+                    key_ref: Self::text(row, 6)?,
+                    padded_size: row.try_get(7)?,
+                    created_at: row.try_get(8)?,
+                    sealed_meta: row.try_get(9)?,
+                })
+            }
+        }
+
+        impl Backend for $ty {
+            type Database = $db;
+            const ENGINE: Engine = $engine;
+
+            fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+
+            async fn migrate(&self) -> Result<()> {
+                let m = Migrator::new(Embedded($migrations)).await?;
+                m.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
+                let rows = sqlx::query::<$db>(&$sql(
+                    "SELECT tenant, domain, version, state, wrapped FROM kluis_domain_keys \
+                     WHERE tenant = ? AND domain = ? ORDER BY version",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DomainKeyRow {
+                            tenant: Self::text(r, 0)?,
+                            domain: Self::text(r, 1)?,
+                            version: r.try_get(2)?,
+                            state: Self::text(r, 3)?,
+                            wrapped: r.try_get(4)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn put_domain_keys(&self, rows: Vec<DomainKeyRow>, insert_only: bool) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for r in rows {
+                    let updated = if insert_only {
+                        0
+                    } else {
+                        sqlx::query::<$db>(&$sql(
+                            "UPDATE kluis_domain_keys SET state = ?, wrapped = ? WHERE tenant = ? AND domain = ? AND version = ?",
+                        ))
+                        .bind(&r.state)
+                        .bind(&r.wrapped)
+                        .bind(&r.tenant)
+                        .bind(&r.domain)
+                        .bind(r.version)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                    };
+                    if updated == 0 {
+                        let res = sqlx::query::<$db>(&$sql(
+                            "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped) VALUES (?, ?, ?, ?, ?)",
+                        ))
+                        .bind(&r.tenant)
+                        .bind(&r.domain)
+                        .bind(r.version)
+                        .bind(&r.state)
+                        .bind(&r.wrapped)
+                        .execute(&mut *tx)
+                        .await;
+                        match res {
+                            Ok(_) => {}
+                            Err(e) if unique_violation(&e) => {
+                                return Err(StoreError::AlreadyExists {
+                                    collection: "kluis_domain_keys".into(),
+                                    record: format!("{}/{} v{}", r.tenant, r.domain, r.version),
+                                });
+                            }
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn subject_keys(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<SubjectKeyRow>> {
+                let rows = sqlx::query::<$db>(&$sql(
+                    "SELECT tenant, domain, subject, version, wrapped, created_at FROM kluis_subject_keys \
+                     WHERE tenant = ? AND domain = ? AND subject = ? ORDER BY version",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .bind(subject)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::subject_key_from).collect()
+            }
+
+            async fn all_subject_keys(&self, tenant: &str, domain: &str) -> Result<Vec<SubjectKeyRow>> {
+                let rows = sqlx::query::<$db>(&$sql(
+                    "SELECT tenant, domain, subject, version, wrapped, created_at FROM kluis_subject_keys \
+                     WHERE tenant = ? AND domain = ? ORDER BY subject, version",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter().map(Self::subject_key_from).collect()
+            }
+
+            async fn insert_subject_key(&self, row: SubjectKeyRow) -> Result<bool> {
+                let res = sqlx::query::<$db>(&$sql(
+                    "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                ))
+                .bind(&row.tenant)
+                .bind(&row.domain)
+                .bind(&row.subject)
+                .bind(row.version)
+                .bind(&row.wrapped)
+                .bind(row.created_at)
+                .execute(&self.pool)
+                .await;
+                match res {
+                    Ok(_) => Ok(true),
+                    Err(e) if unique_violation(&e) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for r in rows {
+                    sqlx::query::<$db>(&$sql(
+                        "UPDATE kluis_subject_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                    ))
+                    .bind(&r.wrapped)
+                    .bind(&r.tenant)
+                    .bind(&r.domain)
+                    .bind(&r.subject)
+                    .bind(r.version)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                for op in ops {
+                    // On error `tx` is dropped without commit: everything rolls back.
+                    Self::apply_one(&mut tx, op).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<StoredRecord>> {
+                let sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?");
+                let row = sqlx::query::<$db>(&$sql(&sql))
+                    .bind(tenant)
+                    .bind(collection)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                let rec = Self::record_from(&row)?;
+                Ok(self.attach_fields(tenant, collection, vec![rec]).await?.pop())
+            }
+
+            async fn list(
+                &self,
+                tenant: &str,
+                collection: &str,
+                subject: Option<&str>,
+                after: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<StoredRecord>> {
+                let mut sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND collection = ?");
+                if subject.is_some() {
+                    sql.push_str(" AND subject = ?");
+                }
+                if after.is_some() {
+                    sql.push_str(" AND id > ?");
+                }
+                sql.push_str(" ORDER BY id LIMIT ?");
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection);
+                if let Some(s) = subject {
+                    q = q.bind(s);
+                }
+                if let Some(a) = after {
+                    q = q.bind(a);
+                }
+                let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
+                self.attach_fields(tenant, collection, recs).await
+            }
+
+            async fn find_index(
+                &self,
+                tenant: &str,
+                collection: &str,
+                field: &str,
+                candidates: Vec<(i64, Vec<u8>)>,
+            ) -> Result<Vec<String>> {
+                let mut out = Vec::new();
+                for (version, idx) in candidates {
+                    let rows = sqlx::query::<$db>(&$sql(
+                        "SELECT record_id FROM kluis_blind_index \
+                         WHERE tenant = ? AND collection = ? AND field = ? AND idx = ? AND key_version = ? ORDER BY record_id",
+                    ))
+                    .bind(tenant)
+                    .bind(collection)
+                    .bind(field)
+                    .bind(idx)
+                    .bind(version)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for r in &rows {
+                        out.push(Self::text(r, 0)?);
+                    }
+                }
+                out.sort();
+                out.dedup();
+                Ok(out)
+            }
+
+            async fn subject_records(&self, tenant: &str, subject: &str) -> Result<Vec<RecordRow>> {
+                let sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND subject = ? ORDER BY collection, id");
+                let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::record_from).collect()
+            }
+
+            async fn index_rows(&self, tenant: &str) -> Result<Vec<(String, String, String, i64)>> {
+                let rows = sqlx::query::<$db>(&$sql(
+                    "SELECT collection, record_id, field, key_version FROM kluis_blind_index WHERE tenant = ?",
+                ))
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| Ok((Self::text(r, 0)?, Self::text(r, 1)?, Self::text(r, 2)?, r.try_get(3)?)))
+                    .collect()
+            }
+
+            async fn delete_subject(&self, tenant: &str, subject: &str, audit: Option<OverrideRow>) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let ids = sqlx::query::<$db>(&$sql(
+                    "SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?",
+                ))
+                .bind(tenant)
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?;
+                for row in &ids {
+                    let collection = Self::text(row, 0)?;
+                    let id = Self::text(row, 1)?;
+                    for table in ["kluis_fields", "kluis_blind_index"] {
+                        let sql = format!("DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ?");
+                        sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(&collection).bind(&id).execute(&mut *tx).await?;
+                    }
+                }
+                for table in ["kluis_records", "kluis_subject_keys", "kluis_documents"] {
+                    let sql = format!("DELETE FROM {table} WHERE tenant = ? AND subject = ?");
+                    sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?;
+                }
+                if let Some(a) = audit {
+                    Self::insert_override(&mut tx, a).await?;
+                }
+                tx.commit().await?;
+                Ok(ids.len() as u64)
+            }
+
+            async fn record_override(&self, row: OverrideRow) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::insert_override(&mut tx, row).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+                Ok(sqlx::query_scalar::<$db, Vec<u8>>(&$sql("SELECT value FROM kluis_meta WHERE name = ?"))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query::<$db>(&$sql("DELETE FROM kluis_meta WHERE name = ?")).bind(name).execute(&mut *tx).await?;
+                sqlx::query::<$db>(&$sql("INSERT INTO kluis_meta (name, value) VALUES (?, ?)"))
+                    .bind(name)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_document(&self, d: DocumentRow) -> Result<()> {
+                let res = sqlx::query::<$db>(&$sql(
+                    "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                ))
+                .bind(&d.tenant)
+                .bind(&d.document_id)
+                .bind(&d.domain)
+                .bind(&d.subject)
+                .bind(&d.record_id)
+                .bind(&d.object_name)
+                .bind(&d.key_ref)
+                .bind(d.padded_size)
+                .bind(d.created_at)
+                .bind(&d.sealed_meta)
+                .execute(&self.pool)
+                .await;
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(e) if unique_violation(&e) => Err(StoreError::AlreadyExists {
+                        collection: "kluis_documents".into(),
+                        record: d.document_id,
+                    }),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn list_documents(&self, tenant: &str, filter: DocumentFilter<'_>) -> Result<Vec<DocumentRow>> {
+                let (col, val) = match filter {
+                    DocumentFilter::Subject(s) => ("subject", s),
+                    DocumentFilter::Record(r) => ("record_id", r),
+                };
+                let sql = format!(
+                    "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
+                     FROM kluis_documents WHERE tenant = ? AND {col} = ? ORDER BY document_id"
+                );
+                let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(val).fetch_all(&self.pool).await?;
+                rows.iter().map(Self::document_from).collect()
+            }
+
+            async fn delete_document(&self, tenant: &str, document_id: &str) -> Result<bool> {
+                let done = sqlx::query::<$db>(&$sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
+                    .bind(tenant)
+                    .bind(document_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn purge(&self) -> Result<()> {
+                self.purge_engine().await
+            }
+        }
+
+        impl $ty {
+            async fn insert_override(tx: &mut sqlx::Transaction<'static, $db>, a: OverrideRow) -> Result<()> {
+                sqlx::query::<$db>(&$sql(
+                    "INSERT INTO kluis_legal_overrides (tenant, action, target, reason, authorised_by, at) VALUES (?, ?, ?, ?, ?, ?)",
+                ))
+                .bind(a.tenant)
+                .bind(a.action)
+                .bind(a.target)
+                .bind(a.reason)
+                .bind(a.authorised_by)
+                .bind(a.at)
+                .execute(&mut **tx)
+                .await?;
+                Ok(())
+            }
+        }
+    };
+}
+
+backend_impl!(SqliteBackend, sqlx::Sqlite, Engine::Sqlite, plain, SQLITE_MIGRATIONS);
+backend_impl!(PostgresBackend, sqlx::Postgres, Engine::Postgres, numbered, POSTGRES_MIGRATIONS);
+backend_impl!(MySqlBackend, sqlx::MySql, Engine::MySql, plain, MYSQL_MIGRATIONS);
+
+/// The tables that hold key bytes: purged after a shred or a key destruction.
+const KEY_TABLES: [&str; 2] = ["kluis_subject_keys", "kluis_domain_keys"];
+
+impl SqliteBackend {
+    async fn purge_engine(&self) -> Result<()> {
+        use sqlx::Connection;
+        let mut conn = self.pool.acquire().await?;
+        // secure_delete zeroes freed cells and pages; VACUUM rewrites the file without free pages
+        // (where older copies of a row can linger after page splits); checkpoint(TRUNCATE) copies
+        // the WAL into the database file and truncates the WAL to zero bytes.
+        sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        for _ in 0..50 {
+            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await?;
+            let busy: i64 = row.try_get(0)?;
+            if busy == 0 {
+                conn.ping().await?;
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(StoreError::Invalid(
+            "the sqlite write-ahead log could not be truncated: other connections keep reading; retry the purge".into(),
+        ))
+    }
+}
+
+impl PostgresBackend {
+    async fn purge_engine(&self) -> Result<()> {
+        // VACUUM FULL writes each table to a new file; the old file (with the dead tuples that
+        // held the key bytes) is truncated at commit and unlinked at the next checkpoint.
+        for t in KEY_TABLES {
+            sqlx::query(&format!("VACUUM (FULL) {t}")).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+}
+
+impl MySqlBackend {
+    async fn purge_engine(&self) -> Result<()> {
+        // OPTIMIZE TABLE rebuilds an InnoDB table into a new tablespace file.
+        for t in KEY_TABLES {
+            sqlx::query(&format!("OPTIMIZE TABLE {t}")).fetch_all(&self.pool).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,190 @@
+//! Errors of the store.
+
+/// Everything that can go wrong in `kluis-store`.
+///
+/// Caller mistakes (unknown collection or field, wrong type, oversized value, missing rights) are
+/// apart from data that fails its integrity check and from database failures. No variant carries a
+/// plaintext field value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A cryptographic or format error from `kluis-core`.
+    #[error(transparent)]
+    Core(#[from] kluis_core::Error),
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// The schema TOML does not parse; names the line and column.
+    #[error("schema toml, line {line}, column {column}: {message}")]
+    SchemaToml {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The schema is not valid (bad name, duplicate, bad limit).
+    #[error("invalid schema: {0}")]
+    Schema(String),
+    /// The collection is not in the schema.
+    #[error("unknown collection {0:?}")]
+    UnknownCollection(String),
+    /// The field is not in the collection's schema.
+    #[error("unknown field {field:?} in collection {collection:?}")]
+    UnknownField {
+        /// Collection.
+        collection: String,
+        /// Field.
+        field: String,
+    },
+    /// The value does not have the field's type (or is not a valid value of it).
+    #[error("field {collection}.{field} expects {expected}, got {found}")]
+    WrongType {
+        /// Collection.
+        collection: String,
+        /// Field.
+        field: String,
+        /// The field's type.
+        expected: &'static str,
+        /// What was given (type or why it is invalid, never the value).
+        found: String,
+    },
+    /// The value is larger than the field's maximum.
+    #[error("field {collection}.{field} holds at most {max} bytes, got {len}")]
+    TooLarge {
+        /// Collection.
+        collection: String,
+        /// Field.
+        field: String,
+        /// Maximum size.
+        max: usize,
+        /// Given size.
+        len: usize,
+    },
+    /// The field is not blind-indexed, so it cannot be searched.
+    #[error("field {collection}.{field} has no blind index")]
+    NotIndexed {
+        /// Collection.
+        collection: String,
+        /// Field.
+        field: String,
+    },
+    /// An id (record, subject, document) is not valid.
+    #[error("invalid {what}: {reason}")]
+    InvalidId {
+        /// Which id.
+        what: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The caller holds no key for a domain it tries to write or search.
+    #[error("no key for domain {domain} of tenant {tenant}: access denied")]
+    AccessDenied {
+        /// Tenant.
+        tenant: String,
+        /// Domain.
+        domain: String,
+    },
+    /// No such record.
+    #[error("record {collection}/{record} not found")]
+    NotFound {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+    },
+    /// A record id that already exists was inserted again.
+    #[error("record {collection}/{record} already exists")]
+    AlreadyExists {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+    },
+    /// Optimistic concurrency: the record changed since the caller read it.
+    #[error(
+        "record {collection}/{record} was changed concurrently: expected version {expected}, found {found}"
+    )]
+    Conflict {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+        /// Version the caller expected.
+        expected: u64,
+        /// Version in the database (0 if the record is gone).
+        found: u64,
+    },
+    /// A sealed field does not open: it was altered, or copied from another record, field,
+    /// collection, tenant or subject.
+    #[error(
+        "integrity check failed for field {field} of record {collection}/{record}: the value was altered or moved"
+    )]
+    Integrity {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+        /// Field.
+        field: String,
+    },
+    /// A wrapped key row does not open or is inconsistent: it was altered in the database.
+    #[error("key integrity check failed for {what}: the key row was altered or moved")]
+    KeyIntegrity {
+        /// Which key (tenant/domain/version, or subject key).
+        what: String,
+    },
+    /// The subject's key was destroyed (crypto-shredded).
+    #[error("subject {subject} of tenant {tenant} was shredded")]
+    Shredded {
+        /// Tenant.
+        tenant: String,
+        /// Subject.
+        subject: String,
+    },
+    /// Retention: the record must be kept until `retain_until` (unix seconds).
+    #[error(
+        "record {collection}/{record} must be retained until {retain_until} (unix time); a legal override is required"
+    )]
+    RetentionActive {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+        /// Unix seconds.
+        retain_until: i64,
+    },
+    /// The store's metadata (e.g. the recorded keyring generation) was altered in the database.
+    #[error("store metadata {0} failed its integrity check")]
+    MetadataTampered(&'static str),
+    /// A stored row does not have the expected shape.
+    #[error("corrupt stored {what}: {reason}")]
+    Corrupt {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The operation is not possible in the current state.
+    #[error("invalid operation: {0}")]
+    Invalid(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        Self::Migrate(e)
+    }
+}
+
+/// `Result` with [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,332 @@
+//! Schemas: collections, their fields, each field's type, domain, blind index and size limit.
+//!
+//! Declared in code with [`Schema::builder`] or loaded from TOML with [`Schema::from_toml`]:
+//!
+//! ```toml
+//! [collections.absence.fields]
+//! start_date      = { type = "date", domain = "general" }
+//! end_date        = { type = "date", domain = "general" }
+//! work_capacity   = { type = "percentage", domain = "general" }
+//! employee_number = { type = "text", domain = "general", blind_index = true, max_bytes = 32 }
+//! diagnosis       = { type = "text", domain = "medical", max_bytes = 2000 }
+//! doctor_notes    = { type = "text", domain = "medical" }
+//! ```
+
+use std::collections::BTreeMap;
+
+use kluis_core::DomainName;
+use serde::Deserialize;
+
+use crate::error::{Result, StoreError};
+
+/// Default maximum size of a field value in bytes (64 KiB).
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024;
+/// Largest maximum a field may declare (1 MiB; larger data belongs in a document).
+pub const LIMIT_MAX_BYTES: usize = 1 << 20;
+
+/// The type of a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FieldType {
+    /// UTF-8 text.
+    Text,
+    /// A signed 64-bit integer.
+    Integer,
+    /// A decimal number written `-?digits[.digits]`.
+    Decimal,
+    /// A decimal number from 0 to 100.
+    Percentage,
+    /// A calendar date `YYYY-MM-DD`.
+    Date,
+    /// True or false.
+    Bool,
+    /// Raw bytes.
+    Bytes,
+}
+
+impl FieldType {
+    /// The name used in TOML and errors.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Integer => "integer",
+            Self::Decimal => "decimal",
+            Self::Percentage => "percentage",
+            Self::Date => "date",
+            Self::Bool => "bool",
+            Self::Bytes => "bytes",
+        }
+    }
+
+    /// Parses [`FieldType::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "text" => Self::Text,
+            "integer" => Self::Integer,
+            "decimal" => Self::Decimal,
+            "percentage" => Self::Percentage,
+            "date" => Self::Date,
+            "bool" => Self::Bool,
+            "bytes" => Self::Bytes,
+            _ => return None,
+        })
+    }
+}
+
+/// One field of a collection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldDef {
+    /// Name (`[a-z][a-z0-9_]*`, at most 64 bytes).
+    pub name: String,
+    /// Type.
+    pub ty: FieldType,
+    /// Domain whose keys seal it.
+    pub domain: DomainName,
+    /// Whether equality search through a blind index is possible.
+    pub blind_index: bool,
+    /// Maximum size of the value's encoding in bytes.
+    pub max_bytes: usize,
+}
+
+/// A collection: a named set of fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Collection {
+    /// Name (`[a-z][a-z0-9_]*`, at most 64 bytes).
+    pub name: String,
+    fields: BTreeMap<String, FieldDef>,
+}
+
+impl Collection {
+    /// The field called `name`.
+    pub fn field(&self, name: &str) -> Option<&FieldDef> {
+        self.fields.get(name)
+    }
+
+    /// All fields, by name.
+    pub fn fields(&self) -> impl Iterator<Item = &FieldDef> {
+        self.fields.values()
+    }
+}
+
+/// A schema: collections by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Schema {
+    collections: BTreeMap<String, Collection>,
+}
+
+/// Checks a collection or field name: `[a-z][a-z0-9_]*`, 1 to 64 bytes. Names appear in SQL
+/// values (never in SQL text) and in associated data.
+pub(crate) fn check_name(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Schema(format!(
+            "{what} name {s:?} must be 1 to 64 characters of a-z, 0-9 and _, starting with a letter"
+        )))
+    }
+}
+
+impl Schema {
+    /// Starts an empty schema.
+    pub fn builder() -> SchemaBuilder {
+        SchemaBuilder { schema: Schema::default(), error: None }
+    }
+
+    /// The collection called `name`.
+    pub fn collection(&self, name: &str) -> Result<&Collection> {
+        self.collections.get(name).ok_or_else(|| StoreError::UnknownCollection(name.to_owned()))
+    }
+
+    /// All collections.
+    pub fn collections(&self) -> impl Iterator<Item = &Collection> {
+        self.collections.values()
+    }
+
+    /// Parses a schema from TOML (see the module docs). A syntax error or an unknown key names
+    /// the line and column.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let raw: RawSchema = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
+            StoreError::SchemaToml { line, column, message: e.message().trim().to_owned() }
+        })?;
+        let mut b = Schema::builder();
+        for (cname, rc) in raw.collections {
+            let mut fields = Vec::new();
+            for (fname, rf) in rc.fields {
+                let ty = FieldType::parse(&rf.ty).ok_or_else(|| {
+                    StoreError::Schema(format!(
+                        "field {cname}.{fname}: unknown type {:?} (text, integer, decimal, percentage, date, bool, bytes)",
+                        rf.ty
+                    ))
+                })?;
+                let domain = DomainName::new(rf.domain.clone()).map_err(|e| {
+                    StoreError::Schema(format!("field {cname}.{fname}: domain {:?}: {e}", rf.domain))
+                })?;
+                fields.push(FieldDef {
+                    name: fname,
+                    ty,
+                    domain,
+                    blind_index: rf.blind_index,
+                    max_bytes: rf.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+                });
+            }
+            b = b.collection_with(&cname, fields);
+        }
+        b.build()
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchema {
+    #[serde(default)]
+    collections: BTreeMap<String, RawCollection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCollection {
+    #[serde(default)]
+    fields: BTreeMap<String, RawField>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawField {
+    #[serde(rename = "type")]
+    ty: String,
+    domain: String,
+    #[serde(default)]
+    blind_index: bool,
+    max_bytes: Option<usize>,
+}
+
+/// Builds a [`Schema`] in code.
+#[derive(Debug)]
+pub struct SchemaBuilder {
+    schema: Schema,
+    error: Option<StoreError>,
+}
+
+/// Describes a field for [`SchemaBuilder::collection`]: `field("diagnosis", FieldType::Text, "medical")`.
+pub fn field(name: &str, ty: FieldType, domain: &str) -> FieldSpec {
+    FieldSpec {
+        name: name.to_owned(),
+        ty,
+        domain: domain.to_owned(),
+        blind_index: false,
+        max_bytes: DEFAULT_MAX_BYTES,
+    }
+}
+
+/// A field under construction (see [`field`]).
+#[derive(Clone, Debug)]
+pub struct FieldSpec {
+    name: String,
+    ty: FieldType,
+    domain: String,
+    blind_index: bool,
+    max_bytes: usize,
+}
+
+impl FieldSpec {
+    /// Adds a blind index.
+    pub fn blind_index(mut self) -> Self {
+        self.blind_index = true;
+        self
+    }
+
+    /// Sets the maximum size in bytes.
+    pub fn max_bytes(mut self, n: usize) -> Self {
+        self.max_bytes = n;
+        self
+    }
+}
+
+impl SchemaBuilder {
+    /// Adds a collection.
+    pub fn collection(self, name: &str, fields: impl IntoIterator<Item = FieldSpec>) -> Self {
+        let mut defs = Vec::new();
+        let mut err = None;
+        for f in fields {
+            match DomainName::new(f.domain.clone()) {
+                Ok(domain) => defs.push(FieldDef {
+                    name: f.name,
+                    ty: f.ty,
+                    domain,
+                    blind_index: f.blind_index,
+                    max_bytes: f.max_bytes,
+                }),
+                Err(e) => {
+                    err.get_or_insert(StoreError::Schema(format!("field {name}.{}: {e}", f.name)));
+                }
+            }
+        }
+        let mut s = self.collection_with(name, defs);
+        if let Some(e) = err {
+            s.error.get_or_insert(e);
+        }
+        s
+    }
+
+    fn collection_with(mut self, name: &str, fields: Vec<FieldDef>) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        if let Err(e) = self.add(name, fields) {
+            self.error = Some(e);
+        }
+        self
+    }
+
+    fn add(&mut self, name: &str, fields: Vec<FieldDef>) -> Result<()> {
+        check_name("collection", name)?;
+        if self.schema.collections.contains_key(name) {
+            return Err(StoreError::Schema(format!("collection {name:?} is declared twice")));
+        }
+        if fields.is_empty() {
+            return Err(StoreError::Schema(format!("collection {name:?} has no fields")));
+        }
+        let mut map = BTreeMap::new();
+        for f in fields {
+            check_name("field", &f.name)?;
+            if f.max_bytes == 0 || f.max_bytes > LIMIT_MAX_BYTES {
+                return Err(StoreError::Schema(format!(
+                    "field {name}.{}: max_bytes must be 1 to {LIMIT_MAX_BYTES}",
+                    f.name
+                )));
+            }
+            if f.blind_index && f.ty == FieldType::Bool {
+                return Err(StoreError::Schema(format!(
+                    "field {name}.{}: a bool has two values; a blind index on it reveals them",
+                    f.name
+                )));
+            }
+            if map.contains_key(&f.name) {
+                return Err(StoreError::Schema(format!("field {name}.{} is declared twice", f.name)));
+            }
+            map.insert(f.name.clone(), f);
+        }
+        self.schema.collections.insert(name.to_owned(), Collection { name: name.to_owned(), fields: map });
+        Ok(())
+    }
+
+    /// Finishes the schema, or returns the first error.
+    pub fn build(self) -> Result<Schema> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.schema),
+        }
+    }
+}

@@ -1,0 +1,1140 @@
+//! The store: seals and opens records, keeps keys, enforces retention, shreds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use kluis_core::blind::{BlindIndexKey, DEFAULT_INDEX_LEN};
+use kluis_core::keys::{self, GenerationStatus, RootKeyProvider};
+use kluis_core::{
+    Context, DomainKeyRecord, DomainKeySet, DomainName, KeyState, SubjectKey, SubjectKeyRecord, TenantId,
+    WrappedKey, ct_eq,
+};
+
+use crate::backend::{
+    Backend, DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, OverrideRow, RecordRow,
+    StoredRecord, SubjectKeyRow, WriteOp,
+};
+use crate::error::{Result, StoreError};
+use crate::schema::{Collection, FieldDef, Schema};
+use crate::value::Value;
+
+/// The keys a caller holds for one tenant: one [`DomainKeySet`] per domain it may read and write.
+/// Fields of other domains are returned as [`FieldValue::Withheld`] without any decryption attempt.
+pub struct Access {
+    tenant: TenantId,
+    sets: BTreeMap<String, Arc<DomainKeySet>>,
+}
+
+impl fmt::Debug for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Access").field("tenant", &self.tenant).field("domains", &self.sets.keys()).finish()
+    }
+}
+
+impl Access {
+    /// No keys yet.
+    pub fn new(tenant: TenantId) -> Self {
+        Self { tenant, sets: BTreeMap::new() }
+    }
+
+    /// Adds a domain key set of this tenant.
+    pub fn with(mut self, set: DomainKeySet) -> Result<Self> {
+        if set.tenant() != &self.tenant {
+            return Err(StoreError::Invalid("a key set of another tenant".into()));
+        }
+        self.sets.insert(set.domain().as_str().to_owned(), Arc::new(set));
+        Ok(self)
+    }
+
+    /// The tenant.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Domains the caller holds keys for.
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.sets.keys().map(String::as_str)
+    }
+
+    /// The key set of `domain`, if held.
+    pub fn set(&self, domain: &str) -> Option<&DomainKeySet> {
+        self.sets.get(domain).map(|s| &**s)
+    }
+
+    fn require(&self, domain: &str) -> Result<&DomainKeySet> {
+        self.set(domain).ok_or_else(|| StoreError::AccessDenied {
+            tenant: self.tenant.to_string(),
+            domain: domain.to_owned(),
+        })
+    }
+}
+
+/// A field as read: the value, or withheld because the caller holds no key for its domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldValue {
+    /// The decrypted value.
+    Value(Value),
+    /// Withheld: sealed under a domain the caller has no key for. Not decrypted.
+    Withheld {
+        /// The field's domain.
+        domain: String,
+    },
+}
+
+impl FieldValue {
+    /// The value, if not withheld.
+    pub fn value(&self) -> Option<&Value> {
+        match self {
+            Self::Value(v) => Some(v),
+            Self::Withheld { .. } => None,
+        }
+    }
+
+    /// Is it withheld?
+    pub fn is_withheld(&self) -> bool {
+        matches!(self, Self::Withheld { .. })
+    }
+}
+
+/// A record as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Collection.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// Subject.
+    pub subject: String,
+    /// Version (pass it to updates).
+    pub version: u64,
+    /// Created, unix seconds.
+    pub created_at: i64,
+    /// Updated, unix seconds.
+    pub updated_at: i64,
+    /// Retain until, unix seconds.
+    pub retain_until: Option<i64>,
+    /// Fields by name (fields never set are absent).
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+impl Record {
+    /// The value of a field (`None` if absent or withheld).
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        self.fields.get(field).and_then(FieldValue::value)
+    }
+}
+
+/// A new record.
+#[derive(Clone, Debug, Default)]
+pub struct NewRecord {
+    /// Record id; a random one is generated if `None`.
+    pub id: Option<String>,
+    /// Subject (e.g. employee id); `[A-Za-z0-9._:-]`, 1 to 128 characters.
+    pub subject: String,
+    /// Retain until, unix seconds.
+    pub retain_until: Option<i64>,
+    /// Field values.
+    pub fields: Vec<(String, Value)>,
+}
+
+impl NewRecord {
+    /// A record of `subject` with no fields yet.
+    pub fn new(subject: &str) -> Self {
+        Self { subject: subject.to_owned(), ..Self::default() }
+    }
+
+    /// Sets a field.
+    pub fn set(mut self, field: &str, value: impl Into<Value>) -> Self {
+        self.fields.push((field.to_owned(), value.into()));
+        self
+    }
+
+    /// Sets the id.
+    pub fn id(mut self, id: &str) -> Self {
+        self.id = Some(id.to_owned());
+        self
+    }
+
+    /// Sets retain-until.
+    pub fn retain_until(mut self, unix: i64) -> Self {
+        self.retain_until = Some(unix);
+        self
+    }
+}
+
+/// Changes to a record: only the named fields change; others (including fields the caller cannot
+/// read) are kept.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Fields to set.
+    pub set: Vec<(String, Value)>,
+    /// Fields to remove.
+    pub remove: Vec<String>,
+    /// New retain-until (`None` keeps it).
+    pub retain_until: Option<i64>,
+}
+
+impl Changes {
+    /// No changes yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a field.
+    pub fn set(mut self, field: &str, value: impl Into<Value>) -> Self {
+        self.set.push((field.to_owned(), value.into()));
+        self
+    }
+
+    /// Removes a field.
+    pub fn remove(mut self, field: &str) -> Self {
+        self.remove.push(field.to_owned());
+        self
+    }
+}
+
+/// A recorded legal override: allows deleting or shredding before retain-until. Stored in clear in
+/// the override audit table: do not put personal data in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegalOverride {
+    /// The legal ground, e.g. a court order reference.
+    pub reason: String,
+    /// Who authorised it.
+    pub authorised_by: String,
+}
+
+/// One operation of a transaction ([`Store::transaction`]).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Op {
+    /// Insert.
+    Insert {
+        /// Collection.
+        collection: String,
+        /// The record.
+        record: NewRecord,
+    },
+    /// Update a record at an expected version.
+    Update {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// Version read.
+        expected_version: u64,
+        /// Changes.
+        changes: Changes,
+    },
+    /// Delete a record.
+    Delete {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        id: String,
+        /// Version read, if known (otherwise the current one is used).
+        expected_version: Option<u64>,
+        /// Needed before retain-until.
+        legal_override: Option<LegalOverride>,
+    },
+}
+
+/// Id and version of a written record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    /// Collection.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// New version (0 for a delete).
+    pub version: u64,
+}
+
+/// A page of records and the cursor for the next page.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// Records, ordered by id.
+    pub records: Vec<Record>,
+    /// Pass as `after` to get the next page; `None` at the end.
+    pub next: Option<String>,
+}
+
+/// What a shred did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShredReport {
+    /// Records removed.
+    pub records_removed: u64,
+    /// Domain key versions destroyed (domain, version) after rotating.
+    pub destroyed_versions: Vec<(String, u32)>,
+}
+
+type SubjectCacheKey = (String, String, String, i64, u32, [u8; 8]);
+
+/// Encrypted records on one database.
+pub struct Store<B: Backend> {
+    backend: B,
+    schema: Arc<Schema>,
+    subject_keys: Mutex<HashMap<SubjectCacheKey, Arc<SubjectKey>>>,
+}
+
+impl<B: Backend> fmt::Debug for Store<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.subject_keys.lock().map(|c| c.len()).unwrap_or(0);
+        f.debug_struct("Store")
+            .field("engine", &B::ENGINE)
+            .field("collections", &self.schema.collections().map(|c| c.name.as_str()).collect::<Vec<_>>())
+            .field("cached_subject_keys", &n)
+            .finish()
+    }
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Checks a record, subject or document id: `[A-Za-z0-9._:-]`, 1 to 128 characters. Ids are
+/// stored in clear: never put personal data (names, BSN) in them.
+pub fn check_id(what: &'static str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > 128 {
+        return Err(StoreError::InvalidId { what, reason: "must be 1 to 128 characters" });
+    }
+    if !s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-')) {
+        return Err(StoreError::InvalidId {
+            what,
+            reason: "only letters, digits, '.', '_', ':' and '-' are allowed",
+        });
+    }
+    Ok(())
+}
+
+fn random_id() -> Result<String> {
+    let k = kluis_core::KeyMaterial::generate()?;
+    let mut s = String::with_capacity(32);
+    for b in k.expose_secret().iter().take(16) {
+        s.push_str(&format!("{b:02x}"));
+    }
+    Ok(s)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn to_i64(v: u64) -> Result<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Invalid("version out of range".into()))
+}
+
+fn key_integrity(what: String, e: kluis_core::Error) -> StoreError {
+    use kluis_core::{Error as E, ProviderErrorKind};
+    match e {
+        E::Decrypt
+        | E::Malformed { .. }
+        | E::UnsupportedVersion { .. }
+        | E::UnsupportedSuite(_)
+        | E::Provider { kind: ProviderErrorKind::UnwrapRefused, .. } => StoreError::KeyIntegrity { what },
+        other => StoreError::Core(other),
+    }
+}
+
+/// Reserved tenant and domain of the store's own metadata key.
+const META_TENANT: &str = "_kluis";
+const META_DOMAIN: &str = "meta";
+const META_GENERATION: &str = "keyring_generation";
+
+impl<B: Backend> Store<B> {
+    /// A store over `backend` with `schema`. Run [`Store::migrate`] once before use.
+    pub fn new(backend: B, schema: Schema) -> Self {
+        Self { backend, schema: Arc::new(schema), subject_keys: Mutex::new(HashMap::new()) }
+    }
+
+    /// Applies the embedded migrations (idempotent).
+    pub async fn migrate(&self) -> Result<()> {
+        self.backend.migrate().await
+    }
+
+    /// The backend (same pool; for tools and benches).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    // ---------------------------------------------------------------- keys
+
+    fn records_from_rows(
+        tenant: &TenantId,
+        domain: &DomainName,
+        rows: &[DomainKeyRow],
+    ) -> Result<Vec<DomainKeyRecord>> {
+        rows.iter()
+            .map(|r| {
+                let what = || format!("domain key {tenant}/{domain} v{}", r.version);
+                let version =
+                    u32::try_from(r.version).map_err(|_| StoreError::KeyIntegrity { what: what() })?;
+                let state =
+                    KeyState::parse(&r.state).map_err(|_| StoreError::KeyIntegrity { what: what() })?;
+                let wrapped = match &r.wrapped {
+                    Some(b) => Some(
+                        WrappedKey::from_bytes(b).map_err(|_| StoreError::KeyIntegrity { what: what() })?,
+                    ),
+                    None => None,
+                };
+                Ok(DomainKeyRecord {
+                    tenant: tenant.clone(),
+                    domain: domain.clone(),
+                    version,
+                    state,
+                    wrapped,
+                })
+            })
+            .collect()
+    }
+
+    fn rows_from_records(records: &[DomainKeyRecord]) -> Result<Vec<DomainKeyRow>> {
+        records
+            .iter()
+            .map(|r| {
+                Ok(DomainKeyRow {
+                    tenant: r.tenant.to_string(),
+                    domain: r.domain.to_string(),
+                    version: i64::from(r.version),
+                    state: r.state.as_str().to_owned(),
+                    wrapped: r.wrapped.as_ref().map(WrappedKey::to_bytes).transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn domain_records(&self, tenant: &TenantId, domain: &DomainName) -> Result<Vec<DomainKeyRecord>> {
+        let rows = self.backend.domain_keys(tenant.as_str(), domain.as_str()).await?;
+        Self::records_from_rows(tenant, domain, &rows)
+    }
+
+    /// Creates version 1 of a domain key if the tenant has none for `domain`.
+    pub async fn ensure_domain_key(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<()> {
+        if !self.backend.domain_keys(tenant.as_str(), domain.as_str()).await?.is_empty() {
+            return Ok(());
+        }
+        let (rec, _key) = keys::new_domain_key(provider, tenant, domain, 1).await?;
+        match self.backend.put_domain_keys(Self::rows_from_records(&[rec])?, true).await {
+            Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Loads and unwraps the domain key set of (tenant, domain). A wrapped key row altered in the
+    /// database gives [`StoreError::KeyIntegrity`].
+    pub async fn key_set(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<DomainKeySet> {
+        let records = self.domain_records(tenant, domain).await?;
+        if records.is_empty() {
+            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{tenant}/{domain}"),
+            }));
+        }
+        DomainKeySet::unwrap(provider, &records)
+            .await
+            .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))
+    }
+
+    /// Unlocks the named domains of a tenant (creating version 1 of missing domain keys).
+    pub async fn unlock(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domains: &[DomainName],
+    ) -> Result<Access> {
+        let mut access = Access::new(tenant.clone());
+        for d in domains {
+            self.ensure_domain_key(provider, tenant, d).await?;
+            access = access.with(self.key_set(provider, tenant, d).await?)?;
+        }
+        Ok(access)
+    }
+
+    fn subject_record(
+        row: &SubjectKeyRow,
+        tenant: &TenantId,
+        set: &DomainKeySet,
+    ) -> Result<SubjectKeyRecord> {
+        let version = u32::try_from(row.version).map_err(|_| StoreError::KeyIntegrity {
+            what: format!("subject key {}/{}/{}", tenant, set.domain(), row.subject),
+        })?;
+        Ok(SubjectKeyRecord {
+            tenant: tenant.clone(),
+            domain: set.domain().clone(),
+            subject: row.subject.clone(),
+            version,
+            wrapped: row.wrapped.clone(),
+        })
+    }
+
+    fn open_subject_row(&self, set: &DomainKeySet, row: &SubjectKeyRow) -> Result<Arc<SubjectKey>> {
+        let tenant = set.tenant();
+        let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
+        let rec = Self::subject_record(row, tenant, set)?;
+        let wv = DomainKeySet::subject_key_wrapping_version(&rec).map_err(|e| key_integrity(what(), e))?;
+        // The cache key includes a fingerprint of the wrapping domain key, so a caller holding a
+        // different (bogus) key set never gets a key another caller unwrapped.
+        let fp = set.key(wv).map_err(|e| key_integrity(what(), e))?.material().fingerprint();
+        let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone(), row.version, wv, fp);
+        if let Ok(c) = self.subject_keys.lock()
+            && let Some(k) = c.get(&ck)
+        {
+            return Ok(k.clone());
+        }
+        let key = Arc::new(set.open_subject_key(&rec).map_err(|e| key_integrity(what(), e))?);
+        if let Ok(mut c) = self.subject_keys.lock() {
+            if c.len() >= 100_000 {
+                c.clear();
+            }
+            c.insert(ck, key.clone());
+        }
+        Ok(key)
+    }
+
+    /// The newest subject key of (tenant, domain, subject), if any.
+    async fn subject_key(&self, set: &DomainKeySet, subject: &str) -> Result<Option<Arc<SubjectKey>>> {
+        let rows = self.backend.subject_keys(set.tenant().as_str(), set.domain().as_str(), subject).await?;
+        match rows.last() {
+            None => Ok(None),
+            Some(row) => Ok(Some(self.open_subject_row(set, row)?)),
+        }
+    }
+
+    async fn subject_key_for_write(&self, set: &DomainKeySet, subject: &str) -> Result<Arc<SubjectKey>> {
+        if let Some(k) = self.subject_key(set, subject).await? {
+            return Ok(k);
+        }
+        let (rec, _) = set.new_subject_key(subject, 1)?;
+        let row = SubjectKeyRow {
+            tenant: rec.tenant.to_string(),
+            domain: rec.domain.to_string(),
+            subject: rec.subject.clone(),
+            version: i64::from(rec.version),
+            wrapped: rec.wrapped,
+            created_at: now_unix(),
+        };
+        // Inserted, or another writer won the race: either way read back the stored one.
+        self.backend.insert_subject_key(row).await?;
+        self.subject_key(set, subject)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("the subject key vanished while being created".into()))
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    fn field_def<'s>(coll: &'s Collection, name: &str) -> Result<&'s FieldDef> {
+        coll.field(name)
+            .ok_or_else(|| StoreError::UnknownField { collection: coll.name.clone(), field: name.to_owned() })
+    }
+
+    fn check_value(coll: &Collection, def: &FieldDef, v: &Value) -> Result<()> {
+        v.check(def.ty).map_err(|found| StoreError::WrongType {
+            collection: coll.name.clone(),
+            field: def.name.clone(),
+            expected: def.ty.as_str(),
+            found,
+        })?;
+        if v.payload_len() > def.max_bytes {
+            return Err(StoreError::TooLarge {
+                collection: coll.name.clone(),
+                field: def.name.clone(),
+                max: def.max_bytes,
+                len: v.payload_len(),
+            });
+        }
+        Ok(())
+    }
+
+    fn blind_index(
+        set: &DomainKeySet,
+        version: u32,
+        coll: &str,
+        field: &str,
+        encoded: &[u8],
+    ) -> Result<Vec<u8>> {
+        let k = BlindIndexKey::derive(
+            set.key(version)?,
+            set.tenant(),
+            set.domain(),
+            coll,
+            field,
+            DEFAULT_INDEX_LEN,
+        )?;
+        Ok(k.index(encoded))
+    }
+
+    /// Validates and seals fields. Everything is checked before anything is written.
+    async fn seal_fields(
+        &self,
+        access: &Access,
+        coll: &Collection,
+        id: &str,
+        subject: &str,
+        fields: &[(String, Value)],
+    ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
+        let mut seen = BTreeSet::new();
+        for (name, v) in fields {
+            let def = Self::field_def(coll, name)?;
+            Self::check_value(coll, def, v)?;
+            access.require(def.domain.as_str())?;
+            if !seen.insert(name.as_str()) {
+                return Err(StoreError::Invalid(format!("field {}.{name} is set twice", coll.name)));
+            }
+        }
+        let mut cells = Vec::with_capacity(fields.len());
+        let mut indexes = Vec::new();
+        let mut keys: BTreeMap<&str, Arc<SubjectKey>> = BTreeMap::new();
+        for (name, v) in fields {
+            let def = Self::field_def(coll, name)?;
+            let set = access.require(def.domain.as_str())?;
+            let sk = match keys.get(def.domain.as_str()) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = self.subject_key_for_write(set, subject).await?;
+                    keys.insert(def.domain.as_str(), k.clone());
+                    k
+                }
+            };
+            let ctx = Context {
+                tenant: &access.tenant,
+                domain: &def.domain,
+                collection: &coll.name,
+                field: name,
+                record: id,
+            };
+            let encoded = v.encode();
+            cells.push(FieldRow {
+                field: name.clone(),
+                domain: def.domain.to_string(),
+                sealed: sk.seal(&ctx, &encoded)?,
+            });
+            if def.blind_index {
+                let active = set.active_version().ok_or_else(|| {
+                    StoreError::Core(kluis_core::Error::UnknownKey {
+                        key: format!("{}/{} (no active version)", access.tenant, def.domain),
+                    })
+                })?;
+                indexes.push(IndexRow {
+                    field: name.clone(),
+                    key_version: i64::from(active),
+                    idx: Self::blind_index(set, active, &coll.name, name, &encoded)?,
+                });
+            }
+        }
+        Ok((cells, indexes))
+    }
+
+    /// Inserts one record.
+    pub async fn insert(&self, access: &Access, collection: &str, record: NewRecord) -> Result<Written> {
+        let mut out =
+            self.transaction(access, vec![Op::Insert { collection: collection.to_owned(), record }]).await?;
+        out.pop().ok_or_else(|| StoreError::Invalid("empty result".into()))
+    }
+
+    /// Updates one record that has `expected_version`; a concurrent change gives
+    /// [`StoreError::Conflict`].
+    pub async fn update(
+        &self,
+        access: &Access,
+        collection: &str,
+        id: &str,
+        expected_version: u64,
+        changes: Changes,
+    ) -> Result<Written> {
+        let op =
+            Op::Update { collection: collection.to_owned(), id: id.to_owned(), expected_version, changes };
+        let mut out = self.transaction(access, vec![op]).await?;
+        out.pop().ok_or_else(|| StoreError::Invalid("empty result".into()))
+    }
+
+    /// Deletes one record (refused before retain-until without a legal override).
+    pub async fn delete(
+        &self,
+        access: &Access,
+        collection: &str,
+        id: &str,
+        expected_version: Option<u64>,
+        legal_override: Option<LegalOverride>,
+    ) -> Result<()> {
+        let op = Op::Delete {
+            collection: collection.to_owned(),
+            id: id.to_owned(),
+            expected_version,
+            legal_override,
+        };
+        self.transaction(access, vec![op]).await.map(|_| ())
+    }
+
+    /// Runs several operations in one database transaction: all are applied, or (on any error,
+    /// including a conflict) none.
+    pub async fn transaction(&self, access: &Access, ops: Vec<Op>) -> Result<Vec<Written>> {
+        let tenant = access.tenant.to_string();
+        let now = now_unix();
+        let mut writes = Vec::with_capacity(ops.len());
+        let mut written = Vec::with_capacity(ops.len());
+        for op in ops {
+            match op {
+                Op::Insert { collection, record } => {
+                    let coll = self.schema.collection(&collection)?;
+                    check_id("subject id", &record.subject)?;
+                    let id = match &record.id {
+                        Some(id) => {
+                            check_id("record id", id)?;
+                            id.clone()
+                        }
+                        None => random_id()?,
+                    };
+                    let (fields, indexes) =
+                        self.seal_fields(access, coll, &id, &record.subject, &record.fields).await?;
+                    writes.push(WriteOp::Insert {
+                        record: RecordRow {
+                            tenant: tenant.clone(),
+                            collection: collection.clone(),
+                            id: id.clone(),
+                            subject: record.subject.clone(),
+                            version: 1,
+                            created_at: now,
+                            updated_at: now,
+                            retain_until: record.retain_until,
+                        },
+                        fields,
+                        indexes,
+                    });
+                    written.push(Written { collection, id, version: 1 });
+                }
+                Op::Update { collection, id, expected_version, changes } => {
+                    let coll = self.schema.collection(&collection)?;
+                    check_id("record id", &id)?;
+                    for f in &changes.remove {
+                        let def = Self::field_def(coll, f)?;
+                        access.require(def.domain.as_str())?;
+                    }
+                    let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
+                        StoreError::NotFound { collection: collection.clone(), record: id.clone() }
+                    })?;
+                    let (fields, indexes) =
+                        self.seal_fields(access, coll, &id, &current.record.subject, &changes.set).await?;
+                    let version = expected_version
+                        .checked_add(1)
+                        .ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
+                    writes.push(WriteOp::Update {
+                        record: RecordRow {
+                            version: to_i64(version)?,
+                            updated_at: now,
+                            retain_until: changes.retain_until.or(current.record.retain_until),
+                            ..current.record
+                        },
+                        expected_version: to_i64(expected_version)?,
+                        set_fields: fields,
+                        remove_fields: changes.remove.clone(),
+                        set_indexes: indexes,
+                    });
+                    written.push(Written { collection, id, version });
+                }
+                Op::Delete { collection, id, expected_version, legal_override } => {
+                    self.schema.collection(&collection)?;
+                    check_id("record id", &id)?;
+                    let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
+                        StoreError::NotFound { collection: collection.clone(), record: id.clone() }
+                    })?;
+                    // Deleting needs the keys of every domain the record holds.
+                    for f in &current.fields {
+                        access.require(&f.domain)?;
+                    }
+                    let expected = match expected_version {
+                        Some(v) => to_i64(v)?,
+                        None => current.record.version,
+                    };
+                    if let Some(until) = current.record.retain_until
+                        && until > now
+                    {
+                        let Some(o) = legal_override else {
+                            return Err(StoreError::RetentionActive {
+                                collection,
+                                record: id,
+                                retain_until: until,
+                            });
+                        };
+                        writes.push(WriteOp::Override(OverrideRow {
+                            tenant: tenant.clone(),
+                            action: "delete".into(),
+                            target: format!("{collection}/{id}"),
+                            reason: o.reason,
+                            authorised_by: o.authorised_by,
+                            at: now,
+                        }));
+                    }
+                    writes.push(WriteOp::Delete {
+                        tenant: tenant.clone(),
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        expected_version: Some(expected),
+                    });
+                    written.push(Written { collection, id, version: 0 });
+                }
+            }
+        }
+        self.backend.apply(writes).await?;
+        tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
+        Ok(written)
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    async fn open_record(&self, access: &Access, stored: StoredRecord) -> Result<Record> {
+        let r = stored.record;
+        let mut fields = BTreeMap::new();
+        let mut keys: BTreeMap<String, Arc<SubjectKey>> = BTreeMap::new();
+        for cell in stored.fields {
+            let integrity = || StoreError::Integrity {
+                collection: r.collection.clone(),
+                record: r.id.clone(),
+                field: cell.field.clone(),
+            };
+            let Some(set) = access.set(&cell.domain) else {
+                // No key for this domain: withheld, and no decryption is attempted.
+                fields.insert(cell.field.clone(), FieldValue::Withheld { domain: cell.domain.clone() });
+                continue;
+            };
+            let sk = match keys.get(&cell.domain) {
+                Some(k) => k.clone(),
+                None => {
+                    let k = self.subject_key(set, &r.subject).await?.ok_or_else(integrity)?;
+                    keys.insert(cell.domain.clone(), k.clone());
+                    k
+                }
+            };
+            let ctx = Context {
+                tenant: &access.tenant,
+                domain: set.domain(),
+                collection: &r.collection,
+                field: &cell.field,
+                record: &r.id,
+            };
+            let pt = sk.open(&ctx, &cell.sealed).map_err(|_| integrity())?;
+            let v = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
+            fields.insert(cell.field.clone(), FieldValue::Value(v));
+        }
+        Ok(Record {
+            collection: r.collection,
+            id: r.id,
+            subject: r.subject,
+            version: to_u64(r.version),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            retain_until: r.retain_until,
+            fields,
+        })
+    }
+
+    /// Reads one record; `None` if absent.
+    pub async fn get(&self, access: &Access, collection: &str, id: &str) -> Result<Option<Record>> {
+        self.schema.collection(collection)?;
+        check_id("record id", id)?;
+        match self.backend.get(access.tenant.as_str(), collection, id).await? {
+            None => Ok(None),
+            Some(s) => Ok(Some(self.open_record(access, s).await?)),
+        }
+    }
+
+    /// A page of a collection's records (optionally of one subject), ordered by id.
+    pub async fn list(
+        &self,
+        access: &Access,
+        collection: &str,
+        subject: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Page> {
+        self.schema.collection(collection)?;
+        if let Some(s) = subject {
+            check_id("subject id", s)?;
+        }
+        if let Some(a) = after {
+            check_id("cursor", a)?;
+        }
+        let limit = limit.clamp(1, 1000);
+        let rows = self.backend.list(access.tenant.as_str(), collection, subject, after, limit).await?;
+        let full = rows.len() == limit as usize;
+        let mut records = Vec::with_capacity(rows.len());
+        for s in rows {
+            records.push(self.open_record(access, s).await?);
+        }
+        let next = if full { records.last().map(|r| r.id.clone()) } else { None };
+        Ok(Page { records, next })
+    }
+
+    /// Records whose blind-indexed `field` equals `value` (confirmed by decrypting).
+    pub async fn find(
+        &self,
+        access: &Access,
+        collection: &str,
+        field: &str,
+        value: &Value,
+    ) -> Result<Vec<Record>> {
+        let coll = self.schema.collection(collection)?;
+        let def = Self::field_def(coll, field)?;
+        if !def.blind_index {
+            return Err(StoreError::NotIndexed {
+                collection: collection.to_owned(),
+                field: field.to_owned(),
+            });
+        }
+        Self::check_value(coll, def, value)?;
+        let set = access.require(def.domain.as_str())?;
+        let encoded = value.encode();
+        let mut candidates = Vec::new();
+        for (v, state) in set.versions() {
+            if state != KeyState::Destroyed {
+                candidates.push((i64::from(v), Self::blind_index(set, v, collection, field, &encoded)?));
+            }
+        }
+        let ids = self.backend.find_index(access.tenant.as_str(), collection, field, candidates).await?;
+        let mut out = Vec::new();
+        for id in ids {
+            if let Some(s) = self.backend.get(access.tenant.as_str(), collection, &id).await? {
+                let rec = self.open_record(access, s).await?;
+                let hit = rec.get(field).is_some_and(|v| ct_eq(&v.encode(), &encoded));
+                if hit {
+                    out.push(rec);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---------------------------------------------------------------- shredding
+
+    /// Crypto-shreds a subject: refuses while any of its records is under retention (unless a
+    /// legal override is given, which is recorded), deletes its subject keys, records, cells,
+    /// blind indexes and document catalog entries in one transaction, then for every domain the
+    /// subject had a key in rotates the domain key, rewraps the other subjects' keys and re-derives
+    /// blind indexes under the new version, destroys the old versions (so an older backup's copy of
+    /// the subject key has no live wrapping key in this database), and purges the freed bytes from
+    /// the database files. `access` must hold every domain of the schema; it is refreshed.
+    pub async fn shred_subject(
+        &self,
+        provider: &dyn RootKeyProvider,
+        access: &mut Access,
+        subject: &str,
+        legal_override: Option<LegalOverride>,
+    ) -> Result<ShredReport> {
+        check_id("subject id", subject)?;
+        let tenant = access.tenant.clone();
+        let now = now_unix();
+        let records = self.backend.subject_records(tenant.as_str(), subject).await?;
+        let mut audit = None;
+        if let Some(r) = records.iter().find(|r| r.retain_until.is_some_and(|u| u > now)) {
+            let Some(o) = legal_override else {
+                return Err(StoreError::RetentionActive {
+                    collection: r.collection.clone(),
+                    record: r.id.clone(),
+                    retain_until: r.retain_until.unwrap_or(0),
+                });
+            };
+            audit = Some(OverrideRow {
+                tenant: tenant.to_string(),
+                action: "shred".into(),
+                target: format!("subject:{subject}"),
+                reason: o.reason,
+                authorised_by: o.authorised_by,
+                at: now,
+            });
+        }
+        let mut domains: BTreeSet<String> = self
+            .schema
+            .collections()
+            .flat_map(|c| c.fields().map(|f| f.domain.to_string()).collect::<Vec<_>>())
+            .collect();
+        domains.extend(access.domains().map(str::to_owned));
+        let mut affected = Vec::new();
+        for d in &domains {
+            if !self.backend.subject_keys(tenant.as_str(), d, subject).await?.is_empty() {
+                access.require(d)?;
+                affected.push(d.clone());
+            }
+        }
+        let removed = self.backend.delete_subject(tenant.as_str(), subject, audit).await?;
+        if let Ok(mut c) = self.subject_keys.lock() {
+            c.retain(|k, _| !(k.0 == tenant.as_str() && k.2 == subject));
+        }
+        let mut destroyed = Vec::new();
+        for d in &affected {
+            let domain = DomainName::new(d.clone())?;
+            destroyed.extend(
+                self.retire_domain_versions(provider, access, &domain)
+                    .await?
+                    .into_iter()
+                    .map(|v| (d.clone(), v)),
+            );
+        }
+        self.backend.purge().await?;
+        tracing::info!(tenant = %tenant, records = removed, "kluis-store subject shredded");
+        Ok(ShredReport { records_removed: removed, destroyed_versions: destroyed })
+    }
+
+    /// Rotates the domain key of `domain`, moves every subject key and blind index of the tenant
+    /// onto the new version, then destroys all older versions. Returns the destroyed versions.
+    pub async fn retire_domain_versions(
+        &self,
+        provider: &dyn RootKeyProvider,
+        access: &mut Access,
+        domain: &DomainName,
+    ) -> Result<Vec<u32>> {
+        let tenant = access.tenant.clone();
+        let mut records = self.domain_records(&tenant, domain).await?;
+        let (new_rec, _) = keys::rotate_domain_key(provider, &tenant, domain, &mut records).await?;
+        self.backend.put_domain_keys(Self::rows_from_records(&records)?, false).await?;
+        let set = self.key_set(provider, &tenant, domain).await?;
+        // Rewrap the remaining subject keys under the new version.
+        let rows = self.backend.all_subject_keys(tenant.as_str(), domain.as_str()).await?;
+        let mut rewrapped = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let rec = Self::subject_record(row, &tenant, &set)?;
+            let what = format!("subject key {tenant}/{domain}/{}", row.subject);
+            let new = set.rewrap_subject_key(&rec).map_err(|e| key_integrity(what, e))?;
+            rewrapped.push(SubjectKeyRow { wrapped: new.wrapped, ..row.clone() });
+        }
+        self.backend.rewrap_subject_keys(rewrapped).await?;
+        access.sets.insert(domain.to_string(), Arc::new(set));
+        // Re-derive blind indexes of this domain's fields under the new version.
+        let mut ops = Vec::new();
+        for (collection, record_id, field, kv) in self.backend.index_rows(tenant.as_str()).await? {
+            let Ok(coll) = self.schema.collection(&collection) else { continue };
+            let Some(def) = coll.field(&field) else { continue };
+            if def.domain != *domain || kv == i64::from(new_rec.version) {
+                continue;
+            }
+            let Some(stored) = self.backend.get(tenant.as_str(), &collection, &record_id).await? else {
+                continue;
+            };
+            let rec = self.open_record(access, stored).await?;
+            let Some(v) = rec.get(&field) else { continue };
+            let set = access.require(domain.as_str())?;
+            let idx = Self::blind_index(set, new_rec.version, &collection, &field, &v.encode())?;
+            ops.push(WriteOp::SetIndex {
+                tenant: tenant.to_string(),
+                collection: collection.clone(),
+                record_id: record_id.clone(),
+                index: IndexRow { field: field.clone(), key_version: i64::from(new_rec.version), idx },
+            });
+        }
+        self.backend.apply(ops).await?;
+        // Destroy every older version: nothing depends on them any more.
+        let mut destroyed = Vec::new();
+        for r in records.iter_mut() {
+            if r.state == KeyState::DecryptOnly {
+                keys::destroy_domain_key(r)?;
+                destroyed.push(r.version);
+            }
+        }
+        self.backend.put_domain_keys(Self::rows_from_records(&records)?, false).await?;
+        let set = self.key_set(provider, &tenant, domain).await?;
+        access.sets.insert(domain.to_string(), Arc::new(set));
+        if let Ok(mut c) = self.subject_keys.lock() {
+            c.retain(|k, _| !(k.0 == tenant.as_str() && k.1 == domain.as_str()));
+        }
+        Ok(destroyed)
+    }
+
+    // ---------------------------------------------------------------- metadata
+
+    async fn meta_set(&self, provider: &dyn RootKeyProvider) -> Result<DomainKeySet> {
+        let tenant = TenantId::new(META_TENANT)?;
+        let domain = DomainName::new(META_DOMAIN)?;
+        self.ensure_domain_key(provider, &tenant, &domain).await?;
+        self.key_set(provider, &tenant, &domain).await
+    }
+
+    fn meta_ctx<'a>(tenant: &'a TenantId, domain: &'a DomainName) -> Context<'a> {
+        Context { tenant, domain, collection: "kluis_meta", field: META_GENERATION, record: "database" }
+    }
+
+    /// Compares the provider's keyring generation with the one this database recorded (sealed, so
+    /// an edit by a DBA is detected). A keyring older than the database's record is
+    /// [`kluis_core::Error::KeyringRollback`].
+    pub async fn check_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<GenerationStatus> {
+        let Some(keyring) = provider.generation() else { return Ok(GenerationStatus::InSync) };
+        let set = self.meta_set(provider).await?;
+        let Some(sealed) = self.backend.meta(META_GENERATION).await? else {
+            return Ok(GenerationStatus::DatabaseBehind { keyring, database: 0 });
+        };
+        let ctx = Self::meta_ctx(set.tenant(), set.domain());
+        let pt = set.open(&ctx, &sealed).map_err(|_| StoreError::MetadataTampered(META_GENERATION))?;
+        let b: [u8; 8] =
+            pt.expose_secret().try_into().map_err(|_| StoreError::MetadataTampered(META_GENERATION))?;
+        Ok(keys::check_generation(keyring, u64::from_be_bytes(b))?)
+    }
+
+    /// Records the provider's current keyring generation (after a root rotation, or at setup).
+    pub async fn record_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<()> {
+        let Some(g) = provider.generation() else { return Ok(()) };
+        if let GenerationStatus::InSync = self.check_keyring_generation(provider).await? {
+            return Ok(());
+        }
+        let set = self.meta_set(provider).await?;
+        let ctx = Self::meta_ctx(set.tenant(), set.domain());
+        let sealed = set.seal(&ctx, &g.to_be_bytes())?;
+        self.backend.set_meta(META_GENERATION, sealed).await
+    }
+
+    // ---------------------------------------------------------------- documents catalog
+
+    /// Adds a documents catalog entry (issue 4 writes the blob). `row.tenant` must be the caller's.
+    pub async fn insert_document(&self, access: &Access, row: DocumentRow) -> Result<()> {
+        self.check_document(access, &row)?;
+        self.backend.insert_document(row).await
+    }
+
+    fn check_document(&self, access: &Access, row: &DocumentRow) -> Result<()> {
+        if row.tenant != access.tenant.as_str() {
+            return Err(StoreError::Invalid("a document of another tenant".into()));
+        }
+        access.require(&row.domain)?;
+        check_id("document id", &row.document_id)?;
+        check_id("subject id", &row.subject)?;
+        check_id("object name", &row.object_name)?;
+        if let Some(r) = &row.record_id {
+            check_id("record id", r)?;
+        }
+        if row.padded_size < 0 {
+            return Err(StoreError::Invalid("negative document size".into()));
+        }
+        Ok(())
+    }
+
+    /// Catalog entries of a subject.
+    pub async fn documents_of_subject(&self, access: &Access, subject: &str) -> Result<Vec<DocumentRow>> {
+        check_id("subject id", subject)?;
+        self.backend.list_documents(access.tenant.as_str(), DocumentFilter::Subject(subject)).await
+    }
+
+    /// Catalog entries attached to a record.
+    pub async fn documents_of_record(&self, access: &Access, record_id: &str) -> Result<Vec<DocumentRow>> {
+        check_id("record id", record_id)?;
+        self.backend.list_documents(access.tenant.as_str(), DocumentFilter::Record(record_id)).await
+    }
+
+    /// Removes a catalog entry; `false` if absent.
+    pub async fn delete_document(&self, access: &Access, document_id: &str) -> Result<bool> {
+        check_id("document id", document_id)?;
+        self.backend.delete_document(access.tenant.as_str(), document_id).await
+    }
+}

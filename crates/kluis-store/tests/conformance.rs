@@ -1,0 +1,626 @@
+//! One conformance suite, compiled once per engine: SQLite (always), PostgreSQL and MariaDB
+//! (`KLUIS_TEST_POSTGRES_URL`, `KLUIS_TEST_MYSQL_URL`; in CI an unreachable server fails).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use common::{Bind, Harness, Raw, t};
+use kluis_core::{DomainName, TenantId};
+use kluis_store::backend::Backend;
+use kluis_store::{Changes, DocumentRow, FieldValue, LegalOverride, NewRecord, Op, Store, StoreError, Value};
+
+fn absence(subject: &str, emp: &str, diagnosis: &str) -> NewRecord {
+    NewRecord::new(subject)
+        .set("start_date", Value::Date("2025-03-01".into()))
+        .set("end_date", Value::Date("2025-03-14".into()))
+        .set("work_capacity", Value::Decimal("50".into()))
+        .set("employee_number", emp)
+        .set("diagnosis", diagnosis)
+        .set("doctor_notes", "rest; see again in two weeks")
+}
+
+fn far_future() -> i64 {
+    4_102_444_800 // 2100-01-01
+}
+
+async fn crud<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    let w = s.insert(&h.doctor, "absence", absence("emp-1", "E001", "burn-out").id("abs-1")).await.unwrap();
+    assert_eq!((w.id.as_str(), w.version), ("abs-1", 1));
+    let r = s.get(&h.doctor, "absence", "abs-1").await.unwrap().unwrap();
+    assert_eq!(r.subject, "emp-1");
+    assert_eq!(r.version, 1);
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("burn-out"));
+    assert_eq!(r.get("work_capacity").and_then(Value::as_decimal), Some("50"));
+    assert_eq!(r.get("start_date").and_then(Value::as_date), Some("2025-03-01"));
+    assert_eq!(r.fields.len(), 6);
+
+    // All field types round-trip.
+    let emp = NewRecord::new("emp-1")
+        .id("e1")
+        .set("name", "Jan de Vries")
+        .set("salary", 4200_i64)
+        .set("on_leave", true)
+        .set("photo", vec![0u8, 255, 7]);
+    s.insert(&h.hr, "employee", emp).await.unwrap();
+    let e = s.get(&h.hr, "employee", "e1").await.unwrap().unwrap();
+    assert_eq!(e.get("salary").and_then(Value::as_integer), Some(4200));
+    assert_eq!(e.get("on_leave").and_then(Value::as_bool), Some(true));
+    assert_eq!(e.get("photo").and_then(Value::as_bytes), Some(&[0u8, 255, 7][..]));
+
+    let w = s
+        .update(
+            &h.doctor,
+            "absence",
+            "abs-1",
+            1,
+            Changes::new().set("diagnosis", "hernia").remove("doctor_notes"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(w.version, 2);
+    let r = s.get(&h.doctor, "absence", "abs-1").await.unwrap().unwrap();
+    assert_eq!(r.version, 2);
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("hernia"));
+    assert!(!r.fields.contains_key("doctor_notes"));
+    assert_eq!(r.get("employee_number").and_then(Value::as_text), Some("E001"));
+
+    // Same id twice: typed error.
+    let dup = s.insert(&h.doctor, "absence", absence("emp-1", "E001", "x").id("abs-1")).await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists { .. })), "{dup:?}");
+
+    s.delete(&h.doctor, "absence", "abs-1", Some(2), None).await.unwrap();
+    assert!(s.get(&h.doctor, "absence", "abs-1").await.unwrap().is_none());
+    let gone = s.delete(&h.doctor, "absence", "abs-1", None, None).await;
+    assert!(matches!(gone, Err(StoreError::NotFound { .. })), "{gone:?}");
+    h
+}
+
+async fn pagination<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    for i in 0..25 {
+        let subject = if i % 5 == 0 { "emp-special" } else { "emp-other" };
+        s.insert(&h.doctor, "absence", absence(subject, &format!("E{i:03}"), "flu")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = s.list(&h.doctor, "absence", None, after.as_deref(), 10).await.unwrap();
+        pages += 1;
+        seen.extend(page.records.iter().map(|r| r.id.clone()));
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(pages >= 3);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, seen, "pages are ordered by id, without repeats");
+    let mine = s.list(&h.doctor, "absence", Some("emp-special"), None, 100).await.unwrap();
+    assert_eq!(mine.records.len(), 5);
+    assert!(mine.records.iter().all(|r| r.subject == "emp-special"));
+    assert!(mine.next.is_none());
+    // Another tenant sees nothing.
+    let other = h.access("globex", &[DomainName::general()]).await;
+    assert!(s.list(&other, "absence", None, None, 100).await.unwrap().records.is_empty());
+    h
+}
+
+async fn blind_index<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E100", "burn-out").id("a1")).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-2", "E200", "burn-out").id("a2")).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-2", "E200", "flu").id("a3")).await.unwrap();
+    let found = s.find(&h.hr, "absence", "employee_number", &Value::from("E200")).await.unwrap();
+    let mut ids: Vec<_> = found.iter().map(|r| r.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["a2", "a3"]);
+    assert!(s.find(&h.hr, "absence", "employee_number", &Value::from("E999")).await.unwrap().is_empty());
+    // Medical index: only with medical keys.
+    let by_diag = s.find(&h.doctor, "absence", "diagnosis", &Value::from("burn-out")).await.unwrap();
+    assert_eq!(by_diag.len(), 2);
+    let denied = s.find(&h.hr, "absence", "diagnosis", &Value::from("burn-out")).await;
+    assert!(matches!(denied, Err(StoreError::AccessDenied { .. })), "{denied:?}");
+    let not_indexed = s.find(&h.doctor, "absence", "doctor_notes", &Value::from("x")).await;
+    assert!(matches!(not_indexed, Err(StoreError::NotIndexed { .. })), "{not_indexed:?}");
+    // Other tenant: its own index keys, no hits.
+    let other = h.access("globex", &[DomainName::general()]).await;
+    assert!(s.find(&other, "absence", "employee_number", &Value::from("E200")).await.unwrap().is_empty());
+    h
+}
+
+async fn concurrent_update_conflict<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("c1")).await.unwrap();
+    let a = s.update(&h.doctor, "absence", "c1", 1, Changes::new().set("diagnosis", "first"));
+    let b =
+        s.update(&h.hr, "absence", "c1", 1, Changes::new().set("work_capacity", Value::Decimal("80".into())));
+    let (ra, rb) = tokio::join!(a, b);
+    let oks = [ra.is_ok(), rb.is_ok()].iter().filter(|x| **x).count();
+    assert_eq!(oks, 1, "exactly one of two concurrent updates wins: {ra:?} {rb:?}");
+    let err = match (ra, rb) {
+        (Err(e), _) | (_, Err(e)) => e,
+        _ => unreachable!(),
+    };
+    assert!(
+        matches!(err, StoreError::Conflict { ref record, expected: 1, found: 2, .. } if record == "c1"),
+        "{err:?}"
+    );
+    // A stale version is a conflict too.
+    let stale = s.update(&h.doctor, "absence", "c1", 1, Changes::new().set("diagnosis", "late")).await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
+    let r = s.get(&h.doctor, "absence", "c1").await.unwrap().unwrap();
+    assert_eq!(r.version, 2);
+    h
+}
+
+async fn transaction_rollback<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("t1")).await.unwrap();
+    let ops = vec![
+        Op::Insert { collection: "absence".into(), record: absence("emp-1", "E2", "flu").id("t2") },
+        Op::Update {
+            collection: "absence".into(),
+            id: "t1".into(),
+            expected_version: 1,
+            changes: Changes::new().set("diagnosis", "changed"),
+        },
+        // Fails inside the database (duplicate id): everything before rolls back.
+        Op::Insert { collection: "absence".into(), record: absence("emp-1", "E3", "flu").id("t1") },
+    ];
+    let err = s.transaction(&h.doctor, ops).await;
+    assert!(matches!(err, Err(StoreError::AlreadyExists { .. })), "{err:?}");
+    assert!(s.get(&h.doctor, "absence", "t2").await.unwrap().is_none(), "insert rolled back");
+    let t1 = s.get(&h.doctor, "absence", "t1").await.unwrap().unwrap();
+    assert_eq!(t1.version, 1, "update rolled back");
+    assert_eq!(t1.get("diagnosis").and_then(Value::as_text), Some("flu"));
+    // A conflict in the middle rolls back too.
+    let ops = vec![
+        Op::Insert { collection: "absence".into(), record: absence("emp-1", "E4", "flu").id("t4") },
+        Op::Update {
+            collection: "absence".into(),
+            id: "t1".into(),
+            expected_version: 9,
+            changes: Changes::new(),
+        },
+    ];
+    assert!(matches!(s.transaction(&h.doctor, ops).await, Err(StoreError::Conflict { .. })));
+    assert!(s.get(&h.doctor, "absence", "t4").await.unwrap().is_none());
+    // A successful batch applies all.
+    let ops = vec![
+        Op::Insert { collection: "absence".into(), record: absence("emp-1", "E5", "flu").id("t5") },
+        Op::Delete {
+            collection: "absence".into(),
+            id: "t1".into(),
+            expected_version: Some(1),
+            legal_override: None,
+        },
+    ];
+    s.transaction(&h.doctor, ops).await.unwrap();
+    assert!(s.get(&h.doctor, "absence", "t5").await.unwrap().is_some());
+    assert!(s.get(&h.doctor, "absence", "t1").await.unwrap().is_none());
+    h
+}
+
+async fn withheld_fields<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "burn-out").id("w1")).await.unwrap();
+    let r = s.get(&h.hr, "absence", "w1").await.unwrap().unwrap();
+    assert_eq!(r.fields.get("diagnosis"), Some(&FieldValue::Withheld { domain: "medical".into() }));
+    assert!(r.fields["doctor_notes"].is_withheld());
+    assert_eq!(r.get("employee_number").and_then(Value::as_text), Some("E1"));
+    // HR updates a general field: the medical fields it cannot read are kept.
+    s.update(&h.hr, "absence", "w1", 1, Changes::new().set("work_capacity", Value::Decimal("75".into())))
+        .await
+        .unwrap();
+    let r = s.get(&h.doctor, "absence", "w1").await.unwrap().unwrap();
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("burn-out"));
+    assert_eq!(r.get("work_capacity").and_then(Value::as_decimal), Some("75"));
+    // HR may not write, remove or delete medical data.
+    let e = s.update(&h.hr, "absence", "w1", 2, Changes::new().set("diagnosis", "x")).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { ref domain, .. }) if domain == "medical"), "{e:?}");
+    let e = s.update(&h.hr, "absence", "w1", 2, Changes::new().remove("diagnosis")).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { .. })), "{e:?}");
+    let e = s.insert(&h.hr, "absence", absence("emp-1", "E1", "x")).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { .. })), "{e:?}");
+    let e = s.delete(&h.hr, "absence", "w1", None, None).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { .. })), "{e:?}");
+    // A bogus medical key set (right names, wrong keys) gets an integrity error, never plaintext.
+    let fake = kluis_core::DomainKeySet::from_keys(
+        h.tenant.clone(),
+        DomainName::medical(),
+        vec![(1, kluis_core::KeyState::Active, kluis_core::KeyMaterial::generate().unwrap())],
+        kluis_core::Suite::default(),
+        kluis_core::Backend::preferred(),
+    )
+    .unwrap();
+    let bogus = kluis_store::Access::new(h.tenant.clone()).with(fake).unwrap();
+    let e = s.get(&bogus, "absence", "w1").await;
+    assert!(matches!(e, Err(StoreError::KeyIntegrity { .. })), "{e:?}");
+    h
+}
+
+async fn retention<B: Backend>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    let rec = absence("emp-r", "E1", "flu").id("r1").retain_until(far_future());
+    s.insert(&h.doctor, "absence", rec).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-r", "E1", "flu").id("r2").retain_until(1)).await.unwrap();
+    let e = s.delete(&h.doctor, "absence", "r1", None, None).await;
+    assert!(
+        matches!(e, Err(StoreError::RetentionActive { ref record, retain_until, .. }) if record == "r1" && retain_until == far_future()),
+        "{e:?}"
+    );
+    let mut access =
+        h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let e = s.shred_subject(&h.keyring, &mut access, "emp-r", None).await;
+    assert!(matches!(e, Err(StoreError::RetentionActive { .. })), "{e:?}");
+    assert!(s.get(&h.doctor, "absence", "r1").await.unwrap().is_some(), "nothing deleted");
+    // Past retain-until: deletable without override.
+    s.delete(&h.doctor, "absence", "r2", None, None).await.unwrap();
+    // With a recorded legal override.
+    let o = LegalOverride { reason: "court order 2025/17".into(), authorised_by: "dpo@acme".into() };
+    s.delete(&h.doctor, "absence", "r1", None, Some(o)).await.unwrap();
+    assert!(s.get(&h.doctor, "absence", "r1").await.unwrap().is_none());
+    let audit = s
+        .raw_bytes("SELECT authorised_by FROM kluis_legal_overrides WHERE action = ?", vec![t("delete")])
+        .await;
+    assert_eq!(audit, vec![b"dpo@acme".to_vec()]);
+    h
+}
+
+async fn shredding<B: Backend>(mut h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-gone", "E1", "burn-out").id("s1")).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-stays", "E2", "flu").id("s2")).await.unwrap();
+    let doc = DocumentRow {
+        tenant: "acme".into(),
+        document_id: "doc-1".into(),
+        domain: "medical".into(),
+        subject: "emp-gone".into(),
+        record_id: Some("s1".into()),
+        object_name: "obj-0001".into(),
+        key_ref: "subject:medical:v1".into(),
+        padded_size: 4096,
+        created_at: 1,
+        sealed_meta: vec![1, 2, 3],
+    };
+    s.insert_document(&h.doctor, doc).await.unwrap();
+    let wrapped_before =
+        s.raw_bytes("SELECT wrapped FROM kluis_subject_keys WHERE subject = ?", vec![t("emp-gone")]).await;
+    assert_eq!(wrapped_before.len(), 2, "a general and a medical subject key");
+    let mut access = h.doctor_clone().await;
+    let report = s.shred_subject(&h.keyring, &mut access, "emp-gone", None).await.unwrap();
+    assert_eq!(report.records_removed, 1);
+    let mut destroyed = report.destroyed_versions.clone();
+    destroyed.sort();
+    assert_eq!(destroyed, vec![("general".to_string(), 1), ("medical".to_string(), 1)]);
+    assert!(s.get(&access, "absence", "s1").await.unwrap().is_none());
+    assert!(s.documents_of_subject(&access, "emp-gone").await.unwrap().is_empty());
+    let left =
+        s.raw_bytes("SELECT wrapped FROM kluis_subject_keys WHERE subject = ?", vec![t("emp-gone")]).await;
+    assert!(left.is_empty());
+    // The destroyed domain key versions hold no wrapped key any more.
+    let live_v1 = s
+        .raw_bytes(
+            "SELECT wrapped FROM kluis_domain_keys WHERE tenant = ? AND version = 1 AND wrapped IS NOT NULL",
+            vec![t("acme")],
+        )
+        .await;
+    assert!(live_v1.is_empty());
+    // The other subject is intact: readable, and its blind index works under the new version.
+    h.refresh().await;
+    let s = &h.store;
+    let r = s.get(&h.doctor, "absence", "s2").await.unwrap().unwrap();
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("flu"));
+    let hits = s.find(&h.hr, "absence", "employee_number", &Value::from("E2")).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    let hits = s.find(&h.doctor, "absence", "diagnosis", &Value::from("flu")).await.unwrap();
+    assert_eq!(hits.len(), 1);
+    // New writes after the shred work.
+    s.insert(&h.doctor, "absence", absence("emp-stays", "E3", "cold").id("s3")).await.unwrap();
+    // The keys that went away are not in the tables (bytes scan of what is left).
+    for w in &wrapped_before {
+        let all = s.raw_bytes("SELECT wrapped FROM kluis_subject_keys", vec![]).await;
+        assert!(all.iter().all(|x| x != w));
+    }
+    h
+}
+
+impl<B: Backend> Harness<B> {
+    async fn doctor_clone(&self) -> kluis_store::Access {
+        self.store
+            .unlock(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
+            .await
+            .unwrap()
+    }
+}
+
+async fn tamper_moved_cells<B: Backend>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "burn-out").id("m1")).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-1", "E2", "flu").id("m2")).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-2", "E3", "flu").id("m3")).await.unwrap();
+    s.insert(&h.doctor, "employee", NewRecord::new("emp-1").id("m1").set("name", "Jan")).await.unwrap();
+    let globex = h.access("globex", &[DomainName::general(), DomainName::medical()]).await;
+    s.insert(&globex, "absence", absence("emp-1", "E1", "flu").id("m1")).await.unwrap();
+
+    let cell = |coll: &str, id: &str, field: &str, tenant: &str| {
+        (coll.to_owned(), id.to_owned(), field.to_owned(), tenant.to_owned())
+    };
+    let src = s
+        .raw_bytes(
+            "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+            vec![t("acme"), t("absence"), t("m1"), t("diagnosis")],
+        )
+        .await
+        .pop()
+        .unwrap();
+    // Each target: same subject another row; another field; another subject; another collection; another tenant.
+    let targets = [
+        (cell("absence", "m2", "diagnosis", "acme"), h.doctor_clone().await),
+        (cell("absence", "m2", "doctor_notes", "acme"), h.doctor_clone().await),
+        (cell("absence", "m3", "diagnosis", "acme"), h.doctor_clone().await),
+        (cell("employee", "m1", "name", "acme"), h.doctor_clone().await),
+        (cell("absence", "m1", "diagnosis", "globex"), globex),
+    ];
+    for ((coll, id, field, tenant), access) in targets {
+        let original = s
+            .raw_bytes(
+                "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+                vec![t(&tenant), t(&coll), t(&id), t(&field)],
+            )
+            .await
+            .pop()
+            .unwrap();
+        let n = s
+            .raw_exec(
+                "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+                vec![Bind::Bytes(src.clone()), t(&tenant), t(&coll), t(&id), t(&field)],
+            )
+            .await;
+        assert_eq!(n, 1);
+        let e = s.get(&access, &coll, &id).await;
+        match e {
+            Err(StoreError::Integrity { collection, record, field: f }) => {
+                assert_eq!(
+                    (collection.as_str(), record.as_str(), f.as_str()),
+                    (coll.as_str(), id.as_str(), field.as_str())
+                );
+                let msg = StoreError::Integrity { collection, record, field: f }.to_string();
+                assert!(msg.contains(&id), "error names the record: {msg}");
+            }
+            other => panic!("moved cell to {tenant}/{coll}/{id}/{field} must fail integrity: {other:?}"),
+        }
+        s.raw_exec(
+            "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+            vec![Bind::Bytes(original), t(&tenant), t(&coll), t(&id), t(&field)],
+        )
+        .await;
+    }
+    // A flipped bit.
+    let mut flipped = src.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    s.raw_exec(
+        "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+        vec![Bind::Bytes(flipped), t("acme"), t("absence"), t("m1"), t("diagnosis")],
+    )
+    .await;
+    assert!(matches!(s.get(&h.doctor, "absence", "m1").await, Err(StoreError::Integrity { .. })));
+    // The record's subject column rewritten to another subject: its cells no longer open.
+    s.raw_exec(
+        "UPDATE kluis_records SET subject = ? WHERE tenant = ? AND id = ?",
+        vec![t("emp-2"), t("acme"), t("m2")],
+    )
+    .await;
+    assert!(matches!(s.get(&h.doctor, "absence", "m2").await, Err(StoreError::Integrity { .. })));
+    // HR, which never decrypts medical cells, still reads the general ones of m3.
+    assert!(s.get(&h.hr, "absence", "m3").await.unwrap().is_some());
+    h
+}
+
+async fn tamper_key_rows<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "burn-out").id("k1")).await.unwrap();
+    // Edit the wrapped medical domain key.
+    let sel = "SELECT wrapped FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = 1";
+    let orig = s.raw_bytes(sel, vec![t("acme"), t("medical")]).await.pop().unwrap();
+    let mut bad = orig.clone();
+    let n = bad.len();
+    bad[n - 3] ^= 0x40;
+    let upd = "UPDATE kluis_domain_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND version = 1";
+    s.raw_exec(upd, vec![Bind::Bytes(bad), t("acme"), t("medical")]).await;
+    let e = s.key_set(&h.keyring, &h.tenant, &DomainName::medical()).await;
+    assert!(matches!(e, Err(StoreError::KeyIntegrity { .. })), "{e:?}");
+    // The general key row copied over the medical one: also detected (bound to its domain).
+    let general = s.raw_bytes(sel, vec![t("acme"), t("general")]).await.pop().unwrap();
+    s.raw_exec(upd, vec![Bind::Bytes(general), t("acme"), t("medical")]).await;
+    let e = s.key_set(&h.keyring, &h.tenant, &DomainName::medical()).await;
+    assert!(matches!(e, Err(StoreError::KeyIntegrity { .. })), "{e:?}");
+    s.raw_exec(upd, vec![Bind::Bytes(orig), t("acme"), t("medical")]).await;
+    s.key_set(&h.keyring, &h.tenant, &DomainName::medical()).await.unwrap();
+    // Edit a subject key row: detected on read (a fresh store has no cached key).
+    let ssel = "SELECT wrapped FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND subject = ?";
+    let sk = s.raw_bytes(ssel, vec![t("acme"), t("medical"), t("emp-1")]).await.pop().unwrap();
+    let mut bad = sk.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    s.raw_exec(
+        "UPDATE kluis_subject_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND subject = ?",
+        vec![Bind::Bytes(bad), t("acme"), t("medical"), t("emp-1")],
+    )
+    .await;
+    let fresh = Store::new(clone_backend(&h), common::schema());
+    let e = fresh.get(&h.doctor, "absence", "k1").await;
+    assert!(matches!(e, Err(StoreError::KeyIntegrity { .. })), "{e:?}");
+    // The keyring generation recorded in the database is authenticated.
+    s.record_keyring_generation(&h.keyring).await.unwrap();
+    s.check_keyring_generation(&h.keyring).await.unwrap();
+    s.raw_exec(
+        "UPDATE kluis_meta SET value = ? WHERE name = ?",
+        vec![Bind::Bytes(vec![0x6b; 90]), t("keyring_generation")],
+    )
+    .await;
+    let e = s.check_keyring_generation(&h.keyring).await;
+    assert!(matches!(e, Err(StoreError::MetadataTampered(_))), "{e:?}");
+    h
+}
+
+fn clone_backend<B: Backend + Clone>(h: &Harness<B>) -> B {
+    h.store.backend().clone()
+}
+
+async fn bad_input<B: Backend>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("b1")).await.unwrap();
+    let before_cells = s.raw_bytes("SELECT sealed FROM kluis_fields ORDER BY record_id, field", vec![]).await;
+    let cases: Vec<(NewRecord, &str)> = vec![
+        (NewRecord::new("emp-1").set("work_capacity", 50_i64), "wrong type"),
+        (NewRecord::new("emp-1").set("work_capacity", Value::Decimal("150".into())), "out of range"),
+        (NewRecord::new("emp-1").set("start_date", Value::Date("2025-02-30".into())), "bad date"),
+        (NewRecord::new("emp-1").set("nonexistent", "x"), "unknown field"),
+        (NewRecord::new("emp-1").set("diagnosis", "x".repeat(201)), "oversized"),
+        (NewRecord::new("emp 1").set("diagnosis", "x"), "bad subject"),
+        (NewRecord::new("emp-1").id("b2").set("diagnosis", "a").set("diagnosis", "b"), "twice"),
+    ];
+    for (rec, what) in cases {
+        let e = s.insert(&h.doctor, "absence", rec).await;
+        match (what, &e) {
+            ("wrong type", Err(StoreError::WrongType { expected: "percentage", found, .. })) => {
+                assert_eq!(found, "integer")
+            }
+            ("out of range" | "bad date", Err(StoreError::WrongType { .. })) => {}
+            ("unknown field", Err(StoreError::UnknownField { field, .. })) => {
+                assert_eq!(field, "nonexistent")
+            }
+            ("oversized", Err(StoreError::TooLarge { max: 200, len: 201, .. })) => {}
+            ("bad subject", Err(StoreError::InvalidId { .. })) => {}
+            ("twice", Err(StoreError::Invalid(_))) => {}
+            _ => panic!("{what}: {e:?}"),
+        }
+    }
+    let e = s.insert(&h.doctor, "nope", NewRecord::new("emp-1").set("x", "y")).await;
+    assert!(matches!(e, Err(StoreError::UnknownCollection(ref c)) if c == "nope"), "{e:?}");
+    // A bad update changes nothing (not even the version).
+    let e = s
+        .update(
+            &h.doctor,
+            "absence",
+            "b1",
+            1,
+            Changes::new().set("diagnosis", "ok").set("end_date", "not a date"),
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::WrongType { .. })), "{e:?}");
+    let e = s.update(&h.doctor, "absence", "b1", 1, Changes::new().set("diagnosis", "y".repeat(500))).await;
+    assert!(matches!(e, Err(StoreError::TooLarge { .. })), "{e:?}");
+    let after_cells = s.raw_bytes("SELECT sealed FROM kluis_fields ORDER BY record_id, field", vec![]).await;
+    assert_eq!(before_cells, after_cells, "nothing stored changed");
+    let r = s.get(&h.doctor, "absence", "b1").await.unwrap().unwrap();
+    assert_eq!(r.version, 1);
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("flu"));
+    let e = s.get(&h.doctor, "absence", "bad id!").await;
+    assert!(matches!(e, Err(StoreError::InvalidId { .. })), "{e:?}");
+    h
+}
+
+async fn documents_catalog<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    let mk = |id: &str, subject: &str, record: Option<&str>| DocumentRow {
+        tenant: "acme".into(),
+        document_id: id.into(),
+        domain: "medical".into(),
+        subject: subject.into(),
+        record_id: record.map(str::to_owned),
+        object_name: format!("obj-{id}"),
+        key_ref: "subject:medical:v1".into(),
+        padded_size: 8192,
+        created_at: 1_700_000_000,
+        sealed_meta: vec![0x6b, 1, 2, 3],
+    };
+    s.insert_document(&h.doctor, mk("d1", "emp-1", Some("r1"))).await.unwrap();
+    s.insert_document(&h.doctor, mk("d2", "emp-1", None)).await.unwrap();
+    s.insert_document(&h.doctor, mk("d3", "emp-2", Some("r1"))).await.unwrap();
+    let e = s.insert_document(&h.doctor, mk("d1", "emp-1", None)).await;
+    assert!(matches!(e, Err(StoreError::AlreadyExists { .. })), "{e:?}");
+    let e = s.insert_document(&h.hr, mk("d9", "emp-1", None)).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { .. })), "{e:?}");
+    let by_subject = s.documents_of_subject(&h.doctor, "emp-1").await.unwrap();
+    assert_eq!(by_subject.iter().map(|d| d.document_id.as_str()).collect::<Vec<_>>(), ["d1", "d2"]);
+    assert_eq!(by_subject[0], mk("d1", "emp-1", Some("r1")));
+    let by_record = s.documents_of_record(&h.doctor, "r1").await.unwrap();
+    assert_eq!(by_record.iter().map(|d| d.document_id.as_str()).collect::<Vec<_>>(), ["d1", "d3"]);
+    assert!(s.delete_document(&h.doctor, "d1").await.unwrap());
+    assert!(!s.delete_document(&h.doctor, "d1").await.unwrap());
+    assert_eq!(s.documents_of_record(&h.doctor, "r1").await.unwrap().len(), 1);
+    h
+}
+
+async fn tenants_apart<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("x1")).await.unwrap();
+    let other = h.access("Acme", &[DomainName::general(), DomainName::medical()]).await;
+    assert!(s.get(&other, "absence", "x1").await.unwrap().is_none(), "tenant ids are case-sensitive");
+    let t2 = TenantId::new("acme").unwrap();
+    assert_eq!(h.doctor.tenant(), &t2);
+    h
+}
+
+macro_rules! conformance {
+    ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
+        mod $engine {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(h) = $setup().await else { return };
+                    let h = super::$test(h).await;
+                    common::drop_db(h).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_engines {
+    ($($test:ident),* $(,)?) => {
+        conformance!(sqlite, common::sqlite, [$($test),*]);
+        conformance!(postgres, common::postgres, [$($test),*]);
+        conformance!(mariadb, common::mysql, [$($test),*]);
+    };
+}
+
+all_engines!(
+    crud,
+    pagination,
+    blind_index,
+    concurrent_update_conflict,
+    transaction_rollback,
+    withheld_fields,
+    retention,
+    shredding,
+    tamper_moved_cells,
+    tamper_key_rows,
+    bad_input,
+    documents_catalog,
+    tenants_apart,
+);
