@@ -320,15 +320,24 @@ impl XaesKdf {
 
     /// The AES-256-GCM key `Kx` and nonce `Nx` for a 192-bit nonce.
     pub(crate) fn derive(&self, nonce: &[u8; 24]) -> (Zeroizing<[u8; KEY_LEN]>, Nonce96) {
-        use aes_gcm::aes::cipher::BlockCipherEncrypt;
         let (n1, n2) = nonce.split_at(12);
+        let mut nx = [0u8; 12];
+        nx.copy_from_slice(n2);
+        (self.derive_key(n1), nx)
+    }
+
+    /// The AES-256-GCM key `Kx` for the first half `n1` (12 bytes) of a 192-bit nonce.
+    pub(crate) fn derive_key(&self, n1: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+        use aes_gcm::aes::cipher::BlockCipherEncrypt;
         let mut blocks = [aes_gcm::aes::Block::default(), aes_gcm::aes::Block::default()];
         for (i, b) in blocks.iter_mut().enumerate() {
             // M_i = 0x00 || i || 'X' || 0x00 || N[:12], then M_i xor K1.
             let mut m = [0u8; 16];
             let (prefix, rest) = m.split_at_mut(4);
             prefix.copy_from_slice(&[0x00, i as u8 + 1, 0x58, 0x00]);
-            rest.copy_from_slice(n1);
+            for (r, n) in rest.iter_mut().zip(n1) {
+                *r = *n;
+            }
             for (x, k) in m.iter_mut().zip(self.k1.iter()) {
                 *x ^= k;
             }
@@ -342,9 +351,7 @@ impl XaesKdf {
         b.copy_from_slice(b1);
         zeroize::Zeroize::zeroize(b0.as_mut_slice());
         zeroize::Zeroize::zeroize(b1.as_mut_slice());
-        let mut nx = [0u8; 12];
-        nx.copy_from_slice(n2);
-        (kx, nx)
+        kx
     }
 }
 

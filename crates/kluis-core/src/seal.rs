@@ -19,11 +19,18 @@
 //! In both, the associated data is `header || ad`, where `ad` is the canonical encoding of a
 //! [`Context`] or another labelled structure.
 //!
-//! Nonce bound: uniqueness rests on the 192-bit random salt; after 2^64 messages under one key the
-//! chance of any salt collision is about 2^-65, so the 2^32-message limit of random 96-bit GCM
-//! nonces does not apply. Each message is limited to [`MAX_SEALED_PLAINTEXT`] bytes.
+//! Nonce bound (docs/FORMAT.md §5): for the AES suite the salt is `epoch || r`, where the 12-byte
+//! epoch selects the XAES subkey and the 12-byte `r` is the GCM nonce. A sealer keeps one epoch
+//! (and its prepared AES-GCM subkey) for at most [`EPOCH_VALUES`] = 2^16 values with a fresh
+//! random `r` each, so one subkey sees at most 2^16 random 96-bit nonces (collision chance
+//! 2^-65), and `n` values under one key risk a repeat with probability about `n · 2^16 / 2^97`:
+//! 2^-32 only after 2^49 values. The XChaCha suite takes the whole salt as its 192-bit nonce.
+//! Each message is limited to [`MAX_SEALED_PLAINTEXT`] bytes.
 
 use std::fmt;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::crypto::{AeadKey, Backend, Prk, Suite, TAG_LEN, XaesKdf, derive_keys, xchacha_open, xchacha_seal};
 use crate::error::{Error, Result};
@@ -143,7 +150,13 @@ impl SealedHeader {
 }
 
 /// A key prepared for sealing and opening: the key material, its reference, and the precomputed
-/// state of both format versions. Cheap to use many times; build once per key.
+/// state of both format versions. Cheap to use many times; build once per key and share it
+/// (`SealKey` is `Send + Sync`).
+///
+/// It caches prepared AES-256-GCM subkeys: for sealing, one epoch per slot (threads take slots
+/// round-robin), renewed every [`EPOCH_VALUES`] values; for opening, the most recent epoch per
+/// slot. Slots are taken with `try_lock` and a busy slot means the uncached path (a fresh epoch, or
+/// a subkey derived for one value), never waiting. At most 16 subkeys are held per `SealKey`.
 pub struct SealKey {
     material: KeyMaterial,
     key_ref: KeyRef,
@@ -152,8 +165,16 @@ pub struct SealKey {
     v2: V2Keys,
 }
 
+/// How many values one cached XAES subkey seals before the sealer draws a new epoch (the first
+/// 12 salt bytes). See [`SealKey`] and docs/FORMAT.md §5.
+pub const EPOCH_VALUES: u32 = 1 << 16;
+
+/// Cached prepared keys per [`SealKey`], for sealing (one per thread, by a per-thread index) and
+/// for opening (by the epoch's first byte).
+const CACHE_SLOTS: usize = 8;
+
 /// Version 2 state, derived once per key (all of it secret; zeroized on drop by the RustCrypto
-/// types' `zeroize` features).
+/// types' `zeroize` features, except `ring`'s key schedules, see SECURITY.md).
 struct V2Keys {
     /// XAES-256-GCM key schedule and CMAC subkey for `Kx`.
     xaes: XaesKdf,
@@ -161,11 +182,41 @@ struct V2Keys {
     xchacha: Box<chacha20poly1305::XChaCha20Poly1305>,
     /// SHA-256 chaining value after the first block, `Kc || 0^32`.
     commit: zeroize::Zeroizing<[u32; 8]>,
+    /// Prepared AES-256-GCM subkeys of the current sealing epochs. Empty until used; `try_lock`
+    /// only: a busy slot means the uncached path, never waiting.
+    seal_slots: [Mutex<Option<Box<SealSlot>>>; CACHE_SLOTS],
+    /// Prepared AES-256-GCM subkeys of recently opened epochs.
+    open_slots: [Mutex<Option<Box<OpenSlot>>>; CACHE_SLOTS],
 }
+
+struct SealSlot {
+    epoch: [u8; EPOCH_LEN],
+    key: AeadKey,
+    /// Values this epoch may still seal. INVARIANT: at most [`EPOCH_VALUES`] values are sealed
+    /// per epoch, which keeps the GCM random-nonce bound per subkey at 2^32 / 2^97 (FORMAT.md §5).
+    left: u32,
+}
+
+struct OpenSlot {
+    epoch: [u8; EPOCH_LEN],
+    key: AeadKey,
+}
+
+/// The first half of the salt: the XAES key-derivation input.
+const EPOCH_LEN: usize = 12;
 
 /// SHA-256's initial hash value (FIPS 180-4, 5.3.3).
 const SHA256_IV: [u32; 8] =
     [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+
+/// This thread's seal slot index: threads take slots round-robin as they first seal.
+fn thread_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % CACHE_SLOTS;
+    }
+    SLOT.try_with(|s| *s).unwrap_or(0)
+}
 
 impl V2Keys {
     fn new(prk: &Prk) -> Result<Self> {
@@ -182,6 +233,8 @@ impl V2Keys {
             xaes: XaesKdf::new(&kx),
             xchacha: Box::new(chacha20poly1305::XChaCha20Poly1305::new(&(*kx).into())),
             commit,
+            seal_slots: std::array::from_fn(|_| Mutex::new(None)),
+            open_slots: std::array::from_fn(|_| Mutex::new(None)),
         })
     }
 
@@ -207,16 +260,74 @@ impl V2Keys {
         out
     }
 
-    fn seal(&self, backend: Backend, suite: Suite, salt: &[u8; SALT_LEN], ad: &[u8], body: &mut [u8]) -> Result<[u8; TAG_LEN]> {
-        match suite {
-            Suite::Aes256Gcm => {
-                let (kx, nx) = self.xaes.derive(salt);
-                AeadKey::new(backend, suite, &kx)?.seal_detached(&nx, ad, body)
+    /// Seals a v2 value: picks the salt, writes the header into `ad`'s first `HEADER_LEN` bytes,
+    /// and returns `header || commitment || ciphertext || tag`.
+    ///
+    /// AES suite: the salt is `epoch || r`. The epoch and its prepared AES-256-GCM subkey come from
+    /// this thread's slot and are renewed after [`EPOCH_VALUES`] values; `r` is fresh for every
+    /// value. When the slot is busy (another thread on the same slot), the epoch is fresh and the
+    /// subkey is derived for this value alone. Both draws come from the fork-safe pool.
+    fn seal(
+        &self,
+        backend: Backend,
+        suite: Suite,
+        key_ref: KeyRef,
+        mut ad: Vec<u8>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>> {
+        let r: [u8; 12] = random::public_array()?;
+        let mut slot = match suite {
+            Suite::Aes256Gcm => self.seal_slots.get(thread_slot()).and_then(|m| m.try_lock().ok()),
+            Suite::XChaCha20Poly1305 => None,
+        };
+        let epoch: [u8; EPOCH_LEN] = match slot.as_mut() {
+            Some(guard) => {
+                if guard.as_ref().is_none_or(|s| s.left == 0) {
+                    let epoch: [u8; EPOCH_LEN] = random::public_array()?;
+                    let kx = self.xaes.derive_key(&epoch);
+                    **guard =
+                        Some(Box::new(SealSlot { epoch, key: AeadKey::new(backend, suite, &kx)?, left: EPOCH_VALUES }));
+                }
+                match guard.as_mut() {
+                    Some(s) => {
+                        s.left = s.left.saturating_sub(1);
+                        s.epoch
+                    }
+                    None => random::public_array()?,
+                }
             }
-            Suite::XChaCha20Poly1305 => xchacha_seal(&self.xchacha, salt, ad, body),
+            None => random::public_array()?,
+        };
+        let mut salt = [0u8; SALT_LEN];
+        let (e, rest) = salt.split_at_mut(EPOCH_LEN);
+        e.copy_from_slice(&epoch);
+        rest.copy_from_slice(&r);
+
+        let mut header = [0u8; HEADER_LEN];
+        write_header(&mut header, VERSION, suite, key_ref, &salt);
+        if let Some(dst) = ad.get_mut(..HEADER_LEN) {
+            dst.copy_from_slice(&header);
         }
+        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        out.extend_from_slice(&header);
+        out.extend_from_slice(&self.commitment(&header));
+        out.extend_from_slice(plaintext);
+        let body = out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
+        let cached = slot.as_ref().and_then(|g| g.as_ref());
+        let tag = match (suite, cached) {
+            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&r, &ad, body)?,
+            (Suite::Aes256Gcm, None) => {
+                let kx = self.xaes.derive_key(&epoch);
+                AeadKey::new(backend, suite, &kx)?.seal_detached(&r, &ad, body)?
+            }
+            (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, &ad, body)?,
+        };
+        drop(slot);
+        out.extend_from_slice(&tag);
+        Ok(out)
     }
 
+    /// Opens a v2 body in place; the commitment was checked before.
     fn open(
         &self,
         backend: Backend,
@@ -228,7 +339,24 @@ impl V2Keys {
     ) -> Result<()> {
         match suite {
             Suite::Aes256Gcm => {
-                let (kx, nx) = self.xaes.derive(salt);
+                let (epoch, r) = salt.split_at(EPOCH_LEN);
+                let mut nx = [0u8; 12];
+                nx.copy_from_slice(r);
+                // The epoch is public (it is in the header) and, after the commitment check,
+                // authentic: only a holder of this key can make the cache hold a given epoch.
+                let idx = epoch.first().map_or(0, |b| usize::from(*b) % CACHE_SLOTS);
+                if let Some(mut guard) = self.open_slots.get(idx).and_then(|m| m.try_lock().ok()) {
+                    if guard.as_ref().is_none_or(|s| s.epoch.as_slice() != epoch) {
+                        let kx = self.xaes.derive_key(epoch);
+                        let mut e = [0u8; EPOCH_LEN];
+                        e.copy_from_slice(epoch);
+                        *guard = Some(Box::new(OpenSlot { epoch: e, key: AeadKey::new(backend, suite, &kx)? }));
+                    }
+                    if let Some(s) = guard.as_ref() {
+                        return s.key.open_detached(&nx, ad, body, tag);
+                    }
+                }
+                let kx = self.xaes.derive_key(epoch);
                 AeadKey::new(backend, suite, &kx)?.open_detached(&nx, ad, body, tag)
             }
             Suite::XChaCha20Poly1305 => xchacha_open(&self.xchacha, salt, ad, body, tag),
@@ -316,24 +444,11 @@ impl SealKey {
     }
 
     /// `ad` starts with `HEADER_LEN` placeholder bytes that are overwritten with the header.
-    fn seal_inner(&self, suite: Suite, mut ad: Vec<u8>, plaintext: &[u8]) -> Result<Vec<u8>> {
+    fn seal_inner(&self, suite: Suite, ad: Vec<u8>, plaintext: &[u8]) -> Result<Vec<u8>> {
         if plaintext.len() > MAX_SEALED_PLAINTEXT {
             return Err(Error::LimitReached("a sealed value holds at most 16 MiB"));
         }
-        let salt: [u8; SALT_LEN] = random::public_array()?;
-        let mut header = [0u8; HEADER_LEN];
-        write_header(&mut header, VERSION, suite, self.key_ref, &salt);
-        if let Some(dst) = ad.get_mut(..HEADER_LEN) {
-            dst.copy_from_slice(&header);
-        }
-        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&self.v2.commitment(&header));
-        out.extend_from_slice(plaintext);
-        let body = out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
-        let tag = self.v2.seal(self.backend, suite, &salt, &ad, body)?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        self.v2.seal(self.backend, suite, self.key_ref, ad, plaintext)
     }
 
     fn open_inner(
@@ -411,4 +526,106 @@ fn write_header(out: &mut [u8; HEADER_LEN], format: u8, suite: Suite, key: KeyRe
     let v = key.version.to_be_bytes();
     fixed.copy_from_slice(&[MAGIC, format, suite.id(), key.kind.id(), v[0], v[1], v[2], v[3]]);
     rest.copy_from_slice(salt);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::ids::{DomainName, TenantId};
+
+    fn key(backend: Backend) -> SealKey {
+        SealKey::with_backend(
+            KeyMaterial::from_bytes([9; 32]),
+            KeyRef { kind: KeyKind::Domain, version: 1 },
+            backend,
+        )
+        .unwrap()
+    }
+
+    fn epoch_of(sealed: &[u8]) -> [u8; EPOCH_LEN] {
+        sealed[8..8 + EPOCH_LEN].try_into().unwrap()
+    }
+
+    #[test]
+    fn an_epoch_seals_at_most_epoch_values_and_every_salt_is_new() {
+        let (t, d) = (TenantId::new("acme").unwrap(), DomainName::medical());
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        for backend in Backend::all() {
+            let k = key(*backend);
+            let fresh = key(*backend); // an empty cache: opens through its own slots
+            let mut epochs: Vec<[u8; EPOCH_LEN]> = Vec::new();
+            let mut salts = HashSet::new();
+            for i in 0..(EPOCH_VALUES as usize + 2) {
+                let sealed = k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap();
+                assert!(salts.insert(sealed[8..32].to_vec()), "salt repeated at {i}");
+                let e = epoch_of(&sealed);
+                if epochs.last() != Some(&e) {
+                    epochs.push(e);
+                }
+                if i % 4096 == 0 {
+                    assert_eq!(fresh.open(&ctx, &sealed).unwrap().expose_secret(), b"x");
+                }
+            }
+            // The first EPOCH_VALUES values share one epoch, then a new one starts.
+            assert_eq!(epochs.len(), 2, "{backend:?}");
+            assert_ne!(epochs[0], epochs[1]);
+        }
+    }
+
+    #[test]
+    fn a_busy_slot_seals_with_a_fresh_epoch_and_opens_everywhere() {
+        let (t, d) = (TenantId::new("acme").unwrap(), DomainName::general());
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        let k = key(Backend::preferred());
+        let cached = k.seal(Suite::Aes256Gcm, &ctx, b"one").unwrap();
+        let slot = k.v2.seal_slots.get(thread_slot()).unwrap();
+        let held = slot.lock().unwrap();
+        let a = k.seal(Suite::Aes256Gcm, &ctx, b"two").unwrap();
+        let b = k.seal(Suite::Aes256Gcm, &ctx, b"three").unwrap();
+        drop(held);
+        // Uncached values each get their own epoch, not the cached one.
+        assert_ne!(epoch_of(&a), epoch_of(&cached));
+        assert_ne!(epoch_of(&a), epoch_of(&b));
+        // The open cache is busy too: opening falls back to deriving the subkey.
+        let other = key(Backend::preferred());
+        let guards: Vec<_> = other.v2.open_slots.iter().map(|m| m.lock().unwrap()).collect();
+        assert_eq!(other.open(&ctx, &a).unwrap().expose_secret(), b"two");
+        drop(guards);
+        for (v, pt) in [(&cached, &b"one"[..]), (&a, b"two"), (&b, b"three")] {
+            assert_eq!(other.open(&ctx, v).unwrap().expose_secret(), pt);
+            assert_eq!(k.open(&ctx, v).unwrap().expose_secret(), pt);
+        }
+    }
+
+    #[test]
+    fn threads_sealing_with_one_key_never_repeat_a_salt() {
+        let k = std::sync::Arc::new(key(Backend::preferred()));
+        let handles: Vec<_> = (0..12)
+            .map(|i| {
+                let k = std::sync::Arc::clone(&k);
+                std::thread::spawn(move || {
+                    let (t, d) = (TenantId::new("acme").unwrap(), DomainName::medical());
+                    let rec = format!("r{i}");
+                    let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: &rec };
+                    (0..2000)
+                        .map(|j| {
+                            let v = format!("{i}-{j}");
+                            let sealed = k.seal(Suite::Aes256Gcm, &ctx, v.as_bytes()).unwrap();
+                            assert_eq!(k.open(&ctx, &sealed).unwrap().expose_secret(), v.as_bytes());
+                            sealed[8..32].to_vec()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut salts = HashSet::new();
+        for h in handles {
+            for s in h.join().unwrap() {
+                assert!(salts.insert(s));
+            }
+        }
+        assert_eq!(salts.len(), 24_000);
+    }
 }
