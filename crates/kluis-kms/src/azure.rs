@@ -277,7 +277,11 @@ pub(crate) fn azure_error(provider: &str, e: azure_core::Error) -> Error {
                     b.windows(needle.len()).any(|w| w == needle)
                 })
             };
-            let disabled = error_code.as_deref() == Some("KeyDisabled") || body_says(b"KeyDisabled");
+            // A disabled version, or one whose permitted operations exclude this one, is a key
+            // problem, not a credential problem.
+            let disabled = matches!(error_code.as_deref(), Some("KeyDisabled" | "KeyOperationForbidden"))
+                || body_says(b"KeyDisabled")
+                || body_says(b"KeyOperationForbidden");
             match *status {
                 StatusCode::Unauthorized => ProviderErrorKind::Unauthorized,
                 StatusCode::Forbidden if disabled => ProviderErrorKind::KeyUnavailable,

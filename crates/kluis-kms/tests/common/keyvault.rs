@@ -56,6 +56,8 @@ pub struct State {
     pub throttle: u32,
     /// The Retry-After value sent with 429.
     pub retry_after: String,
+    /// The status of the `throttle` answers: 429 (default) or a 5xx.
+    pub throttle_status: u16,
     pub log: Vec<LogEntry>,
     /// What the SDK sent that Key Vault would not accept (must stay empty).
     pub violations: Vec<String>,
@@ -144,7 +146,8 @@ fn challenge() -> Response {
 
 impl StandIn {
     pub async fn start() -> Self {
-        let state = Arc::new(Mutex::new(State { retry_after: "1".into(), ..State::default() }));
+        let state =
+            Arc::new(Mutex::new(State { retry_after: "1".into(), throttle_status: 429, ..State::default() }));
         let ck = rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).unwrap();
         let cert_pem = ck.cert.pem();
         let cert_der = ck.cert.der().clone();
@@ -250,6 +253,9 @@ fn route(st: &mut State, port: u16, req: &Request, authorized: bool) -> Response
     if st.throttle > 0 {
         st.throttle -= 1;
         let ra = st.retry_after.clone();
+        if st.throttle_status >= 500 {
+            return error(st.throttle_status, "InternalServerError", "The service is unavailable.", None);
+        }
         return error(
             429,
             "Throttled",
