@@ -460,8 +460,10 @@ pub async fn canary<B: BlobBackend>(h: Harness<B>) {
     let body: Vec<u8> = canary_text.iter().copied().cycle().take(6 * CS + 17).collect();
     let mut nd = doc("emp-canary-4711", Some("verzuim-canary-2026"), "diagnose-jan-jansen.pdf");
     nd.metadata.uploaded_by = "bedrijfsarts-canary".into();
+    let mut names = Vec::new();
     for k in [DocumentKeys::domain(&keys), DocumentKeys::with_subject(&keys, &sk)] {
         let d = h.vault.put(&k, &nd, body.as_slice()).await.unwrap();
+        names.push(d.object.clone());
         assert_eq!(get_all(&h, &d, &k).await.unwrap(), body);
         // Debug output of what a catalog stores and of the metadata shows no name or type.
         let dbg = format!("{d:?} {:?}", h.vault.metadata(&d, &k).await.unwrap());
@@ -474,6 +476,11 @@ pub async fn canary<B: BlobBackend>(h: Harness<B>) {
     // Also an upload that failed half-way and one that was left staged.
     let r = FailingReader { data: body.clone(), pos: 0, fail_at: 4 * CS, stall: false };
     assert!(h.vault.put(&DocumentKeys::domain(&keys), &nd, r).await.is_err());
+    let staged = ObjectName::random().unwrap();
+    let mut up = h.backend().begin(&staged).await.unwrap();
+    up.append(&content(2 * CS, 9)).await.unwrap();
+    std::mem::forget(up);
+    h.settle(&names).await;
     for needle in [
         &b"diagnose-jan-jansen"[..],
         b"diagnose",
@@ -531,3 +538,37 @@ suite!(
     gc_removes_orphans,
     canary,
 );
+
+/// The canary scan is not vacuous: plaintext written to storage is found.
+#[tokio::test]
+async fn canary_scan_finds_plaintext() {
+    let h = common::local().await;
+    let name = ObjectName::random().unwrap();
+    h.overwrite(&name, b"...diagnose-jan-jansen.pdf...").await;
+    assert_eq!(files_containing(&h.storage_dir, b"DIAGNOSE-JAN-JANSEN").len(), 1);
+    assert_eq!(files_containing(&h.storage_dir, name.as_str().as_bytes()).len(), 1, "file names are scanned");
+}
+
+/// Local directory specifics: private permissions, no path outside the root.
+#[cfg(unix)]
+#[tokio::test]
+async fn local_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = common::local().await;
+    let keys = medical();
+    let d = h.vault.put(&DocumentKeys::domain(&keys), &doc("emp-1", None, "a.pdf"), &b"x"[..]).await.unwrap();
+    let root = h.vault.backend().root();
+    let file = root.join("objects").join(&d.object.as_str()[..2]).join(d.object.as_str());
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    for dir in [root.join("objects"), root.join("tmp"), file.parent().unwrap().to_path_buf()] {
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700, "{dir:?}");
+    }
+    // Stray files that are not ours are left alone by GC and never listed.
+    std::fs::write(root.join("objects").join("README"), b"not ours").unwrap();
+    std::fs::create_dir_all(root.join("objects").join("zz")).unwrap();
+    std::fs::write(root.join("objects").join("zz").join("notes.txt"), b"not ours").unwrap();
+    assert_eq!(h.vault.list_objects().await.unwrap(), vec![d.object.clone()]);
+    let rep = h.vault.collect_garbage(std::iter::empty(), grace_zero()).await.unwrap();
+    assert_eq!(rep.orphans, 1);
+    assert!(root.join("objects").join("zz").join("notes.txt").exists());
+}

@@ -95,6 +95,31 @@ impl<B: BlobBackend> Harness<B> {
         }
     }
 
+    /// Waits until the storage folder holds these objects' records (Azurite saves its metadata
+    /// database every 5 s), so a canary scan is not passed vacuously. Positive control: fails if
+    /// they never appear.
+    pub async fn settle(&self, names: &[ObjectName]) {
+        match &self.kind {
+            Kind::Local(root) => {
+                for n in names {
+                    let p = root.join("objects").join(&n.as_str()[..2]).join(n.as_str());
+                    assert!(p.is_file(), "object file {p:?} missing");
+                }
+            }
+            Kind::Azure(_) => {
+                let db = self.storage_dir.join("__azurite_db_blob__.json");
+                for _ in 0..100 {
+                    let text = std::fs::read_to_string(&db).unwrap_or_default();
+                    if names.iter().all(|n| text.contains(n.as_str())) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                panic!("azurite did not save the objects' records in {db:?} within 20 s");
+            }
+        }
+    }
+
     /// The stored bytes of an object.
     pub async fn raw(&self, name: &ObjectName) -> Vec<u8> {
         let len = self.backend().len(name).await.unwrap();
@@ -192,7 +217,8 @@ pub fn account_sas(account: &str, key_b64: &str) -> String {
     )
 }
 
-/// Every file under `dir` (recursively) that contains `needle` (case-insensitive ASCII).
+/// Every file under `dir` (recursively) whose name or content contains `needle`
+/// (case-insensitive ASCII).
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let needle: Vec<u8> = needle.to_ascii_lowercase();
     let mut hits = Vec::new();
@@ -201,6 +227,10 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
         for e in rd.flatten() {
             let p = e.path();
+            let file_name = e.file_name().to_string_lossy().to_ascii_lowercase().into_bytes();
+            if file_name.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                hits.push(p.clone());
+            }
             if p.is_dir() {
                 stack.push(p);
             } else if let Ok(bytes) = std::fs::read(&p) {
