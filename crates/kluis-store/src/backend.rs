@@ -260,6 +260,9 @@ pub trait Backend: Send + Sync + 'static {
         domain: &str,
     ) -> impl Future<Output = Result<Vec<DomainKeyRow>>> + Send;
 
+    /// Every domain key row of every tenant (for root key rotation).
+    fn all_domain_keys(&self) -> impl Future<Output = Result<Vec<DomainKeyRow>>> + Send;
+
     /// Inserts new domain key rows and updates existing ones (state, wrapped) in one transaction.
     /// `insert_only` rows fail with [`StoreError::AlreadyExists`] if present.
     fn put_domain_keys(
@@ -799,6 +802,25 @@ macro_rules! backend_impl {
                 ))
                 .bind(tenant)
                 .bind(domain)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(DomainKeyRow {
+                            tenant: Self::text(r, 0)?,
+                            domain: Self::text(r, 1)?,
+                            version: r.try_get(2)?,
+                            state: Self::text(r, 3)?,
+                            wrapped: r.try_get(4)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn all_domain_keys(&self) -> Result<Vec<DomainKeyRow>> {
+                let rows = sqlx::query::<$db>(
+                    "SELECT tenant, domain, version, state, wrapped FROM kluis_domain_keys ORDER BY tenant, domain, version",
+                )
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter()

@@ -1054,6 +1054,35 @@ impl<B: Backend> Store<B> {
         Ok(destroyed)
     }
 
+    /// Root key rotation, database side: rewraps every live domain key of every tenant under the
+    /// provider's primary root version (call after rotating the keyring or KMS key). Once this is
+    /// done and recorded, the old root version can be removed from the keyring, which makes every
+    /// older database backup unreadable, including the copies of shredded subject keys in it.
+    /// Returns how many keys were rewrapped.
+    pub async fn rewrap_domain_keys(&self, provider: &dyn RootKeyProvider) -> Result<usize> {
+        let primary = provider.primary_version().await?;
+        let rows = self.backend.all_domain_keys().await?;
+        let mut out = Vec::new();
+        for row in rows {
+            let tenant = TenantId::new(row.tenant.clone())?;
+            let domain = DomainName::new(row.domain.clone())?;
+            let mut recs = Self::records_from_rows(&tenant, &domain, std::slice::from_ref(&row))?;
+            let Some(rec) = recs.pop() else { continue };
+            let Some(w) = &rec.wrapped else { continue };
+            if w.root_key_id == provider.root_key_id() && w.root_version == primary {
+                continue;
+            }
+            let what = format!("domain key {tenant}/{domain} v{}", rec.version);
+            let new = keys::rewrap_domain_key(provider, provider, &rec)
+                .await
+                .map_err(|e| key_integrity(what, e))?;
+            out.push(new);
+        }
+        let n = out.len();
+        self.backend.put_domain_keys(Self::rows_from_records(&out)?, false).await?;
+        Ok(n)
+    }
+
     // ---------------------------------------------------------------- metadata
 
     async fn meta_set(&self, provider: &dyn RootKeyProvider) -> Result<DomainKeySet> {
