@@ -39,6 +39,26 @@ else
   exit 1
 fi
 
+step "servers for the tests: PostgreSQL and MariaDB (started if not running), Azurite and moto (installed into the project and started on loopback)"
+# Each script prints `export VAR=...` lines; the suites read them. In CI (CI=true) a suite whose
+# server is missing fails; elsewhere it prints "SKIPPED: <server> (<why>)".
+stop_servers() {
+  bash scripts/start-azurite.sh --stop || true
+  bash scripts/start-moto.sh --stop || true
+}
+trap stop_servers EXIT
+for script in start-databases start-azurite start-moto; do
+  if out="$(bash "scripts/$script.sh")"; then
+    eval "$out"
+    echo "$out"
+  elif [ "${CI:-}" = "true" ]; then
+    echo "scripts/$script.sh failed, and CI needs its servers" >&2
+    exit 1
+  else
+    echo "SKIPPED: scripts/$script.sh failed; the suites that need its servers will say SKIPPED"
+  fi
+done
+
 step "cargo test (workspace)"
 if [ "${KLUIS_SOAK:-0}" = "1" ]; then
   cargo test --workspace --all-features -- --include-ignored
