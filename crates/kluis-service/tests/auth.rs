@@ -2,6 +2,8 @@
 //! passwords, throttling and idle lock on a controlled clock (no sleeps), TOTP vectors, and
 //! redacted `Debug` of every secret type.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -431,10 +433,14 @@ fn throttle_memory_is_bounded() {
     let th = Throttle::new(cfg, clock.clone());
     for i in 0..1000 {
         th.record_failure(&format!("acct-{i}"), &format!("src-{i}"));
+        clock.advance(Duration::from_millis(10));
     }
     // The most recent is tracked; the oldest was let go.
     assert_eq!(th.failures("acct-999"), 1);
     assert_eq!(th.failures("acct-0"), 0);
+    assert_eq!(th.failures("acct-899"), 0);
+    // Recent failures of the flood are still counted.
+    assert_eq!(th.failures("acct-990"), 1);
 }
 
 // ---- Session idle lock ----
@@ -599,4 +605,14 @@ fn debug_of_secret_types_holds_no_secret() {
         assert!(!d.contains(welcome_pw.expose_secret()), "{d}");
         assert!(d.contains("REDACTED") || d.contains("rejected") || d.contains("Rejected"), "{d}");
     }
+}
+
+#[test]
+fn oversized_passwords_are_refused_without_hashing() {
+    let h = PasswordHasher::owasp();
+    let huge = Password::new("x".repeat(1 << 20));
+    assert!(matches!(h.hash(&huge), Err(Error::Invalid { .. })));
+    let stored = h.hash(&Password::new(CANARY)).unwrap();
+    assert_eq!(h.verify(&huge, &stored).unwrap(), Verified::Invalid);
+    assert!(!PasswordPolicy::nist().check(&huge, &ctx()).unwrap_err().0.is_empty());
 }

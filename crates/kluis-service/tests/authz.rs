@@ -1,6 +1,8 @@
 //! Authorization: the built-in role matrix, tenant isolation, guessed ids, proofs, break-glass,
 //! support grants and the access review.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -629,4 +631,27 @@ fn names_are_validated_and_deny_is_an_error() {
         ),
         Decision::Allow(_)
     ));
+}
+
+#[test]
+fn allowed_domains_lists_what_roles_open_so_the_store_can_withhold_the_rest() {
+    let f = fixture();
+    let acme = t("acme");
+    let rec = Target::record("absence", "r", Some("emp-hr_manager"));
+    assert_eq!(
+        f.authz.allowed_domains(&user_with("hr_manager", "acme"), &acme, Action::Read, &rec),
+        vec![general()]
+    );
+    assert_eq!(
+        f.authz.allowed_domains(&user_with("company_doctor", "acme"), &acme, Action::Read, &rec),
+        vec![general(), medical()]
+    );
+    assert!(f.authz.allowed_domains(&user_with("auditor", "acme"), &acme, Action::Read, &rec).is_empty());
+    assert!(
+        f.authz.allowed_domains(&user_with("company_doctor", "globex"), &acme, Action::Read, &rec).is_empty()
+    );
+    let emp = user_with("employee", "acme");
+    assert!(f.authz.allowed_domains(&emp, &acme, Action::Read, &rec).is_empty());
+    let own = Target::record("absence", "r", Some("emp-employee"));
+    assert_eq!(f.authz.allowed_domains(&emp, &acme, Action::Read, &own), vec![general()]);
 }

@@ -48,6 +48,10 @@ impl Default for HashParams {
 }
 
 const SALT_LEN: usize = 16;
+/// Longest password (in bytes, after normalisation) that is hashed at all: 256 characters of up
+/// to 4 bytes each, with room for NFKC expansion. Longer input is refused without work, so a
+/// megabyte "password" cannot tie up the login path.
+pub const MAX_PASSWORD_BYTES: usize = 4096;
 const OUT_LEN: usize = 32;
 
 /// A stored password hash (PHC string). Not a secret in the way a key is, but an offline guessing
@@ -216,6 +220,9 @@ impl PasswordHasher {
 
     /// Hashes a password with a fresh random salt.
     pub fn hash(&self, pw: &Password) -> Result<PasswordHash> {
+        if pw.expose_secret().len() > MAX_PASSWORD_BYTES {
+            return Err(Error::invalid("password", format!("longer than {MAX_PASSWORD_BYTES} bytes")));
+        }
         let mut salt = [0u8; SALT_LEN];
         random_fill(&mut salt)?;
         let out = derive(self.params, pw.expose_secret().as_bytes(), &salt, OUT_LEN)?;
@@ -233,6 +240,9 @@ impl PasswordHasher {
     /// an error, not a mismatch.
     pub fn verify(&self, pw: &Password, stored: &PasswordHash) -> Result<Verified> {
         let parsed = parse(&stored.0)?;
+        if pw.expose_secret().len() > MAX_PASSWORD_BYTES {
+            return Ok(Verified::Invalid);
+        }
         let out = derive(parsed.params, pw.expose_secret().as_bytes(), &parsed.salt, parsed.hash.len())?;
         if !bool::from(out.as_slice().ct_eq(parsed.hash.as_slice())) {
             return Ok(Verified::Invalid);

@@ -191,13 +191,15 @@ fn prune_accounts(m: &mut HashMap<String, AccountState>, now: SystemTime, cfg: T
             || since(now, a.last) < cfg.account_max_lock
     });
     if m.len() >= cfg.max_tracked {
-        // Still full: drop the entry quiet the longest that is not disabled.
-        if let Some(k) = m
+        // Still full: drop the tenth quiet the longest (never a disabled account), so the next
+        // pruning is far away and a flood costs amortised constant time per failure.
+        let mut ages: Vec<(SystemTime, String)> = m
             .iter()
             .filter(|(_, a)| a.failures < cfg.account_hard_limit)
-            .min_by_key(|(_, a)| a.last)
-            .map(|(k, _)| k.clone())
-        {
+            .map(|(k, a)| (a.last, k.clone()))
+            .collect();
+        ages.sort();
+        for (_, k) in ages.into_iter().take((cfg.max_tracked / 10).max(1)) {
             m.remove(&k);
         }
     }
@@ -205,9 +207,12 @@ fn prune_accounts(m: &mut HashMap<String, AccountState>, now: SystemTime, cfg: T
 
 fn prune_sources(m: &mut HashMap<String, SourceState>, now: SystemTime, cfg: ThrottleConfig) {
     m.retain(|_, s| since(now, s.window_start) < cfg.source_window);
-    if m.len() >= cfg.max_tracked
-        && let Some(k) = m.iter().min_by_key(|(_, s)| s.window_start).map(|(k, _)| k.clone())
-    {
-        m.remove(&k);
+    if m.len() >= cfg.max_tracked {
+        let mut ages: Vec<(SystemTime, String)> =
+            m.iter().map(|(k, s)| (s.window_start, k.clone())).collect();
+        ages.sort();
+        for (_, k) in ages.into_iter().take((cfg.max_tracked / 10).max(1)) {
+            m.remove(&k);
+        }
     }
 }

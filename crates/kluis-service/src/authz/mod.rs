@@ -162,6 +162,22 @@ pub enum Basis {
 /// Only [`Authorizer::check`] creates it (private fields, no constructor, not `Clone`). A store
 /// call that decrypts requires `&AccessProof` and checks [`AccessProof::covers`] against the exact
 /// context it opens.
+///
+/// Code outside this crate cannot make one:
+///
+/// ```compile_fail
+/// # use kluis_service::authz::AccessProof;
+/// let forged = AccessProof { break_glass: false };
+/// ```
+///
+/// nor copy one to use it twice or elsewhere:
+///
+/// ```compile_fail
+/// # use kluis_service::authz::AccessProof;
+/// fn duplicate(p: &AccessProof) -> AccessProof {
+///     p.clone()
+/// }
+/// ```
 #[derive(Debug, PartialEq, Eq)]
 #[must_use]
 pub struct AccessProof {
@@ -631,6 +647,36 @@ impl Authorizer {
         let mut proof = self.proof(p, req, now);
         proof.grant = Some(g.id.clone());
         Ok(Decision::Allow(Allow { proof, basis: Basis::SupportGrant(g.id) }))
+    }
+
+    /// The domains whose data the principal's **roles** allow `action` on for `target` in
+    /// `tenant`, sorted, without break-glass or support grants and without recording anything.
+    /// The store uses it to withhold fields of other domains (and never to load their keys), then
+    /// asks [`Authorizer::check`] for the domains it will open.
+    pub fn allowed_domains(
+        &self,
+        principal: &Principal,
+        tenant: &TenantId,
+        action: Action,
+        target: &Target,
+    ) -> Vec<DomainName> {
+        if principal.tenant() != Some(tenant) {
+            return Vec::new();
+        }
+        let own = matches!((principal.subject(), target.subject()), (Some(a), Some(b)) if a == b);
+        self.policy
+            .domains()
+            .filter(|d| {
+                principal.roles().iter().filter_map(|r| self.policy.role(r)).any(|def| {
+                    match def.coverage(d, action) {
+                        Coverage::TenantWide => true,
+                        Coverage::OwnOnly => own,
+                        Coverage::None => false,
+                    }
+                })
+            })
+            .cloned()
+            .collect()
     }
 
     /// Checks that `admin` may manage access in `tenant`.

@@ -1,29 +1,4 @@
 //! Roles and what they grant: the built-in HR roles and custom roles from a TOML policy file.
-//!
-//! # Policy file
-//!
-//! ```toml
-//! # Custom domains must be declared; `general` and `medical` are built in.
-//! domains = ["payroll"]
-//!
-//! [[role]]
-//! name = "payroll_clerk"
-//! includes = ["case_manager"]        # optional: every grant of these roles too
-//! break_glass = []                   # optional: domains readable in an emergency, with a reason
-//!
-//! [[role.grant]]
-//! actions = ["read", "write", "search"]
-//! domains = ["payroll"]
-//! own_records_only = false           # optional, default false
-//! ```
-//!
-//! Validation when loading, each error naming the line: unknown keys, an unknown action, an
-//! undeclared domain, an unknown included role, a cycle of includes, a role named like a
-//! built-in role, and `"*"` (every domain) for a data action (`"*"` is only for `manage_keys`,
-//! `read_audit` and `manage_access`: medical access is always named).
-//!
-//! Entries are a set: the same role defined twice is the union of both, and the order of roles,
-//! grants, actions and domains changes no decision.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -92,6 +67,31 @@ impl RoleDef {
 }
 
 /// The roles a decision is made from, and the domains that exist. Immutable once built.
+///
+/// # Policy file format
+///
+/// ```toml
+/// # Custom domains must be declared; `general` and `medical` are built in.
+/// domains = ["payroll"]
+///
+/// [[role]]
+/// name = "payroll_clerk"
+/// includes = ["case_manager"]        # optional: every grant of these roles too
+/// break_glass = []                   # optional: domains readable in an emergency, with a reason
+///
+/// [[role.grant]]
+/// actions = ["read", "write", "search"]
+/// domains = ["payroll"]
+/// own_records_only = false           # optional, default false
+/// ```
+///
+/// Validation when loading, each error naming the line: unknown keys, an unknown action, an
+/// undeclared domain, an unknown included role, a cycle of includes, a role named like a
+/// built-in role, and `"*"` (every domain) for a data action (`"*"` is only for `manage_keys`,
+/// `read_audit` and `manage_access`: medical access is always named).
+///
+/// Entries are a set: the same role defined twice is the union of both, and the order of roles,
+/// grants, actions and domains changes no decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     domains: BTreeSet<DomainName>,
@@ -163,7 +163,7 @@ impl Policy {
     }
 
     /// The built-in roles plus the custom roles and domains of a TOML policy file (format in the
-    /// [module documentation](self)). Every validation error names its line.
+    /// [type documentation](Policy)). Every validation error names its line.
     pub fn from_toml(text: &str) -> Result<Self> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
