@@ -314,7 +314,7 @@ fn break_glass_needs_a_role_that_allows_it_a_reason_and_a_read() {
         assert_eq!(d.deny_reason(), Some(&DenyReason::BreakGlassReadOnly), "{a}");
     }
     // Roles without break-glass into medical.
-    for role in ["employee", "key_admin", "auditor", "tenant_admin"] {
+    for role in ["hr_manager", "employee", "key_admin", "auditor", "tenant_admin"] {
         let p = user_with(role, "acme");
         let d = f
             .authz

@@ -106,7 +106,7 @@ impl Policy {
     ///
     /// | role | grants |
     /// | --- | --- |
-    /// | `hr_manager` | general: read, write, delete, search, export, shred; break-glass read of medical |
+    /// | `hr_manager` | general: read, write, delete, search, export, shred (no break-glass: an employer may not process medical data) |
     /// | `employee` | general: read, export, own records only |
     /// | `company_doctor` | medical and general: read, write, delete, search, export, shred |
     /// | `case_manager` | general: read, write, search; break-glass read of medical |
@@ -120,7 +120,6 @@ impl Policy {
 
         let mut hr = RoleDef::default();
         hr.grant(general.clone(), &DATA_ALL, false);
-        hr.break_glass.insert(medical.clone());
         roles.insert(RoleName::from_static(RoleName::HR_MANAGER), hr);
 
         let mut employee = RoleDef::default();
