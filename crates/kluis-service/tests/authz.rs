@@ -398,6 +398,9 @@ fn support_grant_is_granted_by_an_admin_scoped_and_recorded() {
     );
     let empty = GrantScope { domains: BTreeSet::new(), actions: ActionSet::of(&[Action::Read]) };
     assert!(f.authz.grant_support(&admin(), &acme, u("support-anna"), empty, DAY).is_err());
+    let escalate =
+        GrantScope { domains: BTreeSet::from([general()]), actions: ActionSet::of(&[Action::ManageAccess]) };
+    assert!(f.authz.grant_support(&admin(), &acme, u("support-anna"), escalate, DAY).is_err());
     let grant =
         f.authz.grant_support(&admin(), &acme, u("support-anna"), general_read_scope(), 7 * DAY).unwrap();
     assert_eq!(grant.status, GrantStatus::Active);
@@ -420,6 +423,9 @@ fn support_grant_is_granted_by_an_admin_scoped_and_recorded() {
         d.deny_reason(),
         Some(&DenyReason::GrantOutOfScope { action: Action::Read, domain: Some(medical()) })
     );
+    // "Every domain" is beyond a grant's named domains.
+    let d = f.authz.check(&anna, &Request::new(&acme, Action::Read, &[], Target::Tenant));
+    assert!(!d.is_allowed());
     // Another tenant: the grant is not there.
     let globex = t("globex");
     let d = f.authz.check(&anna, &Request::new(&globex, Action::Read, &g, target.clone()));

@@ -213,3 +213,24 @@ fn custom_roles_never_reach_medical_unless_named() {
         );
     }
 }
+
+#[test]
+fn include_depth_is_bounded() {
+    let mut text = String::new();
+    for i in 0..40 {
+        text.push_str(&format!("[[role]]\nname = \"r{i}\"\nincludes = [\"r{}\"]\n", i + 1));
+    }
+    text.push_str("[[role]]\nname = \"r40\"\n");
+    let (_, reason) = err_at(&text);
+    assert!(reason.contains("levels deep"), "{reason}");
+    // 30 levels are fine.
+    let mut text = String::new();
+    for i in 0..30 {
+        text.push_str(&format!("[[role]]\nname = \"r{i}\"\nincludes = [\"r{}\"]\n", i + 1));
+    }
+    text.push_str(
+        "[[role]]\nname = \"r30\"\n[[role.grant]]\nactions = [\"read\"]\ndomains = [\"general\"]\n",
+    );
+    let a = authz(Policy::from_toml(&text).unwrap());
+    assert!(allowed(&a, "r0", Action::Read, "general", None));
+}

@@ -633,7 +633,8 @@ impl Authorizer {
             }
             return Err(DenyReason::GrantIdle);
         }
-        if !g.scope.actions.contains(req.action) {
+        // A grant covers named domains only: a request for "every domain" is out of its scope.
+        if !g.scope.actions.contains(req.action) || req.domains.is_empty() {
             return Err(DenyReason::GrantOutOfScope { action: req.action, domain: None });
         }
         if let Some(d) = req.domains.iter().filter(|d| !g.scope.domains.contains(*d)).min() {
@@ -704,6 +705,12 @@ impl Authorizer {
             return Err(Error::invalid(
                 "support grant scope",
                 "must name at least one domain and one action",
+            ));
+        }
+        if scope.actions.contains(Action::ManageAccess) {
+            return Err(Error::invalid(
+                "support grant scope",
+                "manage_access stays with the tenant's administrators",
             ));
         }
         if let Some(d) = scope.domains.iter().find(|d| !self.policy.has_domain(d)) {

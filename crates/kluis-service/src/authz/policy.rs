@@ -296,6 +296,9 @@ impl Policy {
     }
 }
 
+/// How deep `includes` may nest (bounds the work and the recursion of loading).
+const MAX_INCLUDE_DEPTH: usize = 32;
+
 fn undeclared(d: &str) -> String {
     format!(
         "unknown domain {d:?}: declare it in the top-level domains list (general and medical are built in)"
@@ -324,6 +327,14 @@ fn flatten(
     let mut def = own.get(name).cloned().unwrap_or_default();
     stack.push(name.clone());
     for (inc, span) in includes.get(name).map(Vec::as_slice).unwrap_or_default() {
+        if stack.len() > MAX_INCLUDE_DEPTH {
+            let (line, column) = line_col(text, span.start);
+            return Err(Error::Policy {
+                line,
+                column,
+                reason: format!("roles include each other more than {MAX_INCLUDE_DEPTH} levels deep"),
+            });
+        }
         if stack.contains(inc) {
             let (line, column) = line_col(text, span.start);
             return Err(Error::Policy {
