@@ -116,6 +116,14 @@ pub trait AccessRegistry: Send + Sync + fmt::Debug {
     fn grants(&self, tenant: &TenantId) -> Result<Vec<SupportGrant>>;
     /// Replaces a stored grant (status, last use, use count).
     fn update_grant(&self, grant: &SupportGrant) -> Result<()>;
+    /// Records one allowed use at `at` (last use and use count). The default reads and replaces
+    /// the grant; a registry can do it in place.
+    fn record_grant_use(&self, tenant: &TenantId, id: &GrantId, at: SystemTime) -> Result<()> {
+        let mut g = self.grant(tenant, id)?.ok_or_else(|| Error::UnknownGrant(id.to_string()))?;
+        g.last_used = Some(at);
+        g.uses = g.uses.saturating_add(1);
+        self.update_grant(&g)
+    }
     /// Stores a role assignment (idempotent).
     fn assign_role(&self, assignment: RoleAssignment) -> Result<()>;
     /// Removes a role assignment; `true` if it existed.
@@ -186,6 +194,19 @@ impl AccessRegistry for MemoryRegistry {
                 .and_then(|v| v.iter_mut().find(|g| g.id == grant.id))
                 .ok_or_else(|| Error::UnknownGrant(grant.id.to_string()))?;
             *slot = grant.clone();
+            Ok(())
+        })
+    }
+
+    fn record_grant_use(&self, tenant: &TenantId, id: &GrantId, at: SystemTime) -> Result<()> {
+        self.with(|i| {
+            let g = i
+                .grants
+                .get_mut(tenant)
+                .and_then(|v| v.iter_mut().find(|g| &g.id == id))
+                .ok_or_else(|| Error::UnknownGrant(id.to_string()))?;
+            g.last_used = Some(at);
+            g.uses = g.uses.saturating_add(1);
             Ok(())
         })
     }

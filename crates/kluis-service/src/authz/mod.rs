@@ -640,9 +640,7 @@ impl Authorizer {
         if let Some(d) = req.domains.iter().filter(|d| !g.scope.domains.contains(*d)).min() {
             return Err(DenyReason::GrantOutOfScope { action: req.action, domain: Some(d.clone()) });
         }
-        g.last_used = Some(now);
-        g.uses = g.uses.saturating_add(1);
-        if self.registry.update_grant(&g).is_err() {
+        if self.registry.record_grant_use(req.tenant, &g.id, now).is_err() {
             return Err(DenyReason::RegistryUnavailable);
         }
         let mut proof = self.proof(p, req, now);
