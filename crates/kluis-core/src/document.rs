@@ -361,8 +361,10 @@ impl DocumentSealer {
         if last && buf.is_empty() && self.next_index > 0 {
             return Err(Error::ApiMisuse("the final chunk may be empty only for an empty document"));
         }
-        let total =
-            self.written.checked_add(buf.len() as u64).ok_or_else(|| Error::LimitReached("document length"))?;
+        let total = self
+            .written
+            .checked_add(buf.len() as u64)
+            .ok_or_else(|| Error::LimitReached("document length"))?;
         if let Some((_, padded)) = self.padded
             && (total > padded || (last && total != padded))
         {
@@ -377,7 +379,8 @@ impl DocumentSealer {
     fn seal_slice(&mut self, chunk: &mut [u8], last: bool, total: u64) -> Result<[u8; TAG_LEN]> {
         let nonce = chunk_nonce(self.next_index, last);
         let tag = self.payload.seal_detached(&nonce, &[], chunk)?;
-        self.next_index = self.next_index.checked_add(1).ok_or_else(|| Error::LimitReached("chunk counter"))?;
+        self.next_index =
+            self.next_index.checked_add(1).ok_or_else(|| Error::LimitReached("chunk counter"))?;
         self.written = total;
         self.finished = last;
         Ok(tag)
@@ -389,8 +392,10 @@ impl DocumentSealer {
         if self.finished || plain.len() != self.chunk_size {
             return Err(Error::ApiMisuse("chunk has the wrong size"));
         }
-        let total =
-            self.written.checked_add(plain.len() as u64).ok_or_else(|| Error::LimitReached("document length"))?;
+        let total = self
+            .written
+            .checked_add(plain.len() as u64)
+            .ok_or_else(|| Error::LimitReached("document length"))?;
         if let Some((_, padded)) = self.padded
             && total > padded
         {
@@ -448,8 +453,10 @@ impl StreamSealer {
     /// Appends the ciphertext of every chunk that is complete (and known not to be the last) to
     /// `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        self.content =
-            self.content.checked_add(data.len() as u64).ok_or_else(|| Error::LimitReached("document length"))?;
+        self.content = self
+            .content
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| Error::LimitReached("document length"))?;
         if let Some((declared, _)) = self.inner.padded
             && self.content > declared
         {
@@ -615,8 +622,10 @@ impl DocumentHeader {
         ctx: &DocumentContext<'_>,
         backend: Backend,
     ) -> Result<DocumentOpener> {
-        let wrapped =
-            self.raw.get(PREFIX_LEN..PREFIX_LEN + self.wrapped_len).ok_or_else(|| Error::ApiMisuse("header"))?;
+        let wrapped = self
+            .raw
+            .get(PREFIX_LEN..PREFIX_LEN + self.wrapped_len)
+            .ok_or_else(|| Error::ApiMisuse("header"))?;
         let dk_bytes = wrapping
             .open_ad(&ctx.ad()?, wrapped, "document key")
             .map_err(crate::seal::OpenFailure::into_error)?;

@@ -225,7 +225,8 @@ impl LocalKeyring {
     /// Serialises and seals the keyring under `secret`, with `generation + 1` (the generation
     /// increases with every write; call [`LocalKeyring::set_generation`] after the write succeeds).
     pub fn to_file_bytes(&self, secret: &KeyringSecret, suite: Suite) -> Result<(Vec<u8>, u64)> {
-        let generation = self.generation.checked_add(1).ok_or_else(|| Error::LimitReached("keyring generation"))?;
+        let generation =
+            self.generation.checked_add(1).ok_or_else(|| Error::LimitReached("keyring generation"))?;
         let salt: [u8; 16] = crate::random::array()?;
         let params = match secret {
             KeyringSecret::Passphrase(_, p) => {

@@ -32,7 +32,9 @@ use std::fmt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::crypto::{AeadKey, Backend, Prk, Suite, TAG_LEN, XaesKdf, derive_keys, xchacha_open, xchacha_seal};
+use crate::crypto::{
+    AeadKey, Backend, Prk, Suite, TAG_LEN, XaesKdf, derive_keys, xchacha_open, xchacha_seal,
+};
 use crate::error::{Error, Result};
 use crate::ids::Context;
 use crate::metrics;
@@ -137,7 +139,10 @@ impl SealedHeader {
         // reported as "unsupported version", not as malformed.
         let format_version = r.u8()?;
         if format_version != VERSION && format_version != VERSION_1 {
-            return Err(Error::UnsupportedVersion { what: "sealed value", version: u16::from(format_version) });
+            return Err(Error::UnsupportedVersion {
+                what: "sealed value",
+                version: u16::from(format_version),
+            });
         }
         if sealed.len() < OVERHEAD {
             return Err(Error::malformed("sealed value", "too short"));
@@ -285,8 +290,11 @@ impl V2Keys {
                 if guard.as_ref().is_none_or(|s| s.left == 0) {
                     let epoch: [u8; EPOCH_LEN] = random::public_array()?;
                     let kx = self.xaes.derive_key(&epoch);
-                    **guard =
-                        Some(Box::new(SealSlot { epoch, key: AeadKey::new(backend, suite, &kx)?, left: EPOCH_VALUES }));
+                    **guard = Some(Box::new(SealSlot {
+                        epoch,
+                        key: AeadKey::new(backend, suite, &kx)?,
+                        left: EPOCH_VALUES,
+                    }));
                 }
                 match guard.as_mut() {
                     Some(s) => {
@@ -312,7 +320,8 @@ impl V2Keys {
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.commitment(&header));
         out.extend_from_slice(plaintext);
-        let body = out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
+        let body =
+            out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
         let cached = slot.as_ref().and_then(|g| g.as_ref());
         let tag = match (suite, cached) {
             (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&r, &ad, body)?,
@@ -350,7 +359,8 @@ impl V2Keys {
                         let kx = self.xaes.derive_key(epoch);
                         let mut e = [0u8; EPOCH_LEN];
                         e.copy_from_slice(epoch);
-                        *guard = Some(Box::new(OpenSlot { epoch: e, key: AeadKey::new(backend, suite, &kx)? }));
+                        *guard =
+                            Some(Box::new(OpenSlot { epoch: e, key: AeadKey::new(backend, suite, &kx)? }));
                     }
                     if let Some(s) = guard.as_ref() {
                         return s.key.open_detached(&nx, ad, body, tag);
