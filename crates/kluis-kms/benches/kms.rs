@@ -1,0 +1,154 @@
+//! Benches: per-request cost of a sealed read with a warm unwrap cache (no KMS call) against the
+//! local keyring, and cold start-up unwrapping 1,000 domain keys through a KMS.
+//!
+//! AWS figures need moto: `eval "$(bash scripts/start-moto.sh)"` first (else they are skipped).
+//! Azure figures use the HTTPS protocol stand-in from the tests (its RSA work runs in this
+//! process, so they show the client's overhead, not Key Vault's latency).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    reason = "bench code"
+)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use common::*;
+use criterion::{Criterion, criterion_group, criterion_main};
+use kluis_core::keys::{CacheConfig, CachingProvider, UnwrapRequest, domain_key_ad, new_domain_key};
+use kluis_core::{Context, DomainKeyRecord, DomainKeySet, LocalKeyring, RootKeyProvider};
+use kluis_kms::RetryConfig;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn bench_retry() -> RetryConfig {
+    RetryConfig { concurrency: 32, ..RetryConfig::default() }
+}
+
+/// `n` domain keys (one version each) across n/2 tenants × {medical, general}.
+async fn many_keys(p: &dyn RootKeyProvider, n: usize) -> Vec<DomainKeyRecord> {
+    let mut out = Vec::with_capacity(n);
+    let specs: Vec<(String, &str)> = (0..n)
+        .map(|i| (format!("tenant-{:04}", i / 2), if i % 2 == 0 { "medical" } else { "general" }))
+        .collect();
+    for chunk in specs.chunks(32) {
+        let futs = chunk.iter().map(|(t, d)| {
+            let (t, d) = (tenant(t), domain(d));
+            async move { new_domain_key(p, &t, &d, 1).await.unwrap().0 }
+        });
+        out.extend(futures_util::future::join_all(futs).await);
+    }
+    out
+}
+
+/// One request: get the key set of (tenant, domain) through the cache, open one sealed field.
+fn sealed_read(
+    rt: &tokio::runtime::Runtime,
+    p: &dyn RootKeyProvider,
+    recs: &[DomainKeyRecord],
+    sealed: &[u8],
+) {
+    let (t, d) = (recs[0].tenant.clone(), recs[0].domain.clone());
+    let ctx = Context { tenant: &t, domain: &d, collection: "absence", field: "diagnosis", record: "r1" };
+    rt.block_on(async {
+        let set = DomainKeySet::unwrap(p, recs).await.unwrap();
+        black_box(set.open(&ctx, sealed).unwrap());
+    });
+}
+
+fn warm(c: &mut Criterion) {
+    let rt = rt();
+    let cfg = CacheConfig::default();
+    let (t, d) = (tenant("acme"), domain("medical"));
+    let ctx = Context { tenant: &t, domain: &d, collection: "absence", field: "diagnosis", record: "r1" };
+    let mut g = c.benchmark_group("kms/warm_sealed_read");
+
+    // The local keyring without a cache: every request unwraps (one AEAD open) in process.
+    let direct = LocalKeyring::generate(0).unwrap();
+    let drecs = vec![rt.block_on(new_domain_key(&direct, &t, &d, 1)).unwrap().0];
+    let dsealed =
+        rt.block_on(DomainKeySet::unwrap(&direct, &drecs)).unwrap().seal(&ctx, b"burn-out").unwrap();
+    g.bench_function("keyring_direct", |b| b.iter(|| sealed_read(&rt, &direct, &drecs, &dsealed)));
+
+    let keyring = CachingProvider::new(Counting::new(LocalKeyring::generate(0).unwrap()), cfg);
+    let recs = vec![rt.block_on(new_domain_key(&keyring, &t, &d, 1)).unwrap().0];
+    let sealed = rt.block_on(DomainKeySet::unwrap(&keyring, &recs)).unwrap().seal(&ctx, b"burn-out").unwrap();
+    sealed_read(&rt, &keyring, &recs, &sealed);
+    g.bench_function("keyring_cached", |b| b.iter(|| sealed_read(&rt, &keyring, &recs, &sealed)));
+
+    if let Some(url) = moto_url() {
+        let arn = rt.block_on(moto_key(&url));
+        let aws = CachingProvider::new(Counting::new(aws_provider_at(&url, &arn, bench_retry())), cfg);
+        let recs = vec![rt.block_on(new_domain_key(&aws, &t, &d, 1)).unwrap().0];
+        let sealed = rt.block_on(DomainKeySet::unwrap(&aws, &recs)).unwrap().seal(&ctx, b"burn-out").unwrap();
+        sealed_read(&rt, &aws, &recs, &sealed);
+        let before = aws.inner().calls();
+        g.bench_function("aws_kms_cached", |b| b.iter(|| sealed_read(&rt, &aws, &recs, &sealed)));
+        println!("aws kms calls during warm reads: {}", aws.inner().calls() - before);
+    }
+
+    let (p, _s) = rt.block_on(azure_provider(false));
+    let azure = CachingProvider::new(Counting::new(p), cfg);
+    let recs = vec![rt.block_on(new_domain_key(&azure, &t, &d, 1)).unwrap().0];
+    let sealed = rt.block_on(DomainKeySet::unwrap(&azure, &recs)).unwrap().seal(&ctx, b"burn-out").unwrap();
+    sealed_read(&rt, &azure, &recs, &sealed);
+    let before = azure.inner().calls();
+    g.bench_function("azure_kv_cached", |b| b.iter(|| sealed_read(&rt, &azure, &recs, &sealed)));
+    println!("azure key vault calls during warm reads: {}", azure.inner().calls() - before);
+    g.finish();
+}
+
+/// Start-up: one batched unwrap of 1,000 domain keys into an empty cache.
+fn cold_start(
+    rt: &tokio::runtime::Runtime,
+    cache: &CachingProvider<impl RootKeyProvider>,
+    recs: &[DomainKeyRecord],
+) {
+    cache.clear();
+    let aads: Vec<Vec<u8>> =
+        recs.iter().map(|r| domain_key_ad(&r.tenant, &r.domain, r.version).unwrap()).collect();
+    let items: Vec<UnwrapRequest<'_>> = recs
+        .iter()
+        .zip(&aads)
+        .map(|(r, aad)| UnwrapRequest { aad, wrapped: r.wrapped.as_ref().unwrap() })
+        .collect();
+    let out = rt.block_on(cache.unwrap_batch(&items)).unwrap();
+    assert!(out.iter().all(Result::is_ok));
+    assert_eq!(cache.len(), recs.len());
+}
+
+fn cold(c: &mut Criterion) {
+    const N: usize = 1000;
+    let rt = rt();
+    let cfg = CacheConfig::default();
+    let mut g = c.benchmark_group("kms/cold_start_1000_keys");
+    g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(20));
+
+    let keyring = CachingProvider::new(LocalKeyring::generate(0).unwrap(), cfg);
+    let recs = rt.block_on(many_keys(&keyring, N));
+    g.bench_function("keyring", |b| b.iter(|| cold_start(&rt, &keyring, &recs)));
+
+    if let Some(url) = moto_url() {
+        let arn = rt.block_on(moto_key(&url));
+        let aws = CachingProvider::new(aws_provider_at(&url, &arn, bench_retry()), cfg);
+        let recs = rt.block_on(many_keys(&aws, N));
+        g.bench_function("aws_kms_moto", |b| b.iter(|| cold_start(&rt, &aws, &recs)));
+    }
+
+    let (p, _s) = rt.block_on(azure_provider(false));
+    let azure = CachingProvider::new(p, cfg);
+    let recs = rt.block_on(many_keys(&azure, N));
+    g.bench_function("azure_kv_stand_in", |b| b.iter(|| cold_start(&rt, &azure, &recs)));
+    g.finish();
+}
+
+criterion_group!(benches, warm, cold);
+criterion_main!(benches);
