@@ -234,8 +234,8 @@ impl AccessProof {
             return false;
         }
         match &self.target {
-            Target::Record { collection: c, record: r, .. } => c == collection && r == record,
-            Target::Collection { collection: c, subject: None } => c == collection,
+            Target::Record { collection: c, record: r, .. } => &**c == collection && &**r == record,
+            Target::Collection { collection: c, subject: None } => &**c == collection,
             Target::Collection { subject: Some(_), .. } => false,
             Target::Tenant => true,
         }
@@ -253,12 +253,12 @@ impl AccessProof {
         if &self.tenant != tenant || self.domains.binary_search(domain).is_err() {
             return false;
         }
-        let subject_ok = |want: &Option<String>| want.is_none() || want.as_deref() == subject;
+        let subject_ok = |want: &Option<Arc<str>>| want.is_none() || want.as_deref() == subject;
         match &self.target {
             Target::Record { collection: c, record: r, subject: s } => {
-                c == collection && r == record && subject_ok(s)
+                &**c == collection && &**r == record && subject_ok(s)
             }
-            Target::Collection { collection: c, subject: s } => c == collection && subject_ok(s),
+            Target::Collection { collection: c, subject: s } => &**c == collection && subject_ok(s),
             Target::Tenant => true,
         }
     }
@@ -308,10 +308,6 @@ impl Deny {
 /// The answer to one request.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "returned once by value and consumed; boxing would cost an allocation per check"
-)]
 pub enum Decision {
     /// Allowed.
     Allow(Allow),
@@ -570,11 +566,8 @@ impl Authorizer {
         }
         bg_roles.sort();
         let domains: Vec<DomainName> = missing.into_iter().cloned().collect();
-        let (collection, record) = match &req.target {
-            Target::Record { collection, record, .. } => (Some(collection.clone()), Some(record.clone())),
-            Target::Collection { collection, .. } => (Some(collection.clone()), None),
-            Target::Tenant => (None, None),
-        };
+        let collection = req.target.collection_name().map(str::to_owned);
+        let record = req.target.record_id().map(str::to_owned);
         let event = BreakGlassEvent {
             tenant: req.tenant.clone(),
             user: p.user().clone(),

@@ -1,6 +1,7 @@
 //! Names and small value types of the authorization model.
 
 use std::fmt;
+use std::sync::Arc;
 
 use kluis_core::{DomainName, TenantId};
 
@@ -21,14 +22,14 @@ fn check_name(what: &'static str, s: &str, max: usize, allowed: impl Fn(char) ->
 
 /// A user id as the host application knows it: 1 to 256 bytes, no control characters or spaces.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UserId(String);
+pub struct UserId(Arc<str>);
 
 impl UserId {
     /// Validates and wraps a user id.
     pub fn new(s: impl Into<String>) -> Result<Self> {
         let s = s.into();
         check_name("user id", &s, 256, |c| !c.is_control() && !c.is_whitespace())?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     /// The id.
@@ -45,7 +46,7 @@ impl fmt::Display for UserId {
 
 /// A role name: 1 to 64 bytes of lower-case ASCII letters, digits, `_` and `-`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoleName(String);
+pub struct RoleName(Arc<str>);
 
 impl RoleName {
     /// `hr_manager`: general read, write, delete, search, export and shred.
@@ -69,11 +70,11 @@ impl RoleName {
         check_name("role name", &s, 64, |c| {
             c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-')
         })?;
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     pub(crate) fn from_static(s: &'static str) -> Self {
-        Self(s.to_owned())
+        Self(s.into())
     }
 
     /// The name.
@@ -226,7 +227,7 @@ impl fmt::Display for ActionSet {
 
 /// The id of a support access grant (`sg_` and 32 hex digits, random).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GrantId(String);
+pub struct GrantId(Arc<str>);
 
 impl GrantId {
     /// A fresh random id.
@@ -238,7 +239,7 @@ impl GrantId {
         for x in b {
             s.push_str(&format!("{x:02x}"));
         }
-        Ok(Self(s))
+        Ok(Self(s.into()))
     }
 
     /// Parses an id (as stored by a persisted registry).
@@ -247,7 +248,7 @@ impl GrantId {
             && s.starts_with("sg_")
             && s.bytes().skip(3).all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if ok {
-            Ok(Self(s.to_owned()))
+            Ok(Self(s.into()))
         } else {
             Err(Error::invalid("grant id", "must be sg_ and 32 lower-case hex digits"))
         }
@@ -330,24 +331,25 @@ impl Principal {
     }
 }
 
-/// What the action is aimed at.
+/// What the action is aimed at. Names are shared (`Arc<str>`), so the proof an allow carries
+/// copies no strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     /// One record of a collection, optionally about a data subject (an employee).
     Record {
         /// Collection (table).
-        collection: String,
+        collection: Arc<str>,
         /// Record id.
-        record: String,
+        record: Arc<str>,
         /// The data subject the record is about, as the store recorded it.
-        subject: Option<String>,
+        subject: Option<Arc<str>>,
     },
     /// A whole collection (a search, a listing, an export), optionally limited to one subject.
     Collection {
         /// Collection (table).
-        collection: String,
+        collection: Arc<str>,
         /// Limit to this subject's records.
-        subject: Option<String>,
+        subject: Option<Arc<str>>,
     },
     /// The tenant as a whole (keys, audit log, access rights).
     Tenant,
@@ -355,17 +357,33 @@ pub enum Target {
 
 impl Target {
     /// One record.
-    pub fn record(collection: impl Into<String>, record: impl Into<String>, subject: Option<&str>) -> Self {
+    pub fn record(collection: &str, record: &str, subject: Option<&str>) -> Self {
         Target::Record {
             collection: collection.into(),
             record: record.into(),
-            subject: subject.map(str::to_owned),
+            subject: subject.map(Arc::from),
         }
     }
 
     /// A collection.
-    pub fn collection(collection: impl Into<String>, subject: Option<&str>) -> Self {
-        Target::Collection { collection: collection.into(), subject: subject.map(str::to_owned) }
+    pub fn collection(collection: &str, subject: Option<&str>) -> Self {
+        Target::Collection { collection: collection.into(), subject: subject.map(Arc::from) }
+    }
+
+    /// The collection, if the target names one.
+    pub fn collection_name(&self) -> Option<&str> {
+        match self {
+            Target::Record { collection, .. } | Target::Collection { collection, .. } => Some(collection),
+            Target::Tenant => None,
+        }
+    }
+
+    /// The record, if the target names one.
+    pub fn record_id(&self) -> Option<&str> {
+        match self {
+            Target::Record { record, .. } => Some(record),
+            _ => None,
+        }
     }
 
     /// The subject the target is limited to, if any.
