@@ -67,6 +67,7 @@ impl AwsKmsProvider {
         let timeouts = aws_sdk_kms::config::timeout::TimeoutConfig::builder()
             .connect_timeout(retry.connect_timeout)
             .operation_attempt_timeout(retry.attempt_timeout)
+            .operation_timeout(retry.max_total)
             .build();
         let mut b = aws_sdk_kms::config::Builder::from(sdk)
             .region(aws_sdk_kms::config::Region::new(config.region.clone()))

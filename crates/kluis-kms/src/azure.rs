@@ -49,6 +49,9 @@ pub struct AzureKeyVaultProvider {
     config: AzureKeyVaultConfig,
     root_key_id: String,
     concurrency: usize,
+    /// Longest wait for one operation, retries included (the SDK honours any `Retry-After`
+    /// without a cap; this bounds it).
+    deadline: std::time::Duration,
     /// Key Vault version id → position (root key version), learnt from the versions list.
     versions: Mutex<HashMap<String, u32>>,
 }
@@ -99,6 +102,7 @@ impl AzureKeyVaultProvider {
             config,
             root_key_id,
             concurrency: retry.concurrency.max(1),
+            deadline: retry.max_total,
             versions: Mutex::new(HashMap::new()),
         })
     }
@@ -106,6 +110,24 @@ impl AzureKeyVaultProvider {
     /// The configuration.
     pub fn config(&self) -> &AzureKeyVaultConfig {
         &self.config
+    }
+
+    /// Runs one operation within the deadline.
+    async fn bounded<T>(&self, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.deadline, f).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(provider = %self.root_key_id, "azure key vault gave no answer within the deadline");
+                Err(provider_error_from(
+                    &self.root_key_id,
+                    ProviderErrorKind::Unavailable,
+                    DisplayOnly(format!(
+                        "no answer within {} s (unreachable, or throttled for longer)",
+                        self.deadline.as_secs()
+                    )),
+                ))
+            }
+        }
     }
 
     fn err(&self, e: azure_core::Error) -> Error {
@@ -308,17 +330,20 @@ impl RootKeyProvider for AzureKeyVaultProvider {
 
     fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
         Box::pin(async move {
-            let cur = self.current().await?;
-            self.position(&cur.id).await
+            self.bounded(async {
+                let cur = self.current().await?;
+                self.position(&cur.id).await
+            })
+            .await
         })
     }
 
     fn wrap<'a>(&'a self, aad: &'a [u8], key: &'a KeyMaterial) -> BoxFuture<'a, Result<WrappedKey>> {
         Box::pin(async move {
-            let wrapped = self.wrap_inner(aad, key).await?;
+            let wrapped = self.bounded(self.wrap_inner(aad, key)).await?;
             // INVARIANT: nothing is handed back for storing unless it unwraps again now (a key
             // version that allows wrapKey but not unwrapKey would otherwise lose data).
-            let back = self.unwrap_inner(aad, &wrapped).await?;
+            let back = self.bounded(self.unwrap_inner(aad, &wrapped)).await?;
             if back != *key {
                 return Err(provider_error(&self.root_key_id, ProviderErrorKind::UnwrapRefused));
             }
@@ -335,7 +360,7 @@ impl RootKeyProvider for AzureKeyVaultProvider {
             for chunk in items.chunks(self.concurrency) {
                 let mut futs = Vec::with_capacity(chunk.len());
                 for i in chunk {
-                    futs.push(self.unwrap_inner(i.aad, i.wrapped));
+                    futs.push(self.bounded(self.unwrap_inner(i.aad, i.wrapped)));
                 }
                 for r in join_all(futs).await {
                     match r {

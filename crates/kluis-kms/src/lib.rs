@@ -50,7 +50,8 @@ pub struct RetryConfig {
     pub initial_delay: Duration,
     /// Longest backoff delay.
     pub max_delay: Duration,
-    /// Give up retrying after this long in total (Azure).
+    /// Longest time one operation may take, retries and `Retry-After` waits included; then it
+    /// fails as `Unavailable`.
     pub max_total: Duration,
     /// Connection timeout (AWS; Azure uses its HTTP client's).
     pub connect_timeout: Duration,

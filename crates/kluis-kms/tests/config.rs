@@ -116,3 +116,17 @@ async fn keyring_url_opens_the_keyring_file() {
     let e = AnyProvider::connect("s3://bucket", None, RetryConfig::default()).await.unwrap_err();
     assert!(matches!(e, ConnectError::Config(ConfigError::UnknownScheme(_))), "{e:?}");
 }
+
+#[tokio::test]
+async fn cloud_urls_open_with_the_platform_credential_chain_and_no_network_call() {
+    // Construction reads no secret from the URL and makes no network call (credentials are
+    // fetched on first use from Entra ID / the AWS chain).
+    let p =
+        AnyProvider::connect("azure-kv://hr-prod-kv/kluis-root", None, RetryConfig::default()).await.unwrap();
+    assert_eq!(p.root_key_id(), "azure-kv://hr-prod-kv.vault.azure.net/kluis-root");
+    assert!(matches!(p, AnyProvider::AzureKeyVault(_)));
+    let url = format!("aws-kms://eu-west-1/{ARN}");
+    let p = AnyProvider::connect(&url, None, RetryConfig::default()).await.unwrap();
+    assert_eq!(p.root_key_id(), url);
+    assert!(format!("{p:?}").contains("AwsKmsProvider"));
+}

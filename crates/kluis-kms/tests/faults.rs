@@ -87,6 +87,24 @@ async fn azure_throttled_past_the_retries_is_a_typed_error() {
 }
 
 #[tokio::test]
+async fn azure_long_retry_after_is_bounded_by_the_deadline() {
+    let (p, s) = azure_provider(false).await;
+    let (t, d) = (tenant("acme"), domain("medical"));
+    let (rec, _) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let short = kluis_kms::RetryConfig { max_total: Duration::from_millis(1500), ..fast_retry() };
+    let p = azure_provider_for(&s, None, short);
+    s.with(|st| {
+        st.throttle = 1000;
+        st.retry_after = "3600".into();
+    });
+    let started = std::time::Instant::now();
+    let e =
+        unwrap_one(&p, &domain_key_ad(&t, &d, 1).unwrap(), rec.wrapped.as_ref().unwrap()).await.unwrap_err();
+    assert_eq!(kind_of(&e), Some(K::Unavailable), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "an hour's Retry-After must not block");
+}
+
+#[tokio::test]
 async fn azure_server_errors_are_retried() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
@@ -130,6 +148,7 @@ async fn azure_credentials_revoked_are_typed_never_cached_and_no_key_outlives_th
         let e = DomainKeySet::unwrap(&cache, &recs).await.unwrap_err();
         assert_eq!(kind_of(&e), Some(K::Unauthorized), "{status}: {e:?}");
         assert!(e.to_string().contains("credentials refused"), "{e}");
+        assert!(!format!("{e:?}").contains(common::keyvault::TOKEN), "no bearer token in errors");
         assert!(cache.is_empty());
         // The failure is not cached: when access is restored, it works at once.
         s.with(|st| st.revoked = None);
