@@ -41,16 +41,35 @@ where
     let target_id = to.root_key_id().to_owned();
     let target_version = to.primary_version().await?;
     let mut report = MigrationReport::default();
-    let mut todo = Vec::new();
+    // Records under the target's root key but an older version (the KMS key was rotated since)
+    // are unwrapped by the target itself; everything else by `from`.
+    let mut via_from = Vec::new();
+    let mut via_to = Vec::new();
     for r in records {
         match &r.wrapped {
             None => report.destroyed += 1,
             Some(w) if w.root_key_id == target_id && w.root_version == target_version => {
                 report.already_done += 1
             }
-            Some(_) => todo.push(r),
+            Some(w) if w.root_key_id == target_id => via_to.push(r),
+            Some(_) => via_from.push(r),
         }
     }
+    rewrap_all(to, to, &via_to, &mut persist, &mut report).await?;
+    rewrap_all(from, to, &via_from, &mut persist, &mut report).await?;
+    Ok(report)
+}
+
+async fn rewrap_all<F>(
+    source: &dyn RootKeyProvider,
+    to: &dyn RootKeyProvider,
+    todo: &[&DomainKeyRecord],
+    persist: &mut F,
+    report: &mut MigrationReport,
+) -> Result<()>
+where
+    F: FnMut(&DomainKeyRecord) -> Result<()>,
+{
     for chunk in todo.chunks(BATCH) {
         let aads = chunk
             .iter()
@@ -61,17 +80,18 @@ where
             .zip(&aads)
             .filter_map(|(r, aad)| r.wrapped.as_ref().map(|wrapped| UnwrapRequest { aad, wrapped }))
             .collect();
-        let keys = from.unwrap_batch(&reqs).await?;
+        let keys = source.unwrap_batch(&reqs).await?;
         if keys.len() != chunk.len() {
             return Err(Error::ApiMisuse("provider returned a different number of keys"));
         }
         for ((r, aad), key) in chunk.iter().zip(&aads).zip(keys) {
             let key = key?;
             let wrapped = to.wrap(aad, &key).await?;
+            // Constant-time comparison (`KeyMaterial`'s `PartialEq`).
             let check = kluis_core::keys::unwrap_one(to, aad, &wrapped).await?;
             if check != key {
                 return Err(Error::Provider {
-                    provider: target_id.clone(),
+                    provider: to.root_key_id().to_owned(),
                     kind: kluis_core::ProviderErrorKind::UnwrapRefused,
                     source: None,
                 });
@@ -82,5 +102,5 @@ where
             report.rewrapped += 1;
         }
     }
-    Ok(report)
+    Ok(())
 }

@@ -135,3 +135,34 @@ async fn migration_stops_on_a_provider_failure_and_changes_nothing() {
     assert_eq!(kind_of(&e), Some(kluis_core::ProviderErrorKind::Unauthorized), "{e:?}");
     assert_eq!(persisted, 0);
 }
+
+#[tokio::test]
+async fn records_under_an_older_version_of_the_target_are_moved_by_the_target() {
+    // Half-way through keyring → Key Vault, the Key Vault key is rotated: records already under
+    // its old version are rewrapped by Key Vault itself, the rest by the keyring.
+    let (p, s) = azure_provider(false).await;
+    let keyring = LocalKeyring::generate(0).unwrap();
+    let mut store = records(&keyring).await;
+    let snapshot = store.clone();
+    let mut n = 0;
+    let _ = migrate_root(&keyring, &p, &snapshot, |r| {
+        if n == 2 {
+            return Err(Error::ApiMisuse("simulated crash"));
+        }
+        n += 1;
+        store_put(&mut store, r);
+        Ok(())
+    })
+    .await
+    .unwrap_err();
+    s.with(|st| st.add_version(KV_KEY, false));
+    let snapshot = store.clone();
+    let report = migrate_root(&keyring, &p, &snapshot, |r| {
+        store_put(&mut store, r);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.rewrapped, report.already_done), (7, 0));
+    assert!(store.iter().filter_map(|r| r.wrapped.as_ref()).all(|w| w.root_version == 2));
+}
