@@ -3,13 +3,13 @@
 //! Root key providers in a cloud KMS: Azure Key Vault (and Managed HSM) and AWS KMS, behind
 //! `kluis_core`'s `RootKeyProvider` trait, plus configuration by URL and the root migration.
 //!
-//! - [`AwsKmsProvider`][AwsKmsProvider]: KMS `Encrypt`/`Decrypt` with an encryption context binding the
+//! - [`AwsKmsProvider`] uses KMS `Encrypt`/`Decrypt` with an encryption context binding the
 //!   associated data (tenant, domain, version).
-//! - [`AzureKeyVaultProvider`][AzureKeyVaultProvider]: `wrapKey`/`unwrapKey` (RSA-OAEP-256, or A256KW on Managed HSM)
+//! - [`AzureKeyVaultProvider`] uses `wrapKey`/`unwrapKey` (RSA-OAEP-256, or A256KW on Managed HSM)
 //!   with the associated data bound by Kluis (see [`azure`]).
-//! - [`ProviderConfig`][ProviderConfig]: `keyring://PATH`, `aws-kms://REGION/KEY-ARN`, `azure-kv://VAULT/KEY`;
+//! - [`ProviderConfig`] parses `keyring://PATH`, `aws-kms://REGION/KEY-ARN`, `azure-kv://VAULT/KEY`;
 //!   [`AnyProvider::connect`] opens the one a URL names.
-//! - [`migrate_root`][migrate_root]: rewraps domain keys from one root key to another, resumably.
+//! - [`migrate_root`] rewraps domain keys from one root key to another, resumably.
 //!
 //! Wrap a provider in `kluis_core::CachingProvider` so the hot path makes no KMS call: unwrapped
 //! keys are held for a bounded time and count, zeroized on eviction, and errors are never cached.
