@@ -2,9 +2,9 @@
 //!
 //! - One container holds the objects, as block blobs named by their [`ObjectName`] (no folders,
 //!   no metadata, no tags, no content type of ours: Azure shows `application/octet-stream`).
-//! - An upload stages one block per part ([`crate::VaultOptions::part_size`], 4 MiB by default) and
-//!   commits the block list only when all are in, with `If-None-Match: *`, so a blob becomes
-//!   visible whole, once, and never replaces another. Memory: one part.
+//! - An upload buffers [`AzureOptions::block_size`] bytes (4 MiB by default), stages them as one
+//!   block, and commits the block list only when all are in, with `If-None-Match: *`, so a blob becomes
+//!   visible whole, once, and never replaces another. Memory: about two blocks.
 //! - Block ids are 24 bytes: the upload's start time (Unix seconds, u64 BE), 8 random bytes,
 //!   the block index (u64 BE). Garbage collection reads the start time of a blob that has only
 //!   uncommitted blocks to honour the grace period, then discards the blocks by committing an
@@ -50,6 +50,9 @@ pub struct AzureOptions {
     pub max_delay: Duration,
     /// Give up retrying after this long.
     pub max_total_elapsed: Duration,
+    /// Bytes per staged block (at least 1, at most 4000 MiB; a blob holds at most 50 000
+    /// blocks, so 4 MiB blocks allow documents up to about 195 GiB).
+    pub block_size: usize,
 }
 
 impl Default for AzureOptions {
@@ -60,6 +63,7 @@ impl Default for AzureOptions {
             initial_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(30),
             max_total_elapsed: Duration::from_secs(60),
+            block_size: 4 << 20,
         }
     }
 }
@@ -73,7 +77,14 @@ impl AzureOptions {
             initial_delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(200),
             max_total_elapsed: Duration::from_secs(2),
+            block_size: 4 << 20,
         }
+    }
+
+    /// These options with another block size.
+    pub fn with_block_size(mut self, block_size: usize) -> Self {
+        self.block_size = block_size;
+        self
     }
 
     fn client_options(&self) -> BlobContainerClientOptions {
@@ -104,6 +115,7 @@ fn status(e: &azure_core::Error) -> Option<StatusCode> {
 #[derive(Clone)]
 pub struct AzureBlob {
     container: Arc<BlobContainerClient>,
+    block_size: usize,
 }
 
 impl std::fmt::Debug for AzureBlob {
@@ -127,7 +139,7 @@ impl AzureBlob {
         let url = parse_url(container_url)?;
         let client = BlobContainerClient::new(url, Some(credential), Some(options.client_options()))
             .map_err(azure("create client"))?;
-        Ok(Self { container: Arc::new(client) })
+        Ok(Self { container: Arc::new(client), block_size: options.block_size.clamp(1, 4000 << 20) })
     }
 
     /// A container reached with the managed identity of the host (Azure VM, App Service,
@@ -144,7 +156,7 @@ impl AzureBlob {
         let url = parse_url(container_url)?;
         let client = BlobContainerClient::new(url, None, Some(options.client_options()))
             .map_err(azure("create client"))?;
-        Ok(Self { container: Arc::new(client) })
+        Ok(Self { container: Arc::new(client), block_size: options.block_size.clamp(1, 4000 << 20) })
     }
 
     /// Creates the container if it does not exist.
@@ -276,6 +288,7 @@ impl BlobBackend for AzureBlob {
             started: now_secs(),
             nonce,
             blocks: Vec::new(),
+            buf: Vec::with_capacity(self.block_size),
             len: 0,
         })
     }
@@ -396,6 +409,7 @@ pub struct AzureUpload {
     started: u64,
     nonce: [u8; 8],
     blocks: Vec<Vec<u8>>,
+    buf: Vec<u8>,
     len: u64,
 }
 
@@ -409,25 +423,36 @@ impl AzureUpload {
     }
 }
 
-impl Upload for AzureUpload {
-    async fn append(&mut self, part: &[u8]) -> Result<()> {
-        if part.is_empty() {
+impl AzureUpload {
+    /// Stages the buffered bytes as the next block (the buffer moves into the request body).
+    async fn stage(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
             return Ok(());
         }
         let id = self.block_id(self.blocks.len() as u64);
+        let cap = self.backend.block_size;
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(cap));
+        let n = data.len() as u64;
+        let body: RequestContent<bytes::Bytes, azure_core::http::NoFormat> = bytes::Bytes::from(data).into();
         let blob = self.backend.container.blob_client(self.name.as_str());
-        let body: RequestContent<bytes::Bytes, azure_core::http::NoFormat> =
-            bytes::Bytes::copy_from_slice(part).into();
-        blob.block_blob_client()
-            .stage_block(&id, part.len() as u64, body, None)
-            .await
-            .map_err(azure("stage block"))?;
+        blob.block_blob_client().stage_block(&id, n, body, None).await.map_err(azure("stage block"))?;
         self.blocks.push(id);
+        Ok(())
+    }
+}
+
+impl Upload for AzureUpload {
+    async fn append(&mut self, part: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(part);
         self.len += part.len() as u64;
+        if self.buf.len() >= self.backend.block_size {
+            self.stage().await?;
+        }
         Ok(())
     }
 
-    async fn commit(self) -> Result<u64> {
+    async fn commit(mut self) -> Result<u64> {
+        self.stage().await?;
         if self.blocks.is_empty() {
             return Err(BlobError::Invalid { what: "upload", reason: "nothing was staged" });
         }

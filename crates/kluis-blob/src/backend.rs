@@ -36,6 +36,30 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug {
         out: &mut Vec<u8>,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Reads bytes `start..end` of a committed object into consecutive pieces of `piece` bytes
+    /// (the last may be shorter): `out[0]` gets the first piece, and so on; each used `Vec` is
+    /// cleared first. Returns how many pieces were filled. Lets readers open chunks in place
+    /// without a copy. The default reads the range into one buffer and splits it.
+    fn read_split(
+        &self,
+        name: &ObjectName,
+        start: u64,
+        end: u64,
+        piece: usize,
+        out: &mut [Vec<u8>],
+    ) -> impl Future<Output = Result<usize>> + Send {
+        async move {
+            let n = check_split(start, end, piece, out.len())?;
+            let mut all = Vec::new();
+            self.read_range(name, start, end, &mut all).await?;
+            for (dst, src) in out.iter_mut().zip(all.chunks(piece)) {
+                dst.clear();
+                dst.extend_from_slice(src);
+            }
+            Ok(n)
+        }
+    }
+
     /// Deletes a committed object. Returns whether it existed.
     fn delete(&self, name: &ObjectName) -> impl Future<Output = Result<bool>> + Send;
 
@@ -55,7 +79,8 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug {
 /// A staged upload. Dropping it without [`Upload::commit`] leaves nothing visible; the backend
 /// removes what it can at once and garbage collection removes the rest.
 pub trait Upload: Send {
-    /// Appends a part. Backends keep at most one part in memory.
+    /// Appends bytes (the vault passes the header, then one sealed chunk at a time). Backends
+    /// buffer up to their write size and send whole parts; memory stays bounded by that.
     fn append(&mut self, part: &[u8]) -> impl Future<Output = Result<()>> + Send;
 
     /// Makes the object visible, whole. Returns its length.
@@ -63,6 +88,22 @@ pub trait Upload: Send {
 
     /// Discards everything staged.
     fn abort(self) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Checks a [`BlobBackend::read_split`] request; returns the number of pieces.
+pub(crate) fn check_split(start: u64, end: u64, piece: usize, have: usize) -> Result<usize> {
+    let len = end
+        .checked_sub(start)
+        .ok_or(crate::BlobError::Invalid { what: "range", reason: "end before start" })?;
+    if piece == 0 {
+        return Err(crate::BlobError::Invalid { what: "piece size", reason: "must not be zero" });
+    }
+    let n = usize::try_from(len.div_ceil(piece as u64))
+        .map_err(|_| crate::BlobError::Invalid { what: "range", reason: "too long" })?;
+    if n > have {
+        return Err(crate::BlobError::Invalid { what: "range", reason: "more pieces than buffers" });
+    }
+    Ok(n)
 }
 
 /// What garbage collection removed.
@@ -98,6 +139,17 @@ macro_rules! forward_backend {
                 out: &mut Vec<u8>,
             ) -> impl Future<Output = Result<()>> + Send {
                 (**self).read_range(name, start, end, out)
+            }
+
+            fn read_split(
+                &self,
+                name: &ObjectName,
+                start: u64,
+                end: u64,
+                piece: usize,
+                out: &mut [Vec<u8>],
+            ) -> impl Future<Output = Result<usize>> + Send {
+                (**self).read_split(name, start, end, piece, out)
             }
 
             fn delete(&self, name: &ObjectName) -> impl Future<Output = Result<bool>> + Send {

@@ -25,7 +25,7 @@ mod vault;
 
 pub use backend::{BlobBackend, GcReport, Upload};
 pub use error::{BlobError, Result};
-pub use local::{LocalDir, LocalUpload};
+pub use local::{DEFAULT_WRITE_BUFFER, LocalDir, LocalUpload};
 pub use name::{NAME_LEN, ObjectName};
 pub use vault::{
     DocumentDescriptor, DocumentKeys, DocumentReader, DocumentVault, MAX_ID_LEN, NewDocument, VaultOptions,

@@ -18,8 +18,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncWriteExt;
-
 use crate::backend::{BlobBackend, GcReport, Upload};
 use crate::error::{BlobError, Result};
 use crate::name::ObjectName;
@@ -57,10 +55,14 @@ fn sync_dir(p: &Path) -> io::Result<()> {
     }
 }
 
+/// Default write buffer of an upload: 1 MiB.
+pub const DEFAULT_WRITE_BUFFER: usize = 1 << 20;
+
 /// Documents in a local directory.
 #[derive(Debug, Clone)]
 pub struct LocalDir {
     root: PathBuf,
+    write_buffer: usize,
 }
 
 impl LocalDir {
@@ -74,7 +76,13 @@ impl LocalDir {
             Ok(())
         })
         .await?;
-        Ok(Self { root })
+        Ok(Self { root, write_buffer: DEFAULT_WRITE_BUFFER })
+    }
+
+    /// Sets how many bytes an upload buffers before writing them (at least 1; default 1 MiB).
+    pub fn with_write_buffer(mut self, bytes: usize) -> Self {
+        self.write_buffer = bytes.max(1);
+        self
     }
 
     /// The root directory.
@@ -108,13 +116,19 @@ impl BlobBackend for LocalDir {
     async fn begin(&self, name: &ObjectName) -> Result<LocalUpload> {
         let tmp_name = format!("{}.{}{PART_SUFFIX}", name.as_str(), ObjectName::random()?.as_str());
         let tmp = self.root.join(TMP).join(tmp_name);
-        let mut opts = tokio::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        opts.mode(0o600);
-        let file = opts.open(&tmp).await.map_err(BlobError::io("create temp file"))?;
+        let t = tmp.clone();
+        let file = blocking(move || {
+            let mut opts = fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            opts.open(&t).map_err(BlobError::io("create temp file"))
+        })
+        .await?;
         Ok(LocalUpload {
             file: Some(file),
+            buf: Vec::with_capacity(self.write_buffer),
+            write_buffer: self.write_buffer,
             tmp,
             objects: self.root.join(OBJECTS),
             dest: self.object_path(name),
@@ -158,6 +172,45 @@ impl BlobBackend for LocalDir {
         let (buf, res) = r;
         *out = buf;
         res
+    }
+
+    async fn read_split(
+        &self,
+        name: &ObjectName,
+        start: u64,
+        end: u64,
+        piece: usize,
+        out: &mut [Vec<u8>],
+    ) -> Result<usize> {
+        let n = crate::backend::check_split(start, end, piece, out.len())?;
+        let p = self.object_path(name);
+        // The buffers travel to the blocking pool and back; the kernel copies straight into them.
+        let mut bufs: Vec<Vec<u8>> = out.iter_mut().take(n).map(std::mem::take).collect();
+        let (bufs, res) = blocking(move || {
+            let res = fs::File::open(&p).map_err(not_found_or("open")).and_then(|f| {
+                let mut at = start;
+                for b in bufs.iter_mut() {
+                    let len = usize::try_from((end - at).min(piece as u64)).unwrap_or(piece);
+                    b.clear();
+                    b.resize(len, 0);
+                    read_exact_at(&f, b, at).map_err(|e| {
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            BlobError::Invalid { what: "range", reason: "beyond the end of the object" }
+                        } else {
+                            BlobError::Io { op: "read", source: e }
+                        }
+                    })?;
+                    at += len as u64;
+                }
+                Ok(())
+            });
+            Ok((bufs, res))
+        })
+        .await?;
+        for (dst, b) in out.iter_mut().zip(bufs) {
+            *dst = b;
+        }
+        res.map(|()| n)
     }
 
     async fn delete(&self, name: &ObjectName) -> Result<bool> {
@@ -276,7 +329,9 @@ fn read_exact_at(f: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 /// An upload to a local temp file.
 #[derive(Debug)]
 pub struct LocalUpload {
-    file: Option<tokio::fs::File>,
+    file: Option<fs::File>,
+    buf: Vec<u8>,
+    write_buffer: usize,
     tmp: PathBuf,
     objects: PathBuf,
     dest: PathBuf,
@@ -284,19 +339,43 @@ pub struct LocalUpload {
     done: bool,
 }
 
+impl LocalUpload {
+    /// Writes the buffer out (on the blocking pool; the file and buffer travel there and back).
+    async fn flush_buf(&mut self, sync: bool) -> Result<()> {
+        let mut f = self.file.take().ok_or(BlobError::Task("upload already finished"))?;
+        let buf = std::mem::take(&mut self.buf);
+        let (f, mut buf) = blocking(move || {
+            use std::io::Write;
+            f.write_all(&buf).map_err(BlobError::io("write"))?;
+            if sync {
+                f.sync_all().map_err(BlobError::io("fsync"))?;
+            }
+            Ok((f, buf))
+        })
+        .await?;
+        buf.clear();
+        self.buf = buf;
+        self.file = Some(f);
+        Ok(())
+    }
+}
+
 impl Upload for LocalUpload {
     async fn append(&mut self, part: &[u8]) -> Result<()> {
-        let f = self.file.as_mut().ok_or(BlobError::Task("upload already finished"))?;
-        f.write_all(part).await.map_err(BlobError::io("write"))?;
+        if self.file.is_none() {
+            return Err(BlobError::Task("upload already finished"));
+        }
+        self.buf.extend_from_slice(part);
         self.len += part.len() as u64;
+        if self.buf.len() >= self.write_buffer {
+            self.flush_buf(false).await?;
+        }
         Ok(())
     }
 
     async fn commit(mut self) -> Result<u64> {
-        let mut f = self.file.take().ok_or(BlobError::Task("upload already finished"))?;
-        f.flush().await.map_err(BlobError::io("write"))?;
-        f.sync_all().await.map_err(BlobError::io("fsync"))?;
-        drop(f);
+        self.flush_buf(true).await?;
+        self.file = None;
         let (tmp, dest, objects) = (self.tmp.clone(), self.dest.clone(), self.objects.clone());
         blocking(move || {
             let dir = dest.parent().ok_or(BlobError::Task("object path"))?.to_path_buf();

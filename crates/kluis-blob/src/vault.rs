@@ -26,23 +26,24 @@ pub const MAX_ID_LEN: usize = 255;
 pub struct VaultOptions {
     /// Sealing options for new documents (suite, chunk size, padding).
     pub document: DocumentOptions,
-    /// Bytes per upload part and per read request (rounded to whole chunks). Also the Azure
-    /// block size. Memory per transfer is about this plus two chunks.
-    pub part_size: usize,
+    /// Bytes fetched per read request (rounded down to whole chunks, at least one chunk).
+    /// Uploads hand the backend one sealed chunk at a time; backends buffer writes as suits
+    /// them ([`crate::LocalDir::with_write_buffer`], [`crate::azure::AzureOptions::block_size`]).
+    pub read_size: usize,
     /// Largest plaintext range [`DocumentVault::get_range`] returns in memory.
     pub max_range_len: u64,
 }
 
 impl Default for VaultOptions {
     fn default() -> Self {
-        Self { document: DocumentOptions::default(), part_size: 4 << 20, max_range_len: 64 << 20 }
+        Self { document: DocumentOptions::default(), read_size: 4 << 20, max_range_len: 64 << 20 }
     }
 }
 
 impl VaultOptions {
-    /// Options with a given part size (at least one chunk; at most 256 MiB).
-    pub fn with_part_size(mut self, part_size: usize) -> Self {
-        self.part_size = part_size;
+    /// Options with a given read size (at least one chunk; at most 256 MiB).
+    pub fn with_read_size(mut self, read_size: usize) -> Self {
+        self.read_size = read_size;
         self
     }
 
@@ -150,9 +151,9 @@ impl<B: BlobBackend> DocumentVault<B> {
     /// A vault with options.
     pub fn with_options(backend: B, opts: VaultOptions) -> Result<Self> {
         let cs = 1usize << opts.document.chunk_log2;
-        if opts.part_size < cs + TAG_LEN || opts.part_size > 256 << 20 {
+        if opts.read_size < cs + TAG_LEN || opts.read_size > 256 << 20 {
             return Err(BlobError::Invalid {
-                what: "part size",
+                what: "read size",
                 reason: "must hold at least one chunk and be at most 256 MiB",
             });
         }
@@ -165,7 +166,7 @@ impl<B: BlobBackend> DocumentVault<B> {
     }
 
     /// Encrypts the content read from `content` and stores it as a new object. The content is
-    /// streamed: memory stays at about one part plus two chunks whatever its size. The object
+    /// streamed: memory stays at two chunks plus the backend's write buffer whatever its size. The object
     /// becomes visible only once whole; if reading or storing fails, or the future is dropped,
     /// nothing is visible (and [`DocumentVault::collect_garbage`] removes any leftovers).
     pub async fn put<R: AsyncRead + Unpin + Send>(
@@ -230,8 +231,7 @@ impl<B: BlobBackend> DocumentVault<B> {
             pad_left: 0,
             padded: sealer.padded_len(),
         };
-        let mut part: Vec<u8> = Vec::with_capacity(self.opts.part_size + cs + TAG_LEN);
-        part.extend_from_slice(sealer.header());
+        upload.append(sealer.header()).await?;
         // Two plaintext buffers: the next chunk is read before the current one is sealed, to
         // know whether the current one is the final chunk. Both are wiped when dropped.
         let mut cur = Zeroizing::new(Vec::with_capacity(cs + TAG_LEN));
@@ -246,19 +246,12 @@ impl<B: BlobBackend> DocumentVault<B> {
             };
             cur.truncate(n);
             sealer.seal_chunk(&mut cur, last)?;
-            part.extend_from_slice(&cur);
-            if part.len() >= self.opts.part_size {
-                upload.append(&part).await?;
-                part.clear();
-            }
+            upload.append(&cur).await?;
             if last {
                 break;
             }
             std::mem::swap(&mut cur, &mut next);
             n = m;
-        }
-        if !part.is_empty() {
-            upload.append(&part).await?;
         }
         Ok(())
     }
@@ -273,7 +266,7 @@ impl<B: BlobBackend> DocumentVault<B> {
         let (opener, len) = self.open_header(desc, keys).await?;
         let layout = opener.layout(len)?;
         let c16 = opener.chunk_size() + TAG_LEN;
-        let chunks_per_part = (self.opts.part_size / c16).max(1);
+        let chunks_per_part = (self.opts.read_size / c16).max(1);
         Ok(DocumentReader {
             backend: &self.backend,
             object: desc.object.clone(),
@@ -282,9 +275,9 @@ impl<B: BlobBackend> DocumentVault<B> {
             final_chunk: layout.chunks - 1,
             offset: opener.header_len() as u64,
             content_left: layout.content_len,
-            part: Vec::with_capacity(chunks_per_part * c16),
-            part_pos: 0,
-            chunk: Zeroizing::new(Vec::with_capacity(c16)),
+            pieces: (0..chunks_per_part).map(|_| Vec::with_capacity(c16)).collect(),
+            used: 0,
+            pos: 0,
             chunks_per_part,
             c16,
             opener,
@@ -482,9 +475,10 @@ pub struct DocumentReader<'v, B> {
     final_chunk: u64,
     offset: u64,
     content_left: u64,
-    part: Vec<u8>,
-    part_pos: usize,
-    chunk: Zeroizing<Vec<u8>>,
+    /// Ciphertext chunks as read, each opened in place; wiped on drop.
+    pieces: Vec<Vec<u8>>,
+    used: usize,
+    pos: usize,
     chunks_per_part: usize,
     c16: usize,
     opener: DocumentOpener,
@@ -513,29 +507,34 @@ impl<B: BlobBackend> DocumentReader<'_, B> {
             return Ok(None);
         }
         let last = self.next_index == self.final_chunk;
-        let remaining = self.part.len().saturating_sub(self.part_pos);
-        if remaining == 0 {
-            // Fetch the next whole chunks.
+        if self.pos >= self.used {
+            // Fetch the next whole chunks, one buffer per chunk. The plaintext they held is
+            // overwritten now and wiped when the reader is dropped.
             let want = (self.chunks_per_part * self.c16) as u64;
             let end = self.offset.saturating_add(want).min(self.object_len);
-            self.part.clear();
-            self.part_pos = 0;
-            self.backend.read_range(&self.object, self.offset, end, &mut self.part).await?;
+            self.used =
+                self.backend.read_split(&self.object, self.offset, end, self.c16, &mut self.pieces).await?;
+            self.pos = 0;
             self.offset = end;
         }
-        let take = if last { self.part.len() - self.part_pos } else { self.c16 };
-        let ct = self.part.get(self.part_pos..self.part_pos + take).ok_or(kluis_core::Error::Truncated)?;
-        self.chunk.clear();
-        self.chunk.extend_from_slice(ct);
-        self.part_pos += take;
-        let n = self.opener.open_chunk(self.next_index, last, &mut self.chunk)?;
+        let chunk = self.pieces.get_mut(self.pos).ok_or(kluis_core::Error::Truncated)?;
+        self.pos += 1;
+        let n = self.opener.open_chunk(self.next_index, last, chunk)?;
         let keep = usize::try_from(self.content_left).unwrap_or(usize::MAX).min(n);
-        self.chunk.truncate(keep);
+        chunk.truncate(keep);
         self.content_left -= keep as u64;
         self.next_index += 1;
         if last && self.content_left != 0 {
             return Err(kluis_core::Error::Truncated.into());
         }
-        Ok(Some(&self.chunk))
+        Ok(Some(chunk.as_slice()))
+    }
+}
+
+impl<B> Drop for DocumentReader<'_, B> {
+    fn drop(&mut self) {
+        for p in &mut self.pieces {
+            zeroize::Zeroize::zeroize(p);
+        }
     }
 }

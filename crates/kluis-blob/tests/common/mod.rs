@@ -61,11 +61,15 @@ pub fn content(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Small chunks (4 KiB) and parts of three chunks, so tests cross chunk and part boundaries.
+/// Small chunks (4 KiB), reads of three chunks, so tests cross chunk and read boundaries.
 pub fn test_options() -> VaultOptions {
     let doc = DocumentOptions { chunk_log2: 12, ..DocumentOptions::default() };
-    VaultOptions::default().with_document(doc).with_part_size(3 * (4096 + 16))
+    VaultOptions::default().with_document(doc).with_read_size(3 * (4096 + 16))
 }
+
+/// Backend write buffers / Azure blocks in tests: 10 000 bytes, not a multiple of a chunk, so
+/// uploads cross many buffer boundaries.
+pub const TEST_WRITE_BUFFER: usize = 10_000;
 
 /// A backend under test plus what tests need to look behind it.
 pub struct Harness<B> {
@@ -145,7 +149,7 @@ pub async fn local() -> Harness<LocalDir> {
 pub async fn local_with(opts: VaultOptions) -> Harness<LocalDir> {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("store");
-    let backend = LocalDir::open(&root).await.unwrap();
+    let backend = LocalDir::open(&root).await.unwrap().with_write_buffer(TEST_WRITE_BUFFER);
     Harness {
         vault: DocumentVault::with_options(backend, opts).unwrap(),
         storage_dir: root.clone(),
@@ -157,10 +161,10 @@ pub async fn local_with(opts: VaultOptions) -> Harness<LocalDir> {
 /// Azurite from `KLUIS_TEST_AZURITE_URL` / `KLUIS_TEST_AZURITE_DIR`. In CI (`CI=true`) a missing
 /// Azurite fails the test; elsewhere the test prints `SKIPPED` and passes.
 pub async fn azure() -> Option<Harness<AzureBlob>> {
-    azure_with(test_options()).await
+    azure_with(test_options(), TEST_WRITE_BUFFER).await
 }
 
-pub async fn azure_with(opts: VaultOptions) -> Option<Harness<AzureBlob>> {
+pub async fn azure_with(opts: VaultOptions, block_size: usize) -> Option<Harness<AzureBlob>> {
     let url = std::env::var("KLUIS_TEST_AZURITE_URL").ok().filter(|s| !s.is_empty());
     let dir = std::env::var("KLUIS_TEST_AZURITE_DIR").ok().filter(|s| !s.is_empty());
     let (Some(url), Some(dir)) = (url, dir) else {
@@ -175,7 +179,7 @@ pub async fn azure_with(opts: VaultOptions) -> Option<Harness<AzureBlob>> {
     let sas = account_sas(AZURITE_ACCOUNT, AZURITE_KEY);
     let backend = AzureBlob::with_sas_url(
         &format!("{}/{container}?{sas}", url.trim_end_matches('/')),
-        &AzureOptions::quick(),
+        &AzureOptions::quick().with_block_size(block_size),
     )
     .unwrap();
     backend.create_container_if_missing().await.unwrap();
