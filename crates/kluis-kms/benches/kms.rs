@@ -79,10 +79,11 @@ fn warm(c: &mut Criterion) {
     g.bench_function("keyring_direct", |b| b.iter(|| sealed_read(&rt, &direct, &drecs, &dsealed)));
 
     let keyring = CachingProvider::new(Counting::new(LocalKeyring::generate(0).unwrap()), cfg);
-    let recs = vec![rt.block_on(new_domain_key(&keyring, &t, &d, 1)).unwrap().0];
-    let sealed = rt.block_on(DomainKeySet::unwrap(&keyring, &recs)).unwrap().seal(&ctx, b"burn-out").unwrap();
-    sealed_read(&rt, &keyring, &recs, &sealed);
-    g.bench_function("keyring_cached", |b| b.iter(|| sealed_read(&rt, &keyring, &recs, &sealed)));
+    let krecs = vec![rt.block_on(new_domain_key(&keyring, &t, &d, 1)).unwrap().0];
+    let ksealed =
+        rt.block_on(DomainKeySet::unwrap(&keyring, &krecs)).unwrap().seal(&ctx, b"burn-out").unwrap();
+    sealed_read(&rt, &keyring, &krecs, &ksealed);
+    g.bench_function("keyring_cached", |b| b.iter(|| sealed_read(&rt, &keyring, &krecs, &ksealed)));
 
     if let Some(url) = moto_url() {
         let arn = rt.block_on(moto_key(&url));
@@ -93,6 +94,7 @@ fn warm(c: &mut Criterion) {
         let before = aws.inner().calls();
         g.bench_function("aws_kms_cached", |b| b.iter(|| sealed_read(&rt, &aws, &recs, &sealed)));
         println!("aws kms calls during warm reads: {}", aws.inner().calls() - before);
+        paired("aws_kms_cached", &rt, (&keyring, &krecs, &ksealed), (&aws, &recs, &sealed));
     }
 
     let (p, _s) = rt.block_on(azure_provider(false));
@@ -103,7 +105,42 @@ fn warm(c: &mut Criterion) {
     let before = azure.inner().calls();
     g.bench_function("azure_kv_cached", |b| b.iter(|| sealed_read(&rt, &azure, &recs, &sealed)));
     println!("azure key vault calls during warm reads: {}", azure.inner().calls() - before);
+    paired("azure_kv_cached", &rt, (&keyring, &krecs, &ksealed), (&azure, &recs, &sealed));
     g.finish();
+}
+
+type Case<'a> = (&'a dyn RootKeyProvider, &'a [DomainKeyRecord], &'a [u8]);
+
+/// A paired comparison that survives a busy machine: alternate rounds of the keyring and the KMS
+/// case and print the median ratio of their per-read times.
+fn paired(name: &str, rt: &tokio::runtime::Runtime, a: Case<'_>, b: Case<'_>) {
+    const ROUNDS: usize = 31;
+    const ITERS: u32 = 5_000;
+    let time = |c: Case<'_>| {
+        let start = std::time::Instant::now();
+        for _ in 0..ITERS {
+            sealed_read(rt, c.0, c.1, c.2);
+        }
+        start.elapsed() / ITERS
+    };
+    let mut ratios = Vec::with_capacity(ROUNDS);
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let x = time(a);
+        let y = time(b);
+        ta.push(x);
+        tb.push(y);
+        ratios.push(y.as_secs_f64() / x.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
+    ta.sort();
+    tb.sort();
+    println!(
+        "paired warm read, {name} / keyring_cached: median ratio {:.3} (keyring {:?}, {name} {:?}; medians of {ROUNDS} alternating rounds of {ITERS})",
+        ratios[ROUNDS / 2],
+        ta[ROUNDS / 2],
+        tb[ROUNDS / 2]
+    );
 }
 
 /// Start-up: one batched unwrap of 1,000 domain keys into an empty cache.
