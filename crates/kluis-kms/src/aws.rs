@@ -14,6 +14,7 @@
 
 use std::fmt;
 
+use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use futures_util::future::join_all;
@@ -140,7 +141,7 @@ impl AwsKmsProvider {
             .map_err(|_| provider_error(&self.root_key_id, ProviderErrorKind::UnwrapRefused))
     }
 
-    fn map_err<E: ProvideErrorMetadata, R>(&self, e: SdkError<E, R>) -> Error {
+    fn map_err<E: ProvideErrorMetadata>(&self, e: SdkError<E, HttpResponse>) -> Error {
         let kind = aws_error_kind(&e);
         tracing::warn!(provider = %self.root_key_id, kind = %kind, "aws kms request failed");
         provider_error_from(&self.root_key_id, kind, DisplayOnly(aws_detail(&e)))
@@ -148,7 +149,7 @@ impl AwsKmsProvider {
 }
 
 /// The kind of an AWS SDK error.
-fn aws_error_kind<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> ProviderErrorKind {
+fn aws_error_kind<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> ProviderErrorKind {
     match e {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => ProviderErrorKind::Unavailable,
         SdkError::ServiceError(se) => match se.err().code() {
@@ -178,7 +179,13 @@ fn aws_error_kind<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> ProviderErr
                 | "InternalFailure"
                 | "ServiceUnavailable",
             ) => ProviderErrorKind::Unavailable,
-            _ => ProviderErrorKind::Other,
+            // An error code this build does not know: decide by the HTTP status.
+            _ => match se.raw().status().as_u16() {
+                401 | 403 => ProviderErrorKind::Unauthorized,
+                429 => ProviderErrorKind::Throttled,
+                500..=599 => ProviderErrorKind::Unavailable,
+                _ => ProviderErrorKind::Other,
+            },
         },
         _ => ProviderErrorKind::Other,
     }

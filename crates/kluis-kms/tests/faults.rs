@@ -325,6 +325,8 @@ async fn aws_throttling_credentials_refused_and_server_errors_are_typed() {
         (403, "ExpiredTokenException", K::Unauthorized, 1),
         (400, "DisabledException", K::KeyUnavailable, 1),
         (500, "KMSInternalException", K::Unavailable, 3),
+        (403, "SomeFutureAuthException", K::Unauthorized, 1),
+        (503, "SomeFutureOutageException", K::Unavailable, 3),
     ] {
         let (url, hits) = aws_fault_server(status, ty).await;
         let p = aws_provider_at(&url, arn, fast_retry());
