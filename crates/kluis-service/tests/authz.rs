@@ -661,3 +661,35 @@ fn allowed_domains_lists_what_roles_open_so_the_store_can_withhold_the_rest() {
     let own = Target::record("absence", "r", Some("emp-employee"));
     assert_eq!(f.authz.allowed_domains(&emp, &acme, Action::Read, &own), vec![general()]);
 }
+
+#[test]
+fn only_revealing_actions_open_and_only_write_seals() {
+    let f = fixture();
+    let acme = t("acme");
+    let m = [medical()];
+    let ctx = Context {
+        tenant: &acme,
+        domain: &medical(),
+        collection: "absence",
+        field: "diagnosis",
+        record: "r-1",
+    };
+    let target = || Target::record("absence", "r-1", None);
+    let ka = user_with("key_admin", "acme");
+    let keys =
+        f.authz.check(&ka, &Request::new(&acme, Action::ManageKeys, &m, target())).into_proof().unwrap();
+    assert!(keys.covers_context(&ctx), "bound to the context");
+    assert!(!keys.allows_open(&ctx), "but a key proof opens no data");
+    assert!(!keys.allows_write(&ctx));
+    let doc = user_with("company_doctor", "acme");
+    for action in [Action::Read, Action::Search, Action::Export] {
+        let p = f.authz.check(&doc, &Request::new(&acme, action, &m, target())).into_proof().unwrap();
+        assert!(p.allows_open(&ctx) && !p.allows_write(&ctx), "{action}");
+    }
+    let w = f.authz.check(&doc, &Request::new(&acme, Action::Write, &m, target())).into_proof().unwrap();
+    assert!(w.allows_write(&ctx) && !w.allows_open(&ctx));
+    for action in [Action::Delete, Action::Shred] {
+        let p = f.authz.check(&doc, &Request::new(&acme, action, &m, target())).into_proof().unwrap();
+        assert!(!p.allows_open(&ctx) && !p.allows_write(&ctx), "{action}");
+    }
+}

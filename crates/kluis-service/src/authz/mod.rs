@@ -267,6 +267,20 @@ impl AccessProof {
     pub fn covers_context(&self, ctx: &Context<'_>) -> bool {
         self.covers(ctx.tenant, ctx.domain, ctx.collection, ctx.record)
     }
+
+    /// May a store **decrypt** the value at `ctx` under this proof? The action must reveal
+    /// plaintext (`read`, `search`, `export`) and the proof must cover the context. A
+    /// `manage_keys` or `read_audit` proof never opens data. This is the check decrypting store
+    /// calls make.
+    pub fn allows_open(&self, ctx: &Context<'_>) -> bool {
+        self.action.reveals_plaintext() && self.covers_context(ctx)
+    }
+
+    /// May a store **seal** (write) the value at `ctx` under this proof? The action must be
+    /// `write` and the proof must cover the context.
+    pub fn allows_write(&self, ctx: &Context<'_>) -> bool {
+        self.action == Action::Write && self.covers_context(ctx)
+    }
 }
 
 /// An allow: the proof, and why.
