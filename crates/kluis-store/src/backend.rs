@@ -123,6 +123,17 @@ pub enum WriteOp {
         /// The new index.
         index: IndexRow,
     },
+    /// Remove the blind index of one field of a record.
+    DropIndex {
+        /// Tenant.
+        tenant: String,
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record_id: String,
+        /// Field.
+        field: String,
+    },
     /// Record a legal override (audit) in the same transaction.
     Override(OverrideRow),
     /// Delete a record (with its cells and indexes).
@@ -656,6 +667,18 @@ macro_rules! backend_impl {
                         .bind(index.field)
                         .bind(index.key_version)
                         .bind(index.idx)
+                        .execute(&mut **tx)
+                        .await?;
+                        Ok(())
+                    }
+                    WriteOp::DropIndex { tenant, collection, record_id, field } => {
+                        sqlx::query::<$db>(&$sql(
+                            "DELETE FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+                        ))
+                        .bind(tenant)
+                        .bind(collection)
+                        .bind(record_id)
+                        .bind(field)
                         .execute(&mut **tx)
                         .await?;
                         Ok(())

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kluis_core::blind::{BlindIndexKey, DEFAULT_INDEX_LEN};
 use kluis_core::keys::{self, GenerationStatus, RootKeyProvider};
@@ -259,6 +260,21 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// What a schema migration changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Records rewritten (each got a new version).
+    pub records_updated: u64,
+    /// Cells re-sealed under another domain.
+    pub cells_resealed: u64,
+    /// Blind index entries added or re-derived.
+    pub indexes_written: u64,
+    /// Blind index entries removed.
+    pub indexes_dropped: u64,
+    /// Records skipped because they changed concurrently (run the migration again).
+    pub conflicts: u64,
+}
+
 /// What a shred did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ShredReport {
@@ -268,13 +284,27 @@ pub struct ShredReport {
     pub destroyed_versions: Vec<(String, u32)>,
 }
 
-type SubjectCacheKey = (String, String, String, i64, u32, [u8; 8]);
+/// (tenant, domain, subject).
+type SubjectCacheKey = (String, String, String);
+
+struct CachedSubjectKey {
+    key: Arc<SubjectKey>,
+    wrapping: u32,
+    tag: [u8; 32],
+    expires: Instant,
+}
+
+const SUBJECT_CACHE_MAX: usize = 100_000;
+
+/// Default lifetime of an unwrapped subject key in the store's cache.
+pub const DEFAULT_SUBJECT_KEY_TTL: Duration = Duration::from_secs(300);
 
 /// Encrypted records on one database.
 pub struct Store<B: Backend> {
     backend: B,
     schema: Arc<Schema>,
-    subject_keys: Mutex<HashMap<SubjectCacheKey, Arc<SubjectKey>>>,
+    subject_keys: Mutex<HashMap<SubjectCacheKey, CachedSubjectKey>>,
+    subject_key_ttl: Duration,
 }
 
 impl<B: Backend> fmt::Debug for Store<B> {
@@ -347,7 +377,20 @@ const META_GENERATION: &str = "keyring_generation";
 impl<B: Backend> Store<B> {
     /// A store over `backend` with `schema`. Run [`Store::migrate`] once before use.
     pub fn new(backend: B, schema: Schema) -> Self {
-        Self { backend, schema: Arc::new(schema), subject_keys: Mutex::new(HashMap::new()) }
+        Self {
+            backend,
+            schema: Arc::new(schema),
+            subject_keys: Mutex::new(HashMap::new()),
+            subject_key_ttl: DEFAULT_SUBJECT_KEY_TTL,
+        }
+    }
+
+    /// Sets how long an unwrapped subject key may be served from memory (default 5 minutes;
+    /// zero disables the cache). Another process's shred takes effect here at the latest after
+    /// this time.
+    pub fn with_subject_key_ttl(mut self, ttl: Duration) -> Self {
+        self.subject_key_ttl = ttl;
+        self
     }
 
     /// Applies the embedded migrations (idempotent).
@@ -484,32 +527,57 @@ impl<B: Backend> Store<B> {
         })
     }
 
+    /// A tag that proves which domain key version a cached subject key was unwrapped with,
+    /// without keeping a copy of that key: a 256-bit HMAC under a key derived from it.
+    fn cache_tag(set: &DomainKeySet, version: u32, subject: &str) -> kluis_core::Result<[u8; 32]> {
+        let k = BlindIndexKey::derive(
+            set.key(version)?,
+            set.tenant(),
+            set.domain(),
+            "kluis-subject-cache",
+            subject,
+            32,
+        )?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(k.index(b"subject key cache").get(..32).unwrap_or(&[0u8; 32]));
+        Ok(out)
+    }
+
     fn open_subject_row(&self, set: &DomainKeySet, row: &SubjectKeyRow) -> Result<Arc<SubjectKey>> {
         let tenant = set.tenant();
         let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
         let rec = Self::subject_record(row, tenant, set)?;
         let wv = DomainKeySet::subject_key_wrapping_version(&rec).map_err(|e| key_integrity(what(), e))?;
-        // The cache key includes a fingerprint of the wrapping domain key, so a caller holding a
-        // different (bogus) key set never gets a key another caller unwrapped.
-        let fp = set.key(wv).map_err(|e| key_integrity(what(), e))?.material().fingerprint();
-        let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone(), row.version, wv, fp);
-        if let Ok(c) = self.subject_keys.lock()
-            && let Some(k) = c.get(&ck)
-        {
-            return Ok(k.clone());
-        }
         let key = Arc::new(set.open_subject_key(&rec).map_err(|e| key_integrity(what(), e))?);
+        let tag = Self::cache_tag(set, wv, &row.subject).map_err(|e| key_integrity(what(), e))?;
         if let Ok(mut c) = self.subject_keys.lock() {
-            if c.len() >= 100_000 {
-                c.clear();
+            if c.len() >= SUBJECT_CACHE_MAX {
+                let now = Instant::now();
+                c.retain(|_, e| e.expires > now);
+                if c.len() >= SUBJECT_CACHE_MAX {
+                    c.clear();
+                }
             }
-            c.insert(ck, key.clone());
+            let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone());
+            let expires = Instant::now() + self.subject_key_ttl;
+            c.insert(ck, CachedSubjectKey { key: key.clone(), wrapping: wv, tag, expires });
         }
         Ok(key)
     }
 
-    /// The newest subject key of (tenant, domain, subject), if any.
+    /// The newest subject key of (tenant, domain, subject), if any: from the cache when the
+    /// caller's key set holds the domain key version that unwrapped it, else from the database.
     async fn subject_key(&self, set: &DomainKeySet, subject: &str) -> Result<Option<Arc<SubjectKey>>> {
+        let ck = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+        let cached = self.subject_keys.lock().ok().and_then(|c| {
+            c.get(&ck).filter(|e| e.expires > Instant::now()).map(|e| (e.key.clone(), e.wrapping, e.tag))
+        });
+        if let Some((key, wv, tag)) = cached
+            && let Ok(mine) = Self::cache_tag(set, wv, subject)
+            && ct_eq(&mine, &tag)
+        {
+            return Ok(Some(key));
+        }
         let rows = self.backend.subject_keys(set.tenant().as_str(), set.domain().as_str(), subject).await?;
         match rows.last() {
             None => Ok(None),
@@ -1081,6 +1149,155 @@ impl<B: Backend> Store<B> {
         let n = out.len();
         self.backend.put_domain_keys(Self::rows_from_records(&out)?, false).await?;
         Ok(n)
+    }
+
+    // ---------------------------------------------------------------- schema migration
+
+    /// Moves the stored data of the caller's tenant to `target`, a newer version of this store's
+    /// schema: a field whose domain changed is re-sealed under the subject key of the new domain
+    /// (and its blind index re-derived); a field that gained a blind index gets one; a field that
+    /// lost it has it dropped. Each record is rewritten in its own transaction with the usual
+    /// version check; a record changed concurrently is counted in `conflicts` and left for the
+    /// next run. The migration is idempotent: run it until it reports nothing to do, then use a
+    /// `Store` built with `target`. `access` must hold the old and the new domains.
+    pub async fn migrate_schema(&self, access: &Access, target: &Schema) -> Result<MigrationReport> {
+        let mut report = MigrationReport::default();
+        let tenant = access.tenant.to_string();
+        for tcoll in target.collections() {
+            let Ok(old) = self.schema.collection(&tcoll.name) else { continue };
+            let changed: Vec<&FieldDef> = tcoll
+                .fields()
+                .filter(|f| {
+                    old.field(&f.name).is_none_or(|o| o.domain != f.domain || o.blind_index != f.blind_index)
+                })
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            for f in &changed {
+                access.require(f.domain.as_str())?;
+            }
+            let mut after: Option<String> = None;
+            loop {
+                let page = self.backend.list(&tenant, &tcoll.name, None, after.as_deref(), 200).await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.record.id.clone());
+                let full = page.len() == 200;
+                for stored in page {
+                    let ops = self.migrate_record(access, tcoll, &changed, stored, &mut report).await?;
+                    let Some(ops) = ops else { continue };
+                    match self.backend.apply(ops).await {
+                        Ok(()) => report.records_updated += 1,
+                        Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {
+                            report.conflicts += 1
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn migrate_record(
+        &self,
+        access: &Access,
+        tcoll: &Collection,
+        changed: &[&FieldDef],
+        stored: StoredRecord,
+        report: &mut MigrationReport,
+    ) -> Result<Option<Vec<WriteOp>>> {
+        let r = &stored.record;
+        let mut set_fields = Vec::new();
+        let mut set_indexes = Vec::new();
+        let mut extra = Vec::new();
+        for def in changed {
+            let Some(cell) = stored.fields.iter().find(|c| c.field == def.name) else { continue };
+            let old_set = access.require(&cell.domain)?;
+            let integrity = || StoreError::Integrity {
+                collection: r.collection.clone(),
+                record: r.id.clone(),
+                field: cell.field.clone(),
+            };
+            let old_key = self.subject_key(old_set, &r.subject).await?.ok_or_else(integrity)?;
+            let old_ctx = Context {
+                tenant: &access.tenant,
+                domain: old_set.domain(),
+                collection: &r.collection,
+                field: &cell.field,
+                record: &r.id,
+            };
+            let pt = old_key.open(&old_ctx, &cell.sealed).map_err(|_| integrity())?;
+            let new_set = access.require(def.domain.as_str())?;
+            let index = |set: &DomainKeySet| -> Result<IndexRow> {
+                let v =
+                    set.active_version().ok_or_else(|| StoreError::Invalid("no active domain key".into()))?;
+                Ok(IndexRow {
+                    field: def.name.clone(),
+                    key_version: i64::from(v),
+                    idx: Self::blind_index(set, v, &tcoll.name, &def.name, pt.expose_secret())?,
+                })
+            };
+            if cell.domain != def.domain.as_str() {
+                let new_key = self.subject_key_for_write(new_set, &r.subject).await?;
+                let ctx = Context {
+                    tenant: &access.tenant,
+                    domain: &def.domain,
+                    collection: &r.collection,
+                    field: &cell.field,
+                    record: &r.id,
+                };
+                set_fields.push(FieldRow {
+                    field: def.name.clone(),
+                    domain: def.domain.to_string(),
+                    sealed: new_key.seal(&ctx, pt.expose_secret())?,
+                });
+                report.cells_resealed += 1;
+                if def.blind_index {
+                    set_indexes.push(index(new_set)?);
+                    report.indexes_written += 1;
+                }
+            } else if def.blind_index {
+                extra.push(WriteOp::SetIndex {
+                    tenant: r.tenant.clone(),
+                    collection: r.collection.clone(),
+                    record_id: r.id.clone(),
+                    index: index(new_set)?,
+                });
+                report.indexes_written += 1;
+            } else {
+                extra.push(WriteOp::DropIndex {
+                    tenant: r.tenant.clone(),
+                    collection: r.collection.clone(),
+                    record_id: r.id.clone(),
+                    field: def.name.clone(),
+                });
+                report.indexes_dropped += 1;
+            }
+        }
+        if set_fields.is_empty() && extra.is_empty() {
+            return Ok(None);
+        }
+        let mut ops = Vec::with_capacity(1 + extra.len());
+        if set_fields.is_empty() {
+            // Only index entries change: the record's data and version stay as they are.
+            return Ok(Some(extra));
+        }
+        // Re-sealed cells bump the version, so a concurrent writer that read the old cells conflicts.
+        let new_version =
+            r.version.checked_add(1).ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
+        ops.push(WriteOp::Update {
+            record: RecordRow { version: new_version, updated_at: now_unix(), ..r.clone() },
+            expected_version: r.version,
+            set_fields,
+            remove_fields: Vec::new(),
+            set_indexes,
+        });
+        ops.extend(extra);
+        Ok(Some(ops))
     }
 
     // ---------------------------------------------------------------- metadata

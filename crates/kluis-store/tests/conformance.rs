@@ -585,6 +585,51 @@ async fn tenants_apart<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
+async fn schema_migration<B: Backend + Clone>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    for i in 0..7 {
+        let rec = absence("emp-1", &format!("E{i}"), "flu").id(&format!("g{i}"));
+        s.insert(&h.doctor, "absence", rec).await.unwrap();
+    }
+    // work_capacity moves from general to medical; end_date gains a blind index; employee_number
+    // loses its index.
+    let target = kluis_store::Schema::from_toml(
+        &common::SCHEMA_TOML
+            .replace(
+                r#"work_capacity   = { type = "percentage", domain = "general" }"#,
+                r#"work_capacity   = { type = "percentage", domain = "medical" }"#,
+            )
+            .replace(
+                r#"end_date        = { type = "date", domain = "general" }"#,
+                r#"end_date        = { type = "date", domain = "general", blind_index = true }"#,
+            )
+            .replace(r#"blind_index = true, max_bytes = 32"#, r#"max_bytes = 32"#),
+    )
+    .unwrap();
+    let e = s.migrate_schema(&h.hr, &target).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { .. })), "{e:?}");
+    let report = s.migrate_schema(&h.doctor, &target).await.unwrap();
+    assert_eq!(report.records_updated, 7);
+    assert_eq!(report.cells_resealed, 7);
+    assert_eq!(report.indexes_written, 7);
+    assert_eq!(report.indexes_dropped, 7);
+    assert_eq!(report.conflicts, 0);
+    let again = s.migrate_schema(&h.doctor, &target).await.unwrap();
+    assert_eq!(again.cells_resealed, 0, "idempotent: {again:?}");
+    assert_eq!(again.conflicts, 0);
+    let new = Store::new(h.store.backend().clone(), target);
+    let r = new.get(&h.hr, "absence", "g3").await.unwrap().unwrap();
+    assert!(r.fields["work_capacity"].is_withheld(), "HR no longer sees the moved field");
+    let r = new.get(&h.doctor, "absence", "g3").await.unwrap().unwrap();
+    assert_eq!(r.get("work_capacity").and_then(Value::as_decimal), Some("50"));
+    assert_eq!(r.version, 2);
+    let hits = new.find(&h.hr, "absence", "end_date", &Value::Date("2025-03-14".into())).await.unwrap();
+    assert_eq!(hits.len(), 7);
+    let e = new.find(&h.hr, "absence", "employee_number", &Value::from("E3")).await;
+    assert!(matches!(e, Err(StoreError::NotIndexed { .. })), "{e:?}");
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -623,4 +668,5 @@ all_engines!(
     bad_input,
     documents_catalog,
     tenants_apart,
+    schema_migration,
 );
