@@ -8,6 +8,51 @@
 //! - [`throttle`]: brute-force throttling per account and per source.
 //! - [`session`]: idle lock after 20 minutes.
 //! - [`totp`]: RFC 6238 second factor with replay refusal.
+//!
+//! A login, end to end (the application stores the hash, the TOTP guard and the session):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kluis_service::auth::*;
+//! use kluis_service::clock::{Clock, ManualClock};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
+//! let hasher = PasswordHasher::owasp();
+//! let policy = PasswordPolicy::nist();
+//! let ctx = PasswordContext { user_name: "p.devries@acme.nl", tenant: Some("acme"), extra: &[] };
+//!
+//! // Enrolment: the user's own password, checked, then hashed.
+//! let chosen = Password::new("vlinder kompas regenjas");
+//! policy.check(&chosen, &ctx)?;
+//! let mut stored = hasher.hash(&chosen)?;
+//! let totp = Totp::new(TotpSecret::generate()?);
+//! let mut guard = ReplayGuard::new();
+//!
+//! // Login: throttle, verify (rehash if needed), second factor, session.
+//! let throttle = Throttle::new(ThrottleConfig::default(), clock.clone());
+//! throttle.check("p.devries@acme.nl", "192.0.2.7")?;
+//! match hasher.verify(&Password::new("vlinder kompas regenjas"), &stored)? {
+//!     Verified::Valid { rehash } => {
+//!         if let Some(new) = rehash {
+//!             stored = new; // persist it
+//!         }
+//!         throttle.record_success("p.devries@acme.nl", "192.0.2.7");
+//!     }
+//!     Verified::Invalid => {
+//!         throttle.record_failure("p.devries@acme.nl", "192.0.2.7");
+//!         return Ok(());
+//!     }
+//! }
+//! let code = totp.code_at(clock.now()); // typed by the user
+//! totp.verify(&code, clock.now(), &mut guard)?;
+//! let mut session = Session::start(clock.now());
+//! let idle = SessionPolicy::default();
+//! clock.advance(std::time::Duration::from_secs(21 * 60));
+//! assert_eq!(session.touch(&idle, clock.now()), Err(SessionLocked::Idle));
+//! # let _ = stored;
+//! # Ok(()) }
+//! ```
 
 pub mod hash;
 pub mod password;
