@@ -516,6 +516,10 @@ impl<B: BlobBackend> DocumentReader<'_, B> {
                 self.backend.read_split(&self.object, self.offset, end, self.c16, &mut self.pieces).await?;
             self.pos = 0;
             self.offset = end;
+            if self.used == 0 {
+                // The layout promised more chunks than the object holds.
+                return Err(kluis_core::Error::Truncated.into());
+            }
         }
         let chunk = self.pieces.get_mut(self.pos).ok_or(kluis_core::Error::Truncated)?;
         self.pos += 1;
