@@ -426,6 +426,22 @@ fn source_is_blocked_after_a_spray() {
 }
 
 #[test]
+fn throttle_keys_ignore_case_and_ipv6_host_bits() {
+    let (th, _clock) = throttle();
+    for name in ["Piet", "piet", " PIET ", "pieT", "piet", "Piet"] {
+        th.record_failure(name, "10.0.0.1");
+    }
+    assert_eq!(th.failures("piet"), 6);
+    assert!(matches!(th.check("PiEt", "10.0.0.9"), Err(Throttled::Account { .. })));
+    // A spray from one IPv6 /64, rotating the host part, is one source.
+    for i in 0..50u32 {
+        th.record_failure(&format!("user{i}"), &format!("2001:db8:1:2:{i:x}::1"));
+    }
+    assert!(matches!(th.check("fresh", "2001:db8:1:2:ffff::77"), Err(Throttled::Source { .. })));
+    assert_eq!(th.check("fresh", "2001:db8:1:3::1"), Ok(()));
+}
+
+#[test]
 fn throttle_memory_is_bounded() {
     let clock = Arc::new(ManualClock::at_unix(1_800_000_000));
     let mut cfg = ThrottleConfig::default();

@@ -10,8 +10,13 @@
 //!   until the window ends, whatever account it tries (password spraying).
 //!
 //! Memory is bounded: at most `max_tracked` accounts and sources each; stale entries go first.
+//!
+//! Keys are normalised so trivial variations do not buy fresh attempts: account names are
+//! trimmed and lower-cased (`Piet` and `piet ` are one account), and an IPv6 source counts as its
+//! /64 network (one customer line usually holds a whole /64).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -115,15 +120,16 @@ impl Throttle {
 
     /// May an attempt for `account` from `source` go ahead now?
     pub fn check(&self, account: &str, source: &str) -> Result<(), Throttled> {
+        let (account, source) = (account_key(account), source_key(source));
         let now = self.clock.now();
         let st = self.state();
-        if let Some(s) = st.sources.get(source) {
+        if let Some(s) = st.sources.get(&source) {
             let end = s.window_start + self.config.source_window;
             if now < end && s.failures >= self.config.source_max_failures {
                 return Err(Throttled::Source { retry_after: since(end, now) });
             }
         }
-        if let Some(a) = st.accounts.get(account) {
+        if let Some(a) = st.accounts.get(&account) {
             if a.failures >= self.config.account_hard_limit {
                 return Err(Throttled::AccountDisabled);
             }
@@ -138,17 +144,15 @@ impl Throttle {
 
     /// Records a failed attempt.
     pub fn record_failure(&self, account: &str, source: &str) {
+        let (account, source) = (account_key(account), source_key(source));
         let now = self.clock.now();
         let cfg = self.config;
         let mut st = self.state();
-        if st.accounts.len() >= cfg.max_tracked && !st.accounts.contains_key(account) {
+        if st.accounts.len() >= cfg.max_tracked && !st.accounts.contains_key(&account) {
             prune_accounts(&mut st.accounts, now, cfg);
         }
-        let a = st.accounts.entry(account.to_owned()).or_insert(AccountState {
-            failures: 0,
-            locked_until: None,
-            last: now,
-        });
+        let a =
+            st.accounts.entry(account).or_insert(AccountState { failures: 0, locked_until: None, last: now });
         a.failures = a.failures.saturating_add(1);
         a.last = now;
         if a.failures > cfg.account_free_failures {
@@ -156,10 +160,10 @@ impl Throttle {
             let lock = cfg.account_base_lock.saturating_mul(1u32 << doublings).min(cfg.account_max_lock);
             a.locked_until = Some(now + lock);
         }
-        if st.sources.len() >= cfg.max_tracked && !st.sources.contains_key(source) {
+        if st.sources.len() >= cfg.max_tracked && !st.sources.contains_key(&source) {
             prune_sources(&mut st.sources, now, cfg);
         }
-        let s = st.sources.entry(source.to_owned()).or_insert(SourceState { window_start: now, failures: 0 });
+        let s = st.sources.entry(source).or_insert(SourceState { window_start: now, failures: 0 });
         if since(now, s.window_start) >= cfg.source_window {
             *s = SourceState { window_start: now, failures: 0 };
         }
@@ -169,17 +173,35 @@ impl Throttle {
     /// Records a successful attempt: the account's failure count starts again. (The source's
     /// count does not: one good password must not hide a spray.)
     pub fn record_success(&self, account: &str, _source: &str) {
-        self.state().accounts.remove(account);
+        self.state().accounts.remove(&account_key(account));
     }
 
     /// An administrator unlocks an account.
     pub fn unlock_account(&self, account: &str) {
-        self.state().accounts.remove(account);
+        self.state().accounts.remove(&account_key(account));
     }
 
     /// Consecutive failures recorded for an account.
     pub fn failures(&self, account: &str) -> u32 {
-        self.state().accounts.get(account).map_or(0, |a| a.failures)
+        self.state().accounts.get(&account_key(account)).map_or(0, |a| a.failures)
+    }
+}
+
+fn account_key(account: &str) -> String {
+    account.trim().to_lowercase()
+}
+
+fn source_key(source: &str) -> String {
+    match source.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let [a, b, c, d, ..] = v6.segments();
+                format!("{a:x}:{b:x}:{c:x}:{d:x}::/64")
+            }
+        },
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => source.trim().to_owned(),
     }
 }
 
