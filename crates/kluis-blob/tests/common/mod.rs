@@ -248,6 +248,33 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     hits
 }
 
+/// Every path under `dir` whose file name contains `needle`, and every file that is not object
+/// content (not under Azurite's `__blobstorage__` extents nor the local `objects/` and `tmp/`)
+/// whose content contains it (case-insensitive ASCII).
+pub fn metadata_files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let needle: Vec<u8> = needle.to_ascii_lowercase();
+    let has = |hay: &[u8]| hay.to_ascii_lowercase().windows(needle.len()).any(|w| w == needle.as_slice());
+    let mut hits = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), false)];
+    while let Some((d, content_dir)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if has(name.as_bytes()) {
+                hits.push(p.clone());
+            }
+            if p.is_dir() {
+                let content = content_dir || matches!(name.as_str(), "__blobstorage__" | "objects" | "tmp");
+                stack.push((p, content));
+            } else if !content_dir && std::fs::read(&p).is_ok_and(|b| has(&b)) {
+                hits.push(p);
+            }
+        }
+    }
+    hits
+}
+
 pub fn grace_zero() -> Duration {
     Duration::ZERO
 }
