@@ -104,7 +104,45 @@ fn to_time(d: Duration) -> azure_core::time::Duration {
 }
 
 fn azure(op: &'static str) -> impl FnOnce(azure_core::Error) -> BlobError {
-    move |e| BlobError::Azure { op, source: Box::new(e) }
+    move |e| {
+        let status = e.http_status().map(u16::from);
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        BlobError::Azure { op, status, source: Box::new(Redacted(redact_sas(&text))) }
+    }
+}
+
+/// An error message with SAS signatures removed.
+#[derive(Debug)]
+struct Redacted(String);
+
+impl std::fmt::Display for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Redacted {}
+
+/// Replaces the value of every `sig=` query parameter with `REDACTED`.
+fn redact_sas(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("sig=") {
+        let (head, tail) = rest.split_at(i + 4);
+        out.push_str(head);
+        out.push_str("REDACTED");
+        let end =
+            tail.find(|c: char| c == '&' || c == ')' || c == '"' || c.is_whitespace()).unwrap_or(tail.len());
+        rest = tail.get(end..).unwrap_or("");
+    }
+    out.push_str(rest);
+    out
 }
 
 fn status(e: &azure_core::Error) -> Option<StatusCode> {
@@ -475,5 +513,62 @@ impl Upload for AzureUpload {
             return Ok(());
         }
         self.backend.discard_blocks(self.name.as_str()).await.map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sas_never_in_debug_or_errors() {
+        assert_eq!(
+            redact_sas("GET http://h/c?sv=1&sig=abc%2Fdef&se=2 (x)"),
+            "GET http://h/c?sv=1&sig=REDACTED&se=2 (x)"
+        );
+        assert_eq!(redact_sas("url (http://h/c?sig=SECRET)"), "url (http://h/c?sig=REDACTED)");
+        assert_eq!(redact_sas("no signature"), "no signature");
+        let b = AzureBlob::with_sas_url(
+            "http://127.0.0.1:9/devstoreaccount1/c?sv=2021-08-06&sig=SECRETSIG",
+            &AzureOptions::quick(),
+        )
+        .unwrap();
+        let dbg = format!("{b:?}");
+        assert!(!dbg.contains("SECRETSIG") && dbg.contains("/devstoreaccount1/c"), "{dbg}");
+    }
+
+    #[test]
+    fn container_url_checks() {
+        let o = AzureOptions::quick();
+        assert!(matches!(
+            AzureBlob::with_sas_url("http://127.0.0.1:9/acct/c/", &o),
+            Err(BlobError::Invalid { .. })
+        ));
+        assert!(matches!(AzureBlob::with_sas_url("not a url", &o), Err(BlobError::Invalid { .. })));
+    }
+
+    /// A refused connection fails quickly with a typed error whose text holds no signature.
+    #[tokio::test]
+    async fn unreachable_service_is_a_typed_error_without_the_sas() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let b = AzureBlob::with_sas_url(
+            &format!("http://127.0.0.1:{port}/devstoreaccount1/c?sv=1&sig=SECRETSIG"),
+            &AzureOptions::quick(),
+        )
+        .unwrap();
+        let e = b.len(&ObjectName::random().unwrap()).await.unwrap_err();
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
+        assert!(matches!(e, BlobError::Azure { status: None, .. }), "{e:?}");
+        assert!(!text.contains("SECRETSIG") && !format!("{e:?}").contains("SECRETSIG"), "{text}");
+        // The transport error quotes the URL: the redaction is what keeps the signature out.
+        assert!(text.contains("sig=REDACTED"), "{text}");
     }
 }

@@ -53,7 +53,10 @@ pub enum BlobError {
     Azure {
         /// The operation (e.g. "stage block").
         op: &'static str,
-        /// The cause.
+        /// The HTTP status, if the service answered.
+        status: Option<u16>,
+        /// The cause, as text with any SAS signature in it redacted (a transport error can
+        /// quote the request URL).
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
