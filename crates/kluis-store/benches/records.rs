@@ -153,35 +153,42 @@ async fn read_plain<B: Backend>(b: &Bench<B>, tag: &str) -> usize {
     n
 }
 
-async fn clear<B: Backend>(b: &Bench<B>) {
-    clear_tenant(b, "bench").await;
-    clear_tenant(b, PLAIN_TENANT).await;
+/// Untimed between iterations: empty the tables (and, on PostgreSQL, vacuum away the dead tuples)
+/// so every iteration starts from the same state.
+trait Reset {
+    fn reset(&self) -> impl std::future::Future<Output = ()>;
 }
 
-async fn clear_tenant<B: Backend>(b: &Bench<B>, tenant: &str) {
-    // Untimed: empty the tables between iterations so every iteration starts from the same state.
-    let pool = b.store.backend();
-    let mut after: Option<String> = None;
-    loop {
-        let page = pool.list(tenant, "absence", None, after.as_deref(), 1000).await.unwrap();
-        if page.is_empty() {
-            break;
+const TABLES: [&str; 3] = ["kluis_fields", "kluis_blind_index", "kluis_records"];
+
+impl Reset for SqliteBackend {
+    async fn reset(&self) {
+        for t in TABLES {
+            sqlx::query(&format!("DELETE FROM {t}")).execute(self.pool()).await.unwrap();
         }
-        after = page.last().map(|r| r.record.id.clone());
-        let ops = page
-            .into_iter()
-            .map(|r| WriteOp::Delete {
-                tenant: tenant.into(),
-                collection: "absence".into(),
-                id: r.record.id,
-                expected_version: None,
-            })
-            .collect();
-        pool.apply(ops).await.unwrap();
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(self.pool()).await.unwrap();
     }
 }
 
-fn run_engine<B: Backend>(c: &mut Criterion, rt: &tokio::runtime::Runtime, engine: &str, b: Bench<B>) {
+impl Reset for PostgresBackend {
+    async fn reset(&self) {
+        for t in TABLES {
+            sqlx::query(&format!("TRUNCATE {t}")).execute(self.pool()).await.unwrap();
+        }
+        sqlx::query("VACUUM ANALYZE").execute(self.pool()).await.unwrap();
+    }
+}
+
+async fn clear<B: Backend + Reset>(b: &Bench<B>) {
+    b.store.backend().reset().await;
+}
+
+fn run_engine<B: Backend + Reset>(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    engine: &str,
+    b: Bench<B>,
+) {
     let _ = &b.keyring;
     let mut g = c.benchmark_group(format!("store_{engine}"));
     // Flat sampling: ten samples of one iteration each (an iteration is 10,000 records).

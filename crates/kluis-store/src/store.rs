@@ -193,6 +193,12 @@ impl Changes {
         self.remove.push(field.to_owned());
         self
     }
+
+    /// Sets a new retain-until (it may be extended, not shortened while it runs).
+    pub fn retain_until(mut self, unix: i64) -> Self {
+        self.retain_until = Some(unix);
+        self
+    }
 }
 
 /// A recorded legal override: allows deleting or shredding before retain-until. Stored in clear in
@@ -797,6 +803,17 @@ impl<B: Backend> Store<B> {
                     let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
+                    // Retention can be extended, never shortened while it runs.
+                    if let (Some(old), Some(new)) = (current.record.retain_until, changes.retain_until)
+                        && new < old
+                        && old > now
+                    {
+                        return Err(StoreError::RetentionActive {
+                            collection,
+                            record: id,
+                            retain_until: old,
+                        });
+                    }
                     let (fields, indexes) =
                         self.seal_fields(access, coll, &id, &current.record.subject, &changes.set).await?;
                     let version = expected_version

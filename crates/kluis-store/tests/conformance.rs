@@ -262,6 +262,10 @@ where
     let e = s.shred_subject(&h.keyring, &mut access, "emp-r", None).await;
     assert!(matches!(e, Err(StoreError::RetentionActive { .. })), "{e:?}");
     assert!(s.get(&h.doctor, "absence", "r1").await.unwrap().is_some(), "nothing deleted");
+    // Retention cannot be shortened to get around it; it can be extended.
+    let e = s.update(&h.doctor, "absence", "r1", 1, Changes::new().retain_until(2)).await;
+    assert!(matches!(e, Err(StoreError::RetentionActive { .. })), "{e:?}");
+    s.update(&h.doctor, "absence", "r1", 1, Changes::new().retain_until(far_future() + 1)).await.unwrap();
     // Past retain-until: deletable without override.
     s.delete(&h.doctor, "absence", "r2", None, None).await.unwrap();
     // With a recorded legal override.
