@@ -293,6 +293,9 @@ pub struct ShredReport {
 /// (tenant, domain, subject).
 type SubjectCacheKey = (String, String, String);
 
+/// Cache tags computed during one call, by (domain, domain key version).
+type Tags = HashMap<(String, u32), [u8; 32]>;
+
 struct CachedSubjectKey {
     key: Arc<SubjectKey>,
     wrapping: u32,
@@ -535,27 +538,36 @@ impl<B: Backend> Store<B> {
 
     /// A tag that proves which domain key version a cached subject key was unwrapped with,
     /// without keeping a copy of that key: a 256-bit HMAC under a key derived from it.
-    fn cache_tag(set: &DomainKeySet, version: u32, subject: &str) -> kluis_core::Result<[u8; 32]> {
+    fn cache_tag(set: &DomainKeySet, version: u32, tags: &mut Tags) -> kluis_core::Result<[u8; 32]> {
+        if let Some(t) = tags.get(&(set.domain().to_string(), version)) {
+            return Ok(*t);
+        }
         let k = BlindIndexKey::derive(
             set.key(version)?,
             set.tenant(),
             set.domain(),
             "kluis-subject-cache",
-            subject,
+            "tag",
             32,
         )?;
         let mut out = [0u8; 32];
         out.copy_from_slice(k.index(b"subject key cache").get(..32).unwrap_or(&[0u8; 32]));
+        tags.insert((set.domain().to_string(), version), out);
         Ok(out)
     }
 
-    fn open_subject_row(&self, set: &DomainKeySet, row: &SubjectKeyRow) -> Result<Arc<SubjectKey>> {
+    fn open_subject_row(
+        &self,
+        set: &DomainKeySet,
+        row: &SubjectKeyRow,
+        tags: &mut Tags,
+    ) -> Result<Arc<SubjectKey>> {
         let tenant = set.tenant();
         let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
         let rec = Self::subject_record(row, tenant, set)?;
         let wv = DomainKeySet::subject_key_wrapping_version(&rec).map_err(|e| key_integrity(what(), e))?;
         let key = Arc::new(set.open_subject_key(&rec).map_err(|e| key_integrity(what(), e))?);
-        let tag = Self::cache_tag(set, wv, &row.subject).map_err(|e| key_integrity(what(), e))?;
+        let tag = Self::cache_tag(set, wv, tags).map_err(|e| key_integrity(what(), e))?;
         if let Ok(mut c) = self.subject_keys.lock() {
             if c.len() >= SUBJECT_CACHE_MAX {
                 let now = Instant::now();
@@ -573,13 +585,18 @@ impl<B: Backend> Store<B> {
 
     /// The newest subject key of (tenant, domain, subject), if any: from the cache when the
     /// caller's key set holds the domain key version that unwrapped it, else from the database.
-    async fn subject_key(&self, set: &DomainKeySet, subject: &str) -> Result<Option<Arc<SubjectKey>>> {
+    async fn subject_key(
+        &self,
+        set: &DomainKeySet,
+        subject: &str,
+        tags: &mut Tags,
+    ) -> Result<Option<Arc<SubjectKey>>> {
         let ck = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
         let cached = self.subject_keys.lock().ok().and_then(|c| {
             c.get(&ck).filter(|e| e.expires > Instant::now()).map(|e| (e.key.clone(), e.wrapping, e.tag))
         });
         if let Some((key, wv, tag)) = cached
-            && let Ok(mine) = Self::cache_tag(set, wv, subject)
+            && let Ok(mine) = Self::cache_tag(set, wv, tags)
             && ct_eq(&mine, &tag)
         {
             return Ok(Some(key));
@@ -587,12 +604,17 @@ impl<B: Backend> Store<B> {
         let rows = self.backend.subject_keys(set.tenant().as_str(), set.domain().as_str(), subject).await?;
         match rows.last() {
             None => Ok(None),
-            Some(row) => Ok(Some(self.open_subject_row(set, row)?)),
+            Some(row) => Ok(Some(self.open_subject_row(set, row, tags)?)),
         }
     }
 
-    async fn subject_key_for_write(&self, set: &DomainKeySet, subject: &str) -> Result<Arc<SubjectKey>> {
-        if let Some(k) = self.subject_key(set, subject).await? {
+    async fn subject_key_for_write(
+        &self,
+        set: &DomainKeySet,
+        subject: &str,
+        tags: &mut Tags,
+    ) -> Result<Arc<SubjectKey>> {
+        if let Some(k) = self.subject_key(set, subject, tags).await? {
             return Ok(k);
         }
         let (rec, _) = set.new_subject_key(subject, 1)?;
@@ -606,7 +628,7 @@ impl<B: Backend> Store<B> {
         };
         // Inserted, or another writer won the race: either way read back the stored one.
         self.backend.insert_subject_key(row).await?;
-        self.subject_key(set, subject)
+        self.subject_key(set, subject, tags)
             .await?
             .ok_or_else(|| StoreError::Invalid("the subject key vanished while being created".into()))
     }
@@ -662,6 +684,7 @@ impl<B: Backend> Store<B> {
         id: &str,
         subject: &str,
         fields: &[(String, Value)],
+        tags: &mut Tags,
     ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
         let mut seen = BTreeSet::new();
         for (name, v) in fields {
@@ -681,7 +704,7 @@ impl<B: Backend> Store<B> {
             let sk = match keys.get(def.domain.as_str()) {
                 Some(k) => k.clone(),
                 None => {
-                    let k = self.subject_key_for_write(set, subject).await?;
+                    let k = self.subject_key_for_write(set, subject, tags).await?;
                     keys.insert(def.domain.as_str(), k.clone());
                     k
                 }
@@ -759,6 +782,7 @@ impl<B: Backend> Store<B> {
     /// Runs several operations in one database transaction: all are applied, or (on any error,
     /// including a conflict) none.
     pub async fn transaction(&self, access: &Access, ops: Vec<Op>) -> Result<Vec<Written>> {
+        let mut tags = Tags::new();
         let tenant = access.tenant.to_string();
         let now = now_unix();
         let mut writes = Vec::with_capacity(ops.len());
@@ -775,8 +799,9 @@ impl<B: Backend> Store<B> {
                         }
                         None => random_id()?,
                     };
-                    let (fields, indexes) =
-                        self.seal_fields(access, coll, &id, &record.subject, &record.fields).await?;
+                    let (fields, indexes) = self
+                        .seal_fields(access, coll, &id, &record.subject, &record.fields, &mut tags)
+                        .await?;
                     writes.push(WriteOp::Insert {
                         record: RecordRow {
                             tenant: tenant.clone(),
@@ -814,8 +839,9 @@ impl<B: Backend> Store<B> {
                             retain_until: old,
                         });
                     }
-                    let (fields, indexes) =
-                        self.seal_fields(access, coll, &id, &current.record.subject, &changes.set).await?;
+                    let (fields, indexes) = self
+                        .seal_fields(access, coll, &id, &current.record.subject, &changes.set, &mut tags)
+                        .await?;
                     let version = expected_version
                         .checked_add(1)
                         .ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
@@ -883,7 +909,7 @@ impl<B: Backend> Store<B> {
 
     // ---------------------------------------------------------------- reads
 
-    async fn open_record(&self, access: &Access, stored: StoredRecord) -> Result<Record> {
+    async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
         let r = stored.record;
         let mut fields = BTreeMap::new();
         let mut keys: BTreeMap<String, Arc<SubjectKey>> = BTreeMap::new();
@@ -901,7 +927,7 @@ impl<B: Backend> Store<B> {
             let sk = match keys.get(&cell.domain) {
                 Some(k) => k.clone(),
                 None => {
-                    let k = self.subject_key(set, &r.subject).await?.ok_or_else(integrity)?;
+                    let k = self.subject_key(set, &r.subject, tags).await?.ok_or_else(integrity)?;
                     keys.insert(cell.domain.clone(), k.clone());
                     k
                 }
@@ -931,11 +957,12 @@ impl<B: Backend> Store<B> {
 
     /// Reads one record; `None` if absent.
     pub async fn get(&self, access: &Access, collection: &str, id: &str) -> Result<Option<Record>> {
+        let mut tags = Tags::new();
         self.schema.collection(collection)?;
         check_id("record id", id)?;
         match self.backend.get(access.tenant.as_str(), collection, id).await? {
             None => Ok(None),
-            Some(s) => Ok(Some(self.open_record(access, s).await?)),
+            Some(s) => Ok(Some(self.open_record(access, s, &mut tags).await?)),
         }
     }
 
@@ -948,6 +975,7 @@ impl<B: Backend> Store<B> {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Page> {
+        let mut tags = Tags::new();
         self.schema.collection(collection)?;
         if let Some(s) = subject {
             check_id("subject id", s)?;
@@ -960,7 +988,7 @@ impl<B: Backend> Store<B> {
         let full = rows.len() == limit as usize;
         let mut records = Vec::with_capacity(rows.len());
         for s in rows {
-            records.push(self.open_record(access, s).await?);
+            records.push(self.open_record(access, s, &mut tags).await?);
         }
         let next = if full { records.last().map(|r| r.id.clone()) } else { None };
         Ok(Page { records, next })
@@ -974,6 +1002,7 @@ impl<B: Backend> Store<B> {
         field: &str,
         value: &Value,
     ) -> Result<Vec<Record>> {
+        let mut tags = Tags::new();
         let coll = self.schema.collection(collection)?;
         let def = Self::field_def(coll, field)?;
         if !def.blind_index {
@@ -995,7 +1024,7 @@ impl<B: Backend> Store<B> {
         let mut out = Vec::new();
         for id in ids {
             if let Some(s) = self.backend.get(access.tenant.as_str(), collection, &id).await? {
-                let rec = self.open_record(access, s).await?;
+                let rec = self.open_record(access, s, &mut tags).await?;
                 let hit = rec.get(field).is_some_and(|v| ct_eq(&v.encode(), &encoded));
                 if hit {
                     out.push(rec);
@@ -1083,6 +1112,7 @@ impl<B: Backend> Store<B> {
         access: &mut Access,
         domain: &DomainName,
     ) -> Result<Vec<u32>> {
+        let mut tags = Tags::new();
         let tenant = access.tenant.clone();
         let mut records = self.domain_records(&tenant, domain).await?;
         let (new_rec, _) = keys::rotate_domain_key(provider, &tenant, domain, &mut records).await?;
@@ -1110,7 +1140,7 @@ impl<B: Backend> Store<B> {
             let Some(stored) = self.backend.get(tenant.as_str(), &collection, &record_id).await? else {
                 continue;
             };
-            let rec = self.open_record(access, stored).await?;
+            let rec = self.open_record(access, stored, &mut tags).await?;
             let Some(v) = rec.get(&field) else { continue };
             let set = access.require(domain.as_str())?;
             let idx = Self::blind_index(set, new_rec.version, &collection, &field, &v.encode())?;
@@ -1178,6 +1208,7 @@ impl<B: Backend> Store<B> {
     /// next run. The migration is idempotent: run it until it reports nothing to do, then use a
     /// `Store` built with `target`. `access` must hold the old and the new domains.
     pub async fn migrate_schema(&self, access: &Access, target: &Schema) -> Result<MigrationReport> {
+        let mut tags = Tags::new();
         let mut report = MigrationReport::default();
         let tenant = access.tenant.to_string();
         for tcoll in target.collections() {
@@ -1201,7 +1232,8 @@ impl<B: Backend> Store<B> {
                 after = Some(last.record.id.clone());
                 let full = page.len() == 200;
                 for stored in page {
-                    let ops = self.migrate_record(access, tcoll, &changed, stored, &mut report).await?;
+                    let ops =
+                        self.migrate_record(access, tcoll, &changed, stored, &mut report, &mut tags).await?;
                     let Some(ops) = ops else { continue };
                     match self.backend.apply(ops).await {
                         Ok(()) => report.records_updated += 1,
@@ -1226,6 +1258,7 @@ impl<B: Backend> Store<B> {
         changed: &[&FieldDef],
         stored: StoredRecord,
         report: &mut MigrationReport,
+        tags: &mut Tags,
     ) -> Result<Option<Vec<WriteOp>>> {
         let r = &stored.record;
         let mut set_fields = Vec::new();
@@ -1239,7 +1272,7 @@ impl<B: Backend> Store<B> {
                 record: r.id.clone(),
                 field: cell.field.clone(),
             };
-            let old_key = self.subject_key(old_set, &r.subject).await?.ok_or_else(integrity)?;
+            let old_key = self.subject_key(old_set, &r.subject, tags).await?.ok_or_else(integrity)?;
             let old_ctx = Context {
                 tenant: &access.tenant,
                 domain: old_set.domain(),
@@ -1259,7 +1292,7 @@ impl<B: Backend> Store<B> {
                 })
             };
             if cell.domain != def.domain.as_str() {
-                let new_key = self.subject_key_for_write(new_set, &r.subject).await?;
+                let new_key = self.subject_key_for_write(new_set, &r.subject, tags).await?;
                 let ctx = Context {
                     tenant: &access.tenant,
                     domain: &def.domain,
