@@ -269,22 +269,10 @@ async fn aws_wrong_encryption_context_is_refused() {
     assert_eq!(aws_sdk_kms::error::ProvideErrorMetadata::code(&other), Some("InvalidCiphertextException"));
 }
 
-#[tokio::test]
-async fn aws_disabled_key_refuses_wraps_and_unwraps_typed() {
-    let Some((p, url, arn)) = aws_provider().await else { return };
-    let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, _) = new_domain_key(&p, &t, &d, 1).await.unwrap();
-    let raw = moto_client(&url);
-    // moto's DisableKey/EnableKey look the key up by id only (an ARN can fail there).
-    let key_id = arn.rsplit(":key/").next().unwrap();
-    raw.disable_key().key_id(key_id).send().await.unwrap();
-    let e = new_domain_key(&p, &t, &d, 2).await.unwrap_err();
-    assert_eq!(kind_of(&e), Some(K::KeyUnavailable), "{e:?}");
-    let e = DomainKeySet::unwrap(&p, std::slice::from_ref(&rec)).await.unwrap_err();
-    assert_eq!(kind_of(&e), Some(K::KeyUnavailable), "{e:?}");
-    raw.enable_key().key_id(key_id).send().await.unwrap();
-    DomainKeySet::unwrap(&p, &[rec]).await.unwrap();
-}
+// A disabled AWS key is tested through the fault server below (`DisabledException` →
+// `KeyUnavailable`, one attempt, nothing returned to store). moto 5.1.22 cannot show it: it
+// records `DisableKey` and `ScheduleKeyDeletion` (DescribeKey says `Disabled` / `PendingDeletion`)
+// but still answers Encrypt and Decrypt under such a key (checked with boto3 against moto_server).
 
 #[tokio::test]
 async fn aws_unreachable_is_a_typed_error() {
