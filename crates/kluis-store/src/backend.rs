@@ -558,13 +558,21 @@ macro_rules! backend_impl {
                 if records.is_empty() {
                     return Ok(Vec::new());
                 }
+                // The id range lets every engine (and PostgreSQL's generic plan for a prepared
+                // statement) use the primary key for a range scan; the IN list then filters it.
+                let (Some(lo), Some(hi)) =
+                    (records.iter().map(|r| r.id.as_str()).min(), records.iter().map(|r| r.id.as_str()).max())
+                else {
+                    return Ok(Vec::new());
+                };
                 let sql = format!(
                     "SELECT record_id, field, domain, sealed FROM kluis_fields \
-                     WHERE tenant = ? AND collection = ? AND record_id IN ({}) ORDER BY record_id, field",
+                     WHERE tenant = ? AND collection = ? AND record_id >= ? AND record_id <= ? \
+                     AND record_id IN ({}) ORDER BY record_id, field",
                     placeholders(records.len())
                 );
                 let sql = $sql(&sql).into_owned();
-                let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection);
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection).bind(lo).bind(hi);
                 for r in &records {
                     q = q.bind(r.id.as_str());
                 }
