@@ -68,6 +68,11 @@ fi
 
 step "benches smoke run (each bench once; figures come from 'cargo bench', see BENCHMARKS.md)"
 cargo bench -p kluis-benches -- --test
+cargo bench -p kluis-service --bench service -- --test
+cargo bench -p kluis-kms --bench kms -- --test
+cargo bench -p kluis-store --bench records -- --test
+# Not criterion (it measures peak memory from outside): a 16 MiB throughput run instead.
+cargo bench -p kluis-blob --bench documents -- throughput 16
 
 if [ "${KLUIS_FUZZ_SECONDS:-15}" != "0" ]; then
   step "fuzz smoke run"
