@@ -17,14 +17,13 @@ use std::fmt;
 use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
-use futures_util::future::join_all;
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
 use kluis_core::{Error, KeyMaterial, ProviderErrorKind, Result, RootKeyProvider, WrappedKey};
 use zeroize::Zeroizing;
 
 use crate::RetryConfig;
 use crate::config::AwsKmsConfig;
-use crate::util::{hex, is_provider_wide, provider_error, provider_error_from};
+use crate::util::{hex, provider_error, provider_error_from, unwrap_in_chunks};
 
 /// Encryption context key under which the associated data is bound.
 pub const CONTEXT_KEY: &str = "kluis-ad";
@@ -260,21 +259,6 @@ impl RootKeyProvider for AwsKmsProvider {
         &'a self,
         items: &'a [UnwrapRequest<'a>],
     ) -> BoxFuture<'a, Result<Vec<Result<KeyMaterial>>>> {
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(items.len());
-            for chunk in items.chunks(self.concurrency) {
-                let mut futs = Vec::with_capacity(chunk.len());
-                for i in chunk {
-                    futs.push(self.decrypt(i.aad, i.wrapped));
-                }
-                for r in join_all(futs).await {
-                    match r {
-                        Err(e) if is_provider_wide(&e) => return Err(e),
-                        other => out.push(other),
-                    }
-                }
-            }
-            Ok(out)
-        })
+        Box::pin(unwrap_in_chunks(items, self.concurrency, move |i| self.decrypt(i.aad, i.wrapped)))
     }
 }

@@ -24,7 +24,6 @@ use azure_security_keyvault_keys::models::{
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions, ResourceId};
 use futures_util::TryStreamExt;
-use futures_util::future::join_all;
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
 use kluis_core::{
     Error, KEY_LEN, KeyMaterial, ProviderErrorKind, Result, RootKeyProvider, WrappedKey, ct_eq,
@@ -35,7 +34,7 @@ use zeroize::Zeroizing;
 use crate::RetryConfig;
 use crate::aws::DisplayOnly;
 use crate::config::AzureKeyVaultConfig;
-use crate::util::{is_provider_wide, provider_error, provider_error_from, sha256_labelled};
+use crate::util::{provider_error, provider_error_from, sha256_labelled, unwrap_in_chunks};
 
 const ENVELOPE_VERSION: u8 = 1;
 const ALG_RSA_OAEP_256: u8 = 1;
@@ -355,22 +354,9 @@ impl RootKeyProvider for AzureKeyVaultProvider {
         &'a self,
         items: &'a [UnwrapRequest<'a>],
     ) -> BoxFuture<'a, Result<Vec<Result<KeyMaterial>>>> {
-        Box::pin(async move {
-            let mut out = Vec::with_capacity(items.len());
-            for chunk in items.chunks(self.concurrency) {
-                let mut futs = Vec::with_capacity(chunk.len());
-                for i in chunk {
-                    futs.push(self.bounded(self.unwrap_inner(i.aad, i.wrapped)));
-                }
-                for r in join_all(futs).await {
-                    match r {
-                        Err(e) if is_provider_wide(&e) => return Err(e),
-                        other => out.push(other),
-                    }
-                }
-            }
-            Ok(out)
-        })
+        Box::pin(unwrap_in_chunks(items, self.concurrency, move |i| {
+            self.bounded(self.unwrap_inner(i.aad, i.wrapped))
+        }))
     }
 }
 

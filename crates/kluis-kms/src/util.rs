@@ -1,6 +1,10 @@
 //! Helpers shared by the providers.
 
-use kluis_core::{Error, ProviderErrorKind};
+use std::future::Future;
+
+use futures_util::future::join_all;
+use kluis_core::keys::UnwrapRequest;
+use kluis_core::{Error, KeyMaterial, ProviderErrorKind, Result};
 use sha2::{Digest, Sha256};
 
 /// A provider error without a source.
@@ -50,4 +54,28 @@ pub(crate) fn is_provider_wide(e: &Error) -> bool {
             ..
         }
     )
+}
+
+/// Unwraps `items`, `concurrency` requests in flight at a time, with `unwrap_one`. An error that
+/// concerns the whole provider ([`is_provider_wide`]) fails the batch; any other comes back for
+/// its own item.
+pub(crate) async fn unwrap_in_chunks<'a, F, Fut>(
+    items: &'a [UnwrapRequest<'a>],
+    concurrency: usize,
+    unwrap_one: F,
+) -> Result<Vec<Result<KeyMaterial>>>
+where
+    F: Fn(&'a UnwrapRequest<'a>) -> Fut,
+    Fut: Future<Output = Result<KeyMaterial>>,
+{
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(concurrency.max(1)) {
+        for r in join_all(chunk.iter().map(&unwrap_one)).await {
+            match r {
+                Err(e) if is_provider_wide(&e) => return Err(e),
+                other => out.push(other),
+            }
+        }
+    }
+    Ok(out)
 }
