@@ -136,6 +136,9 @@ pub enum WriteOp {
     },
     /// Record a legal override (audit) in the same transaction.
     Override(OverrideRow),
+    /// Append an entry to the hash-chained audit log in the same transaction
+    /// ([`crate::audit`]; put it first in the batch).
+    Audit(crate::audit::AuditAppend),
     /// Delete a record (with its cells and indexes).
     Delete {
         /// Tenant.
@@ -251,7 +254,7 @@ pub enum DocumentFilter<'a> {
 
 /// What a backend does. Implemented for [`SqliteBackend`], [`PostgresBackend`] and
 /// [`MySqlBackend`]; every method that writes more than one row runs in one transaction.
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: crate::audit::AuditBackend + Send + Sync + 'static {
     /// The sqlx database type.
     type Database: sqlx::Database;
 
@@ -464,11 +467,20 @@ impl MigrationSource<'static> for Embedded {
 }
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/sqlite/0001_init.sql"))];
+    &[
+    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
+    (2, "audit", include_str!("../migrations/sqlite/0002_audit.sql")),
+];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+    &[
+    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
+    (2, "audit", include_str!("../migrations/postgres/0002_audit.sql")),
+];
 const MYSQL_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/mysql/0001_init.sql"))];
+    &[
+    (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
+    (2, "audit", include_str!("../migrations/mysql/0002_audit.sql")),
+];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.
 fn plain(sql: &str) -> Cow<'_, str> {
@@ -692,6 +704,7 @@ macro_rules! backend_impl {
                         Ok(())
                     }
                     WriteOp::Override(row) => Self::insert_override(tx, row).await,
+                    WriteOp::Audit(a) => Self::audit_append(tx, a).await,
                     WriteOp::Delete { tenant, collection, id, expected_version } => {
                         let sql = match expected_version {
                             Some(_) => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",

@@ -782,6 +782,18 @@ impl<B: Backend> Store<B> {
     /// Runs several operations in one database transaction: all are applied, or (on any error,
     /// including a conflict) none.
     pub async fn transaction(&self, access: &Access, ops: Vec<Op>) -> Result<Vec<Written>> {
+        let (writes, written) = self.prepare_transaction(access, ops).await?;
+        self.backend.apply(writes).await?;
+        tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
+        Ok(written)
+    }
+
+    /// Checks and seals a transaction's operations into backend writes (nothing is written yet).
+    pub(crate) async fn prepare_transaction(
+        &self,
+        access: &Access,
+        ops: Vec<Op>,
+    ) -> Result<(Vec<WriteOp>, Vec<Written>)> {
         let mut tags = Tags::new();
         let tenant = access.tenant.to_string();
         let now = now_unix();
@@ -902,9 +914,7 @@ impl<B: Backend> Store<B> {
                 }
             }
         }
-        self.backend.apply(writes).await?;
-        tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
-        Ok(written)
+        Ok((writes, written))
     }
 
     // ---------------------------------------------------------------- reads

@@ -1,0 +1,384 @@
+//! The audit log's storage (owned by `kluis-service`, which builds entries and verifies the chain).
+//!
+//! An append-only, hash-chained table in the store's own database, appended **in the same
+//! transaction** as the change it records ([`WriteOp::Audit`], [`Store::audited_transaction`]).
+//! Entries hold names, ids and reasons, never a field value. Each entry's hash covers the previous
+//! entry's hash ([`entry_hash`]); one head row holds the last sequence number and hash and is locked
+//! by every appender, so appends are serialised on every engine:
+//!
+//! - PostgreSQL and MariaDB: `SELECT .. FROM kluis_audit_head .. FOR UPDATE` inside the write
+//!   transaction (a locking read sees the latest committed head, also under REPEATABLE READ);
+//! - SQLite: the append starts with an `UPDATE` of the head row, so the transaction takes the
+//!   database write lock (waiting for the busy timeout) **before** it reads the head.
+//!
+//! Every `checkpoint_every` entries a checkpoint row (seq, hash) is written in the same transaction.
+//! docs/SERVICE.md gives the hash input byte by byte.
+
+use std::future::Future;
+
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use crate::backend::{Backend, MySqlBackend, PostgresBackend, SqliteBackend, WriteOp};
+use crate::error::{Result, StoreError};
+use crate::store::{Access, Op, Store, Written};
+
+/// Domain separation prefix of the entry hash (15 bytes).
+pub const HASH_PREFIX: &[u8] = b"kluis-audit-v1\n";
+
+/// The hash that precedes entry 1 (32 zero bytes).
+pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// Default checkpoint interval (entries).
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+
+/// One audit entry as stored: names and ids only, never a field value. Empty strings stand for
+/// "none". Lists are comma-separated (roles; `domain:field` names; record ids).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditEntry {
+    /// When, unix milliseconds.
+    pub at_ms: i64,
+    /// The acting user.
+    pub actor: String,
+    /// The actor's roles, comma-separated, sorted.
+    pub roles: String,
+    /// The support grant used, if any.
+    pub support_grant: String,
+    /// The tenant whose data (or log) was touched.
+    pub tenant: String,
+    /// Data subject(s), comma-separated.
+    pub subject: String,
+    /// Collection.
+    pub collection: String,
+    /// Record id(s), comma-separated.
+    pub record: String,
+    /// Fields touched, as `domain:field`, comma-separated (names, never values).
+    pub fields: String,
+    /// Action (`read`, `write`, `create`, `update`, `delete`, `search`, `export`, `shred`,
+    /// `read_audit`, or an admin event name).
+    pub action: String,
+    /// Outcome: `allowed`, `denied`, `not_found`, `error`.
+    pub outcome: String,
+    /// Why (the deny reason, the basis of an allow, the error kind).
+    pub reason: String,
+    /// The stated break-glass reason (empty if none).
+    pub break_glass: String,
+    /// Client information the app passes in (workstation, IP, app name).
+    pub access_point: String,
+    /// Purpose of use.
+    pub purpose: String,
+    /// The user on whose behalf the action was taken.
+    pub on_behalf_of: String,
+}
+
+impl AuditEntry {
+    /// The text fields in hash order.
+    pub fn text_fields(&self) -> [&str; 15] {
+        [
+            &self.actor,
+            &self.roles,
+            &self.support_grant,
+            &self.tenant,
+            &self.subject,
+            &self.collection,
+            &self.record,
+            &self.fields,
+            &self.action,
+            &self.outcome,
+            &self.reason,
+            &self.break_glass,
+            &self.access_point,
+            &self.purpose,
+            &self.on_behalf_of,
+        ]
+    }
+}
+
+/// SHA-256 over `HASH_PREFIX || prev (32) || seq (u64 BE) || at_ms (i64 BE)` and, for each of the
+/// 15 text fields in [`AuditEntry::text_fields`] order, `len (u32 BE) || UTF-8 bytes`.
+pub fn entry_hash(prev: &[u8; 32], seq: u64, e: &AuditEntry) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(HASH_PREFIX);
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(e.at_ms.to_be_bytes());
+    for t in e.text_fields() {
+        let len = u32::try_from(t.len()).unwrap_or(u32::MAX);
+        h.update(len.to_be_bytes());
+        h.update(t.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// An entry to append, with the checkpoint interval.
+#[derive(Clone, Debug)]
+pub struct AuditAppend {
+    /// The entry.
+    pub entry: AuditEntry,
+    /// Write a checkpoint when the new sequence number is a multiple of this (0: never).
+    pub checkpoint_every: u64,
+}
+
+/// A stored entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRow {
+    /// Position, from 1.
+    pub seq: i64,
+    /// The entry.
+    pub entry: AuditEntry,
+    /// Stored hash (as the database holds it: may have any length if tampered).
+    pub hash: Vec<u8>,
+}
+
+/// A stored checkpoint row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// Sequence number of the entry it seals.
+    pub seq: i64,
+    /// When, unix milliseconds.
+    pub at_ms: i64,
+    /// That entry's hash.
+    pub hash: Vec<u8>,
+}
+
+/// Where a record lives: its tenant and subject (clear columns).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordOwner {
+    /// Tenant.
+    pub tenant: String,
+    /// Subject.
+    pub subject: String,
+}
+
+/// Audit log reads, per engine. A supertrait of [`Backend`].
+pub trait AuditBackend: Send + Sync + 'static {
+    /// Up to `limit` entries after `after`, in sequence order; only `tenant`'s if given.
+    fn audit_page(
+        &self,
+        tenant: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<AuditRow>>> + Send;
+
+    /// The head row: (last sequence number, its hash).
+    fn audit_head(&self) -> impl Future<Output = Result<(i64, Vec<u8>)>> + Send;
+
+    /// Every checkpoint row, in sequence order.
+    fn audit_checkpoints(&self) -> impl Future<Output = Result<Vec<CheckpointRow>>> + Send;
+
+    /// Which tenants hold a record with this collection and id (ids are unique per tenant only).
+    fn record_owners(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<RecordOwner>>> + Send;
+}
+
+fn plain(sql: &str) -> String {
+    sql.to_owned()
+}
+
+fn numbered(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut n = 0u32;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push('$');
+            out.push_str(&n.to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+const AUDIT_COLS: &str = "seq, at_ms, actor, roles, support_grant, tenant, subject, collection, record, fields, \
+                          action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash";
+
+fn hash32(b: &[u8]) -> Result<[u8; 32]> {
+    b.try_into().map_err(|_| StoreError::Corrupt { what: "audit head", reason: "hash is not 32 bytes".into() })
+}
+
+macro_rules! audit_impl {
+    ($ty:ty, $db:ty, $sql:path, $lock_first:expr, $head_select:expr) => {
+        impl $ty {
+            fn audit_text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<String> {
+                match row.try_get::<String, _>(i) {
+                    Ok(s) => Ok(s),
+                    Err(_) => {
+                        let b: Vec<u8> = row.try_get(i)?;
+                        String::from_utf8(b)
+                            .map_err(|_| StoreError::Corrupt { what: "audit column", reason: "not utf-8".into() })
+                    }
+                }
+            }
+
+            fn audit_row(row: &<$db as sqlx::Database>::Row) -> Result<AuditRow> {
+                let t = |i| Self::audit_text(row, i);
+                Ok(AuditRow {
+                    seq: row.try_get(0)?,
+                    entry: AuditEntry {
+                        at_ms: row.try_get(1)?,
+                        actor: t(2)?,
+                        roles: t(3)?,
+                        support_grant: t(4)?,
+                        tenant: t(5)?,
+                        subject: t(6)?,
+                        collection: t(7)?,
+                        record: t(8)?,
+                        fields: t(9)?,
+                        action: t(10)?,
+                        outcome: t(11)?,
+                        reason: t(12)?,
+                        break_glass: t(13)?,
+                        access_point: t(14)?,
+                        purpose: t(15)?,
+                        on_behalf_of: t(16)?,
+                    },
+                    hash: row.try_get(17)?,
+                })
+            }
+
+            /// Appends one entry inside `tx` (see the module documentation for the locking).
+            pub(crate) async fn audit_append(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                a: AuditAppend,
+            ) -> Result<()> {
+                if let Some(lock) = $lock_first {
+                    sqlx::query::<$db>(lock).execute(&mut **tx).await?;
+                }
+                let head = sqlx::query::<$db>($head_select).fetch_optional(&mut **tx).await?.ok_or_else(|| {
+                    StoreError::Corrupt { what: "audit head", reason: "the head row is missing".into() }
+                })?;
+                let last: i64 = head.try_get(0)?;
+                let prev_bytes: Vec<u8> = head.try_get(1)?;
+                let prev = hash32(&prev_bytes)?;
+                let seq = last
+                    .checked_add(1)
+                    .ok_or_else(|| StoreError::Invalid("audit sequence overflow".into()))?;
+                let useq = u64::try_from(seq).map_err(|_| StoreError::Invalid("audit sequence negative".into()))?;
+                let e = &a.entry;
+                let hash = entry_hash(&prev, useq, e);
+                let sql = $sql(&format!(
+                    "INSERT INTO kluis_audit ({AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                ));
+                let mut q = sqlx::query::<$db>(&sql).bind(seq).bind(e.at_ms);
+                for t in e.text_fields() {
+                    q = q.bind(t);
+                }
+                q.bind(hash.to_vec()).execute(&mut **tx).await?;
+                let done = sqlx::query::<$db>(&$sql("UPDATE kluis_audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ?"))
+                    .bind(seq)
+                    .bind(hash.to_vec())
+                    .bind(last)
+                    .execute(&mut **tx)
+                    .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Corrupt { what: "audit head", reason: "the head moved during an append".into() });
+                }
+                if a.checkpoint_every > 0 && useq % a.checkpoint_every == 0 {
+                    sqlx::query::<$db>(&$sql("INSERT INTO kluis_audit_checkpoints (seq, at_ms, hash) VALUES (?, ?, ?)"))
+                        .bind(seq)
+                        .bind(e.at_ms)
+                        .bind(hash.to_vec())
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                Ok(())
+            }
+        }
+
+        impl AuditBackend for $ty {
+            async fn audit_page(&self, tenant: Option<&str>, after: i64, limit: u32) -> Result<Vec<AuditRow>> {
+                let sql = match tenant {
+                    Some(_) => format!("SELECT {AUDIT_COLS} FROM kluis_audit WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?"),
+                    None => format!("SELECT {AUDIT_COLS} FROM kluis_audit WHERE seq > ? ORDER BY seq LIMIT ?"),
+                };
+                let sql = $sql(&sql);
+                let mut q = sqlx::query::<$db>(&sql);
+                if let Some(t) = tenant {
+                    q = q.bind(t);
+                }
+                let rows = q.bind(after).bind(i64::from(limit)).fetch_all(self.pool()).await?;
+                rows.iter().map(Self::audit_row).collect()
+            }
+
+            async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
+                let row = sqlx::query::<$db>("SELECT seq, hash FROM kluis_audit_head WHERE id = 1")
+                    .fetch_optional(self.pool())
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt { what: "audit head", reason: "the head row is missing".into() })?;
+                Ok((row.try_get(0)?, row.try_get(1)?))
+            }
+
+            async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
+                let rows = sqlx::query::<$db>("SELECT seq, at_ms, hash FROM kluis_audit_checkpoints ORDER BY seq")
+                    .fetch_all(self.pool())
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok(CheckpointRow { seq: r.try_get(0)?, at_ms: r.try_get(1)?, hash: r.try_get(2)? }))
+                    .collect()
+            }
+
+            async fn record_owners(&self, collection: &str, id: &str) -> Result<Vec<RecordOwner>> {
+                let rows = sqlx::query::<$db>(&$sql(
+                    "SELECT tenant, subject FROM kluis_records WHERE collection = ? AND id = ? ORDER BY tenant",
+                ))
+                .bind(collection)
+                .bind(id)
+                .fetch_all(self.pool())
+                .await?;
+                rows.iter()
+                    .map(|r| Ok(RecordOwner { tenant: Self::audit_text(r, 0)?, subject: Self::audit_text(r, 1)? }))
+                    .collect()
+            }
+        }
+    };
+}
+
+audit_impl!(
+    SqliteBackend,
+    sqlx::Sqlite,
+    plain,
+    Some("UPDATE kluis_audit_head SET seq = seq WHERE id = 1"),
+    "SELECT seq, hash FROM kluis_audit_head WHERE id = 1"
+);
+audit_impl!(
+    PostgresBackend,
+    sqlx::Postgres,
+    numbered,
+    None::<&str>,
+    "SELECT seq, hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
+);
+audit_impl!(
+    MySqlBackend,
+    sqlx::MySql,
+    plain,
+    None::<&str>,
+    "SELECT seq, hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
+);
+
+impl<B: Backend> Store<B> {
+    /// Runs `ops` as [`Store::transaction`] does, with `audit` appended **in the same database
+    /// transaction** (first, so the audit head lock is taken before anything else): either the
+    /// changes and their audit entry are both committed, or neither is.
+    pub async fn audited_transaction(
+        &self,
+        access: &Access,
+        ops: Vec<Op>,
+        audit: AuditAppend,
+    ) -> Result<Vec<Written>> {
+        let (writes, written) = self.prepare_transaction(access, ops).await?;
+        let mut all = Vec::with_capacity(writes.len() + 1);
+        all.push(WriteOp::Audit(audit));
+        all.extend(writes);
+        self.backend().apply(all).await?;
+        Ok(written)
+    }
+
+    /// Appends one audit entry in its own transaction (for reads, denials and admin events).
+    pub async fn append_audit(&self, audit: AuditAppend) -> Result<()> {
+        self.backend().apply(vec![WriteOp::Audit(audit)]).await
+    }
+}
