@@ -19,7 +19,8 @@ fn in_ci() -> bool {
 }
 
 fn pg_url() -> String {
-    std::env::var("KLUIS_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+    std::env::var("KLUIS_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
 const CANARY_DIAGNOSIS: &str = "canary-diagnosis-ziekte-van-pfeiffer-7731";
@@ -67,7 +68,9 @@ async fn another_driver_seals_its_own_columns() {
         field,
         record,
     };
-    for (id, diag, notes) in [("abs-1", CANARY_DIAGNOSIS, CANARY_NOTES), ("abs-2", "griep", "korte verzuimmelding")] {
+    for (id, diag, notes) in
+        [("abs-1", CANARY_DIAGNOSIS, CANARY_NOTES), ("abs-2", "griep", "korte verzuimmelding")]
+    {
         let d = set.seal(&ctx("diagnosis", id), diag.as_bytes()).unwrap();
         let n = set.seal(&ctx("notes", id), notes.as_bytes()).unwrap();
         client
@@ -95,7 +98,10 @@ async fn another_driver_seals_its_own_columns() {
 
     // Round trip through the other driver.
     let (d, n) = read("abs-1").await;
-    assert_eq!(set.open(&ctx("diagnosis", "abs-1"), &d).unwrap().expose_secret(), CANARY_DIAGNOSIS.as_bytes());
+    assert_eq!(
+        set.open(&ctx("diagnosis", "abs-1"), &d).unwrap().expose_secret(),
+        CANARY_DIAGNOSIS.as_bytes()
+    );
     assert_eq!(set.open(&ctx("notes", "abs-1"), &n).unwrap().expose_secret(), CANARY_NOTES.as_bytes());
 
     // A DBA copies the diagnosis into the notes column of the same row: it does not open as notes.
@@ -127,7 +133,12 @@ async fn another_driver_seals_its_own_columns() {
 
     // What the server holds: no plaintext anywhere in the table, as the server renders it.
     let dump = client
-        .query(&format!("SELECT id, employee, encode(diagnosis, 'escape'), encode(notes, 'escape') FROM {table}"), &[])
+        .query(
+            &format!(
+                "SELECT id, employee, encode(diagnosis, 'escape'), encode(notes, 'escape') FROM {table}"
+            ),
+            &[],
+        )
         .await
         .unwrap();
     for row in dump {
