@@ -110,6 +110,7 @@ async fn insert_plain<B: Backend>(b: &Bench<B>, tag: &str) {
                             field: n.clone(),
                             domain: domain_of(n).into(),
                             sealed: encode(v),
+                            key_version: 0,
                         })
                         .collect(),
                     indexes,

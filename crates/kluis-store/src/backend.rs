@@ -54,6 +54,10 @@ pub struct FieldRow {
     pub domain: String,
     /// Sealed bytes.
     pub sealed: Vec<u8>,
+    /// Version of the subject key that sealed it (stored in clear in `kluis_fields.key_version`);
+    /// 0 only for cells not sealed by a subject key (tools and benches writing through the
+    /// backend directly), which skip the subject key check.
+    pub key_version: i64,
 }
 
 impl std::fmt::Debug for FieldRow {
@@ -62,6 +66,7 @@ impl std::fmt::Debug for FieldRow {
             .field("field", &self.field)
             .field("domain", &self.domain)
             .field("sealed_len", &self.sealed.len())
+            .field("key_version", &self.key_version)
             .finish()
     }
 }
@@ -182,6 +187,79 @@ pub struct SubjectKeyRow {
     pub wrapped: Vec<u8>,
     /// Created, unix seconds.
     pub created_at: i64,
+    /// Version of the domain key that wraps it (`kluis_subject_keys.wrap_version`; the same
+    /// number as in the wrapped bytes' header).
+    pub wrap_version: i64,
+}
+
+/// Per domain key version: what depends on it (see [`Backend::key_usage`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyUsageRow {
+    /// Tenant.
+    pub tenant: String,
+    /// Domain.
+    pub domain: String,
+    /// Domain key version.
+    pub version: i64,
+    /// State name of that version.
+    pub state: String,
+    /// Subject keys wrapped under it.
+    pub subject_keys: u64,
+    /// Records with at least one cell sealed by such a subject key.
+    pub records: u64,
+    /// Catalog documents whose data key is wrapped by such a subject key.
+    pub documents: u64,
+}
+
+/// One subject's re-encryption, applied in one transaction by [`Backend::reencrypt_subject`].
+#[derive(Clone, Debug)]
+pub struct ReencryptPlan {
+    /// Tenant.
+    pub tenant: String,
+    /// Domain.
+    pub domain: String,
+    /// Subject.
+    pub subject: String,
+    /// A new subject key version to insert first (wrapped under the active domain key version).
+    pub new_key: Option<SubjectKeyRow>,
+    /// Re-sealed cells and re-derived blind indexes per record, replaced only while the record
+    /// still has the version read.
+    pub records: Vec<ReencryptRecord>,
+    /// Older subject key versions to delete, each only if no cell and no catalog document uses it.
+    pub drop_versions: Vec<i64>,
+}
+
+/// One record of a [`ReencryptPlan`].
+#[derive(Clone, Debug)]
+pub struct ReencryptRecord {
+    /// Collection.
+    pub collection: String,
+    /// Record id.
+    pub id: String,
+    /// Version read (the record is left alone and the plan fails if it changed).
+    pub version: i64,
+    /// Re-sealed cells (same field, same domain, new subject key version).
+    pub cells: Vec<FieldRow>,
+    /// Blind indexes re-derived under the active domain key version.
+    pub indexes: Vec<IndexRow>,
+}
+
+/// What [`Backend::reencrypt_subject`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReencryptOutcome {
+    /// `false` if nothing was written because a record or key changed concurrently.
+    pub applied: bool,
+    /// Subject key versions deleted.
+    pub dropped: Vec<i64>,
+}
+
+/// The document key version named by a catalog key reference `subject:<domain>:v<N>`.
+pub fn document_key_version(key_ref: &str, domain: &str) -> Option<i64> {
+    let rest = key_ref.strip_prefix("subject:")?.strip_prefix(domain)?.strip_prefix(":v")?;
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.parse::<u32>().ok().map(i64::from)
 }
 
 /// A documents catalog entry (the blob itself lives in blob storage, issue 4).
@@ -380,6 +458,88 @@ pub trait Backend: crate::audit::AuditBackend + Send + Sync + 'static {
     /// Deletes a catalog entry; `false` if there was none.
     fn delete_document(&self, tenant: &str, document_id: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// One catalog entry.
+    fn document(
+        &self,
+        tenant: &str,
+        document_id: &str,
+    ) -> impl Future<Output = Result<Option<DocumentRow>>> + Send;
+
+    /// Replaces the catalog entry (tenant, document id) of `row` if its object name is still
+    /// `expected_object_name` (compare-and-swap); `false` if it changed or is gone.
+    fn replace_document(
+        &self,
+        expected_object_name: &str,
+        row: DocumentRow,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Every object name referenced by any catalog entry, all tenants, sorted.
+    fn document_object_names(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Tenants that have domain keys, sorted.
+    fn tenants(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Per domain key version (of one tenant or all): subject keys wrapped under it, records with
+    /// a cell sealed by such a subject key, catalog documents wrapped by such a subject key.
+    fn key_usage(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<KeyUsageRow>>> + Send;
+
+    /// Subjects of (tenant, domain) with work for a re-encryption step (a subject key wrapped
+    /// under another version than `active` that is the newest, or still seals a cell, or is used
+    /// by no document), sorted, at most `limit`.
+    fn reencrypt_candidates(
+        &self,
+        tenant: &str,
+        domain: &str,
+        active: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// How many subjects of (tenant, domain) still have a subject key wrapped under another
+    /// version than `active`.
+    fn count_stale_subjects(
+        &self,
+        tenant: &str,
+        domain: &str,
+        active: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Every record of a subject that has a cell of `domain`, with only those cells.
+    fn subject_cells(
+        &self,
+        tenant: &str,
+        domain: &str,
+        subject: &str,
+    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
+
+    /// Applies one subject's re-encryption in one transaction (see [`ReencryptPlan`]).
+    fn reencrypt_subject(&self, plan: ReencryptPlan)
+    -> impl Future<Output = Result<ReencryptOutcome>> + Send;
+
+    /// Rotation: turns `old_active` (if given) from active to decrypt-only and inserts `new`
+    /// (active), in one transaction; [`StoreError::KeyChanged`] if `old_active` is no longer the
+    /// active version.
+    fn rotate_domain_keys(
+        &self,
+        old_active: Option<i64>,
+        new: DomainKeyRow,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Destroys a decrypt-only version in one transaction, refusing with
+    /// [`StoreError::KeyInUse`] while anything depends on it.
+    fn destroy_domain_version(
+        &self,
+        tenant: &str,
+        domain: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Replaces the wrapped bytes of domain key rows, each only if it still holds the given old
+    /// bytes, all in one transaction ([`StoreError::KeyChanged`] and nothing written otherwise).
+    fn rewrap_domain_key_rows(
+        &self,
+        rows: Vec<(DomainKeyRow, Vec<u8>)>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Makes deleted key bytes unrecoverable from the database files (engine specific; see
     /// docs/STORE.md): SQLite secure_delete + VACUUM + WAL checkpoint(TRUNCATE); PostgreSQL
     /// VACUUM FULL of the key tables; MariaDB OPTIMIZE TABLE of the key tables.
@@ -466,20 +626,20 @@ impl MigrationSource<'static> for Embedded {
     }
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "audit", include_str!("../migrations/sqlite/0002_audit.sql")),
+    (3, "key_versions", include_str!("../migrations/sqlite/0003_key_versions.sql")),
 ];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "audit", include_str!("../migrations/postgres/0002_audit.sql")),
+    (3, "key_versions", include_str!("../migrations/postgres/0003_key_versions.sql")),
 ];
-const MYSQL_MIGRATIONS: &[(i64, &str, &str)] =
-    &[
+const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
     (2, "audit", include_str!("../migrations/mysql/0002_audit.sql")),
+    (3, "key_versions", include_str!("../migrations/mysql/0003_key_versions.sql")),
 ];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.
@@ -516,6 +676,53 @@ fn placeholders(n: usize) -> String {
 
 fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// A shared row lock on a plain `SELECT` (SQLite needs none: its write transactions are serial).
+fn share_lock(e: Engine) -> &'static str {
+    match e {
+        Engine::Postgres => " FOR SHARE",
+        Engine::MySql => " LOCK IN SHARE MODE",
+        Engine::Sqlite => "",
+    }
+}
+
+/// An exclusive row lock on a plain `SELECT`.
+fn update_lock(e: Engine) -> &'static str {
+    match e {
+        Engine::Postgres | Engine::MySql => " FOR UPDATE",
+        Engine::Sqlite => "",
+    }
+}
+
+/// Makes a `COUNT(*)` inside a transaction see the latest committed rows: InnoDB's plain reads use
+/// the transaction's first snapshot, a locking read does not. PostgreSQL (read committed) takes a
+/// new snapshot per statement; SQLite write transactions are serial.
+fn count_lock(e: Engine) -> &'static str {
+    match e {
+        Engine::MySql => " LOCK IN SHARE MODE",
+        Engine::Postgres | Engine::Sqlite => "",
+    }
+}
+
+/// A bind of a count query.
+enum Bind<'a> {
+    S(&'a str),
+    I(i64),
+}
+
+fn is_concurrency_error(e: &StoreError) -> bool {
+    match e {
+        StoreError::Conflict { .. } | StoreError::KeyChanged { .. } => true,
+        StoreError::Database(sqlx::Error::Database(d)) => {
+            // Deadlock or serialization failure (PostgreSQL 40001/40P01, MariaDB 1213/1205 as
+            // 40001/HY000, SQLite busy): the transaction was rolled back; retry later.
+            matches!(d.code().as_deref(), Some("40001" | "40P01" | "5" | "517" | "261"))
+                || d.message().contains("Deadlock")
+                || d.message().contains("Lock wait timeout")
+        }
+        _ => false,
+    }
 }
 
 const RECORD_COLS: &str = "tenant, collection, id, subject, version, created_at, updated_at, retain_until";
@@ -578,7 +785,7 @@ macro_rules! backend_impl {
                     return Ok(Vec::new());
                 };
                 let sql = format!(
-                    "SELECT record_id, field, domain, sealed FROM kluis_fields \
+                    "SELECT record_id, field, domain, sealed, key_version FROM kluis_fields \
                      WHERE tenant = ? AND collection = ? AND record_id >= ? AND record_id <= ? \
                      AND record_id IN ({}) ORDER BY record_id, field",
                     placeholders(records.len())
@@ -596,6 +803,7 @@ macro_rules! backend_impl {
                         field: Self::text(row, 1)?,
                         domain: Self::text(row, 2)?,
                         sealed: row.try_get(3)?,
+                        key_version: row.try_get(4)?,
                     });
                 }
                 Ok(records
@@ -769,9 +977,13 @@ macro_rules! backend_impl {
                 fields: Vec<FieldRow>,
                 indexes: Vec<IndexRow>,
             ) -> Result<()> {
+                let mut used: Vec<(String, i64)> = Vec::new();
                 for f in fields {
+                    if f.key_version > 0 && !used.iter().any(|(d, v)| *d == f.domain && *v == f.key_version) {
+                        used.push((f.domain.clone(), f.key_version));
+                    }
                     sqlx::query::<$db>(&$sql(
-                        "INSERT INTO kluis_fields (tenant, collection, record_id, field, domain, sealed) VALUES (?, ?, ?, ?, ?, ?)",
+                        "INSERT INTO kluis_fields (tenant, collection, record_id, field, domain, sealed, key_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     ))
                     .bind(&record.tenant)
                     .bind(&record.collection)
@@ -779,8 +991,30 @@ macro_rules! backend_impl {
                     .bind(f.field)
                     .bind(f.domain)
                     .bind(f.sealed)
+                    .bind(f.key_version)
                     .execute(&mut **tx)
                     .await?;
+                }
+                // A cell may only be written under a subject key that still exists: the share lock
+                // makes a concurrent re-encryption that deletes this version wait for this commit
+                // (and then see the cell), or this writer see the deletion and give up.
+                for (domain, version) in used {
+                    let sql = format!(
+                        "SELECT version FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?{}",
+                        share_lock($engine)
+                    );
+                    let found = sqlx::query::<$db>(&$sql(&sql))
+                        .bind(&record.tenant)
+                        .bind(&domain)
+                        .bind(&record.subject)
+                        .bind(version)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    if found.is_none() {
+                        return Err(StoreError::KeyChanged {
+                            what: format!("subject key {}/{domain}/{} v{version}", record.tenant, record.subject),
+                        });
+                    }
                 }
                 for i in indexes {
                     sqlx::query::<$db>(&$sql(
@@ -806,6 +1040,7 @@ macro_rules! backend_impl {
                     version: row.try_get(3)?,
                     wrapped: row.try_get(4)?,
                     created_at: row.try_get(5)?,
+                    wrap_version: row.try_get(6)?,
                 })
             }
 
@@ -836,7 +1071,7 @@ macro_rules! backend_impl {
             async fn migrate(&self) -> Result<()> {
                 let m = Migrator::new(Embedded($migrations)).await?;
                 m.run(&self.pool).await?;
-                Ok(())
+                self.backfill_versions().await
             }
 
             async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
@@ -927,7 +1162,7 @@ macro_rules! backend_impl {
 
             async fn subject_keys(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<SubjectKeyRow>> {
                 let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, domain, subject, version, wrapped, created_at FROM kluis_subject_keys \
+                    "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
                      WHERE tenant = ? AND domain = ? AND subject = ? ORDER BY version",
                 ))
                 .bind(tenant)
@@ -940,7 +1175,7 @@ macro_rules! backend_impl {
 
             async fn all_subject_keys(&self, tenant: &str, domain: &str) -> Result<Vec<SubjectKeyRow>> {
                 let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, domain, subject, version, wrapped, created_at FROM kluis_subject_keys \
+                    "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
                      WHERE tenant = ? AND domain = ? ORDER BY subject, version",
                 ))
                 .bind(tenant)
@@ -951,31 +1186,23 @@ macro_rules! backend_impl {
             }
 
             async fn insert_subject_key(&self, row: SubjectKeyRow) -> Result<bool> {
-                let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(&row.tenant)
-                .bind(&row.domain)
-                .bind(&row.subject)
-                .bind(row.version)
-                .bind(&row.wrapped)
-                .bind(row.created_at)
-                .execute(&self.pool)
-                .await;
-                match res {
-                    Ok(_) => Ok(true),
-                    Err(e) if unique_violation(&e) => Ok(false),
-                    Err(e) => Err(e.into()),
-                }
+                let mut tx = self.begin_write().await?;
+                // The wrapping domain key version must still be live; the share lock keeps a
+                // concurrent retirement of it waiting until this key is visible to its check.
+                Self::require_live_domain_key(&mut tx, &row.tenant, &row.domain, row.wrap_version).await?;
+                let inserted = Self::insert_subject_key_tx(&mut tx, &row).await?;
+                tx.commit().await?;
+                Ok(inserted)
             }
 
             async fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
                 for r in rows {
                     sqlx::query::<$db>(&$sql(
-                        "UPDATE kluis_subject_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                        "UPDATE kluis_subject_keys SET wrapped = ?, wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
                     ))
                     .bind(&r.wrapped)
+                    .bind(r.wrap_version)
                     .bind(&r.tenant)
                     .bind(&r.domain)
                     .bind(&r.subject)
@@ -1142,8 +1369,8 @@ macro_rules! backend_impl {
 
             async fn insert_document(&self, d: DocumentRow) -> Result<()> {
                 let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ))
                 .bind(&d.tenant)
                 .bind(&d.document_id)
@@ -1155,6 +1382,7 @@ macro_rules! backend_impl {
                 .bind(d.padded_size)
                 .bind(d.created_at)
                 .bind(&d.sealed_meta)
+                .bind(document_key_version(&d.key_ref, &d.domain))
                 .execute(&self.pool)
                 .await;
                 match res {
@@ -1192,9 +1420,612 @@ macro_rules! backend_impl {
             async fn purge(&self) -> Result<()> {
                 self.purge_engine().await
             }
+
+            async fn document(&self, tenant: &str, document_id: &str) -> Result<Option<DocumentRow>> {
+                let row = sqlx::query::<$db>(&$sql(
+                    "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
+                     FROM kluis_documents WHERE tenant = ? AND document_id = ?",
+                ))
+                .bind(tenant)
+                .bind(document_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.as_ref().map(Self::document_from).transpose()
+            }
+
+            async fn replace_document(&self, expected_object_name: &str, d: DocumentRow) -> Result<bool> {
+                let done = sqlx::query::<$db>(&$sql(
+                    "UPDATE kluis_documents SET domain = ?, subject = ?, record_id = ?, object_name = ?, key_ref = ?, \
+                     padded_size = ?, created_at = ?, sealed_meta = ?, key_version = ? \
+                     WHERE tenant = ? AND document_id = ? AND object_name = ?",
+                ))
+                .bind(&d.domain)
+                .bind(&d.subject)
+                .bind(&d.record_id)
+                .bind(&d.object_name)
+                .bind(&d.key_ref)
+                .bind(d.padded_size)
+                .bind(d.created_at)
+                .bind(&d.sealed_meta)
+                .bind(document_key_version(&d.key_ref, &d.domain))
+                .bind(&d.tenant)
+                .bind(&d.document_id)
+                .bind(expected_object_name)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn document_object_names(&self) -> Result<Vec<String>> {
+                let rows = sqlx::query::<$db>("SELECT DISTINCT object_name FROM kluis_documents ORDER BY object_name")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Self::text(r, 0)).collect()
+            }
+
+            async fn tenants(&self) -> Result<Vec<String>> {
+                let rows = sqlx::query::<$db>("SELECT DISTINCT tenant FROM kluis_domain_keys ORDER BY tenant")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(|r| Self::text(r, 0)).collect()
+            }
+
+            async fn key_usage(&self, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
+                use std::collections::BTreeMap;
+                let mut out: BTreeMap<(String, String, i64), KeyUsageRow> = BTreeMap::new();
+                let filter = |col: &str| match tenant {
+                    Some(_) => format!(" WHERE {col} = ?"),
+                    None => String::new(),
+                };
+                let sql = format!(
+                    "SELECT tenant, domain, version, state FROM kluis_domain_keys{} ORDER BY tenant, domain, version",
+                    filter("tenant")
+                );
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql);
+                if let Some(t) = tenant {
+                    q = q.bind(t);
+                }
+                for r in q.fetch_all(&self.pool).await? {
+                    let (t, d, v) = (Self::text(&r, 0)?, Self::text(&r, 1)?, r.try_get::<i64, _>(2)?);
+                    let state = Self::text(&r, 3)?;
+                    out.insert(
+                        (t.clone(), d.clone(), v),
+                        KeyUsageRow { tenant: t, domain: d, version: v, state, ..KeyUsageRow::default() },
+                    );
+                }
+                let queries = [
+                    format!(
+                        "SELECT tenant, domain, wrap_version, COUNT(*) FROM kluis_subject_keys{} GROUP BY tenant, domain, wrap_version",
+                        filter("tenant")
+                    ),
+                    format!(
+                        "SELECT x.tenant, x.domain, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT s.tenant, s.domain, s.wrap_version, f.collection, f.record_id \
+                         FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                         JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version{}) x \
+                         GROUP BY x.tenant, x.domain, x.wrap_version",
+                        filter("f.tenant")
+                    ),
+                    format!(
+                        "SELECT s.tenant, s.domain, s.wrap_version, COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
+                         AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version{} GROUP BY s.tenant, s.domain, s.wrap_version",
+                        filter("d.tenant")
+                    ),
+                ];
+                for (i, sql) in queries.iter().enumerate() {
+                    let sql = $sql(sql).into_owned();
+                    let mut q = sqlx::query::<$db>(&sql);
+                    if let Some(t) = tenant {
+                        q = q.bind(t);
+                    }
+                    for r in q.fetch_all(&self.pool).await? {
+                        let (t, d, v) = (Self::text(&r, 0)?, Self::text(&r, 1)?, r.try_get::<i64, _>(2)?);
+                        let n = u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0);
+                        let e = out.entry((t.clone(), d.clone(), v)).or_insert_with(|| KeyUsageRow {
+                            tenant: t,
+                            domain: d,
+                            version: v,
+                            state: "missing".into(),
+                            ..KeyUsageRow::default()
+                        });
+                        match i {
+                            0 => e.subject_keys = n,
+                            1 => e.records = n,
+                            _ => e.documents = n,
+                        }
+                    }
+                }
+                Ok(out.into_values().collect())
+            }
+
+            async fn reencrypt_candidates(&self, tenant: &str, domain: &str, active: i64, limit: u32) -> Result<Vec<String>> {
+                // A stale key that is not the newest, seals no cell and is used by a document is
+                // waiting for the documents' re-encryption: not a candidate (it would block others).
+                let keys = sqlx::query::<$db>(&$sql(
+                    "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? AND ( \
+                     NOT EXISTS (SELECT 1 FROM kluis_subject_keys n WHERE n.tenant = s.tenant AND n.domain = s.domain AND n.subject = s.subject AND n.version > s.version) \
+                     OR EXISTS (SELECT 1 FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                                WHERE f.tenant = s.tenant AND f.domain = s.domain AND r.subject = s.subject AND f.key_version = s.version) \
+                     OR NOT EXISTS (SELECT 1 FROM kluis_documents d WHERE d.tenant = s.tenant AND d.domain = s.domain AND d.subject = s.subject AND d.key_version = s.version)) \
+                     ORDER BY s.subject LIMIT ?",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .bind(active)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                let indexes = sqlx::query::<$db>(&$sql(
+                    "SELECT DISTINCT r.subject FROM kluis_blind_index b JOIN kluis_fields f ON f.tenant = b.tenant AND f.collection = b.collection \
+                     AND f.record_id = b.record_id AND f.field = b.field JOIN kluis_records r ON r.tenant = b.tenant AND r.collection = b.collection \
+                     AND r.id = b.record_id WHERE b.tenant = ? AND f.domain = ? AND b.key_version <> ? ORDER BY r.subject LIMIT ?",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .bind(active)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out = std::collections::BTreeSet::new();
+                for r in keys.iter().chain(indexes.iter()) {
+                    out.insert(Self::text(r, 0)?);
+                }
+                Ok(out.into_iter().take(limit as usize).collect())
+            }
+
+            async fn count_stale_subjects(&self, tenant: &str, domain: &str, active: i64) -> Result<u64> {
+                let n: i64 = sqlx::query_scalar::<$db, i64>(&$sql(
+                    "SELECT COUNT(*) FROM (SELECT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? \
+                     UNION SELECT r.subject FROM kluis_blind_index b JOIN kluis_fields f ON f.tenant = b.tenant AND f.collection = b.collection \
+                     AND f.record_id = b.record_id AND f.field = b.field JOIN kluis_records r ON r.tenant = b.tenant AND r.collection = b.collection \
+                     AND r.id = b.record_id WHERE b.tenant = ? AND f.domain = ? AND b.key_version <> ?) x",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .bind(active)
+                .bind(tenant)
+                .bind(domain)
+                .bind(active)
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            async fn subject_cells(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<StoredRecord>> {
+                let rows = sqlx::query::<$db>(&$sql(
+                    "SELECT r.tenant, r.collection, r.id, r.subject, r.version, r.created_at, r.updated_at, r.retain_until, \
+                     f.field, f.domain, f.sealed, f.key_version FROM kluis_records r JOIN kluis_fields f ON f.tenant = r.tenant \
+                     AND f.collection = r.collection AND f.record_id = r.id WHERE r.tenant = ? AND r.subject = ? AND f.domain = ? \
+                     ORDER BY r.collection, r.id, f.field",
+                ))
+                .bind(tenant)
+                .bind(subject)
+                .bind(domain)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out: Vec<StoredRecord> = Vec::new();
+                for row in &rows {
+                    let rec = Self::record_from(row)?;
+                    let cell = FieldRow {
+                        field: Self::text(row, 8)?,
+                        domain: Self::text(row, 9)?,
+                        sealed: row.try_get(10)?,
+                        key_version: row.try_get(11)?,
+                    };
+                    match out.last_mut() {
+                        Some(last) if last.record.collection == rec.collection && last.record.id == rec.id => {
+                            last.fields.push(cell)
+                        }
+                        _ => out.push(StoredRecord { record: rec, fields: vec![cell] }),
+                    }
+                }
+                Ok(out)
+            }
+
+            async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
+                match self.reencrypt_subject_tx(&plan).await {
+                    Ok(dropped) => Ok(ReencryptOutcome { applied: true, dropped }),
+                    Err(e) if is_concurrency_error(&e) => Ok(ReencryptOutcome { applied: false, dropped: Vec::new() }),
+                    Err(e) => Err(e),
+                }
+            }
+
+            async fn rotate_domain_keys(&self, old_active: Option<i64>, new: DomainKeyRow) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                if let Some(old) = old_active {
+                    let done = sqlx::query::<$db>(&$sql(
+                        "UPDATE kluis_domain_keys SET state = 'decrypt-only' WHERE tenant = ? AND domain = ? AND version = ? AND state = 'active'",
+                    ))
+                    .bind(&new.tenant)
+                    .bind(&new.domain)
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::KeyChanged {
+                            what: format!("domain key {}/{} v{old} is no longer the active version", new.tenant, new.domain),
+                        });
+                    }
+                }
+                let res = sqlx::query::<$db>(&$sql(
+                    "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped) VALUES (?, ?, ?, ?, ?)",
+                ))
+                .bind(&new.tenant)
+                .bind(&new.domain)
+                .bind(new.version)
+                .bind(&new.state)
+                .bind(&new.wrapped)
+                .execute(&mut *tx)
+                .await;
+                match res {
+                    Ok(_) => {}
+                    Err(e) if unique_violation(&e) => {
+                        return Err(StoreError::KeyChanged {
+                            what: format!("domain key {}/{} v{} was created concurrently", new.tenant, new.domain, new.version),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn destroy_domain_version(&self, tenant: &str, domain: &str, version: i64) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                let sql = format!(
+                    "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
+                    update_lock($engine)
+                );
+                let row = sqlx::query::<$db>(&$sql(&sql))
+                    .bind(tenant)
+                    .bind(domain)
+                    .bind(version)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let v32 = u32::try_from(version).unwrap_or(0);
+                let state = match &row {
+                    Some(r) => Self::text(r, 0)?,
+                    None => {
+                        return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                            key: format!("{tenant}/{domain} v{version}"),
+                        }));
+                    }
+                };
+                match state.as_str() {
+                    "decrypt-only" => {}
+                    "active" => {
+                        return Err(StoreError::ActiveKey { tenant: tenant.into(), domain: domain.into(), version: v32 });
+                    }
+                    "destroyed" => return Ok(()),
+                    _ => {
+                        return Err(StoreError::KeyIntegrity { what: format!("domain key {tenant}/{domain} v{version}") });
+                    }
+                }
+                let (subject_keys, records, documents, indexes) =
+                    Self::version_usage(&mut tx, tenant, domain, version).await?;
+                if subject_keys + records + documents + indexes > 0 {
+                    return Err(StoreError::KeyInUse {
+                        tenant: tenant.into(),
+                        domain: domain.into(),
+                        version: v32,
+                        subject_keys,
+                        records: records.max(indexes.min(1)),
+                        documents,
+                    });
+                }
+                sqlx::query::<$db>(&$sql(
+                    "UPDATE kluis_domain_keys SET state = 'destroyed', wrapped = NULL WHERE tenant = ? AND domain = ? AND version = ?",
+                ))
+                .bind(tenant)
+                .bind(domain)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn rewrap_domain_key_rows(&self, rows: Vec<(DomainKeyRow, Vec<u8>)>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                for (r, old) in rows {
+                    let done = sqlx::query::<$db>(&$sql(
+                        "UPDATE kluis_domain_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND version = ? AND wrapped = ?",
+                    ))
+                    .bind(&r.wrapped)
+                    .bind(&r.tenant)
+                    .bind(&r.domain)
+                    .bind(r.version)
+                    .bind(old)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        // Dropping `tx` rolls back every row written so far.
+                        return Err(StoreError::KeyChanged {
+                            what: format!("domain key {}/{} v{}", r.tenant, r.domain, r.version),
+                        });
+                    }
+                }
+                tx.commit().await?;
+                Ok(())
+            }
         }
 
         impl $ty {
+            async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>> {
+                // SQLite: take the write lock at BEGIN so a read-then-write transaction cannot
+                // fail on a snapshot another writer moved on from.
+                Ok(match $engine {
+                    Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+                    _ => self.pool.begin().await?,
+                })
+            }
+
+            async fn require_live_domain_key(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                tenant: &str,
+                domain: &str,
+                version: i64,
+            ) -> Result<()> {
+                let sql = format!(
+                    "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
+                    share_lock($engine)
+                );
+                let row = sqlx::query::<$db>(&$sql(&sql))
+                    .bind(tenant)
+                    .bind(domain)
+                    .bind(version)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let live = match &row {
+                    Some(r) => matches!(Self::text(r, 0)?.as_str(), "active" | "decrypt-only"),
+                    None => false,
+                };
+                if !live {
+                    return Err(StoreError::KeyChanged { what: format!("domain key {tenant}/{domain} v{version}") });
+                }
+                Ok(())
+            }
+
+            async fn insert_subject_key_tx(tx: &mut sqlx::Transaction<'static, $db>, row: &SubjectKeyRow) -> Result<bool> {
+                let res = sqlx::query::<$db>(&$sql(
+                    "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ))
+                .bind(&row.tenant)
+                .bind(&row.domain)
+                .bind(&row.subject)
+                .bind(row.version)
+                .bind(&row.wrapped)
+                .bind(row.created_at)
+                .bind(row.wrap_version)
+                .execute(&mut **tx)
+                .await;
+                match res {
+                    Ok(_) => Ok(true),
+                    Err(e) if unique_violation(&e) => Ok(false),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn count(conn: &mut <$db as sqlx::Database>::Connection, sql: &str, binds: &[Bind<'_>]) -> Result<u64> {
+                let sql = $sql(sql).into_owned();
+                let mut q = sqlx::query_scalar::<$db, i64>(&sql);
+                for b in binds {
+                    q = match b {
+                        Bind::S(s) => q.bind(*s),
+                        Bind::I(i) => q.bind(*i),
+                    };
+                }
+                Ok(u64::try_from(q.fetch_one(&mut *conn).await?).unwrap_or(0))
+            }
+
+            /// Usage of one domain key version, inside a transaction (locking reads on MariaDB).
+            async fn version_usage(
+                tx: &mut <$db as sqlx::Database>::Connection,
+                tenant: &str,
+                domain: &str,
+                version: i64,
+            ) -> Result<(u64, u64, u64, u64)> {
+                let binds = [Bind::S(tenant), Bind::S(domain), Bind::I(version)];
+                let keys = Self::count(
+                    tx,
+                    &format!(
+                        "SELECT COUNT(*) FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version = ?{}",
+                        count_lock($engine)
+                    ),
+                    &binds,
+                )
+                .await?;
+                let indexes = Self::count(
+                    tx,
+                    &format!(
+                        "SELECT COUNT(*) FROM kluis_blind_index b JOIN kluis_fields f ON f.tenant = b.tenant \
+                         AND f.collection = b.collection AND f.record_id = b.record_id AND f.field = b.field \
+                         WHERE b.tenant = ? AND f.domain = ? AND b.key_version = ?{}",
+                        count_lock($engine)
+                    ),
+                    &binds,
+                )
+                .await?;
+                let records = Self::count(
+                    tx,
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT f.collection, f.record_id FROM kluis_fields f \
+                     JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                     JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version \
+                     WHERE f.tenant = ? AND f.domain = ? AND s.wrap_version = ?) x",
+                    &binds,
+                )
+                .await?;
+                let documents = Self::count(
+                    tx,
+                    "SELECT COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
+                     AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version \
+                     WHERE d.tenant = ? AND d.domain = ? AND s.wrap_version = ?",
+                    &binds,
+                )
+                .await?;
+                Ok((keys, records, documents, indexes))
+            }
+
+            async fn reencrypt_subject_tx(&self, plan: &ReencryptPlan) -> Result<Vec<i64>> {
+                use sqlx::Acquire;
+                let mut tx = self.begin_write().await?;
+                if let Some(k) = &plan.new_key {
+                    Self::require_live_domain_key(&mut tx, &k.tenant, &k.domain, k.wrap_version).await?;
+                    if !Self::insert_subject_key_tx(&mut tx, k).await? {
+                        return Err(StoreError::KeyChanged {
+                            what: format!("subject key {}/{}/{} v{} was created concurrently", k.tenant, k.domain, k.subject, k.version),
+                        });
+                    }
+                }
+                for r in &plan.records {
+                    let sql = format!(
+                        "SELECT version FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?{}",
+                        update_lock($engine)
+                    );
+                    let found: Option<i64> = sqlx::query_scalar::<$db, i64>(&$sql(&sql))
+                        .bind(&plan.tenant)
+                        .bind(&r.collection)
+                        .bind(&r.id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if found != Some(r.version) {
+                        return Err(StoreError::Conflict {
+                            collection: r.collection.clone(),
+                            record: r.id.clone(),
+                            expected: u64::try_from(r.version).unwrap_or(0),
+                            found: found.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
+                        });
+                    }
+                    for c in &r.cells {
+                        let done = sqlx::query::<$db>(&$sql(
+                            "UPDATE kluis_fields SET sealed = ?, key_version = ? \
+                             WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ? AND domain = ?",
+                        ))
+                        .bind(&c.sealed)
+                        .bind(c.key_version)
+                        .bind(&plan.tenant)
+                        .bind(&r.collection)
+                        .bind(&r.id)
+                        .bind(&c.field)
+                        .bind(&c.domain)
+                        .execute(&mut *tx)
+                        .await?;
+                        if done.rows_affected() != 1 {
+                            return Err(StoreError::Conflict {
+                                collection: r.collection.clone(),
+                                record: r.id.clone(),
+                                expected: u64::try_from(r.version).unwrap_or(0),
+                                found: u64::try_from(r.version).unwrap_or(0),
+                            });
+                        }
+                    }
+                    for i in &r.indexes {
+                        sqlx::query::<$db>(&$sql(
+                            "UPDATE kluis_blind_index SET key_version = ?, idx = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+                        ))
+                        .bind(i.key_version)
+                        .bind(&i.idx)
+                        .bind(&plan.tenant)
+                        .bind(&r.collection)
+                        .bind(&r.id)
+                        .bind(&i.field)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+                let mut dropped = Vec::new();
+                for v in &plan.drop_versions {
+                    // Delete first (this waits for writers holding a share lock on the key row),
+                    // then look for users; keep the key (roll back to the savepoint) if any.
+                    let mut sp = (&mut tx).begin().await?;
+                    sqlx::query::<$db>(&$sql(
+                        "DELETE FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                    ))
+                    .bind(&plan.tenant)
+                    .bind(&plan.domain)
+                    .bind(&plan.subject)
+                    .bind(*v)
+                    .execute(&mut *sp)
+                    .await?;
+                    let binds = [Bind::S(&plan.tenant), Bind::S(&plan.domain), Bind::S(&plan.subject), Bind::I(*v)];
+                    let cells = Self::count(
+                        &mut sp,
+                        &format!(
+                            "SELECT COUNT(*) FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection \
+                             AND r.id = f.record_id WHERE f.tenant = ? AND f.domain = ? AND r.subject = ? AND f.key_version = ?{}",
+                            count_lock($engine)
+                        ),
+                        &binds,
+                    )
+                    .await?;
+                    let docs = Self::count(
+                        &mut sp,
+                        &format!(
+                            "SELECT COUNT(*) FROM kluis_documents WHERE tenant = ? AND domain = ? AND subject = ? AND key_version = ?{}",
+                            count_lock($engine)
+                        ),
+                        &binds,
+                    )
+                    .await?;
+                    if cells + docs == 0 {
+                        sp.commit().await?;
+                        dropped.push(*v);
+                    } else {
+                        sp.rollback().await?;
+                    }
+                }
+                tx.commit().await?;
+                Ok(dropped)
+            }
+
+            async fn backfill_versions(&self) -> Result<()> {
+                let keys = sqlx::query::<$db>(
+                    "SELECT tenant, domain, subject, version, wrapped FROM kluis_subject_keys WHERE wrap_version = 0",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let docs = sqlx::query::<$db>(
+                    "SELECT tenant, document_id, domain, key_ref FROM kluis_documents WHERE key_version IS NULL",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let mut doc_versions = Vec::new();
+                for r in &docs {
+                    if let Some(v) = document_key_version(&Self::text(r, 3)?, &Self::text(r, 2)?) {
+                        doc_versions.push((Self::text(r, 0)?, Self::text(r, 1)?, v));
+                    }
+                }
+                if keys.is_empty() && doc_versions.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await?;
+                for r in &keys {
+                    let wrapped: Vec<u8> = r.try_get(4)?;
+                    // A row whose header does not parse was altered: it stays 0 and fails to open.
+                    let Ok(h) = kluis_core::SealedHeader::parse(&wrapped) else { continue };
+                    sqlx::query::<$db>(&$sql(
+                        "UPDATE kluis_subject_keys SET wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                    ))
+                    .bind(i64::from(h.key.version))
+                    .bind(Self::text(r, 0)?)
+                    .bind(Self::text(r, 1)?)
+                    .bind(Self::text(r, 2)?)
+                    .bind(r.try_get::<i64, _>(3)?)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for (t, d, v) in doc_versions {
+                    sqlx::query::<$db>(&$sql("UPDATE kluis_documents SET key_version = ? WHERE tenant = ? AND document_id = ?"))
+                        .bind(v)
+                        .bind(t)
+                        .bind(d)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn insert_override(tx: &mut sqlx::Transaction<'static, $db>, a: OverrideRow) -> Result<()> {
                 sqlx::query::<$db>(&$sql(
                     "INSERT INTO kluis_legal_overrides (tenant, action, target, reason, authorised_by, at) VALUES (?, ?, ?, ?, ?, ?)",

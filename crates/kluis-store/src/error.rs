@@ -172,6 +172,51 @@ pub enum StoreError {
     /// The operation is not possible in the current state.
     #[error("invalid operation: {0}")]
     Invalid(String),
+    /// A domain key version cannot be retired while data depends on it (see `Store::key_usage`;
+    /// run `Store::reencrypt_step`, and the documents' re-encryption, until nothing is left).
+    #[error(
+        "domain key {tenant}/{domain} v{version} is still in use: {subject_keys} subject keys, {records} records, {documents} documents"
+    )]
+    KeyInUse {
+        /// Tenant.
+        tenant: String,
+        /// Domain.
+        domain: String,
+        /// Domain key version.
+        version: u32,
+        /// Subject keys wrapped under it.
+        subject_keys: u64,
+        /// Records with a cell sealed by such a subject key.
+        records: u64,
+        /// Documents wrapped by such a subject key.
+        documents: u64,
+    },
+    /// The active domain key version cannot be retired: rotate first.
+    #[error("domain key {tenant}/{domain} v{version} is the active version: rotate first")]
+    ActiveKey {
+        /// Tenant.
+        tenant: String,
+        /// Domain.
+        domain: String,
+        /// Domain key version.
+        version: u32,
+    },
+    /// Retryable: a key changed concurrently (a subject key was re-encrypted or shredded, or a
+    /// domain key rotated or retired) while this operation used an older one. Nothing was
+    /// written; retry (after unlocking again if the caller's domain keys are older).
+    #[error("key changed concurrently: {what}; nothing was written, retry")]
+    KeyChanged {
+        /// Which key.
+        what: String,
+    },
+}
+
+impl StoreError {
+    /// Is it worth retrying the same call unchanged (a key changed concurrently)? A
+    /// [`StoreError::Conflict`] is not: read the record again first.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::KeyChanged { .. })
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

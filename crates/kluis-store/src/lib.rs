@@ -26,7 +26,7 @@ pub use backend::{Backend, DocumentRow, Engine, MySqlBackend, PostgresBackend, S
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Schema, field};
 pub use store::{
-    Access, Changes, FieldValue, LegalOverride, MigrationReport, NewRecord, Op, Page, Record, ShredReport,
-    Store, Written, check_id,
+    Access, Changes, FieldValue, KeyUsage, LegalOverride, MigrationReport, NewRecord, Op, Page, Record,
+    ReencryptProgress, ShredReport, Store, Written, check_id,
 };
 pub use value::Value;

@@ -14,7 +14,7 @@ use kluis_core::{
 
 use crate::backend::{
     Backend, DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, OverrideRow, RecordRow,
-    StoredRecord, SubjectKeyRow, WriteOp,
+    ReencryptPlan, ReencryptRecord, StoredRecord, SubjectKeyRow, WriteOp,
 };
 use crate::error::{Result, StoreError};
 use crate::schema::{Collection, FieldDef, Schema};
@@ -290,8 +290,11 @@ pub struct ShredReport {
     pub destroyed_versions: Vec<(String, u32)>,
 }
 
+/// (tenant, domain, subject, subject key version).
+type SubjectCacheKey = (String, String, String, u32);
+
 /// (tenant, domain, subject).
-type SubjectCacheKey = (String, String, String);
+type NewestKey = (String, String, String);
 
 /// Cache tags computed during one call, by (domain, domain key version).
 type Tags = HashMap<(String, u32), [u8; 32]>;
@@ -305,6 +308,75 @@ struct CachedSubjectKey {
 
 const SUBJECT_CACHE_MAX: usize = 100_000;
 
+/// How often a transaction is retried internally when a subject key it used changed
+/// concurrently (re-encryption or shred in another process).
+const KEY_CHANGED_RETRIES: usize = 4;
+
+#[derive(Default)]
+struct SubjectCache {
+    keys: HashMap<SubjectCacheKey, CachedSubjectKey>,
+    /// The newest subject key version seen per subject, for writes.
+    newest: HashMap<NewestKey, (u32, Instant)>,
+}
+
+impl SubjectCache {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn forget_subject(&mut self, tenant: &str, domain: Option<&str>, subject: &str) {
+        let hit = |t: &str, d: &str, s: &str| t == tenant && s == subject && domain.is_none_or(|x| x == d);
+        self.keys.retain(|k, _| !hit(&k.0, &k.1, &k.2));
+        self.newest.retain(|k, _| !hit(&k.0, &k.1, &k.2));
+    }
+
+    fn forget_domain(&mut self, tenant: &str, domain: &str) {
+        self.keys.retain(|k, _| !(k.0 == tenant && k.1 == domain));
+        self.newest.retain(|k, _| !(k.0 == tenant && k.1 == domain));
+    }
+}
+
+/// Per domain key version: what still depends on it ([`Store::key_usage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Domain.
+    pub domain: DomainName,
+    /// Domain key version.
+    pub version: u32,
+    /// Its state.
+    pub state: KeyState,
+    /// Subject keys wrapped under this version.
+    pub subject_keys: u64,
+    /// Records with at least one cell sealed by such a subject key.
+    pub records: u64,
+    /// Catalog documents whose data key is wrapped by such a subject key.
+    pub documents: u64,
+}
+
+impl KeyUsage {
+    /// Nothing depends on this version any more (it can be retired unless it is active).
+    pub fn is_unused(&self) -> bool {
+        self.subject_keys == 0 && self.records == 0 && self.documents == 0
+    }
+}
+
+/// What one [`Store::reencrypt_step`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReencryptProgress {
+    /// Subjects whose cells now all use a subject key wrapped under the active domain key
+    /// version (and whose blind indexes use the active version).
+    pub subjects_moved: u64,
+    /// Cells re-sealed.
+    pub records_resealed: u64,
+    /// Subjects that still have a subject key wrapped under an older version (or a blind index
+    /// under one) after this step; 0 when the domain is done (documents included).
+    pub remaining_subjects: u64,
+    /// Subjects skipped because a record or key changed concurrently (the next step retries).
+    pub conflicts: u64,
+}
+
 /// Default lifetime of an unwrapped subject key in the store's cache.
 pub const DEFAULT_SUBJECT_KEY_TTL: Duration = Duration::from_secs(300);
 
@@ -312,7 +384,7 @@ pub const DEFAULT_SUBJECT_KEY_TTL: Duration = Duration::from_secs(300);
 pub struct Store<B: Backend> {
     backend: B,
     schema: Arc<Schema>,
-    subject_keys: Mutex<HashMap<SubjectCacheKey, CachedSubjectKey>>,
+    subject_keys: Mutex<SubjectCache>,
     subject_key_ttl: Duration,
 }
 
@@ -389,7 +461,7 @@ impl<B: Backend> Store<B> {
         Self {
             backend,
             schema: Arc::new(schema),
-            subject_keys: Mutex::new(HashMap::new()),
+            subject_keys: Mutex::new(SubjectCache::default()),
             subject_key_ttl: DEFAULT_SUBJECT_KEY_TTL,
         }
     }
@@ -571,40 +643,83 @@ impl<B: Backend> Store<B> {
         if let Ok(mut c) = self.subject_keys.lock() {
             if c.len() >= SUBJECT_CACHE_MAX {
                 let now = Instant::now();
-                c.retain(|_, e| e.expires > now);
+                c.keys.retain(|_, e| e.expires > now);
+                c.newest.retain(|_, e| e.1 > now);
                 if c.len() >= SUBJECT_CACHE_MAX {
-                    c.clear();
+                    c.keys.clear();
+                    c.newest.clear();
                 }
             }
-            let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone());
+            let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone(), rec.version);
             let expires = Instant::now() + self.subject_key_ttl;
-            c.insert(ck, CachedSubjectKey { key: key.clone(), wrapping: wv, tag, expires });
+            c.keys.insert(ck, CachedSubjectKey { key: key.clone(), wrapping: wv, tag, expires });
         }
         Ok(key)
     }
 
-    /// The newest subject key of (tenant, domain, subject), if any: from the cache when the
-    /// caller's key set holds the domain key version that unwrapped it, else from the database.
-    async fn subject_key(
+    fn note_newest(&self, set: &DomainKeySet, subject: &str, version: u32) {
+        if let Ok(mut c) = self.subject_keys.lock() {
+            let k = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+            c.newest.insert(k, (version, Instant::now() + self.subject_key_ttl));
+        }
+    }
+
+    fn cached_key(
         &self,
         set: &DomainKeySet,
         subject: &str,
+        version: u32,
         tags: &mut Tags,
-    ) -> Result<Option<Arc<SubjectKey>>> {
-        let ck = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+    ) -> Option<Arc<SubjectKey>> {
+        let ck = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned(), version);
         let cached = self.subject_keys.lock().ok().and_then(|c| {
-            c.get(&ck).filter(|e| e.expires > Instant::now()).map(|e| (e.key.clone(), e.wrapping, e.tag))
-        });
-        if let Some((key, wv, tag)) = cached
-            && let Ok(mine) = Self::cache_tag(set, wv, tags)
-            && ct_eq(&mine, &tag)
+            c.keys.get(&ck).filter(|e| e.expires > Instant::now()).map(|e| (e.key.clone(), e.wrapping, e.tag))
+        })?;
+        let (key, wv, tag) = cached;
+        let mine = Self::cache_tag(set, wv, tags).ok()?;
+        ct_eq(&mine, &tag).then_some(key)
+    }
+
+    /// A subject key of (tenant, domain, subject): version `version`, or the newest if `None`;
+    /// from the cache when the caller's key set holds the domain key version that unwrapped it,
+    /// else from the database. The newest version may be served from the cache for up to the
+    /// TTL: a write under a version that another process deleted meanwhile is refused by the
+    /// database ([`StoreError::KeyChanged`]) and retried.
+    async fn load_subject_key(
+        &self,
+        set: &DomainKeySet,
+        subject: &str,
+        version: Option<u32>,
+        tags: &mut Tags,
+    ) -> Result<Option<(u32, Arc<SubjectKey>)>> {
+        let want = match version {
+            Some(v) => Some(v),
+            None => self.subject_keys.lock().ok().and_then(|c| {
+                let k = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+                c.newest.get(&k).filter(|e| e.1 > Instant::now()).map(|e| e.0)
+            }),
+        };
+        if let Some(v) = want
+            && let Some(key) = self.cached_key(set, subject, v, tags)
         {
-            return Ok(Some(key));
+            return Ok(Some((v, key)));
         }
         let rows = self.backend.subject_keys(set.tenant().as_str(), set.domain().as_str(), subject).await?;
-        match rows.last() {
+        if let Some(last) = rows.last()
+            && let Ok(v) = u32::try_from(last.version)
+        {
+            self.note_newest(set, subject, v);
+        }
+        let row = match version {
+            Some(v) => rows.iter().find(|r| r.version == i64::from(v)),
+            None => rows.last(),
+        };
+        match row {
             None => Ok(None),
-            Some(row) => Ok(Some(self.open_subject_row(set, row, tags)?)),
+            Some(row) => {
+                let key = self.open_subject_row(set, row, tags)?;
+                Ok(Some((key.seal_key().key_ref().version, key)))
+            }
         }
     }
 
@@ -613,11 +728,33 @@ impl<B: Backend> Store<B> {
         set: &DomainKeySet,
         subject: &str,
         tags: &mut Tags,
-    ) -> Result<Arc<SubjectKey>> {
-        if let Some(k) = self.subject_key(set, subject, tags).await? {
+    ) -> Result<(u32, Arc<SubjectKey>)> {
+        if let Some(k) = self.load_subject_key(set, subject, None, tags).await? {
             return Ok(k);
         }
-        let (rec, _) = set.new_subject_key(subject, 1)?;
+        let row = Self::new_subject_key_row(set, subject, 1)?;
+        // Inserted, or another writer won the race: either way read back the stored one.
+        self.backend.insert_subject_key(row).await?;
+        self.load_subject_key(set, subject, None, tags).await?.ok_or_else(|| StoreError::KeyChanged {
+            what: format!("subject key {}/{}/{subject}", set.tenant(), set.domain()),
+        })
+    }
+
+    fn new_subject_key_row(set: &DomainKeySet, subject: &str, version: u32) -> Result<SubjectKeyRow> {
+        Ok(Self::new_subject_key_pair(set, subject, version)?.0)
+    }
+
+    fn new_subject_key_pair(
+        set: &DomainKeySet,
+        subject: &str,
+        version: u32,
+    ) -> Result<(SubjectKeyRow, SubjectKey)> {
+        let wrap = set.active_version().ok_or_else(|| {
+            StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{}/{} (no active version)", set.tenant(), set.domain()),
+            })
+        })?;
+        let (rec, key) = set.new_subject_key(subject, version)?;
         let row = SubjectKeyRow {
             tenant: rec.tenant.to_string(),
             domain: rec.domain.to_string(),
@@ -625,12 +762,9 @@ impl<B: Backend> Store<B> {
             version: i64::from(rec.version),
             wrapped: rec.wrapped,
             created_at: now_unix(),
+            wrap_version: i64::from(wrap),
         };
-        // Inserted, or another writer won the race: either way read back the stored one.
-        self.backend.insert_subject_key(row).await?;
-        self.subject_key(set, subject, tags)
-            .await?
-            .ok_or_else(|| StoreError::Invalid("the subject key vanished while being created".into()))
+        Ok((row, key))
     }
 
     // ---------------------------------------------------------------- writes
@@ -697,11 +831,11 @@ impl<B: Backend> Store<B> {
         }
         let mut cells = Vec::with_capacity(fields.len());
         let mut indexes = Vec::new();
-        let mut keys: BTreeMap<&str, Arc<SubjectKey>> = BTreeMap::new();
+        let mut keys: BTreeMap<&str, (u32, Arc<SubjectKey>)> = BTreeMap::new();
         for (name, v) in fields {
             let def = Self::field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
-            let sk = match keys.get(def.domain.as_str()) {
+            let (skv, sk) = match keys.get(def.domain.as_str()) {
                 Some(k) => k.clone(),
                 None => {
                     let k = self.subject_key_for_write(set, subject, tags).await?;
@@ -721,6 +855,7 @@ impl<B: Backend> Store<B> {
                 field: name.clone(),
                 domain: def.domain.to_string(),
                 sealed: sk.seal(&ctx, &encoded)?,
+                key_version: i64::from(skv),
             });
             if def.blind_index {
                 let active = set.active_version().ok_or_else(|| {
@@ -781,11 +916,34 @@ impl<B: Backend> Store<B> {
 
     /// Runs several operations in one database transaction: all are applied, or (on any error,
     /// including a conflict) none.
+    ///
+    /// A write sealed under a subject key that another process re-encrypted away or shredded
+    /// meanwhile is refused by the database and retried here with fresh keys; after
+    /// a few attempts the error is [`StoreError::KeyChanged`] (retryable).
     pub async fn transaction(&self, access: &Access, ops: Vec<Op>) -> Result<Vec<Written>> {
-        let (writes, written) = self.prepare_transaction(access, ops).await?;
-        self.backend.apply(writes).await?;
-        tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
-        Ok(written)
+        let mut attempt = 1;
+        loop {
+            let (writes, written) = self.prepare_transaction(access, ops.clone()).await?;
+            match self.backend.apply(writes).await {
+                Ok(()) => {
+                    tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
+                    return Ok(written);
+                }
+                Err(StoreError::KeyChanged { .. }) if attempt < KEY_CHANGED_RETRIES => {
+                    self.forget_cached_keys(&access.tenant);
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Drops every cached subject key of a tenant (after [`StoreError::KeyChanged`]).
+    pub(crate) fn forget_cached_keys(&self, tenant: &TenantId) {
+        if let Ok(mut c) = self.subject_keys.lock() {
+            c.keys.retain(|k, _| k.0 != tenant.as_str());
+            c.newest.retain(|k, _| k.0 != tenant.as_str());
+        }
     }
 
     /// Checks and seals a transaction's operations into backend writes (nothing is written yet).
@@ -922,7 +1080,7 @@ impl<B: Backend> Store<B> {
     async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
         let r = stored.record;
         let mut fields = BTreeMap::new();
-        let mut keys: BTreeMap<String, Arc<SubjectKey>> = BTreeMap::new();
+        let mut keys: BTreeMap<(String, i64), Arc<SubjectKey>> = BTreeMap::new();
         for cell in stored.fields {
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
@@ -934,11 +1092,13 @@ impl<B: Backend> Store<B> {
                 fields.insert(cell.field.clone(), FieldValue::Withheld { domain: cell.domain.clone() });
                 continue;
             };
-            let sk = match keys.get(&cell.domain) {
+            let sk = match keys.get(&(cell.domain.clone(), cell.key_version)) {
                 Some(k) => k.clone(),
                 None => {
-                    let k = self.subject_key(set, &r.subject, tags).await?.ok_or_else(integrity)?;
-                    keys.insert(cell.domain.clone(), k.clone());
+                    let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
+                    let (_, k) =
+                        self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?;
+                    keys.insert((cell.domain.clone(), cell.key_version), k.clone());
                     k
                 }
             };
@@ -1097,7 +1257,7 @@ impl<B: Backend> Store<B> {
         }
         let removed = self.backend.delete_subject(tenant.as_str(), subject, audit).await?;
         if let Ok(mut c) = self.subject_keys.lock() {
-            c.retain(|k, _| !(k.0 == tenant.as_str() && k.2 == subject));
+            c.forget_subject(tenant.as_str(), None, subject);
         }
         let mut destroyed = Vec::new();
         for d in &affected {
@@ -1135,7 +1295,11 @@ impl<B: Backend> Store<B> {
             let rec = Self::subject_record(row, &tenant, &set)?;
             let what = format!("subject key {tenant}/{domain}/{}", row.subject);
             let new = set.rewrap_subject_key(&rec).map_err(|e| key_integrity(what, e))?;
-            rewrapped.push(SubjectKeyRow { wrapped: new.wrapped, ..row.clone() });
+            rewrapped.push(SubjectKeyRow {
+                wrapped: new.wrapped,
+                wrap_version: i64::from(new_rec.version),
+                ..row.clone()
+            });
         }
         self.backend.rewrap_subject_keys(rewrapped).await?;
         access.sets.insert(domain.to_string(), Arc::new(set));
@@ -1174,7 +1338,7 @@ impl<B: Backend> Store<B> {
         let set = self.key_set(provider, &tenant, domain).await?;
         access.sets.insert(domain.to_string(), Arc::new(set));
         if let Ok(mut c) = self.subject_keys.lock() {
-            c.retain(|k, _| !(k.0 == tenant.as_str() && k.1 == domain.as_str()));
+            c.forget_domain(tenant.as_str(), domain.as_str());
         }
         Ok(destroyed)
     }
@@ -1201,11 +1365,316 @@ impl<B: Backend> Store<B> {
             let new = keys::rewrap_domain_key(provider, provider, &rec)
                 .await
                 .map_err(|e| key_integrity(what, e))?;
-            out.push(new);
+            let old = row.wrapped.clone().unwrap_or_default();
+            for r in Self::rows_from_records(std::slice::from_ref(&new))? {
+                out.push((r, old.clone()));
+            }
         }
         let n = out.len();
-        self.backend.put_domain_keys(Self::rows_from_records(&out)?, false).await?;
+        // One transaction for every row, each written only if it still holds the bytes read:
+        // a provider failure above writes nothing, and so does a concurrent change.
+        if n > 0 {
+            self.backend.rewrap_domain_key_rows(out).await?;
+        }
         Ok(n)
+    }
+
+    // ---------------------------------------------------------------- rotation and re-encryption
+
+    fn open_row_owned(set: &DomainKeySet, row: &SubjectKeyRow) -> Result<(u32, SubjectKey)> {
+        let tenant = set.tenant();
+        let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
+        let rec = Self::subject_record(row, tenant, set)?;
+        let key = set.open_subject_key(&rec).map_err(|e| key_integrity(what(), e))?;
+        Ok((rec.version, key))
+    }
+
+    /// The newest subject key of (caller's tenant, `domain`, `subject`) with its version,
+    /// created (version 1, wrapped under the active domain key version) if the subject has none.
+    /// For documents: the catalog's `key_ref` is then `subject:<domain>:v<version>`.
+    pub async fn subject_key(
+        &self,
+        access: &Access,
+        domain: &DomainName,
+        subject: &str,
+    ) -> Result<(u32, SubjectKey)> {
+        check_id("subject id", subject)?;
+        let set = access.require(domain.as_str())?;
+        let (t, d) = (access.tenant.as_str(), domain.as_str());
+        let mut rows = self.backend.subject_keys(t, d, subject).await?;
+        if rows.is_empty() {
+            self.backend.insert_subject_key(Self::new_subject_key_row(set, subject, 1)?).await?;
+            rows = self.backend.subject_keys(t, d, subject).await?;
+        }
+        let row = rows
+            .last()
+            .ok_or_else(|| StoreError::KeyChanged { what: format!("subject key {t}/{d}/{subject}") })?;
+        Self::open_row_owned(set, row)
+    }
+
+    /// Version `version` of the subject key of (caller's tenant, `domain`, `subject`).
+    /// [`StoreError::Shredded`] if the subject has no key at all in this domain,
+    /// [`kluis_core::Error::UnknownKey`] if only that version is gone (re-encrypted away).
+    pub async fn subject_key_version(
+        &self,
+        access: &Access,
+        domain: &DomainName,
+        subject: &str,
+        version: u32,
+    ) -> Result<SubjectKey> {
+        check_id("subject id", subject)?;
+        let set = access.require(domain.as_str())?;
+        let (t, d) = (access.tenant.as_str(), domain.as_str());
+        let rows = self.backend.subject_keys(t, d, subject).await?;
+        if rows.is_empty() {
+            return Err(StoreError::Shredded { tenant: t.to_owned(), subject: subject.to_owned() });
+        }
+        let row = rows.iter().find(|r| r.version == i64::from(version)).ok_or_else(|| {
+            StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("subject key {t}/{d}/{subject} v{version}"),
+            })
+        })?;
+        Ok(Self::open_row_owned(set, row)?.1)
+    }
+
+    /// Tenants that have domain keys (not the store's own metadata key), sorted.
+    pub async fn tenants(&self) -> Result<Vec<TenantId>> {
+        let mut out = Vec::new();
+        for t in self.backend.tenants().await? {
+            if t != META_TENANT {
+                out.push(TenantId::new(t)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per domain key version (of one tenant, or all): its state and what still depends on it.
+    /// A version can be retired ([`Store::retire_domain_version`]) when it is not active and
+    /// [`KeyUsage::is_unused`].
+    pub async fn key_usage(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyUsage>> {
+        let rows = self.backend.key_usage(tenant.map(TenantId::as_str)).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            if r.tenant == META_TENANT {
+                continue;
+            }
+            let what = || StoreError::KeyIntegrity {
+                what: format!("domain key {}/{} v{}", r.tenant, r.domain, r.version),
+            };
+            out.push(KeyUsage {
+                tenant: TenantId::new(r.tenant.clone())?,
+                domain: DomainName::new(r.domain.clone())?,
+                version: u32::try_from(r.version).map_err(|_| what())?,
+                // A version used by subject keys but without a row of its own: gone.
+                state: KeyState::parse(&r.state).unwrap_or(KeyState::Destroyed),
+                subject_keys: r.subject_keys,
+                records: r.records,
+                documents: r.documents,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Rotates the domain key of (tenant, domain): a new version becomes active (new subject
+    /// keys and blind indexes use it), the old active version becomes decrypt-only. Nothing is
+    /// re-encrypted yet: run [`Store::reencrypt_step`] (with keys unlocked after the rotation)
+    /// until it reports nothing remaining, then [`Store::retire_domain_version`]. Returns the
+    /// new version.
+    pub async fn rotate_domain_key(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<u32> {
+        let mut records = self.domain_records(tenant, domain).await?;
+        if records.is_empty() {
+            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{tenant}/{domain}"),
+            }));
+        }
+        let old_active = keys::validate_versions(&records)
+            .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))?;
+        let (new_rec, _) = keys::rotate_domain_key(provider, tenant, domain, &mut records).await?;
+        let mut rows = Self::rows_from_records(std::slice::from_ref(&new_rec))?;
+        let row = rows.pop().ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
+        self.backend.rotate_domain_keys(old_active.map(i64::from), row).await?;
+        tracing::info!(tenant = %tenant, domain = %domain, version = new_rec.version, "kluis-store domain key rotated");
+        Ok(new_rec.version)
+    }
+
+    /// One step of re-encryption after a rotation: up to `max_subjects` subjects whose subject
+    /// key is wrapped under an older domain key version get a new subject key version wrapped
+    /// under the active one; every cell of `domain` of that subject is re-sealed under it and its
+    /// blind indexes re-derived under the active version; older subject key versions that no
+    /// cell and no catalog document uses any more are deleted. One database transaction per
+    /// subject (a crash loses nothing; the next step continues). A record changed concurrently
+    /// makes its subject count as a conflict, left for the next step; nothing a writer did is
+    /// overwritten. `access` must hold `domain`, unlocked after the rotation
+    /// ([`StoreError::KeyChanged`] otherwise).
+    pub async fn reencrypt_step(
+        &self,
+        access: &Access,
+        domain: &DomainName,
+        max_subjects: usize,
+    ) -> Result<ReencryptProgress> {
+        let set = access.require(domain.as_str())?;
+        let records = self.domain_records(&access.tenant, domain).await?;
+        let db_active = keys::validate_versions(&records)
+            .map_err(|e| key_integrity(format!("domain key {}/{domain}", access.tenant), e))?;
+        let Some(active) = db_active else {
+            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{}/{domain} (no active version)", access.tenant),
+            }));
+        };
+        if set.active_version() != Some(active) {
+            return Err(StoreError::KeyChanged {
+                what: format!(
+                    "the caller's keys of {}/{domain} are older than the database's (active v{active}): unlock again",
+                    access.tenant
+                ),
+            });
+        }
+        let (t, d) = (access.tenant.as_str(), domain.as_str());
+        let limit = u32::try_from(max_subjects.max(1)).unwrap_or(u32::MAX);
+        let mut tags = Tags::new();
+        let mut progress = ReencryptProgress::default();
+        for subject in self.backend.reencrypt_candidates(t, d, i64::from(active), limit).await? {
+            match self.reencrypt_subject(access, set, &subject, active, &mut tags).await? {
+                Some(resealed) => {
+                    progress.subjects_moved += 1;
+                    progress.records_resealed += resealed;
+                }
+                None => progress.conflicts += 1,
+            }
+        }
+        progress.remaining_subjects = self.backend.count_stale_subjects(t, d, i64::from(active)).await?;
+        tracing::info!(
+            tenant = %access.tenant, domain = %domain, moved = progress.subjects_moved,
+            remaining = progress.remaining_subjects, conflicts = progress.conflicts,
+            "kluis-store re-encryption step"
+        );
+        Ok(progress)
+    }
+
+    /// One subject of [`Store::reencrypt_step`]: `Some(records re-sealed)`, or `None` on a
+    /// concurrent change (nothing written).
+    async fn reencrypt_subject(
+        &self,
+        access: &Access,
+        set: &DomainKeySet,
+        subject: &str,
+        active: u32,
+        tags: &mut Tags,
+    ) -> Result<Option<u64>> {
+        let (t, d) = (access.tenant.as_str(), set.domain().as_str());
+        if let Ok(mut c) = self.subject_keys.lock() {
+            c.forget_subject(t, Some(d), subject);
+        }
+        let rows = self.backend.subject_keys(t, d, subject).await?;
+        let Some(newest) = rows.last() else { return Ok(Some(0)) };
+        let newest_wrap = kluis_core::SealedHeader::parse(&newest.wrapped).map(|h| h.key.version).ok();
+        let (target, target_key, new_key) =
+            if newest_wrap == Some(active) && newest.wrap_version == i64::from(active) {
+                let (v, k) = Self::open_row_owned(set, newest)?;
+                (v, k, None)
+            } else {
+                let next = u32::try_from(newest.version)
+                    .ok()
+                    .and_then(|v| v.checked_add(1))
+                    .ok_or_else(|| StoreError::Invalid("subject key versions exhausted".into()))?;
+                let (row, key) = Self::new_subject_key_pair(set, subject, next)?;
+                (next, key, Some(row))
+            };
+        let mut plan_records = Vec::new();
+        let mut resealed = 0u64;
+        for stored in self.backend.subject_cells(t, d, subject).await? {
+            let r = &stored.record;
+            let coll = self.schema.collection(&r.collection).ok();
+            let mut cells = Vec::new();
+            let mut indexes = Vec::new();
+            for cell in &stored.fields {
+                let integrity = || StoreError::Integrity {
+                    collection: r.collection.clone(),
+                    record: r.id.clone(),
+                    field: cell.field.clone(),
+                };
+                // The header's version is the one the cell really needs (authenticated on open).
+                let hv = kluis_core::SealedHeader::parse(&cell.sealed).map_err(|_| integrity())?.key.version;
+                let def = coll.and_then(|c| c.field(&cell.field));
+                let indexed = def.is_some_and(|f| f.blind_index && f.domain == *set.domain());
+                let needs_reseal = hv != target || cell.key_version != i64::from(target);
+                if !needs_reseal && !indexed {
+                    continue;
+                }
+                let ctx = Context {
+                    tenant: &access.tenant,
+                    domain: set.domain(),
+                    collection: &r.collection,
+                    field: &cell.field,
+                    record: &r.id,
+                };
+                let (_, old) =
+                    self.load_subject_key(set, subject, Some(hv), tags).await?.ok_or_else(integrity)?;
+                let pt = old.open(&ctx, &cell.sealed).map_err(|_| integrity())?;
+                if needs_reseal {
+                    cells.push(FieldRow {
+                        field: cell.field.clone(),
+                        domain: cell.domain.clone(),
+                        sealed: target_key.seal(&ctx, pt.expose_secret())?,
+                        key_version: i64::from(target),
+                    });
+                }
+                if indexed {
+                    indexes.push(IndexRow {
+                        field: cell.field.clone(),
+                        key_version: i64::from(active),
+                        idx: Self::blind_index(set, active, &r.collection, &cell.field, pt.expose_secret())?,
+                    });
+                }
+            }
+            if !cells.is_empty() {
+                resealed += 1;
+            }
+            if !cells.is_empty() || !indexes.is_empty() {
+                plan_records.push(ReencryptRecord {
+                    collection: r.collection.clone(),
+                    id: r.id.clone(),
+                    version: r.version,
+                    cells,
+                    indexes,
+                });
+            }
+        }
+        let drop_versions: Vec<i64> =
+            rows.iter().map(|r| r.version).filter(|v| *v != i64::from(target)).collect();
+        let plan = ReencryptPlan {
+            tenant: t.to_owned(),
+            domain: d.to_owned(),
+            subject: subject.to_owned(),
+            new_key,
+            records: plan_records,
+            drop_versions,
+        };
+        let outcome = self.backend.reencrypt_subject(plan).await?;
+        if let Ok(mut c) = self.subject_keys.lock() {
+            c.forget_subject(t, Some(d), subject);
+        }
+        Ok(outcome.applied.then_some(resealed))
+    }
+
+    /// Destroys version `version` of a domain key (state destroyed, wrapped bytes removed), in
+    /// one transaction that first checks nothing depends on it: refused with
+    /// [`StoreError::KeyInUse`] while any subject key, record cell, blind index or catalog
+    /// document still uses it, and with [`StoreError::ActiveKey`] for the active version.
+    pub async fn retire_domain_version(
+        &self,
+        tenant: &TenantId,
+        domain: &DomainName,
+        version: u32,
+    ) -> Result<()> {
+        self.backend.destroy_domain_version(tenant.as_str(), domain.as_str(), i64::from(version)).await?;
+        tracing::info!(tenant = %tenant, domain = %domain, version, "kluis-store domain key version retired");
+        Ok(())
     }
 
     // ---------------------------------------------------------------- schema migration
@@ -1282,7 +1751,11 @@ impl<B: Backend> Store<B> {
                 record: r.id.clone(),
                 field: cell.field.clone(),
             };
-            let old_key = self.subject_key(old_set, &r.subject, tags).await?.ok_or_else(integrity)?;
+            let cell_version = u32::try_from(cell.key_version).map_err(|_| integrity())?;
+            let (_, old_key) = self
+                .load_subject_key(old_set, &r.subject, Some(cell_version), tags)
+                .await?
+                .ok_or_else(integrity)?;
             let old_ctx = Context {
                 tenant: &access.tenant,
                 domain: old_set.domain(),
@@ -1302,7 +1775,7 @@ impl<B: Backend> Store<B> {
                 })
             };
             if cell.domain != def.domain.as_str() {
-                let new_key = self.subject_key_for_write(new_set, &r.subject, tags).await?;
+                let (new_version, new_key) = self.subject_key_for_write(new_set, &r.subject, tags).await?;
                 let ctx = Context {
                     tenant: &access.tenant,
                     domain: &def.domain,
@@ -1314,6 +1787,7 @@ impl<B: Backend> Store<B> {
                     field: def.name.clone(),
                     domain: def.domain.to_string(),
                     sealed: new_key.seal(&ctx, pt.expose_secret())?,
+                    key_version: i64::from(new_version),
                 });
                 report.cells_resealed += 1;
                 if def.blind_index {
@@ -1436,6 +1910,31 @@ impl<B: Backend> Store<B> {
     pub async fn documents_of_record(&self, access: &Access, record_id: &str) -> Result<Vec<DocumentRow>> {
         check_id("record id", record_id)?;
         self.backend.list_documents(access.tenant.as_str(), DocumentFilter::Record(record_id)).await
+    }
+
+    /// One catalog entry of the caller's tenant.
+    pub async fn document(&self, access: &Access, document_id: &str) -> Result<Option<DocumentRow>> {
+        check_id("document id", document_id)?;
+        self.backend.document(access.tenant.as_str(), document_id).await
+    }
+
+    /// Replaces the catalog entry `new.document_id` of the caller's tenant if its object name is
+    /// still `expected_object_name` (compare-and-swap); `false` if it changed or is gone.
+    pub async fn replace_document(
+        &self,
+        access: &Access,
+        expected_object_name: &str,
+        new: DocumentRow,
+    ) -> Result<bool> {
+        self.check_document(access, &new)?;
+        check_id("object name", expected_object_name)?;
+        self.backend.replace_document(expected_object_name, new).await
+    }
+
+    /// Every blob object name referenced by any catalog entry of any tenant (for the blob
+    /// store's garbage collection), sorted.
+    pub async fn document_object_names(&self) -> Result<Vec<String>> {
+        self.backend.document_object_names().await
     }
 
     /// Removes a catalog entry; `false` if absent.
