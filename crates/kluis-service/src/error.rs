@@ -46,6 +46,26 @@ pub enum Error {
     /// An error from `kluis-core` (names, keys).
     #[error(transparent)]
     Core(#[from] kluis_core::Error),
+    /// The authorization check denied the request (the denial is in the audit log).
+    #[error(transparent)]
+    Denied(#[from] crate::authz::Deny),
+    /// No such record in the caller's tenant (the attempt is in the audit log).
+    #[error("no record {record} in collection {collection}")]
+    NotFound {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+    },
+    /// The audit entry could not be written, so nothing was returned or changed (fail closed).
+    #[error("the audit log could not be written; nothing was returned or changed")]
+    AuditUnavailable(#[source] kluis_store::StoreError),
+    /// An error from the records store.
+    #[error(transparent)]
+    Store(#[from] kluis_store::StoreError),
+    /// Writing an export failed.
+    #[error("writing the export failed: {0}")]
+    Io(String),
 }
 
 impl Error {

@@ -12,9 +12,9 @@
 //!   password hashing with rehash on login, single-use welcome passwords, brute-force throttling
 //!   per account and per source, session idle lock, and TOTP (RFC 6238) with replay refusal.
 //! - [`clock`]: a wall clock that tests control.
-//!
-//! The audit log and the wiring into the records store are not built yet; the types here are
-//! shaped for them (see `docs/SERVICE.md`).
+//! - [`Service`]: the facade over `kluis_store::Store` (check, load only the allowed domain keys,
+//!   call the store, audit; fail closed) and [`audit`]: the hash-chained audit log's
+//!   verification, checkpoints and JSON-lines export. See `docs/SERVICE.md`.
 //!
 //! ```
 //! use kluis_core::{DomainName, TenantId};
@@ -38,9 +38,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod clock;
 mod error;
+mod service;
 
 pub use error::{Error, Result};
+pub use service::{AdminActor, AdminEvent, RequestContext, Service, ServiceConfig};

@@ -197,7 +197,8 @@ const AUDIT_COLS: &str = "seq, at_ms, actor, roles, support_grant, tenant, subje
                           action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash";
 
 fn hash32(b: &[u8]) -> Result<[u8; 32]> {
-    b.try_into().map_err(|_| StoreError::Corrupt { what: "audit head", reason: "hash is not 32 bytes".into() })
+    b.try_into()
+        .map_err(|_| StoreError::Corrupt { what: "audit head", reason: "hash is not 32 bytes".into() })
 }
 
 macro_rules! audit_impl {

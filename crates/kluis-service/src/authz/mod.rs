@@ -313,6 +313,11 @@ pub struct Deny {
 }
 
 impl Deny {
+    /// The denial of a call with no tenant to act in (a support user that named none).
+    pub(crate) fn no_tenant() -> Self {
+        Self { reason: DenyReason::NoTenant }
+    }
+
     /// Why.
     pub fn reason(&self) -> &DenyReason {
         &self.reason
