@@ -1,0 +1,231 @@
+//! Command-line syntax (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kluis: the admin tool of Kluis (encrypted HR records and documents).
+///
+/// The passphrase of the local keyring comes from KLUIS_PASSPHRASE or a prompt without echo;
+/// it is never a command-line argument. Exit codes: 0 ok, 1 runtime failure, 2 usage,
+/// 3 keyring (wrong passphrase, corrupt or missing keyring), 4 not found, 5 refused,
+/// 6 integrity check failed, 7 not available yet (docs/CLI.md).
+#[derive(Debug, Parser)]
+#[command(name = "kluis", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// Global options.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every command.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Data directory: kluis.toml, keyring.kr, schema.toml, and by default kluis.sqlite and blobs/.
+    #[arg(long, global = true, env = "KLUIS_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite:PATH, postgres://..., mysql://... (overrides kluis.toml).
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
+    /// Documents: a directory or an Azure container URL (overrides kluis.toml).
+    #[arg(long, global = true, value_name = "URL")]
+    pub blobs: Option<String>,
+    /// Machine-readable JSON output (no progress bars).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Who runs the command, for the audit log (default: $USER).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub actor: Option<String>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the data directory: keyring, schema file, database tables, blob directory.
+    Init(InitArgs),
+    /// Show the configuration, tenants and key versions at a glance.
+    Status,
+    /// Check configuration, keyring, database, blob store and key states; say what to fix.
+    Doctor,
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Domain and root keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Move every record and document of a domain off older key versions (resumable).
+    Reencrypt(ReencryptArgs),
+    /// Crypto-shred a data subject (honours retention).
+    Shred(ShredArgs),
+    /// Import records from a JSONL file (resumable: already imported ids are skipped).
+    Import(ImportArgs),
+    /// Export a subject's records and document list as JSONL (for portability requests).
+    Export(ExportArgs),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Access management.
+    #[command(subcommand)]
+    Access(AccessCmd),
+    /// The main story end to end on a fresh temporary data directory (fixed demo passphrase).
+    Demo,
+}
+
+/// `kluis init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Schema TOML to copy into the data directory (default: employees and absence reports).
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+    /// Root key URL to use instead of a new local keyring (aws-kms://..., azure-kv://...).
+    #[arg(long, value_name = "URL")]
+    pub root: Option<String>,
+}
+
+/// `kluis tenant ...`.
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create the domain keys of a tenant (every domain of the schema).
+    Add {
+        /// Tenant id.
+        tenant: String,
+    },
+    /// List tenants.
+    List,
+}
+
+/// `kluis keys ...`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Keys per tenant and domain: version, state, and what still uses each version.
+    List {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// New active version of a domain key; older versions become decrypt-only.
+    Rotate(TenantDomain),
+    /// Destroy a decrypt-only version (refused while anything uses it).
+    Retire {
+        /// Tenant and domain.
+        #[command(flatten)]
+        td: TenantDomain,
+        /// The version to destroy.
+        #[arg(long)]
+        version: u32,
+    },
+    /// New root key version; every domain key rewrapped in one transaction.
+    RotateRoot,
+    /// Move the root key to another provider (keyring://PATH, aws-kms://..., azure-kv://...).
+    MigrateRoot {
+        /// Target root key URL.
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+/// `--tenant T --domain D`.
+#[derive(Debug, Args, Clone)]
+pub struct TenantDomain {
+    /// Tenant id.
+    #[arg(long)]
+    pub tenant: String,
+    /// Domain (general, medical, ...).
+    #[arg(long)]
+    pub domain: String,
+}
+
+/// `kluis reencrypt`.
+#[derive(Debug, Args)]
+pub struct ReencryptArgs {
+    /// Tenant and domain.
+    #[command(flatten)]
+    pub td: TenantDomain,
+    /// Subjects (and documents) per step; each subject is one transaction.
+    #[arg(long, default_value_t = 50)]
+    pub batch: usize,
+}
+
+/// `kluis shred`.
+#[derive(Debug, Args)]
+pub struct ShredArgs {
+    /// Tenant id.
+    #[arg(long)]
+    pub tenant: String,
+    /// Subject id.
+    #[arg(long)]
+    pub subject: String,
+    /// Reason for shredding before retention ends (recorded in clear: no personal data).
+    #[arg(long, requires = "authorised_by")]
+    pub legal_override_reason: Option<String>,
+    /// Who authorised the override.
+    #[arg(long, requires = "legal_override_reason")]
+    pub authorised_by: Option<String>,
+}
+
+/// `kluis import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Tenant id.
+    #[arg(long)]
+    pub tenant: String,
+    /// Collection of the schema.
+    #[arg(long)]
+    pub collection: String,
+    /// Records per transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// JSONL file: one object per line with "id", "subject" and field values.
+    pub file: PathBuf,
+}
+
+/// `kluis export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Tenant id.
+    #[arg(long)]
+    pub tenant: String,
+    /// Subject id.
+    #[arg(long)]
+    pub subject: String,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+/// `kluis audit ...`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Verify the hash chain (and checkpoints) of the audit log.
+    Verify,
+    /// Write the audit log.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = AuditFormat::Jsonl)]
+        format: AuditFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Audit export formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AuditFormat {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+/// `kluis access ...`.
+#[derive(Debug, Subcommand)]
+pub enum AccessCmd {
+    /// Who holds which role and support grant, and their last use.
+    Review {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+    },
+}

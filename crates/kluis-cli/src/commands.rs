@@ -1,0 +1,1041 @@
+//! The commands.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use kluis_blob::{BlobBackend, ObjectName};
+use kluis_core::{DomainName, KeyState, TenantId};
+use kluis_keyring::KeyringFile;
+use kluis_store::audit::{AuditAppend, AuditEntry};
+use kluis_store::schema::FieldType;
+use kluis_store::{Access, Backend, FieldValue, LegalOverride, NewRecord, Op, Record, StoreError, Value};
+use serde_json::{Value as Json, json};
+
+use crate::cli::{
+    AccessCmd, AuditCmd, Command, ExportArgs, Global, ImportArgs, InitArgs, KeysCmd, ReencryptArgs,
+    ShredArgs, TenantCmd, TenantDomain,
+};
+use crate::config::{self, FileConfig, Settings};
+use crate::env::{Env, Job, Root};
+use crate::error::{CliError, Result, io};
+use crate::out::{Report, table};
+use crate::reencrypt;
+
+/// A parsed command and who runs it.
+#[derive(Debug)]
+pub struct CommandJob {
+    /// The command.
+    pub command: Command,
+    /// The actor recorded in the audit log.
+    pub actor: String,
+}
+
+impl Job for CommandJob {
+    type Out = Report;
+
+    async fn run<B: Backend, O: BlobBackend + Clone + 'static>(self, mut env: Env<B, O>) -> Result<Report> {
+        let actor = self.actor;
+        match self.command {
+            Command::Status => status(&env).await,
+            Command::Doctor => doctor(&env).await,
+            Command::Tenant(TenantCmd::Add { tenant }) => tenant_add(&env, &actor, &tenant).await,
+            Command::Tenant(TenantCmd::List) => tenant_list(&env).await,
+            Command::Keys(KeysCmd::List { tenant }) => keys_list(&env, tenant.as_deref()).await,
+            Command::Keys(KeysCmd::Rotate(td)) => keys_rotate(&env, &actor, &td).await,
+            Command::Keys(KeysCmd::Retire { td, version }) => keys_retire(&env, &actor, &td, version).await,
+            Command::Keys(KeysCmd::RotateRoot) => rotate_root(&mut env, &actor).await,
+            Command::Keys(KeysCmd::MigrateRoot { to }) => migrate_root(&env, &actor, &to).await,
+            Command::Reencrypt(args) => reencrypt_cmd(&env, &actor, &args).await,
+            Command::Shred(args) => shred(&env, &actor, &args).await,
+            Command::Import(args) => import(&env, &actor, &args).await,
+            Command::Export(args) => export(&env, &actor, &args).await,
+            Command::Audit(AuditCmd::Verify) => crate::commands::audit_verify(&env).await,
+            Command::Audit(AuditCmd::Export { output, .. }) => audit_export(&env, output.as_deref()).await,
+            Command::Access(AccessCmd::Review { tenant }) => access_review(&env, &tenant).await,
+            Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ audit of admin events
+
+/// Records an administrative event in the audit log (same hash chain as data access).
+pub async fn audit_admin<B: Backend>(
+    store: &kluis_store::Store<B>,
+    actor: &str,
+    tenant: &str,
+    action: &str,
+    subject: &str,
+    reason: &str,
+) -> Result<()> {
+    let entry = AuditEntry {
+        at_ms: now_ms(),
+        actor: actor.to_owned(),
+        roles: "admin".to_owned(),
+        tenant: tenant.to_owned(),
+        subject: subject.to_owned(),
+        action: action.to_owned(),
+        outcome: "allowed".to_owned(),
+        reason: reason.to_owned(),
+        access_point: "kluis-cli".to_owned(),
+        ..AuditEntry::default()
+    };
+    store
+        .append_audit(AuditAppend { entry, checkpoint_every: kluis_store::audit::DEFAULT_CHECKPOINT_EVERY })
+        .await?;
+    Ok(())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+// ------------------------------------------------------------------ init
+
+/// `kluis init`.
+pub async fn init(global: &Global, dir: &Path, args: InitArgs) -> Result<Report> {
+    if dir.join(config::CONFIG_FILE).exists() {
+        return Err(CliError::AlreadyInitialised(dir.to_owned()));
+    }
+    std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
+    let schema_text = match &args.schema {
+        Some(p) => std::fs::read_to_string(p).map_err(io("read schema", p))?,
+        None => config::DEFAULT_SCHEMA.to_owned(),
+    };
+    kluis_store::Schema::from_toml(&schema_text)?;
+    let file =
+        FileConfig { root: args.root.clone(), store: global.store.clone(), blobs: global.blobs.clone() };
+    let settings =
+        Settings::resolve(dir, &file, global.store.as_deref(), global.blobs.as_deref(), None, global.json)?;
+    if let Some(r) = &args.root {
+        kluis_kms::config::ProviderConfig::parse(r).map_err(|e| CliError::Usage(format!("--root: {e}")))?;
+    }
+    let root = match settings.keyring_path() {
+        Some(path) if !path.exists() => {
+            let pass = config::passphrase("new keyring passphrase: ", true)?;
+            Root::Keyring(KeyringFile::create(&path, config::keyring_secret(&pass))?)
+        }
+        _ => Root::open(&settings.root).await?,
+    };
+    std::fs::write(&settings.schema, schema_text.as_bytes()).map_err(io("write", &settings.schema))?;
+    let job = InitJob { root: Some(root) };
+    let report = crate::env::run_job(settings.clone(), true, job).await?;
+    // Written last: a directory without kluis.toml is not initialised, so a failed init can be rerun.
+    file.save(dir)?;
+    Ok(report)
+}
+
+struct InitJob {
+    root: Option<Root>,
+}
+
+impl Job for InitJob {
+    type Out = Report;
+
+    async fn run<B: Backend, O: BlobBackend + Clone + 'static>(mut self, env: Env<B, O>) -> Result<Report> {
+        let root = self.root.take().ok_or(CliError::NotAvailable("root key provider"))?;
+        env.store.record_keyring_generation(root.provider()).await?;
+        let mut r = Report::new(json!({
+            "data_dir": env.settings.data_dir,
+            "store": env.settings.store.display(),
+            "blobs": env.settings.blobs.display(),
+            "root": root_display(&env.settings.root),
+            "schema": env.settings.schema,
+        }));
+        r.line(format!("initialised {}", env.settings.data_dir.display()));
+        r.line(format!("  root key:  {}", root_display(&env.settings.root)));
+        r.line(format!("  database:  {}", env.settings.store.display()));
+        r.line(format!("  documents: {}", env.settings.blobs.display()));
+        r.line(format!("  schema:    {}", env.settings.schema.display()));
+        r.line("next: kluis tenant add TENANT");
+        Ok(r)
+    }
+}
+
+fn root_display(root: &str) -> String {
+    config::redact_url(root)
+}
+
+// ------------------------------------------------------------------ status, tenants, keys list
+
+async fn status<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
+    let usage = env.store.key_usage(None).await?;
+    let tenants = env.tenants().await?;
+    let pending: Vec<_> = usage
+        .iter()
+        .filter(|u| u.state == KeyState::DecryptOnly && !u.is_unused())
+        .map(|u| format!("{}/{} v{}", u.tenant, u.domain, u.version))
+        .collect();
+    let mut r = Report::new(json!({
+        "data_dir": env.settings.data_dir,
+        "store": env.settings.store.display(),
+        "blobs": env.settings.blobs.display(),
+        "root": root_display(&env.settings.root),
+        "tenants": tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+        "domain_key_versions": usage.len(),
+        "awaiting_reencryption": pending,
+    }));
+    r.line(format!("data dir:  {}", env.settings.data_dir.display()));
+    r.line(format!("root key:  {}", root_display(&env.settings.root)));
+    r.line(format!("database:  {}", env.settings.store.display()));
+    r.line(format!("documents: {}", env.settings.blobs.display()));
+    r.line(format!(
+        "tenants:   {}{}",
+        tenants.len(),
+        if tenants.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", tenants.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", "))
+        }
+    ));
+    r.line(format!("domain key versions: {}", usage.len()));
+    if pending.is_empty() {
+        r.line("nothing awaits re-encryption");
+    } else {
+        r.line(format!("awaiting re-encryption: {}", pending.join(", ")));
+    }
+    Ok(r)
+}
+
+async fn tenant_add<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+    tenant: &str,
+) -> Result<Report> {
+    let t = TenantId::new(tenant).map_err(|e| CliError::Usage(format!("tenant {tenant:?}: {e}")))?;
+    let existed = env.tenants().await?.contains(&t);
+    let mut domains: Vec<DomainName> = vec![DomainName::general(), DomainName::medical()];
+    for c in env.store.schema().collections() {
+        for f in c.fields() {
+            if !domains.contains(&f.domain) {
+                domains.push(f.domain.clone());
+            }
+        }
+    }
+    let provider = env.provider().await?;
+    for d in &domains {
+        env.store.ensure_domain_key(provider, &t, d).await?;
+    }
+    if !existed {
+        audit_admin(&env.store, actor, t.as_str(), "admin_tenant_add", "", "").await?;
+    }
+    let names: Vec<&str> = domains.iter().map(DomainName::as_str).collect();
+    let mut r = Report::new(json!({ "tenant": t.as_str(), "created": !existed, "domains": names }));
+    if existed {
+        r.line(format!("tenant {t} exists; domains: {}", names.join(", ")));
+    } else {
+        r.line(format!("tenant {t} added; domain keys v1: {}", names.join(", ")));
+    }
+    Ok(r)
+}
+
+async fn tenant_list<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
+    let tenants = env.tenants().await?;
+    let names: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
+    let mut r = Report::new(json!({ "tenants": names }));
+    if names.is_empty() {
+        r.line("no tenants; add one with `kluis tenant add TENANT`");
+    }
+    for n in names {
+        r.line(n);
+    }
+    Ok(r)
+}
+
+async fn keys_list<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    tenant: Option<&str>,
+) -> Result<Report> {
+    let t = match tenant {
+        Some(t) => Some(env.tenant(t).await?),
+        None => None,
+    };
+    let usage = env.store.key_usage(t.as_ref()).await?;
+    let rows: Vec<Vec<String>> = usage
+        .iter()
+        .map(|u| {
+            vec![
+                u.tenant.to_string(),
+                u.domain.to_string(),
+                format!("v{}", u.version),
+                u.state.as_str().to_owned(),
+                u.subject_keys.to_string(),
+                u.records.to_string(),
+                u.documents.to_string(),
+            ]
+        })
+        .collect();
+    let j: Vec<Json> = usage
+        .iter()
+        .map(|u| {
+            json!({
+                "tenant": u.tenant.as_str(), "domain": u.domain.as_str(), "version": u.version,
+                "state": u.state.as_str(), "subject_keys": u.subject_keys, "records": u.records,
+                "documents": u.documents,
+            })
+        })
+        .collect();
+    let mut r = Report::new(Json::Array(j));
+    if rows.is_empty() {
+        r.line("no domain keys; add a tenant with `kluis tenant add TENANT`");
+    } else {
+        r.lines =
+            table(&["TENANT", "DOMAIN", "VERSION", "STATE", "SUBJECT KEYS", "RECORDS", "DOCUMENTS"], &rows);
+    }
+    Ok(r)
+}
+
+// ------------------------------------------------------------------ key lifecycle
+
+async fn keys_rotate<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+    td: &TenantDomain,
+) -> Result<Report> {
+    let t = env.tenant(&td.tenant).await?;
+    let d = env.domain(&t, &td.domain).await?;
+    let provider = env.provider().await?;
+    let v = env.store.rotate_domain_key(provider, &t, &d).await?;
+    audit_admin(&env.store, actor, t.as_str(), "admin_key_rotate", "", &format!("{d} v{v}")).await?;
+    let mut r = Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "active_version": v }));
+    r.line(format!("{t}/{d}: v{v} is active; older versions are decrypt-only"));
+    r.line(format!("next: kluis reencrypt --tenant {t} --domain {d}"));
+    Ok(r)
+}
+
+async fn keys_retire<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+    td: &TenantDomain,
+    version: u32,
+) -> Result<Report> {
+    let t = env.tenant(&td.tenant).await?;
+    let d = env.domain(&t, &td.domain).await?;
+    let known = env.store.key_usage(Some(&t)).await?.iter().any(|u| u.domain == d && u.version == version);
+    if !known {
+        return Err(CliError::UnknownVersion { tenant: t.to_string(), domain: d.to_string(), version });
+    }
+    env.store.retire_domain_version(&t, &d, version).await?;
+    audit_admin(&env.store, actor, t.as_str(), "admin_key_retire", "", &format!("{d} v{version}")).await?;
+    let mut r =
+        Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "retired_version": version }));
+    r.line(format!("{t}/{d} v{version} destroyed"));
+    Ok(r)
+}
+
+async fn rotate_root<B: Backend, O: BlobBackend + Clone>(env: &mut Env<B, O>, actor: &str) -> Result<Report> {
+    let root = env.root_mut().await?;
+    let version = match root {
+        Root::Keyring(file) => Some(file.rotate()?),
+        Root::Other(_) => None,
+    };
+    let root = env.root().await?;
+    let provider = root.provider();
+    let n = env.store.rewrap_domain_keys(provider).await?;
+    env.store.record_keyring_generation(provider).await?;
+    let primary = provider.primary_version().await?;
+    audit_admin(&env.store, actor, "", "admin_root_rotate", "", &format!("root v{primary}, {n} domain keys"))
+        .await?;
+    let mut r = Report::new(
+        json!({ "root_version": primary, "domain_keys_rewrapped": n, "new_version_created": version.is_some() }),
+    );
+    match version {
+        Some(v) => r.line(format!("root key v{v} created in the keyring; {n} domain keys rewrapped in one transaction")),
+        None => r.line(format!(
+            "root key is in a KMS: rotate it there; {n} domain keys rewrapped under its primary version v{primary}"
+        )),
+    };
+    Ok(r)
+}
+
+async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+    to: &str,
+) -> Result<Report> {
+    let to_url = config::resolve_root(to, &env.settings.data_dir);
+    kluis_kms::config::ProviderConfig::parse(&to_url).map_err(|e| CliError::Usage(format!("--to: {e}")))?;
+    if to_url == env.settings.root {
+        return Err(CliError::Usage(format!("the root key is already {}", root_display(&to_url))));
+    }
+    let from = env.provider().await?;
+    let target = match to_url.strip_prefix("keyring://") {
+        Some(p) if !Path::new(p).exists() => {
+            let pass = config::passphrase("passphrase for the new keyring: ", true)?;
+            Root::Keyring(KeyringFile::create(p, config::keyring_secret(&pass))?)
+        }
+        _ => Root::open(&to_url).await?,
+    };
+    let to_provider = target.provider();
+    // Every domain key record, as stored.
+    let rows = env.store.backend().all_domain_keys().await?;
+    let mut records = Vec::with_capacity(rows.len());
+    for row in &rows {
+        records.push(record_from_row(row)?);
+    }
+    let mut done = Vec::new();
+    let report = kluis_kms::migrate_root(from, to_provider, &records, |r| {
+        done.push(r.clone());
+        Ok(())
+    })
+    .await;
+    // Persist what was rewrapped in one transaction, even if the migration stopped part-way
+    // (a rerun skips what is already under the target).
+    if !done.is_empty() {
+        let rows = done.iter().map(row_from_record).collect::<Result<Vec<_>>>()?;
+        env.store.backend().put_domain_keys(rows, false).await?;
+    }
+    let report = report?;
+    let remaining = records.len() - report.rewrapped - report.already_done - report.destroyed;
+    if remaining == 0 {
+        let mut file = FileConfig::load(&env.settings.data_dir)?;
+        file.root = Some(to.to_owned());
+        file.save(&env.settings.data_dir)?;
+        env.store.record_keyring_generation(to_provider).await?;
+    }
+    audit_admin(
+        &env.store,
+        actor,
+        "",
+        "admin_root_migrate",
+        "",
+        &format!("to {}: {} rewrapped", root_display(&to_url), report.rewrapped),
+    )
+    .await?;
+    let mut r = Report::new(json!({
+        "to": root_display(&to_url), "rewrapped": report.rewrapped,
+        "already_done": report.already_done, "destroyed": report.destroyed,
+    }));
+    r.line(format!(
+        "root moved to {}: {} domain keys rewrapped, {} already there, {} destroyed versions skipped",
+        root_display(&to_url),
+        report.rewrapped,
+        report.already_done,
+        report.destroyed
+    ));
+    r.line("kluis.toml now names the new root; keep the old one until backups made before today expire");
+    Ok(r)
+}
+
+fn record_from_row(row: &kluis_store::backend::DomainKeyRow) -> Result<kluis_core::DomainKeyRecord> {
+    let what = || {
+        CliError::Store(StoreError::KeyIntegrity {
+            what: format!("domain key {}/{} v{}", row.tenant, row.domain, row.version),
+        })
+    };
+    Ok(kluis_core::DomainKeyRecord {
+        tenant: TenantId::new(row.tenant.clone())?,
+        domain: DomainName::new(row.domain.clone())?,
+        version: u32::try_from(row.version).map_err(|_| what())?,
+        state: KeyState::parse(&row.state).map_err(|_| what())?,
+        wrapped: match &row.wrapped {
+            Some(b) => Some(kluis_core::WrappedKey::from_bytes(b).map_err(|_| what())?),
+            None => None,
+        },
+    })
+}
+
+fn row_from_record(r: &kluis_core::DomainKeyRecord) -> Result<kluis_store::backend::DomainKeyRow> {
+    Ok(kluis_store::backend::DomainKeyRow {
+        tenant: r.tenant.to_string(),
+        domain: r.domain.to_string(),
+        version: i64::from(r.version),
+        state: r.state.as_str().to_owned(),
+        wrapped: r.wrapped.as_ref().map(kluis_core::WrappedKey::to_bytes).transpose()?,
+    })
+}
+
+// ------------------------------------------------------------------ reencrypt
+
+async fn reencrypt_cmd<B: Backend, O: BlobBackend + Clone + 'static>(
+    env: &Env<B, O>,
+    actor: &str,
+    args: &ReencryptArgs,
+) -> Result<Report> {
+    let t = env.tenant(&args.td.tenant).await?;
+    let d = env.domain(&t, &args.td.domain).await?;
+    let provider = env.provider().await?;
+    let access = Access::new(t.clone()).with(env.store.key_set(provider, &t, &d).await?)?;
+    let docs = env.documents();
+    let show = !env.settings.json && std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::hidden();
+    if show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} subjects+documents, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("re-encrypting {t}/{d}"));
+    }
+    let summary = reencrypt::reencrypt(&env.store, &docs, &access, &d, args.batch, |p| {
+        let done = p.done.subjects_moved + p.done.documents_moved;
+        bar.set_length(done + p.remaining_subjects + p.remaining_documents);
+        bar.set_position(done);
+    })
+    .await?;
+    bar.finish_and_clear();
+    audit_admin(
+        &env.store,
+        actor,
+        t.as_str(),
+        "admin_reencrypt",
+        "",
+        &format!(
+            "{d}: {} subjects, {} records, {} documents",
+            summary.subjects_moved, summary.records_resealed, summary.documents_moved
+        ),
+    )
+    .await?;
+    let usage = env.store.key_usage(Some(&t)).await?;
+    let retirable: Vec<u32> = usage
+        .iter()
+        .filter(|u| u.domain == d && u.state == KeyState::DecryptOnly && u.is_unused())
+        .map(|u| u.version)
+        .collect();
+    let mut r = Report::new(json!({
+        "tenant": t.as_str(), "domain": d.as_str(), "summary": summary, "retirable_versions": retirable,
+    }));
+    r.line(format!(
+        "{t}/{d}: {} subjects moved, {} cells re-sealed, {} documents rewritten; nothing left on older versions",
+        summary.subjects_moved, summary.records_resealed, summary.documents_moved
+    ));
+    for v in retirable {
+        r.line(format!("v{v} is unused: kluis keys retire --tenant {t} --domain {d} --version {v}"));
+    }
+    Ok(r)
+}
+
+// ------------------------------------------------------------------ shred
+
+async fn subject_exists<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    access: &Access,
+    subject: &str,
+) -> Result<bool> {
+    if !env.store.documents_of_subject(access, subject).await?.is_empty() {
+        return Ok(true);
+    }
+    for c in env.store.schema().collections() {
+        let page = env.store.list(access, &c.name, Some(subject), None, 1).await?;
+        if !page.records.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+async fn shred<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+    args: &ShredArgs,
+) -> Result<Report> {
+    let t = env.tenant(&args.tenant).await?;
+    kluis_store::check_id("subject id", &args.subject)?;
+    let mut access = env.admin_access(&t).await?;
+    if !subject_exists(env, &access, &args.subject).await? {
+        return Err(CliError::UnknownSubject { tenant: t.to_string(), subject: args.subject.clone() });
+    }
+    let objects: Vec<String> = env
+        .store
+        .documents_of_subject(&access, &args.subject)
+        .await?
+        .into_iter()
+        .map(|d| d.object_name)
+        .collect();
+    let legal = match (&args.legal_override_reason, &args.authorised_by) {
+        (Some(reason), Some(by)) => Some(LegalOverride { reason: reason.clone(), authorised_by: by.clone() }),
+        _ => None,
+    };
+    let provider = env.provider().await?;
+    let rep = env.store.shred_subject(provider, &mut access, &args.subject, legal.clone()).await?;
+    // The catalog rows are gone with the shred; the objects are unreadable (their keys are
+    // destroyed) and are deleted now.
+    let mut deleted = 0u64;
+    for o in &objects {
+        if let Ok(name) = ObjectName::parse(o)
+            && env.blobs.delete(&name).await?
+        {
+            deleted += 1;
+        }
+    }
+    let why = match &legal {
+        Some(l) => format!("legal override by {}: {}", l.authorised_by, l.reason),
+        None => String::new(),
+    };
+    audit_admin(&env.store, actor, t.as_str(), "admin_shred", &args.subject, &why).await?;
+    let destroyed: Vec<String> = rep.destroyed_versions.iter().map(|(d, v)| format!("{d} v{v}")).collect();
+    let mut r = Report::new(json!({
+        "tenant": t.as_str(), "subject": args.subject, "records_removed": rep.records_removed,
+        "documents_removed": deleted, "destroyed_versions": destroyed,
+    }));
+    r.line(format!(
+        "subject {} of {t} shredded: {} records and {deleted} documents removed, key versions destroyed: {}",
+        args.subject,
+        rep.records_removed,
+        if destroyed.is_empty() { "none".to_owned() } else { destroyed.join(", ") }
+    ));
+    Ok(r)
+}
+
+// ------------------------------------------------------------------ import / export
+
+/// Converts a JSON value to a field value of `ty`.
+fn to_value(ty: FieldType, v: &Json) -> std::result::Result<Value, String> {
+    match (ty, v) {
+        (FieldType::Text, Json::String(s)) => Ok(Value::Text(s.clone())),
+        (FieldType::Integer, Json::Number(n)) => {
+            n.as_i64().map(Value::Integer).ok_or("not an integer".into())
+        }
+        (FieldType::Decimal | FieldType::Percentage, Json::Number(n)) => Ok(Value::Decimal(n.to_string())),
+        (FieldType::Decimal | FieldType::Percentage, Json::String(s)) => Ok(Value::Decimal(s.clone())),
+        (FieldType::Date, Json::String(s)) => Ok(Value::Date(s.clone())),
+        (FieldType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
+        (FieldType::Bytes, Json::String(s)) => {
+            hex_decode(s).map(Value::Bytes).ok_or_else(|| "bytes must be a hex string".into())
+        }
+        _ => Err(format!("expected {}", ty.as_str())),
+    }
+}
+
+fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok())).collect()
+}
+
+fn to_json(v: &Value) -> Json {
+    match v {
+        Value::Text(s) | Value::Decimal(s) | Value::Date(s) => Json::String(s.clone()),
+        Value::Integer(i) => json!(i),
+        Value::Bool(b) => json!(b),
+        Value::Bytes(b) => Json::String(b.iter().map(|x| format!("{x:02x}")).collect()),
+        _ => Json::Null,
+    }
+}
+
+/// One parsed import line.
+struct Line {
+    no: usize,
+    id: String,
+    record: NewRecord,
+}
+
+fn parse_line(
+    schema: &kluis_store::schema::Collection,
+    no: usize,
+    text: &str,
+) -> std::result::Result<Line, String> {
+    let v: Json =
+        serde_json::from_str(text).map_err(|e| format!("not json: {}", config::one_line(&e.to_string())))?;
+    let Json::Object(map) = v else { return Err("not a json object".into()) };
+    let id = map.get("id").and_then(Json::as_str).ok_or("missing \"id\" (a string)")?.to_owned();
+    kluis_store::check_id("record id", &id).map_err(|e| e.to_string())?;
+    let subject = map.get("subject").and_then(Json::as_str).ok_or("missing \"subject\" (a string)")?;
+    kluis_store::check_id("subject id", subject).map_err(|e| e.to_string())?;
+    let mut rec = NewRecord::new(subject).id(&id);
+    for (k, val) in &map {
+        match k.as_str() {
+            "id" | "subject" => {}
+            "retain_until" => {
+                let u = val.as_i64().ok_or("retain_until must be unix seconds")?;
+                rec = rec.retain_until(u);
+            }
+            name => {
+                let def = schema.field(name).ok_or_else(|| format!("unknown field {name:?}"))?;
+                if val.is_null() {
+                    continue;
+                }
+                let value = to_value(def.ty, val).map_err(|e| format!("field {name:?}: {e}"))?;
+                rec = rec.set(name, value);
+            }
+        }
+    }
+    Ok(Line { no, id, record: rec })
+}
+
+async fn import<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+    args: &ImportArgs,
+) -> Result<Report> {
+    let t = env.tenant(&args.tenant).await?;
+    let coll = env.store.schema().collection(&args.collection)?.clone();
+    let file = std::fs::File::open(&args.file).map_err(io("open", &args.file))?;
+    let mut lines = Vec::new();
+    let mut bad: Vec<(usize, String)> = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, l) in std::io::BufReader::new(file).lines().enumerate() {
+        let no = i + 1;
+        let text = l.map_err(io("read", &args.file))?;
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_line(&coll, no, &text) {
+            Ok(line) if !seen.insert(line.id.clone()) => {
+                bad.push((no, format!("duplicate id {:?}", line.id)))
+            }
+            Ok(line) => lines.push(line),
+            Err(e) => bad.push((no, e)),
+        }
+    }
+    let file_name = args.file.display().to_string();
+    if let Some((line, reason)) = bad.first() {
+        for (no, why) in &bad {
+            eprintln!("{file_name}:{no}: {why}");
+        }
+        return Err(CliError::BadImport {
+            file: file_name,
+            count: bad.len(),
+            line: *line,
+            reason: reason.clone(),
+        });
+    }
+    let access = env.admin_access(&t).await?;
+    let (mut imported, mut skipped) = (0u64, 0u64);
+    for chunk in lines.chunks(args.batch.max(1)) {
+        let mut ops = Vec::new();
+        let mut in_batch = Vec::new();
+        for l in chunk {
+            if env.store.get(&access, &args.collection, &l.id).await?.is_some() {
+                skipped += 1;
+            } else {
+                ops.push(Op::Insert { collection: args.collection.clone(), record: l.record.clone() });
+                in_batch.push(l);
+            }
+        }
+        if ops.is_empty() {
+            continue;
+        }
+        let n = ops.len() as u64;
+        if let Err(e) = env.store.transaction(&access, ops).await {
+            let at =
+                in_batch.iter().find(|l| e.to_string().contains(&l.id)).or(in_batch.first()).map(|l| l.no);
+            return Err(CliError::BadImport {
+                file: file_name,
+                count: 1,
+                line: at.unwrap_or(0),
+                reason: format!("{e} (this batch was rolled back; {imported} records imported before it)"),
+            });
+        }
+        imported += n;
+    }
+    audit_admin(
+        &env.store,
+        actor,
+        t.as_str(),
+        "admin_import",
+        "",
+        &format!("{}: {imported} imported, {skipped} already present", args.collection),
+    )
+    .await?;
+    let mut r = Report::new(
+        json!({ "tenant": t.as_str(), "collection": args.collection, "imported": imported, "skipped": skipped }),
+    );
+    r.line(format!("{imported} records imported into {t}/{}, {skipped} already present", args.collection));
+    Ok(r)
+}
+
+fn record_json(r: &Record) -> Json {
+    let mut fields = serde_json::Map::new();
+    for (k, v) in &r.fields {
+        let j = match v {
+            FieldValue::Withheld { domain } => json!({ "withheld": domain.to_string() }),
+            other => other.value().map(to_json).unwrap_or(Json::Null),
+        };
+        fields.insert(k.clone(), j);
+    }
+    json!({
+        "type": "record", "collection": r.collection, "id": r.id, "subject": r.subject,
+        "version": r.version, "created_at": r.created_at, "updated_at": r.updated_at,
+        "retain_until": r.retain_until, "fields": fields,
+    })
+}
+
+async fn export<B: Backend, O: BlobBackend + Clone + 'static>(
+    env: &Env<B, O>,
+    actor: &str,
+    args: &ExportArgs,
+) -> Result<Report> {
+    let t = env.tenant(&args.tenant).await?;
+    kluis_store::check_id("subject id", &args.subject)?;
+    let access = env.admin_access(&t).await?;
+    if !subject_exists(env, &access, &args.subject).await? {
+        return Err(CliError::UnknownSubject { tenant: t.to_string(), subject: args.subject.clone() });
+    }
+    let mut out: Vec<Json> = Vec::new();
+    for c in env.store.schema().collections() {
+        let mut after: Option<String> = None;
+        loop {
+            let page = env.store.list(&access, &c.name, Some(&args.subject), after.as_deref(), 500).await?;
+            out.extend(page.records.iter().map(record_json));
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+    }
+    let docs = env.documents();
+    for d in docs.list_by_subject(&access, &args.subject).await? {
+        out.push(document_json(&d));
+    }
+    let mut text = String::new();
+    for j in &out {
+        text.push_str(&j.to_string());
+        text.push('\n');
+    }
+    match &args.output {
+        Some(p) => std::fs::write(p, text.as_bytes()).map_err(io("write", p))?,
+        None => {
+            let mut so = std::io::stdout().lock();
+            so.write_all(text.as_bytes()).map_err(CliError::Output)?;
+            so.flush().map_err(CliError::Output)?;
+        }
+    }
+    audit_admin(
+        &env.store,
+        actor,
+        t.as_str(),
+        "admin_export",
+        &args.subject,
+        &format!("{} items", out.len()),
+    )
+    .await?;
+    if args.output.is_some() {
+        let mut r = Report::new(json!({ "tenant": t.as_str(), "subject": args.subject, "items": out.len() }));
+        r.line(format!("{} items of subject {} written", out.len(), args.subject));
+        Ok(r)
+    } else {
+        Ok(Report::silent())
+    }
+}
+
+fn document_json(d: &kluis_blob::catalog::DocumentEntry) -> Json {
+    crate::commands::doc_entry_json(d)
+}
+
+/// JSON of a catalog entry (metadata when the caller holds its domain, else withheld).
+pub fn doc_entry_json(d: &kluis_blob::catalog::DocumentEntry) -> Json {
+    let meta = match &d.metadata {
+        Some(m) => json!({
+            "file_name": m.file_name, "extension": m.extension, "content_type": m.content_type,
+            "length": m.length, "created": m.created_unix, "uploaded_by": m.uploaded_by,
+        }),
+        None => json!({ "withheld": d.domain.as_str() }),
+    };
+    json!({
+        "type": "document", "document_id": d.document_id, "domain": d.domain.as_str(),
+        "subject": d.subject, "record": d.record, "created_at": d.created_at, "metadata": meta,
+    })
+}
+
+// ------------------------------------------------------------------ audit and access review
+
+async fn audit_verify<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
+    let _ = env;
+    Err(CliError::NotAvailable("audit verification (kluis_service::audit::verify)"))
+}
+
+async fn audit_export<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    output: Option<&Path>,
+) -> Result<Report> {
+    let _ = (env, output);
+    Err(CliError::NotAvailable("audit export (kluis_service::audit::export_jsonl)"))
+}
+
+async fn access_review<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, tenant: &str) -> Result<Report> {
+    let _t = env.tenant(tenant).await?;
+    Err(CliError::NotAvailable("a persisted access registry for `kluis access review`"))
+}
+
+// ------------------------------------------------------------------ doctor
+
+#[derive(Default)]
+struct Checks {
+    lines: Vec<String>,
+    json: Vec<Json>,
+    failed: usize,
+    warned: usize,
+}
+
+impl Checks {
+    fn ok(&mut self, what: &str, detail: String) {
+        self.lines.push(format!("ok    {what}: {detail}"));
+        self.json.push(json!({ "check": what, "status": "ok", "detail": detail }));
+    }
+    fn warn(&mut self, what: &str, detail: String, fix: String) {
+        self.warned += 1;
+        self.lines.push(format!("warn  {what}: {detail}"));
+        self.lines.push(format!("      fix: {fix}"));
+        self.json.push(json!({ "check": what, "status": "warn", "detail": detail, "fix": fix }));
+    }
+    fn fail(&mut self, what: &str, detail: String, fix: String) {
+        self.failed += 1;
+        self.lines.push(format!("FAIL  {what}: {detail}"));
+        self.lines.push(format!("      fix: {fix}"));
+        self.json.push(json!({ "check": what, "status": "fail", "detail": detail, "fix": fix }));
+    }
+}
+
+async fn doctor<B: Backend, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) -> Result<Report> {
+    let mut c = Checks::default();
+    c.ok("configuration", format!("{} and {}", config::CONFIG_FILE, env.settings.schema.display()));
+    c.ok("database", format!("{} reachable, migrations applied", env.settings.store.display()));
+    // Keyring / root.
+    let root = match env.settings.keyring_path() {
+        Some(p) => match KeyringFile::inspect(&p) {
+            Err(e) => {
+                c.fail(
+                    "keyring",
+                    config::one_line(&e.to_string()),
+                    "restore keyring.kr from its backup".into(),
+                );
+                None
+            }
+            Ok(_) => match env.root().await {
+                Ok(r) => {
+                    c.ok("keyring", format!("{} opens", p.display()));
+                    Some(r)
+                }
+                Err(e) => {
+                    c.fail(
+                        "keyring",
+                        config::one_line(&e.to_string()),
+                        "check KLUIS_PASSPHRASE, or restore keyring.kr from its backup".into(),
+                    );
+                    None
+                }
+            },
+        },
+        None => match env.root().await {
+            Ok(r) => {
+                c.ok("root key", root_display(&env.settings.root));
+                Some(r)
+            }
+            Err(e) => {
+                c.fail(
+                    "root key",
+                    config::one_line(&e.to_string()),
+                    "check the KMS credentials and key".into(),
+                );
+                None
+            }
+        },
+    };
+    if let Some(root) = root {
+        match env.store.check_keyring_generation(root.provider()).await {
+            Ok(kluis_core::keys::GenerationStatus::InSync) => c.ok("keyring generation", "matches the database".into()),
+            Ok(kluis_core::keys::GenerationStatus::DatabaseBehind { keyring, database }) => c.warn(
+                "keyring generation",
+                format!("keyring is at {keyring}, the database recorded {database}"),
+                "if the keyring was rotated on purpose run `kluis keys rotate-root`; otherwise an older database was restored".into(),
+            ),
+            Err(e) => c.fail(
+                "keyring generation",
+                config::one_line(&e.to_string()),
+                "an older keyring was restored: restore the newest keyring.kr".into(),
+            ),
+        }
+    }
+    // Blob store.
+    let live: HashSet<String> = env.store.document_object_names().await?.into_iter().collect();
+    match env.blobs.list().await {
+        Ok(objects) => {
+            let names: HashSet<String> = objects.iter().map(|o| o.as_str().to_owned()).collect();
+            let missing = live.difference(&names).count();
+            let orphans = names.difference(&live).count();
+            if missing > 0 {
+                c.fail(
+                    "documents",
+                    format!("{missing} catalog documents have no stored object"),
+                    "restore the blob store from its backup".into(),
+                );
+            } else {
+                c.ok("documents", format!("{} objects, {} in the catalog", names.len(), live.len()));
+            }
+            if orphans > 0 {
+                c.warn(
+                    "documents",
+                    format!("{orphans} objects are in no catalog row (interrupted uploads or shredded)"),
+                    "they are removed by the documents' garbage collection".into(),
+                );
+            }
+        }
+        Err(e) => c.fail(
+            "documents",
+            config::one_line(&e.to_string()),
+            format!("check that {} is reachable and writable", env.settings.blobs.display()),
+        ),
+    }
+    // Key states.
+    let usage = env.store.key_usage(None).await?;
+    let mut by_td: BTreeMap<(String, String), Vec<&kluis_store::KeyUsage>> = BTreeMap::new();
+    for u in &usage {
+        by_td.entry((u.tenant.to_string(), u.domain.to_string())).or_default().push(u);
+    }
+    if by_td.is_empty() {
+        c.warn("keys", "no tenants yet".into(), "kluis tenant add TENANT".into());
+    }
+    for ((t, d), versions) in &by_td {
+        let active = versions.iter().filter(|u| u.state == KeyState::Active).count();
+        if active != 1 {
+            c.fail(
+                "keys",
+                format!("{t}/{d} has {active} active versions"),
+                "the key table was edited: restore the database".into(),
+            );
+            continue;
+        }
+        if let Some(root) = root {
+            let tid = TenantId::new(t.clone())?;
+            let did = DomainName::new(d.clone())?;
+            if let Err(e) = env.store.key_set(root.provider(), &tid, &did).await {
+                c.fail(
+                    "keys",
+                    format!("{t}/{d}: {}", config::one_line(&e.to_string())),
+                    "the key rows were altered or the wrong root key is configured".into(),
+                );
+                continue;
+            }
+        }
+        for u in versions.iter().filter(|u| u.state == KeyState::DecryptOnly) {
+            if u.is_unused() {
+                c.warn(
+                    "keys",
+                    format!("{t}/{d} v{} is decrypt-only and unused", u.version),
+                    format!("kluis keys retire --tenant {t} --domain {d} --version {}", u.version),
+                );
+            } else {
+                c.warn(
+                    "keys",
+                    format!(
+                        "{t}/{d} v{} still holds {} subject keys, {} records, {} documents",
+                        u.version, u.subject_keys, u.records, u.documents
+                    ),
+                    format!("kluis reencrypt --tenant {t} --domain {d}"),
+                );
+            }
+        }
+    }
+    if c.failed == 0 && c.warned == 0 {
+        c.lines.push("all checks passed".into());
+    }
+    let failed = c.failed;
+    let r = Report { lines: c.lines, json: json!({ "checks": c.json, "failed": failed }), silent: false };
+    if failed > 0 {
+        r.print(env.settings.json).map_err(CliError::Output)?;
+        return Err(CliError::DoctorFailed(failed));
+    }
+    Ok(r)
+}
+
+#[allow(dead_code)]
+fn _unused(_: Duration, _: StoreError) {}
