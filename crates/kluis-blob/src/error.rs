@@ -60,6 +60,16 @@ pub enum BlobError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// The catalog (the `kluis-store` database) refused or failed (access denied, shredded
+    /// subject, database error, ...).
+    #[error(transparent)]
+    Store(#[from] kluis_store::StoreError),
+    /// The catalog has no document with this id for the caller's tenant.
+    #[error("document not found")]
+    UnknownDocument,
+    /// A catalog row is not one this crate wrote (unknown key reference, bad object name).
+    #[error("catalog entry of a document is invalid: {0}")]
+    Catalog(&'static str),
     /// A background task failed to run to completion.
     #[error("a storage task failed: {0}")]
     Task(&'static str),

@@ -9,6 +9,10 @@
 //! - [`BlobBackend`]: opaque objects with staged uploads. [`LocalDir`] (default) and, with the
 //!   `azure` feature, [`azure::AzureBlob`].
 //!
+//! - [`catalog::Documents`]: the same documents joined with the `kluis-store` catalog: put,
+//!   get, list by subject or record, delete, re-encrypt after a key rotation, and garbage
+//!   collection against the catalog's object names.
+//!
 //! The format of a stored object is the document format of `kluis-core` (`docs/FORMAT.md` §9);
 //! how documents are named, stored and collected is in `docs/DOCUMENTS.md`.
 
@@ -18,6 +22,7 @@
 #[cfg(feature = "azure")]
 pub mod azure;
 mod backend;
+pub mod catalog;
 mod error;
 mod local;
 mod name;

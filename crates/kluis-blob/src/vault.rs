@@ -175,6 +175,36 @@ impl<B: BlobBackend> DocumentVault<B> {
         doc: &NewDocument,
         content: R,
     ) -> Result<DocumentDescriptor> {
+        self.put_from(keys, doc, AsyncSource(content)).await
+    }
+
+    /// Copies a stored document into a new object sealed under `new_keys` (a new data key, a new
+    /// object name), streamed chunk by chunk: each chunk of the old object is authenticated
+    /// before its bytes go into the new one, and the new object is committed only after the old
+    /// one's final chunk authenticated, so a tampered or truncated source never yields a new
+    /// object. The old object is left as it is. The new document keeps the metadata, subject and
+    /// record; its sealing options are this vault's.
+    pub async fn reseal(
+        &self,
+        desc: &DocumentDescriptor,
+        old_keys: &DocumentKeys<'_>,
+        new_keys: &DocumentKeys<'_>,
+    ) -> Result<DocumentDescriptor> {
+        let reader = self.open(desc, old_keys).await?;
+        let doc = NewDocument {
+            subject: desc.subject.clone(),
+            record: desc.record.clone(),
+            metadata: reader.metadata().clone(),
+        };
+        self.put_from(new_keys, &doc, ReaderSource { reader, pos: 0, len: 0 }).await
+    }
+
+    async fn put_from<R: ReadInto>(
+        &self,
+        keys: &DocumentKeys<'_>,
+        doc: &NewDocument,
+        content: R,
+    ) -> Result<DocumentDescriptor> {
         check_id("subject id", &doc.subject)?;
         if let Some(r) = &doc.record {
             check_id("record id", r)?;
@@ -215,7 +245,7 @@ impl<B: BlobBackend> DocumentVault<B> {
         })
     }
 
-    async fn write_chunks<R: AsyncRead + Unpin + Send>(
+    async fn write_chunks<R: ReadInto>(
         &self,
         mut sealer: DocumentSealer,
         meta: &DocumentMetadata,
@@ -266,7 +296,11 @@ impl<B: BlobBackend> DocumentVault<B> {
         let (opener, len) = self.open_header(desc, keys).await?;
         let layout = opener.layout(len)?;
         let c16 = opener.chunk_size() + TAG_LEN;
-        let chunks_per_part = (self.opts.read_size / c16).max(1);
+        // As many chunk buffers as one read fills, but no more than the document has chunks
+        // (a small document does not get a 4 MiB buffer set). They are allocated by the first
+        // read and reused for every later one.
+        let chunks_per_part =
+            usize::try_from(layout.chunks).unwrap_or(usize::MAX).min(self.opts.read_size / c16).max(1);
         Ok(DocumentReader {
             backend: &self.backend,
             object: desc.object.clone(),
@@ -275,7 +309,7 @@ impl<B: BlobBackend> DocumentVault<B> {
             final_chunk: layout.chunks - 1,
             offset: opener.header_len() as u64,
             content_left: layout.content_len,
-            pieces: (0..chunks_per_part).map(|_| Vec::with_capacity(c16)).collect(),
+            pieces: (0..chunks_per_part).map(|_| Vec::new()).collect(),
             used: 0,
             pos: 0,
             chunks_per_part,
@@ -423,14 +457,60 @@ struct Source<R> {
     padded: Option<u64>,
 }
 
-impl<R: AsyncRead + Unpin> Source<R> {
+/// Where upload content comes from: the caller's reader, or another document (re-sealing).
+trait ReadInto: Send {
+    /// Reads up to `dst.len()` bytes; 0 only at the end.
+    fn read_into(&mut self, dst: &mut [u8]) -> impl std::future::Future<Output = Result<usize>> + Send;
+}
+
+struct AsyncSource<R>(R);
+
+impl<R: AsyncRead + Unpin + Send> ReadInto for AsyncSource<R> {
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize> {
+        self.0.read(dst).await.map_err(BlobError::Source)
+    }
+}
+
+/// The authenticated content of a stored document, chunk by chunk.
+struct ReaderSource<'v, B> {
+    reader: DocumentReader<'v, B>,
+    /// Position in, and length of, the current chunk (the reader's last returned chunk).
+    pos: usize,
+    len: usize,
+}
+
+impl<B: BlobBackend> ReadInto for ReaderSource<'_, B> {
+    async fn read_into(&mut self, dst: &mut [u8]) -> Result<usize> {
+        while self.pos >= self.len {
+            match self.reader.next_chunk().await? {
+                Some(c) => {
+                    self.len = c.len();
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let src =
+            self.reader.current_chunk().get(self.pos..self.len).ok_or(BlobError::Task("chunk buffer"))?;
+        let n = src.len().min(dst.len());
+        let (d, s) = (dst.get_mut(..n), src.get(..n));
+        match (d, s) {
+            (Some(d), Some(s)) => d.copy_from_slice(s),
+            _ => return Err(BlobError::Task("chunk buffer")),
+        }
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<R: ReadInto> Source<R> {
     /// Fills `buf` with up to `cs` bytes; fewer only at the end of the stream.
     async fn fill(&mut self, buf: &mut Vec<u8>, cs: usize) -> Result<usize> {
         buf.resize(cs, 0);
         let mut n = 0;
         while n < cs && !self.eof {
             let dst = buf.get_mut(n..cs).ok_or(BlobError::Task("chunk buffer"))?;
-            let k = self.reader.read(dst).await.map_err(BlobError::Source)?;
+            let k = self.reader.read_into(dst).await?;
             if k == 0 {
                 self.eof = true;
                 if let Some(d) = self.declared {
@@ -491,6 +571,13 @@ impl<B> fmt::Debug for DocumentReader<'_, B> {
             .field("next_index", &self.next_index)
             .field("final_chunk", &self.final_chunk)
             .finish_non_exhaustive()
+    }
+}
+
+impl<B> DocumentReader<'_, B> {
+    /// The chunk the last [`DocumentReader::next_chunk`] returned (empty before the first).
+    fn current_chunk(&self) -> &[u8] {
+        self.pos.checked_sub(1).and_then(|i| self.pieces.get(i)).map_or(&[], Vec::as_slice)
     }
 }
 
