@@ -175,7 +175,18 @@ impl Default for ServiceConfig {
 /// log, for one database.
 ///
 /// Domain keys are loaded only through [`Service::keys`], which takes an [`AccessProof`]; a proof
-/// comes only from [`Authorizer::check`]. Decrypting without a check does not compile:
+/// comes only from [`Authorizer::check`]:
+///
+/// ```no_run
+/// # use kluis_service::authz::{Principal, Request};
+/// # async fn f(svc: &kluis_service::Service<kluis_store::SqliteBackend>, p: &Principal, req: &Request<'_>)
+/// # -> Result<(), Box<dyn std::error::Error>> {
+/// let proof = svc.authorizer().check(p, req).into_proof()?;
+/// let keys = svc.keys(&proof).await?; // exactly the proof's tenant and domains
+/// # let _ = keys; Ok(()) }
+/// ```
+///
+/// Decrypting without a check does not compile:
 ///
 /// ```compile_fail
 /// # async fn f(svc: &kluis_service::Service<kluis_store::SqliteBackend>) {
