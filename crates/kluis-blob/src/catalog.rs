@@ -176,6 +176,22 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
             }
             return Err(e.into());
         }
+        // The store deletes an old subject key version only when no row uses it. If that
+        // happened between taking the key and inserting the row, the document could never be
+        // read: take it back and let the caller retry (it then gets the newest key).
+        if let Err(e) = self.store.subject_key_version(access, domain, &row.subject, version).await {
+            self.store.delete_document(access, &row.document_id).await?;
+            if let Err(d) = self.vault.delete(&desc).await {
+                tracing::warn!(error = %d, "removing the object of a withdrawn document failed; garbage collection will remove it");
+            }
+            return Err(match e {
+                StoreError::Core(kluis_core::Error::UnknownKey { .. }) => StoreError::KeyChanged {
+                    what: format!("subject key v{version} was re-encrypted away during the upload: retry"),
+                }
+                .into(),
+                other => other.into(),
+            });
+        }
         tracing::debug!(object = %desc.object, "document catalogued");
         Ok(row)
     }
@@ -355,7 +371,8 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
         let old_key = self.store.subject_key_version(access, domain, &row.subject, old_version).await?;
         let (version, new_key) = self.store.subject_key(access, domain, &row.subject).await?;
         if version <= old_version {
-            return Ok(true);
+            // The subject's keys changed since the candidates were listed: next step.
+            return Ok(false);
         }
         // 1. The new object, committed only after every chunk of the old one authenticated.
         let new = self
