@@ -638,6 +638,7 @@ impl<B: Backend> Store<B> {
         let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
         let rec = Self::subject_record(row, tenant, set)?;
         let wv = DomainKeySet::subject_key_wrapping_version(&rec).map_err(|e| key_integrity(what(), e))?;
+        Self::require_version(set, wv)?;
         let key = Arc::new(set.open_subject_key(&rec).map_err(|e| key_integrity(what(), e))?);
         let tag = Self::cache_tag(set, wv, tags).map_err(|e| key_integrity(what(), e))?;
         if let Ok(mut c) = self.subject_keys.lock() {
@@ -1381,10 +1382,28 @@ impl<B: Backend> Store<B> {
 
     // ---------------------------------------------------------------- rotation and re-encryption
 
+    /// A subject key wrapped under a domain key version newer than any the caller holds: the
+    /// domain key was rotated after the caller unlocked (retryable after unlocking again).
+    fn require_version(set: &DomainKeySet, wrap_version: u32) -> Result<()> {
+        let newest = set.versions().iter().map(|(v, _)| *v).max().unwrap_or(0);
+        if wrap_version > newest {
+            return Err(StoreError::KeyChanged {
+                what: format!(
+                    "domain key {}/{} v{wrap_version} is newer than the caller's keys: unlock again",
+                    set.tenant(),
+                    set.domain()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn open_row_owned(set: &DomainKeySet, row: &SubjectKeyRow) -> Result<(u32, SubjectKey)> {
         let tenant = set.tenant();
         let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
         let rec = Self::subject_record(row, tenant, set)?;
+        let wv = DomainKeySet::subject_key_wrapping_version(&rec).map_err(|e| key_integrity(what(), e))?;
+        Self::require_version(set, wv)?;
         let key = set.open_subject_key(&rec).map_err(|e| key_integrity(what(), e))?;
         Ok((rec.version, key))
     }
