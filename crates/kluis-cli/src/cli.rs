@@ -200,7 +200,12 @@ pub struct ExportArgs {
 #[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Verify the hash chain (and checkpoints) of the audit log.
-    Verify,
+    Verify {
+        /// A checkpoint kept elsewhere (kluis-audit-checkpoint:v1:SEQ:HASH): also detects a
+        /// truncated or rewritten log.
+        #[arg(long, value_name = "CHECKPOINT")]
+        against: Option<String>,
+    },
     /// Write the audit log.
     Export {
         /// Output format.

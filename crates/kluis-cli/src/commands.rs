@@ -8,7 +8,7 @@ use std::time::Duration;
 use kluis_blob::{BlobBackend, ObjectName};
 use kluis_core::{DomainName, KeyState, TenantId};
 use kluis_keyring::KeyringFile;
-use kluis_store::audit::{AuditAppend, AuditEntry};
+use kluis_service::{AdminActor, AdminEvent};
 use kluis_store::schema::FieldType;
 use kluis_store::{Access, Backend, FieldValue, LegalOverride, NewRecord, Op, Record, StoreError, Value};
 use serde_json::{Value as Json, json};
@@ -51,7 +51,7 @@ impl Job for CommandJob {
             Command::Shred(args) => shred(&env, &actor, &args).await,
             Command::Import(args) => import(&env, &actor, &args).await,
             Command::Export(args) => export(&env, &actor, &args).await,
-            Command::Audit(AuditCmd::Verify) => crate::commands::audit_verify(&env).await,
+            Command::Audit(AuditCmd::Verify { against }) => audit_verify(&env, against.as_deref()).await,
             Command::Audit(AuditCmd::Export { output, .. }) => audit_export(&env, output.as_deref()).await,
             Command::Access(AccessCmd::Review { tenant }) => access_review(&env, &tenant).await,
             Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
@@ -61,33 +61,19 @@ impl Job for CommandJob {
 
 // ------------------------------------------------------------------ audit of admin events
 
-/// Records an administrative event in the audit log (same hash chain as data access).
-pub async fn audit_admin<B: Backend>(
-    store: &kluis_store::Store<B>,
+/// Records an administrative event in the audit log through the service facade
+/// ([`kluis_service::Service::record_admin`]; same hash chain as data access).
+pub async fn audit_admin<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
     actor: &str,
-    tenant: &str,
-    action: &str,
-    subject: &str,
-    reason: &str,
+    event: AdminEvent,
 ) -> Result<()> {
-    let entry = AuditEntry {
-        at_ms: now_ms(),
-        actor: actor.to_owned(),
-        roles: "admin".to_owned(),
-        tenant: tenant.to_owned(),
-        subject: subject.to_owned(),
-        action: action.to_owned(),
-        outcome: "allowed".to_owned(),
-        reason: reason.to_owned(),
-        access_point: "kluis-cli".to_owned(),
-        ..AuditEntry::default()
-    };
-    store
-        .append_audit(AuditAppend { entry, checkpoint_every: kluis_store::audit::DEFAULT_CHECKPOINT_EVERY })
-        .await?;
-    Ok(())
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    service.record_admin(&who, event).await.map_err(|e| CliError::Service(e.to_string()))
 }
 
+#[allow(dead_code)]
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -222,7 +208,9 @@ async fn tenant_add<B: Backend, O: BlobBackend + Clone>(
         env.store.ensure_domain_key(provider, &t, d).await?;
     }
     if !existed {
-        audit_admin(&env.store, actor, t.as_str(), "admin_tenant_add", "", "").await?;
+        let event =
+            AdminEvent::Other { action: "tenant_add".into(), tenant: Some(t.clone()), detail: String::new() };
+        audit_admin(env, actor, event).await?;
     }
     let names: Vec<&str> = domains.iter().map(DomainName::as_str).collect();
     let mut r = Report::new(json!({ "tenant": t.as_str(), "created": !existed, "domains": names }));
@@ -301,7 +289,8 @@ async fn keys_rotate<B: Backend, O: BlobBackend + Clone>(
     let d = env.domain(&t, &td.domain).await?;
     let provider = env.provider().await?;
     let v = env.store.rotate_domain_key(provider, &t, &d).await?;
-    audit_admin(&env.store, actor, t.as_str(), "admin_key_rotate", "", &format!("{d} v{v}")).await?;
+    audit_admin(env, actor, AdminEvent::KeyRotation { tenant: t.clone(), domain: d.clone(), version: v })
+        .await?;
     let mut r = Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "active_version": v }));
     r.line(format!("{t}/{d}: v{v} is active; older versions are decrypt-only"));
     r.line(format!("next: kluis reencrypt --tenant {t} --domain {d}"));
@@ -321,7 +310,7 @@ async fn keys_retire<B: Backend, O: BlobBackend + Clone>(
         return Err(CliError::UnknownVersion { tenant: t.to_string(), domain: d.to_string(), version });
     }
     env.store.retire_domain_version(&t, &d, version).await?;
-    audit_admin(&env.store, actor, t.as_str(), "admin_key_retire", "", &format!("{d} v{version}")).await?;
+    audit_admin(env, actor, AdminEvent::Retire { tenant: t.clone(), domain: d.clone(), version }).await?;
     let mut r =
         Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "retired_version": version }));
     r.line(format!("{t}/{d} v{version} destroyed"));
@@ -339,8 +328,7 @@ async fn rotate_root<B: Backend, O: BlobBackend + Clone>(env: &mut Env<B, O>, ac
     let n = env.store.rewrap_domain_keys(provider).await?;
     env.store.record_keyring_generation(provider).await?;
     let primary = provider.primary_version().await?;
-    audit_admin(&env.store, actor, "", "admin_root_rotate", "", &format!("root v{primary}, {n} domain keys"))
-        .await?;
+    audit_admin(env, actor, AdminEvent::RootRewrap { keys: n as u64 }).await?;
     let mut r = Report::new(
         json!({ "root_version": primary, "domain_keys_rewrapped": n, "new_version_created": version.is_some() }),
     );
@@ -398,15 +386,12 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
         file.save(&env.settings.data_dir)?;
         env.store.record_keyring_generation(to_provider).await?;
     }
-    audit_admin(
-        &env.store,
-        actor,
-        "",
-        "admin_root_migrate",
-        "",
-        &format!("to {}: {} rewrapped", root_display(&to_url), report.rewrapped),
-    )
-    .await?;
+    let event = AdminEvent::Other {
+        action: "migrate_root".into(),
+        tenant: None,
+        detail: format!("to {} rewrapped {}", root_display(&to_url), report.rewrapped),
+    };
+    audit_admin(env, actor, event).await?;
     let mut r = Report::new(json!({
         "to": root_display(&to_url), "rewrapped": report.rewrapped,
         "already_done": report.already_done, "destroyed": report.destroyed,
@@ -481,18 +466,13 @@ async fn reencrypt_cmd<B: Backend, O: BlobBackend + Clone + 'static>(
     })
     .await?;
     bar.finish_and_clear();
-    audit_admin(
-        &env.store,
-        actor,
-        t.as_str(),
-        "admin_reencrypt",
-        "",
-        &format!(
-            "{d}: {} subjects, {} records, {} documents",
-            summary.subjects_moved, summary.records_resealed, summary.documents_moved
-        ),
-    )
-    .await?;
+    let event = AdminEvent::Reencrypt {
+        tenant: t.clone(),
+        domain: d.clone(),
+        moved: summary.subjects_moved + summary.documents_moved,
+        remaining: 0,
+    };
+    audit_admin(env, actor, event).await?;
     let usage = env.store.key_usage(Some(&t)).await?;
     let retirable: Vec<u32> = usage
         .iter()
@@ -569,7 +549,8 @@ async fn shred<B: Backend, O: BlobBackend + Clone>(
         Some(l) => format!("legal override by {}: {}", l.authorised_by, l.reason),
         None => String::new(),
     };
-    audit_admin(&env.store, actor, t.as_str(), "admin_shred", &args.subject, &why).await?;
+    let _ = why; // the legal override itself is recorded by the store in kluis_legal_overrides
+    audit_admin(env, actor, AdminEvent::Shred { tenant: t.clone(), subject: args.subject.clone() }).await?;
     let destroyed: Vec<String> = rep.destroyed_versions.iter().map(|(d, v)| format!("{d} v{v}")).collect();
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "subject": args.subject, "records_removed": rep.records_removed,
@@ -727,15 +708,12 @@ async fn import<B: Backend, O: BlobBackend + Clone>(
         }
         imported += n;
     }
-    audit_admin(
-        &env.store,
-        actor,
-        t.as_str(),
-        "admin_import",
-        "",
-        &format!("{}: {imported} imported, {skipped} already present", args.collection),
-    )
-    .await?;
+    let event = AdminEvent::Import {
+        tenant: t.clone(),
+        what: format!("collection {} ({skipped} already present)", args.collection),
+        count: imported,
+    };
+    audit_admin(env, actor, event).await?;
     let mut r = Report::new(
         json!({ "tenant": t.as_str(), "collection": args.collection, "imported": imported, "skipped": skipped }),
     );
@@ -799,15 +777,12 @@ async fn export<B: Backend, O: BlobBackend + Clone + 'static>(
             so.flush().map_err(CliError::Output)?;
         }
     }
-    audit_admin(
-        &env.store,
-        actor,
-        t.as_str(),
-        "admin_export",
-        &args.subject,
-        &format!("{} items", out.len()),
-    )
-    .await?;
+    let event = AdminEvent::Export {
+        tenant: t.clone(),
+        what: format!("subject {}", args.subject),
+        count: out.len() as u64,
+    };
+    audit_admin(env, actor, event).await?;
     if args.output.is_some() {
         let mut r = Report::new(json!({ "tenant": t.as_str(), "subject": args.subject, "items": out.len() }));
         r.line(format!("{} items of subject {} written", out.len(), args.subject));
@@ -838,22 +813,69 @@ pub fn doc_entry_json(d: &kluis_blob::catalog::DocumentEntry) -> Json {
 
 // ------------------------------------------------------------------ audit and access review
 
-async fn audit_verify<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
-    let _ = env;
-    Err(CliError::NotAvailable("audit verification (kluis_service::audit::verify)"))
+async fn audit_verify<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    against: Option<&str>,
+) -> Result<Report> {
+    let svc = |e: kluis_service::Error| CliError::Service(e.to_string());
+    let rep = match against {
+        Some(text) => {
+            let cp =
+                kluis_service::audit::Checkpoint::parse(text).map_err(|e| CliError::Usage(e.to_string()))?;
+            kluis_service::audit::verify_against(&env.store, &cp).await.map_err(svc)?
+        }
+        None => kluis_service::audit::verify(&env.store).await.map_err(svc)?,
+    };
+    if let Some(bad) = rep.first_bad {
+        return Err(CliError::AuditBroken { entry: bad, problem: rep.problem.clone().unwrap_or_default() });
+    }
+    let head = kluis_service::audit::head(&env.store).await.map_err(svc)?;
+    let head_text = head.as_ref().map(kluis_service::audit::Checkpoint::to_text);
+    let mut r = Report::new(json!({
+        "ok": true, "entries": rep.entries, "checkpoints": rep.checkpoints, "head": head_text,
+        "against": against.is_some(),
+    }));
+    r.line(format!(
+        "audit log ok: {} entries, {} checkpoints verified{}",
+        rep.entries,
+        rep.checkpoints,
+        if against.is_some() { ", consistent with the given checkpoint" } else { "" }
+    ));
+    if let Some(h) = head_text {
+        r.line(format!("head: {h}"));
+        r.line("keep the head line outside this database; `kluis audit verify --against LINE` later detects a truncated or rewritten log");
+    }
+    Ok(r)
 }
 
 async fn audit_export<B: Backend, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     output: Option<&Path>,
 ) -> Result<Report> {
-    let _ = (env, output);
-    Err(CliError::NotAvailable("audit export (kluis_service::audit::export_jsonl)"))
+    let svc = |e: kluis_service::Error| CliError::Service(e.to_string());
+    match output {
+        Some(p) => {
+            let f = std::fs::File::create(p).map_err(io("create", p))?;
+            let n = kluis_service::audit::export_jsonl(&env.store, std::io::BufWriter::new(f))
+                .await
+                .map_err(svc)?;
+            let mut r = Report::new(json!({ "entries": n, "output": p }));
+            r.line(format!("{n} audit entries written to {}", p.display()));
+            Ok(r)
+        }
+        None => {
+            let so = std::io::stdout();
+            kluis_service::audit::export_jsonl(&env.store, so.lock()).await.map_err(svc)?;
+            Ok(Report::silent())
+        }
+    }
 }
 
 async fn access_review<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, tenant: &str) -> Result<Report> {
     let _t = env.tenant(tenant).await?;
-    Err(CliError::NotAvailable("a persisted access registry for `kluis access review`"))
+    Err(CliError::NotAvailable(
+        "`kluis access review` (the service's access registry is in-process only; it needs a persisted registry)",
+    ))
 }
 
 // ------------------------------------------------------------------ doctor

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use kluis_blob::{BlobBackend, DocumentVault, LocalDir};
-use kluis_core::{DomainName, RootKeyProvider, TenantId};
+use kluis_core::keys::{BoxFuture, UnwrapRequest};
+use kluis_core::{DomainName, KeyMaterial, RootKeyProvider, TenantId, WrappedKey};
 use kluis_keyring::KeyringFile;
 use kluis_kms::AnyProvider;
 use kluis_store::{Access, Backend, MySqlBackend, PostgresBackend, Schema, SqliteBackend, Store};
@@ -50,6 +51,35 @@ impl Root {
     }
 }
 
+impl RootKeyProvider for Root {
+    fn root_key_id(&self) -> &str {
+        self.provider().root_key_id()
+    }
+
+    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<u32>> {
+        self.provider().primary_version()
+    }
+
+    fn wrap<'a>(
+        &'a self,
+        aad: &'a [u8],
+        key: &'a KeyMaterial,
+    ) -> BoxFuture<'a, kluis_core::Result<WrappedKey>> {
+        self.provider().wrap(aad, key)
+    }
+
+    fn unwrap_batch<'a>(
+        &'a self,
+        items: &'a [UnwrapRequest<'a>],
+    ) -> BoxFuture<'a, kluis_core::Result<Vec<kluis_core::Result<KeyMaterial>>>> {
+        self.provider().unwrap_batch(items)
+    }
+
+    fn generation(&self) -> Option<u64> {
+        self.provider().generation()
+    }
+}
+
 /// What a command works on.
 #[derive(Debug)]
 pub struct Env<B: Backend, O: BlobBackend> {
@@ -59,7 +89,7 @@ pub struct Env<B: Backend, O: BlobBackend> {
     pub store: Arc<Store<B>>,
     /// The blob backend.
     pub blobs: O,
-    root: OnceCell<Root>,
+    root: OnceCell<Arc<Root>>,
 }
 
 impl<B: Backend, O: BlobBackend + Clone> Env<B, O> {
@@ -70,12 +100,12 @@ impl<B: Backend, O: BlobBackend + Clone> Env<B, O> {
 
     /// Builds an environment with an already opened root.
     pub fn with_root(settings: Settings, store: Arc<Store<B>>, blobs: O, root: Root) -> Self {
-        Self { settings, store, blobs, root: OnceCell::new_with(Some(root)) }
+        Self { settings, store, blobs, root: OnceCell::new_with(Some(Arc::new(root))) }
     }
 
     /// The root (opened, and the passphrase asked, on first use).
-    pub async fn root(&self) -> Result<&Root> {
-        self.root.get_or_try_init(|| Root::open(&self.settings.root)).await
+    pub async fn root(&self) -> Result<&Arc<Root>> {
+        self.root.get_or_try_init(|| async { Root::open(&self.settings.root).await.map(Arc::new) }).await
     }
 
     /// The root as a provider.
@@ -86,7 +116,17 @@ impl<B: Backend, O: BlobBackend + Clone> Env<B, O> {
     /// The root, mutably (for `rotate-root`).
     pub async fn root_mut(&mut self) -> Result<&mut Root> {
         self.root().await?;
-        self.root.get_mut().ok_or(CliError::NotAvailable("root key provider"))
+        self.root.get_mut().and_then(Arc::get_mut).ok_or(CliError::NotAvailable("exclusive root key access"))
+    }
+
+    /// The service facade over this store and root (for audited operations).
+    pub async fn service(&self) -> Result<kluis_service::Service<B>> {
+        let root: Arc<dyn RootKeyProvider> = Arc::clone(self.root().await?) as Arc<dyn RootKeyProvider>;
+        Ok(kluis_service::Service::new(
+            kluis_service::authz::Authorizer::builtin(),
+            Arc::clone(&self.store),
+            root,
+        ))
     }
 
     /// The document vault over the blob backend.

@@ -5,7 +5,13 @@
 //! real binary is started and SIGKILLed at random moments (at least 20 trials, small batches so
 //! the kills land mid-way), rerun to completion, and every record and document is read back
 //! with its original value, and the old version is retired through the binary.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, clippy::needless_range_loop)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::needless_range_loop
+)]
 
 mod common;
 
