@@ -744,6 +744,19 @@ macro_rules! backend_impl {
                 }
             }
 
+            fn text_ref(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<&str> {
+                match row.try_get::<&str, _>(i) {
+                    Ok(s) => Ok(s),
+                    Err(_) => {
+                        let b: &[u8] = row.try_get(i)?;
+                        std::str::from_utf8(b).map_err(|_| StoreError::Corrupt {
+                            what: "name column",
+                            reason: "not utf-8".into(),
+                        })
+                    }
+                }
+            }
+
             fn opt_text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<Option<String>> {
                 if let Ok(s) = row.try_get::<Option<String>, _>(i) {
                     return Ok(s);
@@ -796,22 +809,35 @@ macro_rules! backend_impl {
                     q = q.bind(r.id.as_str());
                 }
                 let rows = q.fetch_all(&self.pool).await?;
-                let mut by_id: std::collections::HashMap<String, Vec<FieldRow>> = std::collections::HashMap::new();
+                // Rows come ordered by record id: attach them without allocating a key per cell.
+                let pos: std::collections::HashMap<&str, usize> =
+                    records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+                let mut cells: Vec<Vec<FieldRow>> = (0..records.len()).map(|_| Vec::with_capacity(8)).collect();
+                let mut current: Option<usize> = None;
                 for row in &rows {
-                    let rid = Self::text(row, 0)?;
-                    by_id.entry(rid).or_default().push(FieldRow {
-                        field: Self::text(row, 1)?,
-                        domain: Self::text(row, 2)?,
-                        sealed: row.try_get(3)?,
-                        key_version: row.try_get(4)?,
-                    });
+                    let rid = Self::text_ref(row, 0)?;
+                    let i = match current {
+                        Some(i) if records.get(i).is_some_and(|r| r.id == rid) => i,
+                        _ => match pos.get(rid) {
+                            Some(i) => *i,
+                            None => continue,
+                        },
+                    };
+                    current = Some(i);
+                    if let Some(list) = cells.get_mut(i) {
+                        list.push(FieldRow {
+                            field: Self::text(row, 1)?,
+                            domain: Self::text(row, 2)?,
+                            sealed: row.try_get(3)?,
+                            key_version: row.try_get(4)?,
+                        });
+                    }
                 }
+                drop(pos);
                 Ok(records
                     .into_iter()
-                    .map(|r| {
-                        let fields = by_id.remove(&r.id).unwrap_or_default();
-                        StoredRecord { record: r, fields }
-                    })
+                    .zip(cells)
+                    .map(|(record, fields)| StoredRecord { record, fields })
                     .collect())
             }
 

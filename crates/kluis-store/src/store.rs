@@ -297,7 +297,43 @@ type SubjectCacheKey = (String, String, String, u32);
 type NewestKey = (String, String, String);
 
 /// Cache tags computed during one call, by (domain, domain key version).
-type Tags = HashMap<(String, u32), [u8; 32]>;
+type Tags = CallCache;
+
+/// State kept for the length of one call (a read of a page, a transaction, a step): the cache
+/// tags computed per (domain, domain key version), and the subject keys already opened, by
+/// subject, so a page of records looks each key up once and without allocating.
+#[derive(Default)]
+struct CallCache {
+    tags: Vec<(String, u32, [u8; 32])>,
+    keys: HashMap<String, Vec<(String, u32, Arc<SubjectKey>)>>,
+}
+
+impl CallCache {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn tag(&self, domain: &str, version: u32) -> Option<[u8; 32]> {
+        self.tags.iter().find(|(d, v, _)| d == domain && *v == version).map(|e| e.2)
+    }
+
+    fn key(&self, subject: &str, domain: &str, version: u32) -> Option<&Arc<SubjectKey>> {
+        self.keys.get(subject)?.iter().find(|(d, v, _)| d == domain && *v == version).map(|e| &e.2)
+    }
+
+    fn remember(&mut self, subject: &str, domain: &str, version: u32, key: &Arc<SubjectKey>) {
+        match self.keys.get_mut(subject) {
+            Some(list) => list.push((domain.to_owned(), version, key.clone())),
+            None => {
+                self.keys.insert(subject.to_owned(), vec![(domain.to_owned(), version, key.clone())]);
+            }
+        }
+    }
+
+    fn forget_subject(&mut self, subject: &str) {
+        self.keys.remove(subject);
+    }
+}
 
 struct CachedSubjectKey {
     key: Arc<SubjectKey>,
@@ -611,8 +647,8 @@ impl<B: Backend> Store<B> {
     /// A tag that proves which domain key version a cached subject key was unwrapped with,
     /// without keeping a copy of that key: a 256-bit HMAC under a key derived from it.
     fn cache_tag(set: &DomainKeySet, version: u32, tags: &mut Tags) -> kluis_core::Result<[u8; 32]> {
-        if let Some(t) = tags.get(&(set.domain().to_string(), version)) {
-            return Ok(*t);
+        if let Some(t) = tags.tag(set.domain().as_str(), version) {
+            return Ok(t);
         }
         let k = BlindIndexKey::derive(
             set.key(version)?,
@@ -624,7 +660,7 @@ impl<B: Backend> Store<B> {
         )?;
         let mut out = [0u8; 32];
         out.copy_from_slice(k.index(b"subject key cache").get(..32).unwrap_or(&[0u8; 32]));
-        tags.insert((set.domain().to_string(), version), out);
+        tags.tags.push((set.domain().to_string(), version, out));
         Ok(out)
     }
 
@@ -700,10 +736,14 @@ impl<B: Backend> Store<B> {
                 c.newest.get(&k).filter(|e| e.1 > Instant::now()).map(|e| e.0)
             }),
         };
-        if let Some(v) = want
-            && let Some(key) = self.cached_key(set, subject, v, tags)
-        {
-            return Ok(Some((v, key)));
+        if let Some(v) = want {
+            if let Some(key) = tags.key(subject, set.domain().as_str(), v) {
+                return Ok(Some((v, key.clone())));
+            }
+            if let Some(key) = self.cached_key(set, subject, v, tags) {
+                tags.remember(subject, set.domain().as_str(), v, &key);
+                return Ok(Some((v, key)));
+            }
         }
         let rows = self.backend.subject_keys(set.tenant().as_str(), set.domain().as_str(), subject).await?;
         if let Some(last) = rows.last()
@@ -719,7 +759,9 @@ impl<B: Backend> Store<B> {
             None => Ok(None),
             Some(row) => {
                 let key = self.open_subject_row(set, row, tags)?;
-                Ok(Some((key.seal_key().key_ref().version, key)))
+                let v = key.seal_key().key_ref().version;
+                tags.remember(subject, set.domain().as_str(), v, &key);
+                Ok(Some((v, key)))
             }
         }
     }
@@ -1081,7 +1123,6 @@ impl<B: Backend> Store<B> {
     async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
         let r = stored.record;
         let mut fields = BTreeMap::new();
-        let mut keys: BTreeMap<(String, i64), Arc<SubjectKey>> = BTreeMap::new();
         for cell in stored.fields {
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
@@ -1090,18 +1131,13 @@ impl<B: Backend> Store<B> {
             };
             let Some(set) = access.set(&cell.domain) else {
                 // No key for this domain: withheld, and no decryption is attempted.
-                fields.insert(cell.field.clone(), FieldValue::Withheld { domain: cell.domain.clone() });
+                fields.insert(cell.field, FieldValue::Withheld { domain: cell.domain });
                 continue;
             };
-            let sk = match keys.get(&(cell.domain.clone(), cell.key_version)) {
+            let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
+            let sk = match tags.key(&r.subject, &cell.domain, v) {
                 Some(k) => k.clone(),
-                None => {
-                    let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
-                    let (_, k) =
-                        self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?;
-                    keys.insert((cell.domain.clone(), cell.key_version), k.clone());
-                    k
-                }
+                None => self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1,
             };
             let ctx = Context {
                 tenant: &access.tenant,
@@ -1111,8 +1147,8 @@ impl<B: Backend> Store<B> {
                 record: &r.id,
             };
             let pt = sk.open(&ctx, &cell.sealed).map_err(|_| integrity())?;
-            let v = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
-            fields.insert(cell.field.clone(), FieldValue::Value(v));
+            let value = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
+            fields.insert(cell.field, FieldValue::Value(value));
         }
         Ok(Record {
             collection: r.collection,
@@ -1589,6 +1625,7 @@ impl<B: Backend> Store<B> {
         if let Ok(mut c) = self.subject_keys.lock() {
             c.forget_subject(t, Some(d), subject);
         }
+        tags.forget_subject(subject);
         let rows = self.backend.subject_keys(t, d, subject).await?;
         let Some(newest) = rows.last() else { return Ok(Some(0)) };
         let newest_wrap = kluis_core::SealedHeader::parse(&newest.wrapped).map(|h| h.key.version).ok();
@@ -1678,6 +1715,7 @@ impl<B: Backend> Store<B> {
         if let Ok(mut c) = self.subject_keys.lock() {
             c.forget_subject(t, Some(d), subject);
         }
+        tags.forget_subject(subject);
         Ok(outcome.applied.then_some(resealed))
     }
 

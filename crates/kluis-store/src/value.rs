@@ -171,8 +171,9 @@ impl Value {
         }
     }
 
-    /// The canonical encoding: a type tag, then the payload.
-    pub(crate) fn encode(&self) -> zeroize::Zeroizing<Vec<u8>> {
+    /// The canonical encoding: a type tag, then the payload (what is sealed into a cell, and
+    /// what a blind index is computed over).
+    pub fn encode(&self) -> zeroize::Zeroizing<Vec<u8>> {
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(1 + self.payload_len()));
         match self {
             Self::Text(s) => {
@@ -214,7 +215,7 @@ impl Value {
     }
 
     /// Parses [`Value::encode`] output.
-    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+    pub fn decode(b: &[u8]) -> Option<Self> {
         let (tag, rest) = b.split_first()?;
         let text = || std::str::from_utf8(rest).ok().map(str::to_owned);
         Some(match *tag {
