@@ -162,7 +162,7 @@ impl Job for DemoJob {
 
         let docs = env.documents();
         let doctor_access = env.store.unlock(provider, &acme, &[general.clone(), medical.clone()]).await?;
-        let hr_access = env.store.unlock(provider, &acme, &[general.clone()]).await?;
+        let hr_access = env.store.unlock(provider, &acme, std::slice::from_ref(&general)).await?;
         let content = b"%PDF-1.7 demo: belastbaarheid 4 uur per dag".to_vec();
         let doc = NewDocument {
             subject: "emp-1".into(),
@@ -196,7 +196,7 @@ impl Job for DemoJob {
         ));
 
         let v = env.store.rotate_domain_key(provider, &acme, &medical).await?;
-        let admin = env.store.unlock(provider, &acme, &[medical.clone()]).await?;
+        let admin = env.store.unlock(provider, &acme, std::slice::from_ref(&medical)).await?;
         let sum = crate::reencrypt::reencrypt(&env.store, &docs, &admin, &medical, 10, |_| {}).await?;
         env.store.retire_domain_version(&acme, &medical, v - 1).await?;
         let actor = AdminActor::new("demo-operator", "kluis-demo", "key rotation");
