@@ -351,6 +351,11 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
     if to_url == env.settings.root {
         return Err(CliError::Usage(format!("the root key is already {}", root_display(&to_url))));
     }
+    if to_url.starts_with("keyring://") && env.settings.root.starts_with("keyring://") {
+        return Err(CliError::Usage(
+            "both roots are local keyrings (they share one root key id): use `kluis keys rotate-root` for a new root key, or migrate to aws-kms:// or azure-kv://".into(),
+        ));
+    }
     let from = env.provider().await?;
     let target = match to_url.strip_prefix("keyring://") {
         Some(p) if !Path::new(p).exists() => {
@@ -483,7 +488,7 @@ async fn reencrypt_cmd<B: Backend, O: BlobBackend + Clone + 'static>(
         "tenant": t.as_str(), "domain": d.as_str(), "summary": summary, "retirable_versions": retirable,
     }));
     r.line(format!(
-        "{t}/{d}: {} subjects moved, {} cells re-sealed, {} documents rewritten; nothing left on older versions",
+        "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten; nothing left on older versions",
         summary.subjects_moved, summary.records_resealed, summary.documents_moved
     ));
     for v in retirable {
@@ -575,7 +580,9 @@ fn to_value(ty: FieldType, v: &Json) -> std::result::Result<Value, String> {
             n.as_i64().map(Value::Integer).ok_or("not an integer".into())
         }
         (FieldType::Decimal | FieldType::Percentage, Json::Number(n)) => Ok(Value::Decimal(n.to_string())),
-        (FieldType::Decimal | FieldType::Percentage, Json::String(s)) => Ok(Value::Decimal(s.clone())),
+        (FieldType::Decimal | FieldType::Percentage, Json::String(s)) if is_decimal(s) => {
+            Ok(Value::Decimal(s.clone()))
+        }
         (FieldType::Date, Json::String(s)) => Ok(Value::Date(s.clone())),
         (FieldType::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
         (FieldType::Bytes, Json::String(s)) => {
@@ -583,6 +590,15 @@ fn to_value(ty: FieldType, v: &Json) -> std::result::Result<Value, String> {
         }
         _ => Err(format!("expected {}", ty.as_str())),
     }
+}
+
+fn is_decimal(s: &str) -> bool {
+    let body = s.strip_prefix('-').unwrap_or(s);
+    let (int, frac) = body.split_once('.').unwrap_or((body, "0"));
+    !int.is_empty()
+        && !frac.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
