@@ -134,6 +134,9 @@ fn check_id(what: &'static str, s: &str) -> Result<()> {
 pub struct DocumentVault<B> {
     backend: B,
     opts: VaultOptions,
+    /// Wiped chunk buffers of finished reads, reused by the next ones (at most one read's worth),
+    /// so a read does not fault in fresh pages for its buffers each time.
+    spare: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl<B: fmt::Debug> fmt::Debug for DocumentVault<B> {
@@ -145,7 +148,7 @@ impl<B: fmt::Debug> fmt::Debug for DocumentVault<B> {
 impl<B: BlobBackend> DocumentVault<B> {
     /// A vault with default options (64 KiB chunks, 4 MiB parts).
     pub fn new(backend: B) -> Self {
-        Self { backend, opts: VaultOptions::default() }
+        Self { backend, opts: VaultOptions::default(), spare: std::sync::Mutex::default() }
     }
 
     /// A vault with options.
@@ -157,7 +160,7 @@ impl<B: BlobBackend> DocumentVault<B> {
                 reason: "must hold at least one chunk and be at most 256 MiB",
             });
         }
-        Ok(Self { backend, opts })
+        Ok(Self { backend, opts, spare: std::sync::Mutex::default() })
     }
 
     /// The backend.
@@ -309,13 +312,28 @@ impl<B: BlobBackend> DocumentVault<B> {
             final_chunk: layout.chunks - 1,
             offset: opener.header_len() as u64,
             content_left: layout.content_len,
-            pieces: (0..chunks_per_part).map(|_| Vec::new()).collect(),
+            pieces: self.take_spare(chunks_per_part),
+            spare: &self.spare,
+            spare_max: (self.opts.read_size / c16).max(1),
             used: 0,
             pos: 0,
             chunks_per_part,
             c16,
             opener,
         })
+    }
+
+    /// `n` chunk buffers: wiped ones left by earlier reads first, then new ones.
+    fn take_spare(&self, n: usize) -> Vec<Vec<u8>> {
+        let mut out = match self.spare.lock() {
+            Ok(mut s) => {
+                let k = s.len().saturating_sub(n);
+                s.split_off(k)
+            }
+            Err(_) => Vec::new(),
+        };
+        out.resize_with(n, Vec::new);
+        out
     }
 
     async fn open_header(
@@ -562,6 +580,9 @@ pub struct DocumentReader<'v, B> {
     chunks_per_part: usize,
     c16: usize,
     opener: DocumentOpener,
+    /// Where the wiped buffers go when the reader is dropped (at most `spare_max` kept).
+    spare: &'v std::sync::Mutex<Vec<Vec<u8>>>,
+    spare_max: usize,
 }
 
 impl<B> fmt::Debug for DocumentReader<'_, B> {
@@ -625,7 +646,12 @@ impl<B: BlobBackend> DocumentReader<'_, B> {
 impl<B> Drop for DocumentReader<'_, B> {
     fn drop(&mut self) {
         for p in &mut self.pieces {
+            // Wipes the contents and the spare capacity; the allocation stays for reuse.
             zeroize::Zeroize::zeroize(p);
+        }
+        if let Ok(mut s) = self.spare.lock() {
+            let room = self.spare_max.saturating_sub(s.len());
+            s.extend(self.pieces.drain(..).take(room));
         }
     }
 }
