@@ -940,6 +940,20 @@ macro_rules! backend_impl {
                     WriteOp::Override(row) => Self::insert_override(tx, row).await,
                     WriteOp::Audit(a) => Self::audit_append(tx, a).await,
                     WriteOp::Delete { tenant, collection, id, expected_version } => {
+                        // The record's catalog documents go in the same transaction (their blobs
+                        // are then unreferenced: the blob store's garbage collection removes
+                        // them). Before the record row, whose subject narrows the match.
+                        sqlx::query::<$db>(&$sql(
+                            "DELETE FROM kluis_documents WHERE tenant = ? AND record_id = ? AND subject = \
+                             (SELECT subject FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?)",
+                        ))
+                        .bind(&tenant)
+                        .bind(&id)
+                        .bind(&tenant)
+                        .bind(&collection)
+                        .bind(&id)
+                        .execute(&mut **tx)
+                        .await?;
                         let sql = match expected_version {
                             Some(_) => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
                             None => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?",

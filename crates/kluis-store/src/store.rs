@@ -1078,9 +1078,15 @@ impl<B: Backend> Store<B> {
                     let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
-                    // Deleting needs the keys of every domain the record holds.
+                    // Deleting needs the keys of every domain the record holds, including the
+                    // domains of the catalog documents attached to it (deleted with it).
                     for f in &current.fields {
                         access.require(&f.domain)?;
+                    }
+                    for d in self.backend.list_documents(&tenant, DocumentFilter::Record(&id)).await? {
+                        if d.subject == current.record.subject {
+                            access.require(&d.domain)?;
+                        }
                     }
                     let expected = match expected_version {
                         Some(v) => to_i64(v)?,

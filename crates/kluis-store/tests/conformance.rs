@@ -579,6 +579,64 @@ async fn documents_catalog<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
+async fn delete_removes_record_documents<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    let doc = |id: &str, subject: &str, record: Option<&str>| DocumentRow {
+        tenant: "acme".into(),
+        document_id: id.into(),
+        domain: "medical".into(),
+        subject: subject.into(),
+        record_id: record.map(str::to_owned),
+        object_name: format!("obj-{id}"),
+        key_ref: "subject:medical:v1".into(),
+        padded_size: 8192,
+        created_at: 1_700_000_000,
+        sealed_meta: vec![1, 2, 3],
+    };
+    // r1: general fields only, with a medical document attached.
+    let r = NewRecord::new("emp-1").id("r1").set("start_date", Value::Date("2025-01-01".into()));
+    s.insert(&h.hr, "absence", r).await.unwrap();
+    s.insert(&h.doctor, "absence", absence("emp-2", "E2", "flu").id("r2")).await.unwrap();
+    s.insert_document(&h.doctor, doc("d1", "emp-1", Some("r1"))).await.unwrap();
+    s.insert_document(&h.doctor, doc("d2", "emp-1", None)).await.unwrap();
+    s.insert_document(&h.doctor, doc("d3", "emp-2", Some("r2"))).await.unwrap();
+    // Another subject's document naming r1 (e.g. a record id of another collection): kept.
+    s.insert_document(&h.doctor, doc("d4", "emp-3", Some("r1"))).await.unwrap();
+    // HR cannot delete r1: its attached document is medical.
+    let e = s.delete(&h.hr, "absence", "r1", None, None).await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { .. })), "{e:?}");
+    assert!(s.document(&h.doctor, "d1").await.unwrap().is_some());
+    // A delete that fails (version conflict) leaves the documents too.
+    let e = s.delete(&h.doctor, "absence", "r1", Some(7), None).await;
+    assert!(matches!(e, Err(StoreError::Conflict { .. })), "{e:?}");
+    assert!(s.document(&h.doctor, "d1").await.unwrap().is_some());
+    s.delete(&h.doctor, "absence", "r1", None, None).await.unwrap();
+    assert_eq!(s.document(&h.doctor, "d1").await.unwrap(), None);
+    assert!(s.document(&h.doctor, "d2").await.unwrap().is_some(), "the subject's loose document stays");
+    assert!(s.document(&h.doctor, "d4").await.unwrap().is_some());
+    assert_eq!(
+        s.document_object_names().await.unwrap(),
+        vec!["obj-d2".to_owned(), "obj-d3".to_owned(), "obj-d4".to_owned()]
+    );
+    // In a transaction: a failing op (a duplicate id, refused by the database) rolls the
+    // document removal back with the delete.
+    s.insert(&h.doctor, "absence", absence("emp-2", "E3", "cold").id("r3")).await.unwrap();
+    let ops = vec![
+        Op::Delete {
+            collection: "absence".into(),
+            id: "r2".into(),
+            expected_version: None,
+            legal_override: None,
+        },
+        Op::Insert { collection: "absence".into(), record: absence("emp-2", "E3", "cold").id("r3") },
+    ];
+    let e = s.transaction(&h.doctor, ops).await;
+    assert!(matches!(e, Err(StoreError::AlreadyExists { .. })), "{e:?}");
+    assert!(s.document(&h.doctor, "d3").await.unwrap().is_some());
+    assert!(s.get(&h.doctor, "absence", "r2").await.unwrap().is_some());
+    h
+}
+
 async fn tenants_apart<B: Backend>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("x1")).await.unwrap();
@@ -671,6 +729,7 @@ all_engines!(
     tamper_key_rows,
     bad_input,
     documents_catalog,
+    delete_removes_record_documents,
     tenants_apart,
     schema_migration,
 );
