@@ -15,7 +15,7 @@ use kluis_service::authz::{
 };
 use kluis_service::{Error, RequestContext};
 use kluis_store::audit::AuditBackend;
-use kluis_store::{Changes, FieldValue, NewRecord, Record, SqliteBackend, Value};
+use kluis_store::{Backend, Changes, FieldValue, NewRecord, Record, Value};
 
 const ROLES: [&str; 7] =
     ["hr_manager", "employee", "company_doctor", "case_manager", "key_admin", "auditor", "tenant_admin"];
@@ -38,7 +38,7 @@ fn user(role: &str) -> Principal {
     if role == "employee" { p.with_subject("emp-1") } else { p }
 }
 
-fn seeder(h: &H<SqliteBackend>) -> Principal {
+fn seeder<B: Backend>(h: &H<B>) -> Principal {
     principal("dr.seed", &h.acme, "company_doctor")
 }
 
@@ -47,7 +47,7 @@ fn field_of(domain: &str) -> (&'static str, &'static str) {
     if domain == "general" { ("employee_number", "start_date") } else { ("diagnosis", "doctor_notes") }
 }
 
-async fn seed(h: &H<SqliteBackend>, id: &str, subject: &str, domain: &str) {
+async fn seed<B: Backend>(h: &H<B>, id: &str, subject: &str, domain: &str) {
     let (f, _) = field_of(domain);
     h.svc
         .insert(&seeder(h), &ctx(), "absence", NewRecord::new(subject).id(id).set(f, format!("v-{domain}")))
@@ -60,7 +60,7 @@ fn visible(recs: &[Record], domain: &str) -> bool {
     recs.iter().any(|r| r.get(f).is_some())
 }
 
-async fn denials(h: &H<SqliteBackend>) -> Vec<kluis_store::audit::AuditRow> {
+async fn denials<B: Backend>(h: &H<B>) -> Vec<kluis_store::audit::AuditRow> {
     h.store
         .backend()
         .audit_page(None, 0, 100_000)
@@ -73,7 +73,16 @@ async fn denials(h: &H<SqliteBackend>) -> Vec<kluis_store::audit::AuditRow> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_every_builtin_role_domain_action() {
-    let h = common::sqlite(1000).await.unwrap();
+    matrix(common::sqlite(1000).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_every_builtin_role_domain_action_postgres() {
+    let Some(h) = common::postgres(1000).await else { return };
+    matrix(h).await;
+}
+
+async fn matrix<B: Backend>(h: H<B>) {
     seed(&h, "g-1", "emp-1", "general").await;
     seed(&h, "m-1", "emp-1", "medical").await;
     let c = ctx();
@@ -163,6 +172,7 @@ async fn matrix_every_builtin_role_domain_action() {
     let own = h.svc.list(&emp, &c, "absence", Some("emp-1"), None, 10).await.unwrap();
     assert!(own.records.iter().all(|r| r.subject == "emp-1") && !own.records.is_empty());
     assert!(kluis_service::audit::verify(&h.store).await.unwrap().is_ok());
+    h.cleanup().await;
 }
 
 /// Roles whose export of emp-1 succeeds for *some* domain (the other domain is withheld, not denied).
@@ -170,7 +180,22 @@ const ROLE_EXPORTS_SOMETHING: [&str; 3] = ["hr_manager", "employee", "company_do
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_tenant_and_guessed_ids_are_denied_and_audited() {
-    let h = common::sqlite(1000).await.unwrap();
+    cross_tenant(common::sqlite(1000).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_tenant_and_guessed_ids_are_denied_and_audited_postgres() {
+    let Some(h) = common::postgres(1000).await else { return };
+    cross_tenant(h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_tenant_and_guessed_ids_are_denied_and_audited_mariadb() {
+    let Some(h) = common::mysql(1000).await else { return };
+    cross_tenant(h).await;
+}
+
+async fn cross_tenant<B: Backend>(h: H<B>) {
     let globex_doc = principal("dr.globex", &h.globex, "company_doctor");
     h.svc
         .insert(
@@ -237,6 +262,7 @@ async fn cross_tenant_and_guessed_ids_are_denied_and_audited() {
     let sc = ctx().in_tenant(h.acme.clone());
     assert!(matches!(h.svc.get(&sup, &sc, "absence", "x-1").await, Err(Error::Denied(_))));
     assert!(kluis_service::audit::verify(&h.store).await.unwrap().is_ok());
+    h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
