@@ -1328,8 +1328,13 @@ impl<B: Backend> Store<B> {
         let mut tags = Tags::new();
         let tenant = access.tenant.clone();
         let mut records = self.domain_records(&tenant, domain).await?;
+        let old_active = keys::validate_versions(&records)
+            .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))?;
         let (new_rec, _) = keys::rotate_domain_key(provider, &tenant, domain, &mut records).await?;
-        self.backend.put_domain_keys(Self::rows_from_records(&records)?, false).await?;
+        let new_row = Self::rows_from_records(std::slice::from_ref(&new_rec))?
+            .pop()
+            .ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
+        self.backend.rotate_domain_keys(old_active.map(i64::from), new_row).await?;
         let set = self.key_set(provider, &tenant, domain).await?;
         // Rewrap the remaining subject keys under the new version.
         let rows = self.backend.all_subject_keys(tenant.as_str(), domain.as_str()).await?;
@@ -1369,15 +1374,26 @@ impl<B: Backend> Store<B> {
             });
         }
         self.backend.apply(ops).await?;
-        // Destroy every older version: nothing depends on them any more.
+        // Destroy every older version: nothing depends on them any more (checked again in the
+        // destroying transaction: a version a concurrent writer used meanwhile is kept).
         let mut destroyed = Vec::new();
-        for r in records.iter_mut() {
-            if r.state == KeyState::DecryptOnly {
-                keys::destroy_domain_key(r)?;
-                destroyed.push(r.version);
+        for r in &records {
+            if r.state != KeyState::DecryptOnly {
+                continue;
+            }
+            match self
+                .backend
+                .destroy_domain_version(tenant.as_str(), domain.as_str(), i64::from(r.version))
+                .await
+            {
+                Ok(()) => destroyed.push(r.version),
+                Err(StoreError::KeyInUse { .. }) => tracing::warn!(
+                    tenant = %tenant, domain = %domain, version = r.version,
+                    "kluis-store: domain key version still in use after rotation; kept (re-encrypt, then retire it)"
+                ),
+                Err(e) => return Err(e),
             }
         }
-        self.backend.put_domain_keys(Self::rows_from_records(&records)?, false).await?;
         let set = self.key_set(provider, &tenant, domain).await?;
         access.sets.insert(domain.to_string(), Arc::new(set));
         if let Ok(mut c) = self.subject_keys.lock() {
