@@ -3,7 +3,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use kluis_blob::{BlobBackend, ObjectName};
 use kluis_core::{DomainName, KeyState, TenantId};
@@ -71,14 +70,6 @@ pub async fn audit_admin<B: Backend, O: BlobBackend + Clone>(
     let service = env.service().await?;
     let who = AdminActor::new(actor, "kluis-cli", "administration");
     service.record_admin(&who, event).await.map_err(|e| CliError::Service(e.to_string()))
-}
-
-#[allow(dead_code)]
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 // ------------------------------------------------------------------ init
@@ -1074,6 +1065,3 @@ async fn doctor<B: Backend, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) -
     }
     Ok(r)
 }
-
-#[allow(dead_code)]
-fn _unused(_: Duration, _: StoreError) {}

@@ -269,3 +269,50 @@ pub fn passphrase(prompt: &str, confirm: bool) -> Result<Zeroizing<String>> {
 pub fn keyring_secret(pass: &Zeroizing<String>) -> KeyringSecret {
     KeyringSecret::Passphrase(Passphrase::new(pass.as_str().to_owned()), KdfParams::DEFAULT)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    #[test]
+    fn urls_are_printed_without_password_or_query() {
+        let canary = "S3cr3t-CANARY";
+        let u = format!("postgres://kluis:{canary}@db.example:5432/hr?sslmode=require");
+        let shown = StoreUrl::parse(&u, Path::new("/d")).unwrap().display();
+        assert_eq!(shown, "postgres://kluis:***@db.example:5432/hr");
+        let sas = format!("https://acct.blob.core.windows.net/docs?sv=2024&sig={canary}");
+        let b = BlobUrl::parse(&sas, Path::new("/d")).unwrap();
+        assert!(!b.display().contains(canary));
+        assert!(!format!("{}", CliError::Usage(redact_url(&u))).contains(canary));
+    }
+
+    #[test]
+    fn store_and_blob_urls_parse() {
+        let base = Path::new("/data");
+        assert_eq!(StoreUrl::parse("sqlite:k.db", base).unwrap(), StoreUrl::Sqlite("/data/k.db".into()));
+        assert_eq!(
+            StoreUrl::parse("sqlite:///abs/k.db", base).unwrap(),
+            StoreUrl::Sqlite("/abs/k.db".into())
+        );
+        assert!(
+            matches!(StoreUrl::parse("mariadb://root@h/test", base).unwrap(), StoreUrl::MySql(u) if u == "mysql://root@h/test")
+        );
+        assert!(matches!(StoreUrl::parse("oracle://x", base), Err(CliError::Usage(_))));
+        assert_eq!(BlobUrl::parse("blobs", base).unwrap(), BlobUrl::Dir("/data/blobs".into()));
+        assert!(matches!(BlobUrl::parse("s3://bucket", base), Err(CliError::Usage(_))));
+        assert_eq!(resolve_root("keyring://kr.kr", base), "keyring:///data/kr.kr");
+        assert_eq!(resolve_root("aws-kms://eu-west-1/arn", base), "aws-kms://eu-west-1/arn");
+    }
+
+    #[test]
+    fn config_file_round_trips_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let c =
+            FileConfig { root: Some("aws-kms://eu-west-1/x".into()), store: None, blobs: Some("b".into()) };
+        c.save(dir.path()).unwrap();
+        assert_eq!(FileConfig::load(dir.path()).unwrap(), c);
+        std::fs::write(dir.path().join(CONFIG_FILE), "rooot = 1\n").unwrap();
+        assert!(matches!(FileConfig::load(dir.path()), Err(CliError::Config { .. })));
+    }
+}
