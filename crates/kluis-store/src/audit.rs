@@ -370,12 +370,23 @@ impl<B: Backend> Store<B> {
         ops: Vec<Op>,
         audit: AuditAppend,
     ) -> Result<Vec<Written>> {
-        let (writes, written) = self.prepare_transaction(access, ops).await?;
-        let mut all = Vec::with_capacity(writes.len() + 1);
-        all.push(WriteOp::Audit(audit));
-        all.extend(writes);
-        self.backend().apply(all).await?;
-        Ok(written)
+        // As `Store::transaction`: a write sealed under a subject key that a re-encryption or a
+        // shred removed meanwhile is refused by the database and retried with fresh keys.
+        let mut attempt = 1;
+        loop {
+            let (writes, written) = self.prepare_transaction(access, ops.clone()).await?;
+            let mut all = Vec::with_capacity(writes.len() + 1);
+            all.push(WriteOp::Audit(audit.clone()));
+            all.extend(writes);
+            match self.backend().apply(all).await {
+                Ok(()) => return Ok(written),
+                Err(StoreError::KeyChanged { .. }) if attempt < crate::store::KEY_CHANGED_RETRIES => {
+                    self.forget_cached_keys(access.tenant());
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Appends one audit entry in its own transaction (for reads, denials and admin events).

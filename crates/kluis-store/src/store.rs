@@ -346,7 +346,7 @@ const SUBJECT_CACHE_MAX: usize = 100_000;
 
 /// How often a transaction is retried internally when a subject key it used changed
 /// concurrently (re-encryption or shred in another process).
-const KEY_CHANGED_RETRIES: usize = 4;
+pub(crate) const KEY_CHANGED_RETRIES: usize = 4;
 
 #[derive(Default)]
 struct SubjectCache {
