@@ -810,9 +810,19 @@ impl<B: Backend> Service<B> {
         let proof = self
             .decide(p, ctx, Request::new(&tenant, Action::Shred, &domains, Target::Tenant), &mut e)
             .await?;
-        self.log(e.clone()).await?;
         let mut access = self.keys(&proof).await?;
-        match self.store.shred_subject(&*self.provider, &mut access, subject, legal_override).await {
+        // The entry is appended in the transaction that removes the subject's keys and records.
+        match self
+            .store
+            .shred_subject_audited(
+                &*self.provider,
+                &mut access,
+                subject,
+                legal_override,
+                self.append(e.clone()),
+            )
+            .await
+        {
             Ok(r) => Ok(r),
             Err(err) => {
                 let mut failed = e;

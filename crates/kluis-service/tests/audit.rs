@@ -205,6 +205,7 @@ where
     assert!(h.svc.delete(&doctor, &c, "absence", "r-1", None, None).await.is_err());
     assert!(h.svc.find(&doctor, &c, "absence", "diagnosis", &Value::from("flu")).await.is_err());
     assert!(h.svc.list(&doctor, &c, "absence", None, None, 10).await.is_err());
+    assert!(h.svc.shred(&doctor, &c, "emp-1", None).await.is_err(), "no shred without its audit entry");
     h.store.mend_audit().await;
     let rec = h.svc.get(&doctor, &c, "absence", "r-1").await.unwrap();
     assert_eq!(rec.version, 1);
@@ -213,6 +214,12 @@ where
     let r = audit::verify(&h.store).await.unwrap();
     assert!(r.is_ok(), "{r:?}");
     assert_eq!(r.entries, before + 2, "only the two reads after the repair were logged");
+    // With the log working, a shred writes exactly one entry (in its removal transaction).
+    h.svc.shred(&doctor, &c, "emp-1", None).await.unwrap();
+    let r = audit::verify(&h.store).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(r.entries, before + 3, "one entry for the shred");
+    assert!(matches!(h.svc.get(&doctor, &c, "absence", "r-1").await, Err(Error::NotFound { .. })));
     h.cleanup().await;
 }
 
@@ -353,6 +360,63 @@ async fn canary<B: Backend>(h: H<B>) {
     h.cleanup().await;
 }
 
+/// A shred's entry is written in the transaction that removes the subject: when that transaction
+/// fails (a trigger refuses the subject key delete), neither the removal nor an "allowed" entry is
+/// stored; only the failure is logged.
+async fn shred_entry_in_its_transaction<B: Backend>(h: H<B>)
+where
+    Store<B>: Raw,
+{
+    let doctor = principal("dr.jansen", &h.acme, "company_doctor");
+    let c = ctx();
+    h.svc
+        .insert(&doctor, &c, "absence", NewRecord::new("emp-1").id("r-1").set("diagnosis", "flu"))
+        .await
+        .unwrap();
+    let (block, unblock): (&[&str], &[&str]) = match h.store.engine() {
+        "sqlite" => (
+            &[
+                "CREATE TRIGGER kluis_sk_refuse BEFORE DELETE ON kluis_subject_keys BEGIN SELECT RAISE(ABORT, 'refused'); END",
+            ],
+            &["DROP TRIGGER kluis_sk_refuse"],
+        ),
+        "postgres" => (
+            &[
+                "CREATE FUNCTION kluis_sk_refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER kluis_sk_refuse BEFORE DELETE ON kluis_subject_keys FOR EACH ROW EXECUTE FUNCTION kluis_sk_refuse()",
+            ],
+            &["DROP TRIGGER kluis_sk_refuse ON kluis_subject_keys", "DROP FUNCTION kluis_sk_refuse()"],
+        ),
+        _ => (
+            &[
+                "CREATE TRIGGER kluis_sk_refuse BEFORE DELETE ON kluis_subject_keys FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'",
+            ],
+            &["DROP TRIGGER kluis_sk_refuse"],
+        ),
+    };
+    for sql in block {
+        h.store.exec(sql).await;
+    }
+    assert!(h.svc.shred(&doctor, &c, "emp-1", None).await.is_err(), "the shred transaction is refused");
+    for sql in unblock {
+        h.store.exec(sql).await;
+    }
+    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let shreds: Vec<_> = rows.iter().filter(|r| r.entry.action == "shred").collect();
+    assert_eq!(shreds.len(), 1, "only the failure is logged: {shreds:?}");
+    assert_eq!(shreds[0].entry.outcome, "error");
+    let rec = h.svc.get(&doctor, &c, "absence", "r-1").await.unwrap();
+    assert_eq!(rec.get("diagnosis"), Some(&Value::from("flu")), "nothing was removed");
+    // Unblocked, the shred and its one "allowed" entry commit together.
+    h.svc.shred(&doctor, &c, "emp-1", None).await.unwrap();
+    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let outcomes: Vec<&str> =
+        rows.iter().filter(|r| r.entry.action == "shred").map(|r| r.entry.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["error", "allowed"], "{outcomes:?}");
+    assert!(audit::verify(&h.store).await.unwrap().is_ok());
+    h.cleanup().await;
+}
+
 macro_rules! engine {
     ($m:ident, $make:path) => {
         mod $m {
@@ -411,6 +475,11 @@ macro_rules! engine {
             async fn concurrent_appenders_keep_one_chain() {
                 let Some(h) = $make(10).await else { return };
                 concurrent(h).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shred_entry_commits_with_the_shred() {
+                let Some(h) = $make(10).await else { return };
+                shred_entry_in_its_transaction(h).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn canaries_never_in_the_log() {

@@ -389,6 +389,21 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    /// [`Store::shred_subject`] with its audit entry appended in the same database transaction as
+    /// the removal of the subject's keys, records and catalog rows (the step that makes the shred
+    /// happen; the rotation and purge that follow only harden it). If that transaction fails,
+    /// neither the removal nor the entry is stored.
+    pub async fn shred_subject_audited(
+        &self,
+        provider: &dyn kluis_core::RootKeyProvider,
+        access: &mut Access,
+        subject: &str,
+        legal_override: Option<crate::store::LegalOverride>,
+        audit: AuditAppend,
+    ) -> Result<crate::store::ShredReport> {
+        self.shred_subject_with(provider, access, subject, legal_override, Some(audit)).await
+    }
+
     /// Appends one audit entry in its own transaction (for reads, denials and admin events).
     pub async fn append_audit(&self, audit: AuditAppend) -> Result<()> {
         self.backend().apply(vec![WriteOp::Audit(audit)]).await

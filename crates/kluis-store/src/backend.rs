@@ -428,12 +428,14 @@ pub trait Backend: crate::audit::AuditBackend + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<(String, String, String, i64)>>> + Send;
 
     /// Shreds a subject in one transaction: its subject keys, records, cells, indexes and
-    /// document catalog entries; records `audit` if given. Returns the number of records removed.
+    /// document catalog entries; records `audit` (a legal override) and appends `entry` (an audit
+    /// log entry) in the same transaction if given. Returns the number of records removed.
     fn delete_subject(
         &self,
         tenant: &str,
         subject: &str,
         audit: Option<OverrideRow>,
+        entry: Option<crate::audit::AuditAppend>,
     ) -> impl Future<Output = Result<u64>> + Send;
 
     /// Records a legal override.
@@ -1353,8 +1355,18 @@ macro_rules! backend_impl {
                     .collect()
             }
 
-            async fn delete_subject(&self, tenant: &str, subject: &str, audit: Option<OverrideRow>) -> Result<u64> {
+            async fn delete_subject(
+                &self,
+                tenant: &str,
+                subject: &str,
+                audit: Option<OverrideRow>,
+                entry: Option<crate::audit::AuditAppend>,
+            ) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
+                // The audit entry first: on SQLite its head update takes the write lock up front.
+                if let Some(e) = entry {
+                    Self::apply_one(&mut tx, WriteOp::Audit(e)).await?;
+                }
                 let ids = sqlx::query::<$db>(&$sql(
                     "SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?",
                 ))

@@ -1263,6 +1263,19 @@ impl<B: Backend> Store<B> {
         subject: &str,
         legal_override: Option<LegalOverride>,
     ) -> Result<ShredReport> {
+        self.shred_subject_with(provider, access, subject, legal_override, None).await
+    }
+
+    /// [`Store::shred_subject`], appending `entry` to the audit log in the transaction that removes
+    /// the subject's keys and records (`Store::shred_subject_audited`).
+    pub(crate) async fn shred_subject_with(
+        &self,
+        provider: &dyn RootKeyProvider,
+        access: &mut Access,
+        subject: &str,
+        legal_override: Option<LegalOverride>,
+        entry: Option<crate::audit::AuditAppend>,
+    ) -> Result<ShredReport> {
         check_id("subject id", subject)?;
         let tenant = access.tenant.clone();
         let now = now_unix();
@@ -1298,7 +1311,7 @@ impl<B: Backend> Store<B> {
                 affected.push(d.clone());
             }
         }
-        let removed = self.backend.delete_subject(tenant.as_str(), subject, audit).await?;
+        let removed = self.backend.delete_subject(tenant.as_str(), subject, audit, entry).await?;
         if let Ok(mut c) = self.subject_keys.lock() {
             c.forget_subject(tenant.as_str(), None, subject);
         }
