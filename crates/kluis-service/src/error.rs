@@ -34,6 +34,18 @@ pub enum Error {
     /// The grant registry failed (a persisted registry: its database).
     #[error("grant registry failed: {0}")]
     Registry(String),
+    /// A row of the persisted access registry failed its integrity check: inserted, edited or
+    /// copied from another tenant by someone without the application's keys. The tenant's registry
+    /// is not loaded, so its support grants and recorded roles deny until the row is removed.
+    #[error("access registry row {kind} {id} of tenant {tenant} failed its integrity check")]
+    RegistryTampered {
+        /// The tenant whose rows were being loaded.
+        tenant: String,
+        /// The row's kind (`grant`, `role`).
+        kind: String,
+        /// The row's id.
+        id: String,
+    },
     /// A stored password hash does not parse or has parameters outside the accepted bounds.
     #[error("malformed password hash: {0}")]
     MalformedHash(&'static str),

@@ -332,7 +332,7 @@ pub enum DocumentFilter<'a> {
 
 /// What a backend does. Implemented for [`SqliteBackend`], [`PostgresBackend`] and
 /// [`MySqlBackend`]; every method that writes more than one row runs in one transaction.
-pub trait Backend: crate::audit::AuditBackend + Send + Sync + 'static {
+pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + Send + Sync + 'static {
     /// The sqlx database type.
     type Database: sqlx::Database;
 
@@ -632,16 +632,19 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
     (2, "audit", include_str!("../migrations/sqlite/0002_audit.sql")),
     (3, "key_versions", include_str!("../migrations/sqlite/0003_key_versions.sql")),
+    (4, "access", include_str!("../migrations/sqlite/0004_access.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "audit", include_str!("../migrations/postgres/0002_audit.sql")),
     (3, "key_versions", include_str!("../migrations/postgres/0003_key_versions.sql")),
+    (4, "access", include_str!("../migrations/postgres/0004_access.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
     (2, "audit", include_str!("../migrations/mysql/0002_audit.sql")),
     (3, "key_versions", include_str!("../migrations/mysql/0003_key_versions.sql")),
+    (4, "access", include_str!("../migrations/mysql/0004_access.sql")),
 ];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.

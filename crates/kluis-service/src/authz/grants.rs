@@ -1,8 +1,9 @@
 //! Support access grants, role assignments, break-glass events, and the registry that keeps them.
 //!
-//! The registry is an in-process [`MemoryRegistry`] today, behind the small [`AccessRegistry`]
-//! trait; the records store will implement the same trait on its database so grants, role
-//! assignments and last-use times survive restarts.
+//! Two registries implement the small [`AccessRegistry`] trait: the in-process [`MemoryRegistry`]
+//! (lost when the process ends) and [`super::StoreRegistry`], kept in the store's own database
+//! with every row authenticated, so grants, role assignments, last-use times and break-glass
+//! accesses survive restarts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -163,6 +164,39 @@ impl MemoryRegistry {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> Result<T>) -> Result<T> {
         let mut g = self.inner.lock().map_err(|_| Error::Registry("registry lock poisoned".into()))?;
         f(&mut g)
+    }
+}
+
+/// One tenant's state, as a persisted registry loads it.
+#[derive(Debug, Default)]
+pub(crate) struct TenantState {
+    pub(crate) grants: Vec<SupportGrant>,
+    pub(crate) assignments: Vec<RoleAssignment>,
+    pub(crate) last_seen: HashMap<UserId, SystemTime>,
+    pub(crate) break_glass: Vec<BreakGlassEvent>,
+}
+
+impl MemoryRegistry {
+    /// Replaces everything held for `tenant`.
+    pub(crate) fn replace_tenant(&self, tenant: &TenantId, state: TenantState) -> Result<()> {
+        self.with(|i| {
+            i.grants.insert(tenant.clone(), state.grants);
+            i.assignments.insert(tenant.clone(), state.assignments);
+            i.last_seen.insert(tenant.clone(), state.last_seen);
+            i.break_glass.insert(tenant.clone(), state.break_glass);
+            Ok(())
+        })
+    }
+
+    /// Forgets everything held for `tenant`.
+    pub(crate) fn forget_tenant(&self, tenant: &TenantId) -> Result<()> {
+        self.with(|i| {
+            i.grants.remove(tenant);
+            i.assignments.remove(tenant);
+            i.last_seen.remove(tenant);
+            i.break_glass.remove(tenant);
+            Ok(())
+        })
     }
 }
 

@@ -25,6 +25,7 @@
 
 mod grants;
 mod policy;
+mod stored;
 mod types;
 
 use std::fmt;
@@ -38,6 +39,7 @@ pub use grants::{
     ReviewEntry, RoleAssignment, SupportGrant,
 };
 pub use policy::Policy;
+pub use stored::{ACCESS_MAC_DOMAIN, StoreRegistry};
 pub use types::{Action, ActionSet, GrantId, Principal, Request, RoleName, Target, UserId};
 
 use crate::clock::{Clock, SystemClock, since};
@@ -710,6 +712,20 @@ impl Authorizer {
         scope: GrantScope,
         duration: Duration,
     ) -> Result<SupportGrant> {
+        let grant = self.new_support_grant(admin, tenant, support_user, scope, duration)?;
+        self.registry.insert_grant(grant.clone())?;
+        Ok(grant)
+    }
+
+    /// [`Authorizer::grant_support`] without storing the grant (a persisted registry stores it).
+    fn new_support_grant(
+        &self,
+        admin: &Principal,
+        tenant: &TenantId,
+        support_user: UserId,
+        scope: GrantScope,
+        duration: Duration,
+    ) -> Result<SupportGrant> {
         self.require_admin(admin, tenant)?;
         if scope.domains.is_empty() || scope.actions.is_empty() {
             return Err(Error::invalid(
@@ -757,7 +773,6 @@ impl Authorizer {
             uses: 0,
             status: GrantStatus::Active,
         };
-        self.registry.insert_grant(grant.clone())?;
         Ok(grant)
     }
 
@@ -795,11 +810,23 @@ impl Authorizer {
         user: UserId,
         role: RoleName,
     ) -> Result<()> {
+        let a = self.new_role_assignment(admin, tenant, user, role)?;
+        self.registry.assign_role(a)
+    }
+
+    /// [`Authorizer::assign_role`] without storing the assignment.
+    fn new_role_assignment(
+        &self,
+        admin: &Principal,
+        tenant: &TenantId,
+        user: UserId,
+        role: RoleName,
+    ) -> Result<RoleAssignment> {
         self.require_admin(admin, tenant)?;
         if !self.policy.has_role(&role) {
             return Err(Error::invalid("role", format!("role {role} is not defined in the policy")));
         }
-        self.registry.assign_role(RoleAssignment {
+        Ok(RoleAssignment {
             tenant: tenant.clone(),
             user,
             role,

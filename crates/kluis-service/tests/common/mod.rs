@@ -37,7 +37,7 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", hex::encode(&k.expose_secret()[..6]))
 }
 
-fn with_db(url: &str, db: &str) -> String {
+pub fn with_db(url: &str, db: &str) -> String {
     match url.rfind('/') {
         Some(i) if url[..i].contains("://") && !url[..i].ends_with('/') => format!("{}/{db}", &url[..i]),
         _ => format!("{}/{db}", url.trim_end_matches('/')),
