@@ -147,6 +147,10 @@ where
         .get(&carla, &ctx().break_glass("acute crisis, employee unreachable"), "absence", "r-1")
         .await
         .unwrap();
+    // A shred rotates and destroys the keys of emp-1's domains: the registry rows keep verifying.
+    let doctor = principal("dr.jansen", &h.acme, "company_doctor");
+    let report = p1.svc.shred(&doctor, &ctx(), "emp-1", None).await.unwrap();
+    assert!(!report.destroyed_versions.is_empty(), "{report:?}");
 
     // A restart: a fresh pool, registry, authorizer and service.
     let store2 = B::reopen(&h).await;

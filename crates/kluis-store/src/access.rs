@@ -3,7 +3,7 @@
 //!
 //! One table, `kluis_access`, keyed by (tenant, kind, id): support grants, role assignments and
 //! the like of one tenant, each row a JSON `body` with a MAC over every column (`key_version`
-//! names the tenant's `general` domain key version the MAC key comes from). This module only reads
+//! names the tenant's `access_registry` domain key version the MAC key comes from). This module only reads
 //! and writes rows; it never trusts them: `kluis-service` refuses a row whose MAC does not verify.
 
 use std::future::Future;
@@ -24,7 +24,7 @@ pub struct AccessRow {
     pub id: String,
     /// The entry (JSON, names and times only).
     pub body: String,
-    /// The `general` domain key version the MAC key was derived from.
+    /// The registry's domain key version the MAC key was derived from.
     pub key_version: i64,
     /// The MAC over every other column.
     pub mac: Vec<u8>,

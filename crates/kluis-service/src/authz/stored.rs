@@ -18,8 +18,8 @@
 //! stored either: it follows again from the last use.
 //!
 //! Each row's MAC is HMAC-SHA256 under a key derived (HKDF-Expand, as blind index keys are) from
-//! the tenant's `general` domain key, which the root key wraps; it covers every column: tenant,
-//! kind, id, body and the key version. docs/SERVICE.md says what a DBA can still do.
+//! the tenant's `access_registry` domain key ([`ACCESS_MAC_DOMAIN`]), which the root key wraps; it
+//! covers every column: tenant, kind, id, body and the key version. docs/SERVICE.md says what a DBA can still do.
 //!
 //! A tenant must be loaded ([`StoreRegistry::load_tenant`] or [`StoreRegistry::load_all`]) before
 //! its grants are checked; until then a grant check denies (`RegistryUnavailable`). A row that
@@ -46,9 +46,11 @@ use super::grants::{
 use super::types::{Action, ActionSet, GrantId, Principal, RoleName, UserId};
 use crate::error::{Error, Result};
 
-/// The domain whose key the registry's MAC key is derived from: every tenant has it, and the
-/// service that manages a tenant's access holds it.
-pub const ACCESS_MAC_DOMAIN: &str = "general";
+/// The domain whose key the registry's MAC key is derived from: a key of its own per tenant
+/// (created on the first registry write, wrapped by the root key like every domain key), which
+/// the service that manages a tenant's access holds and no data field uses, so a shred (which
+/// rotates and destroys the keys of the subject's domains) never invalidates the registry rows.
+pub const ACCESS_MAC_DOMAIN: &str = "access_registry";
 
 const MAC_LABEL: &[u8] = b"kluis-access-v1";
 const KIND_GRANT: &str = "grant";
@@ -126,8 +128,8 @@ impl<B: Backend> fmt::Debug for StoreRegistry<B> {
 }
 
 impl<B: Backend> StoreRegistry<B> {
-    /// A registry on `store`'s database; `provider` unwraps the `general` domain keys the MAC keys
-    /// come from. Nothing is loaded yet.
+    /// A registry on `store`'s database; `provider` unwraps the [`ACCESS_MAC_DOMAIN`] domain keys
+    /// the MAC keys come from. Nothing is loaded yet.
     pub fn new(store: Arc<Store<B>>, provider: Arc<dyn RootKeyProvider>) -> Self {
         Self { store, provider, mem: MemoryRegistry::new(), loaded: Mutex::new(HashSet::new()) }
     }
@@ -149,19 +151,19 @@ impl<B: Backend> StoreRegistry<B> {
         }
     }
 
-    async fn general_set(&self, tenant: &TenantId, create: bool) -> Result<DomainKeySet> {
-        let general = DomainName::new(ACCESS_MAC_DOMAIN)?;
+    async fn registry_key_set(&self, tenant: &TenantId, create: bool) -> Result<DomainKeySet> {
+        let domain = DomainName::new(ACCESS_MAC_DOMAIN)?;
         if create {
-            self.store.ensure_domain_key(&*self.provider, tenant, &general).await?;
+            self.store.ensure_domain_key(&*self.provider, tenant, &domain).await?;
         }
-        Ok(self.store.key_set(&*self.provider, tenant, &general).await?)
+        Ok(self.store.key_set(&*self.provider, tenant, &domain).await?)
     }
 
     async fn seal_row(&self, tenant: &TenantId, kind: &str, id: String, body: String) -> Result<AccessRow> {
-        let set = self.general_set(tenant, true).await?;
+        let set = self.registry_key_set(tenant, true).await?;
         let version = set
             .active_version()
-            .ok_or_else(|| Error::Registry("the general domain key has no active version".into()))?;
+            .ok_or_else(|| Error::Registry("the access registry domain key has no active version".into()))?;
         let key_version = i64::from(version);
         let mac = mac_key(&set, version)?.index(&mac_input(tenant.as_str(), kind, &id, &body, key_version));
         Ok(AccessRow { tenant: tenant.to_string(), kind: kind.to_owned(), id, body, key_version, mac })
@@ -191,7 +193,7 @@ impl<B: Backend> StoreRegistry<B> {
         let rows = self.store.backend().access_rows(tenant.as_str()).await?;
         let mut state = TenantState::default();
         if !rows.is_empty() {
-            let set = self.general_set(tenant, false).await?;
+            let set = self.registry_key_set(tenant, false).await?;
             let mut keys: HashMap<u32, BlindIndexKey> = HashMap::new();
             for row in &rows {
                 let tampered = || Error::RegistryTampered {
@@ -403,7 +405,7 @@ impl<B: Backend> StoreRegistry<B> {
         Ok(gone || had)
     }
 
-    /// Re-authenticates every row of a tenant under the active `general` key version (run it after
+    /// Re-authenticates every row of a tenant under the active [`ACCESS_MAC_DOMAIN`] key version (run it after
     /// a rotation of that key and before retiring the old version, whose rows would otherwise no
     /// longer verify). Returns the number of rows rewritten.
     pub async fn reseal_tenant(&self, tenant: &TenantId) -> Result<usize> {
