@@ -227,10 +227,49 @@ pub enum AuditFormat {
 /// `kluis access ...`.
 #[derive(Debug, Subcommand)]
 pub enum AccessCmd {
-    /// Who holds which role and support grant, and their last use.
+    /// Who holds which role and support grant, and their last use; break-glass accesses.
     Review {
         /// Tenant id.
         #[arg(long)]
         tenant: String,
+    },
+    /// Records that a user holds a role in a tenant (listed by the review).
+    Assign {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The user.
+        #[arg(long)]
+        user: String,
+        /// The role.
+        #[arg(long)]
+        role: String,
+    },
+    /// Grants a named support user time-limited access to named domains.
+    Grant {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The support user.
+        #[arg(long)]
+        user: String,
+        /// A domain the grant opens (repeat for more; medical only if named).
+        #[arg(long = "domain", required = true)]
+        domains: Vec<String>,
+        /// An action the grant allows (repeat for more).
+        #[arg(long = "action", default_values_t = [String::from("read")])]
+        actions: Vec<String>,
+        /// Days until it ends (at most 90); it is disabled after 31 days unused.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+    },
+    /// Revokes a support grant.
+    Revoke {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// The grant id (sg_...).
+        #[arg(long)]
+        grant: String,
     },
 }

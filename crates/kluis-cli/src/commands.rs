@@ -52,7 +52,18 @@ impl Job for CommandJob {
             Command::Export(args) => export(&env, &actor, &args).await,
             Command::Audit(AuditCmd::Verify { against }) => audit_verify(&env, against.as_deref()).await,
             Command::Audit(AuditCmd::Export { output, .. }) => audit_export(&env, output.as_deref()).await,
-            Command::Access(AccessCmd::Review { tenant }) => access_review(&env, &tenant).await,
+            Command::Access(AccessCmd::Review { tenant }) => {
+                crate::access::review(&env, &actor, &tenant).await
+            }
+            Command::Access(AccessCmd::Assign { tenant, user, role }) => {
+                crate::access::assign(&env, &actor, &tenant, &user, &role).await
+            }
+            Command::Access(AccessCmd::Grant { tenant, user, domains, actions, days }) => {
+                crate::access::grant(&env, &actor, &tenant, &user, &domains, &actions, days).await
+            }
+            Command::Access(AccessCmd::Revoke { tenant, grant }) => {
+                crate::access::revoke(&env, &actor, &tenant, &grant).await
+            }
             Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
         }
     }
@@ -876,13 +887,6 @@ async fn audit_export<B: Backend, O: BlobBackend + Clone>(
             Ok(Report::silent())
         }
     }
-}
-
-async fn access_review<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, tenant: &str) -> Result<Report> {
-    let _t = env.tenant(tenant).await?;
-    Err(CliError::NotAvailable(
-        "`kluis access review` (the service's access registry is in-process only; it needs a persisted registry)",
-    ))
 }
 
 // ------------------------------------------------------------------ doctor

@@ -10,7 +10,10 @@ use std::sync::Arc;
 use kluis_blob::{BlobBackend, NewDocument};
 use kluis_core::{DocumentMetadata, DomainName, TenantId};
 use kluis_keyring::KeyringFile;
-use kluis_service::authz::{Principal, RoleName, UserId};
+use kluis_service::authz::{
+    Action, ActionSet, Authorizer, GrantScope, Policy, Principal, RoleName, StoreRegistry, UserId,
+};
+use kluis_service::clock::SystemClock;
 use kluis_service::{AdminActor, AdminEvent, RequestContext};
 use kluis_store::{Backend, FieldValue, NewRecord, Record};
 use serde_json::json;
@@ -115,7 +118,14 @@ impl Job for DemoJob {
         }
         r.line(format!("2. tenants {acme} and {other}, each with a general and a medical domain key (wrapped by the root key)"));
 
-        let service = env.service().await?;
+        // The service with the persisted access registry (so `kluis access review` shows the
+        // roles, the support grant and the break-glass access afterwards).
+        let root: Arc<dyn kluis_core::keys::RootKeyProvider> =
+            Arc::clone(env.root().await?) as Arc<dyn kluis_core::keys::RootKeyProvider>;
+        let registry = Arc::new(StoreRegistry::new(Arc::clone(&env.store), Arc::clone(&root)));
+        registry.load_tenant(&acme).await.map_err(svc_err)?;
+        let authz = Authorizer::new(Policy::builtin(), registry.clone(), Arc::new(SystemClock));
+        let service = kluis_service::Service::new(authz.clone(), Arc::clone(&env.store), root);
         let hr = who("p.devries", &acme, "hr_manager")?;
         let doctor = who("dr.jansen", &acme, "company_doctor")?;
         let stranger = who("k.bakker", &other, "hr_manager")?;
@@ -237,9 +247,47 @@ impl Job for DemoJob {
             }
         ));
 
+        let admin = who("a.visser", &acme, "tenant_admin")?;
+        for (user, role) in
+            [("p.devries", "hr_manager"), ("dr.jansen", "company_doctor"), ("m.smit", "case_manager")]
+        {
+            let user = UserId::new(user).map_err(|e| CliError::Service(e.to_string()))?;
+            let role = RoleName::new(role).map_err(|e| CliError::Service(e.to_string()))?;
+            registry.assign_role(&authz, &admin, &acme, user, role).await.map_err(svc_err)?;
+        }
+        let scope = GrantScope {
+            domains: [general.clone()].into_iter().collect(),
+            actions: ActionSet::of(&[Action::Read]),
+        };
+        let lisa = UserId::new("support.lisa").map_err(|e| CliError::Service(e.to_string()))?;
+        let grant = registry
+            .grant_support(
+                &authz,
+                &admin,
+                &acme,
+                lisa.clone(),
+                scope,
+                std::time::Duration::from_secs(7 * 86_400),
+            )
+            .await
+            .map_err(svc_err)?;
+        let support = Principal::support(lisa, grant.id.clone());
+        service
+            .get(&support, &ctx.clone().in_tenant(acme.clone()), "employee", "emp-1")
+            .await
+            .map_err(svc_err)?;
+        let case = who("m.smit", &acme, "case_manager")?;
+        let bg = ctx.clone().break_glass("employee unreachable, acute safety concern");
+        service.get(&case, &bg, "absence", "ar-1").await.map_err(svc_err)?;
+        r.line(format!(
+            "9. access registry (in the database, every row authenticated): 3 roles assigned by a.visser; support.lisa read emp-1 under grant {} (7 days, general only); m.smit broke the glass into ar-1's medical fields{}",
+            grant.id,
+            if self.temporary { String::new() } else { format!("; see `kluis --data-dir {} access review --tenant {acme}`", self.dir.display()) }
+        ));
+
         let ver = kluis_service::audit::verify(&env.store).await.map_err(svc_err)?;
         r.line(format!(
-            "9. audit log: {} entries (every read, the refusal, rotation, shred), hash chain {}",
+            "10. audit log: {} entries (every read, the refusal, rotation, shred, access changes), hash chain {}",
             ver.entries,
             if ver.is_ok() { "verified".to_owned() } else { format!("BROKEN at {:?}", ver.first_bad) }
         ));
