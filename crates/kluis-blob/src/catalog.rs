@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kluis_core::{DocumentMetadata, DomainKeySet, DomainName, KeyKind, KeyRef, Plaintext, SubjectKey};
+use kluis_store::audit::AuditAppend;
 use kluis_store::backend::Backend;
 use kluis_store::{Access, DocumentRow, Store, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -155,6 +156,41 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
         doc: NewDocument,
         content: R,
     ) -> Result<DocumentRow> {
+        self.put_with(access, domain, doc, content, None::<fn(&DocumentRow) -> AuditAppend>).await
+    }
+
+    /// [`Documents::put`] with an audit entry (made by `audit` from the new row, so it can name
+    /// the document id) appended in the **same database transaction** as the catalog row
+    /// ([`Store::insert_document_audited`]): the document becomes visible only together with its
+    /// entry. The object is committed before that transaction; if the transaction fails the
+    /// object is deleted again (or, if that fails too, left to garbage collection).
+    pub async fn put_audited<R, F>(
+        &self,
+        access: &Access,
+        domain: &DomainName,
+        doc: NewDocument,
+        content: R,
+        audit: F,
+    ) -> Result<DocumentRow>
+    where
+        R: AsyncRead + Unpin + Send,
+        F: FnOnce(&DocumentRow) -> AuditAppend + Send,
+    {
+        self.put_with(access, domain, doc, content, Some(audit)).await
+    }
+
+    async fn put_with<R, F>(
+        &self,
+        access: &Access,
+        domain: &DomainName,
+        doc: NewDocument,
+        content: R,
+        audit: Option<F>,
+    ) -> Result<DocumentRow>
+    where
+        R: AsyncRead + Unpin + Send,
+        F: FnOnce(&DocumentRow) -> AuditAppend + Send,
+    {
         let set = require(access, domain.as_str())?;
         let (version, sk) = self.store.subject_key(access, domain, &doc.subject).await?;
         let desc = self.vault.put(&DocumentKeys::with_subject(set, &sk), &doc, content).await?;
@@ -170,7 +206,11 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
             created_at: now_unix(),
             sealed_meta: Vec::new(),
         };
-        if let Err(e) = self.store.insert_document(access, row.clone()).await {
+        let inserted = match audit {
+            None => self.store.insert_document(access, row.clone()).await,
+            Some(f) => self.store.insert_document_audited(access, row.clone(), f(&row)).await,
+        };
+        if let Err(e) = inserted {
             if let Err(d) = self.vault.delete(&desc).await {
                 tracing::warn!(error = %d, "removing the object of an uncatalogued document failed; garbage collection will remove it");
             }
@@ -300,6 +340,31 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
         require(access, &row.domain)?;
         let object = ObjectName::parse(&row.object_name).map_err(|_| BlobError::Catalog("object name"))?;
         if !self.store.delete_document(access, document_id).await? {
+            return Ok(false);
+        }
+        if let Err(e) = self.vault.backend().delete(&object).await {
+            tracing::warn!(error = %e, object = %object, "deleting a document's object failed; garbage collection will remove it");
+        }
+        Ok(true)
+    }
+
+    /// [`Documents::delete`] with an audit entry appended in the same database transaction as
+    /// the removal of the catalog row ([`Store::delete_document_audited`]): the row is gone only
+    /// if the entry is committed. `false` (and nothing committed, not even the entry) if the
+    /// tenant has no such document. The object is deleted after the commit (left to garbage
+    /// collection if that fails).
+    pub async fn delete_audited(
+        &self,
+        access: &Access,
+        document_id: &str,
+        audit: AuditAppend,
+    ) -> Result<bool> {
+        let Some(row) = self.store.document(access, document_id).await? else {
+            return Ok(false);
+        };
+        require(access, &row.domain)?;
+        let object = ObjectName::parse(&row.object_name).map_err(|_| BlobError::Catalog("object name"))?;
+        if !self.store.delete_document_audited(access, document_id, audit).await? {
             return Ok(false);
         }
         if let Err(e) = self.vault.backend().delete(&object).await {

@@ -171,8 +171,7 @@ impl Job for DemoJob {
         ));
 
         let docs = env.documents();
-        let doctor_access = env.store.unlock(provider, &acme, &[general.clone(), medical.clone()]).await?;
-        let hr_access = env.store.unlock(provider, &acme, std::slice::from_ref(&general)).await?;
+        let facade = service.documents(&docs).map_err(svc_err)?;
         let content = b"%PDF-1.7 demo: belastbaarheid 4 uur per dag".to_vec();
         let doc = NewDocument {
             subject: "emp-1".into(),
@@ -186,9 +185,9 @@ impl Job for DemoJob {
                 uploaded_by: "dr.jansen".into(),
             },
         };
-        docs.put(&doctor_access, &medical, doc, &content[..]).await?;
-        let as_hr = docs.list_by_subject(&hr_access, "emp-1").await?;
-        let as_dr = docs.list_by_subject(&doctor_access, "emp-1").await?;
+        facade.put(&doctor, &ctx, &medical, doc, &content[..]).await.map_err(svc_err)?;
+        let as_hr = facade.list_by_subject(&hr, &ctx, "emp-1").await.map_err(svc_err)?;
+        let as_dr = facade.list_by_subject(&doctor, &ctx, "emp-1").await.map_err(svc_err)?;
         let name = |l: &[kluis_blob::catalog::DocumentEntry]| {
             l.first()
                 .map(|e| {

@@ -75,6 +75,15 @@ pub enum Error {
     /// An error from the records store.
     #[error(transparent)]
     Store(#[from] kluis_store::StoreError),
+    /// No such document in the caller's tenant (the attempt is in the audit log).
+    #[error("no document {document}")]
+    DocumentNotFound {
+        /// Document id.
+        document: String,
+    },
+    /// An error from document storage (`kluis-blob`); store errors come as [`Error::Store`].
+    #[error(transparent)]
+    Blob(kluis_blob::BlobError),
     /// Writing an export failed.
     #[error("writing the export failed: {0}")]
     Io(String),

@@ -47,3 +47,4 @@ mod service;
 
 pub use error::{Error, Result};
 pub use service::{AdminActor, AdminEvent, RequestContext, Service, ServiceConfig};
+pub use service::{DOCUMENTS, ServiceDocuments};

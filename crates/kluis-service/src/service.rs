@@ -17,6 +17,9 @@ use kluis_store::{
     StoreError, Value, Written,
 };
 
+mod documents;
+pub use documents::{DOCUMENTS, ServiceDocuments};
+
 use crate::audit::export_rows;
 use crate::authz::{AccessProof, Action, Authorizer, Basis, Decision, Principal, Request, Target, UserId};
 use crate::clock::{Clock, SystemClock};

@@ -144,6 +144,17 @@ pub enum WriteOp {
     /// Append an entry to the hash-chained audit log in the same transaction
     /// ([`crate::audit`]; put it first in the batch).
     Audit(crate::audit::AuditAppend),
+    /// Insert a documents catalog entry (with a [`WriteOp::Audit`] first in the batch, the entry
+    /// and the row commit together).
+    InsertDocument(DocumentRow),
+    /// Remove a documents catalog entry; fails with [`StoreError::NotFound`] (so the whole batch
+    /// is rolled back) if the tenant has no entry with this id.
+    DeleteDocument {
+        /// Tenant.
+        tenant: String,
+        /// Document id.
+        document_id: String,
+    },
     /// Delete a record (with its cells and indexes).
     Delete {
         /// Tenant.
@@ -944,6 +955,44 @@ macro_rules! backend_impl {
                     }
                     WriteOp::Override(row) => Self::insert_override(tx, row).await,
                     WriteOp::Audit(a) => Self::audit_append(tx, a).await,
+                    WriteOp::InsertDocument(d) => {
+                        let res = sqlx::query::<$db>(&$sql(
+                            "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        ))
+                        .bind(&d.tenant)
+                        .bind(&d.document_id)
+                        .bind(&d.domain)
+                        .bind(&d.subject)
+                        .bind(&d.record_id)
+                        .bind(&d.object_name)
+                        .bind(&d.key_ref)
+                        .bind(d.padded_size)
+                        .bind(d.created_at)
+                        .bind(&d.sealed_meta)
+                        .bind(document_key_version(&d.key_ref, &d.domain))
+                        .execute(&mut **tx)
+                        .await;
+                        match res {
+                            Ok(_) => Ok(()),
+                            Err(e) if unique_violation(&e) => Err(StoreError::AlreadyExists {
+                                collection: "kluis_documents".into(),
+                                record: d.document_id,
+                            }),
+                            Err(e) => Err(e.into()),
+                        }
+                    }
+                    WriteOp::DeleteDocument { tenant, document_id } => {
+                        let done = sqlx::query::<$db>(&$sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
+                            .bind(&tenant)
+                            .bind(&document_id)
+                            .execute(&mut **tx)
+                            .await?;
+                        if done.rows_affected() != 1 {
+                            return Err(StoreError::NotFound { collection: "kluis_documents".into(), record: document_id });
+                        }
+                        Ok(())
+                    }
                     WriteOp::Delete { tenant, collection, id, expected_version } => {
                         // The record's catalog documents go in the same transaction (their blobs
                         // are then unreferenced: the blob store's garbage collection removes

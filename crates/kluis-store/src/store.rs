@@ -1975,6 +1975,40 @@ impl<B: Backend> Store<B> {
         self.backend.insert_document(row).await
     }
 
+    /// [`Store::insert_document`] with an audit entry appended **in the same database
+    /// transaction** (first): either the row and its entry are both committed, or neither is.
+    pub async fn insert_document_audited(
+        &self,
+        access: &Access,
+        row: DocumentRow,
+        audit: crate::audit::AuditAppend,
+    ) -> Result<()> {
+        self.check_document(access, &row)?;
+        self.backend.apply(vec![WriteOp::Audit(audit), WriteOp::InsertDocument(row)]).await
+    }
+
+    /// [`Store::delete_document`] with an audit entry appended in the same database transaction.
+    /// `false` if the tenant has no such entry: then nothing is committed, not even the entry.
+    /// The caller must hold the document's domain.
+    pub async fn delete_document_audited(
+        &self,
+        access: &Access,
+        document_id: &str,
+        audit: crate::audit::AuditAppend,
+    ) -> Result<bool> {
+        check_id("document id", document_id)?;
+        let Some(row) = self.backend.document(access.tenant.as_str(), document_id).await? else {
+            return Ok(false);
+        };
+        access.require(&row.domain)?;
+        let op = WriteOp::DeleteDocument { tenant: row.tenant, document_id: row.document_id };
+        match self.backend.apply(vec![WriteOp::Audit(audit), op]).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::NotFound { collection, .. }) if collection == "kluis_documents" => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn check_document(&self, access: &Access, row: &DocumentRow) -> Result<()> {
         if row.tenant != access.tenant.as_str() {
             return Err(StoreError::Invalid("a document of another tenant".into()));
