@@ -305,10 +305,25 @@ fn throughput(rt: &tokio::runtime::Runtime, size_mib: u64, read_kib: usize) {
             t.elapsed()
         })
     };
+    // The same get on one core: read-ahead off, every chunk opened on the caller's task.
+    let mem1 = DocumentVault::with_options(
+        mem.backend().clone(),
+        VaultOptions::default().with_read_size(read_kib << 10).with_read_ahead(false),
+    )
+    .unwrap();
+    let get1_run = || {
+        rt.block_on(async {
+            let t = Instant::now();
+            let n = mem1.get(&d, &k, tokio::io::sink()).await.unwrap();
+            assert_eq!(n, size);
+            t.elapsed()
+        })
+    };
     // Interleaved rounds, best of each: the machine is shared, so the minimum is the figure least
     // disturbed by other load, and bare and streamed runs see the same conditions.
     let max = Duration::MAX;
     let (mut seal, mut open, mut put, mut get, mut put_null, mut open_ram) = (max, max, max, max, max, max);
+    let mut get1 = max;
     for _ in 0..ROUNDS {
         seal = seal.min(seal_run());
         put = put.min(put_run());
@@ -316,6 +331,7 @@ fn throughput(rt: &tokio::runtime::Runtime, size_mib: u64, read_kib: usize) {
         open = open.min(open_run());
         open_ram = open_ram.min(open_ram_run());
         get = get.min(get_run());
+        get1 = get1.min(get1_run());
     }
     let (s, o, p, g) = (mbps(size, seal), mbps(size, open), mbps(size, put), mbps(size, get));
     println!(
@@ -330,9 +346,15 @@ fn throughput(rt: &tokio::runtime::Runtime, size_mib: u64, read_kib: usize) {
     let or = mbps(size, open_ram);
     println!("  bare open, chunks copied from RAM  {or:8.0} MiB/s  = {:5.1}% of bare open", 100.0 * or / o);
     println!(
-        "  get: memory -> vault -> null sink  {g:8.0} MiB/s  = {:5.1}% of bare open, {:5.1}% of bare open from RAM",
+        "  get: memory -> vault -> null sink  {g:8.0} MiB/s  = {:5.1}% of bare open, {:5.1}% of bare open from RAM  (read-ahead: 2 threads)",
         100.0 * g / o,
         100.0 * g / or
+    );
+    let g1 = mbps(size, get1);
+    println!(
+        "  get, read-ahead off (one thread)   {g1:8.0} MiB/s  = {:5.1}% of bare open, {:5.1}% of bare open from RAM",
+        100.0 * g1 / o,
+        100.0 * g1 / or
     );
 }
 
@@ -343,10 +365,18 @@ async fn roundtrip<B: BlobBackend>(vault: &DocumentVault<B>, label: &str, size_m
     let t = Instant::now();
     let d = vault.put(&k, &new_doc(size), tokio::io::repeat(BYTE).take(size)).await.unwrap();
     let put = t.elapsed();
+    // Get with read-ahead (the vault's default), then the same object with read-ahead off.
     let t = Instant::now();
     let mut sink = CheckSink(0);
     vault.get(&d, &k, &mut sink).await.unwrap();
     let get = t.elapsed();
+    assert_eq!(sink.0, size);
+    let one =
+        DocumentVault::with_options(vault.backend(), VaultOptions::default().with_read_ahead(false)).unwrap();
+    let t = Instant::now();
+    let mut sink = CheckSink(0);
+    one.get(&d, &k, &mut sink).await.unwrap();
+    let get1 = t.elapsed();
     assert_eq!(sink.0, size);
     let t = Instant::now();
     let r = vault.get_range(&d, &k, size / 2, size / 2 + MIB).await.unwrap();
@@ -354,12 +384,14 @@ async fn roundtrip<B: BlobBackend>(vault: &DocumentVault<B>, label: &str, size_m
     assert!(r.expose_secret().iter().all(|&b| b == BYTE));
     vault.delete(&d).await.unwrap();
     println!(
-        "{label}: {size_mib} MiB (object {} bytes): put {:.1} s = {:.0} MiB/s; get {:.1} s = {:.0} MiB/s; 1 MiB range in the middle {:.1} ms",
+        "{label}: {size_mib} MiB (object {} bytes): put {:.1} s = {:.0} MiB/s; get {:.1} s = {:.0} MiB/s (read-ahead), {:.1} s = {:.0} MiB/s (read-ahead off); 1 MiB range in the middle {:.1} ms",
         d.object_len,
         put.as_secs_f64(),
         mbps(size, put),
         get.as_secs_f64(),
         mbps(size, get),
+        get1.as_secs_f64(),
+        mbps(size, get1),
         range.as_secs_f64() * 1000.0
     );
 }
