@@ -790,6 +790,8 @@ impl<B: BlobBackend> DocumentReader<'_, B> {
                     // Nothing after a failed chunk is opened.
                     Some(Ok((n, first))) if !failed => self.spawn_open(bufs, n, first)?,
                     Some(Err(e)) if !failed => self.cur_err = Some(e),
+                    // The last read: the set not needed any more goes back to the vault.
+                    None => recycle(self.spare, self.spare_max, bufs),
                     _ => {}
                 }
                 return Ok(());
@@ -823,14 +825,18 @@ impl<B> Drop for DocumentReader<'_, B> {
     fn drop(&mut self) {
         // A read still being opened stops at its next chunk; the pool thread drops (wipes) it.
         self.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        let mut bufs = std::mem::take(&mut self.cur);
-        for p in &mut bufs.0 {
-            // Wipes the contents and the spare capacity; the allocation stays for reuse.
-            zeroize::Zeroize::zeroize(p);
-        }
-        if let Ok(mut s) = self.spare.lock() {
-            let room = self.spare_max.saturating_sub(s.len());
-            s.extend(bufs.0.drain(..).take(room));
-        }
+        recycle(self.spare, self.spare_max, std::mem::take(&mut self.cur));
+    }
+}
+
+/// Wipes a set of buffers and gives them to the vault's pool (at most `max` kept there).
+fn recycle(spare: &std::sync::Mutex<Vec<Vec<u8>>>, max: usize, mut bufs: WipeBufs) {
+    for p in &mut bufs.0 {
+        // Wipes the contents and the spare capacity; the allocation stays for reuse.
+        zeroize::Zeroize::zeroize(p);
+    }
+    if let Ok(mut s) = spare.lock() {
+        let room = max.saturating_sub(s.len());
+        s.extend(bufs.0.drain(..).take(room));
     }
 }
