@@ -305,21 +305,52 @@ fn throughput(rt: &tokio::runtime::Runtime, size_mib: u64, read_kib: usize) {
             t.elapsed()
         })
     };
+    // The same get on one core: read-ahead off, every chunk opened on the caller's task.
+    let mem1 = DocumentVault::with_options(
+        mem.backend().clone(),
+        VaultOptions::default().with_read_size(read_kib << 10).with_read_ahead(false),
+    )
+    .unwrap();
+    let get1_run = || {
+        rt.block_on(async {
+            let t = Instant::now();
+            let n = mem1.get(&d, &k, tokio::io::sink()).await.unwrap();
+            assert_eq!(n, size);
+            t.elapsed()
+        })
+    };
     // Interleaved rounds, best of each: the machine is shared, so the minimum is the figure least
     // disturbed by other load, and bare and streamed runs see the same conditions.
     let max = Duration::MAX;
     let (mut seal, mut open, mut put, mut get, mut put_null, mut open_ram) = (max, max, max, max, max, max);
-    for _ in 0..ROUNDS {
+    let mut get1 = max;
+    // Also paired: in each round the bare open runs right before each get, and the median of
+    // the per-round ratios is less sensitive to load bursts than the best of each.
+    let rounds = std::env::var("KLUIS_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let (mut pair_ahead, mut pair_one) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
         seal = seal.min(seal_run());
         put = put.min(put_run());
         put_null = put_null.min(put_null_run());
-        open = open.min(open_run());
         open_ram = open_ram.min(open_ram_run());
-        get = get.min(get_run());
+        let o1 = open_run();
+        let g = get_run();
+        let o2 = open_run();
+        let g1 = get1_run();
+        open = open.min(o1).min(o2);
+        get = get.min(g);
+        get1 = get1.min(g1);
+        pair_ahead.push(o1.as_secs_f64() / g.as_secs_f64());
+        pair_one.push(o2.as_secs_f64() / g1.as_secs_f64());
     }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        100.0 * v[v.len() / 2]
+    };
+    let (pa, p1) = (median(&mut pair_ahead), median(&mut pair_one));
     let (s, o, p, g) = (mbps(size, seal), mbps(size, open), mbps(size, put), mbps(size, get));
     println!(
-        "throughput, {size_mib} MiB, 64 KiB chunks, {:?}, reads of {read_kib} KiB, best of {ROUNDS} interleaved rounds",
+        "throughput, {size_mib} MiB, 64 KiB chunks, {:?}, reads of {read_kib} KiB, best of {rounds} interleaved rounds",
         opts.suite
     );
     println!("  bare AEAD seal (in place)           {s:8.0} MiB/s");
@@ -330,9 +361,18 @@ fn throughput(rt: &tokio::runtime::Runtime, size_mib: u64, read_kib: usize) {
     let or = mbps(size, open_ram);
     println!("  bare open, chunks copied from RAM  {or:8.0} MiB/s  = {:5.1}% of bare open", 100.0 * or / o);
     println!(
-        "  get: memory -> vault -> null sink  {g:8.0} MiB/s  = {:5.1}% of bare open, {:5.1}% of bare open from RAM",
+        "  get: memory -> vault -> null sink  {g:8.0} MiB/s  = {:5.1}% of bare open, {:5.1}% of bare open from RAM  (read-ahead: 2 threads)",
         100.0 * g / o,
         100.0 * g / or
+    );
+    let g1 = mbps(size, get1);
+    println!(
+        "  get, read-ahead off (one thread)   {g1:8.0} MiB/s  = {:5.1}% of bare open, {:5.1}% of bare open from RAM",
+        100.0 * g1 / o,
+        100.0 * g1 / or
+    );
+    println!(
+        "  paired (bare open then get, median of {rounds} rounds): read-ahead {pa:5.1}% of bare open, read-ahead off {p1:5.1}%"
     );
 }
 
@@ -343,23 +383,38 @@ async fn roundtrip<B: BlobBackend>(vault: &DocumentVault<B>, label: &str, size_m
     let t = Instant::now();
     let d = vault.put(&k, &new_doc(size), tokio::io::repeat(BYTE).take(size)).await.unwrap();
     let put = t.elapsed();
-    let t = Instant::now();
-    let mut sink = CheckSink(0);
-    vault.get(&d, &k, &mut sink).await.unwrap();
-    let get = t.elapsed();
-    assert_eq!(sink.0, size);
+    // Get with read-ahead (the vault's default) and with read-ahead off, in that order or, with
+    // KLUIS_BENCH_OFF_FIRST=1, the other way round (to see any effect of the order).
+    let one =
+        DocumentVault::with_options(vault.backend(), VaultOptions::default().with_read_ahead(false)).unwrap();
+    let off_first = std::env::var("KLUIS_BENCH_OFF_FIRST").is_ok_and(|v| v == "1");
+    let (mut get, mut get1) = (Duration::ZERO, Duration::ZERO);
+    for ahead in if off_first { [false, true] } else { [true, false] } {
+        let t = Instant::now();
+        let mut sink = CheckSink(0);
+        if ahead {
+            vault.get(&d, &k, &mut sink).await.unwrap();
+            get = t.elapsed();
+        } else {
+            one.get(&d, &k, &mut sink).await.unwrap();
+            get1 = t.elapsed();
+        }
+        assert_eq!(sink.0, size);
+    }
     let t = Instant::now();
     let r = vault.get_range(&d, &k, size / 2, size / 2 + MIB).await.unwrap();
     let range = t.elapsed();
     assert!(r.expose_secret().iter().all(|&b| b == BYTE));
     vault.delete(&d).await.unwrap();
     println!(
-        "{label}: {size_mib} MiB (object {} bytes): put {:.1} s = {:.0} MiB/s; get {:.1} s = {:.0} MiB/s; 1 MiB range in the middle {:.1} ms",
+        "{label}: {size_mib} MiB (object {} bytes): put {:.1} s = {:.0} MiB/s; get {:.1} s = {:.0} MiB/s (read-ahead), {:.1} s = {:.0} MiB/s (read-ahead off); 1 MiB range in the middle {:.1} ms",
         d.object_len,
         put.as_secs_f64(),
         mbps(size, put),
         get.as_secs_f64(),
         mbps(size, get),
+        get1.as_secs_f64(),
+        mbps(size, get1),
         range.as_secs_f64() * 1000.0
     );
 }

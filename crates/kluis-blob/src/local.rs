@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use crate::backend::{BlobBackend, GcReport, Upload};
 use crate::error::{BlobError, Result};
 use crate::name::ObjectName;
+use crate::vault::WipeBufs;
 
 const OBJECTS: &str = "objects";
 const TMP: &str = "tmp";
@@ -185,11 +186,13 @@ impl BlobBackend for LocalDir {
         let n = crate::backend::check_split(start, end, piece, out.len())?;
         let p = self.object_path(name);
         // The buffers travel to the blocking pool and back; the kernel copies straight into them.
-        let mut bufs: Vec<Vec<u8>> = out.iter_mut().take(n).map(std::mem::take).collect();
-        let (bufs, res) = blocking(move || {
+        // They may hold plaintext of chunks read before (the reader reuses them), so they travel
+        // in a set that is wiped if it is dropped on the way (the read's future was dropped).
+        let mut bufs = WipeBufs(out.iter_mut().take(n).map(std::mem::take).collect());
+        let (mut bufs, res) = blocking(move || {
             let res = fs::File::open(&p).map_err(not_found_or("open")).and_then(|f| {
                 let mut at = start;
-                for b in bufs.iter_mut() {
+                for b in bufs.0.iter_mut() {
                     let len = usize::try_from((end - at).min(piece as u64)).unwrap_or(piece);
                     b.clear();
                     b.resize(len, 0);
@@ -207,7 +210,7 @@ impl BlobBackend for LocalDir {
             Ok((bufs, res))
         })
         .await?;
-        for (dst, b) in out.iter_mut().zip(bufs) {
+        for (dst, b) in out.iter_mut().zip(std::mem::take(&mut bufs.0)) {
             *dst = b;
         }
         res.map(|()| n)

@@ -32,11 +32,21 @@ pub struct VaultOptions {
     pub read_size: usize,
     /// Largest plaintext range [`DocumentVault::get_range`] returns in memory.
     pub max_range_len: u64,
+    /// Read ahead: while the chunks of one read are returned, the next read is fetched and its
+    /// chunks are opened on tokio's blocking pool (a second core), so fetching, decrypting and
+    /// writing overlap. At most two reads' worth of buffers per reader. Only for documents of
+    /// more than one read, and only inside a tokio runtime. On by default.
+    pub read_ahead: bool,
 }
 
 impl Default for VaultOptions {
     fn default() -> Self {
-        Self { document: DocumentOptions::default(), read_size: 4 << 20, max_range_len: 64 << 20 }
+        Self {
+            document: DocumentOptions::default(),
+            read_size: 4 << 20,
+            max_range_len: 64 << 20,
+            read_ahead: true,
+        }
     }
 }
 
@@ -44,6 +54,12 @@ impl VaultOptions {
     /// Options with a given read size (at least one chunk; at most 256 MiB).
     pub fn with_read_size(mut self, read_size: usize) -> Self {
         self.read_size = read_size;
+        self
+    }
+
+    /// Options with read-ahead on or off (see [`VaultOptions::read_ahead`]).
+    pub fn with_read_ahead(mut self, read_ahead: bool) -> Self {
+        self.read_ahead = read_ahead;
         self
     }
 
@@ -304,36 +320,39 @@ impl<B: BlobBackend> DocumentVault<B> {
         // read and reused for every later one.
         let chunks_per_part =
             usize::try_from(layout.chunks).unwrap_or(usize::MAX).min(self.opts.read_size / c16).max(1);
+        // Read ahead only when there is a second read to overlap with.
+        let read_ahead = self.opts.read_ahead
+            && layout.chunks > chunks_per_part as u64
+            && tokio::runtime::Handle::try_current().is_ok();
+        let sets = if read_ahead { 2 } else { 1 };
         Ok(DocumentReader {
             backend: &self.backend,
             object: desc.object.clone(),
             object_len: len,
             next_index: 0,
+            fetch_index: 0,
             final_chunk: layout.chunks - 1,
             offset: opener.header_len() as u64,
             content_left: layout.content_len,
-            pieces: self.take_spare(chunks_per_part),
-            spare: &self.spare,
-            spare_max: (self.opts.read_size / c16).max(1),
-            used: 0,
+            cur: WipeBufs(self.take_spare(chunks_per_part)),
+            ok: 0,
             pos: 0,
+            cur_err: None,
+            failed: false,
+            ahead: None,
+            cancel: std::sync::Arc::default(),
+            spare: &self.spare,
+            spare_max: sets * (self.opts.read_size / c16).max(1),
+            read_ahead,
             chunks_per_part,
             c16,
-            opener,
+            opener: std::sync::Arc::new(opener),
         })
     }
 
     /// `n` chunk buffers: wiped ones left by earlier reads first, then new ones.
     fn take_spare(&self, n: usize) -> Vec<Vec<u8>> {
-        let mut out = match self.spare.lock() {
-            Ok(mut s) => {
-                let k = s.len().saturating_sub(n);
-                s.split_off(k)
-            }
-            Err(_) => Vec::new(),
-        };
-        out.resize_with(n, Vec::new);
-        out
+        take_spare(&self.spare, n)
     }
 
     async fn open_header(
@@ -441,6 +460,19 @@ impl<B: BlobBackend> DocumentVault<B> {
         let live: HashSet<ObjectName> = live.into_iter().cloned().collect();
         self.backend.collect_garbage(&live, grace).await
     }
+}
+
+/// `n` chunk buffers from a vault's pool of wiped ones, topped up with new (empty) ones.
+fn take_spare(spare: &std::sync::Mutex<Vec<Vec<u8>>>, n: usize) -> Vec<Vec<u8>> {
+    let mut out = match spare.lock() {
+        Ok(mut s) => {
+            let k = s.len().saturating_sub(n);
+            s.split_off(k)
+        }
+        Err(_) => Vec::new(),
+    };
+    out.resize_with(n, Vec::new);
+    out
 }
 
 fn wrapping_for_read<'k>(
@@ -564,22 +596,86 @@ impl<R: ReadInto> Source<R> {
     }
 }
 
+/// Chunk buffers that are wiped (contents and spare capacity) when dropped. A set travels to the
+/// blocking pool to be opened there; if the reader is dropped meanwhile, the set is dropped by
+/// the pool thread when it finishes, and its plaintext with it.
+#[derive(Default)]
+pub(crate) struct WipeBufs(pub(crate) Vec<Vec<u8>>);
+
+impl Drop for WipeBufs {
+    fn drop(&mut self) {
+        for b in &mut self.0 {
+            zeroize::Zeroize::zeroize(b);
+        }
+    }
+}
+
+/// One read's chunks after opening: `bufs[..ok]` authenticated (in place), then the error that
+/// stopped it, if any. Nothing at or after a failed chunk is ever returned.
+struct Opened {
+    bufs: WipeBufs,
+    ok: usize,
+    err: Option<kluis_core::Error>,
+}
+
+/// Opens the first `n` chunks of `bufs` in place, in order, chunk `first` first; stops at the
+/// first failure, or when `cancel` is set (the reader was dropped).
+fn open_part(
+    opener: &DocumentOpener,
+    mut bufs: WipeBufs,
+    n: usize,
+    first: u64,
+    final_chunk: u64,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Opened {
+    let mut ok = 0;
+    for (index, chunk) in (first..).zip(bufs.0.iter_mut().take(n)) {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        if let Err(e) = opener.open_chunk(index, index == final_chunk, chunk) {
+            return Opened { bufs, ok, err: Some(e) };
+        }
+        ok += 1;
+    }
+    Opened { bufs, ok, err: None }
+}
+
 /// Reads a stored document chunk by chunk (see [`DocumentVault::open`]).
+///
+/// With [`VaultOptions::read_ahead`], while the caller consumes the chunks of one read, the next
+/// read is opened on tokio's blocking pool, and the read after it is fetched while waiting for
+/// that: at most two reads' worth of buffers. Errors keep their order: a chunk that fails, or a
+/// read that fails, is reported after every authenticated chunk before it, and nothing after it
+/// is returned. Dropping the reader stops the work in flight (the pool thread stops at the next
+/// chunk) and wipes every buffer.
 pub struct DocumentReader<'v, B> {
     backend: &'v B,
     object: ObjectName,
     object_len: u64,
+    /// The next chunk to return.
     next_index: u64,
-    final_chunk: u64,
+    /// The first chunk of the next read, and where it starts in the object.
+    fetch_index: u64,
     offset: u64,
+    final_chunk: u64,
     content_left: u64,
-    /// Ciphertext chunks as read, each opened in place; wiped on drop.
-    pieces: Vec<Vec<u8>>,
-    used: usize,
+    /// The chunks being returned: `cur[..ok]` are opened in place, `pos` is the next; then
+    /// `cur_err`, if set. Wiped on drop.
+    cur: WipeBufs,
+    ok: usize,
     pos: usize,
+    cur_err: Option<BlobError>,
+    /// An error was returned: every later call fails too.
+    failed: bool,
+    /// The next read, being opened on the blocking pool.
+    ahead: Option<tokio::task::JoinHandle<Opened>>,
+    /// Set when the reader is dropped: the read being opened stops at its next chunk.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    read_ahead: bool,
     chunks_per_part: usize,
     c16: usize,
-    opener: DocumentOpener,
+    opener: std::sync::Arc<DocumentOpener>,
     /// Where the wiped buffers go when the reader is dropped (at most `spare_max` kept).
     spare: &'v std::sync::Mutex<Vec<Vec<u8>>>,
     spare_max: usize,
@@ -591,6 +687,7 @@ impl<B> fmt::Debug for DocumentReader<'_, B> {
             .field("object", &self.object)
             .field("next_index", &self.next_index)
             .field("final_chunk", &self.final_chunk)
+            .field("read_ahead", &self.read_ahead)
             .finish_non_exhaustive()
     }
 }
@@ -598,7 +695,7 @@ impl<B> fmt::Debug for DocumentReader<'_, B> {
 impl<B> DocumentReader<'_, B> {
     /// The chunk the last [`DocumentReader::next_chunk`] returned (empty before the first).
     fn current_chunk(&self) -> &[u8] {
-        self.pos.checked_sub(1).and_then(|i| self.pieces.get(i)).map_or(&[], Vec::as_slice)
+        self.pos.checked_sub(1).and_then(|i| self.cur.0.get(i)).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -609,49 +706,137 @@ impl<B: BlobBackend> DocumentReader<'_, B> {
     }
 
     /// The next chunk's authenticated plaintext (content only, no padding), or `None` after the
-    /// final chunk. The slice is valid until the next call.
+    /// final chunk. The slice is valid until the next call. After an error, every later call
+    /// fails as well.
     pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>> {
+        if self.failed {
+            return Err(BlobError::Invalid {
+                what: "document reader",
+                reason: "an earlier read failed or was cancelled",
+            });
+        }
         if self.next_index > self.final_chunk {
             return Ok(None);
         }
-        let last = self.next_index == self.final_chunk;
-        if self.pos >= self.used {
-            // Fetch the next whole chunks, one buffer per chunk. The plaintext they held is
-            // overwritten now and wiped when the reader is dropped.
-            let want = (self.chunks_per_part * self.c16) as u64;
-            let end = self.offset.saturating_add(want).min(self.object_len);
-            self.used =
-                self.backend.read_split(&self.object, self.offset, end, self.c16, &mut self.pieces).await?;
-            self.pos = 0;
-            self.offset = end;
-            if self.used == 0 {
-                // The layout promised more chunks than the object holds.
-                return Err(kluis_core::Error::Truncated.into());
+        // Until the step completes: a call that fails, or whose future is dropped half-way,
+        // leaves the reader unusable rather than out of step.
+        self.failed = true;
+        let n = self.step().await?;
+        self.failed = false;
+        Ok(Some(self.cur.0.get(n).map(Vec::as_slice).ok_or(kluis_core::Error::Truncated)?))
+    }
+
+    /// Moves to the next chunk; returns its position in `cur`.
+    async fn step(&mut self) -> Result<usize> {
+        if self.pos >= self.ok {
+            if let Some(e) = self.cur_err.take() {
+                return Err(e);
+            }
+            self.advance().await?;
+            if self.pos >= self.ok {
+                return Err(self.cur_err.take().unwrap_or_else(|| kluis_core::Error::Truncated.into()));
             }
         }
-        let chunk = self.pieces.get_mut(self.pos).ok_or(kluis_core::Error::Truncated)?;
-        self.pos += 1;
-        let n = self.opener.open_chunk(self.next_index, last, chunk)?;
-        let keep = usize::try_from(self.content_left).unwrap_or(usize::MAX).min(n);
+        let last = self.next_index == self.final_chunk;
+        let chunk = self.cur.0.get_mut(self.pos).ok_or(kluis_core::Error::Truncated)?;
+        let keep = usize::try_from(self.content_left).unwrap_or(usize::MAX).min(chunk.len());
         chunk.truncate(keep);
         self.content_left -= keep as u64;
         self.next_index += 1;
+        self.pos += 1;
         if last && self.content_left != 0 {
             return Err(kluis_core::Error::Truncated.into());
         }
-        Ok(Some(chunk.as_slice()))
+        Ok(self.pos - 1)
+    }
+
+    /// Fetches the next whole chunks into `bufs` (one buffer per chunk); returns how many.
+    async fn fetch(&mut self, bufs: &mut WipeBufs) -> Result<usize> {
+        bufs.0.resize_with(self.chunks_per_part, Vec::new);
+        let want = (self.chunks_per_part * self.c16) as u64;
+        let end = self.offset.saturating_add(want).min(self.object_len);
+        let n = self.backend.read_split(&self.object, self.offset, end, self.c16, &mut bufs.0).await?;
+        if n == 0 {
+            // The layout promised more chunks than the object holds.
+            return Err(kluis_core::Error::Truncated.into());
+        }
+        self.offset = end;
+        self.fetch_index += n as u64;
+        Ok(n)
+    }
+
+    /// Replaces the returned chunks by the next read's, opened.
+    async fn advance(&mut self) -> Result<()> {
+        // The returned chunks' buffers take the next read; their plaintext is overwritten.
+        let mut bufs = std::mem::take(&mut self.cur);
+        self.ok = 0;
+        self.pos = 0;
+        loop {
+            if let Some(ahead) = self.ahead.take() {
+                // The next read is being opened on the pool: fetch the one after it meanwhile.
+                // A failed fetch is reported after the chunks of the read before it.
+                let fetched = if self.fetch_index <= self.final_chunk {
+                    let first = self.fetch_index;
+                    Some(self.fetch(&mut bufs).await.map(|n| (n, first)))
+                } else {
+                    None
+                };
+                let opened = ahead.await.map_err(|_| BlobError::Task("opening a document read panicked"))?;
+                let failed = opened.err.is_some();
+                self.cur = opened.bufs;
+                self.ok = opened.ok;
+                self.cur_err = opened.err.map(BlobError::from);
+                match fetched {
+                    // Nothing after a failed chunk is opened.
+                    Some(Ok((n, first))) if !failed => self.spawn_open(bufs, n, first)?,
+                    Some(Err(e)) if !failed => self.cur_err = Some(e),
+                    // The last read: the set not needed any more goes back to the vault.
+                    None => recycle(self.spare, self.spare_max, bufs),
+                    _ => {}
+                }
+                return Ok(());
+            }
+            let first = self.fetch_index;
+            let n = self.fetch(&mut bufs).await?;
+            if self.read_ahead && self.fetch_index <= self.final_chunk {
+                self.spawn_open(bufs, n, first)?;
+                bufs = WipeBufs(take_spare(self.spare, self.chunks_per_part));
+                continue;
+            }
+            let opened = open_part(&self.opener, bufs, n, first, self.final_chunk, &self.cancel);
+            self.cur = opened.bufs;
+            self.ok = opened.ok;
+            self.cur_err = opened.err.map(BlobError::from);
+            return Ok(());
+        }
+    }
+
+    /// Starts opening a fetched read on the blocking pool.
+    fn spawn_open(&mut self, bufs: WipeBufs, n: usize, first: u64) -> Result<()> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| BlobError::Task("no tokio runtime"))?;
+        let (opener, cancel, final_chunk) = (self.opener.clone(), self.cancel.clone(), self.final_chunk);
+        self.ahead =
+            Some(rt.spawn_blocking(move || open_part(&opener, bufs, n, first, final_chunk, &cancel)));
+        Ok(())
     }
 }
 
 impl<B> Drop for DocumentReader<'_, B> {
     fn drop(&mut self) {
-        for p in &mut self.pieces {
-            // Wipes the contents and the spare capacity; the allocation stays for reuse.
-            zeroize::Zeroize::zeroize(p);
-        }
-        if let Ok(mut s) = self.spare.lock() {
-            let room = self.spare_max.saturating_sub(s.len());
-            s.extend(self.pieces.drain(..).take(room));
-        }
+        // A read still being opened stops at its next chunk; the pool thread drops (wipes) it.
+        self.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        recycle(self.spare, self.spare_max, std::mem::take(&mut self.cur));
+    }
+}
+
+/// Wipes a set of buffers and gives them to the vault's pool (at most `max` kept there).
+fn recycle(spare: &std::sync::Mutex<Vec<Vec<u8>>>, max: usize, mut bufs: WipeBufs) {
+    for p in &mut bufs.0 {
+        // Wipes the contents and the spare capacity; the allocation stays for reuse.
+        zeroize::Zeroize::zeroize(p);
+    }
+    if let Ok(mut s) = spare.lock() {
+        let room = max.saturating_sub(s.len());
+        s.extend(bufs.0.drain(..).take(room));
     }
 }
