@@ -72,6 +72,7 @@ cargo bench -p kluis-service --bench service -- --test
 cargo bench -p kluis-kms --bench kms -- --test
 cargo bench -p kluis-store --bench records -- --test
 cargo bench -p kluis-service --bench audit -- --test
+cargo bench -p kluis-service --bench registry -- --test
 cargo bench -p kluis-cli --bench keys -- --test
 # Not criterion (it measures peak memory from outside): a 16 MiB throughput run instead.
 cargo bench -p kluis-blob --bench documents -- throughput 16
