@@ -8,9 +8,9 @@
 //! `KLUIS_BENCH_N` (a multiple of 500) changes the record count, for profiling runs under
 //! `valgrind --tool=callgrind`; the recorded figures use the default 10,000.
 //! `KLUIS_BENCH_ENGINES=sqlite` (or `postgres`) runs one engine only. `KLUIS_BENCH_PAIRED=<rounds>`
-//! replaces criterion by paired rounds for a loaded machine: each round times the encrypted and
-//! the plaintext case back to back (alternating which goes first) and prints their throughput
-//! ratio; the median ratio is the figure to compare. `KLUIS_BENCH_PROFILE=<case>` (one of
+//! replaces criterion by paired rounds for a loaded machine: in each round the encrypted and the
+//! plaintext case take turns per transaction (inserts) or page (reads), alternating which goes
+//! first, and the round prints their throughput ratio; the median ratio is the figure to compare. `KLUIS_BENCH_PROFILE=<case>` (one of
 //! `insert_encrypted`, `insert_plaintext`, `read_encrypted`, `read_plaintext`, `none`) runs the same
 //! setup and then that case once, for instruction counts under callgrind (subtract `none`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
@@ -86,6 +86,12 @@ async fn setup<B: Backend>(backend: B) -> Bench<B> {
 
 async fn insert_encrypted<B: Backend>(b: &Bench<B>, tag: &str) {
     for chunk in 0..n_records() / BATCH {
+        insert_encrypted_chunk(b, tag, chunk).await;
+    }
+}
+
+async fn insert_encrypted_chunk<B: Backend>(b: &Bench<B>, tag: &str, chunk: usize) {
+    {
         let ops = (0..BATCH)
             .map(|j| {
                 let i = chunk * BATCH + j;
@@ -100,6 +106,12 @@ async fn insert_encrypted<B: Backend>(b: &Bench<B>, tag: &str) {
 
 async fn insert_plain<B: Backend>(b: &Bench<B>, tag: &str) {
     for chunk in 0..n_records() / BATCH {
+        insert_plain_chunk(b, tag, chunk).await;
+    }
+}
+
+async fn insert_plain_chunk<B: Backend>(b: &Bench<B>, tag: &str, chunk: usize) {
+    {
         let ops = (0..BATCH)
             .map(|j| {
                 let i = chunk * BATCH + j;
@@ -141,12 +153,20 @@ async fn read_encrypted<B: Backend>(b: &Bench<B>, tag: &str) -> usize {
     let mut n = 0;
     let mut after = Some(format!("{tag}-"));
     while let Some(a) = after {
-        let page = b.store.list(&b.access, "absence", None, Some(&a), 1000).await.unwrap();
-        n += page.records.iter().filter(|r| r.id.starts_with(tag)).count();
-        after = page.next.filter(|id| id.starts_with(tag));
-        std::hint::black_box(page.records);
+        let (k, next) = read_encrypted_page(b, tag, &a).await;
+        n += k;
+        after = next;
     }
     n
+}
+
+/// One page after `after`: (records of `tag`, cursor of the next page).
+async fn read_encrypted_page<B: Backend>(b: &Bench<B>, tag: &str, after: &str) -> (usize, Option<String>) {
+    let page = b.store.list(&b.access, "absence", None, Some(after), 1000).await.unwrap();
+    let n = page.records.iter().filter(|r| r.id.starts_with(tag)).count();
+    let next = page.next.filter(|id| id.starts_with(tag));
+    std::hint::black_box(page.records);
+    (n, next)
 }
 
 /// The same pages through the same pool, decoded into the same typed `Record`s (what an app
@@ -155,36 +175,43 @@ async fn read_plain<B: Backend>(b: &Bench<B>, tag: &str) -> usize {
     let mut n = 0;
     let mut after = Some(format!("{tag}-"));
     while let Some(a) = after {
-        let page = b.store.backend().list(PLAIN_TENANT, "absence", None, Some(&a), 1000).await.unwrap();
-        let full = page.len() == 1000;
-        let mut records = Vec::with_capacity(page.len());
-        for s in page {
-            let fields = s
-                .fields
-                .into_iter()
-                .map(|f| {
-                    let v = Value::decode(&f.sealed).unwrap();
-                    (f.field, FieldValue::Value(v))
-                })
-                .collect();
-            let r = s.record;
-            records.push(Record {
-                collection: r.collection,
-                id: r.id,
-                subject: r.subject,
-                version: r.version as u64,
-                created_at: r.created_at,
-                updated_at: r.updated_at,
-                retain_until: r.retain_until,
-                fields,
-            });
-        }
-        n += records.iter().filter(|r| r.id.starts_with(tag)).count();
-        after =
-            if full { records.last().map(|r| r.id.clone()).filter(|id| id.starts_with(tag)) } else { None };
-        std::hint::black_box(records);
+        let (k, next) = read_plain_page(b, tag, &a).await;
+        n += k;
+        after = next;
     }
     n
+}
+
+async fn read_plain_page<B: Backend>(b: &Bench<B>, tag: &str, after: &str) -> (usize, Option<String>) {
+    let page = b.store.backend().list(PLAIN_TENANT, "absence", None, Some(after), 1000).await.unwrap();
+    let full = page.len() == 1000;
+    let mut records = Vec::with_capacity(page.len());
+    for s in page {
+        let fields = s
+            .fields
+            .into_iter()
+            .map(|f| {
+                let v = Value::decode(&f.sealed).unwrap();
+                (f.field, FieldValue::Value(v))
+            })
+            .collect();
+        let r = s.record;
+        records.push(Record {
+            collection: r.collection,
+            id: r.id,
+            subject: r.subject,
+            version: r.version as u64,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            retain_until: r.retain_until,
+            fields,
+        });
+    }
+    let n = records.iter().filter(|r| r.id.starts_with(tag)).count();
+    let next =
+        if full { records.last().map(|r| r.id.clone()).filter(|id| id.starts_with(tag)) } else { None };
+    std::hint::black_box(records);
+    (n, next)
 }
 
 /// Untimed between iterations: empty the tables (and, on PostgreSQL, vacuum away the dead tuples)
@@ -307,18 +334,22 @@ fn run_paired<B: Backend + Reset>(rt: &tokio::runtime::Runtime, engine: &str, b:
         );
     };
     rt.block_on(async {
+        // Inserts: the two layouts take turns per transaction of 500 records (the order
+        // alternating), into the same tables, so load changes hit both alike.
         let mut inserts = Vec::new();
         for r in 0..rounds {
+            clear(b).await;
             let mut t = [Duration::ZERO; 2];
-            for encrypted in if r % 2 == 0 { [true, false] } else { [false, true] } {
-                clear(b).await;
-                let start = Instant::now();
-                if encrypted {
-                    insert_encrypted(b, "w").await
-                } else {
-                    insert_plain(b, "w").await
+            for chunk in 0..n_records() / BATCH {
+                for encrypted in if (r + chunk) % 2 == 0 { [true, false] } else { [false, true] } {
+                    let start = Instant::now();
+                    if encrypted {
+                        insert_encrypted_chunk(b, "w", chunk).await
+                    } else {
+                        insert_plain_chunk(b, "w", chunk).await
+                    }
+                    t[usize::from(!encrypted)] += start.elapsed();
                 }
-                t[usize::from(!encrypted)] = start.elapsed();
             }
             inserts.push((t[0], t[1]));
         }
@@ -326,15 +357,30 @@ fn run_paired<B: Backend + Reset>(rt: &tokio::runtime::Runtime, engine: &str, b:
         clear(b).await;
         insert_encrypted(b, "e").await;
         insert_plain(b, "p").await;
+        // Reads: page by page, taking turns the same way.
         let mut reads = Vec::new();
         for r in 0..rounds * 3 {
             let mut t = [Duration::ZERO; 2];
-            for encrypted in if r % 2 == 0 { [true, false] } else { [false, true] } {
-                let start = Instant::now();
-                let n = if encrypted { read_encrypted(b, "e").await } else { read_plain(b, "p").await };
-                t[usize::from(!encrypted)] = start.elapsed();
-                assert_eq!(n, n_records());
+            let mut count = [0usize; 2];
+            let mut cursor = [Some("e-".to_owned()), Some("p-".to_owned())];
+            let mut page = 0;
+            while cursor.iter().any(Option::is_some) {
+                for encrypted in if (r + page) % 2 == 0 { [true, false] } else { [false, true] } {
+                    let i = usize::from(!encrypted);
+                    let Some(a) = cursor[i].take() else { continue };
+                    let start = Instant::now();
+                    let (k, next) = if encrypted {
+                        read_encrypted_page(b, "e", &a).await
+                    } else {
+                        read_plain_page(b, "p", &a).await
+                    };
+                    t[i] += start.elapsed();
+                    count[i] += k;
+                    cursor[i] = next;
+                }
+                page += 1;
             }
+            assert_eq!(count, [n_records(), n_records()]);
             reads.push((t[0], t[1]));
         }
         report("read", &reads);
