@@ -743,6 +743,40 @@ fn is_concurrency_error(e: &StoreError) -> bool {
 
 const RECORD_COLS: &str = "tenant, collection, id, subject, version, created_at, updated_at, retain_until";
 
+/// The subject key versions a batch's cells were sealed under, without duplicates, by subject then
+/// (tenant, domain, version): [`Backend::apply`] checks them all with a few statements before it
+/// commits, instead of one lookup per record and domain.
+#[derive(Default)]
+struct KeyUses {
+    by_subject: std::collections::BTreeMap<String, Vec<(String, String, i64)>>,
+}
+
+/// Subject key versions per check statement (4 binds each).
+const KEY_USES_PER_STATEMENT: usize = 200;
+
+impl KeyUses {
+    fn add(&mut self, tenant: &str, domain: &str, subject: &str, version: i64) {
+        match self.by_subject.get_mut(subject) {
+            Some(list) => {
+                if !list.iter().any(|(t, d, v)| t == tenant && d == domain && *v == version) {
+                    list.push((tenant.to_owned(), domain.to_owned(), version));
+                }
+            }
+            None => {
+                self.by_subject
+                    .insert(subject.to_owned(), vec![(tenant.to_owned(), domain.to_owned(), version)]);
+            }
+        }
+    }
+
+    /// (tenant, domain, subject, version).
+    fn iter(&self) -> impl Iterator<Item = (&str, &str, &str, i64)> {
+        self.by_subject
+            .iter()
+            .flat_map(|(s, list)| list.iter().map(move |(t, d, v)| (t.as_str(), d.as_str(), s.as_str(), *v)))
+    }
+}
+
 macro_rules! backend_impl {
     ($ty:ty, $db:ty, $engine:expr, $sql:path, $migrations:expr) => {
         impl $ty {
@@ -857,7 +891,7 @@ macro_rules! backend_impl {
                     .collect())
             }
 
-            async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp) -> Result<()> {
+            async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp, used: &mut KeyUses) -> Result<()> {
                 match op {
                     WriteOp::Insert { record, fields, indexes } => {
                         let r = sqlx::query::<$db>(&$sql(
@@ -883,7 +917,7 @@ macro_rules! backend_impl {
                             }
                             return Err(e.into());
                         }
-                        Self::put_fields(tx, &record, fields, indexes).await
+                        Self::put_fields(tx, &record, fields, indexes, used).await
                     }
                     WriteOp::Update { record, expected_version, set_fields, remove_fields, set_indexes } => {
                         let done = sqlx::query::<$db>(&$sql(
@@ -916,7 +950,7 @@ macro_rules! backend_impl {
                                     .await?;
                             }
                         }
-                        Self::put_fields(tx, &record, set_fields, set_indexes).await
+                        Self::put_fields(tx, &record, set_fields, set_indexes, used).await
                     }
                     WriteOp::SetIndex { tenant, collection, record_id, index } => {
                         sqlx::query::<$db>(&$sql(
@@ -1070,11 +1104,11 @@ macro_rules! backend_impl {
                 record: &RecordRow,
                 fields: Vec<FieldRow>,
                 indexes: Vec<IndexRow>,
+                used: &mut KeyUses,
             ) -> Result<()> {
-                let mut used: Vec<(String, i64)> = Vec::new();
                 for f in fields {
-                    if f.key_version > 0 && !used.iter().any(|(d, v)| *d == f.domain && *v == f.key_version) {
-                        used.push((f.domain.clone(), f.key_version));
+                    if f.key_version > 0 {
+                        used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
                     }
                     sqlx::query::<$db>(&$sql(
                         "INSERT INTO kluis_fields (tenant, collection, record_id, field, domain, sealed, key_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -1089,27 +1123,6 @@ macro_rules! backend_impl {
                     .execute(&mut **tx)
                     .await?;
                 }
-                // A cell may only be written under a subject key that still exists: the share lock
-                // makes a concurrent re-encryption that deletes this version wait for this commit
-                // (and then see the cell), or this writer see the deletion and give up.
-                for (domain, version) in used {
-                    let sql = format!(
-                        "SELECT version FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?{}",
-                        share_lock($engine)
-                    );
-                    let found = sqlx::query::<$db>(&$sql(&sql))
-                        .bind(&record.tenant)
-                        .bind(&domain)
-                        .bind(&record.subject)
-                        .bind(version)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                    if found.is_none() {
-                        return Err(StoreError::KeyChanged {
-                            what: format!("subject key {}/{domain}/{} v{version}", record.tenant, record.subject),
-                        });
-                    }
-                }
                 for i in indexes {
                     sqlx::query::<$db>(&$sql(
                         "INSERT INTO kluis_blind_index (tenant, collection, record_id, field, key_version, idx) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1122,6 +1135,48 @@ macro_rules! backend_impl {
                     .bind(i.idx)
                     .execute(&mut **tx)
                     .await?;
+                }
+                Ok(())
+            }
+
+            /// A cell may only be written under a subject key that still exists: the share lock
+            /// makes a concurrent re-encryption or shred that deletes such a version wait for this
+            /// commit (and then see the cell), or this writer see the deletion and give up
+            /// ([`StoreError::KeyChanged`]). Run once per batch, after its writes and before the
+            /// commit (the locks are held to the commit either way), a few hundred versions per
+            /// statement.
+            async fn require_subject_keys(tx: &mut sqlx::Transaction<'static, $db>, used: &KeyUses) -> Result<()> {
+                let all: Vec<(&str, &str, &str, i64)> = used.iter().collect();
+                for chunk in all.chunks(KEY_USES_PER_STATEMENT) {
+                    let mut sql = String::from(
+                        "SELECT tenant, domain, subject, version FROM kluis_subject_keys WHERE ",
+                    );
+                    for i in 0..chunk.len() {
+                        if i > 0 {
+                            sql.push_str(" OR ");
+                        }
+                        sql.push_str("(tenant = ? AND domain = ? AND subject = ? AND version = ?)");
+                    }
+                    sql.push_str(share_lock($engine));
+                    let sql = $sql(&sql).into_owned();
+                    let mut q = sqlx::query::<$db>(&sql);
+                    for (t, d, s, v) in chunk {
+                        q = q.bind(*t).bind(*d).bind(*s).bind(*v);
+                    }
+                    let rows = q.fetch_all(&mut **tx).await?;
+                    let mut found: Vec<(String, String, String, i64)> = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        found.push((Self::text(row, 0)?, Self::text(row, 1)?, Self::text(row, 2)?, row.try_get(3)?));
+                    }
+                    found.sort_unstable();
+                    for (t, d, s, v) in chunk {
+                        let hit = found
+                            .binary_search_by(|f| (f.0.as_str(), f.1.as_str(), f.2.as_str(), f.3).cmp(&(*t, *d, *s, *v)))
+                            .is_ok();
+                        if !hit {
+                            return Err(StoreError::KeyChanged { what: format!("subject key {t}/{d}/{s} v{v}") });
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -1310,10 +1365,12 @@ macro_rules! backend_impl {
 
             async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
+                let mut used = KeyUses::default();
                 for op in ops {
                     // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_one(&mut tx, op).await?;
+                    Self::apply_one(&mut tx, op, &mut used).await?;
                 }
+                Self::require_subject_keys(&mut tx, &used).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -1417,7 +1474,7 @@ macro_rules! backend_impl {
                 let mut tx = self.pool.begin().await?;
                 // The audit entry first: on SQLite its head update takes the write lock up front.
                 if let Some(e) = entry {
-                    Self::apply_one(&mut tx, WriteOp::Audit(e)).await?;
+                    Self::apply_one(&mut tx, WriteOp::Audit(e), &mut KeyUses::default()).await?;
                 }
                 let ids = sqlx::query::<$db>(&$sql(
                     "SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?",

@@ -302,10 +302,26 @@ type Tags = CallCache;
 /// State kept for the length of one call (a read of a page, a transaction, a step): the cache
 /// tags computed per (domain, domain key version), and the subject keys already opened, by
 /// subject, so a page of records looks each key up once and without allocating.
+///
+/// Writes also keep the newest subject key version found per (subject, domain), so the records
+/// of a transaction after the first of a subject skip the store-wide cache, and the blind index
+/// keys derived per (domain, domain key version, collection, field). A retried transaction starts
+/// from a new `CallCache`.
 #[derive(Default)]
 struct CallCache {
     tags: Vec<(String, u32, [u8; 32])>,
     keys: HashMap<String, Vec<(String, u32, Arc<SubjectKey>)>>,
+    newest: HashMap<String, Vec<(String, u32)>>,
+    index_keys: Vec<IndexKeyEntry>,
+}
+
+/// A blind index key derived during one call: (domain, domain key version, collection, field).
+struct IndexKeyEntry {
+    domain: String,
+    version: u32,
+    collection: String,
+    field: String,
+    key: BlindIndexKey,
 }
 
 impl CallCache {
@@ -332,6 +348,25 @@ impl CallCache {
 
     fn forget_subject(&mut self, subject: &str) {
         self.keys.remove(subject);
+        self.newest.remove(subject);
+    }
+
+    /// The newest subject key version found during this call for (subject, domain), with its key.
+    fn newest_key(&self, subject: &str, domain: &str) -> Option<(u32, Arc<SubjectKey>)> {
+        let v = self.newest.get(subject)?.iter().find(|(d, _)| d == domain)?.1;
+        self.key(subject, domain, v).map(|k| (v, k.clone()))
+    }
+
+    fn remember_newest(&mut self, subject: &str, domain: &str, version: u32) {
+        match self.newest.get_mut(subject) {
+            Some(list) => match list.iter_mut().find(|(d, _)| d == domain) {
+                Some(e) => e.1 = version,
+                None => list.push((domain.to_owned(), version)),
+            },
+            None => {
+                self.newest.insert(subject.to_owned(), vec![(domain.to_owned(), version)]);
+            }
+        }
     }
 }
 
@@ -772,15 +807,24 @@ impl<B: Backend> Store<B> {
         subject: &str,
         tags: &mut Tags,
     ) -> Result<(u32, Arc<SubjectKey>)> {
-        if let Some(k) = self.load_subject_key(set, subject, None, tags).await? {
+        if let Some(k) = tags.newest_key(subject, set.domain().as_str()) {
             return Ok(k);
         }
-        let row = Self::new_subject_key_row(set, subject, 1)?;
-        // Inserted, or another writer won the race: either way read back the stored one.
-        self.backend.insert_subject_key(row).await?;
-        self.load_subject_key(set, subject, None, tags).await?.ok_or_else(|| StoreError::KeyChanged {
-            what: format!("subject key {}/{}/{subject}", set.tenant(), set.domain()),
-        })
+        let found = match self.load_subject_key(set, subject, None, tags).await? {
+            Some(k) => k,
+            None => {
+                let row = Self::new_subject_key_row(set, subject, 1)?;
+                // Inserted, or another writer won the race: either way read back the stored one.
+                self.backend.insert_subject_key(row).await?;
+                self.load_subject_key(set, subject, None, tags).await?.ok_or_else(|| {
+                    StoreError::KeyChanged {
+                        what: format!("subject key {}/{}/{subject}", set.tenant(), set.domain()),
+                    }
+                })?
+            }
+        };
+        tags.remember_newest(subject, set.domain().as_str(), found.0);
+        Ok(found)
     }
 
     fn new_subject_key_row(set: &DomainKeySet, subject: &str, version: u32) -> Result<SubjectKeyRow> {
@@ -853,6 +897,42 @@ impl<B: Backend> Store<B> {
         Ok(k.index(encoded))
     }
 
+    /// [`Self::blind_index`] with the index key derived once per call.
+    fn blind_index_cached(
+        set: &DomainKeySet,
+        version: u32,
+        coll: &str,
+        field: &str,
+        encoded: &[u8],
+        tags: &mut Tags,
+    ) -> Result<Vec<u8>> {
+        let domain = set.domain().as_str();
+        let hit = tags
+            .index_keys
+            .iter()
+            .find(|e| e.version == version && e.domain == domain && e.collection == coll && e.field == field);
+        if let Some(e) = hit {
+            return Ok(e.key.index(encoded));
+        }
+        let key = BlindIndexKey::derive(
+            set.key(version)?,
+            set.tenant(),
+            set.domain(),
+            coll,
+            field,
+            DEFAULT_INDEX_LEN,
+        )?;
+        let idx = key.index(encoded);
+        tags.index_keys.push(IndexKeyEntry {
+            domain: domain.to_owned(),
+            version,
+            collection: coll.to_owned(),
+            field: field.to_owned(),
+            key,
+        });
+        Ok(idx)
+    }
+
     /// Validates and seals fields. Everything is checked before anything is written.
     async fn seal_fields(
         &self,
@@ -909,7 +989,7 @@ impl<B: Backend> Store<B> {
                 indexes.push(IndexRow {
                     field: name.clone(),
                     key_version: i64::from(active),
-                    idx: Self::blind_index(set, active, &coll.name, name, &encoded)?,
+                    idx: Self::blind_index_cached(set, active, &coll.name, name, &encoded, tags)?,
                 });
             }
         }

@@ -6,7 +6,7 @@ mod common;
 
 use common::{Bind, Harness, Raw, t};
 use kluis_core::{DomainName, TenantId};
-use kluis_store::backend::Backend;
+use kluis_store::backend::{Backend, FieldRow, RecordRow, WriteOp};
 use kluis_store::{Changes, DocumentRow, FieldValue, LegalOverride, NewRecord, Op, Store, StoreError, Value};
 
 fn absence(subject: &str, emp: &str, diagnosis: &str) -> NewRecord {
@@ -692,6 +692,84 @@ async fn schema_migration<B: Backend + Clone>(h: Harness<B>) -> Harness<B> {
     h
 }
 
+/// A backend insert of `id` for `subject` with one medical cell claiming subject key `version`
+/// (the bytes are never opened here).
+fn sealed_insert(tenant: &str, id: &str, subject: &str, version: i64) -> WriteOp {
+    WriteOp::Insert {
+        record: RecordRow {
+            tenant: tenant.into(),
+            collection: "absence".into(),
+            id: id.into(),
+            subject: subject.into(),
+            version: 1,
+            created_at: 1,
+            updated_at: 1,
+            retain_until: None,
+        },
+        fields: vec![FieldRow {
+            field: "diagnosis".into(),
+            domain: "medical".into(),
+            sealed: vec![0xA5; 40],
+            key_version: version,
+        }],
+        indexes: Vec::new(),
+    }
+}
+
+/// The subject key check runs once per batch (a few hundred key versions per statement) and still
+/// refuses the whole batch when any one cell names a subject key version that does not exist,
+/// wherever it falls; a batch whose versions all exist is written.
+async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    let tenant = h.tenant.as_str();
+    // 450 subjects with subject keys v1 (more than two check statements' worth).
+    let subjects: Vec<String> = (0..450).map(|i| format!("s-{i:03}")).collect();
+    let ops = subjects
+        .iter()
+        .enumerate()
+        .map(|(i, sub)| Op::Insert {
+            collection: "absence".into(),
+            record: absence(sub, &format!("E{i}"), "flu").id(&format!("seed-{i:03}")),
+        })
+        .collect();
+    s.transaction(&h.doctor, ops).await.unwrap();
+
+    for missing in ["s-000", "s-201", "s-449"] {
+        let batch: Vec<WriteOp> = subjects
+            .iter()
+            .map(|sub| {
+                let v = if sub == missing { 9 } else { 1 };
+                // Two cells per subject and key version in the batch: checked once.
+                sealed_insert(tenant, &format!("b-{sub}"), sub, v)
+            })
+            .chain(subjects.iter().map(|sub| sealed_insert(tenant, &format!("c-{sub}"), sub, 1)))
+            .collect();
+        let e = s.backend().apply(batch).await;
+        match &e {
+            Err(StoreError::KeyChanged { what }) => {
+                assert!(what.contains(missing) && what.contains("v9"), "{what}");
+            }
+            other => panic!("expected KeyChanged for {missing}, got {other:?}"),
+        }
+        for sub in [missing, "s-100", "s-449"] {
+            assert!(s.backend().get(tenant, "absence", &format!("b-{sub}")).await.unwrap().is_none());
+            assert!(s.backend().get(tenant, "absence", &format!("c-{sub}")).await.unwrap().is_none());
+        }
+    }
+    // Another tenant's key of the same subject and version does not count.
+    let e = s.backend().apply(vec![sealed_insert("other-tenant", "x-1", "s-001", 1)]).await;
+    assert!(matches!(e, Err(StoreError::KeyChanged { .. })), "{e:?}");
+
+    let batch: Vec<WriteOp> =
+        subjects.iter().map(|sub| sealed_insert(tenant, &format!("b-{sub}"), sub, 1)).collect();
+    s.backend().apply(batch).await.unwrap();
+    assert!(s.backend().get(tenant, "absence", "b-s-449").await.unwrap().is_some());
+    // Records written through the store in one transaction still open.
+    let r = s.get(&h.doctor, "absence", "seed-449").await.unwrap().unwrap();
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("flu"));
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -732,4 +810,5 @@ all_engines!(
     delete_removes_record_documents,
     tenants_apart,
     schema_migration,
+    batch_key_check,
 );
