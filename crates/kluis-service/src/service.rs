@@ -363,6 +363,12 @@ impl<B: Backend> Service<B> {
         if let Some(r) = req.break_glass {
             entry.break_glass = r.to_owned();
         }
+        // A support grant may have been revoked or deleted by another process: read its current
+        // state first. A failed refresh leaves the tenant's grants denying (fail closed).
+        if p.support_grant().is_some() {
+            // The error itself is not needed: the check below denies with its own reason.
+            let _refreshed = self.authz.refresh_grants(req.tenant).await;
+        }
         match self.authz.check(p, &req) {
             Decision::Allow(a) => {
                 entry.outcome = "allowed".into();

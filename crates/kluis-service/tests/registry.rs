@@ -362,6 +362,66 @@ where
     h.cleanup().await;
 }
 
+/// Two processes on one database, both loaded: a grant made, revoked or deleted in one counts in
+/// the other at its next decision (the Service refreshes the tenant's grants before every check
+/// of a support principal), and a removed role is gone from `principal_current`.
+async fn across_processes<B: Reopen>(h: H<B>)
+where
+    Store<B>: Raw,
+{
+    let a = admin(&h.acme);
+    let p1 = proc(&h, h.store.clone());
+    p1.reg.load_tenant(&h.acme).await.unwrap();
+    let hr = principal("hr.henk", &h.acme, "hr_manager");
+    p1.svc
+        .insert(&hr, &ctx(), "absence", NewRecord::new("emp-2").id("r-g").set("employee_number", "E2"))
+        .await
+        .unwrap();
+    let p2 = proc(&h, B::reopen(&h).await);
+    p2.reg.load_tenant(&h.acme).await.unwrap();
+
+    // A grant made in process 1 after process 2 loaded: usable in process 2 at once.
+    let g = p1.reg.grant_support(&p1.authz, &a, &h.acme, bob(), general_read(), 30 * DAY).await.unwrap();
+    support_read(&p2, &h, &g.id).await.unwrap();
+    // Revoked in process 1: refused in process 2 at its next use, without a reload.
+    p1.reg.revoke_support(&p1.authz, &a, &h.acme, &g.id).await.unwrap();
+    match support_read(&p2, &h, &g.id).await {
+        Err(Error::Denied(d)) => assert_eq!(d.reason(), &DenyReason::GrantRevoked),
+        other => panic!("revoked in another process but still usable: {other:?}"),
+    }
+    // A grant whose row is deleted (by a DBA, or a cleanup) is refused at once too.
+    let g2 = p1.reg.grant_support(&p1.authz, &a, &h.acme, bob(), general_read(), 30 * DAY).await.unwrap();
+    support_read(&p2, &h, &g2.id).await.unwrap();
+    assert_eq!(h.store.exec(&format!("DELETE FROM kluis_access WHERE id = '{}'", g2.id)).await, 1);
+    assert!(matches!(support_read(&p2, &h, &g2.id).await, Err(Error::Denied(_))));
+    // A row edited meanwhile: refused (fail closed), and the tenant's grants deny until it is mended.
+    let g3 = p1.reg.grant_support(&p1.authz, &a, &h.acme, bob(), general_read(), 30 * DAY).await.unwrap();
+    support_read(&p2, &h, &g3.id).await.unwrap();
+    let edited = h
+        .store
+        .exec(&format!(
+            "UPDATE kluis_access SET body = REPLACE(body, '\"expires_ms\":', '\"expires_ms\":9') WHERE id = '{}'",
+            g3.id
+        ))
+        .await;
+    assert_eq!(edited, 1);
+    assert!(matches!(support_read(&p2, &h, &g3.id).await, Err(Error::Denied(_))));
+    assert!(!p2.reg.is_loaded(&h.acme), "a row that fails its MAC leaves the tenant unloaded");
+
+    // Role assignments: removed in process 1, gone from process 2's current principal.
+    h.store.exec(&format!("DELETE FROM kluis_access WHERE id = '{}'", g3.id)).await;
+    let carla = UserId::new("case.carla").unwrap();
+    let role = RoleName::new("case_manager").unwrap();
+    p1.reg.assign_role(&p1.authz, &a, &h.acme, carla.clone(), role.clone()).await.unwrap();
+    assert_eq!(
+        p2.authz.principal_current(&h.acme, &carla).await.unwrap().roles(),
+        std::slice::from_ref(&role)
+    );
+    assert!(p1.reg.revoke_role(&p1.authz, &a, &h.acme, &carla, &role).await.unwrap());
+    assert!(p2.authz.principal_current(&h.acme, &carla).await.unwrap().roles().is_empty());
+    h.cleanup().await;
+}
+
 macro_rules! engine {
     ($m:ident, $make:path) => {
         mod $m {
@@ -375,6 +435,11 @@ macro_rules! engine {
             async fn idle_rule_holds_after_restart() {
                 let Some(h) = $make(10).await else { return };
                 idle_after_restart(h).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn changes_in_another_process_count_at_once() {
+                let Some(h) = $make(10).await else { return };
+                across_processes(h).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn forged_edited_and_copied_rows_refused() {

@@ -139,6 +139,18 @@ pub trait AccessRegistry: Send + Sync + fmt::Debug {
     fn record_break_glass(&self, event: BreakGlassEvent) -> Result<()>;
     /// Break-glass accesses of a tenant, oldest first.
     fn break_glass_events(&self, tenant: &TenantId) -> Result<Vec<BreakGlassEvent>>;
+    /// Brings a tenant's support grants and role assignments up to date with durable storage
+    /// before a decision that uses one, so that a revocation written by another process counts
+    /// at once. The
+    /// [`crate::Service`] awaits it before every check of a principal with a support grant. On
+    /// an error the registry must make that tenant's grant checks deny. The default (an
+    /// in-process registry, nothing else can change it) does nothing.
+    fn refresh_grants<'a>(
+        &'a self,
+        _tenant: &'a TenantId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +196,41 @@ impl MemoryRegistry {
             i.assignments.insert(tenant.clone(), state.assignments);
             i.last_seen.insert(tenant.clone(), state.last_seen);
             i.break_glass.insert(tenant.clone(), state.break_glass);
+            Ok(())
+        })
+    }
+
+    /// Replaces the grants and role assignments held for `tenant` with `fresh` and `roles` (as
+    /// just read from durable storage), keeping the last use and use count already known for a
+    /// grant that is still there.
+    pub(crate) fn replace_rows(
+        &self,
+        tenant: &TenantId,
+        fresh: Vec<SupportGrant>,
+        roles: Vec<RoleAssignment>,
+    ) -> Result<()> {
+        self.with(|i| {
+            i.assignments.insert(tenant.clone(), roles);
+            let old = i.grants.remove(tenant).unwrap_or_default();
+            let merged = fresh
+                .into_iter()
+                .map(|mut g| {
+                    if let Some(o) = old.iter().find(|o| o.id == g.id) {
+                        g.uses = g.uses.max(o.uses);
+                        g.last_used = match (g.last_used, o.last_used) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                        if matches!(g.status, GrantStatus::Active)
+                            && matches!(o.status, GrantStatus::DisabledIdle { .. })
+                        {
+                            g.status = o.status.clone();
+                        }
+                    }
+                    g
+                })
+                .collect();
+            i.grants.insert(tenant.clone(), merged);
             Ok(())
         })
     }

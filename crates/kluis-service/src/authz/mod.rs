@@ -431,6 +431,21 @@ impl Authorizer {
         &self.policy
     }
 
+    /// Brings the registry's copy of `tenant`'s support grants and role assignments up to date with durable storage
+    /// ([`AccessRegistry::refresh_grants`]); the [`crate::Service`] awaits it before every
+    /// decision for a principal with a support grant. On an error the registry has made that
+    /// tenant's grant checks deny, so the following [`Authorizer::check`] fails closed.
+    pub async fn refresh_grants(&self, tenant: &TenantId) -> Result<()> {
+        self.registry.refresh_grants(tenant).await
+    }
+
+    /// [`Authorizer::principal`] after [`Authorizer::refresh_grants`]: the user's roles as
+    /// durable storage holds them now (a role removed by another process is gone).
+    pub async fn principal_current(&self, tenant: &TenantId, user: &UserId) -> Result<Principal> {
+        self.refresh_grants(tenant).await?;
+        self.principal(tenant, user)
+    }
+
     /// Decides one request. Never fails; denies by default.
     pub fn check(&self, principal: &Principal, req: &Request<'_>) -> Decision {
         if let Some(t) = principal.tenant()

@@ -190,8 +190,38 @@ impl<B: Backend> StoreRegistry<B> {
     }
 
     async fn read_tenant(&self, tenant: &TenantId) -> Result<TenantState> {
+        let (grants, assignments) = self.read_rows(tenant).await?;
+        let mut state = TenantState { grants, assignments, ..TenantState::default() };
+        self.read_usage(tenant, &mut state).await?;
+        Ok(state)
+    }
+
+    /// Re-reads a loaded tenant's grant and role rows (each MAC verified) and applies their
+    /// current state (existence, status, expiry, scope) to the copy in memory, keeping the usage
+    /// already known;
+    /// a tenant not loaded yet is loaded whole. Called (through
+    /// [`AccessRegistry::refresh_grants`]) before every decision that uses a support grant, so a
+    /// revocation or deletion written by another process counts at once. On an error the tenant
+    /// is unloaded: its grant checks deny until a reload succeeds.
+    pub async fn refresh_tenant_grants(&self, tenant: &TenantId) -> Result<()> {
+        if !self.is_loaded(tenant) {
+            return self.load_tenant(tenant).await;
+        }
+        match self.read_rows(tenant).await {
+            Ok((grants, roles)) => self.mem.replace_rows(tenant, grants, roles),
+            Err(e) => {
+                self.loaded_guard()?.remove(tenant);
+                self.mem.forget_tenant(tenant)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// A tenant's grants and role assignments from the database, every row verified.
+    async fn read_rows(&self, tenant: &TenantId) -> Result<(Vec<SupportGrant>, Vec<RoleAssignment>)> {
         let rows = self.store.backend().access_rows(tenant.as_str()).await?;
-        let mut state = TenantState::default();
+        let mut grants = Vec::new();
+        let mut assignments = Vec::new();
         if !rows.is_empty() {
             let set = self.registry_key_set(tenant, false).await?;
             let mut keys: HashMap<u32, BlindIndexKey> = HashMap::new();
@@ -213,14 +243,13 @@ impl<B: Backend> StoreRegistry<B> {
                     return Err(tampered());
                 }
                 match row.kind.as_str() {
-                    KIND_GRANT => state.grants.push(parse_grant(tenant, row).map_err(|_| tampered())?),
-                    KIND_ROLE => state.assignments.push(parse_role(tenant, row).map_err(|_| tampered())?),
+                    KIND_GRANT => grants.push(parse_grant(tenant, row).map_err(|_| tampered())?),
+                    KIND_ROLE => assignments.push(parse_role(tenant, row).map_err(|_| tampered())?),
                     _ => return Err(tampered()),
                 }
             }
         }
-        self.read_usage(tenant, &mut state).await?;
-        Ok(state)
+        Ok((grants, assignments))
     }
 
     /// Last uses, use counts and break-glass accesses from the tenant's audit entries.
@@ -496,6 +525,13 @@ const DURABLE: &str =
     "a stored access registry writes grant and role changes through StoreRegistry's async methods";
 
 impl<B: Backend> AccessRegistry for StoreRegistry<B> {
+    fn refresh_grants<'a>(
+        &'a self,
+        tenant: &'a TenantId,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(self.refresh_tenant_grants(tenant))
+    }
+
     fn insert_grant(&self, _grant: SupportGrant) -> Result<()> {
         Err(Error::Registry(DURABLE.into()))
     }
