@@ -10,7 +10,7 @@ use std::future::Future;
 
 use sqlx::Row;
 
-use crate::backend::{Backend, MySqlBackend, PostgresBackend, SqliteBackend};
+use crate::backend::{Backend, MySqlBackend, PostgresBackend, SqliteBackend, numbered, plain};
 use crate::error::{Result, StoreError};
 
 /// One stored registry row, as the database holds it.
@@ -40,25 +40,6 @@ pub trait AccessBackend: Send + Sync + 'static {
 
     /// Deletes a row; `true` if it existed.
     fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> impl Future<Output = Result<bool>> + Send;
-}
-
-fn plain(sql: &str) -> String {
-    sql.to_owned()
-}
-
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0u32;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 macro_rules! access_impl {

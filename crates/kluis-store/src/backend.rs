@@ -659,12 +659,12 @@ const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
 ];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.
-fn plain(sql: &str) -> Cow<'_, str> {
+pub(crate) fn plain(sql: &str) -> Cow<'_, str> {
     Cow::Borrowed(sql)
 }
 
 /// `?` placeholders to PostgreSQL's `$1, $2, ...` (our SQL has no `?` inside literals).
-fn numbered(sql: &str) -> Cow<'_, str> {
+pub(crate) fn numbered(sql: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(sql.len() + 16);
     let mut n = 0u32;
     for c in sql.chars() {
