@@ -384,6 +384,7 @@ impl<B: Backend> Store<B> {
                     self.forget_cached_keys(access.tenant());
                     attempt += 1;
                 }
+                Err(e) if e.is_deadlock() && attempt < crate::store::KEY_CHANGED_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
         }

@@ -215,7 +215,20 @@ impl StoreError {
     /// Is it worth retrying the same call unchanged (a key changed concurrently)? A
     /// [`StoreError::Conflict`] is not: read the record again first.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::KeyChanged { .. })
+        matches!(self, Self::KeyChanged { .. }) || self.is_deadlock()
+    }
+
+    /// The database chose this transaction as a deadlock victim (or failed it for
+    /// serialization) and rolled it back whole: SQLSTATE `40001` (MySQL/MariaDB error 1213,
+    /// PostgreSQL serialization failure) or `40P01` (PostgreSQL deadlock). Nothing of it was
+    /// written, so the same transaction can be run again.
+    pub fn is_deadlock(&self) -> bool {
+        match self {
+            Self::Database(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("40001") | Some("40P01"))
+            }
+            _ => false,
+        }
     }
 }
 

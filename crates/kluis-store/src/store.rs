@@ -1056,6 +1056,9 @@ impl<B: Backend> Store<B> {
                     self.forget_cached_keys(&access.tenant);
                     attempt += 1;
                 }
+                // A deadlock victim (e.g. MariaDB, a writer's share locks against a concurrent
+                // re-encryption) was rolled back whole: run it again.
+                Err(e) if e.is_deadlock() && attempt < KEY_CHANGED_RETRIES => attempt += 1,
                 Err(e) => return Err(e),
             }
         }
