@@ -1209,7 +1209,45 @@ impl<B: Backend> Store<B> {
 
     // ---------------------------------------------------------------- reads
 
-    async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
+    /// A subject key from this call's keys or the store's cache, without the database.
+    fn key_at_hand(
+        &self,
+        set: &DomainKeySet,
+        subject: &str,
+        version: u32,
+        tags: &mut Tags,
+    ) -> Option<Arc<SubjectKey>> {
+        if let Some(k) = tags.key(subject, set.domain().as_str(), version) {
+            return Some(k.clone());
+        }
+        let k = self.cached_key(set, subject, version, tags)?;
+        tags.remember(subject, set.domain().as_str(), version, &k);
+        Some(k)
+    }
+
+    /// Opens a record whose subject keys are all at hand (this call's or the store's cache);
+    /// hands it back untouched (`Ok(Err(_))`) if one of them would have to come from the
+    /// database, so a streaming read can open it later with [`Self::open_record`].
+    fn open_record_now(
+        &self,
+        access: &Access,
+        stored: StoredRecord,
+        tags: &mut Tags,
+    ) -> Result<std::result::Result<Record, StoredRecord>> {
+        let mut last: Option<(&str, i64)> = None;
+        for cell in &stored.fields {
+            if last == Some((cell.domain.as_str(), cell.key_version)) {
+                continue;
+            }
+            last = Some((cell.domain.as_str(), cell.key_version));
+            // No key for the domain (withheld) or a bad version (an integrity error below).
+            let (Some(set), Ok(v)) = (access.set(&cell.domain), u32::try_from(cell.key_version)) else {
+                continue;
+            };
+            if self.key_at_hand(set, &stored.record.subject, v, tags).is_none() {
+                return Ok(Err(stored));
+            }
+        }
         let r = stored.record;
         let mut fields = BTreeMap::new();
         for cell in stored.fields {
@@ -1224,10 +1262,7 @@ impl<B: Backend> Store<B> {
                 continue;
             };
             let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
-            let sk = match tags.key(&r.subject, &cell.domain, v) {
-                Some(k) => k.clone(),
-                None => self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1,
-            };
+            let sk = tags.key(&r.subject, &cell.domain, v).ok_or_else(integrity)?.clone();
             let ctx = Context {
                 tenant: &access.tenant,
                 domain: set.domain(),
@@ -1239,7 +1274,7 @@ impl<B: Backend> Store<B> {
             let value = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
             fields.insert(cell.field, FieldValue::Value(value));
         }
-        Ok(Record {
+        Ok(Ok(Record {
             collection: r.collection,
             id: r.id,
             subject: r.subject,
@@ -1248,7 +1283,34 @@ impl<B: Backend> Store<B> {
             updated_at: r.updated_at,
             retain_until: r.retain_until,
             fields,
-        })
+        }))
+    }
+
+    /// Opens a record, loading from the database the subject keys not at hand.
+    async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
+        let integrity = |field: &str| StoreError::Integrity {
+            collection: stored.record.collection.clone(),
+            record: stored.record.id.clone(),
+            field: field.to_owned(),
+        };
+        for cell in &stored.fields {
+            let Some(set) = access.set(&cell.domain) else { continue };
+            let v = u32::try_from(cell.key_version).map_err(|_| integrity(&cell.field))?;
+            if self.key_at_hand(set, &stored.record.subject, v, tags).is_none()
+                && self.load_subject_key(set, &stored.record.subject, Some(v), tags).await?.is_none()
+            {
+                return Err(integrity(&cell.field));
+            }
+        }
+        match self.open_record_now(access, stored, tags)? {
+            Ok(r) => Ok(r),
+            // Every key was loaded just now: only a key evicted meanwhile gets here.
+            Err(s) => Err(StoreError::Integrity {
+                field: s.fields.first().map_or_else(String::new, |c| c.field.clone()),
+                collection: s.record.collection,
+                record: s.record.id,
+            }),
+        }
     }
 
     /// Reads one record; `None` if absent.
@@ -1280,12 +1342,31 @@ impl<B: Backend> Store<B> {
             check_id("cursor", a)?;
         }
         let limit = limit.clamp(1, 1000);
-        let rows = self.backend.list(access.tenant.as_str(), collection, subject, after, limit).await?;
-        let full = rows.len() == limit as usize;
-        let mut records = Vec::with_capacity(rows.len());
-        for s in rows {
-            records.push(self.open_record(access, s, &mut tags).await?);
+        // Records are opened as their cells arrive, while the database sends the rest of the
+        // page; one whose subject key is not at hand is opened after the page has arrived.
+        let mut opened: Vec<Option<Record>> = Vec::with_capacity(limit as usize);
+        let mut later: Vec<(usize, StoredRecord)> = Vec::new();
+        let n = self
+            .backend
+            .list_each(access.tenant.as_str(), collection, subject, after, limit, |s| {
+                match self.open_record_now(access, s, &mut tags)? {
+                    Ok(r) => opened.push(Some(r)),
+                    Err(s) => {
+                        later.push((opened.len(), s));
+                        opened.push(None);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        for (i, s) in later {
+            let r = self.open_record(access, s, &mut tags).await?;
+            if let Some(slot) = opened.get_mut(i) {
+                *slot = Some(r);
+            }
         }
+        let records: Vec<Record> = opened.into_iter().flatten().collect();
+        let full = n == limit as usize;
         let next = if full { records.last().map(|r| r.id.clone()) } else { None };
         Ok(Page { records, next })
     }

@@ -770,6 +770,124 @@ async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
+/// A page is opened while it streams in: records whose subject keys are at hand are opened as
+/// their cells arrive, the others after the page. Either way the page holds every record in id
+/// order with the right values, records without cells and withheld fields included, and a bad
+/// cell anywhere fails with an integrity error naming its record.
+async fn list_streaming<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    let ops = (0..40)
+        .map(|i| Op::Insert {
+            collection: "absence".into(),
+            record: absence(&format!("emp-{}", i % 7), &format!("E{i:03}"), &format!("diagnosis {i}"))
+                .id(&format!("r-{i:02}")),
+        })
+        .collect();
+    s.transaction(&h.doctor, ops).await.unwrap();
+    // Records with general cells only, and one with no cells at all, between the others.
+    s.insert(&h.hr, "absence", NewRecord::new("emp-9").id("r-05a").set("employee_number", "E905"))
+        .await
+        .unwrap();
+    s.insert(&h.hr, "absence", NewRecord::new("emp-9").id("r-17a")).await.unwrap();
+    s.insert(
+        &h.hr,
+        "absence",
+        NewRecord::new("emp-8").id("r-39a").set("work_capacity", Value::Decimal("10".into())),
+    )
+    .await
+    .unwrap();
+
+    let check = |records: &[kluis_store::Record], medical: bool| {
+        let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+        let mut want: Vec<String> = (0..40).map(|i| format!("r-{i:02}")).collect();
+        want.extend(["r-05a".to_owned(), "r-17a".to_owned(), "r-39a".to_owned()]);
+        want.sort();
+        assert_eq!(ids, want.iter().map(String::as_str).collect::<Vec<_>>());
+        for r in records {
+            match r.id.as_str() {
+                "r-05a" => assert_eq!(r.get("employee_number").and_then(Value::as_text), Some("E905")),
+                "r-17a" => assert!(r.fields.is_empty(), "{:?}", r.fields.keys()),
+                "r-39a" => assert_eq!(r.get("work_capacity").and_then(Value::as_decimal), Some("10")),
+                id => {
+                    let i: usize = id.trim_start_matches("r-").parse().unwrap();
+                    assert_eq!(r.subject, format!("emp-{}", i % 7));
+                    assert_eq!(
+                        r.get("employee_number").and_then(Value::as_text),
+                        Some(format!("E{i:03}").as_str())
+                    );
+                    if medical {
+                        assert_eq!(
+                            r.get("diagnosis").and_then(Value::as_text),
+                            Some(format!("diagnosis {i}").as_str())
+                        );
+                    } else {
+                        assert!(r.fields.get("diagnosis").is_some_and(FieldValue::is_withheld));
+                        assert!(r.fields.get("doctor_notes").is_some_and(FieldValue::is_withheld));
+                    }
+                    assert_eq!(r.fields.len(), 6);
+                }
+            }
+        }
+    };
+    // Keys at hand (this store wrote them): every record opens as it streams.
+    check(&s.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
+    check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
+    // A second store on the same database starts with no keys: all are loaded after the page.
+    let cold = Store::new(s.backend().clone(), s.schema().clone());
+    check(&cold.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
+    // Keys of some subjects only: a page mixes both ways.
+    let mixed = Store::new(s.backend().clone(), s.schema().clone());
+    for id in ["r-01", "r-03", "r-05a"] {
+        mixed.get(&h.doctor, "absence", id).await.unwrap().unwrap();
+    }
+    check(&mixed.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
+    // Small pages cut through both kinds.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    let fresh = Store::new(s.backend().clone(), s.schema().clone());
+    fresh.get(&h.doctor, "absence", "r-10").await.unwrap().unwrap();
+    loop {
+        let page = fresh.list(&h.doctor, "absence", None, after.as_deref(), 4).await.unwrap();
+        seen.extend(page.records);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    check(&seen, true);
+
+    // A cell copied to another record in the middle of the page: the read fails and names that
+    // record, whether its keys were at hand or not.
+    let src = s
+        .raw_bytes(
+            "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+            vec![t("acme"), t("absence"), t("r-03"), t("diagnosis")],
+        )
+        .await
+        .pop()
+        .unwrap();
+    s.raw_exec(
+        "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+        vec![Bind::Bytes(src), t("acme"), t("absence"), t("r-22"), t("diagnosis")],
+    )
+    .await;
+    let cold = Store::new(s.backend().clone(), s.schema().clone());
+    for store in [s, &cold] {
+        match store.list(&h.doctor, "absence", None, None, 1000).await {
+            Err(StoreError::Integrity { record, field, .. }) => {
+                assert_eq!((record.as_str(), field.as_str()), ("r-22", "diagnosis"));
+            }
+            other => panic!("a moved cell must fail the page: {:?}", other.map(|p| p.records.len())),
+        }
+    }
+    // HR does not open medical cells: its page still reads.
+    check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -811,4 +929,5 @@ all_engines!(
     tenants_apart,
     schema_migration,
     batch_key_check,
+    list_streaming,
 );
