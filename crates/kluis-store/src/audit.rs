@@ -370,24 +370,10 @@ impl<B: Backend> Store<B> {
         ops: Vec<Op>,
         audit: AuditAppend,
     ) -> Result<Vec<Written>> {
-        // As `Store::transaction`: a write sealed under a subject key that a re-encryption or a
-        // shred removed meanwhile is refused by the database and retried with fresh keys.
-        let mut attempt = 1;
-        loop {
-            let (writes, written) = self.prepare_transaction(access, ops.clone()).await?;
-            let mut all = Vec::with_capacity(writes.len() + 1);
-            all.push(WriteOp::Audit(audit.clone()));
-            all.extend(writes);
-            match self.backend().apply(all).await {
-                Ok(()) => return Ok(written),
-                Err(StoreError::KeyChanged { .. }) if attempt < crate::store::KEY_CHANGED_RETRIES => {
-                    self.forget_cached_keys(access.tenant());
-                    attempt += 1;
-                }
-                Err(e) if e.is_deadlock() && attempt < crate::store::KEY_CHANGED_RETRIES => attempt += 1,
-                Err(e) => return Err(e),
-            }
-        }
+        // As `Store::transaction` (sealing while writing; a write sealed under a subject key that
+        // a re-encryption or a shred removed meanwhile is refused by the database and retried
+        // with fresh keys), with the audit entry written first.
+        self.run_transaction(access, ops, Some(&audit)).await
     }
 
     /// [`Store::shred_subject`] with its audit entry appended in the same database transaction as

@@ -398,6 +398,15 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
     /// Applies a batch of writes in one transaction; any error rolls all of it back.
     fn apply(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<()>> + Send;
 
+    /// [`Backend::apply`] for a batch whose writes arrive while earlier ones are being written:
+    /// `Some(op)` is written, `None` ends the batch and commits it. If the channel closes before
+    /// `None` (the sender failed), everything is rolled back and the answer is
+    /// [`StoreError::Invalid`]; the sender's own error is the one to report.
+    fn apply_stream(
+        &self,
+        ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// One record.
     fn get(
         &self,
@@ -1461,6 +1470,35 @@ macro_rules! backend_impl {
                     // On error `tx` is dropped without commit: everything rolls back.
                     Self::apply_one(&mut tx, op, &mut used).await?;
                 }
+                Self::require_subject_keys(&mut tx, &used).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn apply_stream(&self, mut ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>) -> Result<()> {
+                // Nothing is begun before the first write arrives (a failed check sends none).
+                let Some(first) = ops.recv().await else {
+                    return Err(StoreError::Invalid("the batch ended before its end mark; nothing was written".into()));
+                };
+                let mut tx = self.pool.begin().await?;
+                let mut used = KeyUses::default();
+                let mut next = first;
+                loop {
+                    match next {
+                        // On error `tx` is dropped without commit: everything rolls back.
+                        Some(op) => Self::apply_one(&mut tx, op, &mut used).await?,
+                        None => break,
+                    }
+                    next = match ops.recv().await {
+                        Some(n) => n,
+                        None => {
+                            return Err(StoreError::Invalid(
+                                "the batch ended before its end mark; nothing was written".into(),
+                            ));
+                        }
+                    };
+                }
+                drop(ops);
                 Self::require_subject_keys(&mut tx, &used).await?;
                 tx.commit().await?;
                 Ok(())

@@ -1,5 +1,6 @@
 //! The store: seals and opens records, keeps keys, enforces retention, shreds.
 
+use crate::audit::AuditAppend;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -369,6 +370,26 @@ impl CallCache {
         }
     }
 }
+
+/// One operation of a transaction, checked, with its subject keys in the call's cache, not yet
+/// sealed ([`Store::plan_transaction`], then [`Store::seal_planned`]).
+enum Planned {
+    Insert {
+        row: RecordRow,
+        fields: Vec<(String, Value)>,
+    },
+    Update {
+        row: RecordRow,
+        expected_version: i64,
+        set: Vec<(String, Value)>,
+        remove: Vec<String>,
+    },
+    /// Writes that need no sealing (a delete and its override).
+    Ready(Vec<WriteOp>),
+}
+
+/// Sealed writes a transaction may have ready ahead of the one being written.
+const PIPELINE_DEPTH: usize = 64;
 
 struct CachedSubjectKey {
     key: Arc<SubjectKey>,
@@ -933,16 +954,17 @@ impl<B: Backend> Store<B> {
         Ok(idx)
     }
 
-    /// Validates and seals fields. Everything is checked before anything is written.
-    async fn seal_fields(
+    /// Checks fields (known, of the right type and size, set once, domain key held) and makes
+    /// sure this call holds the subject's newest key of each domain they use (loading or creating
+    /// it), so [`Self::seal_fields_now`] needs no database.
+    async fn prepare_fields(
         &self,
         access: &Access,
         coll: &Collection,
-        id: &str,
         subject: &str,
         fields: &[(String, Value)],
         tags: &mut Tags,
-    ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
+    ) -> Result<()> {
         let mut seen = BTreeSet::new();
         for (name, v) in fields {
             let def = Self::field_def(coll, name)?;
@@ -952,18 +974,40 @@ impl<B: Backend> Store<B> {
                 return Err(StoreError::Invalid(format!("field {}.{name} is set twice", coll.name)));
             }
         }
+        for (name, _) in fields {
+            let def = Self::field_def(coll, name)?;
+            let set = access.require(def.domain.as_str())?;
+            self.subject_key_for_write(set, subject, tags).await?;
+        }
+        Ok(())
+    }
+
+    /// Seals fields checked by [`Self::prepare_fields`] under the subject keys it left in `tags`.
+    fn seal_fields_now(
+        access: &Access,
+        coll: &Collection,
+        id: &str,
+        subject: &str,
+        fields: &[(String, Value)],
+        tags: &mut Tags,
+    ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
         let mut cells = Vec::with_capacity(fields.len());
         let mut indexes = Vec::new();
-        let mut keys: BTreeMap<&str, (u32, Arc<SubjectKey>)> = BTreeMap::new();
+        // The key of the previous field's domain: fields of one domain usually come together.
+        let mut last: Option<(&str, u32, Arc<SubjectKey>)> = None;
         for (name, v) in fields {
             let def = Self::field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
-            let (skv, sk) = match keys.get(def.domain.as_str()) {
-                Some(k) => k.clone(),
-                None => {
-                    let k = self.subject_key_for_write(set, subject, tags).await?;
-                    keys.insert(def.domain.as_str(), k.clone());
-                    k
+            let (skv, sk) = match &last {
+                Some((d, v, k)) if *d == def.domain.as_str() => (*v, k.clone()),
+                _ => {
+                    let (v, k) = tags.newest_key(subject, def.domain.as_str()).ok_or_else(|| {
+                        StoreError::KeyChanged {
+                            what: format!("subject key {}/{}/{subject}", access.tenant, def.domain),
+                        }
+                    })?;
+                    last = Some((def.domain.as_str(), v, k.clone()));
+                    (v, k)
                 }
             };
             let ctx = Context {
@@ -1044,11 +1088,21 @@ impl<B: Backend> Store<B> {
     /// meanwhile is refused by the database and retried here with fresh keys; after
     /// a few attempts the error is [`StoreError::KeyChanged`] (retryable).
     pub async fn transaction(&self, access: &Access, ops: Vec<Op>) -> Result<Vec<Written>> {
+        self.run_transaction(access, ops, None).await
+    }
+
+    /// [`Store::transaction`], with `audit` (if any) written first in the same database
+    /// transaction.
+    pub(crate) async fn run_transaction(
+        &self,
+        access: &Access,
+        ops: Vec<Op>,
+        audit: Option<&AuditAppend>,
+    ) -> Result<Vec<Written>> {
         let mut attempt = 1;
         loop {
-            let (writes, written) = self.prepare_transaction(access, ops.clone()).await?;
-            match self.backend.apply(writes).await {
-                Ok(()) => {
+            match self.write_pipelined(access, ops.clone(), audit).await {
+                Ok(written) => {
                     tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
                     return Ok(written);
                 }
@@ -1064,6 +1118,57 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    /// One attempt of a transaction. Everything is checked and every subject key is at hand
+    /// before the database transaction begins; then the writes are sealed one operation at a
+    /// time while the earlier ones are being written (the database works on one statement
+    /// while the next record is sealed). Any error, in sealing or in writing, rolls all of it
+    /// back.
+    async fn write_pipelined(
+        &self,
+        access: &Access,
+        ops: Vec<Op>,
+        audit: Option<&AuditAppend>,
+    ) -> Result<Vec<Written>> {
+        let mut tags = Tags::new();
+        let (planned, written) = self.plan_transaction(access, ops, &mut tags).await?;
+        self.write_planned(access, planned, audit, tags).await?;
+        Ok(written)
+    }
+
+    /// Seals `planned` while writing it in one database transaction (audit entry first).
+    async fn write_planned(
+        &self,
+        access: &Access,
+        planned: Vec<Planned>,
+        audit: Option<&AuditAppend>,
+        mut tags: Tags,
+    ) -> Result<()> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Option<WriteOp>>(PIPELINE_DEPTH);
+        let seal = async {
+            let tx = tx;
+            if let Some(a) = audit
+                && tx.send(Some(WriteOp::Audit(a.clone()))).await.is_err()
+            {
+                // The writer stopped: its error is the answer.
+                return Ok(());
+            }
+            for p in planned {
+                for w in self.seal_planned(access, p, &mut tags)? {
+                    if tx.send(Some(w)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            // The end mark: only now may the writer commit.
+            let _ = tx.send(None).await;
+            Ok::<(), StoreError>(())
+        };
+        let (sealed, applied) = tokio::join!(seal, self.backend.apply_stream(rx));
+        // A sealing error closed the channel without the end mark: the writer rolled back.
+        sealed?;
+        applied
+    }
+
     /// Drops every cached subject key of a tenant (after [`StoreError::KeyChanged`]).
     pub(crate) fn forget_cached_keys(&self, tenant: &TenantId) {
         if let Ok(mut c) = self.subject_keys.lock() {
@@ -1072,16 +1177,17 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// Checks and seals a transaction's operations into backend writes (nothing is written yet).
-    pub(crate) async fn prepare_transaction(
+    /// Checks a transaction's operations, reads what updates and deletes need, and gets every
+    /// subject key the writes will be sealed under into `tags`; seals nothing, writes nothing.
+    async fn plan_transaction(
         &self,
         access: &Access,
         ops: Vec<Op>,
-    ) -> Result<(Vec<WriteOp>, Vec<Written>)> {
-        let mut tags = Tags::new();
+        tags: &mut Tags,
+    ) -> Result<(Vec<Planned>, Vec<Written>)> {
         let tenant = access.tenant.to_string();
         let now = now_unix();
-        let mut writes = Vec::with_capacity(ops.len());
+        let mut planned = Vec::with_capacity(ops.len());
         let mut written = Vec::with_capacity(ops.len());
         for op in ops {
             match op {
@@ -1095,23 +1201,18 @@ impl<B: Backend> Store<B> {
                         }
                         None => random_id()?,
                     };
-                    let (fields, indexes) = self
-                        .seal_fields(access, coll, &id, &record.subject, &record.fields, &mut tags)
-                        .await?;
-                    writes.push(WriteOp::Insert {
-                        record: RecordRow {
-                            tenant: tenant.clone(),
-                            collection: collection.clone(),
-                            id: id.clone(),
-                            subject: record.subject.clone(),
-                            version: 1,
-                            created_at: now,
-                            updated_at: now,
-                            retain_until: record.retain_until,
-                        },
-                        fields,
-                        indexes,
-                    });
+                    self.prepare_fields(access, coll, &record.subject, &record.fields, tags).await?;
+                    let row = RecordRow {
+                        tenant: tenant.clone(),
+                        collection: collection.clone(),
+                        id: id.clone(),
+                        subject: record.subject,
+                        version: 1,
+                        created_at: now,
+                        updated_at: now,
+                        retain_until: record.retain_until,
+                    };
+                    planned.push(Planned::Insert { row, fields: record.fields });
                     written.push(Written { collection, id, version: 1 });
                 }
                 Op::Update { collection, id, expected_version, changes } => {
@@ -1135,23 +1236,21 @@ impl<B: Backend> Store<B> {
                             retain_until: old,
                         });
                     }
-                    let (fields, indexes) = self
-                        .seal_fields(access, coll, &id, &current.record.subject, &changes.set, &mut tags)
-                        .await?;
+                    self.prepare_fields(access, coll, &current.record.subject, &changes.set, tags).await?;
                     let version = expected_version
                         .checked_add(1)
                         .ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
-                    writes.push(WriteOp::Update {
-                        record: RecordRow {
-                            version: to_i64(version)?,
-                            updated_at: now,
-                            retain_until: changes.retain_until.or(current.record.retain_until),
-                            ..current.record
-                        },
+                    let row = RecordRow {
+                        version: to_i64(version)?,
+                        updated_at: now,
+                        retain_until: changes.retain_until.or(current.record.retain_until),
+                        ..current.record
+                    };
+                    planned.push(Planned::Update {
+                        row,
                         expected_version: to_i64(expected_version)?,
-                        set_fields: fields,
-                        remove_fields: changes.remove.clone(),
-                        set_indexes: indexes,
+                        set: changes.set,
+                        remove: changes.remove,
                     });
                     written.push(Written { collection, id, version });
                 }
@@ -1175,6 +1274,7 @@ impl<B: Backend> Store<B> {
                         Some(v) => to_i64(v)?,
                         None => current.record.version,
                     };
+                    let mut writes = Vec::with_capacity(2);
                     if let Some(until) = current.record.retain_until
                         && until > now
                     {
@@ -1200,11 +1300,37 @@ impl<B: Backend> Store<B> {
                         id: id.clone(),
                         expected_version: Some(expected),
                     });
+                    planned.push(Planned::Ready(writes));
                     written.push(Written { collection, id, version: 0 });
                 }
             }
         }
-        Ok((writes, written))
+        Ok((planned, written))
+    }
+
+    /// The writes of one planned operation, sealed (no database, no waiting).
+    fn seal_planned(&self, access: &Access, p: Planned, tags: &mut Tags) -> Result<Vec<WriteOp>> {
+        Ok(match p {
+            Planned::Insert { row, fields } => {
+                let coll = self.schema.collection(&row.collection)?;
+                let (fields, indexes) =
+                    Self::seal_fields_now(access, coll, &row.id, &row.subject, &fields, tags)?;
+                vec![WriteOp::Insert { record: row, fields, indexes }]
+            }
+            Planned::Update { row, expected_version, set, remove } => {
+                let coll = self.schema.collection(&row.collection)?;
+                let (fields, indexes) =
+                    Self::seal_fields_now(access, coll, &row.id, &row.subject, &set, tags)?;
+                vec![WriteOp::Update {
+                    record: row,
+                    expected_version,
+                    set_fields: fields,
+                    remove_fields: remove,
+                    set_indexes: indexes,
+                }]
+            }
+            Planned::Ready(writes) => writes,
+        })
     }
 
     // ---------------------------------------------------------------- reads
@@ -2231,5 +2357,70 @@ impl<B: Backend> Store<B> {
     pub async fn delete_document(&self, access: &Access, document_id: &str) -> Result<bool> {
         check_id("document id", document_id)?;
         self.backend.delete_document(access.tenant.as_str(), document_id).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::SqliteBackend;
+
+    /// An operation that fails while being sealed, after others were written: the channel closes
+    /// without its end mark, the database transaction rolls back, and the sealing error is the
+    /// one returned.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sealing_error_mid_transaction_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = SqliteBackend::open(&dir.path().join("k.db")).await.unwrap();
+        let schema = Schema::from_toml(
+            r#"
+[collections.absence.fields]
+diagnosis = { type = "text", domain = "medical" }
+employee_number = { type = "text", domain = "general", blind_index = true }
+"#,
+        )
+        .unwrap();
+        let store = Store::new(backend, schema);
+        store.migrate().await.unwrap();
+        let keyring = kluis_core::LocalKeyring::generate(0).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let access =
+            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        let ops: Vec<Op> = (0..200)
+            .map(|i| Op::Insert {
+                collection: "absence".into(),
+                record: NewRecord::new(&format!("emp-{}", i % 9))
+                    .id(&format!("r-{i:03}"))
+                    .set("diagnosis", "flu")
+                    .set("employee_number", format!("E{i}").as_str()),
+            })
+            .collect();
+        for bad_at in [0, 1, 150, 200] {
+            let mut tags = Tags::new();
+            let (mut planned, _) = store.plan_transaction(&access, ops.clone(), &mut tags).await.unwrap();
+            // A collection the schema does not know: only sealing finds it.
+            let bad = Planned::Insert {
+                row: RecordRow {
+                    tenant: "acme".into(),
+                    collection: "nope".into(),
+                    id: "bad".into(),
+                    subject: "emp-1".into(),
+                    version: 1,
+                    created_at: 1,
+                    updated_at: 1,
+                    retain_until: None,
+                },
+                fields: Vec::new(),
+            };
+            planned.insert(bad_at, bad);
+            let e = store.write_planned(&access, planned, None, tags).await;
+            assert!(matches!(e, Err(StoreError::UnknownCollection(_))), "at {bad_at}: {e:?}");
+            let page = store.list(&access, "absence", None, None, 1000).await.unwrap();
+            assert!(page.records.is_empty(), "at {bad_at}: {} records written", page.records.len());
+        }
+        // The same operations without the bad one are written whole.
+        store.transaction(&access, ops).await.unwrap();
+        assert_eq!(store.list(&access, "absence", None, None, 1000).await.unwrap().records.len(), 200);
     }
 }

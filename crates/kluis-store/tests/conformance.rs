@@ -770,6 +770,59 @@ async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
+/// A transaction is sealed while it is written. More operations than the pipeline holds: an
+/// error from the database early, or at the very end, rolls all of it back and is the error
+/// returned; a batch whose writes stop before their end mark (the sealing side failed) writes
+/// nothing; a complete one writes everything.
+async fn pipelined_transaction<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("p-dup")).await.unwrap();
+    let batch = |tag: &str, dup_at: Option<usize>| -> Vec<Op> {
+        (0..300)
+            .map(|i| {
+                let id = if dup_at == Some(i) { "p-dup".to_owned() } else { format!("{tag}-{i:03}") };
+                Op::Insert {
+                    collection: "absence".into(),
+                    record: absence(&format!("emp-{}", i % 40), &format!("E{i}"), "flu").id(&id),
+                }
+            })
+            .collect()
+    };
+    for (tag, at) in [("early", 2), ("late", 299)] {
+        let e = s.transaction(&h.doctor, batch(tag, Some(at))).await;
+        assert!(matches!(e, Err(StoreError::AlreadyExists { .. })), "{tag}: {e:?}");
+        let page = s.list(&h.doctor, "absence", None, Some(&format!("{tag}-")), 1000).await.unwrap();
+        assert!(page.records.iter().all(|r| !r.id.starts_with(tag)), "{tag}: rolled back");
+    }
+    // The backend side: writes that stop before the end mark are rolled back.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let tenant = h.tenant.as_str().to_owned();
+    let sender = tokio::spawn(async move {
+        for i in 0..3 {
+            tx.send(Some(sealed_insert(&tenant, &format!("cut-{i}"), "s-1", 1))).await.unwrap();
+        }
+        // Dropped without `None`.
+    });
+    let e = s.backend().apply_stream(rx).await;
+    sender.await.unwrap();
+    assert!(matches!(e, Err(StoreError::Invalid(_))), "{e:?}");
+    for i in 0..3 {
+        assert!(s.backend().get(h.tenant.as_str(), "absence", &format!("cut-{i}")).await.unwrap().is_none());
+    }
+    // Nothing at all before the channel closed: nothing begun, nothing written.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Option<WriteOp>>(1);
+    drop(tx);
+    assert!(matches!(s.backend().apply_stream(rx).await, Err(StoreError::Invalid(_))));
+    // A complete batch through the store.
+    let written = s.transaction(&h.doctor, batch("ok", None)).await.unwrap();
+    assert_eq!(written.len(), 300);
+    let page = s.list(&h.doctor, "absence", None, Some("ok-"), 1000).await.unwrap();
+    let ok: Vec<_> = page.records.iter().filter(|r| r.id.starts_with("ok-")).collect();
+    assert_eq!(ok.len(), 300);
+    assert!(ok.iter().all(|r| r.get("diagnosis").and_then(Value::as_text) == Some("flu")));
+    h
+}
+
 /// A page is opened while it streams in: records whose subject keys are at hand are opened as
 /// their cells arrive, the others after the page. Either way the page holds every record in id
 /// order with the right values, records without cells and withheld fields included, and a bad
@@ -930,4 +983,5 @@ all_engines!(
     schema_migration,
     batch_key_check,
     list_streaming,
+    pipelined_transaction,
 );
