@@ -425,21 +425,6 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
 
-    /// [`Backend::list`], handing each record to `each` in id order as soon as its cells have
-    /// arrived, while the rest of the page still streams from the database. An error from
-    /// `each` stops the read and is returned. Returns how many records were handed on.
-    fn list_each<F>(
-        &self,
-        tenant: &str,
-        collection: &str,
-        subject: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-        each: F,
-    ) -> impl Future<Output = Result<usize>> + Send
-    where
-        F: FnMut(StoredRecord) -> Result<()> + Send;
-
     /// Ids of records whose blind index of `field` is one of `candidates` (key version, index).
     fn find_index(
         &self,
@@ -861,39 +846,16 @@ macro_rules! backend_impl {
                 collection: &str,
                 records: Vec<RecordRow>,
             ) -> Result<Vec<StoredRecord>> {
-                let mut out = Vec::with_capacity(records.len());
-                self.attach_fields_each(tenant, collection, records, |s| {
-                    out.push(s);
-                    Ok(())
-                })
-                .await?;
-                Ok(out)
-            }
-
-            /// Reads the cells of `records` (ordered by id) and hands each record with its cells
-            /// to `each`, in the same order, as soon as the rows of the next record start
-            /// arriving: `each` works on one record while the database sends the following ones.
-            async fn attach_fields_each<F>(
-                &self,
-                tenant: &str,
-                collection: &str,
-                records: Vec<RecordRow>,
-                mut each: F,
-            ) -> Result<()>
-            where
-                F: FnMut(StoredRecord) -> Result<()> + Send,
-            {
-                use futures_util::TryStreamExt as _;
                 if records.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 // The id range lets every engine (and PostgreSQL's generic plan for a prepared
                 // statement) use the primary key for a range scan; the IN list then filters it.
                 // The records come ordered by id in the database's collation, so the first and
                 // the last bound the range (Rust's byte order may differ from a locale's).
-                let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
-                let (Some(lo), Some(hi)) = (ids.first(), ids.last()) else {
-                    return Ok(());
+                let (Some(lo), Some(hi)) = (records.first().map(|r| r.id.as_str()), records.last().map(|r| r.id.as_str()))
+                else {
+                    return Ok(Vec::new());
                 };
                 let sql = format!(
                     "SELECT record_id, field, domain, sealed, key_version FROM kluis_fields \
@@ -903,66 +865,40 @@ macro_rules! backend_impl {
                 );
                 let sql = $sql(&sql).into_owned();
                 let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection).bind(lo).bind(hi);
-                for id in &ids {
-                    q = q.bind(id.as_str());
+                for r in &records {
+                    q = q.bind(r.id.as_str());
                 }
-                // Rows come ordered by record id, in the same order as the records (the same
-                // ORDER BY on columns of one type and collation): walk both together, matching
-                // ids by equality only (the database's collation decides the order, not Rust's).
-                // A record without cells is handed on with none.
-                let mut slots: Vec<Option<RecordRow>> = records.into_iter().map(Some).collect();
-                // Records before `next` have been handed on; `current` is being filled.
-                let mut next = 0usize;
-                let mut current: Option<(usize, Vec<FieldRow>)> = None;
-                let mut rows = q.fetch(&self.pool);
-                while let Some(row) = rows.try_next().await? {
-                    let rid = Self::text_ref(&row, 0)?;
-                    let same = current.as_ref().is_some_and(|(c, _)| ids.get(*c).is_some_and(|id| id == rid));
-                    if !same {
-                        // This row starts the next record with cells: search forward.
-                        let Some(i) = ids.iter().enumerate().skip(next).find(|(_, id)| *id == rid).map(|(i, _)| i)
-                        else {
-                            if ids.iter().take(next).any(|id| id == rid) {
-                                return Err(StoreError::Corrupt {
-                                    what: "kluis_fields",
-                                    reason: "cells did not come back in record order".into(),
-                                });
-                            }
-                            // Not one of ours (the IN list rules this out): skip it.
-                            continue;
-                        };
-                        if let Some((c, fields)) = current.take()
-                            && let Some(record) = slots.get_mut(c).and_then(Option::take)
-                        {
-                            each(StoredRecord { record, fields })?;
-                        }
-                        for skipped in slots.iter_mut().take(i).skip(next) {
-                            if let Some(record) = skipped.take() {
-                                each(StoredRecord { record, fields: Vec::new() })?;
-                            }
-                        }
-                        next = i + 1;
-                        current = Some((i, Vec::with_capacity(8)));
-                    }
-                    if let Some((_, fields)) = current.as_mut() {
-                        fields.push(FieldRow {
-                            field: Self::text(&row, 1)?,
-                            domain: Self::text(&row, 2)?,
+                let rows = q.fetch_all(&self.pool).await?;
+                // Rows come ordered by record id: attach them without allocating a key per cell.
+                let pos: std::collections::HashMap<&str, usize> =
+                    records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+                let mut cells: Vec<Vec<FieldRow>> = (0..records.len()).map(|_| Vec::with_capacity(8)).collect();
+                let mut current: Option<usize> = None;
+                for row in &rows {
+                    let rid = Self::text_ref(row, 0)?;
+                    let i = match current {
+                        Some(i) if records.get(i).is_some_and(|r| r.id == rid) => i,
+                        _ => match pos.get(rid) {
+                            Some(i) => *i,
+                            None => continue,
+                        },
+                    };
+                    current = Some(i);
+                    if let Some(list) = cells.get_mut(i) {
+                        list.push(FieldRow {
+                            field: Self::text(row, 1)?,
+                            domain: Self::text(row, 2)?,
                             sealed: row.try_get(3)?,
                             key_version: row.try_get(4)?,
                         });
                     }
                 }
-                drop(rows);
-                if let Some((c, fields)) = current.take()
-                    && let Some(record) = slots.get_mut(c).and_then(Option::take)
-                {
-                    each(StoredRecord { record, fields })?;
-                }
-                for record in slots.into_iter().skip(next).flatten() {
-                    each(StoredRecord { record, fields: Vec::new() })?;
-                }
-                Ok(())
+                drop(pos);
+                Ok(records
+                    .into_iter()
+                    .zip(cells)
+                    .map(|(record, fields)| StoredRecord { record, fields })
+                    .collect())
             }
 
             async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp, used: &mut KeyUses) -> Result<()> {
@@ -1525,27 +1461,6 @@ macro_rules! backend_impl {
                 after: Option<&str>,
                 limit: u32,
             ) -> Result<Vec<StoredRecord>> {
-                let mut out = Vec::with_capacity(limit.min(1000) as usize);
-                self.list_each(tenant, collection, subject, after, limit, |s| {
-                    out.push(s);
-                    Ok(())
-                })
-                .await?;
-                Ok(out)
-            }
-
-            async fn list_each<F>(
-                &self,
-                tenant: &str,
-                collection: &str,
-                subject: Option<&str>,
-                after: Option<&str>,
-                limit: u32,
-                mut each: F,
-            ) -> Result<usize>
-            where
-                F: FnMut(StoredRecord) -> Result<()> + Send,
-            {
                 let mut sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND collection = ?");
                 if subject.is_some() {
                     sql.push_str(" AND subject = ?");
@@ -1564,14 +1479,7 @@ macro_rules! backend_impl {
                 }
                 let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
                 let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
-                drop(rows);
-                let mut n = 0usize;
-                self.attach_fields_each(tenant, collection, recs, |s| {
-                    n += 1;
-                    each(s)
-                })
-                .await?;
-                Ok(n)
+                self.attach_fields(tenant, collection, recs).await
             }
 
             async fn find_index(

@@ -1353,7 +1353,7 @@ impl<B: Backend> Store<B> {
 
     /// Opens a record whose subject keys are all at hand (this call's or the store's cache);
     /// hands it back untouched (`Ok(Err(_))`) if one of them would have to come from the
-    /// database, so a streaming read can open it later with [`Self::open_record`].
+    /// database ([`Self::open_record`] loads them first).
     fn open_record_now(
         &self,
         access: &Access,
@@ -1468,31 +1468,12 @@ impl<B: Backend> Store<B> {
             check_id("cursor", a)?;
         }
         let limit = limit.clamp(1, 1000);
-        // Records are opened as their cells arrive, while the database sends the rest of the
-        // page; one whose subject key is not at hand is opened after the page has arrived.
-        let mut opened: Vec<Option<Record>> = Vec::with_capacity(limit as usize);
-        let mut later: Vec<(usize, StoredRecord)> = Vec::new();
-        let n = self
-            .backend
-            .list_each(access.tenant.as_str(), collection, subject, after, limit, |s| {
-                match self.open_record_now(access, s, &mut tags)? {
-                    Ok(r) => opened.push(Some(r)),
-                    Err(s) => {
-                        later.push((opened.len(), s));
-                        opened.push(None);
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-        for (i, s) in later {
-            let r = self.open_record(access, s, &mut tags).await?;
-            if let Some(slot) = opened.get_mut(i) {
-                *slot = Some(r);
-            }
+        let rows = self.backend.list(access.tenant.as_str(), collection, subject, after, limit).await?;
+        let full = rows.len() == limit as usize;
+        let mut records = Vec::with_capacity(rows.len());
+        for s in rows {
+            records.push(self.open_record(access, s, &mut tags).await?);
         }
-        let records: Vec<Record> = opened.into_iter().flatten().collect();
-        let full = n == limit as usize;
         let next = if full { records.last().map(|r| r.id.clone()) } else { None };
         Ok(Page { records, next })
     }

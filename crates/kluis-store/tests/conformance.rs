@@ -823,47 +823,48 @@ async fn pipelined_transaction<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-/// A page is opened while it streams in: records whose subject keys are at hand are opened as
-/// their cells arrive, the others after the page. Either way the page holds every record in id
-/// order with the right values, records without cells and withheld fields included, and a bad
-/// cell anywhere fails with an integrity error naming its record.
-async fn list_streaming<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+/// A long page whose records' subject keys are at hand, not at hand (a store that has not seen
+/// them), or some of each: the page holds every record in id order with the right values,
+/// records without cells and withheld fields included, and a bad cell anywhere in it fails the
+/// page with an integrity error naming its record.
+async fn list_pages<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
+    const N: usize = 300;
     let s = &h.store;
-    let ops = (0..40)
+    let ops = (0..N)
         .map(|i| Op::Insert {
             collection: "absence".into(),
             record: absence(&format!("emp-{}", i % 7), &format!("E{i:03}"), &format!("diagnosis {i}"))
-                .id(&format!("r-{i:02}")),
+                .id(&format!("r-{i:03}")),
         })
         .collect();
     s.transaction(&h.doctor, ops).await.unwrap();
     // Records with general cells only, and one with no cells at all, between the others.
-    s.insert(&h.hr, "absence", NewRecord::new("emp-9").id("r-05a").set("employee_number", "E905"))
+    s.insert(&h.hr, "absence", NewRecord::new("emp-9").id("r-005a").set("employee_number", "E905"))
         .await
         .unwrap();
-    s.insert(&h.hr, "absence", NewRecord::new("emp-9").id("r-17a")).await.unwrap();
+    s.insert(&h.hr, "absence", NewRecord::new("emp-9").id("r-017a")).await.unwrap();
     s.insert(
         &h.hr,
         "absence",
-        NewRecord::new("emp-8").id("r-39a").set("work_capacity", Value::Decimal("10".into())),
+        NewRecord::new("emp-8").id("r-239a").set("work_capacity", Value::Decimal("10".into())),
     )
     .await
     .unwrap();
 
     let check = |records: &[kluis_store::Record], medical: bool| {
         let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        let mut want: Vec<String> = (0..40).map(|i| format!("r-{i:02}")).collect();
-        want.extend(["r-05a".to_owned(), "r-17a".to_owned(), "r-39a".to_owned()]);
+        let mut want: Vec<String> = (0..N).map(|i| format!("r-{i:03}")).collect();
+        want.extend(["r-005a".to_owned(), "r-017a".to_owned(), "r-239a".to_owned()]);
         want.sort();
         assert_eq!(ids, want.iter().map(String::as_str).collect::<Vec<_>>());
         for r in records {
             match r.id.as_str() {
-                "r-05a" => assert_eq!(r.get("employee_number").and_then(Value::as_text), Some("E905")),
-                "r-17a" => assert!(r.fields.is_empty(), "{:?}", r.fields.keys()),
-                "r-39a" => assert_eq!(r.get("work_capacity").and_then(Value::as_decimal), Some("10")),
+                "r-005a" => assert_eq!(r.get("employee_number").and_then(Value::as_text), Some("E905")),
+                "r-017a" => assert!(r.fields.is_empty(), "{:?}", r.fields.keys()),
+                "r-239a" => assert_eq!(r.get("work_capacity").and_then(Value::as_decimal), Some("10")),
                 id => {
                     let i: usize = id.trim_start_matches("r-").parse().unwrap();
                     assert_eq!(r.subject, format!("emp-{}", i % 7));
@@ -885,7 +886,7 @@ where
             }
         }
     };
-    // Keys at hand (this store wrote them): every record opens as it streams.
+    // Keys at hand (this store wrote them).
     check(&s.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
     check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
     // A second store on the same database starts with no keys: all are loaded after the page.
@@ -893,7 +894,7 @@ where
     check(&cold.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
     // Keys of some subjects only: a page mixes both ways.
     let mixed = Store::new(s.backend().clone(), s.schema().clone());
-    for id in ["r-01", "r-03", "r-05a"] {
+    for id in ["r-001", "r-003", "r-005a", "r-250"] {
         mixed.get(&h.doctor, "absence", id).await.unwrap().unwrap();
     }
     check(&mixed.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
@@ -901,9 +902,9 @@ where
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
     let fresh = Store::new(s.backend().clone(), s.schema().clone());
-    fresh.get(&h.doctor, "absence", "r-10").await.unwrap().unwrap();
+    fresh.get(&h.doctor, "absence", "r-010").await.unwrap().unwrap();
     loop {
-        let page = fresh.list(&h.doctor, "absence", None, after.as_deref(), 4).await.unwrap();
+        let page = fresh.list(&h.doctor, "absence", None, after.as_deref(), 7).await.unwrap();
         seen.extend(page.records);
         match page.next {
             Some(n) => after = Some(n),
@@ -912,32 +913,38 @@ where
     }
     check(&seen, true);
 
-    // A cell copied to another record in the middle of the page: the read fails and names that
-    // record, whether its keys were at hand or not.
-    let src = s
-        .raw_bytes(
+    // A cell copied to another record, early and late in the page: the
+    // read fails and names that record, whether its keys were at hand or not.
+    let cell = |id: &str| {
+        s.raw_bytes(
             "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-            vec![t("acme"), t("absence"), t("r-03"), t("diagnosis")],
+            vec![t("acme"), t("absence"), t(id), t("diagnosis")],
         )
-        .await
-        .pop()
-        .unwrap();
-    s.raw_exec(
-        "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-        vec![Bind::Bytes(src), t("acme"), t("absence"), t("r-22"), t("diagnosis")],
-    )
-    .await;
-    let cold = Store::new(s.backend().clone(), s.schema().clone());
-    for store in [s, &cold] {
-        match store.list(&h.doctor, "absence", None, None, 1000).await {
-            Err(StoreError::Integrity { record, field, .. }) => {
-                assert_eq!((record.as_str(), field.as_str()), ("r-22", "diagnosis"));
+    };
+    let src = cell("r-003").await.pop().unwrap();
+    for target in ["r-010", "r-220"] {
+        let original = cell(target).await.pop().unwrap();
+        let put = |bytes: Vec<u8>| {
+            s.raw_exec(
+                "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
+                vec![Bind::Bytes(bytes), t("acme"), t("absence"), t(target), t("diagnosis")],
+            )
+        };
+        put(src.clone()).await;
+        let cold = Store::new(s.backend().clone(), s.schema().clone());
+        for store in [s, &cold] {
+            match store.list(&h.doctor, "absence", None, None, 1000).await {
+                Err(StoreError::Integrity { record, field, .. }) => {
+                    assert_eq!((record.as_str(), field.as_str()), (target, "diagnosis"));
+                }
+                other => panic!("a moved cell must fail the page: {:?}", other.map(|p| p.records.len())),
             }
-            other => panic!("a moved cell must fail the page: {:?}", other.map(|p| p.records.len())),
         }
+        // HR does not open medical cells: its page still reads.
+        check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
+        put(original).await;
     }
-    // HR does not open medical cells: its page still reads.
-    check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
+    check(&s.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
     h
 }
 
@@ -982,6 +989,6 @@ all_engines!(
     tenants_apart,
     schema_migration,
     batch_key_check,
-    list_streaming,
+    list_pages,
     pipelined_transaction,
 );
