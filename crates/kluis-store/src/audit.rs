@@ -174,25 +174,6 @@ pub trait AuditBackend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<RecordOwner>>> + Send;
 }
 
-fn plain(sql: &str) -> String {
-    sql.to_owned()
-}
-
-fn numbered(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0u32;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 const AUDIT_COLS: &str = "seq, at_ms, actor, roles, support_grant, tenant, subject, collection, record, fields, \
                           action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash";
 
@@ -261,9 +242,10 @@ macro_rules! audit_impl {
                 let useq = u64::try_from(seq).map_err(|_| StoreError::Invalid("audit sequence negative".into()))?;
                 let e = &a.entry;
                 let hash = entry_hash(&prev, useq, e);
-                let sql = $sql(&format!(
+                let sql = format!(
                     "INSERT INTO kluis_audit ({AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ));
+                );
+                let sql = $sql(&sql);
                 let mut q = sqlx::query::<$db>(&sql).bind(seq).bind(e.at_ms);
                 for t in e.text_fields() {
                     q = q.bind(t);
@@ -341,21 +323,21 @@ macro_rules! audit_impl {
 audit_impl!(
     SqliteBackend,
     sqlx::Sqlite,
-    plain,
+    crate::backend::plain,
     Some("UPDATE kluis_audit_head SET seq = seq WHERE id = 1"),
     "SELECT seq, hash FROM kluis_audit_head WHERE id = 1"
 );
 audit_impl!(
     PostgresBackend,
     sqlx::Postgres,
-    numbered,
+    crate::backend::numbered,
     None::<&str>,
     "SELECT seq, hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
 );
 audit_impl!(
     MySqlBackend,
     sqlx::MySql,
-    plain,
+    crate::backend::plain,
     None::<&str>,
     "SELECT seq, hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
 );

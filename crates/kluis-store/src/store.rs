@@ -1335,45 +1335,7 @@ impl<B: Backend> Store<B> {
 
     // ---------------------------------------------------------------- reads
 
-    /// A subject key from this call's keys or the store's cache, without the database.
-    fn key_at_hand(
-        &self,
-        set: &DomainKeySet,
-        subject: &str,
-        version: u32,
-        tags: &mut Tags,
-    ) -> Option<Arc<SubjectKey>> {
-        if let Some(k) = tags.key(subject, set.domain().as_str(), version) {
-            return Some(k.clone());
-        }
-        let k = self.cached_key(set, subject, version, tags)?;
-        tags.remember(subject, set.domain().as_str(), version, &k);
-        Some(k)
-    }
-
-    /// Opens a record whose subject keys are all at hand (this call's or the store's cache);
-    /// hands it back untouched (`Ok(Err(_))`) if one of them would have to come from the
-    /// database ([`Self::open_record`] loads them first).
-    fn open_record_now(
-        &self,
-        access: &Access,
-        stored: StoredRecord,
-        tags: &mut Tags,
-    ) -> Result<std::result::Result<Record, StoredRecord>> {
-        let mut last: Option<(&str, i64)> = None;
-        for cell in &stored.fields {
-            if last == Some((cell.domain.as_str(), cell.key_version)) {
-                continue;
-            }
-            last = Some((cell.domain.as_str(), cell.key_version));
-            // No key for the domain (withheld) or a bad version (an integrity error below).
-            let (Some(set), Ok(v)) = (access.set(&cell.domain), u32::try_from(cell.key_version)) else {
-                continue;
-            };
-            if self.key_at_hand(set, &stored.record.subject, v, tags).is_none() {
-                return Ok(Err(stored));
-            }
-        }
+    async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
         let r = stored.record;
         let mut fields = BTreeMap::new();
         for cell in stored.fields {
@@ -1388,7 +1350,10 @@ impl<B: Backend> Store<B> {
                 continue;
             };
             let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
-            let sk = tags.key(&r.subject, &cell.domain, v).ok_or_else(integrity)?.clone();
+            let sk = match tags.key(&r.subject, &cell.domain, v) {
+                Some(k) => k.clone(),
+                None => self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1,
+            };
             let ctx = Context {
                 tenant: &access.tenant,
                 domain: set.domain(),
@@ -1400,7 +1365,7 @@ impl<B: Backend> Store<B> {
             let value = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
             fields.insert(cell.field, FieldValue::Value(value));
         }
-        Ok(Ok(Record {
+        Ok(Record {
             collection: r.collection,
             id: r.id,
             subject: r.subject,
@@ -1409,34 +1374,7 @@ impl<B: Backend> Store<B> {
             updated_at: r.updated_at,
             retain_until: r.retain_until,
             fields,
-        }))
-    }
-
-    /// Opens a record, loading from the database the subject keys not at hand.
-    async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
-        let integrity = |field: &str| StoreError::Integrity {
-            collection: stored.record.collection.clone(),
-            record: stored.record.id.clone(),
-            field: field.to_owned(),
-        };
-        for cell in &stored.fields {
-            let Some(set) = access.set(&cell.domain) else { continue };
-            let v = u32::try_from(cell.key_version).map_err(|_| integrity(&cell.field))?;
-            if self.key_at_hand(set, &stored.record.subject, v, tags).is_none()
-                && self.load_subject_key(set, &stored.record.subject, Some(v), tags).await?.is_none()
-            {
-                return Err(integrity(&cell.field));
-            }
-        }
-        match self.open_record_now(access, stored, tags)? {
-            Ok(r) => Ok(r),
-            // Every key was loaded just now: only a key evicted meanwhile gets here.
-            Err(s) => Err(StoreError::Integrity {
-                field: s.fields.first().map_or_else(String::new, |c| c.field.clone()),
-                collection: s.record.collection,
-                record: s.record.id,
-            }),
-        }
+        })
     }
 
     /// Reads one record; `None` if absent.

@@ -992,3 +992,37 @@ all_engines!(
     list_pages,
     pipelined_transaction,
 );
+
+/// On a PostgreSQL database whose ids sort by a locale (ICU) collation, where `a-1 < B-2` while
+/// Rust's byte order says `B-2 < a-1`, every record of a page still gets all its cells: the id
+/// range of the cells query comes from the page's first and last record as the database orders
+/// them. (With Rust's min and max the range was `[B-2, c-3]` and missed `a-1` and `D-4`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_locale_collation_pages() {
+    let Some(h) = common::postgres().await else { return };
+    let s = &h.store;
+    for (table, column) in [("kluis_records", "id"), ("kluis_fields", "record_id")] {
+        s.raw_exec(
+            &format!("ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"und-x-icu\""),
+            vec![],
+        )
+        .await;
+    }
+    let ids = ["a-1", "B-2", "c-3", "D-4"];
+    for id in ids {
+        s.insert(&h.doctor, "absence", absence("emp-1", "E1", &format!("flu {id}")).id(id)).await.unwrap();
+    }
+    let page = s.list(&h.doctor, "absence", None, None, 100).await.unwrap();
+    assert_eq!(page.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ids, "the database's order");
+    for r in &page.records {
+        assert_eq!(r.fields.len(), 6, "{} has all its cells", r.id);
+        assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some(format!("flu {}", r.id).as_str()));
+    }
+    // Two records per page: the ranges of both pages too.
+    let first = s.list(&h.doctor, "absence", None, None, 2).await.unwrap();
+    let second = s.list(&h.doctor, "absence", None, first.next.as_deref(), 2).await.unwrap();
+    for r in first.records.iter().chain(&second.records) {
+        assert_eq!(r.fields.len(), 6, "{} has all its cells", r.id);
+    }
+    common::drop_db(h).await;
+}
