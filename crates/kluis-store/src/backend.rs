@@ -1171,14 +1171,14 @@ macro_rules! backend_impl {
                     // a few hundred (on SQLite each row is a hop through sqlx's worker thread).
                     // PostgreSQL takes the share locks in the subquery (no FOR SHARE beside an
                     // aggregate); MariaDB keeps the plain locking read.
-                    let sql = match $engine {
-                        Engine::Sqlite => format!("SELECT COUNT(*) FROM kluis_subject_keys WHERE {cond}"),
-                        Engine::Postgres => format!(
+                    let count = match $engine {
+                        Engine::Sqlite => Some(format!("SELECT COUNT(*) FROM kluis_subject_keys WHERE {cond}")),
+                        Engine::Postgres => Some(format!(
                             "SELECT COUNT(*) FROM (SELECT 1 FROM kluis_subject_keys WHERE {cond} FOR SHARE) AS held"
-                        ),
-                        Engine::MySql => String::new(),
+                        )),
+                        Engine::MySql => None,
                     };
-                    if !sql.is_empty() {
+                    if let Some(sql) = count {
                         let sql = $sql(&sql).into_owned();
                         let mut q = sqlx::query_scalar::<$db, i64>(&sql);
                         for (t, d, s, v) in chunk {
@@ -1412,27 +1412,15 @@ macro_rules! backend_impl {
             }
 
             async fn apply_stream(&self, mut ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>) -> Result<()> {
+                let cut = || StoreError::Invalid("the batch ended before its end mark; nothing was written".into());
                 // Nothing is begun before the first write arrives (a failed check sends none).
-                let Some(first) = ops.recv().await else {
-                    return Err(StoreError::Invalid("the batch ended before its end mark; nothing was written".into()));
-                };
+                let mut next = ops.recv().await.ok_or_else(cut)?;
                 let mut tx = self.pool.begin().await?;
                 let mut used = KeyUses::default();
-                let mut next = first;
-                loop {
-                    match next {
-                        // On error `tx` is dropped without commit: everything rolls back.
-                        Some(op) => Self::apply_one(&mut tx, op, &mut used).await?,
-                        None => break,
-                    }
-                    next = match ops.recv().await {
-                        Some(n) => n,
-                        None => {
-                            return Err(StoreError::Invalid(
-                                "the batch ended before its end mark; nothing was written".into(),
-                            ));
-                        }
-                    };
+                while let Some(op) = next {
+                    // On error `tx` is dropped without commit: everything rolls back.
+                    Self::apply_one(&mut tx, op, &mut used).await?;
+                    next = ops.recv().await.ok_or_else(cut)?;
                 }
                 drop(ops);
                 Self::require_subject_keys(&mut tx, &used).await?;

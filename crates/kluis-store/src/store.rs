@@ -1,6 +1,5 @@
 //! The store: seals and opens records, keeps keys, enforces retention, shreds.
 
-use crate::audit::AuditAppend;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,7 @@ use kluis_core::{
     WrappedKey, ct_eq,
 };
 
+use crate::audit::AuditAppend;
 use crate::backend::{
     Backend, DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, OverrideRow, RecordRow,
     ReencryptPlan, ReencryptRecord, StoredRecord, SubjectKeyRow, WriteOp,
