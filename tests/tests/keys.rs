@@ -62,7 +62,7 @@ async fn rotation_keeps_exactly_one_active_version() {
     let set1 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
     let old = set1.seal(&c.get(), b"migraine").unwrap();
 
-    let (r2, _) = rotate_domain_key(&root, &t, &d, &mut recs).await.unwrap();
+    let (r2, _) = rotate_domain_key(&root, &set1, &mut recs).await.unwrap();
     assert_eq!(r2.version, 2);
     assert_eq!(validate_versions(&recs).unwrap(), Some(2));
     assert_eq!(recs[0].state, KeyState::DecryptOnly);
@@ -77,6 +77,9 @@ async fn rotation_keeps_exactly_one_active_version() {
     assert!(destroy_domain_key(&mut recs[1]).is_err());
     destroy_domain_key(&mut recs[0]).unwrap();
     assert!(recs[0].wrapped.is_none());
+    // The live rows' tags still describe v1 as decrypt-only: refused until retagged.
+    assert!(matches!(DomainKeySet::unwrap(&root, &recs).await, Err(Error::KeyStateTampered { .. })));
+    set2.tag_records(&mut recs, None).unwrap();
     let set3 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
     assert!(matches!(set3.open(&c.get(), &old), Err(Error::KeyDestroyed { .. })));
     assert_eq!(set3.open(&c.get(), &new).unwrap().expose_secret(), b"migraine");
@@ -152,11 +155,12 @@ async fn subject_keys_follow_domain_key_rotation() {
     let (srec, skey) = set1.new_subject_key("emp-jan", 1).unwrap();
     let c = Ctx::new("acme", "medical", "absence", "notes", "r1");
     let sealed = skey.seal(&c.get(), b"bedrust").unwrap();
-    rotate_domain_key(&root, &t, &d, &mut recs).await.unwrap();
+    rotate_domain_key(&root, &set1, &mut recs).await.unwrap();
     let set2 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
     let srec2 = set2.rewrap_subject_key(&srec).unwrap();
     assert_eq!(DomainKeySet::subject_key_wrapping_version(&srec2).unwrap(), 2);
     destroy_domain_key(&mut recs[0]).unwrap();
+    set2.tag_records(&mut recs, None).unwrap();
     let set3 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
     assert!(matches!(set3.open_subject_key(&srec), Err(Error::KeyDestroyed { .. })));
     let skey2 = set3.open_subject_key(&srec2).unwrap();
@@ -226,7 +230,7 @@ async fn cache_serves_hot_keys_and_expires_them() {
         clock.clone(),
     );
     // Start-up: one batched call for all three keys (two fit in the cache).
-    DomainKeySet::unwrap(&cache, &recs).await.unwrap();
+    unwrap_all(&cache, &recs).await.unwrap();
     assert_eq!(cache.inner().calls.load(Ordering::SeqCst), 1);
     assert_eq!(cache.len(), 2, "bounded size");
     // Warm: no provider call for cached keys.
@@ -235,24 +239,39 @@ async fn cache_serves_hot_keys_and_expires_them() {
     let hits_before = cache.stats().hits;
     for _ in 0..5 {
         // Whatever two are cached, at most one miss per round for the evicted one.
-        DomainKeySet::unwrap(&cache, &recs[2..]).await.unwrap();
+        unwrap_all(&cache, &recs[2..]).await.unwrap();
     }
     assert!(cache.stats().hits > hits_before);
     assert!(cache.inner().calls.load(Ordering::SeqCst) - before <= 1);
     let _ = warm;
     // Provider down: cached keys still served within their lifetime...
     cache.inner().fail.store(true, Ordering::SeqCst);
-    DomainKeySet::unwrap(&cache, &recs[2..]).await.unwrap();
+    unwrap_all(&cache, &recs[2..]).await.unwrap();
     // ...but never after it.
     clock.advance(Duration::from_secs(61));
-    let err = DomainKeySet::unwrap(&cache, &recs[2..]).await.unwrap_err();
+    let err = unwrap_all(&cache, &recs[2..]).await.unwrap_err();
     assert!(matches!(err, Error::Provider { .. }), "{err:?}");
     assert_eq!(cache.len(), 0, "expired keys are dropped (and zeroized)");
     // Errors are not cached: when the provider is back, it works again.
     cache.inner().fail.store(false, Ordering::SeqCst);
-    DomainKeySet::unwrap(&cache, &recs[2..]).await.unwrap();
+    unwrap_all(&cache, &recs[2..]).await.unwrap();
     cache.clear();
     assert!(cache.is_empty());
+}
+
+/// Unwraps every live record through `p` in one batch (the cache's view: no state tags involved).
+async fn unwrap_all(p: &dyn RootKeyProvider, recs: &[kluis_core::DomainKeyRecord]) -> Result<(), Error> {
+    let aads: Vec<Vec<u8>> =
+        recs.iter().map(|r| domain_key_ad(&r.tenant, &r.domain, r.version).unwrap()).collect();
+    let items: Vec<UnwrapRequest<'_>> = recs
+        .iter()
+        .zip(&aads)
+        .filter_map(|(r, aad)| r.wrapped.as_ref().map(|w| UnwrapRequest { aad, wrapped: w }))
+        .collect();
+    for r in p.unwrap_batch(&items).await? {
+        r?;
+    }
+    Ok(())
 }
 
 #[test]

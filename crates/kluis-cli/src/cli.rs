@@ -125,6 +125,13 @@ pub enum KeysCmd {
         #[arg(long, value_name = "URL")]
         to: String,
     },
+    /// Upgrade a database written before key state tags: tag every untagged key set, rewrap
+    /// unsigned Azure RSA wraps, record the keyring generation. Trusts the key rows as they are:
+    /// check `kluis keys list` first.
+    Adopt,
+    /// Record the keyring's generation in the database after checking why the database was
+    /// behind it (an older database restored, or a keyring change not recorded).
+    RecordGeneration,
 }
 
 /// `--tenant T --domain D`.

@@ -46,6 +46,8 @@ impl Job for CommandJob {
             Command::Keys(KeysCmd::Retire { td, version }) => keys_retire(&env, &actor, &td, version).await,
             Command::Keys(KeysCmd::RotateRoot) => rotate_root(&mut env, &actor).await,
             Command::Keys(KeysCmd::MigrateRoot { to }) => migrate_root(&env, &actor, &to).await,
+            Command::Keys(KeysCmd::Adopt) => keys_adopt(&env, &actor).await,
+            Command::Keys(KeysCmd::RecordGeneration) => record_generation(&env, &actor).await,
             Command::Reencrypt(args) => reencrypt_cmd(&env, &actor, &args).await,
             Command::Shred(args) => shred(&env, &actor, &args).await,
             Command::Import(args) => import(&env, &actor, &args).await,
@@ -311,7 +313,8 @@ async fn keys_retire<B: Backend, O: BlobBackend + Clone>(
     if !known {
         return Err(CliError::UnknownVersion { tenant: t.to_string(), domain: d.to_string(), version });
     }
-    env.store.retire_domain_version(&t, &d, version).await?;
+    let provider = env.provider().await?;
+    env.store.retire_domain_version(provider, &t, &d, version).await?;
     audit_admin(env, actor, AdminEvent::Retire { tenant: t.clone(), domain: d.clone(), version }).await?;
     let mut r =
         Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "retired_version": version }));
@@ -327,8 +330,9 @@ async fn rotate_root<B: Backend, O: BlobBackend + Clone>(env: &mut Env<B, O>, ac
     };
     let root = env.root().await?;
     let provider = root.provider();
-    let n = env.store.rewrap_domain_keys(provider).await?;
+    // The keyring just moved to a new generation: record it first (the rewrap checks it).
     env.store.record_keyring_generation(provider).await?;
+    let n = env.store.rewrap_domain_keys(provider).await?;
     let primary = provider.primary_version().await?;
     audit_admin(env, actor, AdminEvent::RootRewrap { keys: n as u64 }).await?;
     let mut r = Report::new(
@@ -359,6 +363,7 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
         ));
     }
     let from = env.provider().await?;
+    env.store.check_rollback(from).await?;
     let target = match to_url.strip_prefix("keyring://") {
         Some(p) if !Path::new(p).exists() => {
             let pass = config::passphrase("passphrase for the new keyring: ", true)?;
@@ -429,6 +434,10 @@ fn record_from_row(row: &kluis_store::backend::DomainKeyRow) -> Result<kluis_cor
             Some(b) => Some(kluis_core::WrappedKey::from_bytes(b).map_err(|_| what())?),
             None => None,
         },
+        tag: match &row.tag {
+            Some(t) => Some(<[u8; 32]>::try_from(t.as_slice()).map_err(|_| what())?),
+            None => None,
+        },
     })
 }
 
@@ -439,7 +448,55 @@ fn row_from_record(r: &kluis_core::DomainKeyRecord) -> Result<kluis_store::backe
         version: i64::from(r.version),
         state: r.state.as_str().to_owned(),
         wrapped: r.wrapped.as_ref().map(kluis_core::WrappedKey::to_bytes).transpose()?,
+        tag: r.tag.map(|t| t.to_vec()),
     })
+}
+
+async fn keys_adopt<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, actor: &str) -> Result<Report> {
+    let provider = env.provider().await?;
+    let rep = env.store.adopt_legacy_keys(provider).await?;
+    let event = AdminEvent::Other {
+        action: "keys_adopt".into(),
+        tenant: None,
+        detail: format!(
+            "sets tagged {} rewrapped {} generation recorded {}",
+            rep.sets_tagged, rep.rewrapped, rep.generation_recorded
+        ),
+    };
+    audit_admin(env, actor, event).await?;
+    let mut r = Report::new(json!({
+        "sets_tagged": rep.sets_tagged, "rewrapped": rep.rewrapped,
+        "generation_recorded": rep.generation_recorded,
+    }));
+    r.line(format!(
+        "{} key sets tagged, {} legacy wraps rewrapped{}",
+        rep.sets_tagged,
+        rep.rewrapped,
+        if rep.generation_recorded { ", keyring generation recorded" } else { "" }
+    ));
+    Ok(r)
+}
+
+async fn record_generation<B: Backend, O: BlobBackend + Clone>(
+    env: &Env<B, O>,
+    actor: &str,
+) -> Result<Report> {
+    let provider = env.provider().await?;
+    let Some(g) = provider.generation() else {
+        let mut r = Report::new(json!({ "generation": null }));
+        r.line("the root key is in a KMS: it keeps no generation; nothing to record");
+        return Ok(r);
+    };
+    env.store.record_keyring_generation(provider).await?;
+    let event = AdminEvent::Other {
+        action: "record_generation".into(),
+        tenant: None,
+        detail: format!("generation {g}"),
+    };
+    audit_admin(env, actor, event).await?;
+    let mut r = Report::new(json!({ "generation": g }));
+    r.line(format!("keyring generation {g} recorded in the database"));
+    Ok(r)
 }
 
 // ------------------------------------------------------------------ reencrypt
@@ -966,10 +1023,10 @@ async fn doctor<B: Backend, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) -
     if let Some(root) = root {
         match env.store.check_keyring_generation(root.provider()).await {
             Ok(kluis_core::keys::GenerationStatus::InSync) => c.ok("keyring generation", "matches the database".into()),
-            Ok(kluis_core::keys::GenerationStatus::DatabaseBehind { keyring, database }) => c.warn(
+            Ok(kluis_core::keys::GenerationStatus::DatabaseBehind { keyring, database }) => c.fail(
                 "keyring generation",
-                format!("keyring is at {keyring}, the database recorded {database}"),
-                "if the keyring was rotated on purpose run `kluis keys rotate-root`; otherwise an older database was restored".into(),
+                format!("keyring is at {keyring}, the database recorded {database}: keys stay locked"),
+                "an older database (or generation record) was restored, or a keyring change was not recorded: find out which, then `kluis keys record-generation`".into(),
             ),
             Err(e) => c.fail(
                 "keyring generation",
@@ -1034,7 +1091,7 @@ async fn doctor<B: Backend, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) -
                 c.fail(
                     "keys",
                     format!("{t}/{d}: {}", config::one_line(&e.to_string())),
-                    "the key rows were altered or the wrong root key is configured".into(),
+                    "the key rows were altered, the wrong root key is configured, or the database predates key state tags (`kluis keys adopt` after checking `kluis keys list`)".into(),
                 );
                 continue;
             }

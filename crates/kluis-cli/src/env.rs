@@ -78,6 +78,18 @@ impl RootKeyProvider for Root {
     fn generation(&self) -> Option<u64> {
         self.provider().generation()
     }
+
+    fn is_legacy(&self, wrapped: &WrappedKey) -> bool {
+        self.provider().is_legacy(wrapped)
+    }
+
+    fn unwrap_legacy<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a WrappedKey,
+    ) -> BoxFuture<'a, kluis_core::Result<KeyMaterial>> {
+        self.provider().unwrap_legacy(aad, wrapped)
+    }
 }
 
 /// What a command works on.

@@ -200,7 +200,10 @@ fn core_code(e: &kluis_core::Error) -> ExitCode {
         E::WrongPassphrase | E::KeyringCorrupt(_) | E::KeyringTruncated | E::WeakKdfParams(_) => {
             ExitCode::Keyring
         }
-        E::KeyringRollback { .. } | E::Decrypt => ExitCode::Integrity,
+        E::KeyringRollback { .. }
+        | E::DatabaseBehindKeyring { .. }
+        | E::KeyStateTampered { .. }
+        | E::Decrypt => ExitCode::Integrity,
         E::UnknownKey { .. } => ExitCode::NotFound,
         E::KeyDestroyed { .. } | E::KeyNotActive { .. } => ExitCode::Refused,
         E::Invalid { .. } | E::ApiMisuse(_) => ExitCode::Usage,
@@ -219,6 +222,7 @@ fn store_code(e: &StoreError) -> ExitCode {
         StoreError::Integrity { .. }
         | StoreError::KeyIntegrity { .. }
         | StoreError::MetadataTampered(_)
+        | StoreError::MetadataMissing(_)
         | StoreError::Corrupt { .. } => ExitCode::Integrity,
         StoreError::UnknownField { .. }
         | StoreError::WrongType { .. }

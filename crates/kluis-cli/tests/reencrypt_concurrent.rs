@@ -117,5 +117,5 @@ async fn reencrypt_while_the_app_writes_loses_nothing() {
     let usage = fresh.store.key_usage(Some(&fresh.tenant)).await.unwrap();
     let v1 = usage.iter().find(|u| u.domain == medical && u.version == 1).unwrap();
     assert!(v1.is_unused(), "{v1:?}");
-    fresh.store.retire_domain_version(&fresh.tenant, &medical, 1).await.unwrap();
+    fresh.store.retire_domain_version(&fresh.keyring, &fresh.tenant, &medical, 1).await.unwrap();
 }

@@ -99,6 +99,27 @@ pub enum Error {
         /// Generation the database last recorded.
         database: u64,
     },
+    /// The keyring is newer than the generation the database recorded: the database was restored
+    /// from an older backup, the generation record was replayed, or a keyring change was not
+    /// recorded yet (`kluis keys record-generation` records it once checked).
+    #[error(
+        "keyring generation {keyring} is newer than generation {database} recorded in the database: an older database or generation record was restored, or the keyring change was not recorded"
+    )]
+    DatabaseBehindKeyring {
+        /// Generation of the keyring in use.
+        keyring: u64,
+        /// Generation the database last recorded.
+        database: u64,
+    },
+    /// A domain key row's state, or the set of versions of its tenant and domain, does not match
+    /// the tag made when they were last written by Kluis: the rows were altered outside Kluis.
+    #[error("domain key {key}: {reason}")]
+    KeyStateTampered {
+        /// The row, `tenant/domain vN`.
+        key: String,
+        /// What failed.
+        reason: &'static str,
+    },
     /// A root key provider failed.
     #[error("root key provider {provider}: {kind}")]
     Provider {

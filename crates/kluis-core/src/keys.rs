@@ -119,6 +119,29 @@ pub trait RootKeyProvider: Send + Sync + fmt::Debug {
     fn generation(&self) -> Option<u64> {
         None
     }
+
+    /// Is `wrapped` in an older envelope that [`RootKeyProvider::unwrap_batch`] refuses because
+    /// it can be forged (Azure Key Vault RSA wraps of Kluis 0.1, without a signature)? Such a key
+    /// opens only through [`RootKeyProvider::unwrap_legacy`], in an explicit adoption run by an
+    /// operator, which rewraps it at once.
+    fn is_legacy(&self, _wrapped: &WrappedKey) -> bool {
+        false
+    }
+
+    /// Unwraps a key in a legacy envelope ([`RootKeyProvider::is_legacy`]), trusting that the
+    /// row was not forged. Only for `kluis keys adopt`; providers without a legacy form unwrap
+    /// as usual.
+    fn unwrap_legacy<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a WrappedKey,
+    ) -> BoxFuture<'a, Result<KeyMaterial>> {
+        Box::pin(async move {
+            let items = [UnwrapRequest { aad, wrapped }];
+            let mut out = self.unwrap_batch(&items).await?;
+            out.pop().ok_or(Error::ApiMisuse("provider returned no result"))?
+        })
+    }
 }
 
 /// Unwraps one key through a provider.
@@ -199,12 +222,75 @@ pub struct DomainKeyRecord {
     pub state: KeyState,
     /// The wrapped key; `None` once destroyed.
     pub wrapped: Option<WrappedKey>,
+    /// The state tag (docs/FORMAT.md §7.5): HMAC-SHA256 under a key derived from this version's
+    /// own key material, over this row's version and the version and state of every row of its
+    /// tenant and domain. `None` once destroyed (the live rows' tags cover a destroyed row).
+    pub tag: Option<[u8; 32]>,
 }
 
 impl DomainKeyRecord {
     fn label(&self) -> String {
         format!("{}/{} v{}", self.tenant, self.domain, self.version)
     }
+}
+
+const KEY_SET_LABEL: &[u8] = b"kluis/domain-key-set/v1";
+const KEY_SET_TAG_INFO: &[u8] = b"kluis/domain-key-set-tag/v1";
+
+const fn state_byte(s: KeyState) -> u8 {
+    match s {
+        KeyState::Active => 1,
+        KeyState::DecryptOnly => 2,
+        KeyState::Destroyed => 3,
+    }
+}
+
+/// The set a state tag covers: `label || u16-len tenant || u16-len domain || u32 count ||
+/// (u32 version || u8 state)*` in version order (docs/FORMAT.md §7.5).
+fn key_set_manifest(records: &[DomainKeyRecord]) -> Result<Vec<u8>> {
+    let first = records.first().ok_or_else(|| Error::invalid("domain key set", "no versions"))?;
+    let mut versions: Vec<(u32, KeyState)> = records.iter().map(|r| (r.version, r.state)).collect();
+    versions.sort_unstable_by_key(|(v, _)| *v);
+    let count = u32::try_from(versions.len()).map_err(|_| Error::LimitReached("domain key versions"))?;
+    let mut out =
+        labelled_ad(KEY_SET_LABEL, &[first.tenant.as_str().as_bytes(), first.domain.as_str().as_bytes()])?;
+    out.extend_from_slice(&count.to_be_bytes());
+    for (v, s) in versions {
+        out.extend_from_slice(&v.to_be_bytes());
+        out.push(state_byte(s));
+    }
+    Ok(out)
+}
+
+/// The state tag of `version` over `manifest`, under a key derived from that version's material.
+fn key_set_tag(material: &KeyMaterial, backend: Backend, manifest: &[u8], version: u32) -> Result<[u8; 32]> {
+    let prk = crate::crypto::Prk::new(backend, material)?;
+    let mut k = zeroize::Zeroizing::new([0u8; 32]);
+    prk.expand(&[KEY_SET_TAG_INFO], k.as_mut_slice())?;
+    Ok(crate::crypto::hmac_sha256_with(backend, k.as_slice(), &[manifest, &version.to_be_bytes()]))
+}
+
+/// Sets the tag of every live record of one (tenant, domain) over the set `records` describes;
+/// destroyed records get none. `key_of` gives the material of a live version.
+fn tag_records_with<'k>(
+    records: &mut [DomainKeyRecord],
+    backend: Backend,
+    key_of: impl Fn(u32) -> Option<&'k KeyMaterial>,
+) -> Result<()> {
+    validate_versions(records)?;
+    let manifest = key_set_manifest(records)?;
+    for r in records.iter_mut() {
+        r.tag = match r.state {
+            KeyState::Destroyed => None,
+            KeyState::Active | KeyState::DecryptOnly => {
+                let k = key_of(r.version).ok_or_else(|| {
+                    Error::ApiMisuse("tagging a domain key version whose key is not at hand")
+                })?;
+                Some(key_set_tag(k, backend, &manifest, r.version)?)
+            }
+        };
+    }
+    Ok(())
 }
 
 /// Creates version `version` of a domain key: fresh random key material, wrapped by the provider's
@@ -221,13 +307,16 @@ pub async fn new_domain_key(
     let key = KeyMaterial::generate()?;
     let aad = domain_key_ad(tenant, domain, version)?;
     let wrapped = provider.wrap(&aad, &key).await?;
-    let rec = DomainKeyRecord {
+    let mut rec = DomainKeyRecord {
         tenant: tenant.clone(),
         domain: domain.clone(),
         version,
         state: KeyState::Active,
         wrapped: Some(wrapped),
+        tag: None,
     };
+    // Tagged as the only version of its set (what version 1 is); a rotation retags every row.
+    tag_records_with(std::slice::from_mut(&mut rec), Backend::preferred(), |_| Some(&key))?;
     Ok((rec, key))
 }
 
@@ -271,15 +360,16 @@ pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<u32>> {
 }
 
 /// Rotation: creates the next version as active and turns the current active one decrypt-only.
-/// `records` is updated in place; the new record is also returned (with its key) for persisting.
-/// A store persists all changed records in one transaction.
+/// `set` must be the unwrapped (and so verified) set of `records`. `records` is updated in
+/// place, every live record retagged over the new set; the new record is also returned (with its
+/// key). A store persists all changed records in one transaction.
 pub async fn rotate_domain_key(
     provider: &dyn RootKeyProvider,
-    tenant: &TenantId,
-    domain: &DomainName,
+    set: &DomainKeySet,
     records: &mut Vec<DomainKeyRecord>,
 ) -> Result<(DomainKeyRecord, KeyMaterial)> {
     validate_versions(records)?;
+    set.check_matches(records)?;
     let next = records
         .iter()
         .map(|r| r.version)
@@ -287,24 +377,27 @@ pub async fn rotate_domain_key(
         .unwrap_or(0)
         .checked_add(1)
         .ok_or_else(|| Error::LimitReached("domain key versions exhausted"))?;
-    let (rec, key) = new_domain_key(provider, tenant, domain, next).await?;
+    let (rec, key) = new_domain_key(provider, &set.tenant, &set.domain, next).await?;
     for r in records.iter_mut() {
         if r.state == KeyState::Active {
             r.state = KeyState::DecryptOnly;
         }
     }
-    records.push(rec.clone());
+    records.push(rec);
+    set.tag_records(records, Some((next, &key)))?;
+    let rec = records.last().cloned().ok_or_else(|| Error::ApiMisuse("rotation lost its record"))?;
     Ok((rec, key))
 }
 
 /// Destroys a version: drops the wrapped key and marks it destroyed. Refuses the active version
-/// (rotate first).
+/// (rotate first). Retag the set afterwards ([`DomainKeySet::tag_records`]).
 pub fn destroy_domain_key(record: &mut DomainKeyRecord) -> Result<()> {
     if record.state == KeyState::Active {
         return Err(Error::invalid("key state", "the active version cannot be destroyed; rotate first"));
     }
     record.state = KeyState::Destroyed;
     record.wrapped = None;
+    record.tag = None;
     Ok(())
 }
 
@@ -355,7 +448,106 @@ impl DomainKeySet {
     }
 
     /// As [`DomainKeySet::unwrap`], choosing suite (for new writes) and backend.
+    ///
+    /// Every live record's state tag is verified against the set the records describe (its
+    /// versions and their states): a state changed, a version added, removed or revived outside
+    /// Kluis gives [`Error::KeyStateTampered`] naming the row.
     pub async fn unwrap_with(
+        provider: &dyn RootKeyProvider,
+        records: &[DomainKeyRecord],
+        suite: Suite,
+        backend: Backend,
+    ) -> Result<Self> {
+        let set = Self::unwrap_unverified(provider, records, suite, backend).await?;
+        set.verify_tags(records)?;
+        Ok(set)
+    }
+
+    /// Adopts a set written before state tags existed (every record untagged): unwraps it,
+    /// trusting the states as they are now, and tags `records` in place for persisting. Refuses a
+    /// set of which any record is tagged (a partly untagged set was altered). For an explicit,
+    /// operator-run upgrade only (`kluis keys adopt`).
+    pub async fn adopt_untagged(
+        provider: &dyn RootKeyProvider,
+        records: &mut [DomainKeyRecord],
+    ) -> Result<Self> {
+        if let Some(r) = records.iter().find(|r| r.tag.is_some()) {
+            return Err(Error::KeyStateTampered {
+                key: r.label(),
+                reason: "the set is partly tagged: only a set without any state tag can be adopted",
+            });
+        }
+        let set = Self::unwrap_unverified(provider, records, Suite::default(), Backend::preferred()).await?;
+        set.tag_records(records, None)?;
+        Ok(set)
+    }
+
+    /// Verifies every live record's state tag against the set `records` describes.
+    fn verify_tags(&self, records: &[DomainKeyRecord]) -> Result<()> {
+        let manifest = key_set_manifest(records)?;
+        for r in records {
+            match (r.state, &r.tag) {
+                (KeyState::Destroyed, None) => {}
+                (KeyState::Destroyed, Some(_)) => {
+                    return Err(Error::KeyStateTampered {
+                        key: r.label(),
+                        reason: "a destroyed version carries a state tag",
+                    });
+                }
+                (_, None) => {
+                    return Err(Error::KeyStateTampered {
+                        key: r.label(),
+                        reason: "the row has no state tag (written before state tags: run `kluis keys adopt` once, or it was removed)",
+                    });
+                }
+                (_, Some(tag)) => {
+                    let key = self.key(r.version)?;
+                    let expected = key_set_tag(key.material(), key.backend(), &manifest, r.version)?;
+                    if !crate::secret::ct_eq(&expected, tag) {
+                        return Err(Error::KeyStateTampered {
+                            key: r.label(),
+                            reason: "its state, or the versions and states of its set, were altered outside Kluis (state tag mismatch)",
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the state tag of every live record in `records` (all versions of this set's tenant
+    /// and domain) over the set they describe, with this set's keys and `fresh` (a version not
+    /// in this set yet, with its key). Destroyed records get none.
+    pub fn tag_records(
+        &self,
+        records: &mut [DomainKeyRecord],
+        fresh: Option<(u32, &KeyMaterial)>,
+    ) -> Result<()> {
+        if records.iter().any(|r| r.tenant != self.tenant || r.domain != self.domain) {
+            return Err(Error::ApiMisuse("tagging records of another tenant or domain"));
+        }
+        let backend = self.backend_of_active();
+        tag_records_with(records, backend, |v| match fresh {
+            Some((fv, k)) if fv == v => Some(k),
+            _ => self.keys.get(&v).and_then(|(_, k)| k.as_ref()).map(SealKey::material),
+        })
+    }
+
+    /// Checks that `records` are the versions this set was unwrapped from, in the same states.
+    fn check_matches(&self, records: &[DomainKeyRecord]) -> Result<()> {
+        let mine = self.versions();
+        let theirs: Vec<(u32, KeyState)> = {
+            let mut v: Vec<(u32, KeyState)> = records.iter().map(|r| (r.version, r.state)).collect();
+            v.sort_unstable_by_key(|(v, _)| *v);
+            v
+        };
+        if records.iter().any(|r| r.tenant != self.tenant || r.domain != self.domain) || mine != theirs {
+            return Err(Error::ApiMisuse("the records are not the versions this key set was unwrapped from"));
+        }
+        Ok(())
+    }
+
+    async fn unwrap_unverified(
         provider: &dyn RootKeyProvider,
         records: &[DomainKeyRecord],
         suite: Suite,
@@ -916,5 +1108,17 @@ impl<P: RootKeyProvider> RootKeyProvider for CachingProvider<P> {
 
     fn generation(&self) -> Option<u64> {
         self.inner.generation()
+    }
+
+    fn is_legacy(&self, wrapped: &WrappedKey) -> bool {
+        self.inner.is_legacy(wrapped)
+    }
+
+    fn unwrap_legacy<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a WrappedKey,
+    ) -> BoxFuture<'a, Result<KeyMaterial>> {
+        self.inner.unwrap_legacy(aad, wrapped)
     }
 }

@@ -110,7 +110,8 @@ async fn main() -> Res<()> {
     );
 
     // Rotation: v2 becomes active, v1 decrypt-only; old data still opens.
-    rotate_domain_key(&root, &acme, &medical, &mut medical_records).await?;
+    let before = DomainKeySet::unwrap(&root, &medical_records).await?;
+    rotate_domain_key(&root, &before, &mut medical_records).await?;
     let rotated = DomainKeySet::unwrap(&root, &medical_records).await?;
     println!(
         "7. medical key rotated: versions {:?}; ar-17 diagnosis still opens: {}",

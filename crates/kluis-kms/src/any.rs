@@ -112,4 +112,16 @@ impl RootKeyProvider for AnyProvider {
     fn generation(&self) -> Option<u64> {
         self.inner().generation()
     }
+
+    fn is_legacy(&self, wrapped: &kluis_core::WrappedKey) -> bool {
+        self.inner().is_legacy(wrapped)
+    }
+
+    fn unwrap_legacy<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a kluis_core::WrappedKey,
+    ) -> kluis_core::keys::BoxFuture<'a, kluis_core::Result<kluis_core::KeyMaterial>> {
+        self.inner().unwrap_legacy(aad, wrapped)
+    }
 }

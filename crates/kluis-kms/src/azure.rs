@@ -7,11 +7,26 @@
 //! with the expected hash in constant time. A wrapped key moved to another tenant, domain or
 //! version unwraps at Key Vault but is refused here; the key material is never returned.
 //!
+//! RSA-OAEP encrypts under the key's **public** half, so anyone who can read it (keys/get) could
+//! build a wrapped key for a key of their choosing. RSA wraps are therefore **signed**: after
+//! `wrapKey`, Kluis has Key Vault sign (`sign`, PS256, same key version) the SHA-256 of
+//! `"kluis/azure-kv-wrap/v2" || u8 id length || version id || SHA-256(label, aad) || ciphertext`,
+//! and unwrap verifies that signature locally with the version's public key (fetched once per
+//! version and kept) before it asks Key Vault to unwrap. A row built from the public key alone
+//! has no valid signature and is refused ([`ProviderErrorKind::UnwrapRefused`]; the store reports
+//! it as a key integrity error naming the row). AES key wrap needs no signature: only the HSM can
+//! wrap under its key.
+//!
 //! Versions: the Key Vault key version (a 32-hex-digit id) is the root key version. Kluis records
 //! it as a number, the version's position (from 1) in the key's versions ordered by creation
 //! time (Key Vault never deletes a single version, so positions never change), and keeps the id
-//! itself in the wrapped bytes: `0x01 | alg (1 = RSA-OAEP-256, 2 = A256KW) | u8 id length | id |
-//! Key Vault ciphertext`. Unwrap always names the exact version that wrapped.
+//! itself in the wrapped bytes (docs/KMS.md):
+//! - RSA, envelope 2: `0x02 | 0x01 | u8 id length | id | u16 ciphertext length | ciphertext |
+//!   signature` (the signature runs to the end);
+//! - AES key wrap, envelope 1: `0x01 | 0x02 | u8 id length | id | Key Vault ciphertext`.
+//!
+//! Envelope 1 with the RSA algorithm (written by Kluis 0.1, unsigned) is refused by unwrap; it
+//! opens only through [`RootKeyProvider::unwrap_legacy`] in `kluis keys adopt`, which rewraps it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,7 +35,8 @@ use std::sync::Arc;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, StatusCode};
 use azure_security_keyvault_keys::models::{
-    EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientWrapKeyOptions, KeyOperationParameters, KeyType,
+    EncryptionAlgorithm, KeyClientGetKeyOptions, KeyClientSignOptions, KeyClientWrapKeyOptions,
+    KeyOperationParameters, KeyType, SignParameters, SignatureAlgorithm,
 };
 use azure_security_keyvault_keys::{KeyClient, KeyClientOptions, ResourceId};
 use futures_util::TryStreamExt;
@@ -36,10 +52,14 @@ use crate::aws::DisplayOnly;
 use crate::config::AzureKeyVaultConfig;
 use crate::util::{provider_error, provider_error_from, sha256_labelled, unwrap_in_chunks};
 
-const ENVELOPE_VERSION: u8 = 1;
+/// Envelope 1: unsigned (A256KW; RSA only as the legacy form).
+const ENVELOPE_V1: u8 = 1;
+/// Envelope 2: RSA-OAEP-256 with a Key Vault signature.
+const ENVELOPE_V2: u8 = 2;
 const ALG_RSA_OAEP_256: u8 = 1;
 const ALG_A256KW: u8 = 2;
 const BIND_LABEL: &[u8] = b"kluis/azure-kv-wrap/v1";
+const SIGN_LABEL: &[u8] = b"kluis/azure-kv-wrap/v2";
 const BOUND_LEN: usize = KEY_LEN + 32;
 
 /// Root keys in Azure Key Vault or Managed HSM.
@@ -53,6 +73,8 @@ pub struct AzureKeyVaultProvider {
     deadline: std::time::Duration,
     /// Key Vault version id → position (root key version), learnt from the versions list.
     versions: Mutex<HashMap<String, u32>>,
+    /// Key Vault version id → RSA public key (modulus, exponent), for verifying wrap signatures.
+    public_keys: Mutex<HashMap<String, Arc<RsaPublic>>>,
 }
 
 impl fmt::Debug for AzureKeyVaultProvider {
@@ -60,6 +82,9 @@ impl fmt::Debug for AzureKeyVaultProvider {
         f.debug_struct("AzureKeyVaultProvider").field("root_key_id", &self.root_key_id).finish()
     }
 }
+
+/// An RSA public key as Key Vault's JWK gives it: big-endian modulus and exponent.
+type RsaPublic = (Vec<u8>, Vec<u8>);
 
 /// The current (primary) key version as Key Vault reports it.
 #[derive(Debug, Clone)]
@@ -103,6 +128,7 @@ impl AzureKeyVaultProvider {
             concurrency: retry.concurrency.max(1),
             deadline: retry.max_total,
             versions: Mutex::new(HashMap::new()),
+            public_keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -223,20 +249,109 @@ impl AzureKeyVaultProvider {
         }
         let ct = res.result.ok_or_else(|| provider_error(&self.root_key_id, ProviderErrorKind::Other))?;
         let id_len = u8::try_from(cur.id.len()).map_err(|_| Error::LimitReached("key vault version id"))?;
-        let mut ciphertext = Vec::with_capacity(3 + cur.id.len() + ct.len());
-        ciphertext.push(ENVELOPE_VERSION);
-        ciphertext.push(cur.alg);
-        ciphertext.push(id_len);
-        ciphertext.extend_from_slice(cur.id.as_bytes());
-        ciphertext.extend_from_slice(&ct);
+        let ciphertext = if cur.alg == ALG_RSA_OAEP_256 {
+            let ct_len = u16::try_from(ct.len()).map_err(|_| Error::LimitReached("key vault ciphertext"))?;
+            let sig = self.sign(&cur.id, &signed_digest(&cur.id, aad, &ct)).await?;
+            let mut out = Vec::with_capacity(5 + cur.id.len() + ct.len() + sig.len());
+            out.extend_from_slice(&[ENVELOPE_V2, cur.alg, id_len]);
+            out.extend_from_slice(cur.id.as_bytes());
+            out.extend_from_slice(&ct_len.to_be_bytes());
+            out.extend_from_slice(&ct);
+            out.extend_from_slice(&sig);
+            out
+        } else {
+            let mut out = Vec::with_capacity(3 + cur.id.len() + ct.len());
+            out.extend_from_slice(&[ENVELOPE_V1, cur.alg, id_len]);
+            out.extend_from_slice(cur.id.as_bytes());
+            out.extend_from_slice(&ct);
+            out
+        };
         Ok(WrappedKey { root_key_id: self.root_key_id.clone(), root_version: position, ciphertext })
     }
 
-    async fn unwrap_inner(&self, aad: &[u8], w: &WrappedKey) -> Result<KeyMaterial> {
+    /// Key Vault signs `digest` (PS256) with version `id` of the key.
+    async fn sign(&self, id: &str, digest: &[u8; 32]) -> Result<Vec<u8>> {
+        let params =
+            SignParameters { algorithm: Some(SignatureAlgorithm::Ps256), value: Some(digest.to_vec()) };
+        let opts = KeyClientSignOptions { key_version: Some(id.to_owned()), ..Default::default() };
+        let res = self
+            .client
+            .sign(&self.config.key_name, params.try_into().map_err(|e| self.err(e))?, Some(opts))
+            .await
+            .map_err(|e| self.err(e))?
+            .into_model()
+            .map_err(|e| self.err(e))?;
+        res.result.ok_or_else(|| provider_error(&self.root_key_id, ProviderErrorKind::Other))
+    }
+
+    /// The RSA public key of version `id` (fetched once, then kept: a version's key never changes).
+    async fn public_key(&self, id: &str) -> Result<Arc<RsaPublic>> {
+        if let Some(k) = self.public_keys.lock().await.get(id) {
+            return Ok(k.clone());
+        }
+        let opts = KeyClientGetKeyOptions { key_version: Some(id.to_owned()), ..Default::default() };
+        let key = self
+            .client
+            .get_key(&self.config.key_name, Some(opts))
+            .await
+            .map_err(|e| self.err(e))?
+            .into_model()
+            .map_err(|e| self.err(e))?;
+        let jwk = key.key.ok_or_else(|| provider_error(&self.root_key_id, ProviderErrorKind::Other))?;
+        if jwk.kid.as_deref().and_then(version_of).as_deref() != Some(id) {
+            return Err(provider_error_from(
+                &self.root_key_id,
+                ProviderErrorKind::Other,
+                DisplayOnly("key vault answered with another key version than asked".to_owned()),
+            ));
+        }
+        let (Some(n), Some(e)) = (jwk.n, jwk.e) else {
+            return Err(provider_error_from(
+                &self.root_key_id,
+                ProviderErrorKind::UnwrapRefused,
+                DisplayOnly("the key version that signed the wrap is not an rsa key".to_owned()),
+            ));
+        };
+        let k = Arc::new((n, e));
+        self.public_keys.lock().await.insert(id.to_owned(), k.clone());
+        Ok(k)
+    }
+
+    /// Verifies an envelope-2 signature with the version's public key.
+    async fn verify_signature(&self, id: &str, aad: &[u8], ct: &[u8], sig: &[u8]) -> Result<()> {
+        let key = self.public_key(id).await?;
+        let msg = signed_message(id, aad, ct);
+        let public = ring::signature::RsaPublicKeyComponents { n: &key.0, e: &key.1 };
+        public.verify(&ring::signature::RSA_PSS_2048_8192_SHA256, &msg, sig).map_err(|_| {
+            tracing::warn!(provider = %self.root_key_id, "azure wrapped key: signature does not verify (forged or altered)");
+            provider_error_from(
+                &self.root_key_id,
+                ProviderErrorKind::UnwrapRefused,
+                DisplayOnly("the wrapped key's signature does not verify: the row was forged or altered".to_owned()),
+            )
+        })
+    }
+
+    async fn unwrap_inner(&self, aad: &[u8], w: &WrappedKey, allow_legacy: bool) -> Result<KeyMaterial> {
         if w.root_key_id != self.root_key_id {
             return Err(Error::UnknownKey { key: format!("root key {:?}", w.root_key_id) });
         }
-        let (alg, id, ct) = parse_envelope(&w.ciphertext)?;
+        let env = parse_envelope(&w.ciphertext)?;
+        match (env.alg, env.signature) {
+            (ALG_RSA_OAEP_256, Some(sig)) => self.verify_signature(env.id, aad, env.ct, sig).await?,
+            (ALG_RSA_OAEP_256, None) if allow_legacy => {}
+            (ALG_RSA_OAEP_256, None) => {
+                return Err(provider_error_from(
+                    &self.root_key_id,
+                    ProviderErrorKind::UnwrapRefused,
+                    DisplayOnly(
+                        "unsigned rsa wrap (envelope 1, forgeable with the public key): refused; `kluis keys adopt` rewraps rows an operator has checked".to_owned(),
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        let (alg, id, ct) = (env.alg, env.id, env.ct);
         let params = Self::params(alg, ct.to_vec())?;
         let res = self
             .client
@@ -260,21 +375,64 @@ impl AzureKeyVaultProvider {
     }
 }
 
-fn parse_envelope(b: &[u8]) -> Result<(u8, &str, &[u8])> {
+/// A parsed wrapped-key envelope.
+struct Envelope<'a> {
+    alg: u8,
+    id: &'a str,
+    ct: &'a [u8],
+    /// Envelope 2 only.
+    signature: Option<&'a [u8]>,
+}
+
+fn parse_envelope(b: &[u8]) -> Result<Envelope<'_>> {
     let bad = |reason| Error::Malformed { what: "azure wrapped key", reason };
     let (&[v, alg, n], rest) = b.split_first_chunk::<3>().ok_or(bad("too short"))?;
-    if v != ENVELOPE_VERSION {
+    if v != ENVELOPE_V1 && v != ENVELOPE_V2 {
         return Err(Error::UnsupportedVersion { what: "azure wrapped key", version: u16::from(v) });
+    }
+    if alg != ALG_RSA_OAEP_256 && alg != ALG_A256KW {
+        return Err(bad("unknown algorithm"));
     }
     if rest.len() <= usize::from(n) {
         return Err(bad("too short"));
     }
-    let (id, ct) = rest.split_at(usize::from(n));
+    let (id, rest) = rest.split_at(usize::from(n));
     let id = std::str::from_utf8(id).map_err(|_| bad("version id is not text"))?;
     if id.is_empty() || !id.bytes().all(|c| c.is_ascii_alphanumeric()) {
         return Err(bad("bad version id"));
     }
-    Ok((alg, id, ct))
+    if v == ENVELOPE_V1 {
+        return Ok(Envelope { alg, id, ct: rest, signature: None });
+    }
+    if alg != ALG_RSA_OAEP_256 {
+        return Err(bad("envelope 2 is for rsa keys only"));
+    }
+    let (len, rest) = rest.split_first_chunk::<2>().ok_or(bad("too short"))?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    if len == 0 || rest.len() <= len {
+        return Err(bad("too short"));
+    }
+    let (ct, signature) = rest.split_at(len);
+    Ok(Envelope { alg, id, ct, signature: Some(signature) })
+}
+
+/// What Key Vault signs for an RSA wrap: binds the version id, the associated data and the
+/// ciphertext.
+fn signed_message(id: &str, aad: &[u8], ct: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGN_LABEL.len() + 1 + id.len() + 32 + ct.len());
+    m.extend_from_slice(SIGN_LABEL);
+    // The id is at most 255 bytes (parse_envelope and wrap_inner check it).
+    m.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    m.extend_from_slice(id.as_bytes());
+    m.extend_from_slice(&sha256_labelled(BIND_LABEL, aad));
+    m.extend_from_slice(ct);
+    m
+}
+
+/// SHA-256 of [`signed_message`]: the digest Key Vault's PS256 signs.
+fn signed_digest(id: &str, aad: &[u8], ct: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(signed_message(id, aad, ct)).into()
 }
 
 /// The version id at the end of a key id URL (`https://VAULT/keys/NAME/VERSION`).
@@ -342,7 +500,7 @@ impl RootKeyProvider for AzureKeyVaultProvider {
             let wrapped = self.bounded(self.wrap_inner(aad, key)).await?;
             // INVARIANT: nothing is handed back for storing unless it unwraps again now (a key
             // version that allows wrapKey but not unwrapKey would otherwise lose data).
-            let back = self.bounded(self.unwrap_inner(aad, &wrapped)).await?;
+            let back = self.bounded(self.unwrap_inner(aad, &wrapped, false)).await?;
             if back != *key {
                 return Err(provider_error(&self.root_key_id, ProviderErrorKind::UnwrapRefused));
             }
@@ -355,8 +513,25 @@ impl RootKeyProvider for AzureKeyVaultProvider {
         items: &'a [UnwrapRequest<'a>],
     ) -> BoxFuture<'a, Result<Vec<Result<KeyMaterial>>>> {
         Box::pin(unwrap_in_chunks(items, self.concurrency, move |i| {
-            self.bounded(self.unwrap_inner(i.aad, i.wrapped))
+            self.bounded(self.unwrap_inner(i.aad, i.wrapped, false))
         }))
+    }
+
+    fn is_legacy(&self, wrapped: &WrappedKey) -> bool {
+        wrapped.root_key_id == self.root_key_id
+            && parse_envelope(&wrapped.ciphertext)
+                .is_ok_and(|e| e.alg == ALG_RSA_OAEP_256 && e.signature.is_none())
+    }
+
+    fn unwrap_legacy<'a>(
+        &'a self,
+        aad: &'a [u8],
+        wrapped: &'a WrappedKey,
+    ) -> BoxFuture<'a, Result<KeyMaterial>> {
+        Box::pin(async move {
+            tracing::warn!(provider = %self.root_key_id, "azure key vault: unwrapping an unsigned legacy rsa wrap for adoption");
+            self.bounded(self.unwrap_inner(aad, wrapped, true)).await
+        })
     }
 }
 

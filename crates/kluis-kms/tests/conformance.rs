@@ -103,7 +103,7 @@ pub async fn domain_keys_seal_and_rotate(p: &dyn RootKeyProvider) {
     let set = DomainKeySet::unwrap(p, &recs).await.unwrap();
     let ctx = Context { tenant: &t, domain: &d, collection: "absence", field: "diagnosis", record: "r1" };
     let sealed = set.seal(&ctx, CANARY).unwrap();
-    rotate_domain_key(p, &t, &d, &mut recs).await.unwrap();
+    rotate_domain_key(p, &set, &mut recs).await.unwrap();
     let set2 = DomainKeySet::unwrap(p, &recs).await.unwrap();
     assert_eq!(set2.active_version(), Some(2));
     assert_eq!(set2.open(&ctx, &sealed).unwrap().expose_secret(), CANARY);

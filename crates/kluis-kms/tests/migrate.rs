@@ -12,7 +12,7 @@
 mod common;
 
 use common::*;
-use kluis_core::keys::{destroy_domain_key, new_domain_key};
+use kluis_core::keys::{destroy_domain_key, new_domain_key, rotate_domain_key};
 use kluis_core::{Context, DomainKeyRecord, DomainKeySet, Error, KeyState, LocalKeyring, RootKeyProvider};
 use kluis_kms::migrate_root;
 
@@ -20,17 +20,19 @@ async fn records(p: &dyn RootKeyProvider) -> Vec<DomainKeyRecord> {
     let mut out = Vec::new();
     for tn in ["acme", "globex"] {
         for dn in ["medical", "general"] {
-            for v in 1..=2 {
-                let (mut r, _) = new_domain_key(p, &tenant(tn), &domain(dn), v).await.unwrap();
-                if v == 1 {
-                    r.state = KeyState::DecryptOnly;
-                }
-                out.push(r);
+            let mut recs = vec![new_domain_key(p, &tenant(tn), &domain(dn), 1).await.unwrap().0];
+            let set = DomainKeySet::unwrap(p, &recs).await.unwrap();
+            rotate_domain_key(p, &set, &mut recs).await.unwrap();
+            assert_eq!(recs[0].state, KeyState::DecryptOnly);
+            if out.is_empty() {
+                // One destroyed version (crypto-shredded): nothing to migrate, stays destroyed.
+                let set = DomainKeySet::unwrap(p, &recs).await.unwrap();
+                destroy_domain_key(&mut recs[0]).unwrap();
+                set.tag_records(&mut recs, None).unwrap();
             }
+            out.extend(recs);
         }
     }
-    // One destroyed version (crypto-shredded): nothing to migrate, stays destroyed.
-    destroy_domain_key(&mut out[0]).unwrap();
     out
 }
 

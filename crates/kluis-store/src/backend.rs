@@ -168,6 +168,16 @@ pub enum WriteOp {
     },
 }
 
+/// A domain key row as read (`old`) and as it is to be written (`new`): the write happens only if
+/// the row still holds `old`'s state, wrapped key and tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRowUpdate {
+    /// The row as read.
+    pub old: DomainKeyRow,
+    /// The row to write (same tenant, domain and version).
+    pub new: DomainKeyRow,
+}
+
 /// A stored domain key row (the wrapped key in [`kluis_core::WrappedKey::to_bytes`] form).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DomainKeyRow {
@@ -181,6 +191,9 @@ pub struct DomainKeyRow {
     pub state: String,
     /// Wrapped key; `None` once destroyed.
     pub wrapped: Option<Vec<u8>>,
+    /// State tag ([`kluis_core::DomainKeyRecord::tag`]); `None` once destroyed, or in a row written
+    /// before state tags.
+    pub tag: Option<Vec<u8>>,
 }
 
 /// A stored subject key row.
@@ -537,22 +550,29 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
     fn reencrypt_subject(&self, plan: ReencryptPlan)
     -> impl Future<Output = Result<ReencryptOutcome>> + Send;
 
-    /// Rotation: turns `old_active` (if given) from active to decrypt-only and inserts `new`
-    /// (active), in one transaction; [`StoreError::KeyChanged`] if `old_active` is no longer the
-    /// active version.
+    /// Rotation: applies `updates` (the old active version turned decrypt-only, every live row
+    /// retagged) and inserts `new` (active), in one transaction; [`StoreError::KeyChanged`] if any
+    /// updated row is no longer as read or `new`'s version exists.
     fn rotate_domain_keys(
         &self,
-        old_active: Option<i64>,
+        updates: Vec<KeyRowUpdate>,
         new: DomainKeyRow,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Replaces domain key rows (state, wrapped key, tag), each only if it is still as read, in
+    /// one transaction ([`StoreError::KeyChanged`] and nothing written otherwise).
+    fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> impl Future<Output = Result<()>> + Send;
+
     /// Destroys a decrypt-only version in one transaction, refusing with
-    /// [`StoreError::KeyInUse`] while anything depends on it.
+    /// [`StoreError::KeyInUse`] while anything depends on it. `retag` holds the destroyed row
+    /// (state `destroyed`, no wrapped key, no tag) and every other live row retagged over the new
+    /// set, each written only if it is still as read.
     fn destroy_domain_version(
         &self,
         tenant: &str,
         domain: &str,
         version: i64,
+        retag: Vec<KeyRowUpdate>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Replaces the wrapped bytes of domain key rows, each only if it still holds the given old
@@ -653,18 +673,21 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "audit", include_str!("../migrations/sqlite/0002_audit.sql")),
     (3, "key_versions", include_str!("../migrations/sqlite/0003_key_versions.sql")),
     (4, "access", include_str!("../migrations/sqlite/0004_access.sql")),
+    (5, "key_tags", include_str!("../migrations/sqlite/0005_key_tags.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
     (2, "audit", include_str!("../migrations/postgres/0002_audit.sql")),
     (3, "key_versions", include_str!("../migrations/postgres/0003_key_versions.sql")),
     (4, "access", include_str!("../migrations/postgres/0004_access.sql")),
+    (5, "key_tags", include_str!("../migrations/postgres/0005_key_tags.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
     (2, "audit", include_str!("../migrations/mysql/0002_audit.sql")),
     (3, "key_versions", include_str!("../migrations/mysql/0003_key_versions.sql")),
     (4, "access", include_str!("../migrations/mysql/0004_access.sql")),
+    (5, "key_tags", include_str!("../migrations/mysql/0005_key_tags.sql")),
 ];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.
@@ -709,6 +732,15 @@ fn share_lock(e: Engine) -> &'static str {
         Engine::Postgres => " FOR SHARE",
         Engine::MySql => " LOCK IN SHARE MODE",
         Engine::Sqlite => "",
+    }
+}
+
+/// `column` equal to the next bind, NULL equal to NULL.
+fn null_safe_eq(e: Engine, column: &str) -> String {
+    match e {
+        Engine::Postgres => format!("{column} IS NOT DISTINCT FROM ?"),
+        Engine::MySql => format!("{column} <=> ?"),
+        Engine::Sqlite => format!("{column} IS ?"),
     }
 }
 
@@ -1261,7 +1293,7 @@ macro_rules! backend_impl {
 
             async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
                 let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, domain, version, state, wrapped FROM kluis_domain_keys \
+                    "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys \
                      WHERE tenant = ? AND domain = ? ORDER BY version",
                 ))
                 .bind(tenant)
@@ -1276,6 +1308,7 @@ macro_rules! backend_impl {
                             version: r.try_get(2)?,
                             state: Self::text(r, 3)?,
                             wrapped: r.try_get(4)?,
+                            tag: r.try_get(5)?,
                         })
                     })
                     .collect()
@@ -1283,7 +1316,7 @@ macro_rules! backend_impl {
 
             async fn all_domain_keys(&self) -> Result<Vec<DomainKeyRow>> {
                 let rows = sqlx::query::<$db>(
-                    "SELECT tenant, domain, version, state, wrapped FROM kluis_domain_keys ORDER BY tenant, domain, version",
+                    "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys ORDER BY tenant, domain, version",
                 )
                 .fetch_all(&self.pool)
                 .await?;
@@ -1295,6 +1328,7 @@ macro_rules! backend_impl {
                             version: r.try_get(2)?,
                             state: Self::text(r, 3)?,
                             wrapped: r.try_get(4)?,
+                            tag: r.try_get(5)?,
                         })
                     })
                     .collect()
@@ -1307,10 +1341,11 @@ macro_rules! backend_impl {
                         0
                     } else {
                         sqlx::query::<$db>(&$sql(
-                            "UPDATE kluis_domain_keys SET state = ?, wrapped = ? WHERE tenant = ? AND domain = ? AND version = ?",
+                            "UPDATE kluis_domain_keys SET state = ?, wrapped = ?, tag = ? WHERE tenant = ? AND domain = ? AND version = ?",
                         ))
                         .bind(&r.state)
                         .bind(&r.wrapped)
+                        .bind(&r.tag)
                         .bind(&r.tenant)
                         .bind(&r.domain)
                         .bind(r.version)
@@ -1320,13 +1355,14 @@ macro_rules! backend_impl {
                     };
                     if updated == 0 {
                         let res = sqlx::query::<$db>(&$sql(
-                            "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped) VALUES (?, ?, ?, ?, ?)",
+                            "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
                         ))
                         .bind(&r.tenant)
                         .bind(&r.domain)
                         .bind(r.version)
                         .bind(&r.state)
                         .bind(&r.wrapped)
+                        .bind(&r.tag)
                         .execute(&mut *tx)
                         .await;
                         match res {
@@ -1844,31 +1880,18 @@ macro_rules! backend_impl {
                 }
             }
 
-            async fn rotate_domain_keys(&self, old_active: Option<i64>, new: DomainKeyRow) -> Result<()> {
+            async fn rotate_domain_keys(&self, updates: Vec<KeyRowUpdate>, new: DomainKeyRow) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                if let Some(old) = old_active {
-                    let done = sqlx::query::<$db>(&$sql(
-                        "UPDATE kluis_domain_keys SET state = 'decrypt-only' WHERE tenant = ? AND domain = ? AND version = ? AND state = 'active'",
-                    ))
-                    .bind(&new.tenant)
-                    .bind(&new.domain)
-                    .bind(old)
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() != 1 {
-                        return Err(StoreError::KeyChanged {
-                            what: format!("domain key {}/{} v{old} is no longer the active version", new.tenant, new.domain),
-                        });
-                    }
-                }
+                Self::update_key_rows(&mut tx, &updates).await?;
                 let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
                 ))
                 .bind(&new.tenant)
                 .bind(&new.domain)
                 .bind(new.version)
                 .bind(&new.state)
                 .bind(&new.wrapped)
+                .bind(&new.tag)
                 .execute(&mut *tx)
                 .await;
                 match res {
@@ -1884,7 +1907,20 @@ macro_rules! backend_impl {
                 Ok(())
             }
 
-            async fn destroy_domain_version(&self, tenant: &str, domain: &str, version: i64) -> Result<()> {
+            async fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                Self::update_key_rows(&mut tx, &updates).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn destroy_domain_version(
+                &self,
+                tenant: &str,
+                domain: &str,
+                version: i64,
+                retag: Vec<KeyRowUpdate>,
+            ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
                 let sql = format!(
                     "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
@@ -1927,14 +1963,14 @@ macro_rules! backend_impl {
                         documents,
                     });
                 }
-                sqlx::query::<$db>(&$sql(
-                    "UPDATE kluis_domain_keys SET state = 'destroyed', wrapped = NULL WHERE tenant = ? AND domain = ? AND version = ?",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .bind(version)
-                .execute(&mut *tx)
-                .await?;
+                // `retag` holds the destroyed row (state, no wrap, no tag) and every other live row
+                // with its tag over the new set, each written only if it is still as read.
+                if !retag.iter().any(|u| u.new.version == version && u.new.state == "destroyed") {
+                    return Err(StoreError::Invalid(format!(
+                        "destroying {tenant}/{domain} v{version}: the update does not destroy it"
+                    )));
+                }
+                Self::update_key_rows(&mut tx, &retag).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -1965,6 +2001,44 @@ macro_rules! backend_impl {
         }
 
         impl $ty {
+            /// Writes each update only if its row still holds what was read (state, wrapped key
+            /// and tag): a concurrent change makes the whole transaction fail with
+            /// [`StoreError::KeyChanged`].
+            async fn update_key_rows(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                updates: &[KeyRowUpdate],
+            ) -> Result<()> {
+                let sql = format!(
+                    "UPDATE kluis_domain_keys SET state = ?, wrapped = ?, tag = ? \
+                     WHERE tenant = ? AND domain = ? AND version = ? AND state = ? AND {} AND {}",
+                    null_safe_eq($engine, "wrapped"),
+                    null_safe_eq($engine, "tag"),
+                );
+                for u in updates {
+                    if (&u.new.tenant, &u.new.domain, u.new.version) != (&u.old.tenant, &u.old.domain, u.old.version) {
+                        return Err(StoreError::Invalid("a key row update names two rows".into()));
+                    }
+                    let done = sqlx::query::<$db>(&$sql(&sql))
+                        .bind(&u.new.state)
+                        .bind(&u.new.wrapped)
+                        .bind(&u.new.tag)
+                        .bind(&u.old.tenant)
+                        .bind(&u.old.domain)
+                        .bind(u.old.version)
+                        .bind(&u.old.state)
+                        .bind(&u.old.wrapped)
+                        .bind(&u.old.tag)
+                        .execute(&mut *conn)
+                        .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::KeyChanged {
+                            what: format!("domain key {}/{} v{} changed concurrently", u.old.tenant, u.old.domain, u.old.version),
+                        });
+                    }
+                }
+                Ok(())
+            }
+
             async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>> {
                 // SQLite: take the write lock at BEGIN so a read-then-write transaction cannot
                 // fail on a snapshot another writer moved on from.

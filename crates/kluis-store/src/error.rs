@@ -161,6 +161,12 @@ pub enum StoreError {
     /// The store's metadata (e.g. the recorded keyring generation) was altered in the database.
     #[error("store metadata {0} failed its integrity check")]
     MetadataTampered(&'static str),
+    /// The store's metadata is missing although the database holds domain keys: it was deleted
+    /// outside Kluis, or the database was written before Kluis recorded it.
+    #[error(
+        "store metadata {0} is missing although the database holds domain keys: it was deleted, or the database predates it (`kluis keys adopt` records it once checked)"
+    )]
+    MetadataMissing(&'static str),
     /// A stored row does not have the expected shape.
     #[error("corrupt stored {what}: {reason}")]
     Corrupt {

@@ -27,7 +27,7 @@ pub use backend::{Backend, DocumentRow, Engine, MySqlBackend, PostgresBackend, S
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Schema, field};
 pub use store::{
-    Access, Changes, FieldValue, KeyUsage, LegalOverride, MigrationReport, NewRecord, Op, Page, Record,
-    ReencryptProgress, ShredReport, Store, Written, check_id,
+    Access, AdoptReport, Changes, FieldValue, KeyUsage, LegalOverride, MigrationReport, NewRecord, Op, Page,
+    Record, ReencryptProgress, ShredReport, Store, Written, check_id,
 };
 pub use value::Value;

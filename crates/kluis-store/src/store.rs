@@ -14,8 +14,8 @@ use kluis_core::{
 
 use crate::audit::AuditAppend;
 use crate::backend::{
-    Backend, DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, OverrideRow, RecordRow,
-    ReencryptPlan, ReencryptRecord, StoredRecord, SubjectKeyRow, WriteOp,
+    Backend, DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, KeyRowUpdate, OverrideRow,
+    RecordRow, ReencryptPlan, ReencryptRecord, StoredRecord, SubjectKeyRow, WriteOp,
 };
 use crate::error::{Result, StoreError};
 use crate::schema::{Collection, FieldDef, Schema};
@@ -478,6 +478,20 @@ pub struct Store<B: Backend> {
     schema: Arc<Schema>,
     subject_keys: Mutex<SubjectCache>,
     subject_key_ttl: Duration,
+    /// The keyring generation record last opened (value, sealed bytes), so the rollback check at
+    /// every unlock reads one row and opens it only when its bytes changed.
+    generation_seen: Mutex<Option<(u64, Vec<u8>)>>,
+}
+
+/// What [`Store::adopt_legacy_keys`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdoptReport {
+    /// Domain keys rewrapped out of a legacy envelope.
+    pub rewrapped: usize,
+    /// (tenant, domain) sets that got state tags.
+    pub sets_tagged: usize,
+    /// Whether the keyring generation was recorded (it was missing).
+    pub generation_recorded: bool,
 }
 
 impl<B: Backend> fmt::Debug for Store<B> {
@@ -538,14 +552,30 @@ fn key_integrity(what: String, e: kluis_core::Error) -> StoreError {
         | E::UnsupportedVersion { .. }
         | E::UnsupportedSuite(_)
         | E::Provider { kind: ProviderErrorKind::UnwrapRefused, .. } => StoreError::KeyIntegrity { what },
+        E::KeyStateTampered { key, reason } => {
+            StoreError::KeyIntegrity { what: format!("domain key {key}: {reason}") }
+        }
         other => StoreError::Core(other),
     }
+}
+
+/// The updates that turn `old` rows into `new` records (same tenant and domain): every row whose
+/// state, wrapped key or tag changed, each written only if still as read.
+fn key_row_updates(old: &[DomainKeyRow], new: &[DomainKeyRow]) -> Vec<KeyRowUpdate> {
+    new.iter()
+        .filter_map(|n| {
+            let o = old.iter().find(|o| o.version == n.version)?;
+            (o != n).then(|| KeyRowUpdate { old: o.clone(), new: n.clone() })
+        })
+        .collect()
 }
 
 /// Reserved tenant and domain of the store's own metadata key.
 const META_TENANT: &str = "_kluis";
 const META_DOMAIN: &str = "meta";
 const META_GENERATION: &str = "keyring_generation";
+/// First byte of the generation record's format 1 (docs/FORMAT.md §8.6).
+const GENERATION_RECORD_V1: u8 = 0x01;
 
 impl<B: Backend> Store<B> {
     /// A store over `backend` with `schema`. Run [`Store::migrate`] once before use.
@@ -555,6 +585,7 @@ impl<B: Backend> Store<B> {
             schema: Arc::new(schema),
             subject_keys: Mutex::new(SubjectCache::default()),
             subject_key_ttl: DEFAULT_SUBJECT_KEY_TTL,
+            generation_seen: Mutex::new(None),
         }
     }
 
@@ -601,12 +632,21 @@ impl<B: Backend> Store<B> {
                     ),
                     None => None,
                 };
+                let tag = match &r.tag {
+                    Some(t) => {
+                        Some(<[u8; 32]>::try_from(t.as_slice()).map_err(|_| StoreError::KeyIntegrity {
+                            what: format!("{}: the state tag is not 32 bytes", what()),
+                        })?)
+                    }
+                    None => None,
+                };
                 Ok(DomainKeyRecord {
                     tenant: tenant.clone(),
                     domain: domain.clone(),
                     version,
                     state,
                     wrapped,
+                    tag,
                 })
             })
             .collect()
@@ -622,6 +662,7 @@ impl<B: Backend> Store<B> {
                     version: i64::from(r.version),
                     state: r.state.as_str().to_owned(),
                     wrapped: r.wrapped.as_ref().map(WrappedKey::to_bytes).transpose()?,
+                    tag: r.tag.map(|t| t.to_vec()),
                 })
             })
             .collect()
@@ -632,8 +673,75 @@ impl<B: Backend> Store<B> {
         Self::records_from_rows(tenant, domain, &rows)
     }
 
-    /// Creates version 1 of a domain key if the tenant has none for `domain`.
+    /// The rows of (tenant, domain), their records and the unwrapped set (state tags verified).
+    async fn verified_records(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<(Vec<DomainKeyRow>, Vec<DomainKeyRecord>, DomainKeySet)> {
+        let rows = self.backend.domain_keys(tenant.as_str(), domain.as_str()).await?;
+        let records = Self::records_from_rows(tenant, domain, &rows)?;
+        if records.is_empty() {
+            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{tenant}/{domain}"),
+            }));
+        }
+        // Two active versions, a destroyed one still wrapped, ...: the rows were altered.
+        keys::validate_versions(&records)
+            .map_err(|e| StoreError::KeyIntegrity { what: format!("domain key {tenant}/{domain}: {e}") })?;
+        match DomainKeySet::unwrap(provider, &records).await {
+            Ok(set) => Ok((rows, records, set)),
+            Err(e) => Err(Self::name_failing_row(provider, &records, e).await),
+        }
+    }
+
+    /// Turns a failed unwrap of a key set into an error naming the row that failed: a wrapped
+    /// key the provider refuses (forged, altered, moved) is unwrapped alone to find it.
+    async fn name_failing_row(
+        provider: &dyn RootKeyProvider,
+        records: &[DomainKeyRecord],
+        e: kluis_core::Error,
+    ) -> StoreError {
+        use kluis_core::{Error as E, ProviderErrorKind};
+        let per_row = matches!(
+            e,
+            E::Decrypt
+                | E::Malformed { .. }
+                | E::UnsupportedVersion { .. }
+                | E::Provider { kind: ProviderErrorKind::UnwrapRefused, .. }
+        );
+        let set_label =
+            records.first().map(|r| format!("domain key {}/{}", r.tenant, r.domain)).unwrap_or_default();
+        if !per_row {
+            return key_integrity(set_label, e);
+        }
+        for r in records {
+            let Some(w) = &r.wrapped else { continue };
+            let Ok(aad) = keys::domain_key_ad(&r.tenant, &r.domain, r.version) else { continue };
+            if let Err(one) = keys::unwrap_one(provider, &aad, w).await {
+                return key_integrity(
+                    format!("domain key {}/{} v{}: {one}", r.tenant, r.domain, r.version),
+                    one,
+                );
+            }
+        }
+        key_integrity(format!("{set_label}: {e}"), e)
+    }
+
+    /// Creates version 1 of a domain key if the tenant has none for `domain`, after the rollback
+    /// check ([`Store::check_rollback`]).
     pub async fn ensure_domain_key(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<()> {
+        self.check_rollback(provider).await?;
+        self.ensure_domain_key_unchecked(provider, tenant, domain).await
+    }
+
+    async fn ensure_domain_key_unchecked(
         &self,
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
@@ -649,36 +757,42 @@ impl<B: Backend> Store<B> {
         }
     }
 
-    /// Loads and unwraps the domain key set of (tenant, domain). A wrapped key row altered in the
-    /// database gives [`StoreError::KeyIntegrity`].
+    /// Loads and unwraps the domain key set of (tenant, domain), after the rollback check
+    /// ([`Store::check_rollback`]). A wrapped key row altered or forged in the database, or a
+    /// row's state, or the set of versions, changed outside Kluis gives
+    /// [`StoreError::KeyIntegrity`] naming the row.
     pub async fn key_set(
         &self,
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
     ) -> Result<DomainKeySet> {
-        let records = self.domain_records(tenant, domain).await?;
-        if records.is_empty() {
-            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
-                key: format!("{tenant}/{domain}"),
-            }));
-        }
-        DomainKeySet::unwrap(provider, &records)
-            .await
-            .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))
+        self.check_rollback(provider).await?;
+        self.key_set_unchecked(provider, tenant, domain).await
     }
 
-    /// Unlocks the named domains of a tenant (creating version 1 of missing domain keys).
+    async fn key_set_unchecked(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<DomainKeySet> {
+        Ok(self.verified_records(provider, tenant, domain).await?.2)
+    }
+
+    /// Unlocks the named domains of a tenant (creating version 1 of missing domain keys), after
+    /// the rollback check ([`Store::check_rollback`]).
     pub async fn unlock(
         &self,
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domains: &[DomainName],
     ) -> Result<Access> {
+        self.check_rollback(provider).await?;
         let mut access = Access::new(tenant.clone());
         for d in domains {
-            self.ensure_domain_key(provider, tenant, d).await?;
-            access = access.with(self.key_set(provider, tenant, d).await?)?;
+            self.ensure_domain_key_unchecked(provider, tenant, d).await?;
+            access = access.with(self.key_set_unchecked(provider, tenant, d).await?)?;
         }
         Ok(access)
     }
@@ -1549,15 +1663,9 @@ impl<B: Backend> Store<B> {
     ) -> Result<Vec<u32>> {
         let mut tags = Tags::new();
         let tenant = access.tenant.clone();
-        let mut records = self.domain_records(&tenant, domain).await?;
-        let old_active = keys::validate_versions(&records)
-            .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))?;
-        let (new_rec, _) = keys::rotate_domain_key(provider, &tenant, domain, &mut records).await?;
-        let new_row = Self::rows_from_records(std::slice::from_ref(&new_rec))?
-            .pop()
-            .ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
-        self.backend.rotate_domain_keys(old_active.map(i64::from), new_row).await?;
+        let new_rec = self.rotate_verified(provider, &tenant, domain).await?;
         let set = self.key_set(provider, &tenant, domain).await?;
+        let records = self.domain_records(&tenant, domain).await?;
         // Rewrap the remaining subject keys under the new version.
         let rows = self.backend.all_subject_keys(tenant.as_str(), domain.as_str()).await?;
         let mut rewrapped = Vec::with_capacity(rows.len());
@@ -1603,11 +1711,7 @@ impl<B: Backend> Store<B> {
             if r.state != KeyState::DecryptOnly {
                 continue;
             }
-            match self
-                .backend
-                .destroy_domain_version(tenant.as_str(), domain.as_str(), i64::from(r.version))
-                .await
-            {
+            match self.destroy_verified(provider, &tenant, domain, r.version).await {
                 Ok(()) => destroyed.push(r.version),
                 Err(StoreError::KeyInUse { .. }) => tracing::warn!(
                     tenant = %tenant, domain = %domain, version = r.version,
@@ -1630,6 +1734,7 @@ impl<B: Backend> Store<B> {
     /// older database backup unreadable, including the copies of shredded subject keys in it.
     /// Returns how many keys were rewrapped.
     pub async fn rewrap_domain_keys(&self, provider: &dyn RootKeyProvider) -> Result<usize> {
+        self.check_rollback(provider).await?;
         let primary = provider.primary_version().await?;
         let rows = self.backend.all_domain_keys().await?;
         let mut out = Vec::new();
@@ -1785,20 +1890,60 @@ impl<B: Backend> Store<B> {
         tenant: &TenantId,
         domain: &DomainName,
     ) -> Result<u32> {
-        let mut records = self.domain_records(tenant, domain).await?;
-        if records.is_empty() {
-            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
-                key: format!("{tenant}/{domain}"),
-            }));
-        }
-        let old_active = keys::validate_versions(&records)
-            .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))?;
-        let (new_rec, _) = keys::rotate_domain_key(provider, tenant, domain, &mut records).await?;
-        let mut rows = Self::rows_from_records(std::slice::from_ref(&new_rec))?;
-        let row = rows.pop().ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
-        self.backend.rotate_domain_keys(old_active.map(i64::from), row).await?;
+        self.check_rollback(provider).await?;
+        let new_rec = self.rotate_verified(provider, tenant, domain).await?;
         tracing::info!(tenant = %tenant, domain = %domain, version = new_rec.version, "kluis-store domain key rotated");
         Ok(new_rec.version)
+    }
+
+    /// Rotation on a verified set: the new version is inserted and every live row retagged (the
+    /// old active one turned decrypt-only) in one transaction.
+    async fn rotate_verified(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<DomainKeyRecord> {
+        let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
+        let (new_rec, _) = keys::rotate_domain_key(provider, &set, &mut records).await?;
+        let mut rows = Self::rows_from_records(&records)?;
+        let new_row = rows.pop().ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
+        self.backend.rotate_domain_keys(key_row_updates(&old_rows, &rows), new_row).await?;
+        Ok(new_rec)
+    }
+
+    /// Destroys `version` on a verified set, retagging the remaining live rows, in the backend's
+    /// one transaction that checks nothing uses the version.
+    async fn destroy_verified(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+        version: u32,
+    ) -> Result<()> {
+        let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
+        let Some(rec) = records.iter_mut().find(|r| r.version == version) else {
+            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{tenant}/{domain} v{version}"),
+            }));
+        };
+        match rec.state {
+            KeyState::Destroyed => return Ok(()),
+            KeyState::Active => {
+                return Err(StoreError::ActiveKey {
+                    tenant: tenant.to_string(),
+                    domain: domain.to_string(),
+                    version,
+                });
+            }
+            _ => keys::destroy_domain_key(rec)?,
+        }
+        set.tag_records(&mut records, None)?;
+        let rows = Self::rows_from_records(&records)?;
+        let updates = key_row_updates(&old_rows, &rows);
+        self.backend
+            .destroy_domain_version(tenant.as_str(), domain.as_str(), i64::from(version), updates)
+            .await
     }
 
     /// One step of re-encryption after a rotation: up to `max_subjects` subjects whose subject
@@ -1969,11 +2114,13 @@ impl<B: Backend> Store<B> {
     /// document still uses it, and with [`StoreError::ActiveKey`] for the active version.
     pub async fn retire_domain_version(
         &self,
+        provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
         version: u32,
     ) -> Result<()> {
-        self.backend.destroy_domain_version(tenant.as_str(), domain.as_str(), i64::from(version)).await?;
+        self.check_rollback(provider).await?;
+        self.destroy_verified(provider, tenant, domain, version).await?;
         tracing::info!(tenant = %tenant, domain = %domain, version, "kluis-store domain key version retired");
         Ok(())
     }
@@ -2140,40 +2287,179 @@ impl<B: Backend> Store<B> {
     async fn meta_set(&self, provider: &dyn RootKeyProvider) -> Result<DomainKeySet> {
         let tenant = TenantId::new(META_TENANT)?;
         let domain = DomainName::new(META_DOMAIN)?;
-        self.ensure_domain_key(provider, &tenant, &domain).await?;
-        self.key_set(provider, &tenant, &domain).await
+        self.ensure_domain_key_unchecked(provider, &tenant, &domain).await?;
+        self.key_set_unchecked(provider, &tenant, &domain).await
     }
 
     fn meta_ctx<'a>(tenant: &'a TenantId, domain: &'a DomainName) -> Context<'a> {
         Context { tenant, domain, collection: "kluis_meta", field: META_GENERATION, record: "database" }
     }
 
-    /// Compares the provider's keyring generation with the one this database recorded (sealed, so
-    /// an edit by a DBA is detected). A keyring older than the database's record is
-    /// [`kluis_core::Error::KeyringRollback`].
-    pub async fn check_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<GenerationStatus> {
-        let Some(keyring) = provider.generation() else { return Ok(GenerationStatus::InSync) };
-        let set = self.meta_set(provider).await?;
-        let Some(sealed) = self.backend.meta(META_GENERATION).await? else {
-            return Ok(GenerationStatus::DatabaseBehind { keyring, database: 0 });
-        };
-        let ctx = Self::meta_ctx(set.tenant(), set.domain());
-        let pt = set.open(&ctx, &sealed).map_err(|_| StoreError::MetadataTampered(META_GENERATION))?;
-        let b: [u8; 8] =
-            pt.expose_secret().try_into().map_err(|_| StoreError::MetadataTampered(META_GENERATION))?;
-        Ok(keys::check_generation(keyring, u64::from_be_bytes(b))?)
+    /// The rollback check, run whenever keys are unlocked ([`Store::unlock`], [`Store::key_set`]
+    /// and every operation that unwraps or rewraps domain keys). For a provider that keeps a
+    /// generation (the local keyring) it compares that generation with the one this database
+    /// recorded, sealed under the store's metadata key so it cannot be forged:
+    /// - a keyring older than the record: [`kluis_core::Error::KeyringRollback`];
+    /// - a keyring newer than the record (an older record put back, an older database restored,
+    ///   or a keyring change not recorded): [`kluis_core::Error::DatabaseBehindKeyring`];
+    /// - no record while the database holds tenants' domain keys (the record was deleted, or the
+    ///   database predates it): [`StoreError::MetadataMissing`]; on a database without any the
+    ///   generation is recorded now (first use).
+    ///
+    /// A keyring and a database rolled back together to a matching older pair are not detected
+    /// here (SECURITY.md). Providers without a generation (KMS) pass.
+    pub async fn check_rollback(&self, provider: &dyn RootKeyProvider) -> Result<()> {
+        match self.check_keyring_generation(provider).await? {
+            GenerationStatus::InSync => Ok(()),
+            GenerationStatus::DatabaseBehind { keyring, database } => {
+                Err(StoreError::Core(kluis_core::Error::DatabaseBehindKeyring { keyring, database }))
+            }
+        }
     }
 
-    /// Records the provider's current keyring generation (after a root rotation, or at setup).
-    pub async fn record_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<()> {
-        let Some(g) = provider.generation() else { return Ok(()) };
-        if let GenerationStatus::InSync = self.check_keyring_generation(provider).await? {
-            return Ok(());
-        }
+    /// Compares the provider's keyring generation with the one this database recorded (sealed, so
+    /// an edit by a DBA is detected) and reports the outcome: [`GenerationStatus::InSync`], or
+    /// [`GenerationStatus::DatabaseBehind`] (which [`Store::check_rollback`] refuses). A keyring
+    /// older than the record is [`kluis_core::Error::KeyringRollback`]; a missing record on a
+    /// database that holds domain keys is [`StoreError::MetadataMissing`]. On a database without
+    /// domain keys the generation is recorded (first use).
+    pub async fn check_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<GenerationStatus> {
+        let Some(keyring) = provider.generation() else { return Ok(GenerationStatus::InSync) };
+        let Some(sealed) = self.backend.meta(META_GENERATION).await? else {
+            // First use: no tenant key yet (the metadata key may exist: another process that is
+            // recording the generation right now creates it first).
+            if self.backend.tenants().await?.iter().all(|t| t == META_TENANT) {
+                self.write_generation(provider, keyring).await?;
+                return Ok(GenerationStatus::InSync);
+            }
+            return Err(StoreError::MetadataMissing(META_GENERATION));
+        };
+        let (clear, sealed_part) = match sealed.split_first() {
+            // Format 1: 0x01 || u64_be(generation) || sealed(u64_be(generation)): the value in
+            // clear lets a keyring too old to open the record (it lacks the root key version the
+            // metadata key is wrapped under now) be recognised.
+            Some((&GENERATION_RECORD_V1, rest)) => match rest.split_first_chunk::<8>() {
+                Some((g, s)) => (Some(u64::from_be_bytes(*g)), s),
+                None => return Err(StoreError::MetadataTampered(META_GENERATION)),
+            },
+            // Written before format 1: the sealed value alone.
+            _ => (None, sealed.as_slice()),
+        };
+        let verified = self.generation_seen.lock().ok().and_then(|g| g.clone());
+        let opened = match verified {
+            // The same bytes were opened before: no need to unwrap the metadata key again.
+            Some((g, bytes)) if ct_eq(&bytes, &sealed) => Ok(g),
+            _ => self.open_generation(provider, sealed_part).await,
+        };
+        let database = match (opened, clear) {
+            (Ok(g), Some(c)) if g != c => return Err(StoreError::MetadataTampered(META_GENERATION)),
+            (Ok(g), _) => {
+                if let Ok(mut seen) = self.generation_seen.lock() {
+                    *seen = Some((g, sealed.clone()));
+                }
+                g
+            }
+            // A keyring older than the record cannot open it once a root rotation rewrapped the
+            // metadata key: that failure is the rollback.
+            (Err(_), Some(c)) if keyring < c => {
+                return Err(StoreError::Core(kluis_core::Error::KeyringRollback { keyring, database: c }));
+            }
+            (Err(e), _) => return Err(e),
+        };
+        Ok(keys::check_generation(keyring, database)?)
+    }
+
+    async fn open_generation(&self, provider: &dyn RootKeyProvider, sealed: &[u8]) -> Result<u64> {
         let set = self.meta_set(provider).await?;
         let ctx = Self::meta_ctx(set.tenant(), set.domain());
-        let sealed = set.seal(&ctx, &g.to_be_bytes())?;
-        self.backend.set_meta(META_GENERATION, sealed).await
+        let pt = set.open(&ctx, sealed).map_err(|_| StoreError::MetadataTampered(META_GENERATION))?;
+        let b: [u8; 8] =
+            pt.expose_secret().try_into().map_err(|_| StoreError::MetadataTampered(META_GENERATION))?;
+        Ok(u64::from_be_bytes(b))
+    }
+
+    /// Records the provider's current keyring generation: after a keyring change (root rotation,
+    /// new passphrase), at setup, or after checking why the database is behind. Refuses a keyring
+    /// older than the record ([`kluis_core::Error::KeyringRollback`]).
+    pub async fn record_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<()> {
+        let Some(g) = provider.generation() else { return Ok(()) };
+        match self.check_keyring_generation(provider).await {
+            Ok(GenerationStatus::InSync) => Ok(()),
+            Ok(GenerationStatus::DatabaseBehind { .. }) | Err(StoreError::MetadataMissing(_)) => {
+                self.write_generation(provider, g).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_generation(&self, provider: &dyn RootKeyProvider, g: u64) -> Result<()> {
+        let set = self.meta_set(provider).await?;
+        let ctx = Self::meta_ctx(set.tenant(), set.domain());
+        let mut record = Vec::with_capacity(9 + 8 + 80);
+        record.push(GENERATION_RECORD_V1);
+        record.extend_from_slice(&g.to_be_bytes());
+        record.extend_from_slice(&set.seal(&ctx, &g.to_be_bytes())?);
+        self.backend.set_meta(META_GENERATION, record.clone()).await?;
+        if let Ok(mut seen) = self.generation_seen.lock() {
+            *seen = Some((g, record));
+        }
+        Ok(())
+    }
+
+    /// Upgrades a database written before state tags and signed Azure Key Vault wraps, trusting
+    /// its key rows as they are now (an operator checks `kluis keys list` first): every domain
+    /// key in a legacy envelope ([`RootKeyProvider::is_legacy`]) is rewrapped, every set without
+    /// any state tag is tagged, and a missing keyring generation record is written. Sets that are
+    /// already tagged are verified and left alone; a partly tagged set is refused. Each set is
+    /// written in one transaction, only if its rows are still as read. Idempotent.
+    pub async fn adopt_legacy_keys(&self, provider: &dyn RootKeyProvider) -> Result<AdoptReport> {
+        let mut report = AdoptReport::default();
+        if provider.generation().is_some() && self.backend.meta(META_GENERATION).await?.is_none() {
+            self.record_keyring_generation(provider).await?;
+            report.generation_recorded = true;
+        }
+        let all = self.backend.all_domain_keys().await?;
+        let mut sets: BTreeMap<(String, String), Vec<DomainKeyRow>> = BTreeMap::new();
+        for r in all {
+            sets.entry((r.tenant.clone(), r.domain.clone())).or_default().push(r);
+        }
+        for ((t, d), old_rows) in sets {
+            let tenant = TenantId::new(t)?;
+            let domain = DomainName::new(d)?;
+            let mut records = Self::records_from_rows(&tenant, &domain, &old_rows)?;
+            let mut rewrapped = 0;
+            for r in records.iter_mut() {
+                let Some(w) = &r.wrapped else { continue };
+                if !provider.is_legacy(w) {
+                    continue;
+                }
+                let what = || format!("domain key {tenant}/{domain} v{}", r.version);
+                let aad = keys::domain_key_ad(&tenant, &domain, r.version)?;
+                let key = provider.unwrap_legacy(&aad, w).await.map_err(|e| key_integrity(what(), e))?;
+                r.wrapped = Some(provider.wrap(&aad, &key).await?);
+                rewrapped += 1;
+            }
+            let tagged =
+                if records.iter().all(|r| r.tag.is_none()) && records.iter().any(|r| r.wrapped.is_some()) {
+                    DomainKeySet::adopt_untagged(provider, &mut records)
+                        .await
+                        .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))?;
+                    true
+                } else {
+                    DomainKeySet::unwrap(provider, &records)
+                        .await
+                        .map_err(|e| key_integrity(format!("domain key {tenant}/{domain}"), e))?;
+                    false
+                };
+            let rows = Self::rows_from_records(&records)?;
+            let updates = key_row_updates(&old_rows, &rows);
+            if !updates.is_empty() {
+                self.backend.replace_domain_key_rows(updates).await?;
+            }
+            report.rewrapped += rewrapped;
+            report.sets_tagged += usize::from(tagged);
+        }
+        Ok(report)
     }
 
     // ---------------------------------------------------------------- documents catalog

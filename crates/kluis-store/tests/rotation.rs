@@ -126,12 +126,12 @@ where
     let e = s.reencrypt_step(&h.doctor, &med, 10).await;
     assert!(matches!(&e, Err(err @ StoreError::KeyChanged { .. }) if err.is_retryable()), "{e:?}");
     // Nothing re-encrypted yet: retiring v1 is refused, and the active version never retires.
-    let e = s.retire_domain_version(&h.tenant, &med, 1).await;
+    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await;
     assert!(
         matches!(e, Err(StoreError::KeyInUse { version: 1, subject_keys: 3, records: 6, documents: 1, .. })),
         "{e:?}"
     );
-    let e = s.retire_domain_version(&h.tenant, &med, 2).await;
+    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, 2).await;
     assert!(matches!(e, Err(StoreError::ActiveKey { version: 2, .. })), "{e:?}");
 
     h.refresh().await;
@@ -141,13 +141,16 @@ where
     assert_eq!(p.remaining_subjects, 2, "{p:?}");
     // Half-way: everything still opens, retiring is still refused.
     assert_eq!(snapshot(s, &h.doctor).await, before);
-    assert!(matches!(s.retire_domain_version(&h.tenant, &med, 1).await, Err(StoreError::KeyInUse { .. })));
+    assert!(matches!(
+        s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await,
+        Err(StoreError::KeyInUse { .. })
+    ));
     let total = run_to_done(s, &h.doctor, &med).await;
     // emp-1's cells moved, but its old subject key stays while the document uses it.
     assert_eq!(total.remaining_subjects, 1, "{total:?}");
     let m1 = usage_of(&s.key_usage(None).await.unwrap(), &med, 1);
     assert_eq!((m1.subject_keys, m1.records, m1.documents), (1, 0, 1), "{m1:?}");
-    let e = s.retire_domain_version(&h.tenant, &med, 1).await;
+    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await;
     assert!(matches!(e, Err(StoreError::KeyInUse { subject_keys: 1, documents: 1, .. })), "{e:?}");
 
     // What the documents' re-encryption does: new object under the newest subject key, then a
@@ -177,8 +180,8 @@ where
         )
         .await;
     assert!(left.is_empty());
-    s.retire_domain_version(&h.tenant, &med, 1).await.unwrap();
-    s.retire_domain_version(&h.tenant, &med, 1).await.unwrap(); // idempotent
+    s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
+    s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap(); // idempotent
     let m1 = usage_of(&s.key_usage(None).await.unwrap(), &med, 1);
     assert_eq!(m1.state, KeyState::Destroyed);
     let wrapped = s
@@ -285,7 +288,7 @@ where
     assert_eq!(snapshot(&other, &access).await, expected);
     assert_eq!(snapshot(&h.store, &h.doctor).await, expected);
     assert!(usage_of(&other.key_usage(None).await.unwrap(), &med, 1).is_unused());
-    other.retire_domain_version(&h.tenant, &med, 1).await.unwrap();
+    other.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
     h.refresh().await;
     assert_eq!(snapshot(&h.store, &h.doctor).await, expected);
     h
@@ -330,7 +333,7 @@ where
     assert!(matches!(&e, Err(err @ StoreError::KeyChanged { .. }) if err.is_retryable()), "{e:?}");
     let mine = h.store.get(&h.doctor, "absence", "abs-9").await.unwrap().unwrap();
     assert_eq!((mine.version, mine.get("diagnosis")), (w.version, Some(&Value::from("diag-9b"))));
-    h.store.retire_domain_version(&h.tenant, &med, 1).await.unwrap();
+    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
     h
 }
 
@@ -442,7 +445,7 @@ where
     let fresh = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
     assert_eq!(snapshot(&other, &fresh).await, snap);
     assert!(usage_of(&h.store.key_usage(None).await.unwrap(), &med, 1).is_unused());
-    h.store.retire_domain_version(&h.tenant, &med, 1).await.unwrap();
+    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
     h.refresh().await;
     assert_eq!(snapshot(&h.store, &h.doctor).await, snap);
     h

@@ -1,7 +1,7 @@
 //! A protocol stand-in for Azure Key Vault: an HTTPS server (rustls, self-signed certificate from
 //! rcgen) implementing the REST calls the official SDK makes for Kluis: the 401 bearer
 //! challenge, get key, list key versions, wrapKey and unwrapKey with real RSA-OAEP-256 (`rsa`) or
-//! AES key wrap (`aes-kw`), disabled versions, revoked credentials (401/403) and throttling (429
+//! AES key wrap (`aes-kw`), sign with real PS256 (`rsa`), disabled versions, revoked credentials (401/403) and throttling (429
 //! with Retry-After). It checks what the SDK sends and records every violation.
 //!
 //! It is not Key Vault: no access policies or RBAC, no soft delete, no HSM attestation, no
@@ -35,6 +35,8 @@ pub struct Version {
     pub enabled: bool,
     /// Key operations allowed on the version (Key Vault's `key_ops`).
     pub unwrap_allowed: bool,
+    /// Whether `sign` is among the version's `key_ops`.
+    pub sign_allowed: bool,
     pub material: Material,
 }
 
@@ -63,6 +65,8 @@ pub struct State {
     pub violations: Vec<String>,
     /// Plaintext values seen in request bodies that must never be there (canary check).
     pub bodies: Vec<Vec<u8>>,
+    /// Digests signed (PS256), in order.
+    pub signed: Vec<Vec<u8>>,
     next_id: u64,
 }
 
@@ -98,6 +102,7 @@ impl State {
             created: 1_700_000_000 + i64::try_from(self.next_id).unwrap(),
             enabled: true,
             unwrap_allowed: true,
+            sign_allowed: true,
             material,
         });
         id
@@ -282,7 +287,14 @@ fn route(st: &mut State, port: u16, req: &Request, authorized: bool) -> Response
                 None => vs.last(),
             };
             let Some(v) = v else { return error(404, "KeyNotFound", "no such key version", None) };
-            let ops = if v.unwrap_allowed { json!(["wrapKey", "unwrapKey"]) } else { json!(["wrapKey"]) };
+            let mut ops = vec!["wrapKey"];
+            if v.unwrap_allowed {
+                ops.push("unwrapKey");
+            }
+            if v.sign_allowed {
+                ops.extend(["sign", "verify"]);
+            }
+            let ops = json!(ops);
             let key = match &v.material {
                 Material::Rsa(k) => json!({"kid": kid(name, &v.id), "kty": "RSA", "key_ops": ops,
                     "n": b64e(&k.n().to_bytes_be()), "e": b64e(&k.e().to_bytes_be())}),
@@ -292,6 +304,57 @@ fn route(st: &mut State, port: u16, req: &Request, authorized: bool) -> Response
                 200,
                 json!({"key": key, "attributes": {"enabled": v.enabled, "created": v.created, "updated": v.created, "recoveryLevel": "Recoverable+Purgeable"}}),
             )
+        }
+        ("POST", ["keys", name, id, "sign"]) => {
+            let Ok(body) = serde_json::from_slice::<serde_json::Value>(&req.body) else {
+                st.violations.push(format!("{}: body is not json", req.path));
+                return error(400, "BadParameter", "body is not json", None);
+            };
+            st.bodies.push(req.body.clone());
+            let Some(digest) = body["value"].as_str().and_then(b64d) else {
+                st.violations.push(format!("{}: value missing or not base64url", req.path));
+                return error(400, "BadParameter", "value", None);
+            };
+            if body["alg"].as_str() != Some("PS256") || digest.len() != 32 {
+                st.violations.push(format!(
+                    "{}: alg {:?}, digest of {} bytes",
+                    req.path,
+                    body["alg"],
+                    digest.len()
+                ));
+                return error(400, "BadParameter", "algorithm or digest length", None);
+            }
+            let Some(v) = st.keys.get(*name).and_then(|vs| vs.iter().find(|v| v.id == *id)) else {
+                return error(404, "KeyNotFound", "no such key version", None);
+            };
+            if !v.enabled {
+                return error(
+                    403,
+                    "Forbidden",
+                    "Operation is not allowed on a disabled key.",
+                    Some("KeyDisabled"),
+                );
+            }
+            if !v.sign_allowed {
+                return error(
+                    403,
+                    "Forbidden",
+                    "Operation sign is not permitted on this key.",
+                    Some("KeyOperationForbidden"),
+                );
+            }
+            let Material::Rsa(k) = &v.material else {
+                st.violations.push(format!("{}: PS256 on an aes key", req.path));
+                return error(400, "BadParameter", "algorithm not supported by the key", None);
+            };
+            let mut rng = rsa::rand_core::OsRng;
+            match k.sign_with_rng(&mut rng, rsa::Pss::new::<sha2_10::Sha256>(), &digest) {
+                Ok(sig) => {
+                    st.signed.push(digest);
+                    Response::json(200, json!({"kid": kid(name, id), "value": b64e(&sig)}))
+                }
+                Err(_) => error(400, "BadParameter", "sign failed", None),
+            }
         }
         ("POST", ["keys", name, id, op @ ("wrapkey" | "unwrapkey")]) => {
             if req.headers.get("content-type").map(|c| c.starts_with("application/json")) != Some(true) {
