@@ -264,10 +264,12 @@ pub struct ReencryptOutcome {
     pub dropped: Vec<i64>,
 }
 
-/// The document key version named by a catalog key reference `subject:<domain>:v<N>`.
+/// The document key version named by a catalog key reference `subject:<domain>:v<N>`. `N` is
+/// written in decimal without leading zeros and starts at 1: `v0`, `v01` and the like name no
+/// version (`None`).
 pub fn document_key_version(key_ref: &str, domain: &str) -> Option<i64> {
     let rest = key_ref.strip_prefix("subject:")?.strip_prefix(domain)?.strip_prefix(":v")?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+    if rest.starts_with('0') || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     rest.parse::<u32>().ok().map(i64::from)

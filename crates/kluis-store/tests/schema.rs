@@ -95,3 +95,16 @@ fn schema_in_code() {
     let bad_domain = Schema::builder().collection("a", [field("x", FieldType::Text, "Not Valid")]).build();
     assert!(matches!(bad_domain, Err(StoreError::Schema(_))));
 }
+
+/// A catalog key reference names subject key versions from 1, in decimal without leading zeros.
+#[test]
+fn document_key_refs_name_versions_from_1() {
+    use kluis_store::backend::document_key_version;
+    assert_eq!(document_key_version("subject:medical:v1", "medical"), Some(1));
+    assert_eq!(document_key_version("subject:medical:v4294967295", "medical"), Some(4_294_967_295));
+    for bad in
+        ["subject:medical:v0", "subject:medical:v01", "subject:medical:v", "subject:medical:v4294967296"]
+    {
+        assert_eq!(document_key_version(bad, "medical"), None, "{bad}");
+    }
+}
