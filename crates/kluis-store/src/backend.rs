@@ -596,8 +596,13 @@ impl SqliteBackend {
 
     /// Opens (creating if needed) a database file with WAL journaling, `secure_delete=ON`,
     /// `synchronous=FULL`, foreign keys and a busy timeout.
+    ///
+    /// On Unix a new database file is created with mode `0600` (owner read and write, whatever
+    /// the umask) before SQLite opens it; SQLite gives its `-wal` and `-shm` files the database
+    /// file's mode. An existing file keeps its mode.
     pub async fn open(path: &std::path::Path) -> Result<Self> {
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        create_private(path)?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -609,6 +614,26 @@ impl SqliteBackend {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         Ok(Self { pool })
     }
+}
+
+/// Creates `path` as an empty file of mode `0600` if it does not exist (Unix; elsewhere SQLite
+/// creates it). The mode is set after creation too, so a restrictive or permissive umask makes no
+/// difference.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(file) => file
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::Database(sqlx::Error::Io(e))),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl PostgresBackend {
