@@ -16,7 +16,7 @@ use kluis_core::document::{
 use kluis_core::keys::{domain_key_ad, new_domain_key, unwrap_one};
 use kluis_core::{
     Backend, BlindIndexKey, Context, DomainKeySet, Error, KdfParams, KeyKind, KeyMaterial, KeyRef, KeyState,
-    KeyringSecret, LocalKeyring, Passphrase, SealKey, SubjectKeyRecord, Suite, WrappedKey,
+    KeyringSecret, LocalKeyring, Passphrase, SealKey, SealedHeader, SubjectKeyRecord, Suite, WrappedKey,
 };
 use serde_json::{Value, json};
 
@@ -63,9 +63,21 @@ fn kind(name: &str) -> KeyKind {
 
 const DOC_CONTENT_LEN: usize = 10_000;
 
-fn doc_content() -> Vec<u8> {
-    (0..DOC_CONTENT_LEN).map(|i| (i * 7 % 256) as u8).collect()
+/// The content of a document vector of `n` bytes: byte i = (i * 7) mod 256.
+fn doc_content_of(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 256) as u8).collect()
 }
+
+/// The sealed-value format version of the sealed value starting at `at` in `bytes`.
+fn sealed_version_at(bytes: &[u8], at: usize) -> u8 {
+    kluis_core::SealedHeader::parse(&bytes[at..]).unwrap().format_version
+}
+
+/// The vector files of each structure, with the sealed-value version of the keys they wrap:
+/// `*_v1.json` were written while sealed values v1 were written, `*_sealed_v2.json` since.
+const DOCUMENT_FILES: [(&str, u8); 2] = [("documents_v1.json", 1), ("documents_sealed_v2.json", 2)];
+const KEYRING_FILES: [(&str, u8); 2] = [("keyring_v1.json", 1), ("keyring_sealed_v2.json", 2)];
+const KEYS_FILES: [(&str, u8); 2] = [("keys_v1.json", 1), ("keys_sealed_v2.json", 2)];
 
 #[test]
 fn sealed_value_vectors_open() {
@@ -103,43 +115,79 @@ fn sealed_value_vectors_open_in(file: &str, format_version: u8) {
 
 #[test]
 fn document_vectors_open() {
-    let v = load("documents_v1.json");
-    for t in v["vectors"].as_array().unwrap() {
+    for (file, sealed_version) in DOCUMENT_FILES {
+        document_vectors_open_in(file, sealed_version);
+    }
+}
+
+fn document_vectors_open_in(file: &str, sealed_version: u8) {
+    let v = load(file);
+    let vectors = v["vectors"].as_array().unwrap();
+    assert!(vectors.len() >= 3, "{file}");
+    for t in vectors {
+        let name = format!("{file}: {}", s(&t["name"]));
         let key = KeyMaterial::from_slice(&h(&t["wrapping_key"])).unwrap();
-        let kref =
-            KeyRef { kind: KeyKind::Domain, version: t["wrapping_key_version"].as_u64().unwrap() as u32 };
+        let kref = KeyRef {
+            kind: kind(s(&t["wrapping_key_kind"])),
+            version: t["wrapping_key_version"].as_u64().unwrap() as u32,
+        };
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
         let ctx = DocumentContext { tenant: &tn, domain: &dn, document_id: s(&t["document_id"]) };
         let obj = h(&t["object"]);
+        let content = doc_content_of(t["content_len"].as_u64().unwrap() as usize);
+        let hdr = DocumentHeader::parse(&obj).unwrap();
+        assert_eq!(hdr.wrapping_key(), kref, "{name}");
+        assert_eq!(sealed_version_at(&obj, 44), sealed_version, "{name}: the wrapped data key");
         for &b in backends() {
             let k = SealKey::with_backend(key.clone(), kref, b).unwrap();
-            let hdr = DocumentHeader::parse(&obj).unwrap();
             let opener = hdr.open(&k, &ctx).unwrap();
-            assert_eq!(opener.metadata().file_name, s(&t["file_name"]));
-            assert_eq!(opener.metadata().extension, s(&t["extension"]));
-            assert_eq!(opener.metadata().content_type, s(&t["content_type"]));
+            let m = opener.metadata();
+            assert_eq!(m.file_name, s(&t["file_name"]), "{name}");
+            assert_eq!(m.extension, s(&t["extension"]), "{name}");
+            assert_eq!(m.content_type, s(&t["content_type"]), "{name}");
+            assert_eq!(m.created_unix, t["created"].as_i64().unwrap(), "{name}");
+            assert_eq!(m.uploaded_by, s(&t["uploaded_by"]), "{name}");
+            assert_eq!(m.length, t["length"].as_u64(), "{name}");
+            assert_eq!(opener.layout(obj.len() as u64).unwrap().content_len, content.len() as u64, "{name}");
             let mut st = opener.stream();
             let mut out = Vec::new();
             st.push(&obj[hdr.len()..], &mut out).unwrap();
             st.finish(&mut out).unwrap();
-            assert_eq!(out, doc_content(), "{}", s(&t["name"]));
+            assert_eq!(out, content, "{name}");
         }
+        // Under another document id the data key does not open.
+        let moved = DocumentContext { document_id: "moved", ..ctx };
+        let k = SealKey::new(key, kref).unwrap();
+        assert!(matches!(hdr.open(&k, &moved), Err(Error::Decrypt)), "{name}");
     }
 }
 
 #[test]
 fn keyring_vectors_open() {
-    let v = load("keyring_v1.json");
-    for t in v["vectors"].as_array().unwrap() {
+    for (file, sealed_version) in KEYRING_FILES {
+        keyring_vectors_open_in(file, sealed_version);
+    }
+}
+
+fn keyring_vectors_open_in(file: &str, sealed_version: u8) {
+    let v = load(file);
+    let vectors = v["vectors"].as_array().unwrap();
+    assert_eq!(vectors.len(), 2, "{file}");
+    for t in vectors {
         let secret = match s(&t["secret_kind"]) {
             "passphrase" => {
                 KeyringSecret::Passphrase(Passphrase::new(s(&t["passphrase"]).into()), KdfParams::MINIMUM)
             }
             _ => KeyringSecret::RawKey(KeyMaterial::from_slice(&h(&t["key_file"])).unwrap()),
         };
-        let kr = LocalKeyring::from_file_bytes(&h(&t["keyring_file"]), &secret).unwrap();
+        let file_bytes = h(&t["keyring_file"]);
+        // The body is a sealed value after the 51-byte keyring header.
+        assert_eq!(sealed_version_at(&file_bytes, 51), sealed_version, "{file}: keyring body");
+        let kr = LocalKeyring::from_file_bytes(&file_bytes, &secret).unwrap();
         assert_eq!(kr.generation(), t["generation"].as_u64().unwrap());
         let wrapped = WrappedKey::from_bytes(&h(&t["wrapped_domain_key"])).unwrap();
+        assert_eq!(sealed_version_at(&wrapped.ciphertext, 0), sealed_version, "{file}: domain key wrap");
+        assert_eq!(wrapped.root_version, kr.primary(), "{file}");
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
         let aad = domain_key_ad(&tn, &dn, t["domain_key_version"].as_u64().unwrap() as u32).unwrap();
         let dk = futures_block_on(unwrap_one(&kr, &aad, &wrapped)).unwrap();
@@ -149,25 +197,43 @@ fn keyring_vectors_open() {
 
 #[test]
 fn subject_key_and_blind_index_vectors() {
-    let v = load("keys_v1.json");
+    for (file, sealed_version) in KEYS_FILES {
+        subject_key_and_blind_index_vectors_in(file, sealed_version);
+    }
+}
+
+fn subject_key_and_blind_index_vectors_in(file: &str, sealed_version: u8) {
+    let v = load(file);
     for t in v["subject_keys"].as_array().unwrap() {
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
+        // keys_v1.json was written with domain key version 1 and does not name it.
+        let dk_version = t.get("domain_key_version").map_or(1, |v| v.as_u64().unwrap() as u32);
         let set = DomainKeySet::from_keys(
             tn.clone(),
             dn.clone(),
-            vec![(1, KeyState::Active, KeyMaterial::from_slice(&h(&t["domain_key"])).unwrap())],
+            vec![(dk_version, KeyState::Active, KeyMaterial::from_slice(&h(&t["domain_key"])).unwrap())],
             Suite::default(),
             Backend::preferred(),
         )
         .unwrap();
+        let record = h(&t["subject_key_record"]);
+        let sealed = h(&t["sealed"]);
+        assert_eq!(sealed_version_at(&record, 0), sealed_version, "{file}: subject key record");
+        assert_eq!(sealed_version_at(&sealed, 0), sealed_version, "{file}: value under the subject key");
         let rec = SubjectKeyRecord {
             tenant: tn.clone(),
             domain: dn.clone(),
             subject: s(&t["subject"]).into(),
             version: t["subject_key_version"].as_u64().unwrap() as u32,
-            wrapped: h(&t["subject_key_record"]),
+            wrapped: record,
         };
+        assert_eq!(DomainKeySet::subject_key_wrapping_version(&rec).unwrap(), dk_version, "{file}");
         let sk = set.open_subject_key(&rec).unwrap();
+        // The record is bound to its subject and version.
+        let moved = SubjectKeyRecord { subject: "someone-else".into(), ..rec.clone() };
+        assert!(matches!(set.open_subject_key(&moved), Err(Error::Decrypt)), "{file}");
+        let other = SubjectKeyRecord { version: rec.version + 1, ..rec.clone() };
+        assert!(matches!(set.open_subject_key(&other), Err(Error::Decrypt)), "{file}");
         let ctx = Context {
             tenant: &tn,
             domain: &dn,
@@ -175,7 +241,8 @@ fn subject_key_and_blind_index_vectors() {
             field: s(&t["field"]),
             record: s(&t["record"]),
         };
-        assert_eq!(sk.open(&ctx, &h(&t["sealed"])).unwrap().expose_secret(), h(&t["plaintext"]));
+        assert_eq!(sk.open(&ctx, &sealed).unwrap().expose_secret(), h(&t["plaintext"]));
+        assert_eq!(SealedHeader::parse(&sealed).unwrap().key.version, rec.version, "{file}");
     }
     for t in v["blind_indexes"].as_array().unwrap() {
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
@@ -290,22 +357,31 @@ fn generate() {
     // sealed_v1.json was written by the generator of format v1; this one writes v2.
     write("sealed_v2.json", json!({"format": "kluis sealed value v2", "vectors": out}));
 
-    // Documents.
+    // The files below hold the structures that wrap a key, as they are written now (their keys
+    // sealed as sealed values v2). documents_v1.json, keyring_v1.json and keys_v1.json were
+    // written by the generator of sealed values v1 and are kept as they are.
+
+    // Documents: wrapped by a domain or a subject key, padded or not, and empty.
+    type DocCase<'a> = (&'a str, Suite, bool, KeyKind, u32, usize, Option<u64>);
+    let doc_cases: [DocCase<'_>; 6] = [
+        ("aes 4k chunks", Suite::Aes256Gcm, false, KeyKind::Domain, 2, DOC_CONTENT_LEN, Some(10_000)),
+        ("aes padded", Suite::Aes256Gcm, true, KeyKind::Domain, 2, DOC_CONTENT_LEN, Some(10_000)),
+        ("xchacha", Suite::XChaCha20Poly1305, false, KeyKind::Domain, 2, DOC_CONTENT_LEN, Some(10_000)),
+        ("aes subject key", Suite::Aes256Gcm, false, KeyKind::Subject, 3, DOC_CONTENT_LEN, None),
+        ("empty", Suite::Aes256Gcm, false, KeyKind::Domain, 2, 0, Some(0)),
+        ("empty, length unknown", Suite::XChaCha20Poly1305, false, KeyKind::Subject, 1, 0, None),
+    ];
     let mut docs = Vec::new();
-    for (name, su, pad) in [
-        ("aes 4k chunks", Suite::Aes256Gcm, false),
-        ("aes padded", Suite::Aes256Gcm, true),
-        ("xchacha", Suite::XChaCha20Poly1305, false),
-    ] {
+    for (name, su, pad, kk, ver, content_len, length) in doc_cases {
         let key = KeyMaterial::from_bytes([0x33; 32]);
-        let k = SealKey::new(key.clone(), KeyRef { kind: KeyKind::Domain, version: 2 }).unwrap();
+        let k = SealKey::new(key.clone(), KeyRef { kind: kk, version: ver }).unwrap();
         let (tn, dn) = (tenant("acme"), domain("medical"));
         let ctx = DocumentContext { tenant: &tn, domain: &dn, document_id: "doc-0001" };
         let meta = DocumentMetadata {
             file_name: "diagnose-jan-jansen.pdf".into(),
             extension: "pdf".into(),
             content_type: "application/pdf".into(),
-            length: Some(DOC_CONTENT_LEN as u64),
+            length,
             created_unix: 1_763_900_000,
             uploaded_by: "dr.devries".into(),
         };
@@ -313,22 +389,28 @@ fn generate() {
         let sealer = DocumentSealer::new(&k, &ctx, &meta, opts).unwrap();
         let mut obj = sealer.header().to_vec();
         let mut ss = kluis_core::document::StreamSealer::new(sealer);
-        ss.push(&doc_content(), &mut obj).unwrap();
+        ss.push(&doc_content_of(content_len), &mut obj).unwrap();
         let mut tail = ss.finish().unwrap();
         while let Some(c) = tail.next_chunk().unwrap() {
             obj.extend_from_slice(&c);
         }
         docs.push(json!({
-            "name": name, "wrapping_key": hex::encode(key.expose_secret()), "wrapping_key_version": 2,
+            "name": name, "wrapping_key": hex::encode(key.expose_secret()),
+            "wrapping_key_kind": if kk == KeyKind::Domain { "domain" } else { "subject" },
+            "wrapping_key_version": ver,
             "tenant": "acme", "domain": "medical", "document_id": "doc-0001",
             "file_name": meta.file_name, "extension": meta.extension, "content_type": meta.content_type,
-            "content": format!("{DOC_CONTENT_LEN} bytes, byte i = (i * 7) mod 256"),
+            "created": meta.created_unix, "uploaded_by": meta.uploaded_by, "length": length,
+            "content_len": content_len, "content": format!("{content_len} bytes, byte i = (i * 7) mod 256"),
             "object": hex::encode(&obj),
         }));
     }
-    write("documents_v1.json", json!({"format": "kluis document v1", "vectors": docs}));
+    write(
+        "documents_sealed_v2.json",
+        json!({"format": "kluis document v1, data key a sealed value v2", "vectors": docs}),
+    );
 
-    // Keyrings.
+    // Keyrings, and a domain key wrapped by them.
     let mut krs = Vec::new();
     for (name, secret_kind) in [("raw key file", "raw"), ("passphrase, OWASP minimum", "passphrase")] {
         let mut kr = LocalKeyring::generate(1_763_900_000).unwrap();
@@ -354,26 +436,37 @@ fn generate() {
             "domain_key": hex::encode(dk.expose_secret()),
         }));
     }
-    write("keyring_v1.json", json!({"format": "kluis keyring v1", "vectors": krs}));
+    write(
+        "keyring_sealed_v2.json",
+        json!({"format": "kluis keyring v1 and wrapped key v1, bodies sealed values v2", "vectors": krs}),
+    );
 
-    // Subject keys and blind indexes.
+    // Subject keys (under domain key versions 1 and 2) and blind indexes.
     let (tn, dn) = (tenant("acme"), domain("medical"));
     let dkey = KeyMaterial::from_bytes([0x44; 32]);
-    let set = DomainKeySet::from_keys(
-        tn.clone(),
-        dn.clone(),
-        vec![(1, KeyState::Active, dkey.clone())],
-        Suite::default(),
-        Backend::preferred(),
-    )
-    .unwrap();
-    let (rec, sk) = set.new_subject_key("emp-jan", 1).unwrap();
-    let ctx = Context { tenant: &tn, domain: &dn, collection: "absence", field: "diagnosis", record: "r-1" };
-    let sealed = sk.seal(&ctx, b"depressie").unwrap();
-    let subject = json!([{ "tenant": "acme", "domain": "medical", "domain_key": hex::encode(dkey.expose_secret()),
-        "subject_key_version": 1, "collection": "absence", "field": "diagnosis", "record": "r-1",
-        "subject": "emp-jan", "subject_key_record": hex::encode(&rec.wrapped), "sealed": hex::encode(&sealed),
-        "plaintext": hex::encode(b"depressie") }]);
+    let mut subject = Vec::new();
+    for (dk_version, sk_version, subject_id, record, plaintext) in
+        [(1u32, 1u32, "emp-jan", "r-1", "depressie"), (2, 3, "emp-piet", "r-2", "hernia")]
+    {
+        let set = DomainKeySet::from_keys(
+            tn.clone(),
+            dn.clone(),
+            vec![(dk_version, KeyState::Active, dkey.clone())],
+            Suite::default(),
+            Backend::preferred(),
+        )
+        .unwrap();
+        let (rec, sk) = set.new_subject_key(subject_id, sk_version).unwrap();
+        let ctx = Context { tenant: &tn, domain: &dn, collection: "absence", field: "diagnosis", record };
+        let sealed = sk.seal(&ctx, plaintext.as_bytes()).unwrap();
+        subject.push(
+            json!({ "tenant": "acme", "domain": "medical", "domain_key": hex::encode(dkey.expose_secret()),
+            "domain_key_version": dk_version, "subject_key_version": sk_version, "collection": "absence",
+            "field": "diagnosis", "record": record, "subject": subject_id,
+            "subject_key_record": hex::encode(&rec.wrapped), "sealed": hex::encode(&sealed),
+            "plaintext": hex::encode(plaintext) }),
+        );
+    }
     let mut bidx = Vec::new();
     for (field, value, len) in
         [("bsn", "123456782", 16usize), ("last_name", "Jansen", 8), ("email", "jan@example.nl", 32)]
@@ -386,7 +479,7 @@ fn generate() {
         );
     }
     write(
-        "keys_v1.json",
-        json!({"format": "kluis subject keys and blind indexes v1", "subject_keys": subject, "blind_indexes": bidx}),
+        "keys_sealed_v2.json",
+        json!({"format": "kluis subject keys (sealed values v2) and blind indexes v1", "subject_keys": subject, "blind_indexes": bidx}),
     );
 }

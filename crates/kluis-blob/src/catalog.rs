@@ -86,13 +86,14 @@ fn key_ref(domain: &DomainName, version: u32) -> String {
     format!("subject:{domain}:v{version}")
 }
 
-/// The subject key version named by a catalog `key_ref` of `domain`.
+/// The subject key version named by a catalog `key_ref` of `domain`: decimal, from 1, without
+/// leading zeros (as [`key_ref`] writes it).
 fn parse_key_ref(key_ref: &str, domain: &str) -> Result<u32> {
     key_ref
         .strip_prefix("subject:")
         .and_then(|r| r.strip_prefix(domain))
         .and_then(|r| r.strip_prefix(":v"))
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|v| !v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()))
         .and_then(|v| v.parse::<u32>().ok())
         .ok_or(BlobError::Catalog("key reference is not a subject key of the document's domain"))
 }
@@ -505,6 +506,9 @@ mod tests {
             "subject:medical:7",
             "subject:medical:v1x",
             "subject:medicalx:v1",
+            "subject:medical:v0",
+            "subject:medical:v07",
+            "subject:medical:v4294967296",
         ] {
             assert!(parse_key_ref(bad, "medical").is_err(), "{bad}");
         }

@@ -1,7 +1,7 @@
 //! The commands.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use kluis_blob::{BlobBackend, ObjectName};
@@ -684,11 +684,18 @@ struct Line {
     record: NewRecord,
 }
 
-fn parse_line(
-    schema: &kluis_store::schema::Collection,
-    no: usize,
-    text: &str,
-) -> std::result::Result<Line, String> {
+/// What a line is checked against before anything is written.
+struct ImportTarget<'a> {
+    schema: &'a kluis_store::Schema,
+    collection: &'a str,
+    coll: &'a kluis_store::schema::Collection,
+    /// The domains the tenant has keys of.
+    domains: &'a [DomainName],
+}
+
+/// Parses one line and checks it as the store will when writing it (`NewRecord::check`, and that
+/// the tenant has a key of each field's domain), so a file is refused whole before any write.
+fn parse_line(target: &ImportTarget<'_>, no: usize, text: &str) -> std::result::Result<Line, String> {
     let v: Json =
         serde_json::from_str(text).map_err(|e| format!("not json: {}", config::one_line(&e.to_string())))?;
     let Json::Object(map) = v else { return Err("not a json object".into()) };
@@ -705,15 +712,22 @@ fn parse_line(
                 rec = rec.retain_until(u);
             }
             name => {
-                let def = schema.field(name).ok_or_else(|| format!("unknown field {name:?}"))?;
+                let def = target.coll.field(name).ok_or_else(|| format!("unknown field {name:?}"))?;
                 if val.is_null() {
                     continue;
+                }
+                if !target.domains.contains(&def.domain) {
+                    return Err(format!(
+                        "field {name:?}: the tenant has no key of domain {:?}",
+                        def.domain.as_str()
+                    ));
                 }
                 let value = to_value(def.ty, val).map_err(|e| format!("field {name:?}: {e}"))?;
                 rec = rec.set(name, value);
             }
         }
     }
+    rec.check(target.schema, target.collection).map_err(|e| e.to_string())?;
     Ok(Line { no, id, record: rec })
 }
 
@@ -723,18 +737,26 @@ async fn import<B: Backend, O: BlobBackend + Clone>(
     args: &ImportArgs,
 ) -> Result<Report> {
     let t = env.tenant(&args.tenant).await?;
-    let coll = env.store.schema().collection(&args.collection)?.clone();
-    let file = std::fs::File::open(&args.file).map_err(io("open", &args.file))?;
+    let schema = env.store.schema();
+    let coll = schema.collection(&args.collection)?;
+    let domains = env.tenant_domains(&t).await?;
+    let target = ImportTarget { schema, collection: &args.collection, coll, domains: &domains };
+    let bytes = std::fs::read(&args.file).map_err(io("read", &args.file))?;
     let mut lines = Vec::new();
     let mut bad: Vec<(usize, String)> = Vec::new();
     let mut seen = HashSet::new();
-    for (i, l) in std::io::BufReader::new(file).lines().enumerate() {
+    // Every line is checked, and every bad one reported, before anything is written.
+    for (i, raw) in bytes.split(|b| *b == b'\n').enumerate() {
         let no = i + 1;
-        let text = l.map_err(io("read", &args.file))?;
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let Ok(text) = std::str::from_utf8(raw) else {
+            bad.push((no, "not UTF-8".to_owned()));
+            continue;
+        };
         if text.trim().is_empty() {
             continue;
         }
-        match parse_line(&coll, no, &text) {
+        match parse_line(&target, no, text) {
             Ok(line) if !seen.insert(line.id.clone()) => {
                 bad.push((no, format!("duplicate id {:?}", line.id)))
             }

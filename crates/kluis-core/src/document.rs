@@ -140,9 +140,11 @@ impl DocumentMetadata {
         let content_type = r.str16()?.to_owned();
         let has_len = r.u8()?;
         let len = r.u64()?;
-        let length = match has_len {
-            0 => None,
-            1 => Some(len),
+        // One encoding per value: an unknown length is flag 0 with eight zero bytes.
+        let length = match (has_len, len) {
+            (0, 0) => None,
+            (0, _) => return Err(Error::malformed("document metadata", "length without its flag")),
+            (1, _) => Some(len),
             _ => return Err(Error::malformed("document metadata", "bad length flag")),
         };
         let created_unix = i64::from_be_bytes(r.array()?);
@@ -962,3 +964,7 @@ impl StreamOpener {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "document_format_tests.rs"]
+mod format_tests;

@@ -311,6 +311,10 @@ impl LocalKeyring {
             let v = r.u32()?;
             let created_unix = i64::from_be_bytes(r.array()?);
             let key = KeyMaterial::from_bytes(r.array::<KEY_LEN>()?);
+            if v == 0 {
+                // Root key versions start at 1 (docs/FORMAT.md §8.1).
+                return Err(Error::KeyringCorrupt("root key version 0"));
+            }
             if versions
                 .insert(v, RootVersion { key: SealKey::new(key, root_ref(v))?, created_unix })
                 .is_some()
@@ -494,14 +498,16 @@ fn derive_kek(secret: &KeyringSecret, params: &KdfParams, salt: &[u8; 16]) -> Re
     }
 }
 
-/// Parses a key file: exactly 32 raw bytes, or 64 hex digits (surrounding white space allowed).
+/// Parses a key file: exactly 32 raw bytes, or 64 hex digits with optional ASCII white space
+/// (space, tab, LF, FF, CR) before and after them; no other white space.
 pub fn parse_key_file(bytes: &[u8]) -> Result<KeyMaterial> {
     if bytes.len() == KEY_LEN {
         return KeyMaterial::from_slice(bytes);
     }
     let text = core::str::from_utf8(bytes)
         .map_err(|_| Error::invalid("key file", "must hold 32 raw bytes or 64 hex digits"))?;
-    let t = text.trim();
+    // ASCII only: `str::trim` would also take Unicode spaces (NBSP, U+2003, ...).
+    let t = text.trim_ascii();
     if t.len() != 2 * KEY_LEN || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::invalid("key file", "must hold 32 raw bytes or 64 hex digits"));
     }
@@ -512,3 +518,7 @@ pub fn parse_key_file(bytes: &[u8]) -> Result<KeyMaterial> {
     }
     Ok(KeyMaterial::from_bytes(*out))
 }
+
+#[cfg(test)]
+#[path = "keyring_format_tests.rs"]
+mod format_tests;

@@ -56,8 +56,12 @@ impl fmt::Debug for WrappedKey {
 const WRAPPED_KEY_VERSION: u8 = 1;
 
 impl WrappedKey {
-    /// Serialises: `0x01 | u16-len root key id | u32 root version | u32-len ciphertext`.
+    /// Serialises: `0x01 | u16-len root key id | u32 root version | u32-len ciphertext`. Root
+    /// version 0 is refused (`Error::Invalid`): versions start at 1.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        if self.root_version == 0 {
+            return Err(Error::invalid("root key version", "versions start at 1"));
+        }
         let mut out = Vec::with_capacity(11 + self.root_key_id.len() + self.ciphertext.len());
         out.push(WRAPPED_KEY_VERSION);
         put_bytes16(&mut out, "root key id", self.root_key_id.as_bytes())?;
@@ -66,7 +70,8 @@ impl WrappedKey {
         Ok(out)
     }
 
-    /// Parses [`WrappedKey::to_bytes`] output.
+    /// Parses [`WrappedKey::to_bytes`] output. Root version 0 is refused
+    /// (`Malformed { "wrapped key", "root key version 0" }`).
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b, "wrapped key");
         let v = r.u8()?;
@@ -75,6 +80,9 @@ impl WrappedKey {
         }
         let root_key_id = r.str16()?.to_owned();
         let root_version = r.u32()?;
+        if root_version == 0 {
+            return Err(Error::malformed("wrapped key", "root key version 0"));
+        }
         let ciphertext = r.bytes32()?.to_vec();
         r.finish()?;
         Ok(Self { root_key_id, root_version, ciphertext })
@@ -320,9 +328,10 @@ pub async fn new_domain_key(
     Ok((rec, key))
 }
 
-/// Checks the invariants of all versions of one (tenant, domain): same tenant and domain, unique
-/// versions, at most one active, destroyed versions hold no wrapped key, live ones do. Returns the
-/// active version, if any.
+/// Checks the invariants of all versions of one (tenant, domain): same tenant and domain, versions
+/// from 1 (version 0 is `Malformed { "domain key record", "version 0" }`), unique versions, at most
+/// one active, destroyed versions hold no wrapped key, live ones do. Returns the active version,
+/// if any.
 pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<u32>> {
     let mut active = None;
     let mut seen = std::collections::BTreeSet::new();
@@ -332,6 +341,9 @@ pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<u32>> {
             && (r.tenant != f.tenant || r.domain != f.domain)
         {
             return Err(Error::invalid("domain key set", "records of several tenants or domains"));
+        }
+        if r.version == 0 {
+            return Err(Error::malformed("domain key record", "version 0"));
         }
         if !seen.insert(r.version) {
             return Err(Error::invalid("domain key set", format!("version {} appears twice", r.version)));
@@ -711,10 +723,14 @@ impl DomainKeySet {
     }
 
     /// Opens a subject key record. Fails with [`Error::Decrypt`] if the record was altered or
-    /// moved to another tenant, domain or subject.
+    /// moved to another tenant, domain or subject. A record of version 0 is
+    /// `Malformed { "subject key record", "version 0" }` (versions start at 1).
     pub fn open_subject_key(&self, rec: &SubjectKeyRecord) -> Result<SubjectKey> {
         if rec.tenant != self.tenant || rec.domain != self.domain {
             return Err(Error::ApiMisuse("subject key record of another tenant or domain"));
+        }
+        if rec.version == 0 {
+            return Err(Error::malformed("subject key record", "version 0"));
         }
         let h = SealedHeader::parse(&rec.wrapped)?;
         if h.key.kind != KeyKind::Domain {

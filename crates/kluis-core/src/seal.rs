@@ -117,6 +117,16 @@ impl fmt::Display for KeyRef {
     }
 }
 
+/// Key versions start at 1 (docs/FORMAT.md §3.2); only the keyring's key-encryption key, which
+/// has no versions, is always 0. Readers refuse version 0 of a versioned kind, and no writer makes
+/// one (a [`SealKey`] for it cannot be built).
+fn check_key_version(kind: KeyKind, version: u32) -> Result<()> {
+    if version == 0 && kind != KeyKind::KeyringKek {
+        return Err(Error::malformed("sealed value", "key version 0"));
+    }
+    Ok(())
+}
+
 /// The public header of a sealed value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SealedHeader {
@@ -150,6 +160,7 @@ impl SealedHeader {
         let suite = Suite::from_id(r.u8()?)?;
         let kind = KeyKind::from_id(r.u8()?)?;
         let version = r.u32()?;
+        check_key_version(kind, version)?;
         Ok(Self { format_version, suite, key: KeyRef { kind, version } })
     }
 }
@@ -393,7 +404,13 @@ impl SealKey {
     /// Prepares `material` with a chosen backend (for the AEAD). The per-message HKDF always runs
     /// on the RustCrypto HMAC: both give the same bytes, and for these short inputs it is the
     /// faster one (BENCHMARKS.md).
+    ///
+    /// Version 0 of a domain, subject or root key is refused (`Error::Invalid`): versions start
+    /// at 1, and readers refuse a value that names version 0.
     pub fn with_backend(material: KeyMaterial, key_ref: KeyRef, backend: Backend) -> Result<Self> {
+        if check_key_version(key_ref.kind, key_ref.version).is_err() {
+            return Err(Error::invalid("key version", "versions start at 1"));
+        }
         let prk = Prk::new(Backend::RustCrypto, &material)?;
         let v2 = V2Keys::new(&prk)?;
         Ok(Self { material, key_ref, prk, backend, v2 })

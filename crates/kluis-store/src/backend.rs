@@ -277,10 +277,12 @@ pub struct ReencryptOutcome {
     pub dropped: Vec<i64>,
 }
 
-/// The document key version named by a catalog key reference `subject:<domain>:v<N>`.
+/// The document key version named by a catalog key reference `subject:<domain>:v<N>`. `N` is
+/// written in decimal without leading zeros and starts at 1: `v0`, `v01` and the like name no
+/// version (`None`).
 pub fn document_key_version(key_ref: &str, domain: &str) -> Option<i64> {
     let rest = key_ref.strip_prefix("subject:")?.strip_prefix(domain)?.strip_prefix(":v")?;
-    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+    if rest.starts_with('0') || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     rest.parse::<u32>().ok().map(i64::from)
@@ -614,8 +616,13 @@ impl SqliteBackend {
 
     /// Opens (creating if needed) a database file with WAL journaling, `secure_delete=ON`,
     /// `synchronous=FULL`, foreign keys and a busy timeout.
+    ///
+    /// On Unix a new database file is created with mode `0600` (owner read and write, whatever
+    /// the umask) before SQLite opens it; SQLite gives its `-wal` and `-shm` files the database
+    /// file's mode. An existing file keeps its mode.
     pub async fn open(path: &std::path::Path) -> Result<Self> {
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+        create_private(path)?;
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -627,6 +634,26 @@ impl SqliteBackend {
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         Ok(Self { pool })
     }
+}
+
+/// Creates `path` as an empty file of mode `0600` if it does not exist (Unix; elsewhere SQLite
+/// creates it). The mode is set after creation too, so a restrictive or permissive umask makes no
+/// difference.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(file) => file
+                .set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(StoreError::Database(sqlx::Error::Io(e))),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 impl PostgresBackend {

@@ -163,6 +163,22 @@ impl NewRecord {
         self.retain_until = Some(unix);
         self
     }
+
+    /// Checks the record as [`Store::insert`] (and an [`Op::Insert`]) checks it before touching
+    /// a key or the database, with the same rules and errors, in the same order: the collection
+    /// exists; the subject id and the record id, if set, pass [`check_id`]; every field is in the
+    /// collection, holds a value of its type (well-formed decimals and `YYYY-MM-DD` dates,
+    /// percentages from 0 to 100) within its `max_bytes`, and is set once. A record that passes
+    /// can still be refused when written: for a domain whose key the caller does not hold, or an
+    /// id that exists already.
+    pub fn check(&self, schema: &Schema, collection: &str) -> Result<()> {
+        let coll = schema.collection(collection)?;
+        check_id("subject id", &self.subject)?;
+        if let Some(id) = &self.id {
+            check_id("record id", id)?;
+        }
+        check_fields(coll, &self.fields, |_| Ok(()))
+    }
 }
 
 /// Changes to a record: only the named fields change; others (including fields the caller cannot
@@ -510,6 +526,50 @@ pub(crate) fn now_unix() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+fn field_def<'s>(coll: &'s Collection, name: &str) -> Result<&'s FieldDef> {
+    coll.field(name)
+        .ok_or_else(|| StoreError::UnknownField { collection: coll.name.clone(), field: name.to_owned() })
+}
+
+/// A value fits its field: the field's type (well-formed decimals and dates, percentages from 0
+/// to 100) and its size limit.
+fn check_value(coll: &Collection, def: &FieldDef, v: &Value) -> Result<()> {
+    v.check(def.ty).map_err(|found| StoreError::WrongType {
+        collection: coll.name.clone(),
+        field: def.name.clone(),
+        expected: def.ty.as_str(),
+        found,
+    })?;
+    if v.payload_len() > def.max_bytes {
+        return Err(StoreError::TooLarge {
+            collection: coll.name.clone(),
+            field: def.name.clone(),
+            max: def.max_bytes,
+            len: v.payload_len(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks fields to be written, in order, each one: known to the collection, a value that fits it
+/// ([`check_value`]), `per_field` (the write path checks the domain key there), set only once.
+fn check_fields(
+    coll: &Collection,
+    fields: &[(String, Value)],
+    mut per_field: impl FnMut(&FieldDef) -> Result<()>,
+) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    for (name, v) in fields {
+        let def = field_def(coll, name)?;
+        check_value(coll, def, v)?;
+        per_field(def)?;
+        if !seen.insert(name.as_str()) {
+            return Err(StoreError::Invalid(format!("field {}.{name} is set twice", coll.name)));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a record, subject or document id: `[A-Za-z0-9._:-]`, 1 to 128 characters. Ids are
@@ -991,29 +1051,6 @@ impl<B: Backend> Store<B> {
 
     // ---------------------------------------------------------------- writes
 
-    fn field_def<'s>(coll: &'s Collection, name: &str) -> Result<&'s FieldDef> {
-        coll.field(name)
-            .ok_or_else(|| StoreError::UnknownField { collection: coll.name.clone(), field: name.to_owned() })
-    }
-
-    fn check_value(coll: &Collection, def: &FieldDef, v: &Value) -> Result<()> {
-        v.check(def.ty).map_err(|found| StoreError::WrongType {
-            collection: coll.name.clone(),
-            field: def.name.clone(),
-            expected: def.ty.as_str(),
-            found,
-        })?;
-        if v.payload_len() > def.max_bytes {
-            return Err(StoreError::TooLarge {
-                collection: coll.name.clone(),
-                field: def.name.clone(),
-                max: def.max_bytes,
-                len: v.payload_len(),
-            });
-        }
-        Ok(())
-    }
-
     fn blind_index(
         set: &DomainKeySet,
         version: u32,
@@ -1079,17 +1116,9 @@ impl<B: Backend> Store<B> {
         fields: &[(String, Value)],
         tags: &mut Tags,
     ) -> Result<()> {
-        let mut seen = BTreeSet::new();
-        for (name, v) in fields {
-            let def = Self::field_def(coll, name)?;
-            Self::check_value(coll, def, v)?;
-            access.require(def.domain.as_str())?;
-            if !seen.insert(name.as_str()) {
-                return Err(StoreError::Invalid(format!("field {}.{name} is set twice", coll.name)));
-            }
-        }
+        check_fields(coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
         for (name, _) in fields {
-            let def = Self::field_def(coll, name)?;
+            let def = field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
             self.subject_key_for_write(set, subject, tags).await?;
         }
@@ -1110,7 +1139,7 @@ impl<B: Backend> Store<B> {
         // The key of the previous field's domain: fields of one domain usually come together.
         let mut last: Option<(&str, u32, Arc<SubjectKey>)> = None;
         for (name, v) in fields {
-            let def = Self::field_def(coll, name)?;
+            let def = field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
             let (skv, sk) = match &last {
                 Some((d, v, k)) if *d == def.domain.as_str() => (*v, k.clone()),
@@ -1306,13 +1335,12 @@ impl<B: Backend> Store<B> {
         for op in ops {
             match op {
                 Op::Insert { collection, record } => {
+                    // The rules an import checks up front (NewRecord::check); the domain keys are
+                    // checked by prepare_fields.
+                    record.check(&self.schema, &collection)?;
                     let coll = self.schema.collection(&collection)?;
-                    check_id("subject id", &record.subject)?;
                     let id = match &record.id {
-                        Some(id) => {
-                            check_id("record id", id)?;
-                            id.clone()
-                        }
+                        Some(id) => id.clone(),
                         None => random_id()?,
                     };
                     self.prepare_fields(access, coll, &record.subject, &record.fields, tags).await?;
@@ -1333,7 +1361,7 @@ impl<B: Backend> Store<B> {
                     let coll = self.schema.collection(&collection)?;
                     check_id("record id", &id)?;
                     for f in &changes.remove {
-                        let def = Self::field_def(coll, f)?;
+                        let def = field_def(coll, f)?;
                         access.require(def.domain.as_str())?;
                     }
                     let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
@@ -1540,14 +1568,14 @@ impl<B: Backend> Store<B> {
     ) -> Result<Vec<Record>> {
         let mut tags = Tags::new();
         let coll = self.schema.collection(collection)?;
-        let def = Self::field_def(coll, field)?;
+        let def = field_def(coll, field)?;
         if !def.blind_index {
             return Err(StoreError::NotIndexed {
                 collection: collection.to_owned(),
                 field: field.to_owned(),
             });
         }
-        Self::check_value(coll, def, value)?;
+        check_value(coll, def, value)?;
         let set = access.require(def.domain.as_str())?;
         let encoded = value.encode();
         let mut candidates = Vec::new();

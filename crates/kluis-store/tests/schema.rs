@@ -95,3 +95,66 @@ fn schema_in_code() {
     let bad_domain = Schema::builder().collection("a", [field("x", FieldType::Text, "Not Valid")]).build();
     assert!(matches!(bad_domain, Err(StoreError::Schema(_))));
 }
+
+/// `NewRecord::check` refuses, before any key or database is touched, what an insert would
+/// refuse for the record itself (issue 14: `kluis import` checks every line with it).
+#[test]
+fn new_records_are_checked_without_keys_or_database() {
+    use kluis_store::{NewRecord, Value};
+    let s = Schema::from_toml(
+        r#"
+[collections.absence.fields]
+start_date    = { type = "date", domain = "general" }
+work_capacity = { type = "percentage", domain = "general" }
+hours         = { type = "integer", domain = "general" }
+note          = { type = "text", domain = "medical", max_bytes = 5 }
+"#,
+    )
+    .unwrap();
+    let good = NewRecord::new("emp-1")
+        .id("ar-1")
+        .set("start_date", Value::Date("2024-02-29".into()))
+        .set("work_capacity", Value::Decimal("50.5".into()))
+        .set("hours", 32i64)
+        .set("note", "griep");
+    good.check(&s, "absence").unwrap();
+    NewRecord::new("emp-1").check(&s, "absence").unwrap();
+    let bad = |r: NewRecord| r.check(&s, "absence").unwrap_err();
+    assert!(matches!(good.check(&s, "nope"), Err(StoreError::UnknownCollection(_))));
+    assert!(matches!(bad(NewRecord::new("emp 1")), StoreError::InvalidId { what: "subject id", .. }));
+    assert!(matches!(bad(NewRecord::new("emp-1").id("")), StoreError::InvalidId { what: "record id", .. }));
+    assert!(matches!(bad(NewRecord::new("emp-1").set("nope", 1i64)), StoreError::UnknownField { .. }));
+    for (field, v) in [
+        ("start_date", Value::Date("2023-02-29".into())),
+        ("start_date", Value::Date("29-02-2024".into())),
+        ("start_date", Value::Text("2024-02-29".into())),
+        ("work_capacity", Value::Decimal("100.01".into())),
+        ("work_capacity", Value::Decimal("-1".into())),
+        ("work_capacity", Value::Decimal("1.2.3".into())),
+        ("hours", Value::Decimal("32".into())),
+    ] {
+        let e = bad(NewRecord::new("emp-1").set(field, v));
+        assert!(matches!(&e, StoreError::WrongType { field: f, .. } if f == field), "{field}: {e}");
+    }
+    assert!(matches!(
+        bad(NewRecord::new("emp-1").set("note", "griepje")),
+        StoreError::TooLarge { max: 5, len: 7, .. }
+    ));
+    assert!(matches!(
+        bad(NewRecord::new("emp-1").set("hours", 1i64).set("hours", 2i64)),
+        StoreError::Invalid(_)
+    ));
+}
+
+/// A catalog key reference names subject key versions from 1, in decimal without leading zeros.
+#[test]
+fn document_key_refs_name_versions_from_1() {
+    use kluis_store::backend::document_key_version;
+    assert_eq!(document_key_version("subject:medical:v1", "medical"), Some(1));
+    assert_eq!(document_key_version("subject:medical:v4294967295", "medical"), Some(4_294_967_295));
+    for bad in
+        ["subject:medical:v0", "subject:medical:v01", "subject:medical:v", "subject:medical:v4294967296"]
+    {
+        assert_eq!(document_key_version(bad, "medical"), None, "{bad}");
+    }
+}

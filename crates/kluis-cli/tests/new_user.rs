@@ -1,0 +1,112 @@
+//! The CLI as a new user meets it (issue 14, point 6): the database files are private from the
+//! start, and an import is checked whole before anything is written.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const PASSPHRASE: &str = "new user test passphrase, not secret";
+
+/// Runs `kluis --data-dir DIR ARGS` under umask 000, so only the code decides the file modes.
+fn kluis_umask_000(dir: &Path, args: &[&str]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && exec \"$@\"")
+        .arg("sh")
+        .arg(env!("CARGO_BIN_EXE_kluis"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .env("KLUIS_PASSPHRASE", PASSPHRASE)
+        .env_remove("KLUIS_DATA_DIR")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The database file is 0600; so are `-wal` and `-shm` if the command left them, and when a
+/// connection has them open again (SQLite gives them the database file's mode).
+#[cfg(unix)]
+async fn assert_private_database(dir: &Path, after: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |name: &str| {
+        std::fs::metadata(dir.join(name)).map(|m| m.permissions().mode() & 0o777).map_err(|e| e.kind())
+    };
+    assert_eq!(mode("kluis.sqlite"), Ok(0o600), "kluis.sqlite after {after}");
+    for name in ["kluis.sqlite-wal", "kluis.sqlite-shm"] {
+        let m = mode(name);
+        assert!(m == Ok(0o600) || m == Err(std::io::ErrorKind::NotFound), "{name} after {after}: {m:?}");
+    }
+    let backend = kluis_store::SqliteBackend::open(&dir.join("kluis.sqlite")).await.unwrap();
+    let store = kluis_store::Store::new(backend, kluis_store::Schema::default());
+    store.migrate().await.unwrap();
+    for name in ["kluis.sqlite", "kluis.sqlite-wal", "kluis.sqlite-shm"] {
+        assert_eq!(mode(name), Ok(0o600), "{name} after {after}, opened again");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_created_owner_only_whatever_the_umask() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ok(&kluis_umask_000(&dir, &["init"]));
+    assert_private_database(&dir, "init").await;
+    // As the keyring and the documents directory are.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("keyring.kr"), 0o600);
+    assert_eq!(mode("blobs"), 0o700);
+    // A write (domain keys of a new tenant) goes through the WAL.
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    assert_private_database(&dir, "tenant add").await;
+    let f = tmp.path().join("one.jsonl");
+    std::fs::write(&f, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
+    ok(&kluis_umask_000(
+        &dir,
+        &["import", "--tenant", "acme", "--collection", "absence", f.to_str().unwrap()],
+    ));
+    assert_private_database(&dir, "import").await;
+}
+
+/// A field of a domain the tenant has no key of (added to the schema after the tenant) is a bad
+/// line of the first pass, reported with the others, and nothing is written.
+#[test]
+fn import_reports_a_domain_without_key_with_every_other_bad_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ok(&kluis_umask_000(&dir, &["init"]));
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let schema = dir.join("schema.toml");
+    let mut text = std::fs::read_to_string(&schema).unwrap();
+    text.push_str("arbo_note       = { type = \"text\", domain = \"arbo\" }\n");
+    std::fs::write(&schema, text).unwrap();
+    let file = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n",
+            "{\"id\":\"ar-2\",\"subject\":\"emp-1\",\"arbo_note\":\"x\"}\n",
+            "{\"id\":\"ar-3\",\"subject\":\"emp-1\",\"end_date\":\"2026-13-01\"}\n",
+        ),
+    )
+    .unwrap();
+    let args = ["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()];
+    let out = kluis_umask_000(&dir, &args);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("in.jsonl:2: field \"arbo_note\": the tenant has no key of domain \"arbo\""),
+        "{err}"
+    );
+    assert!(err.contains("in.jsonl:3: field absence.end_date expects date"), "{err}");
+    assert!(err.contains("2 bad line(s)"), "{err}");
+    // Nothing was written: after fixing the file (dropping the bad lines) line 1 is imported.
+    std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
+    let out = kluis_umask_000(&dir, &args);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 records imported"), "{out:?}");
+}
