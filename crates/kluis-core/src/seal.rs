@@ -166,12 +166,16 @@ impl SealedHeader {
 /// `fork`); for opening, the most recent epoch per
 /// slot. Slots are taken with `try_lock` and a busy slot means the uncached path (a fresh epoch, or
 /// a subkey derived for one value), never waiting. At most 16 subkeys are held per `SealKey`.
+///
+/// INVARIANT: everything secret it holds (the key material, the prepared PRK, the v2 key
+/// schedules and commitment state, the cached subkeys) is behind a `Box`, so moving a `SealKey`
+/// (into a map that grows, a `Vec`, a struct) copies pointers, never key bytes.
 pub struct SealKey {
     material: KeyMaterial,
     key_ref: KeyRef,
-    prk: Prk,
+    prk: Box<Prk>,
     backend: Backend,
-    v2: V2Keys,
+    v2: Box<V2Keys>,
 }
 
 /// How many values one cached XAES subkey seals before the sealer draws a new epoch (the first
@@ -329,7 +333,9 @@ impl V2Keys {
         if let Some(dst) = ad.get_mut(..HEADER_LEN) {
             dst.copy_from_slice(&header);
         }
-        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        // INVARIANT: `out` is allocated once at its final size, so the plaintext copied into it is
+        // never moved by a reallocation; if sealing fails it still holds plaintext and is wiped.
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(OVERHEAD + plaintext.len()));
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.commitment(&header));
         out.extend_from_slice(plaintext);
@@ -346,7 +352,8 @@ impl V2Keys {
         };
         drop(slot);
         out.extend_from_slice(&tag);
-        Ok(out)
+        // Sealed: only ciphertext is left, handed out as a plain `Vec`.
+        Ok(std::mem::take(&mut *out))
     }
 
     /// Opens a v2 body in place; the commitment was checked before.
@@ -407,8 +414,8 @@ impl SealKey {
     /// on the RustCrypto HMAC: both give the same bytes, and for these short inputs it is the
     /// faster one (BENCHMARKS.md).
     pub fn with_backend(material: KeyMaterial, key_ref: KeyRef, backend: Backend) -> Result<Self> {
-        let prk = Prk::new(Backend::RustCrypto, &material)?;
-        let v2 = V2Keys::new(&prk)?;
+        let prk = Box::new(Prk::new(Backend::RustCrypto, &material)?);
+        let v2 = Box::new(V2Keys::new(&prk)?);
         Ok(Self { material, key_ref, prk, backend, v2 })
     }
 
@@ -731,5 +738,26 @@ mod tests {
         random::set_fake_pid(None);
         assert_ne!(parent, child, "the child sealed in its parent's epoch");
         assert_eq!(child, child2, "the child keeps its own epoch");
+    }
+
+    #[test]
+    fn moving_a_seal_key_leaves_its_secrets_in_place() {
+        let (t, d) = ctx_parts();
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        let k = key(Backend::RustCrypto);
+        let sealed = k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap();
+        let material = k.material().expose_secret().as_ptr();
+        let commit = k.v2.commit.as_ptr();
+        let xaes = std::ptr::from_ref(&k.v2.xaes);
+        let mut v = Vec::with_capacity(1);
+        v.push(k);
+        for _ in 0..20 {
+            v.push(key(Backend::RustCrypto));
+        }
+        let k = v.swap_remove(0);
+        assert_eq!(k.material().expose_secret().as_ptr(), material, "key material copied by a move");
+        assert_eq!(k.v2.commit.as_ptr(), commit, "commitment state copied by a move");
+        assert_eq!(std::ptr::from_ref(&k.v2.xaes), xaes, "XAES key schedule copied by a move");
+        assert_eq!(k.open(&ctx, &sealed).unwrap().expose_secret(), b"x");
     }
 }
