@@ -126,10 +126,11 @@ fn seal_open(c: &mut Criterion) {
 }
 
 /// What one Kluis seal is made of, to explain the gap to the bare primitive. Each Kluis seal+open
-/// (format v2) does: 1 draw of 24 random bytes from the per-thread pool, 2 XAES subkey derivations
-/// and 2 commitments (prepared per key), 2 AES-256-GCM key setups (XChaCha: none), 1 AEAD seal and
-/// 1 open with ~120 bytes of associated data, 4 small allocations. Format v1, still read, used 2
-/// HKDF-Expand of 64 bytes instead of the derivations and commitments.
+/// (format v2) does: 1 `getrandom` call (the 12-byte `r` with AES, the 24-byte salt with
+/// XChaCha) and with AES 1 `getpid` (the fork check of the epoch; see `public_random`), 2 XAES
+/// subkey derivations and 2 commitments (prepared per key), 2 AES-256-GCM key setups (XChaCha:
+/// none), 1 AEAD seal and 1 open with ~120 bytes of associated data, 4 small allocations. Format
+/// v1, still read, used 2 HKDF-Expand of 64 bytes instead of the derivations and commitments.
 fn components(c: &mut Criterion) {
     let mut group = c.benchmark_group("value-components");
     group

@@ -297,7 +297,10 @@ impl V2Keys {
             Suite::Aes256Gcm => self.seal_slots.get(thread_slot()).and_then(|m| m.try_lock().ok()),
             Suite::XChaCha20Poly1305 => None,
         };
-        let epoch: [u8; EPOCH_LEN] = match slot.as_mut() {
+        // INVARIANT: every salt has bytes drawn from the OS for this value, after every earlier
+        // value: `r` (the GCM nonce) with a cached epoch, the whole salt otherwise. No copy of
+        // this process can have drawn them too (FORMAT.md §5.2).
+        let cached_epoch: Option<[u8; EPOCH_LEN]> = match slot.as_mut() {
             Some(guard) => {
                 let pid = random::process_id();
                 if guard.as_ref().is_none_or(|s| s.left == 0 || s.pid != pid) {
@@ -310,23 +313,28 @@ impl V2Keys {
                         pid,
                     }));
                 }
-                match guard.as_mut() {
-                    Some(s) => {
-                        s.left = s.left.saturating_sub(1);
-                        s.epoch
-                    }
-                    None => random::public_array()?,
-                }
+                guard.as_mut().map(|s| {
+                    s.left = s.left.saturating_sub(1);
+                    s.epoch
+                })
             }
+            None => None,
+        };
+        let salt: [u8; SALT_LEN] = match cached_epoch {
+            Some(epoch) => {
+                let r: [u8; SALT_LEN - EPOCH_LEN] = random::public_array()?;
+                let mut salt = [0u8; SALT_LEN];
+                let (e, rest) = salt.split_at_mut(EPOCH_LEN);
+                e.copy_from_slice(&epoch);
+                rest.copy_from_slice(&r);
+                salt
+            }
+            // XChaCha, or a busy slot (an epoch for this value alone): one draw.
             None => random::public_array()?,
         };
-        // INVARIANT: `r` is drawn from the OS after the epoch was chosen and after every earlier
-        // value: no copy of this process can have drawn it too (FORMAT.md §5.2).
-        let r: [u8; 12] = random::public_array()?;
-        let mut salt = [0u8; SALT_LEN];
-        let (e, rest) = salt.split_at_mut(EPOCH_LEN);
-        e.copy_from_slice(&epoch);
-        rest.copy_from_slice(&r);
+        let (epoch, r) = salt.split_at(EPOCH_LEN);
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(r);
 
         let mut header = [0u8; HEADER_LEN];
         write_header(&mut header, VERSION, suite, key_ref, &salt);
@@ -343,10 +351,10 @@ impl V2Keys {
             out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
         let cached = slot.as_ref().and_then(|g| g.as_ref());
         let tag = match (suite, cached) {
-            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&r, &ad, body)?,
+            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&nonce, &ad, body)?,
             (Suite::Aes256Gcm, None) => {
-                let kx = self.xaes.derive_key(&epoch);
-                AeadKey::new(backend, suite, &kx)?.seal_detached(&r, &ad, body)?
+                let kx = self.xaes.derive_key(epoch);
+                AeadKey::new(backend, suite, &kx)?.seal_detached(&nonce, &ad, body)?
             }
             (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, &ad, body)?,
         };
