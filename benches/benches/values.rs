@@ -126,10 +126,11 @@ fn seal_open(c: &mut Criterion) {
 }
 
 /// What one Kluis seal is made of, to explain the gap to the bare primitive. Each Kluis seal+open
-/// (format v2) does: 1 draw of 24 random bytes from the per-thread pool, 2 XAES subkey derivations
-/// and 2 commitments (prepared per key), 2 AES-256-GCM key setups (XChaCha: none), 1 AEAD seal and
-/// 1 open with ~120 bytes of associated data, 4 small allocations. Format v1, still read, used 2
-/// HKDF-Expand of 64 bytes instead of the derivations and commitments.
+/// (format v2) does: 1 `getrandom` call (the 12-byte `r` with AES, the 24-byte salt with
+/// XChaCha) and with AES 1 `getpid` (the fork check of the epoch; see `public_random`), 2 XAES
+/// subkey derivations and 2 commitments (prepared per key), 2 AES-256-GCM key setups (XChaCha:
+/// none), 1 AEAD seal and 1 open with ~120 bytes of associated data, 4 small allocations. Format
+/// v1, still read, used 2 HKDF-Expand of 64 bytes instead of the derivations and commitments.
 fn components(c: &mut Criterion) {
     let mut group = c.benchmark_group("value-components");
     group
@@ -192,6 +193,73 @@ fn components(c: &mut Criterion) {
     group.finish();
 }
 
+/// The salt pool that sealing used until issue 14 (a copy of `kluis-core`'s former
+/// `random::public_array`): a per-thread 4 KiB buffer of OS randomness, refilled when empty or
+/// when the process id changes, each value copied out and wiped. Kept here only to measure it
+/// against a `getrandom` call per value (BENCHMARKS.md, "Randomness per value").
+mod old_pool {
+    use std::cell::RefCell;
+
+    const POOL: usize = 4096;
+
+    struct Pool {
+        pid: u32,
+        bytes: [u8; POOL],
+        pos: usize,
+    }
+
+    thread_local! {
+        static PUBLIC_POOL: RefCell<Pool> = const { RefCell::new(Pool { pid: 0, bytes: [0u8; POOL], pos: POOL }) };
+    }
+
+    pub fn public_array<const N: usize>() -> [u8; N] {
+        let mut out = [0u8; N];
+        let pid = std::process::id();
+        PUBLIC_POOL.with(|cell| {
+            let mut pool = cell.borrow_mut();
+            if pool.pid != pid || POOL - pool.pos < N {
+                getrandom::fill(&mut pool.bytes).expect("rng");
+                pool.pid = pid;
+                pool.pos = 0;
+            }
+            let start = pool.pos;
+            let src = &mut pool.bytes[start..start + N];
+            out.copy_from_slice(src);
+            src.fill(0);
+            pool.pos = start + N;
+        });
+        out
+    }
+}
+
+/// Randomness per sealed value: the former pool against one `getrandom` system call per value
+/// (what sealing does since issue 14), and `getpid` (the fork check, one per AES seal).
+fn public_random(c: &mut Criterion) {
+    let mut group = c.benchmark_group("public-random");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(2000))
+        .sample_size(50);
+    group.bench_function("pool-12B", |b| b.iter(|| black_box(old_pool::public_array::<12>())));
+    group.bench_function("pool-24B", |b| b.iter(|| black_box(old_pool::public_array::<24>())));
+    group.bench_function("getrandom-12B", |b| {
+        b.iter(|| {
+            let mut r = [0u8; 12];
+            getrandom::fill(&mut r).expect("rng");
+            black_box(r)
+        })
+    });
+    group.bench_function("getrandom-24B", |b| {
+        b.iter(|| {
+            let mut r = [0u8; 24];
+            getrandom::fill(&mut r).expect("rng");
+            black_box(r)
+        })
+    });
+    group.bench_function("getpid", |b| b.iter(|| black_box(std::process::id())));
+    group.finish();
+}
+
 /// Blind index of a 20-byte value (e.g. a national id number with a prefix).
 fn blind_index(c: &mut Criterion) {
     let tenant = tenant();
@@ -222,5 +290,5 @@ fn blind_index(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, seal_open, components, blind_index);
+criterion_group!(benches, seal_open, components, public_random, blind_index);
 criterion_main!(benches);

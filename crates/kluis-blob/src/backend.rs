@@ -40,6 +40,10 @@ pub trait BlobBackend: Send + Sync + std::fmt::Debug {
     /// (the last may be shorter): `out[0]` gets the first piece, and so on; each used `Vec` is
     /// cleared first. Returns how many pieces were filled. Lets readers open chunks in place
     /// without a copy. The default reads the range into one buffer and splits it.
+    ///
+    /// The vault hands in buffers that may still hold plaintext of chunks it returned before, each
+    /// with room for a whole piece: write into them in place; do not replace, shrink or drop
+    /// them (that would free their plaintext without a wipe).
     fn read_split(
         &self,
         name: &ObjectName,

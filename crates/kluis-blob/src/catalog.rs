@@ -49,6 +49,18 @@ pub struct DocumentEntry {
     pub metadata: Option<DocumentMetadata>,
 }
 
+/// Entries being listed: their decrypted metadata is wiped if they are dropped before being
+/// handed out.
+struct WipeEntries(Vec<DocumentEntry>);
+
+impl Drop for WipeEntries {
+    fn drop(&mut self) {
+        for m in self.0.iter_mut().filter_map(|e| e.metadata.as_mut()) {
+            zeroize::Zeroize::zeroize(m);
+        }
+    }
+}
+
 impl DocumentEntry {
     /// True if the caller lacks the domain and the metadata was withheld.
     pub fn is_withheld(&self) -> bool {
@@ -302,7 +314,9 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
     async fn entries(&self, access: &Access, mut rows: Vec<DocumentRow>) -> Result<Vec<DocumentEntry>> {
         rows.sort_by(|a, b| (a.created_at, &a.document_id).cmp(&(b.created_at, &b.document_id)));
         let mut keys: HashMap<(String, String, u32), SubjectKey> = HashMap::new();
-        let mut out = Vec::with_capacity(rows.len());
+        // Decrypted metadata of the entries so far is wiped if a later row fails (or the future
+        // is dropped); `out` never grows, so no entry is moved by a reallocation.
+        let mut out = WipeEntries(Vec::with_capacity(rows.len()));
         for row in rows {
             let domain = DomainName::new(row.domain.clone()).map_err(|_| BlobError::Catalog("domain"))?;
             let metadata = match access.set(&row.domain) {
@@ -319,7 +333,7 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
                     Some(self.vault.metadata(&desc, &DocumentKeys::with_subject(set, sk)).await?)
                 }
             };
-            out.push(DocumentEntry {
+            out.0.push(DocumentEntry {
                 document_id: row.document_id,
                 domain,
                 subject: row.subject,
@@ -328,7 +342,7 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
                 metadata,
             });
         }
-        Ok(out)
+        Ok(std::mem::take(&mut out.0))
     }
 
     /// Deletes document `document_id`: its catalog row, then its object. The caller must hold

@@ -132,6 +132,15 @@ impl DocumentDescriptor {
     }
 }
 
+/// A document whose (decrypted) metadata is wiped when it is dropped.
+struct WipeMetadata(NewDocument);
+
+impl Drop for WipeMetadata {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0.metadata);
+    }
+}
+
 fn document_id(object: &ObjectName, subject: &str, record: Option<&str>) -> String {
     match record {
         Some(r) => format!("kluis-blob/v1:{}:{}:{}:r{}:{}", object, subject.len(), subject, r.len(), r),
@@ -210,12 +219,13 @@ impl<B: BlobBackend> DocumentVault<B> {
         new_keys: &DocumentKeys<'_>,
     ) -> Result<DocumentDescriptor> {
         let reader = self.open(desc, old_keys).await?;
-        let doc = NewDocument {
+        // A copy of the decrypted metadata, wiped when dropped (also if this future is dropped).
+        let doc = WipeMetadata(NewDocument {
             subject: desc.subject.clone(),
             record: desc.record.clone(),
             metadata: reader.metadata().clone(),
-        };
-        self.put_from(new_keys, &doc, ReaderSource { reader, pos: 0, len: 0 }).await
+        });
+        self.put_from(new_keys, &doc.0, ReaderSource { reader, pos: 0, len: 0 }).await
     }
 
     async fn put_from<R: ReadInto>(
@@ -753,6 +763,12 @@ impl<B: BlobBackend> DocumentReader<'_, B> {
     /// Fetches the next whole chunks into `bufs` (one buffer per chunk); returns how many.
     async fn fetch(&mut self, bufs: &mut WipeBufs) -> Result<usize> {
         bufs.0.resize_with(self.chunks_per_part, Vec::new);
+        // INVARIANT: the buffers may hold plaintext of chunks returned before, which the backend
+        // overwrites in place. A buffer too small for a whole chunk would have to grow, and
+        // growing frees the old allocation as it is: wipe such a buffer first.
+        for b in bufs.0.iter_mut().filter(|b| b.capacity() < self.c16) {
+            zeroize::Zeroize::zeroize(b);
+        }
         let want = (self.chunks_per_part * self.c16) as u64;
         let end = self.offset.saturating_add(want).min(self.object_len);
         let n = self.backend.read_split(&self.object, self.offset, end, self.c16, &mut bufs.0).await?;

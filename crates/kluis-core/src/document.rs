@@ -28,8 +28,10 @@ use crate::error::{Error, Result};
 use crate::ids::{DomainName, TenantId, labelled_ad};
 use crate::metrics;
 use crate::seal::{KeyRef, SealKey, SealedHeader};
-use crate::secret::{KeyMaterial, Plaintext};
+use crate::secret::{KeyMaterial, Plaintext, reserve_wiping};
 use crate::wire::{Reader, put_bytes16};
+
+use zeroize::{Zeroize, Zeroizing};
 
 /// Document magic.
 pub const MAGIC: [u8; 4] = *b"kdoc";
@@ -102,9 +104,45 @@ impl fmt::Debug for DocumentMetadata {
     }
 }
 
+/// Wipes the strings (contents and spare capacity) and the numbers. Kluis wipes the metadata it
+/// decrypts when it drops it ([`DocumentOpener`]); copies an application makes are its own.
+impl Zeroize for DocumentMetadata {
+    fn zeroize(&mut self) {
+        self.file_name.zeroize();
+        self.extension.zeroize();
+        self.content_type.zeroize();
+        self.length.zeroize();
+        self.created_unix.zeroize();
+        self.uploaded_by.zeroize();
+    }
+}
+
 impl DocumentMetadata {
-    fn encode(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(META_BUCKET);
+    /// The encoded length, padded to a multiple of 256 bytes; checks every length first.
+    fn encoded_len(&self) -> Result<usize> {
+        let mut n = 1 + 1 + 8 + 8;
+        for (what, s) in [
+            ("file name", &self.file_name),
+            ("extension", &self.extension),
+            ("content type", &self.content_type),
+            ("uploaded by", &self.uploaded_by),
+        ] {
+            u16::try_from(s.len()).map_err(|_| Error::invalid(what, "longer than 65535 bytes"))?;
+            n += 2 + s.len();
+        }
+        let padded = n.div_ceil(META_BUCKET) * META_BUCKET;
+        if padded > usize::from(u16::MAX) - TAG_LEN {
+            return Err(Error::invalid("document metadata", "longer than 64 KiB"));
+        }
+        Ok(padded)
+    }
+
+    /// The padded plaintext encoding. INVARIANT: written into one buffer allocated at its final
+    /// size, so it is never reallocated (which would leave a copy of the names behind), and wiped
+    /// on drop.
+    fn encode(&self) -> Result<Zeroizing<Vec<u8>>> {
+        let padded = self.encoded_len()?;
+        let mut out = Zeroizing::new(Vec::with_capacity(padded));
         out.push(META_VERSION);
         put_bytes16(&mut out, "file name", self.file_name.as_bytes())?;
         put_bytes16(&mut out, "extension", self.extension.as_bytes())?;
@@ -121,38 +159,36 @@ impl DocumentMetadata {
         }
         out.extend_from_slice(&self.created_unix.to_be_bytes());
         put_bytes16(&mut out, "uploaded by", self.uploaded_by.as_bytes())?;
-        let padded = out.len().div_ceil(META_BUCKET) * META_BUCKET;
         out.resize(padded, 0);
-        if out.len() > usize::from(u16::MAX) - TAG_LEN {
-            return Err(Error::invalid("document metadata", "longer than 64 KiB"));
-        }
         Ok(out)
     }
 
+    /// Decodes decrypted metadata. On failure the fields read so far are wiped.
     fn decode(b: &[u8]) -> Result<Self> {
         let mut r = Reader::new(b, "document metadata");
         let v = r.u8()?;
         if v != META_VERSION {
             return Err(Error::UnsupportedVersion { what: "document metadata", version: u16::from(v) });
         }
-        let file_name = r.str16()?.to_owned();
-        let extension = r.str16()?.to_owned();
-        let content_type = r.str16()?.to_owned();
+        let mut m = Zeroizing::new(Self::default());
+        m.file_name = r.str16()?.to_owned();
+        m.extension = r.str16()?.to_owned();
+        m.content_type = r.str16()?.to_owned();
         let has_len = r.u8()?;
         let len = r.u64()?;
         // One encoding per value: an unknown length is flag 0 with eight zero bytes.
-        let length = match (has_len, len) {
+        m.length = match (has_len, len) {
             (0, 0) => None,
             (0, _) => return Err(Error::malformed("document metadata", "length without its flag")),
             (1, _) => Some(len),
             _ => return Err(Error::malformed("document metadata", "bad length flag")),
         };
-        let created_unix = i64::from_be_bytes(r.array()?);
-        let uploaded_by = r.str16()?.to_owned();
+        m.created_unix = i64::from_be_bytes(r.array()?);
+        m.uploaded_by = r.str16()?.to_owned();
         if r.rest().iter().any(|&b| b != 0) {
             return Err(Error::malformed("document metadata", "non-zero padding"));
         }
-        Ok(Self { file_name, extension, content_type, length, created_unix, uploaded_by })
+        Ok(std::mem::take(&mut *m))
     }
 }
 
@@ -300,9 +336,10 @@ impl DocumentSealer {
         let dk = KeyMaterial::generate()?;
         let wrapped = wrapping.seal_ad(opts.suite, &ctx.ad()?, dk.expose_secret())?;
         let doc_nonce: [u8; DOC_NONCE_LEN] = crate::random::public_array()?;
-        let meta_pt = zeroize::Zeroizing::new(meta.encode()?);
+        // Encrypted in place below: it never holds plaintext outside this wiping buffer.
+        let mut meta_buf = meta.encode()?;
 
-        let mut header = Vec::with_capacity(PREFIX_LEN + wrapped.len() + meta_pt.len() + TAG_LEN);
+        let mut header = Vec::with_capacity(PREFIX_LEN + wrapped.len() + meta_buf.len() + TAG_LEN);
         header.extend_from_slice(&MAGIC);
         header.push(VERSION);
         header.push(opts.suite.id());
@@ -310,7 +347,7 @@ impl DocumentSealer {
         header.push(if opts.pad { FLAG_PADDED } else { 0 });
         header.extend_from_slice(&doc_nonce);
         let wl = u16::try_from(wrapped.len()).map_err(|_| Error::ApiMisuse("wrapped key length"))?;
-        let ml = u16::try_from(meta_pt.len() + TAG_LEN)
+        let ml = u16::try_from(meta_buf.len() + TAG_LEN)
             .map_err(|_| Error::invalid("document metadata", "too long"))?;
         header.extend_from_slice(&wl.to_be_bytes());
         header.extend_from_slice(&ml.to_be_bytes());
@@ -318,10 +355,9 @@ impl DocumentSealer {
 
         let fixed = header.get(..FIXED_LEN).ok_or_else(|| Error::ApiMisuse("header"))?.to_vec();
         let keys = derive_doc_keys(&dk, &fixed, opts.suite, opts.backend)?;
-        let mut meta_ct = meta_pt.to_vec();
         // The metadata AD is everything before it: prefix and wrapped key.
-        let tag = keys.meta.seal_detached(&ZERO_NONCE, &header, &mut meta_ct)?;
-        header.extend_from_slice(&meta_ct);
+        let tag = keys.meta.seal_detached(&ZERO_NONCE, &header, &mut meta_buf)?;
+        header.extend_from_slice(&meta_buf);
         header.extend_from_slice(&tag);
 
         Ok(Self {
@@ -479,15 +515,16 @@ impl StreamSealer {
             return Err(Error::invalid("document", "content length differs from the declared length"));
         }
         let pad_left = self.inner.padded.map(|(d, p)| p - d).unwrap_or(0);
-        let mut buf = self.buf;
-        Ok(SealerTail { inner: self.inner, buf: Some(std::mem::take(&mut *buf)), pad_left })
+        Ok(SealerTail { inner: self.inner, buf: Some(self.buf), pad_left })
     }
 }
 
 /// The last chunks of a [`StreamSealer`].
 pub struct SealerTail {
     inner: DocumentSealer,
-    buf: Option<Vec<u8>>,
+    /// The held plaintext chunk (capacity: a chunk and its tag). Wiped if it is dropped unsealed:
+    /// the tail dropped early, or sealing failed.
+    buf: Option<Zeroizing<Vec<u8>>>,
     pad_left: u64,
 }
 
@@ -505,17 +542,17 @@ impl SealerTail {
         // Fill the held chunk with padding.
         let room = (cs - buf.len()) as u64;
         let add = room.min(self.pad_left);
-        buf.resize(buf.len() + add as usize, 0);
+        let filled = buf.len() + add as usize;
+        buf.resize(filled, 0);
         self.pad_left -= add;
-        if self.pad_left == 0 {
-            self.inner.seal_chunk(&mut buf, true)?;
-            Ok(Some(buf))
-        } else {
+        let last = self.pad_left == 0;
+        self.inner.seal_chunk(&mut buf, last)?;
+        if !last {
             // A full chunk and more padding to come.
-            self.inner.seal_chunk(&mut buf, false)?;
-            self.buf = Some(Vec::with_capacity(cs + TAG_LEN));
-            Ok(Some(buf))
+            self.buf = Some(Zeroizing::new(Vec::with_capacity(cs + TAG_LEN)));
         }
+        // Sealed: the buffer holds ciphertext only.
+        Ok(Some(std::mem::take(&mut *buf)))
     }
 }
 
@@ -644,7 +681,7 @@ impl DocumentHeader {
             metrics::decrypt_failed("document metadata", false);
             return Err(Error::Decrypt);
         }
-        let meta = DocumentMetadata::decode(&pt)?;
+        let mut meta = Zeroizing::new(DocumentMetadata::decode(&pt)?);
         if self.padded && meta.length.is_none() {
             return Err(Error::malformed("document header", "padded document without a length"));
         }
@@ -653,7 +690,7 @@ impl DocumentHeader {
             chunk_size: self.chunk_size(),
             padded: self.padded,
             payload: keys.payload,
-            meta,
+            meta: std::mem::take(&mut *meta),
         })
     }
 }
@@ -688,13 +725,19 @@ pub struct RangePlan {
     pub final_chunk: u64,
 }
 
-/// Decrypts one document's chunks.
+/// Decrypts one document's chunks. Its decrypted metadata is wiped when it is dropped.
 pub struct DocumentOpener {
     header_len: usize,
     chunk_size: usize,
     padded: bool,
     payload: AeadKey,
     meta: DocumentMetadata,
+}
+
+impl Drop for DocumentOpener {
+    fn drop(&mut self) {
+        self.meta.zeroize();
+    }
 }
 
 impl fmt::Debug for DocumentOpener {
@@ -816,6 +859,9 @@ impl DocumentOpener {
         let (body, tag) = ct.split_at(ct.len() - TAG_LEN);
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| Error::ApiMisuse("tag"))?;
         let start = out.len();
+        // `out` holds the plaintext of earlier chunks: if it must grow, the old allocation is
+        // wiped, not just freed.
+        reserve_wiping(out, body.len());
         out.extend_from_slice(body);
         let ok = match out.get_mut(start..) {
             Some(dst) => self.payload.open_detached(&chunk_nonce(index, last), &[], dst, &tag).is_ok(),
@@ -857,25 +903,48 @@ impl DocumentOpener {
 
     /// Decrypts a planned range: `ciphertext` is the object bytes `plan.object_start..plan.object_end`.
     pub fn open_range(&self, plan: &RangePlan, ciphertext: &[u8]) -> Result<Plaintext> {
+        // Sized by what was actually supplied, never by the (untrusted) planned length alone: the
+        // plaintext is never longer than its ciphertext.
+        let len = usize::try_from(plan.take).unwrap_or(usize::MAX).min(ciphertext.len());
+        let mut out = zeroize::Zeroizing::new(vec![0u8; len]);
+        let n = self.open_range_into(plan, ciphertext, &mut out)?;
+        out.truncate(n);
+        Ok(Plaintext::new(std::mem::take(&mut *out)))
+    }
+
+    /// [`DocumentOpener::open_range`] into `out`, which holds at least the range; returns the
+    /// number of bytes written. On failure every byte of `out` is zero: no plaintext of the
+    /// chunks opened before the failure is left in it.
+    fn open_range_into(&self, plan: &RangePlan, ciphertext: &[u8], out: &mut [u8]) -> Result<usize> {
+        let r = self.open_range_inner(plan, ciphertext, out);
+        if r.is_err() {
+            out.zeroize();
+        }
+        r
+    }
+
+    fn open_range_inner(&self, plan: &RangePlan, ciphertext: &[u8], out: &mut [u8]) -> Result<usize> {
         let c16 = self.chunk_size + TAG_LEN;
-        // Reserve by what was actually supplied, never by the (untrusted) planned length.
-        let mut out = Vec::with_capacity(usize::try_from(plan.take).unwrap_or(0).min(ciphertext.len()));
         let mut skip = plan.skip;
         let mut take = plan.take;
-        let mut buf = Vec::with_capacity(c16);
+        let mut at = 0usize;
+        // One chunk's plaintext at a time; it never grows (each chunk is at most `c16` bytes)
+        // and is wiped when dropped, on every path.
+        let mut buf = Zeroizing::new(Vec::with_capacity(c16));
         for (i, ct) in (plan.first_chunk..=plan.last_chunk).zip(ciphertext.chunks(c16)) {
             self.open_chunk_from(i, i == plan.final_chunk, ct, &mut buf)?;
             let from = usize::try_from(skip).unwrap_or(usize::MAX).min(buf.len());
             let n = usize::try_from(take).unwrap_or(usize::MAX).min(buf.len() - from);
-            out.extend_from_slice(buf.get(from..from + n).unwrap_or(&[]));
+            let dst = out.get_mut(at..at + n).ok_or(Error::Truncated)?;
+            dst.copy_from_slice(buf.get(from..from + n).unwrap_or(&[]));
+            at += n;
             skip = skip.saturating_sub(buf.len() as u64);
             take -= n as u64;
         }
-        zeroize::Zeroize::zeroize(&mut buf);
         if take != 0 {
             return Err(Error::Truncated);
         }
-        Ok(Plaintext::new(out))
+        Ok(at)
     }
 
     /// A sequential reader over the chunks (after the header).
@@ -884,6 +953,10 @@ impl DocumentOpener {
         StreamOpener { opener: self, buf: Vec::with_capacity(cap), index: 0, stream: 0, emitted: 0 }
     }
 }
+
+#[cfg(test)]
+#[path = "document_wipe_tests.rs"]
+mod wipe_tests;
 
 /// Opens a document sequentially from pushed ciphertext, holding back at most one chunk.
 /// Plaintext is released chunk by chunk once authenticated; [`StreamOpener::finish`] must be

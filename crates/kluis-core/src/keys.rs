@@ -959,14 +959,25 @@ impl Default for CacheConfig {
     }
 }
 
+/// INVARIANT: `KeyMaterial` keeps its bytes in its own allocation, so when the table grows and
+/// moves its entries only the pointer moves: no copy of a key is left in the old table.
 struct CacheEntry {
     key: KeyMaterial,
     expires: Instant,
 }
 
+#[cfg(test)]
+#[path = "keys_cache_tests.rs"]
+mod cache_tests;
+
 /// Wraps a provider with a cache of unwrapped keys: bounded in size and lifetime, zeroized on
 /// eviction (the entries hold [`KeyMaterial`]). Errors are never cached. Misses of one batch go to
 /// the inner provider in one call.
+///
+/// Expired keys are dropped (and zeroized) by every call that looks at the cache: `unwrap_batch`,
+/// [`CachingProvider::len`], [`CachingProvider::is_empty`], `Debug`, and
+/// [`CachingProvider::sweep_expired`]. Between such calls an expired key stays in memory: an
+/// application that may leave the cache idle calls `sweep_expired` from a timer.
 pub struct CachingProvider<P> {
     inner: P,
     config: CacheConfig,
@@ -986,7 +997,8 @@ pub struct CacheStats {
 
 impl<P: fmt::Debug> fmt::Debug for CachingProvider<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.entries.lock().map(|e| e.len()).unwrap_or(0);
+        let now = self.clock.now();
+        let n = self.entries.lock().map(|mut e| sweep(&mut e, now).1).unwrap_or(0);
         f.debug_struct("CachingProvider")
             .field("inner", &self.inner)
             .field("config", &self.config)
@@ -1022,9 +1034,16 @@ impl<P: RootKeyProvider> CachingProvider<P> {
         self.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
-    /// Number of keys held.
+    /// Number of keys held (after dropping the expired ones).
     pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or(0)
+        let now = self.clock.now();
+        self.entries.lock().map(|mut e| sweep(&mut e, now).1).unwrap_or(0)
+    }
+
+    /// Drops (and zeroizes) every expired key now; returns how many were dropped.
+    pub fn sweep_expired(&self) -> usize {
+        let now = self.clock.now();
+        self.entries.lock().map(|mut e| sweep(&mut e, now).0).unwrap_or(0)
     }
 
     /// Is the cache empty?
@@ -1057,7 +1076,7 @@ impl<P: RootKeyProvider> CachingProvider<P> {
         let mut miss_idx = Vec::new();
         {
             let mut entries = self.entries.lock().map_err(|_| Error::ApiMisuse("cache lock poisoned"))?;
-            entries.retain(|_, e| e.expires > now);
+            sweep(&mut entries, now);
             for (i, id) in ids.iter().enumerate() {
                 match entries.get(id) {
                     Some(e) => out.push(Some(Ok(e.key.clone()))),
@@ -1079,8 +1098,11 @@ impl<P: RootKeyProvider> CachingProvider<P> {
             if results.len() != misses.len() {
                 return Err(Error::ApiMisuse("provider returned a different number of keys"));
             }
-            let expires = self.clock.now() + self.config.ttl;
+            let now = self.clock.now();
+            let expires = now + self.config.ttl;
             let mut entries = self.entries.lock().map_err(|_| Error::ApiMisuse("cache lock poisoned"))?;
+            // Keys may have expired while the provider answered.
+            sweep(&mut entries, now);
             for (&i, res) in miss_idx.iter().zip(results) {
                 if let (Ok(k), Some(id)) = (&res, ids.get(i)) {
                     if entries.len() >= self.config.max_entries {
@@ -1100,6 +1122,13 @@ impl<P: RootKeyProvider> CachingProvider<P> {
         }
         Ok(out.into_iter().map(|o| o.unwrap_or(Err(Error::ApiMisuse("missing unwrap result")))).collect())
     }
+}
+
+/// Drops (and so zeroizes) the entries expired at `now`. Returns (dropped, left).
+fn sweep(entries: &mut HashMap<[u8; 32], CacheEntry>, now: Instant) -> (usize, usize) {
+    let before = entries.len();
+    entries.retain(|_, e| e.expires > now);
+    (before - entries.len(), entries.len())
 }
 
 impl<P: RootKeyProvider> RootKeyProvider for CachingProvider<P> {

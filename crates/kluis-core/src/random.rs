@@ -1,13 +1,15 @@
 //! The one place Kluis draws randomness: the operating system's CSPRNG via `getrandom`.
 //!
 //! - Secret values (keys) come straight from the OS on every call: [`fill`], [`array`].
-//! - Public values (the salts and document nonces written in clear into every ciphertext) come
-//!   from [`public_array`]: a per-thread buffer refilled from the OS 4 KiB at a time, which saves a
-//!   system call per sealed value (about 0.4 µs, see BENCHMARKS.md). The buffer is discarded when
-//!   the process id changes, so a forked child never reuses its parent's bytes (a repeated salt
-//!   would repeat a one-time key). Bytes are handed out once and wiped from the buffer as they go.
-
-use std::cell::RefCell;
+//! - Public values that must be unique (the salt of every sealed value, and so the GCM nonce `r`
+//!   and every epoch; document nonces) come from [`public_array`], which is also one OS call per
+//!   value. There is deliberately **no buffer of randomness in user space**: a buffer, like any
+//!   process state, is copied by a VM snapshot, a checkpoint/restore or a `fork`, and two copies
+//!   would hand out the same bytes. Bytes drawn from the OS after the copy differ in each copy
+//!   as long as the OS's generator does (Linux reseeds it when a VM is cloned, through the VM
+//!   generation id). docs/FORMAT.md §5.2 states the bound this gives; BENCHMARKS.md the cost
+//!   (one system call per value: 220 ns against 102 ns for the former 4 KiB pool, +0.2 µs per
+//!   100-byte seal+open).
 
 use crate::error::{Error, Result};
 
@@ -23,52 +25,65 @@ pub(crate) fn array<const N: usize>() -> Result<[u8; N]> {
     Ok(a)
 }
 
-const POOL: usize = 4096;
-
-struct Pool {
-    pid: u32,
-    bytes: [u8; POOL],
-    pos: usize,
-}
-
-thread_local! {
-    static PUBLIC_POOL: RefCell<Pool> = const { RefCell::new(Pool { pid: 0, bytes: [0u8; POOL], pos: POOL }) };
-}
-
-/// A random array for a value that is published in clear (salt, nonce). `N` is at most 4096.
+/// A random array for a value that is published in clear and must be unique (salt, nonce):
+/// drawn from the OS by this call, never from bytes drawn earlier.
 pub(crate) fn public_array<const N: usize>() -> Result<[u8; N]> {
-    let mut out = [0u8; N];
-    if N > POOL {
-        fill(&mut out)?;
-        return Ok(out);
-    }
-    let pid = std::process::id();
-    PUBLIC_POOL.with(|cell| {
-        let mut pool = cell.try_borrow_mut().map_err(|_| Error::Rng)?;
-        // INVARIANT: bytes before `pos` were handed out (and wiped) or are stale; a new process
-        // (after fork) starts with an empty pool.
-        if pool.pid != pid || POOL - pool.pos < N {
-            fill(&mut pool.bytes)?;
-            pool.pid = pid;
-            pool.pos = 0;
-        }
-        let start = pool.pos;
-        let src = pool.bytes.get_mut(start..start + N).ok_or_else(|| Error::Rng)?;
-        out.copy_from_slice(src);
-        src.fill(0);
-        pool.pos = start + N;
-        Ok(out)
-    })
+    array()
 }
+
+/// This process's id: sealing starts a new epoch when it changes (after `fork`). Tests can
+/// pretend to be a forked child.
+pub(crate) fn process_id() -> u32 {
+    #[cfg(test)]
+    if let Some(p) = FAKE_PID.with(std::cell::Cell::get) {
+        return p;
+    }
+    std::process::id()
+}
+
+#[cfg(test)]
+thread_local! {
+    static FAKE_PID: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+#[cfg(test)]
+pub(crate) fn set_fake_pid(pid: Option<u32>) {
+    FAKE_PID.with(|c| c.set(pid));
+}
+
+/// What a VM snapshot copies of this module's per-thread state: nothing. There is no buffer of
+/// randomness to replay (tests use this to play a clone: see `seal.rs`).
+#[cfg(test)]
+pub(crate) struct ThreadState;
+
+#[cfg(test)]
+pub(crate) fn snapshot_thread_state() -> ThreadState {
+    ThreadState
+}
+
+#[cfg(test)]
+pub(crate) fn restore_thread_state(_: &ThreadState) {}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn public_values_never_repeat_across_refills() {
+    fn a_cloned_thread_never_replays_public_values() {
+        let _ = public_array::<24>().unwrap();
+        // A VM snapshot (or a restored checkpoint) copies this thread's state into two processes
+        // with the same pid: each continuation must draw its own bytes.
+        let snap = snapshot_thread_state();
+        let a: Vec<[u8; 24]> = (0..200).map(|_| public_array().unwrap()).collect();
+        restore_thread_state(&snap);
+        let b: Vec<[u8; 24]> = (0..200).map(|_| public_array().unwrap()).collect();
+        let seen: std::collections::HashSet<_> = a.iter().collect();
+        assert!(b.iter().all(|v| !seen.contains(v)), "a clone replayed a public value");
+    }
+
+    #[test]
+    fn public_values_never_repeat() {
         let mut seen = std::collections::HashSet::new();
-        // 10,000 salts span about 60 pool refills.
         for _ in 0..10_000 {
             assert!(seen.insert(public_array::<24>().unwrap()));
         }

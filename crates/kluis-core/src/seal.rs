@@ -21,11 +21,14 @@
 //!
 //! Nonce bound (docs/FORMAT.md §5): for the AES suite the salt is `epoch || r`, where the 12-byte
 //! epoch selects the XAES subkey and the 12-byte `r` is the GCM nonce. A sealer keeps one epoch
-//! (and its prepared AES-GCM subkey) for at most [`EPOCH_VALUES`] = 2^16 values with a fresh
-//! random `r` each, so one subkey sees at most 2^16 random 96-bit nonces (collision chance
-//! 2^-65), and `n` values under one key risk a repeat with probability about `n · 2^16 / 2^97`:
-//! 2^-32 only after 2^49 values. The XChaCha suite takes the whole salt as its 192-bit nonce.
-//! Each message is limited to [`MAX_SEALED_PLAINTEXT`] bytes.
+//! (and its prepared AES-GCM subkey) for at most [`EPOCH_VALUES`] = 2^16 values, and starts a new
+//! one when the process id changes (a forked child). Every `r` (and every XChaCha salt) is drawn
+//! from the OS for that value alone, so a copy of the process (a VM snapshot restored twice)
+//! cannot replay it. One process puts at most 2^16 random 96-bit nonces under one subkey
+//! (collision chance below 2^-65), `c` copies sharing an epoch at most `c · 2^16` (below
+//! `c^2 / 2^65`), and `n` values under one key risk a repeat with probability about
+//! `n · 2^16 / 2^97`: 2^-32 only after 2^49 values. The XChaCha suite takes the whole salt as its
+//! 192-bit nonce. Each message is limited to [`MAX_SEALED_PLAINTEXT`] bytes.
 
 use std::fmt;
 
@@ -170,15 +173,20 @@ impl SealedHeader {
 /// (`SealKey` is `Send + Sync`).
 ///
 /// It caches prepared AES-256-GCM subkeys: for sealing, one epoch per slot (threads take slots
-/// round-robin), renewed every [`EPOCH_VALUES`] values; for opening, the most recent epoch per
+/// round-robin), renewed every [`EPOCH_VALUES`] values and in a process with another id (after
+/// `fork`); for opening, the most recent epoch per
 /// slot. Slots are taken with `try_lock` and a busy slot means the uncached path (a fresh epoch, or
 /// a subkey derived for one value), never waiting. At most 16 subkeys are held per `SealKey`.
+///
+/// INVARIANT: everything secret it holds (the key material, the prepared PRK, the v2 key
+/// schedules and commitment state, the cached subkeys) is behind a `Box`, so moving a `SealKey`
+/// (into a map that grows, a `Vec`, a struct) copies pointers, never key bytes.
 pub struct SealKey {
     material: KeyMaterial,
     key_ref: KeyRef,
-    prk: Prk,
+    prk: Box<Prk>,
     backend: Backend,
-    v2: V2Keys,
+    v2: Box<V2Keys>,
 }
 
 /// How many values one cached XAES subkey seals before the sealer draws a new epoch (the first
@@ -209,8 +217,12 @@ struct SealSlot {
     epoch: [u8; EPOCH_LEN],
     key: AeadKey,
     /// Values this epoch may still seal. INVARIANT: at most [`EPOCH_VALUES`] values are sealed
-    /// per epoch, which keeps the GCM random-nonce bound per subkey at 2^32 / 2^97 (FORMAT.md §5).
+    /// per epoch in one process, which keeps the GCM random-nonce bound per subkey at
+    /// 2^32 / 2^97, and at `(c · 2^16)^2 / 2^97` for `c` copies of a process (FORMAT.md §5.2).
     left: u32,
+    /// The process that drew the epoch. INVARIANT: a process with another id (a forked child,
+    /// which inherits the slot) draws its own epoch before sealing.
+    pid: u32,
 }
 
 struct OpenSlot {
@@ -280,9 +292,10 @@ impl V2Keys {
     /// and returns `header || commitment || ciphertext || tag`.
     ///
     /// AES suite: the salt is `epoch || r`. The epoch and its prepared AES-256-GCM subkey come from
-    /// this thread's slot and are renewed after [`EPOCH_VALUES`] values; `r` is fresh for every
-    /// value. When the slot is busy (another thread on the same slot), the epoch is fresh and the
-    /// subkey is derived for this value alone. Both draws come from the fork-safe pool.
+    /// this thread's slot and are renewed after [`EPOCH_VALUES`] values, or when the process id
+    /// is not the one that drew the epoch; `r` is drawn from the OS for this value alone. When the
+    /// slot is busy (another thread on the same slot), the epoch is fresh and the subkey is
+    /// derived for this value alone. XChaCha suite: the whole salt is drawn from the OS.
     fn seal(
         &self,
         backend: Backend,
@@ -291,43 +304,57 @@ impl V2Keys {
         mut ad: Vec<u8>,
         plaintext: &[u8],
     ) -> Result<Vec<u8>> {
-        let r: [u8; 12] = random::public_array()?;
         let mut slot = match suite {
             Suite::Aes256Gcm => self.seal_slots.get(thread_slot()).and_then(|m| m.try_lock().ok()),
             Suite::XChaCha20Poly1305 => None,
         };
-        let epoch: [u8; EPOCH_LEN] = match slot.as_mut() {
+        // INVARIANT: every salt has bytes drawn from the OS for this value, after every earlier
+        // value: `r` (the GCM nonce) with a cached epoch, the whole salt otherwise. No copy of
+        // this process can have drawn them too (FORMAT.md §5.2).
+        let cached_epoch: Option<[u8; EPOCH_LEN]> = match slot.as_mut() {
             Some(guard) => {
-                if guard.as_ref().is_none_or(|s| s.left == 0) {
+                let pid = random::process_id();
+                if guard.as_ref().is_none_or(|s| s.left == 0 || s.pid != pid) {
                     let epoch: [u8; EPOCH_LEN] = random::public_array()?;
                     let kx = self.xaes.derive_key(&epoch);
                     **guard = Some(Box::new(SealSlot {
                         epoch,
                         key: AeadKey::new(backend, suite, &kx)?,
                         left: EPOCH_VALUES,
+                        pid,
                     }));
                 }
-                match guard.as_mut() {
-                    Some(s) => {
-                        s.left = s.left.saturating_sub(1);
-                        s.epoch
-                    }
-                    None => random::public_array()?,
-                }
+                guard.as_mut().map(|s| {
+                    s.left = s.left.saturating_sub(1);
+                    s.epoch
+                })
             }
+            None => None,
+        };
+        let salt: [u8; SALT_LEN] = match cached_epoch {
+            Some(epoch) => {
+                let r: [u8; SALT_LEN - EPOCH_LEN] = random::public_array()?;
+                let mut salt = [0u8; SALT_LEN];
+                let (e, rest) = salt.split_at_mut(EPOCH_LEN);
+                e.copy_from_slice(&epoch);
+                rest.copy_from_slice(&r);
+                salt
+            }
+            // XChaCha, or a busy slot (an epoch for this value alone): one draw.
             None => random::public_array()?,
         };
-        let mut salt = [0u8; SALT_LEN];
-        let (e, rest) = salt.split_at_mut(EPOCH_LEN);
-        e.copy_from_slice(&epoch);
-        rest.copy_from_slice(&r);
+        let (epoch, r) = salt.split_at(EPOCH_LEN);
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(r);
 
         let mut header = [0u8; HEADER_LEN];
         write_header(&mut header, VERSION, suite, key_ref, &salt);
         if let Some(dst) = ad.get_mut(..HEADER_LEN) {
             dst.copy_from_slice(&header);
         }
-        let mut out = Vec::with_capacity(OVERHEAD + plaintext.len());
+        // INVARIANT: `out` is allocated once at its final size, so the plaintext copied into it is
+        // never moved by a reallocation; if sealing fails it still holds plaintext and is wiped.
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(OVERHEAD + plaintext.len()));
         out.extend_from_slice(&header);
         out.extend_from_slice(&self.commitment(&header));
         out.extend_from_slice(plaintext);
@@ -335,16 +362,17 @@ impl V2Keys {
             out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
         let cached = slot.as_ref().and_then(|g| g.as_ref());
         let tag = match (suite, cached) {
-            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&r, &ad, body)?,
+            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&nonce, &ad, body)?,
             (Suite::Aes256Gcm, None) => {
-                let kx = self.xaes.derive_key(&epoch);
-                AeadKey::new(backend, suite, &kx)?.seal_detached(&r, &ad, body)?
+                let kx = self.xaes.derive_key(epoch);
+                AeadKey::new(backend, suite, &kx)?.seal_detached(&nonce, &ad, body)?
             }
             (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, &ad, body)?,
         };
         drop(slot);
         out.extend_from_slice(&tag);
-        Ok(out)
+        // Sealed: only ciphertext is left, handed out as a plain `Vec`.
+        Ok(std::mem::take(&mut *out))
     }
 
     /// Opens a v2 body in place; the commitment was checked before.
@@ -411,8 +439,8 @@ impl SealKey {
         if check_key_version(key_ref.kind, key_ref.version).is_err() {
             return Err(Error::invalid("key version", "versions start at 1"));
         }
-        let prk = Prk::new(Backend::RustCrypto, &material)?;
-        let v2 = V2Keys::new(&prk)?;
+        let prk = Box::new(Prk::new(Backend::RustCrypto, &material)?);
+        let v2 = Box::new(V2Keys::new(&prk)?);
         Ok(Self { material, key_ref, prk, backend, v2 })
     }
 
@@ -555,6 +583,33 @@ fn write_header(out: &mut [u8; HEADER_LEN], format: u8, suite: Suite, key: KeyRe
     rest.copy_from_slice(salt);
 }
 
+/// What a VM snapshot copies of one sealing thread: its seal slot of a key and its randomness
+/// state (tests restore it to play a clone).
+#[cfg(test)]
+struct CloneState {
+    slot: Option<([u8; EPOCH_LEN], u32, u32)>,
+    thread: random::ThreadState,
+}
+
+#[cfg(test)]
+impl SealKey {
+    fn snapshot(&self) -> CloneState {
+        let slot =
+            self.v2.seal_slots[thread_slot()].lock().unwrap().as_ref().map(|s| (s.epoch, s.left, s.pid));
+        CloneState { slot, thread: random::snapshot_thread_state() }
+    }
+
+    fn restore(&self, c: &CloneState) {
+        let mut g = self.v2.seal_slots[thread_slot()].lock().unwrap();
+        *g = c.slot.map(|(epoch, left, pid)| {
+            let kx = self.v2.xaes.derive_key(&epoch);
+            let key = AeadKey::new(self.backend, Suite::Aes256Gcm, &kx).unwrap();
+            Box::new(SealSlot { epoch, key, left, pid })
+        });
+        random::restore_thread_state(&c.thread);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -654,5 +709,80 @@ mod tests {
             }
         }
         assert_eq!(salts.len(), 24_000);
+    }
+
+    fn ctx_parts() -> (TenantId, DomainName) {
+        (TenantId::new("acme").unwrap(), DomainName::medical())
+    }
+
+    #[test]
+    fn two_clones_of_a_sealing_process_never_repeat_a_salt() {
+        let (t, d) = ctx_parts();
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        for backend in Backend::all() {
+            for suite in [Suite::Aes256Gcm, Suite::XChaCha20Poly1305] {
+                let k = key(*backend);
+                for _ in 0..10 {
+                    k.seal(suite, &ctx, b"x").unwrap();
+                }
+                // The snapshot: both clones continue from here, with the same pid.
+                let snap = k.snapshot();
+                let seal_n = |n| -> Vec<Vec<u8>> {
+                    (0..n).map(|_| k.seal(suite, &ctx, b"x").unwrap()[8..32].to_vec()).collect()
+                };
+                let a = seal_n(1000);
+                k.restore(&snap);
+                let b = seal_n(1000);
+                let seen: HashSet<&Vec<u8>> = a.iter().collect();
+                assert!(
+                    b.iter().all(|s| !seen.contains(s)),
+                    "{backend:?} {suite:?}: a clone repeated a salt"
+                );
+                if suite == Suite::Aes256Gcm {
+                    // Both clones seal in the epoch of the snapshot (the c * 2^16 bound), each
+                    // value with its own r.
+                    assert_eq!(a[0][..EPOCH_LEN], b[0][..EPOCH_LEN]);
+                    let rs: HashSet<&[u8]> = a.iter().chain(&b).map(|s| &s[EPOCH_LEN..]).collect();
+                    assert_eq!(rs.len(), 2000);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_forked_child_starts_its_own_epoch() {
+        let (t, d) = ctx_parts();
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        let k = key(Backend::preferred());
+        let parent = epoch_of(&k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap());
+        assert_eq!(parent, epoch_of(&k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap()));
+        // The child inherits the slot (the parent's epoch, values left) but has another pid.
+        random::set_fake_pid(Some(std::process::id().wrapping_add(1)));
+        let child = epoch_of(&k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap());
+        let child2 = epoch_of(&k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap());
+        random::set_fake_pid(None);
+        assert_ne!(parent, child, "the child sealed in its parent's epoch");
+        assert_eq!(child, child2, "the child keeps its own epoch");
+    }
+
+    #[test]
+    fn moving_a_seal_key_leaves_its_secrets_in_place() {
+        let (t, d) = ctx_parts();
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        let k = key(Backend::RustCrypto);
+        let sealed = k.seal(Suite::Aes256Gcm, &ctx, b"x").unwrap();
+        let material = k.material().expose_secret().as_ptr();
+        let commit = k.v2.commit.as_ptr();
+        let xaes = std::ptr::from_ref(&k.v2.xaes);
+        let mut v = Vec::with_capacity(1);
+        v.push(k);
+        for _ in 0..20 {
+            v.push(key(Backend::RustCrypto));
+        }
+        let k = v.swap_remove(0);
+        assert_eq!(k.material().expose_secret().as_ptr(), material, "key material copied by a move");
+        assert_eq!(k.v2.commit.as_ptr(), commit, "commitment state copied by a move");
+        assert_eq!(std::ptr::from_ref(&k.v2.xaes), xaes, "XAES key schedule copied by a move");
+        assert_eq!(k.open(&ctx, &sealed).unwrap().expose_secret(), b"x");
     }
 }

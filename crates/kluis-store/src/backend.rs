@@ -1633,14 +1633,14 @@ macro_rules! backend_impl {
             }
 
             async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query::<$db>(&$sql("DELETE FROM kluis_meta WHERE name = ?")).bind(name).execute(&mut *tx).await?;
-                sqlx::query::<$db>(&$sql("INSERT INTO kluis_meta (name, value) VALUES (?, ?)"))
-                    .bind(name)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+                // One statement (an upsert), so two processes recording at once cannot collide.
+                let sql = match $engine {
+                    Engine::MySql => "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
+                    Engine::Postgres | Engine::Sqlite => {
+                        "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                    }
+                };
+                sqlx::query::<$db>(&$sql(sql)).bind(name).bind(value).execute(&self.pool).await?;
                 Ok(())
             }
 
