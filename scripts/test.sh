@@ -66,16 +66,13 @@ else
   cargo test --workspace --all-features
 fi
 
-step "benches smoke run (each bench once; figures come from 'cargo bench', see BENCHMARKS.md)"
-cargo bench -p kluis-benches -- --test
-cargo bench -p kluis-service --bench service -- --test
-cargo bench -p kluis-kms --bench kms -- --test
-cargo bench -p kluis-store --bench records -- --test
-cargo bench -p kluis-service --bench audit -- --test
-cargo bench -p kluis-service --bench registry -- --test
-cargo bench -p kluis-cli --bench keys -- --test
-# Not criterion (it measures peak memory from outside): a 16 MiB throughput run instead.
-cargo bench -p kluis-blob --bench documents -- throughput 16
+step "benches smoke run (each bench once, in the test profile; figures come from 'cargo bench', see BENCHMARKS.md)"
+# The test profile reuses the dependencies the step above built: no release rebuild for a smoke
+# run. Criterion runs every case once under --test; documents.rs and keys.rs take --test as
+# "small sizes".
+# Every [[bench]] target by name (`--benches` would also run every library's unit tests again).
+mapfile -t benches < <(sed -n '/^\[\[bench\]\]/{n;s/^name = "\(.*\)"/\1/p}' benches/Cargo.toml crates/*/Cargo.toml | sort -u)
+cargo test --workspace --all-features "${benches[@]/#/--bench=}" -- --test
 
 if [ "${KLUIS_FUZZ_SECONDS:-15}" != "0" ]; then
   step "fuzz smoke run"

@@ -420,10 +420,13 @@ async fn roundtrip<B: BlobBackend>(vault: &DocumentVault<B>, label: &str, size_m
 }
 
 fn main() {
+    // `--test` (the suite's smoke run, `cargo test --benches -- --test`) alone: 16 MiB.
+    let smoke = std::env::args().any(|a| a == "--test");
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     match args.as_slice() {
+        [] if smoke => throughput(&rt, 16, DEFAULT_READ_KIB),
         [] | ["throughput"] => throughput(&rt, 256, DEFAULT_READ_KIB),
         ["throughput", n] => throughput(&rt, n.parse().unwrap(), DEFAULT_READ_KIB),
         ["throughput", n, r] => throughput(&rt, n.parse().unwrap(), r.parse().unwrap()),
