@@ -4,7 +4,7 @@
 //! ```text
 //! ROOT/objects/ab/ab12…ef         committed objects (fan-out by the first two name digits)
 //! ROOT/tmp/ab12…ef.<random>.part  uploads in progress
-//! ROOT/claims/ab/ab12…ef          names claimed by `Publish::ClaimRename` uploads (empty files)
+//! ROOT/claims/ab/ab12…ef/         names claimed by `Publish::ClaimRename` uploads (empty directories)
 //! ```
 //!
 //! An upload writes a temp file in `ROOT/tmp`, `fsync`s and closes it, then publishes it under its
@@ -15,11 +15,13 @@
 //!   the name exists, so nothing is ever replaced; then the temp name is removed.
 //! - [`Publish::ClaimRename`] (SMB shares such as Azure Files, which have no hard links and no
 //!   `RENAME_NOREPLACE`, and whose `rename` replaces a target non-atomically): the name is first
-//!   claimed by creating `ROOT/claims/ab/<name>` with `O_CREAT|O_EXCL` (exactly one upload of a
-//!   name gets it; the others fail with [`BlobError::AlreadyExists`]); the claim holder checks
-//!   that no object has the name, then renames its closed, complete temp file onto the absent
-//!   name. Only a claim holder ever renames onto a name, so that rename never replaces anything,
-//!   and a rename onto an absent name is atomic on the server: the object appears whole.
+//!   claimed by creating the directory `ROOT/claims/ab/<name>` (`mkdir`, which the server
+//!   decides: exactly one upload of a name gets it, the others fail with
+//!   [`BlobError::AlreadyExists`]; an `O_CREAT|O_EXCL` file is not enough, as two SMB clients
+//!   racing through smbnetfs both "create" it); the claim holder checks that no object has the
+//!   name, then renames its closed, complete temp file onto the absent name. Only a claim holder
+//!   ever renames onto a name, so that rename never replaces anything, and a rename onto an
+//!   absent name is atomic on the server: the object appears whole.
 //!
 //! Either way a crash leaves no object or the whole object, plus at most a temp file and a claim
 //! without an object, which [`BlobBackend::collect_garbage`] removes. Names are validated
@@ -190,9 +192,9 @@ pub enum Publish {
     /// `link(2)` from the temp file to the final name (fails if the name exists). Needs hard
     /// links: local file systems, NFS.
     HardLink,
-    /// Claim the name with an `O_CREAT|O_EXCL` file in `ROOT/claims/`, then rename the temp
-    /// file onto the absent final name. Needs only exclusive create and rename: SMB shares
-    /// (Azure Files), and any file system.
+    /// Claim the name with a directory in `ROOT/claims/` (`mkdir`), then rename the temp file
+    /// onto the absent final name. Needs only `mkdir` and `rename`: SMB shares (Azure Files),
+    /// and any file system.
     ClaimRename,
 }
 
@@ -437,7 +439,7 @@ impl BlobBackend for LocalDir {
                 // The claim goes only after its object (a claim whose object is still there
                 // keeps every other upload of the name away), and only if the object was ours
                 // to delete: the claim of an upload still in progress stays.
-                retry_transient(|| remove_if_present(&claim)).map_err(io_err("delete claim"))?;
+                retry_transient(|| remove_dir_if_present(&claim)).map_err(io_err("delete claim"))?;
                 sync_dir(&dir).map_err(io_err("fsync directory"))?;
                 Ok(true)
             }
@@ -477,7 +479,8 @@ impl BlobBackend for LocalDir {
                         let removed = gc_remove(path, &mut report.busy)?;
                         if removed {
                             let claim = claims.join(n.fan_out()).join(n.as_str());
-                            retry_transient(|| remove_if_present(&claim)).map_err(io_err("delete claim"))?;
+                            retry_transient(|| remove_dir_if_present(&claim))
+                                .map_err(io_err("delete claim"))?;
                             report.orphans += 1;
                         }
                     }
@@ -501,16 +504,19 @@ impl BlobBackend for LocalDir {
             // Claims without an object: an upload that stopped between claiming its name and
             // publishing (or a delete between removing the object and its claim). Young ones may
             // belong to an upload in progress.
-            walk_objects(&claims, |name, path, meta| {
-                if let Some(n) = name {
-                    let object = objects.join(n.fan_out()).join(n.as_str());
-                    let has_object = match fs::symlink_metadata(&object) {
-                        Ok(_) => true,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                        Err(e) => return Err(io_err("stat")(e)),
-                    };
-                    if !has_object && older_than(meta, grace) && gc_remove(path, &mut report.busy)? {
-                        report.unfinished += 1;
+            walk_claims(&claims, |name, path, meta| {
+                let object = objects.join(name.fan_out()).join(name.as_str());
+                let has_object = match fs::symlink_metadata(&object) {
+                    Ok(_) => true,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(io_err("stat")(e)),
+                };
+                if !has_object && older_than(meta, grace) {
+                    match retry_transient(|| fs::remove_dir(path)) {
+                        Ok(()) => report.unfinished += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) if e.kind() == io::ErrorKind::ResourceBusy => report.busy += 1,
+                        Err(e) => return Err(io_err("delete claim")(e)),
                     }
                 }
                 Ok(())
@@ -542,8 +548,8 @@ fn remove_if_present(p: &Path) -> io::Result<()> {
     }
 }
 
-/// Calls `f` for every file under `dir/<fan-out>/` (`objects/` or `claims/`), with its name if it
-/// is one we write (a valid name in its own fan-out directory).
+/// Calls `f` for every file under `objects/<fan-out>/`, with its name if it is one we write (a
+/// valid name in its own fan-out directory).
 fn walk_objects(
     objects: &Path,
     mut f: impl FnMut(Option<ObjectName>, &Path, &fs::Metadata) -> Result<()>,
@@ -571,6 +577,37 @@ fn walk_objects(
                 .and_then(|s| ObjectName::parse(s).ok())
                 .filter(|n| fan.to_str() == Some(n.fan_out()));
             f(name, &entry.path(), &meta)?;
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` for every claim directory `claims/<fan-out>/<name>/` with a valid name.
+fn walk_claims(
+    claims: &Path,
+    mut f: impl FnMut(ObjectName, &Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
+    for dir in fs::read_dir(claims).map_err(io_err("list claims"))? {
+        let dir = dir.map_err(io_err("list claims"))?;
+        if !dir.file_type().map_err(io_err("stat"))?.is_dir() {
+            continue;
+        }
+        let fan = dir.file_name();
+        for entry in fs::read_dir(dir.path()).map_err(io_err("list claims"))? {
+            let entry = entry.map_err(io_err("list claims"))?;
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("stat")(e)),
+            };
+            let name = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| ObjectName::parse(s).ok())
+                .filter(|n| fan.to_str() == Some(n.fan_out()));
+            if let (true, Some(n)) = (meta.is_dir(), name) {
+                f(n, &entry.path(), &meta)?;
+            }
         }
     }
     Ok(())
@@ -654,14 +691,33 @@ fn publish_link(tmp: &Path, dest: &Path) -> Result<()> {
     }
 }
 
+/// Creates a claim directory; fails with `AlreadyExists` if it exists. The server decides, also
+/// between clients.
+fn create_claim(p: &Path) -> io::Result<()> {
+    let mut b = fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(p)
+}
+
+fn remove_dir_if_present(p: &Path) -> io::Result<()> {
+    match fs::remove_dir(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
 /// [`Publish::ClaimRename`]: claims the name exclusively, then renames the complete, closed temp
 /// file onto it.
 fn publish_claim_rename(tmp: &Path, dest: &Path, claim: &Path) -> Result<()> {
     ensure_parent(claim)?;
     // INVARIANT: only the holder of a name's claim renames onto that name, and it does so only
     // after seeing the name absent; so a rename never replaces an object.
-    match retry_transient(|| create_private_file(claim)) {
-        Ok(f) => drop(f),
+    match retry_transient(|| create_claim(claim)) {
+        Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(BlobError::AlreadyExists),
         Err(e) => return Err(io_err("claim name")(e)),
     }
@@ -678,7 +734,7 @@ fn publish_claim_rename(tmp: &Path, dest: &Path, claim: &Path) -> Result<()> {
         // Give the name back (best effort; garbage collection removes a claim left behind). Safe
         // even if the rename did happen and only its answer was lost: the absence check above
         // keeps the object from being replaced.
-        let _ = remove_if_present(claim);
+        let _ = remove_dir_if_present(claim);
     }
     published
 }

@@ -196,7 +196,7 @@ pub async fn local_claim_rename() -> Harness<LocalDir> {
 }
 
 /// `CI=true`: a missing server fails the test; elsewhere it prints `SKIPPED: <what> (<why>)`.
-fn skip_or_fail(what: &str, why: &str) {
+pub fn skip_or_fail(what: &str, why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{what} is required in CI: {why}");
     }
