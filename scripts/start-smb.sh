@@ -75,7 +75,7 @@ stop_instance() {
   kill_pidfile "$R/smbnetfs.pid"; kill_pidfile "$R/smbnetfs2.pid"
   kill_server "$R"
   if [ -f "$R/share-path" ]; then
-    case "$(cat "$R/share-path")" in /tmp/kluis-smb.*) rm -rf -- "$(cat "$R/share-path")" ;; esac
+    case "$(cat "$R/share-path")" in /tmp/kluis-smb.*/data) rm -rf -- "$(dirname "$(cat "$R/share-path")")" ;; esac
   fi
   rm -rf -- "$R"
   log "stopped smb share $1"
