@@ -12,7 +12,7 @@
 #
 # Tests that take a server away start one of their own:
 #   bash scripts/start-smb.sh --instance NAME          # another server + one mount, same exports
-#   bash scripts/start-smb.sh --server-stop NAME       # kills that instance's smbd (the share goes away)
+#   bash scripts/start-smb.sh --server-stop NAME       # kills that instance's smbd (SIGKILL: the share goes away)
 #   bash scripts/start-smb.sh --server-start NAME      # starts it again on the same port and folder
 #   bash scripts/start-smb.sh --stop NAME
 #
@@ -46,21 +46,22 @@ unmount() {
 }
 
 kill_pidfile() {
-  local f=$1 p i
+  local f=$1 sig=${2:-TERM} p i
   [ -f "$f" ] || return 0
   p=$(cat "$f")
   if kill -0 "$p" 2>/dev/null; then
-    kill -TERM "$p" 2>/dev/null || true
+    kill -"$sig" "$p" 2>/dev/null || true
     for i in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done
     kill -KILL "$p" 2>/dev/null || true
   fi
   rm -f "$f"
 }
 
-# smbd's worker children carry the instance's config path in their command line.
+# smbd's worker children carry the instance's config path in their command line. $2: the signal
+# for the main smbd (TERM; KILL for a crash).
 kill_server() {
   local R=$1 p
-  kill_pidfile "$R/smbd.pid"
+  kill_pidfile "$R/smbd.pid" "${2:-TERM}"
   for p in $(grep -lsF -- "$R/smb.conf" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3); do
     case "$(cat /proc/"$p"/comm 2>/dev/null)" in
       smbd|samba-dcerpcd|rpcd_*) kill -KILL "$p" 2>/dev/null || true ;;
@@ -211,7 +212,7 @@ EOF
 case "${1:-}" in
   "") start_instance main 2 ;;
   --instance) start_instance "${2:?--instance NAME}" 1 ;;
-  --server-stop) kill_server "$base/${2:?--server-stop NAME}"; log "smbd of '$2' stopped" ;;
+  --server-stop) kill_server "$base/${2:?--server-stop NAME}" KILL; log "smbd of '$2' killed" ;;
   --server-start) start_server "$base/${2:?--server-start NAME}"; log "smbd of '$2' started" ;;
   --stop)
     if [ -n "${2:-}" ]; then

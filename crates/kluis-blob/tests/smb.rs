@@ -438,6 +438,7 @@ async fn share_goes_away_mid_put() {
     let tmp_files: Vec<_> = std::fs::read_dir(root.join("tmp")).unwrap().collect();
     assert_eq!(tmp_files.len(), 1, "the upload's temp file");
     smb_script(&["--server-stop", &inst.0]);
+    let stopped = Instant::now();
     gate.open();
     let e = tokio::time::timeout(Duration::from_secs(120), put)
         .await
@@ -445,16 +446,19 @@ async fn share_goes_away_mid_put() {
         .unwrap()
         .unwrap_err();
     assert!(matches!(e, BlobError::Unavailable { .. }), "{e:?}");
+    eprintln!("TIMING put failed {:?} after the server stopped", stopped.elapsed());
     // Reads fail the same way while the share is gone.
     let r = vault.get(&keep, &k, Vec::new()).await;
     assert!(matches!(r, Err(BlobError::Unavailable { .. })), "{r:?}");
 
+    eprintln!("TIMING read failed {:?} after the server stopped", stopped.elapsed());
     smb_script(&["--server-start", &inst.0]);
     let t = Instant::now();
     while std::fs::read_dir(root.join("objects")).is_err() {
         assert!(t.elapsed() < Duration::from_secs(60), "the share did not come back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!("TIMING share back {:?} after the server started", t.elapsed());
     // Nothing of the failed put under an object name; the document put before is whole.
     assert_eq!(vault.list_objects().await.unwrap(), vec![keep.object.clone()]);
     let mut out = Vec::new();
