@@ -2,7 +2,8 @@
 # Starts an SMB 3.1.1 share for the kluis-blob tests and benches: Samba's smbd on a free loopback
 # port (encryption and signing required, like Azure Files), mounted through the smbnetfs FUSE
 # client twice (two SMB sessions, as two VMs would have). Needs root and /dev/fuse; installs the
-# Debian packages samba smbclient smbnetfs fuse3 if they are missing. Prints on its last lines:
+# Debian packages samba smbclient smbnetfs fuse3 if they are missing, and adds the system user
+# kluissmb (no login, no home) that smbd does the share's file I/O as. Prints on its last lines:
 #   export KLUIS_TEST_SMB_DIR=/…/.build/smb/main/mnt/127.0.0.1:PORT/data    (the share, client 1)
 #   export KLUIS_TEST_SMB_DIR2=/…/.build/smb/main/mnt2/127.0.0.1:PORT/data  (the same share, client 2)
 #   export KLUIS_TEST_SMB_SERVER_DIR=/…                                     (the server's folder of it)
@@ -201,7 +202,8 @@ config_update_period 0
 auth "$SMB_USER" "$SMB_PASS"
 EOF
   chmod 600 "$R/home/.smb/smbnetfs.conf"
-  printf '%s\n%s\n' "$SMB_PASS" "$SMB_PASS" | smbpasswd -c "$R/smb.conf" -s -a "$SMB_USER" >/dev/null
+  printf '%s\n%s\n' "$SMB_PASS" "$SMB_PASS" | smbpasswd -c "$R/smb.conf" -s -a "$SMB_USER" >"$R/log/smbpasswd.log" 2>&1 \
+    || { log "smbpasswd failed: $(cat "$R/log/smbpasswd.log")"; return 1; }
   start_server "$R"
   mount_client "$R" mnt smbnetfs.pid
   if [ "$clients" = 2 ]; then mount_client "$R" mnt2 smbnetfs2.pid; fi
