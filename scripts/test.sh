@@ -39,15 +39,16 @@ else
   exit 1
 fi
 
-step "servers for the tests: PostgreSQL and MariaDB (started if not running), Azurite and moto (installed into the project and started on loopback)"
+step "servers for the tests: PostgreSQL and MariaDB (started if not running), Azurite and moto (installed into the project and started on loopback), an SMB 3 share (Samba on loopback, mounted with smbnetfs)"
 # Each script prints `export VAR=...` lines; the suites read them. In CI (CI=true) a suite whose
 # server is missing fails; elsewhere it prints "SKIPPED: <server> (<why>)".
 stop_servers() {
   bash scripts/start-azurite.sh --stop || true
   bash scripts/start-moto.sh --stop || true
+  bash scripts/start-smb.sh --stop || true
 }
 trap stop_servers EXIT
-for script in start-databases start-azurite start-moto; do
+for script in start-databases start-azurite start-moto start-smb; do
   if out="$(bash "scripts/$script.sh")"; then
     eval "$out"
     echo "$out"

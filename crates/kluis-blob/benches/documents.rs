@@ -4,7 +4,8 @@
 //! ```text
 //! cargo bench -p kluis-blob --bench documents                        # throughput, 256 MiB
 //! cargo bench -p kluis-blob --bench documents -- throughput 1024     # throughput, 1 GiB
-//! cargo bench -p kluis-blob --bench documents -- roundtrip local 2048 [DIR]
+//! cargo bench -p kluis-blob --bench documents -- roundtrip local 2048 [DIR]   # DIR may be on a share
+//! cargo bench -p kluis-blob --bench documents -- roundtrip smb 2048       # needs KLUIS_TEST_SMB_DIR
 //! cargo bench -p kluis-blob --bench documents -- roundtrip azurite 2048  # needs KLUIS_TEST_AZURITE_*
 //! ```
 //!
@@ -430,21 +431,28 @@ fn main() {
         [] | ["throughput"] => throughput(&rt, 256, DEFAULT_READ_KIB),
         ["throughput", n] => throughput(&rt, n.parse().unwrap(), DEFAULT_READ_KIB),
         ["throughput", n, r] => throughput(&rt, n.parse().unwrap(), r.parse().unwrap()),
-        ["roundtrip", "local", n, rest @ ..] => {
+        ["roundtrip", kind @ ("local" | "smb"), n, rest @ ..] => {
             let n: u64 = n.parse().unwrap();
             let tmp;
-            let dir = match rest.first() {
-                Some(d) => std::path::PathBuf::from(d),
-                None => {
+            let dir = match (*kind, rest.first()) {
+                (_, Some(d)) => std::path::PathBuf::from(d),
+                ("smb", None) => {
+                    let share = std::env::var("KLUIS_TEST_SMB_DIR")
+                        .expect("KLUIS_TEST_SMB_DIR (scripts/start-smb.sh)");
+                    tmp = tempfile::tempdir_in(share).unwrap();
+                    tmp.path().to_path_buf()
+                }
+                _ => {
                     tmp = tempfile::tempdir().unwrap();
                     tmp.path().to_path_buf()
                 }
             };
             rt.block_on(async {
-                let vault =
-                    DocumentVault::with_options(LocalDir::open(&dir).await.unwrap(), VaultOptions::default())
-                        .unwrap();
-                roundtrip(&vault, "local dir", n).await;
+                let backend = LocalDir::open(&dir).await.unwrap();
+                let caps = backend.capabilities();
+                let vault = DocumentVault::with_options(backend, VaultOptions::default()).unwrap();
+                let label = format!("{kind} dir ({:?}, private modes: {})", caps.publish, caps.private_modes);
+                roundtrip(&vault, &label, n).await;
             });
         }
         ["roundtrip", "azurite", n] => {

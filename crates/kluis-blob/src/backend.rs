@@ -120,6 +120,10 @@ pub struct GcReport {
     pub unfinished: u64,
     /// Committed objects kept.
     pub kept: u64,
+    /// Objects or leftovers due for removal that could not be removed now because they are in
+    /// use (on an SMB share: still open somewhere, `EBUSY` after the bounded retries); the next
+    /// run tries again.
+    pub busy: u64,
 }
 
 macro_rules! forward_backend {

@@ -48,6 +48,18 @@ pub enum BlobError {
         #[source]
         source: std::io::Error,
     },
+    /// The storage could not be reached or failed as a device: a network share that went away
+    /// (connection lost, server gone: `EIO`, `ENOTCONN`, `ETIMEDOUT`, a stale handle, ...) or a
+    /// disk I/O error. Retryable later; an upload that fails this way was not committed, and
+    /// what it left is removed by garbage collection.
+    #[error("local storage unavailable: {op} failed")]
+    Unavailable {
+        /// The operation (e.g. "write", "publish").
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// An Azure Blob Storage request failed (after the SDK's retries).
     #[error("azure blob storage: {op} failed")]
     Azure {
@@ -93,10 +105,6 @@ impl BlobError {
             ),
             _ => false,
         }
-    }
-
-    pub(crate) fn io(op: &'static str) -> impl FnOnce(std::io::Error) -> Self {
-        move |source| Self::Io { op, source }
     }
 }
 

@@ -6,8 +6,8 @@
 //!   memory), get it to an [`tokio::io::AsyncWrite`] or chunk by chunk ([`DocumentReader`]), get
 //!   a byte range (only the chunks holding it are fetched), its decrypted metadata, delete it,
 //!   and garbage-collect objects a catalog no longer knows.
-//! - [`BlobBackend`]: opaque objects with staged uploads. [`LocalDir`] (default) and, with the
-//!   `azure` feature, [`azure::AzureBlob`].
+//! - [`BlobBackend`]: opaque objects with staged uploads. [`LocalDir`] (default; also on SMB
+//!   shares such as Azure Files, and NFS) and, with the `azure` feature, [`azure::AzureBlob`].
 //!
 //! - [`catalog::Documents`]: the same documents joined with the `kluis-store` catalog: put,
 //!   get, list by subject or record, delete, re-encrypt after a key rotation, and garbage
@@ -30,7 +30,9 @@ mod vault;
 
 pub use backend::{BlobBackend, GcReport, Upload};
 pub use error::{BlobError, Result};
-pub use local::{DEFAULT_WRITE_BUFFER, LocalDir, LocalUpload};
+pub use local::{
+    DEFAULT_WRITE_BUFFER, LocalCapabilities, LocalDir, LocalUpload, Publish, TRANSIENT_ATTEMPTS,
+};
 pub use name::{NAME_LEN, ObjectName};
 pub use vault::{
     DocumentDescriptor, DocumentKeys, DocumentReader, DocumentVault, MAX_ID_LEN, NewDocument, VaultOptions,

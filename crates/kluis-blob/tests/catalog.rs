@@ -1,5 +1,5 @@
 //! Documents through the `kluis-store` catalog: a real SQLite store with a real keyring, and
-//! both blob backends (local directory, Azurite). Put/list/get/range/delete, withheld listings,
+//! every blob backend (local directory, SMB share, Azurite). Put/list/get/range/delete, withheld listings,
 //! shredding, record deletion with garbage collection, re-encryption after a domain key
 //! rotation, and simulated crashes in the middle of a re-encryption.
 #![cfg(feature = "azure")]
@@ -199,14 +199,21 @@ impl<B: BlobBackend> Fixture<B> {
     }
 }
 
-/// Runs a test body on both backends: a fresh local directory, and Azurite (skipped outside CI
-/// when not running).
+/// Runs a test body on every backend: a fresh local directory, a folder on the SMB test share
+/// and Azurite (both skipped outside CI when not running).
 macro_rules! both_backends {
     ($($name:ident => $body:ident;)*) => {
         mod local {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let h = super::common::local().await;
+                super::$body(super::Fixture::new(h.backend()).await).await;
+            })*
+        }
+        mod smb {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(h) = super::common::smb().await else { return };
                 super::$body(super::Fixture::new(h.backend()).await).await;
             })*
         }

@@ -1,5 +1,5 @@
-//! One conformance suite, compiled once per backend: the local directory and Azure Blob Storage
-//! (Azurite). Covers round trips, range reads, listing, keys, tampering at the storage level,
+//! One conformance suite, compiled once per backend: the local directory (as detected, and with
+//! `Publish::ClaimRename`), the same on the SMB test share, and Azure Blob Storage (Azurite). Covers round trips, range reads, listing, keys, tampering at the storage level,
 //! interrupted uploads, garbage collection and the plaintext canary.
 #![cfg(feature = "azure")]
 // Test code: failing loudly is the point.
@@ -406,9 +406,7 @@ pub async fn interrupted_uploads<B: BlobBackend + 'static>(h: Harness<B>) {
 
     // A leftover of a crashed process: staged but never committed or cleaned.
     let crashed = ObjectName::random().unwrap();
-    let mut up = h.backend().begin(&crashed).await.unwrap();
-    up.append(&content(3 * CS, 4)).await.unwrap();
-    std::mem::forget(up);
+    h.crashed_upload(&crashed, &content(3 * CS, 4)).await;
     assert_eq!(h.vault.list_objects().await.unwrap(), vec![keep.object.clone()]);
     assert!(h.leftovers().await >= 1);
 
@@ -477,9 +475,7 @@ pub async fn canary<B: BlobBackend>(h: Harness<B>) {
     let r = FailingReader { data: body.clone(), pos: 0, fail_at: 4 * CS, stall: false };
     assert!(h.vault.put(&DocumentKeys::domain(&keys), &nd, r).await.is_err());
     let staged = ObjectName::random().unwrap();
-    let mut up = h.backend().begin(&staged).await.unwrap();
-    up.append(&content(2 * CS, 9)).await.unwrap();
-    std::mem::forget(up);
+    h.crashed_upload(&staged, &content(2 * CS, 9)).await;
     h.settle(&names).await;
     // Needles of 8 bytes or more: searched in every file's name and content. (In random
     // ciphertext a given 8-byte string turns up with odds of about 2^-58 per byte position.)
@@ -513,6 +509,23 @@ macro_rules! suite {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $t() {
                     super::$t(super::common::local().await).await;
+                }
+            )*
+        }
+        mod local_claim_rename {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $t() {
+                    super::$t(super::common::local_claim_rename().await).await;
+                }
+            )*
+        }
+        mod smb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $t() {
+                    let Some(h) = super::common::smb().await else { return };
+                    super::$t(h).await;
                 }
             )*
         }

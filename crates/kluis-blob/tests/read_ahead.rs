@@ -1,7 +1,8 @@
 //! Read-ahead of the document reader (`VaultOptions::read_ahead`): same bytes as reading without
 //! it, errors in order (a failed read, a tampered or truncated chunk after the read-ahead
 //! boundary), and a reader or call dropped half-way. 4 KiB chunks, reads of three chunks, so a
-//! document of a few chunks already crosses several reads; on the local directory and Azurite.
+//! document of a few chunks already crosses several reads; on the local directory, the SMB share
+//! and Azurite.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
 mod common;
@@ -280,6 +281,15 @@ macro_rules! suite {
                 #[tokio::test]
                 async fn $t() {
                     super::$t(super::common::local().await).await;
+                }
+            )*
+        }
+        mod smb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $t() {
+                    let Some(h) = super::common::smb().await else { return };
+                    super::$t(h).await;
                 }
             )*
         }

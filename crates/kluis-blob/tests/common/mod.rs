@@ -1,5 +1,6 @@
-//! Shared test support: keys, content, backends (a temp directory; Azurite via a locally signed
-//! account SAS), and storage-level access for tamper tests.
+//! Shared test support: keys, content, backends (a temp directory; the same with
+//! `Publish::ClaimRename`; a folder on the SMB test share; Azurite via a locally signed account
+//! SAS), and storage-level access for tamper tests.
 #![allow(dead_code, missing_debug_implementations)]
 // Test support: failing loudly is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -10,7 +11,7 @@ use std::time::Duration;
 use base64::Engine;
 use hmac::{KeyInit, Mac};
 use kluis_blob::azure::{AzureBlob, AzureOptions};
-use kluis_blob::{BlobBackend, DocumentVault, LocalDir, ObjectName, Upload, VaultOptions};
+use kluis_blob::{BlobBackend, DocumentVault, LocalDir, ObjectName, Publish, Upload, VaultOptions};
 use kluis_core::document::DocumentOptions;
 use kluis_core::{
     Backend, DocumentMetadata, DomainKeySet, DomainName, KeyMaterial, KeyState, Suite, TenantId,
@@ -94,8 +95,24 @@ impl<B: BlobBackend> Harness<B> {
     /// uncommitted blocks).
     pub async fn leftovers(&self) -> usize {
         match &self.kind {
-            Kind::Local(root) => std::fs::read_dir(root.join("tmp")).unwrap().count(),
+            Kind::Local(root) => local_leftovers(root),
             Kind::Azure(a) => a.list_unfinished().await.unwrap().len(),
+        }
+    }
+
+    /// Leaves what a process that crashed during an upload of `name` leaves: a closed temp file
+    /// (local directory, SMB share), or uncommitted blocks (Azure).
+    pub async fn crashed_upload(&self, name: &ObjectName, bytes: &[u8]) {
+        match &self.kind {
+            Kind::Local(root) => {
+                let tmp = root.join("tmp").join(format!("{}.{}.part", name, ObjectName::random().unwrap()));
+                std::fs::write(tmp, bytes).unwrap();
+            }
+            Kind::Azure(_) => {
+                let mut up = self.backend().begin(name).await.unwrap();
+                up.append(bytes).await.unwrap();
+                std::mem::forget(up);
+            }
         }
     }
 
@@ -142,8 +159,92 @@ impl<B: BlobBackend> Harness<B> {
     }
 }
 
+/// Temp files, and claims (`Publish::ClaimRename`) whose object is missing.
+pub fn local_leftovers(root: &Path) -> usize {
+    let tmp = std::fs::read_dir(root.join("tmp")).unwrap().count();
+    let mut claims = 0;
+    for fan in std::fs::read_dir(root.join("claims")).unwrap() {
+        let fan = fan.unwrap();
+        for c in std::fs::read_dir(fan.path()).unwrap() {
+            let c = c.unwrap();
+            if !root.join("objects").join(fan.file_name()).join(c.file_name()).exists() {
+                claims += 1;
+            }
+        }
+    }
+    tmp + claims
+}
+
 pub async fn local() -> Harness<LocalDir> {
     local_with(test_options()).await
+}
+
+/// A temp directory published with `Publish::ClaimRename` (as on SMB), to run the suite on that
+/// method where no share is at hand.
+pub async fn local_claim_rename() -> Harness<LocalDir> {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let backend =
+        LocalDir::open_with(&root, Publish::ClaimRename).await.unwrap().with_write_buffer(TEST_WRITE_BUFFER);
+    assert_eq!(backend.capabilities().publish, Publish::ClaimRename);
+    Harness {
+        vault: DocumentVault::with_options(backend, test_options()).unwrap(),
+        storage_dir: root.clone(),
+        kind: Kind::Local(root),
+        _tmp: Some(tmp),
+    }
+}
+
+/// `CI=true`: a missing server fails the test; elsewhere it prints `SKIPPED: <what> (<why>)`.
+pub fn skip_or_fail(what: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} is required in CI: {why}");
+    }
+    eprintln!("SKIPPED: {what} ({why})");
+}
+
+/// The SMB test share (`scripts/start-smb.sh`): `KLUIS_TEST_SMB_DIR` (client 1),
+/// `KLUIS_TEST_SMB_DIR2` (client 2, the same share), `KLUIS_TEST_SMB_SERVER_DIR` (the server's
+/// folder of it).
+pub struct SmbShare {
+    pub dir: PathBuf,
+    pub dir2: Option<PathBuf>,
+    pub server_dir: Option<PathBuf>,
+}
+
+pub fn smb_share() -> Option<SmbShare> {
+    let var = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty()).map(PathBuf::from);
+    let Some(dir) = var("KLUIS_TEST_SMB_DIR") else {
+        skip_or_fail("smb", "KLUIS_TEST_SMB_DIR not set; run scripts/start-smb.sh");
+        return None;
+    };
+    Some(SmbShare { dir, dir2: var("KLUIS_TEST_SMB_DIR2"), server_dir: var("KLUIS_TEST_SMB_SERVER_DIR") })
+}
+
+/// A fresh folder on the SMB share, removed when dropped.
+pub fn smb_folder(share: &SmbShare) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("t").tempdir_in(&share.dir).unwrap()
+}
+
+/// A fresh store on the SMB share; the canary scans the server's folder of it.
+pub async fn smb() -> Option<Harness<LocalDir>> {
+    let share = smb_share()?;
+    let tmp = smb_folder(&share);
+    let root = tmp.path().join("store");
+    let backend = LocalDir::open(&root).await.unwrap().with_write_buffer(TEST_WRITE_BUFFER);
+    // The share has no hard links: detected at open.
+    assert_eq!(backend.capabilities().publish, Publish::ClaimRename, "{:?}", backend.capabilities());
+    let storage_dir = match &share.server_dir {
+        Some(s) => s.join(tmp.path().file_name().unwrap()).join("store"),
+        None => root.clone(),
+    };
+    assert!(storage_dir.join("objects").is_dir(), "{storage_dir:?}");
+    Some(Harness {
+        vault: DocumentVault::with_options(backend, test_options()).unwrap(),
+        storage_dir,
+        kind: Kind::Local(root),
+        _tmp: Some(tmp),
+    })
 }
 
 pub async fn local_with(opts: VaultOptions) -> Harness<LocalDir> {
@@ -168,11 +269,10 @@ pub async fn azure_with(opts: VaultOptions, block_size: usize) -> Option<Harness
     let url = std::env::var("KLUIS_TEST_AZURITE_URL").ok().filter(|s| !s.is_empty());
     let dir = std::env::var("KLUIS_TEST_AZURITE_DIR").ok().filter(|s| !s.is_empty());
     let (Some(url), Some(dir)) = (url, dir) else {
-        let why = "KLUIS_TEST_AZURITE_URL and KLUIS_TEST_AZURITE_DIR not set; run scripts/start-azurite.sh";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("azurite is required in CI: {why}");
-        }
-        eprintln!("SKIPPED: azurite ({why})");
+        skip_or_fail(
+            "azurite",
+            "KLUIS_TEST_AZURITE_URL and KLUIS_TEST_AZURITE_DIR not set; run scripts/start-azurite.sh",
+        );
         return None;
     };
     let container = format!("t{}", &ObjectName::random().unwrap().as_str()[..20]);

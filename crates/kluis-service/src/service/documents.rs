@@ -49,6 +49,7 @@ fn blob_error_kind(e: &BlobError) -> String {
         BlobError::Source(_) => "source_io",
         BlobError::Sink(_) => "sink_io",
         BlobError::Io { .. } | BlobError::Azure { .. } => "storage",
+        BlobError::Unavailable { .. } => "storage_unavailable",
         BlobError::Core(_) => "crypto",
         BlobError::Catalog(_) => "catalog",
         BlobError::Task(_) => "task",
