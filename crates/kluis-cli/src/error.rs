@@ -220,6 +220,7 @@ fn store_code(e: &StoreError) -> ExitCode {
         | StoreError::AccessDenied { .. } => ExitCode::Refused,
         StoreError::NotFound { .. } | StoreError::UnknownCollection(_) => ExitCode::NotFound,
         StoreError::Integrity { .. }
+        | StoreError::RowIntegrity { .. }
         | StoreError::KeyIntegrity { .. }
         | StoreError::MetadataTampered(_)
         | StoreError::MetadataMissing(_)

@@ -255,7 +255,7 @@ fn error_kind(e: &StoreError) -> String {
         StoreError::AlreadyExists { .. } => "already_exists",
         StoreError::RetentionActive { .. } => "retention_active",
         StoreError::AccessDenied { .. } => "access_denied",
-        StoreError::Integrity { .. } => "integrity",
+        StoreError::Integrity { .. } | StoreError::RowIntegrity { .. } => "integrity",
         StoreError::KeyIntegrity { .. } => "key_integrity",
         StoreError::WrongType { .. } => "wrong_type",
         StoreError::TooLarge { .. } => "too_large",

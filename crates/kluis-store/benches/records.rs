@@ -122,6 +122,7 @@ async fn insert_plain_chunk<B: Backend>(b: &Bench<B>, tag: &str, chunk: usize) {
                     .map(|(n, v)| IndexRow { field: n.clone(), key_version: 1, idx: encode(v) })
                     .collect();
                 WriteOp::Insert {
+                    table: b.store.layout().table("absence").unwrap().clone(),
                     record: RecordRow {
                         tenant: PLAIN_TENANT.into(),
                         collection: "absence".into(),
@@ -131,6 +132,7 @@ async fn insert_plain_chunk<B: Backend>(b: &Bench<B>, tag: &str, chunk: usize) {
                         created_at: 1,
                         updated_at: 1,
                         retain_until: None,
+                        tag: Vec::new(),
                     },
                     fields: f
                         .iter()
@@ -183,7 +185,12 @@ async fn read_plain<B: Backend>(b: &Bench<B>, tag: &str) -> usize {
 }
 
 async fn read_plain_page<B: Backend>(b: &Bench<B>, tag: &str, after: &str) -> (usize, Option<String>) {
-    let page = b.store.backend().list(PLAIN_TENANT, "absence", None, Some(after), 1000).await.unwrap();
+    let page = b
+        .store
+        .backend()
+        .list(b.store.layout().table("absence").unwrap(), PLAIN_TENANT, None, Some(after), 1000)
+        .await
+        .unwrap();
     let full = page.len() == 1000;
     let mut records = Vec::with_capacity(page.len());
     for s in page {

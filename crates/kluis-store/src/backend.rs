@@ -6,11 +6,13 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
 
 use sqlx::Row;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 use crate::error::{Result, StoreError};
+pub use crate::layout::{CellColumns, Layout, Table};
 
 /// Which database engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +45,8 @@ pub struct RecordRow {
     pub updated_at: i64,
     /// Retain until, unix seconds.
     pub retain_until: Option<i64>,
+    /// Row tag (`crate::layout`): empty in a row of the legacy layout, which has none.
+    pub tag: Vec<u8>,
 }
 
 /// One sealed field cell.
@@ -54,9 +58,7 @@ pub struct FieldRow {
     pub domain: String,
     /// Sealed bytes.
     pub sealed: Vec<u8>,
-    /// Version of the subject key that sealed it (stored in clear in `kluis_fields.key_version`);
-    /// 0 only for cells not sealed by a subject key (tools and benches writing through the
-    /// backend directly), which skip the subject key check.
+    /// Version of the subject key that sealed it (stored in clear in the `k_<field>` column).
     pub key_version: i64,
 }
 
@@ -97,6 +99,8 @@ pub struct StoredRecord {
 pub enum WriteOp {
     /// Insert a new record.
     Insert {
+        /// The collection's table.
+        table: Arc<Table>,
         /// Clear columns (version 1).
         record: RecordRow,
         /// Sealed cells.
@@ -106,10 +110,15 @@ pub enum WriteOp {
     },
     /// Update a record whose version is `expected_version`; `record.version` is the new one.
     Update {
-        /// New clear columns.
+        /// The collection's table.
+        table: Arc<Table>,
+        /// New clear columns (with the row tag of the row as it will be).
         record: RecordRow,
         /// Version the caller read.
         expected_version: i64,
+        /// Row tag the caller read: a row changed since without a new version (a re-encryption)
+        /// is not overwritten ([`StoreError::KeyChanged`], the transaction is run again).
+        expected_tag: Vec<u8>,
         /// Cells set (replacing any old value).
         set_fields: Vec<FieldRow>,
         /// Cells removed (with their blind index).
@@ -119,10 +128,10 @@ pub enum WriteOp {
     },
     /// Replace the blind index of one field of a record (re-indexing after a key rotation).
     SetIndex {
+        /// The collection's table.
+        table: Arc<Table>,
         /// Tenant.
         tenant: String,
-        /// Collection.
-        collection: String,
         /// Record id.
         record_id: String,
         /// The new index.
@@ -130,10 +139,10 @@ pub enum WriteOp {
     },
     /// Remove the blind index of one field of a record.
     DropIndex {
+        /// The collection's table.
+        table: Arc<Table>,
         /// Tenant.
         tenant: String,
-        /// Collection.
-        collection: String,
         /// Record id.
         record_id: String,
         /// Field.
@@ -157,10 +166,10 @@ pub enum WriteOp {
     },
     /// Delete a record (with its cells and indexes).
     Delete {
+        /// The collection's table.
+        table: Arc<Table>,
         /// Tenant.
         tenant: String,
-        /// Collection.
-        collection: String,
         /// Record id.
         id: String,
         /// If given, the delete fails with a conflict unless the record has this version.
@@ -251,13 +260,15 @@ pub struct ReencryptPlan {
     pub records: Vec<ReencryptRecord>,
     /// Older subject key versions to delete, each only if no cell and no catalog document uses it.
     pub drop_versions: Vec<i64>,
+    /// Every table of the store's schema (where cells of a dropped version are looked for).
+    pub tables: Vec<Arc<Table>>,
 }
 
 /// One record of a [`ReencryptPlan`].
 #[derive(Clone, Debug)]
 pub struct ReencryptRecord {
-    /// Collection.
-    pub collection: String,
+    /// The collection's table.
+    pub table: Arc<Table>,
     /// Record id.
     pub id: String,
     /// Version read (the record is left alone and the plan fails if it changed).
@@ -266,6 +277,10 @@ pub struct ReencryptRecord {
     pub cells: Vec<FieldRow>,
     /// Blind indexes re-derived under the active domain key version.
     pub indexes: Vec<IndexRow>,
+    /// The row tag over the row with the re-sealed cells.
+    pub tag: Vec<u8>,
+    /// The row tag read (the row is left alone if it changed).
+    pub expected_tag: Vec<u8>,
 }
 
 /// What [`Backend::reencrypt_subject`] did.
@@ -371,6 +386,25 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
     /// Applies the embedded migrations.
     fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
 
+    /// Creates the tables of `layout` that do not exist, adds the columns and indexes missing
+    /// from those that do, and lists them in `kluis_tables` (idempotent).
+    fn install(&self, layout: &Layout) -> impl Future<Output = Result<()>> + Send;
+
+    /// Up to `limit` records of the legacy layout (`kluis_records`, a row per field in
+    /// `kluis_fields`), with their blind indexes, for [`Backend::move_legacy`].
+    fn legacy_records(
+        &self,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<(StoredRecord, Vec<IndexRow>)>>> + Send;
+
+    /// Moves legacy records into their tables in one transaction: each given row (with its tag)
+    /// is inserted and its legacy rows deleted; a record already moved by another process is
+    /// left as it is.
+    fn move_legacy(
+        &self,
+        rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// All versions of a domain key.
     fn domain_keys(
         &self,
@@ -425,46 +459,50 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
     /// One record.
     fn get(
         &self,
+        table: &Table,
         tenant: &str,
-        collection: &str,
         id: &str,
     ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
 
     /// A page of records ordered by id, after `after`, optionally only those of `subject`.
     fn list(
         &self,
+        table: &Table,
         tenant: &str,
-        collection: &str,
         subject: Option<&str>,
         after: Option<&str>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
 
-    /// Ids of records whose blind index of `field` is one of `candidates` (key version, index).
+    /// Records whose blind index of `field` is one of `candidates` (key version, index), by id.
     fn find_index(
         &self,
+        table: &Table,
         tenant: &str,
-        collection: &str,
         field: &str,
         candidates: Vec<(i64, Vec<u8>)>,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
 
-    /// Every record of a subject (clear columns only), over all collections.
+    /// Every record of a subject (clear columns only), over the tables of `layout`.
     fn subject_records(
         &self,
+        layout: &Layout,
         tenant: &str,
         subject: &str,
     ) -> impl Future<Output = Result<Vec<RecordRow>>> + Send;
 
-    /// Every blind index row of (tenant, field domain), for re-indexing after a key rotation.
+    /// Every blind index of a tenant (collection, record id, field, key version), for re-indexing
+    /// after a key rotation.
     fn index_rows(
         &self,
+        layout: &Layout,
         tenant: &str,
     ) -> impl Future<Output = Result<Vec<(String, String, String, i64)>>> + Send;
 
-    /// Shreds a subject in one transaction: its subject keys, records, cells, indexes and
-    /// document catalog entries; records `audit` (a legal override) and appends `entry` (an audit
-    /// log entry) in the same transaction if given. Returns the number of records removed.
+    /// Shreds a subject in one transaction: its subject keys, its rows in every table listed in
+    /// `kluis_tables` and document catalog entries; records `audit` (a legal override) and
+    /// appends `entry` (an audit log entry) in the same transaction if given. Returns the number
+    /// of records removed.
     fn delete_subject(
         &self,
         tenant: &str,
@@ -518,13 +556,18 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
 
     /// Per domain key version (of one tenant or all): subject keys wrapped under it, records with
     /// a cell sealed by such a subject key, catalog documents wrapped by such a subject key.
-    fn key_usage(&self, tenant: Option<&str>) -> impl Future<Output = Result<Vec<KeyUsageRow>>> + Send;
+    fn key_usage(
+        &self,
+        layout: &Layout,
+        tenant: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<KeyUsageRow>>> + Send;
 
     /// Subjects of (tenant, domain) with work for a re-encryption step (a subject key wrapped
     /// under another version than `active` that is the newest, or still seals a cell, or is used
     /// by no document), sorted, at most `limit`.
     fn reencrypt_candidates(
         &self,
+        layout: &Layout,
         tenant: &str,
         domain: &str,
         active: i64,
@@ -535,14 +578,16 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
     /// version than `active`.
     fn count_stale_subjects(
         &self,
+        layout: &Layout,
         tenant: &str,
         domain: &str,
         active: i64,
     ) -> impl Future<Output = Result<u64>> + Send;
 
-    /// Every record of a subject that has a cell of `domain`, with only those cells.
+    /// Every record of a subject that has a cell of `domain`, whole (all its cells).
     fn subject_cells(
         &self,
+        layout: &Layout,
         tenant: &str,
         domain: &str,
         subject: &str,
@@ -571,6 +616,7 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
     /// set, each written only if it is still as read.
     fn destroy_domain_version(
         &self,
+        layout: &Layout,
         tenant: &str,
         domain: &str,
         version: i64,
@@ -701,6 +747,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "key_versions", include_str!("../migrations/sqlite/0003_key_versions.sql")),
     (4, "access", include_str!("../migrations/sqlite/0004_access.sql")),
     (5, "key_tags", include_str!("../migrations/sqlite/0005_key_tags.sql")),
+    (6, "tables", include_str!("../migrations/sqlite/0006_tables.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -708,6 +755,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "key_versions", include_str!("../migrations/postgres/0003_key_versions.sql")),
     (4, "access", include_str!("../migrations/postgres/0004_access.sql")),
     (5, "key_tags", include_str!("../migrations/postgres/0005_key_tags.sql")),
+    (6, "tables", include_str!("../migrations/postgres/0006_tables.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
@@ -715,6 +763,7 @@ const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "key_versions", include_str!("../migrations/mysql/0003_key_versions.sql")),
     (4, "access", include_str!("../migrations/mysql/0004_access.sql")),
     (5, "key_tags", include_str!("../migrations/mysql/0005_key_tags.sql")),
+    (6, "tables", include_str!("../migrations/mysql/0006_tables.sql")),
 ];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.
@@ -845,6 +894,131 @@ impl KeyUses {
     }
 }
 
+/// `s.version` (of a `kluis_subject_keys s` joined to a row `r`) is the key version of one of
+/// `r`'s cells of `domain`.
+fn versions_in(table: &Table, domain: &str) -> String {
+    let cols: Vec<String> =
+        table.cells.iter().filter(|c| c.domain == domain).map(|c| format!("r.{}", c.version)).collect();
+    if cols.is_empty() { "1 = 0".to_owned() } else { format!("s.version IN ({})", cols.join(", ")) }
+}
+
+/// A row count as read: never negative.
+fn count_of(n: i64) -> Result<u64> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt { what: "row count", reason: n.to_string() })
+}
+
+/// A bind of a statement whose columns depend on the table.
+#[derive(Clone, Copy)]
+enum Arg<'a> {
+    S(&'a str),
+    I(Option<i64>),
+    B(Option<&'a [u8]>),
+}
+
+/// The index columns of `field` in `table`.
+fn index_columns<'t>(table: &'t Table, field: &str) -> Result<(&'t str, &'t str)> {
+    table
+        .cell(field)
+        .and_then(|c| c.index.as_ref())
+        .map(|(i, j)| (i.as_str(), j.as_str()))
+        .ok_or_else(|| StoreError::Schema(format!("field {}.{field} has no blind index", table.collection)))
+}
+
+fn check_fields(table: &Table, fields: &[FieldRow], indexes: &[IndexRow]) -> Result<()> {
+    for f in fields {
+        if table.cell(&f.field).is_none() {
+            return Err(StoreError::Schema(format!("unknown field {}.{}", table.collection, f.field)));
+        }
+    }
+    for i in indexes {
+        index_columns(table, &i.field)?;
+    }
+    Ok(())
+}
+
+/// `INSERT` of one whole row (every column; NULL where a field is not set).
+fn insert_row<'a>(
+    table: &Table,
+    r: &'a RecordRow,
+    fields: &'a [FieldRow],
+    indexes: &'a [IndexRow],
+) -> Result<(String, Vec<Arg<'a>>)> {
+    check_fields(table, fields, indexes)?;
+    let mut cols =
+        String::from("tenant, id, subject, version, created_at, updated_at, retain_until, row_tag");
+    let mut args = vec![
+        Arg::S(&r.tenant),
+        Arg::S(&r.id),
+        Arg::S(&r.subject),
+        Arg::I(Some(r.version)),
+        Arg::I(Some(r.created_at)),
+        Arg::I(Some(r.updated_at)),
+        Arg::I(r.retain_until),
+        Arg::B(Some(&r.tag)),
+    ];
+    for c in &table.cells {
+        let cell = fields.iter().find(|f| f.field == c.field);
+        cols.push_str(&format!(", {}, {}", c.sealed, c.version));
+        args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
+        args.push(Arg::I(cell.map(|f| f.key_version)));
+        if let Some((i, j)) = &c.index {
+            let ix = indexes.iter().find(|x| x.field == c.field);
+            cols.push_str(&format!(", {i}, {j}"));
+            args.push(Arg::B(ix.map(|x| x.idx.as_slice())));
+            args.push(Arg::I(ix.map(|x| x.key_version)));
+        }
+    }
+    Ok((format!("INSERT INTO {} ({cols}) VALUES ({})", table.name, placeholders(args.len())), args))
+}
+
+/// `UPDATE` of a row still at `expected`: new bookkeeping columns and tag, the cells set and
+/// removed; the blind index of every field set or removed is replaced by the one given or cleared.
+fn update_row<'a>(
+    table: &Table,
+    r: &'a RecordRow,
+    expected: (i64, &'a [u8]),
+    set: &'a [FieldRow],
+    remove: &'a [String],
+    indexes: &'a [IndexRow],
+) -> Result<(String, Vec<Arg<'a>>)> {
+    check_fields(table, set, indexes)?;
+    let mut sql =
+        format!("UPDATE {} SET version = ?, updated_at = ?, retain_until = ?, row_tag = ?", table.name);
+    let mut args = vec![
+        Arg::I(Some(r.version)),
+        Arg::I(Some(r.updated_at)),
+        Arg::I(r.retain_until),
+        Arg::B(Some(&r.tag)),
+    ];
+    for c in &table.cells {
+        let cell = set.iter().find(|f| f.field == c.field);
+        let removed = remove.iter().any(|f| *f == c.field);
+        if cell.is_none() && !removed {
+            continue;
+        }
+        sql.push_str(&format!(", {} = ?, {} = ?", c.sealed, c.version));
+        args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
+        args.push(Arg::I(cell.map(|f| f.key_version)));
+        if let Some((i, j)) = &c.index {
+            let ix = indexes.iter().find(|x| x.field == c.field);
+            sql.push_str(&format!(", {i} = ?, {j} = ?"));
+            args.push(Arg::B(ix.map(|x| x.idx.as_slice())));
+            args.push(Arg::I(ix.map(|x| x.key_version)));
+        }
+    }
+    for f in remove {
+        if table.cell(f).is_none() {
+            return Err(StoreError::Schema(format!("unknown field {}.{f}", table.collection)));
+        }
+    }
+    sql.push_str(" WHERE tenant = ? AND id = ? AND version = ? AND row_tag = ?");
+    args.push(Arg::S(&r.tenant));
+    args.push(Arg::S(&r.id));
+    args.push(Arg::I(Some(expected.0)));
+    args.push(Arg::B(Some(expected.1)));
+    Ok((sql, args))
+}
+
 macro_rules! backend_impl {
     ($ty:ty, $db:ty, $engine:expr, $sql:path, $migrations:expr) => {
         impl $ty {
@@ -896,7 +1070,61 @@ macro_rules! backend_impl {
                     created_at: row.try_get(5)?,
                     updated_at: row.try_get(6)?,
                     retain_until: row.try_get(7)?,
+                    tag: Vec::new(),
                 })
+            }
+
+            /// A whole row of `table` as selected by [`Table::select_list`].
+            fn stored_from(table: &Table, row: &<$db as sqlx::Database>::Row) -> Result<StoredRecord> {
+                let record = RecordRow {
+                    tenant: Self::text(row, 0)?,
+                    collection: table.collection.clone(),
+                    id: Self::text(row, 1)?,
+                    subject: Self::text(row, 2)?,
+                    version: row.try_get(3)?,
+                    created_at: row.try_get(4)?,
+                    updated_at: row.try_get(5)?,
+                    retain_until: row.try_get(6)?,
+                    tag: row.try_get(7)?,
+                };
+                let mut fields = Vec::with_capacity(table.cells.len());
+                for (i, c) in table.cells.iter().enumerate() {
+                    let at = 8 + 2 * i;
+                    let sealed: Option<Vec<u8>> = row.try_get(at)?;
+                    let version: Option<i64> = row.try_get(at + 1)?;
+                    match (sealed, version) {
+                        (None, None) => {}
+                        (Some(sealed), Some(key_version)) => fields.push(FieldRow {
+                            field: c.field.clone(),
+                            domain: c.domain.clone(),
+                            sealed,
+                            key_version,
+                        }),
+                        // A value without its key version or the other way round was edited.
+                        _ => {
+                            return Err(StoreError::Integrity {
+                                collection: table.collection.clone(),
+                                record: record.id,
+                                field: c.field.clone(),
+                            });
+                        }
+                    }
+                }
+                Ok(StoredRecord { record, fields })
+            }
+
+            fn bind_args<'q>(
+                mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                args: &[Arg<'q>],
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                for a in args {
+                    q = match *a {
+                        Arg::S(s) => q.bind(s),
+                        Arg::I(i) => q.bind(i),
+                        Arg::B(b) => q.bind(b),
+                    };
+                }
+                q
             }
 
             async fn attach_fields(
@@ -962,129 +1190,61 @@ macro_rules! backend_impl {
 
             async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp, used: &mut KeyUses) -> Result<()> {
                 match op {
-                    WriteOp::Insert { record, fields, indexes } => {
-                        let r = sqlx::query::<$db>(&$sql(
-                            "INSERT INTO kluis_records (tenant, collection, id, subject, version, created_at, updated_at, retain_until) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        ))
-                        .bind(&record.tenant)
-                        .bind(&record.collection)
-                        .bind(&record.id)
-                        .bind(&record.subject)
-                        .bind(record.version)
-                        .bind(record.created_at)
-                        .bind(record.updated_at)
-                        .bind(record.retain_until)
-                        .execute(&mut **tx)
-                        .await;
+                    WriteOp::Insert { table, record, fields, indexes } => {
+                        let (sql, args) = insert_row(&table, &record, &fields, &indexes)?;
+                        let sql = $sql(&sql).into_owned();
+                        let r = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await;
                         if let Err(e) = r {
                             if unique_violation(&e) {
-                                return Err(StoreError::AlreadyExists {
-                                    collection: record.collection,
-                                    record: record.id,
-                                });
+                                return Err(StoreError::AlreadyExists { collection: record.collection, record: record.id });
                             }
                             return Err(e.into());
                         }
-                        Self::put_fields(tx, &record, fields, indexes, used).await
-                    }
-                    WriteOp::Update { record, expected_version, set_fields, remove_fields, set_indexes } => {
-                        let done = sqlx::query::<$db>(&$sql(
-                            "UPDATE kluis_records SET version = ?, updated_at = ?, retain_until = ? \
-                             WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
-                        ))
-                        .bind(record.version)
-                        .bind(record.updated_at)
-                        .bind(record.retain_until)
-                        .bind(&record.tenant)
-                        .bind(&record.collection)
-                        .bind(&record.id)
-                        .bind(expected_version)
-                        .execute(&mut **tx)
-                        .await?;
-                        if done.rows_affected() != 1 {
-                            return Err(Self::conflict(tx, &record.tenant, &record.collection, &record.id, expected_version).await);
+                        for f in &fields {
+                            used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
                         }
-                        for f in remove_fields.iter().chain(set_fields.iter().map(|f| &f.field)) {
-                            for table in ["kluis_fields", "kluis_blind_index"] {
-                                let sql = format!(
-                                    "DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?"
-                                );
-                                sqlx::query::<$db>(&$sql(&sql))
-                                    .bind(&record.tenant)
-                                    .bind(&record.collection)
-                                    .bind(&record.id)
-                                    .bind(f)
-                                    .execute(&mut **tx)
-                                    .await?;
-                            }
-                        }
-                        Self::put_fields(tx, &record, set_fields, set_indexes, used).await
-                    }
-                    WriteOp::SetIndex { tenant, collection, record_id, index } => {
-                        sqlx::query::<$db>(&$sql(
-                            "DELETE FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-                        ))
-                        .bind(&tenant)
-                        .bind(&collection)
-                        .bind(&record_id)
-                        .bind(&index.field)
-                        .execute(&mut **tx)
-                        .await?;
-                        sqlx::query::<$db>(&$sql(
-                            "INSERT INTO kluis_blind_index (tenant, collection, record_id, field, key_version, idx) VALUES (?, ?, ?, ?, ?, ?)",
-                        ))
-                        .bind(tenant)
-                        .bind(collection)
-                        .bind(record_id)
-                        .bind(index.field)
-                        .bind(index.key_version)
-                        .bind(index.idx)
-                        .execute(&mut **tx)
-                        .await?;
                         Ok(())
                     }
-                    WriteOp::DropIndex { tenant, collection, record_id, field } => {
-                        sqlx::query::<$db>(&$sql(
-                            "DELETE FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-                        ))
-                        .bind(tenant)
-                        .bind(collection)
-                        .bind(record_id)
-                        .bind(field)
-                        .execute(&mut **tx)
-                        .await?;
+                    WriteOp::Update { table, record, expected_version, expected_tag, set_fields, remove_fields, set_indexes } => {
+                        let (sql, args) =
+                            update_row(&table, &record, (expected_version, &expected_tag), &set_fields, &remove_fields, &set_indexes)?;
+                        let sql = $sql(&sql).into_owned();
+                        let done = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await?;
+                        if done.rows_affected() != 1 {
+                            return Err(match Self::conflict(tx, &table, &record.tenant, &record.id, expected_version).await {
+                                // Same version, other tag: a re-encryption rewrote the row.
+                                StoreError::Conflict { expected, found, .. } if expected == found => StoreError::KeyChanged {
+                                    what: format!("record {}/{} was re-encrypted meanwhile", table.collection, record.id),
+                                },
+                                e => e,
+                            });
+                        }
+                        for f in &set_fields {
+                            used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
+                        }
+                        Ok(())
+                    }
+                    WriteOp::SetIndex { table, tenant, record_id, index } => {
+                        let (i, j) = index_columns(&table, &index.field)?;
+                        let sql = format!("UPDATE {} SET {i} = ?, {j} = ? WHERE tenant = ? AND id = ?", table.name);
+                        sqlx::query::<$db>(&$sql(&sql))
+                            .bind(index.idx)
+                            .bind(index.key_version)
+                            .bind(tenant)
+                            .bind(record_id)
+                            .execute(&mut **tx)
+                            .await?;
+                        Ok(())
+                    }
+                    WriteOp::DropIndex { table, tenant, record_id, field } => {
+                        let (i, j) = index_columns(&table, &field)?;
+                        let sql = format!("UPDATE {} SET {i} = NULL, {j} = NULL WHERE tenant = ? AND id = ?", table.name);
+                        sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(record_id).execute(&mut **tx).await?;
                         Ok(())
                     }
                     WriteOp::Override(row) => Self::insert_override(tx, row).await,
                     WriteOp::Audit(a) => Self::audit_append(tx, a).await,
-                    WriteOp::InsertDocument(d) => {
-                        let res = sqlx::query::<$db>(&$sql(
-                            "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        ))
-                        .bind(&d.tenant)
-                        .bind(&d.document_id)
-                        .bind(&d.domain)
-                        .bind(&d.subject)
-                        .bind(&d.record_id)
-                        .bind(&d.object_name)
-                        .bind(&d.key_ref)
-                        .bind(d.padded_size)
-                        .bind(d.created_at)
-                        .bind(&d.sealed_meta)
-                        .bind(document_key_version(&d.key_ref, &d.domain))
-                        .execute(&mut **tx)
-                        .await;
-                        match res {
-                            Ok(_) => Ok(()),
-                            Err(e) if unique_violation(&e) => Err(StoreError::AlreadyExists {
-                                collection: "kluis_documents".into(),
-                                record: d.document_id,
-                            }),
-                            Err(e) => Err(e.into()),
-                        }
-                    }
+                    WriteOp::InsertDocument(d) => Self::insert_document_tx(tx, d).await,
                     WriteOp::DeleteDocument { tenant, document_id } => {
                         let done = sqlx::query::<$db>(&$sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
                             .bind(&tenant)
@@ -1096,116 +1256,91 @@ macro_rules! backend_impl {
                         }
                         Ok(())
                     }
-                    WriteOp::Delete { tenant, collection, id, expected_version } => {
+                    WriteOp::Delete { table, tenant, id, expected_version } => {
                         // The record's catalog documents go in the same transaction (their blobs
                         // are then unreferenced: the blob store's garbage collection removes
                         // them). Before the record row, whose subject narrows the match.
-                        sqlx::query::<$db>(&$sql(
+                        let sql = format!(
                             "DELETE FROM kluis_documents WHERE tenant = ? AND record_id = ? AND subject = \
-                             (SELECT subject FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?)",
-                        ))
-                        .bind(&tenant)
-                        .bind(&id)
-                        .bind(&tenant)
-                        .bind(&collection)
-                        .bind(&id)
-                        .execute(&mut **tx)
-                        .await?;
+                             (SELECT subject FROM {} WHERE tenant = ? AND id = ?)",
+                            table.name
+                        );
+                        sqlx::query::<$db>(&$sql(&sql))
+                            .bind(&tenant)
+                            .bind(&id)
+                            .bind(&tenant)
+                            .bind(&id)
+                            .execute(&mut **tx)
+                            .await?;
                         let sql = match expected_version {
-                            Some(_) => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
-                            None => "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?",
+                            Some(_) => format!("DELETE FROM {} WHERE tenant = ? AND id = ? AND version = ?", table.name),
+                            None => format!("DELETE FROM {} WHERE tenant = ? AND id = ?", table.name),
                         };
-                        let sql = $sql(sql);
-                        let mut q = sqlx::query::<$db>(&sql).bind(&tenant).bind(&collection).bind(&id);
+                        let sql = $sql(&sql).into_owned();
+                        let mut q = sqlx::query::<$db>(&sql).bind(&tenant).bind(&id);
                         if let Some(v) = expected_version {
                             q = q.bind(v);
                         }
                         let done = q.execute(&mut **tx).await?;
                         if done.rows_affected() != 1 {
                             return Err(match expected_version {
-                                Some(v) => Self::conflict(tx, &tenant, &collection, &id, v).await,
-                                None => StoreError::NotFound { collection, record: id },
+                                Some(v) => Self::conflict(tx, &table, &tenant, &id, v).await,
+                                None => StoreError::NotFound { collection: table.collection.clone(), record: id },
                             });
-                        }
-                        for table in ["kluis_fields", "kluis_blind_index"] {
-                            let sql = format!("DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ?");
-                            sqlx::query::<$db>(&$sql(&sql))
-                                .bind(&tenant)
-                                .bind(&collection)
-                                .bind(&id)
-                                .execute(&mut **tx)
-                                .await?;
                         }
                         Ok(())
                     }
                 }
             }
 
-            async fn conflict(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                tenant: &str,
-                collection: &str,
-                id: &str,
-                expected: i64,
-            ) -> StoreError {
-                let found: std::result::Result<Option<i64>, sqlx::Error> = sqlx::query_scalar::<$db, i64>(&$sql(
-                    "SELECT version FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?",
+            async fn insert_document_tx(tx: &mut sqlx::Transaction<'static, $db>, d: DocumentRow) -> Result<()> {
+                let res = sqlx::query::<$db>(&$sql(
+                    "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 ))
-                .bind(tenant)
-                .bind(collection)
-                .bind(id)
-                .fetch_optional(&mut **tx)
+                .bind(&d.tenant)
+                .bind(&d.document_id)
+                .bind(&d.domain)
+                .bind(&d.subject)
+                .bind(&d.record_id)
+                .bind(&d.object_name)
+                .bind(&d.key_ref)
+                .bind(d.padded_size)
+                .bind(d.created_at)
+                .bind(&d.sealed_meta)
+                .bind(document_key_version(&d.key_ref, &d.domain))
+                .execute(&mut **tx)
                 .await;
-                match found {
-                    Err(e) => e.into(),
-                    Ok(None) => StoreError::NotFound { collection: collection.to_owned(), record: id.to_owned() },
-                    Ok(Some(v)) => StoreError::Conflict {
-                        collection: collection.to_owned(),
-                        record: id.to_owned(),
-                        expected: u64::try_from(expected).unwrap_or(0),
-                        found: u64::try_from(v).unwrap_or(0),
-                    },
+                match res {
+                    Ok(_) => Ok(()),
+                    Err(e) if unique_violation(&e) => Err(StoreError::AlreadyExists {
+                        collection: "kluis_documents".into(),
+                        record: d.document_id,
+                    }),
+                    Err(e) => Err(e.into()),
                 }
             }
 
-            async fn put_fields(
+            async fn conflict(
                 tx: &mut sqlx::Transaction<'static, $db>,
-                record: &RecordRow,
-                fields: Vec<FieldRow>,
-                indexes: Vec<IndexRow>,
-                used: &mut KeyUses,
-            ) -> Result<()> {
-                for f in fields {
-                    if f.key_version > 0 {
-                        used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
-                    }
-                    sqlx::query::<$db>(&$sql(
-                        "INSERT INTO kluis_fields (tenant, collection, record_id, field, domain, sealed, key_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    ))
-                    .bind(&record.tenant)
-                    .bind(&record.collection)
-                    .bind(&record.id)
-                    .bind(f.field)
-                    .bind(f.domain)
-                    .bind(f.sealed)
-                    .bind(f.key_version)
-                    .execute(&mut **tx)
-                    .await?;
+                table: &Table,
+                tenant: &str,
+                id: &str,
+                expected: i64,
+            ) -> StoreError {
+                let sql = format!("SELECT version FROM {} WHERE tenant = ? AND id = ?", table.name);
+                let found: std::result::Result<Option<i64>, sqlx::Error> =
+                    sqlx::query_scalar::<$db, i64>(&$sql(&sql)).bind(tenant).bind(id).fetch_optional(&mut **tx).await;
+                match found {
+                    Err(e) => e.into(),
+                    Ok(None) => StoreError::NotFound { collection: table.collection.clone(), record: id.to_owned() },
+                    Ok(Some(v)) => match (u64::try_from(expected), u64::try_from(v)) {
+                        (Ok(expected), Ok(found)) => {
+                            StoreError::Conflict { collection: table.collection.clone(), record: id.to_owned(), expected, found }
+                        }
+                        _ => StoreError::Corrupt { what: "record version", reason: format!("{}/{id}: {v}", table.collection) },
+                    },
                 }
-                for i in indexes {
-                    sqlx::query::<$db>(&$sql(
-                        "INSERT INTO kluis_blind_index (tenant, collection, record_id, field, key_version, idx) VALUES (?, ?, ?, ?, ?, ?)",
-                    ))
-                    .bind(&record.tenant)
-                    .bind(&record.collection)
-                    .bind(&record.id)
-                    .bind(i.field)
-                    .bind(i.key_version)
-                    .bind(i.idx)
-                    .execute(&mut **tx)
-                    .await?;
-                }
-                Ok(())
             }
 
             /// A cell may only be written under a subject key that still exists: the share lock
@@ -1317,6 +1452,102 @@ macro_rules! backend_impl {
                 m.run(&self.pool).await?;
                 self.backfill_versions().await
             }
+
+            async fn install(&self, layout: &Layout) -> Result<()> {
+                use sqlx::{Column, Executor};
+                for t in layout.tables() {
+                    sqlx::query::<$db>(&t.create_sql($engine)).execute(&self.pool).await?;
+                    let probe = format!("SELECT * FROM {} WHERE 1 = 0", t.name);
+                    let described = (&self.pool).describe(&probe).await?;
+                    let existing: Vec<String> = described.columns().iter().map(|c| c.name().to_owned()).collect();
+                    for sql in t.add_columns_sql($engine, &existing).into_iter().chain(t.index_sql($engine)) {
+                        sqlx::query::<$db>(&sql).execute(&self.pool).await?;
+                    }
+                    let listed: i64 = sqlx::query_scalar::<$db, i64>(&$sql("SELECT COUNT(*) FROM kluis_tables WHERE collection = ?"))
+                        .bind(&t.collection)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    if listed == 0 {
+                        let res = sqlx::query::<$db>(&$sql("INSERT INTO kluis_tables (collection, table_name) VALUES (?, ?)"))
+                            .bind(&t.collection)
+                            .bind(&t.name)
+                            .execute(&self.pool)
+                            .await;
+                        match res {
+                            Ok(_) => {}
+                            Err(e) if unique_violation(&e) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                }
+                Ok(())
+            }
+
+            async fn legacy_records(&self, limit: u32) -> Result<Vec<(StoredRecord, Vec<IndexRow>)>> {
+                let sql = format!("SELECT {RECORD_COLS} FROM kluis_records ORDER BY tenant, collection, id LIMIT ?");
+                let rows = sqlx::query::<$db>(&$sql(&sql)).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
+                let mut out = Vec::with_capacity(recs.len());
+                let mut group: Vec<RecordRow> = Vec::new();
+                for r in recs {
+                    if group.first().is_some_and(|g| g.tenant != r.tenant || g.collection != r.collection) {
+                        let (t, c) = group.first().map(|g| (g.tenant.clone(), g.collection.clone())).unwrap_or_default();
+                        out.extend(self.attach_fields(&t, &c, std::mem::take(&mut group)).await?);
+                    }
+                    group.push(r);
+                }
+                if let Some((t, c)) = group.first().map(|g| (g.tenant.clone(), g.collection.clone())) {
+                    out.extend(self.attach_fields(&t, &c, group).await?);
+                }
+                let mut with_indexes = Vec::with_capacity(out.len());
+                for s in out {
+                    let idx = sqlx::query::<$db>(&$sql(
+                        "SELECT field, key_version, idx FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ?",
+                    ))
+                    .bind(&s.record.tenant)
+                    .bind(&s.record.collection)
+                    .bind(&s.record.id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let idx = idx
+                        .iter()
+                        .map(|r| Ok(IndexRow { field: Self::text(r, 0)?, key_version: r.try_get(1)?, idx: r.try_get(2)? }))
+                        .collect::<Result<Vec<_>>>()?;
+                    with_indexes.push((s, idx));
+                }
+                Ok(with_indexes)
+            }
+
+            async fn move_legacy(&self, rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>) -> Result<()> {
+                let mut tx = self.begin_write().await?;
+                for (table, s, idx) in &rows {
+                    let r = &s.record;
+                    let gone = sqlx::query::<$db>(&$sql(
+                        "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
+                    ))
+                    .bind(&r.tenant)
+                    .bind(&r.collection)
+                    .bind(&r.id)
+                    .bind(r.version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if gone == 0 {
+                        // Moved by another process meanwhile.
+                        continue;
+                    }
+                    for t in ["kluis_fields", "kluis_blind_index"] {
+                        let sql = format!("DELETE FROM {t} WHERE tenant = ? AND collection = ? AND record_id = ?");
+                        sqlx::query::<$db>(&$sql(&sql)).bind(&r.tenant).bind(&r.collection).bind(&r.id).execute(&mut *tx).await?;
+                    }
+                    let (sql, args) = insert_row(table, r, &s.fields, idx)?;
+                    let sql = $sql(&sql).into_owned();
+                    Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
 
             async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
                 let rows = sqlx::query::<$db>(&$sql(
@@ -1491,28 +1722,21 @@ macro_rules! backend_impl {
                 Ok(())
             }
 
-            async fn get(&self, tenant: &str, collection: &str, id: &str) -> Result<Option<StoredRecord>> {
-                let sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?");
-                let row = sqlx::query::<$db>(&$sql(&sql))
-                    .bind(tenant)
-                    .bind(collection)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                let Some(row) = row else { return Ok(None) };
-                let rec = Self::record_from(&row)?;
-                Ok(self.attach_fields(tenant, collection, vec![rec]).await?.pop())
+            async fn get(&self, table: &Table, tenant: &str, id: &str) -> Result<Option<StoredRecord>> {
+                let sql = format!("SELECT {} FROM {} WHERE tenant = ? AND id = ?", table.select_list(""), table.name);
+                let row = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
+                row.map(|r| Self::stored_from(table, &r)).transpose()
             }
 
             async fn list(
                 &self,
+                table: &Table,
                 tenant: &str,
-                collection: &str,
                 subject: Option<&str>,
                 after: Option<&str>,
                 limit: u32,
             ) -> Result<Vec<StoredRecord>> {
-                let mut sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND collection = ?");
+                let mut sql = format!("SELECT {} FROM {} WHERE tenant = ?", table.select_list(""), table.name);
                 if subject.is_some() {
                     sql.push_str(" AND subject = ?");
                 }
@@ -1521,7 +1745,7 @@ macro_rules! backend_impl {
                 }
                 sql.push_str(" ORDER BY id LIMIT ?");
                 let sql = $sql(&sql).into_owned();
-                let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection);
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
                 if let Some(s) = subject {
                     q = q.bind(s);
                 }
@@ -1529,55 +1753,71 @@ macro_rules! backend_impl {
                     q = q.bind(a);
                 }
                 let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-                let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
-                self.attach_fields(tenant, collection, recs).await
+                rows.iter().map(|r| Self::stored_from(table, r)).collect()
             }
 
             async fn find_index(
                 &self,
+                table: &Table,
                 tenant: &str,
-                collection: &str,
                 field: &str,
                 candidates: Vec<(i64, Vec<u8>)>,
-            ) -> Result<Vec<String>> {
+            ) -> Result<Vec<StoredRecord>> {
+                let (i, j) = index_columns(table, field)?;
+                if candidates.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut cond = String::new();
+                for n in 0..candidates.len() {
+                    if n > 0 {
+                        cond.push_str(" OR ");
+                    }
+                    cond.push_str(&format!("({i} = ? AND {j} = ?)"));
+                }
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE tenant = ? AND ({cond}) ORDER BY id",
+                    table.select_list(""),
+                    table.name
+                );
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
+                for (v, idx) in &candidates {
+                    q = q.bind(idx.as_slice()).bind(*v);
+                }
+                let rows = q.fetch_all(&self.pool).await?;
+                rows.iter().map(|r| Self::stored_from(table, r)).collect()
+            }
+
+            async fn subject_records(&self, layout: &Layout, tenant: &str, subject: &str) -> Result<Vec<RecordRow>> {
                 let mut out = Vec::new();
-                for (version, idx) in candidates {
-                    let rows = sqlx::query::<$db>(&$sql(
-                        "SELECT record_id FROM kluis_blind_index \
-                         WHERE tenant = ? AND collection = ? AND field = ? AND idx = ? AND key_version = ? ORDER BY record_id",
-                    ))
-                    .bind(tenant)
-                    .bind(collection)
-                    .bind(field)
-                    .bind(idx)
-                    .bind(version)
-                    .fetch_all(&self.pool)
-                    .await?;
+                for t in layout.tables() {
+                    let sql = format!(
+                        "SELECT {} FROM {} WHERE tenant = ? AND subject = ? ORDER BY id",
+                        t.select_list(""),
+                        t.name
+                    );
+                    let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
                     for r in &rows {
-                        out.push(Self::text(r, 0)?);
+                        out.push(Self::stored_from(t, r)?.record);
                     }
                 }
-                out.sort();
-                out.dedup();
+                out.sort_by(|a, b| (&a.collection, &a.id).cmp(&(&b.collection, &b.id)));
                 Ok(out)
             }
 
-            async fn subject_records(&self, tenant: &str, subject: &str) -> Result<Vec<RecordRow>> {
-                let sql = format!("SELECT {RECORD_COLS} FROM kluis_records WHERE tenant = ? AND subject = ? ORDER BY collection, id");
-                let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
-                rows.iter().map(Self::record_from).collect()
-            }
-
-            async fn index_rows(&self, tenant: &str) -> Result<Vec<(String, String, String, i64)>> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT collection, record_id, field, key_version FROM kluis_blind_index WHERE tenant = ?",
-                ))
-                .bind(tenant)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| Ok((Self::text(r, 0)?, Self::text(r, 1)?, Self::text(r, 2)?, r.try_get(3)?)))
-                    .collect()
+            async fn index_rows(&self, layout: &Layout, tenant: &str) -> Result<Vec<(String, String, String, i64)>> {
+                let mut out = Vec::new();
+                for t in layout.tables() {
+                    for c in &t.cells {
+                        let Some((i, j)) = &c.index else { continue };
+                        let sql = format!("SELECT id, {j} FROM {} WHERE tenant = ? AND {i} IS NOT NULL", t.name);
+                        let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).fetch_all(&self.pool).await?;
+                        for r in &rows {
+                            out.push((t.collection.clone(), Self::text(r, 0)?, c.field.clone(), r.try_get(1)?));
+                        }
+                    }
+                }
+                Ok(out)
             }
 
             async fn delete_subject(
@@ -1592,14 +1832,25 @@ macro_rules! backend_impl {
                 if let Some(e) = entry {
                     Self::apply_one(&mut tx, WriteOp::Audit(e), &mut KeyUses::default()).await?;
                 }
-                let ids = sqlx::query::<$db>(&$sql(
-                    "SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?",
-                ))
-                .bind(tenant)
-                .bind(subject)
-                .fetch_all(&mut *tx)
-                .await?;
-                for row in &ids {
+                let tables = sqlx::query::<$db>("SELECT table_name FROM kluis_tables ORDER BY collection")
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut removed = 0u64;
+                for row in &tables {
+                    let name = Self::text(row, 0)?;
+                    if !crate::layout::is_table_name(&name) {
+                        return Err(StoreError::Corrupt { what: "kluis_tables", reason: format!("table name {name:?}") });
+                    }
+                    let sql = format!("DELETE FROM {name} WHERE tenant = ? AND subject = ?");
+                    removed += sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?.rows_affected();
+                }
+                // Rows of the legacy layout not moved yet.
+                let legacy = sqlx::query::<$db>(&$sql("SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?"))
+                    .bind(tenant)
+                    .bind(subject)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for row in &legacy {
                     let collection = Self::text(row, 0)?;
                     let id = Self::text(row, 1)?;
                     for table in ["kluis_fields", "kluis_blind_index"] {
@@ -1607,6 +1858,7 @@ macro_rules! backend_impl {
                         sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(&collection).bind(&id).execute(&mut *tx).await?;
                     }
                 }
+                removed += legacy.len() as u64;
                 for table in ["kluis_records", "kluis_subject_keys", "kluis_documents"] {
                     let sql = format!("DELETE FROM {table} WHERE tenant = ? AND subject = ?");
                     sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?;
@@ -1615,7 +1867,7 @@ macro_rules! backend_impl {
                     Self::insert_override(&mut tx, a).await?;
                 }
                 tx.commit().await?;
-                Ok(ids.len() as u64)
+                Ok(removed)
             }
 
             async fn record_override(&self, row: OverrideRow) -> Result<()> {
@@ -1645,31 +1897,10 @@ macro_rules! backend_impl {
             }
 
             async fn insert_document(&self, d: DocumentRow) -> Result<()> {
-                let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(&d.tenant)
-                .bind(&d.document_id)
-                .bind(&d.domain)
-                .bind(&d.subject)
-                .bind(&d.record_id)
-                .bind(&d.object_name)
-                .bind(&d.key_ref)
-                .bind(d.padded_size)
-                .bind(d.created_at)
-                .bind(&d.sealed_meta)
-                .bind(document_key_version(&d.key_ref, &d.domain))
-                .execute(&self.pool)
-                .await;
-                match res {
-                    Ok(_) => Ok(()),
-                    Err(e) if unique_violation(&e) => Err(StoreError::AlreadyExists {
-                        collection: "kluis_documents".into(),
-                        record: d.document_id,
-                    }),
-                    Err(e) => Err(e.into()),
-                }
+                let mut tx = self.pool.begin().await?;
+                Self::insert_document_tx(&mut tx, d).await?;
+                tx.commit().await?;
+                Ok(())
             }
 
             async fn list_documents(&self, tenant: &str, filter: DocumentFilter<'_>) -> Result<Vec<DocumentRow>> {
@@ -1747,7 +1978,7 @@ macro_rules! backend_impl {
                 rows.iter().map(|r| Self::text(r, 0)).collect()
             }
 
-            async fn key_usage(&self, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
+            async fn key_usage(&self, layout: &Layout, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
                 use std::collections::BTreeMap;
                 let mut out: BTreeMap<(String, String, i64), KeyUsageRow> = BTreeMap::new();
                 let filter = |col: &str| match tenant {
@@ -1771,25 +2002,25 @@ macro_rules! backend_impl {
                         KeyUsageRow { tenant: t, domain: d, version: v, state, ..KeyUsageRow::default() },
                     );
                 }
-                let queries = [
-                    format!(
-                        "SELECT tenant, domain, wrap_version, COUNT(*) FROM kluis_subject_keys{} GROUP BY tenant, domain, wrap_version",
-                        filter("tenant")
+                // (statement, which count)
+                let queries: [(String, u8); 2] = [
+                    (
+                        format!(
+                            "SELECT tenant, domain, wrap_version, COUNT(*) FROM kluis_subject_keys{} GROUP BY tenant, domain, wrap_version",
+                            filter("tenant")
+                        ),
+                        0,
                     ),
-                    format!(
-                        "SELECT x.tenant, x.domain, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT s.tenant, s.domain, s.wrap_version, f.collection, f.record_id \
-                         FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
-                         JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version{}) x \
-                         GROUP BY x.tenant, x.domain, x.wrap_version",
-                        filter("f.tenant")
-                    ),
-                    format!(
-                        "SELECT s.tenant, s.domain, s.wrap_version, COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
-                         AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version{} GROUP BY s.tenant, s.domain, s.wrap_version",
-                        filter("d.tenant")
+                    (
+                        format!(
+                            "SELECT s.tenant, s.domain, s.wrap_version, COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
+                             AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version{} GROUP BY s.tenant, s.domain, s.wrap_version",
+                            filter("d.tenant")
+                        ),
+                        2,
                     ),
                 ];
-                for (i, sql) in queries.iter().enumerate() {
+                for (sql, which) in &queries {
                     let sql = $sql(sql).into_owned();
                     let mut q = sqlx::query::<$db>(&sql);
                     if let Some(t) = tenant {
@@ -1797,7 +2028,7 @@ macro_rules! backend_impl {
                     }
                     for r in q.fetch_all(&self.pool).await? {
                         let (t, d, v) = (Self::text(&r, 0)?, Self::text(&r, 1)?, r.try_get::<i64, _>(2)?);
-                        let n = u64::try_from(r.try_get::<i64, _>(3)?).unwrap_or(0);
+                        let n = count_of(r.try_get::<i64, _>(3)?)?;
                         let e = out.entry((t.clone(), d.clone(), v)).or_insert_with(|| KeyUsageRow {
                             tenant: t,
                             domain: d,
@@ -1805,95 +2036,122 @@ macro_rules! backend_impl {
                             state: "missing".into(),
                             ..KeyUsageRow::default()
                         });
-                        match i {
+                        match which {
                             0 => e.subject_keys = n,
-                            1 => e.records = n,
                             _ => e.documents = n,
+                        }
+                    }
+                }
+                // Records: per table and domain, those with a cell sealed under a subject key
+                // that the domain key version wraps.
+                for t in layout.tables() {
+                    for d in t.domains() {
+                        let sql = format!(
+                            "SELECT x.tenant, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT r.tenant, r.id, s.wrap_version FROM {} r \
+                             JOIN kluis_subject_keys s ON s.tenant = r.tenant AND s.domain = ? AND s.subject = r.subject AND {}{}) x \
+                             GROUP BY x.tenant, x.wrap_version",
+                            t.name,
+                            versions_in(t, d),
+                            filter("r.tenant")
+                        );
+                        let sql = $sql(&sql).into_owned();
+                        let mut q = sqlx::query::<$db>(&sql).bind(d);
+                        if let Some(tn) = tenant {
+                            q = q.bind(tn);
+                        }
+                        for r in q.fetch_all(&self.pool).await? {
+                            let (tn, v) = (Self::text(&r, 0)?, r.try_get::<i64, _>(1)?);
+                            let n = count_of(r.try_get::<i64, _>(2)?)?;
+                            let e = out.entry((tn.clone(), d.to_owned(), v)).or_insert_with(|| KeyUsageRow {
+                                tenant: tn,
+                                domain: d.to_owned(),
+                                version: v,
+                                state: "missing".into(),
+                                ..KeyUsageRow::default()
+                            });
+                            e.records += n;
                         }
                     }
                 }
                 Ok(out.into_values().collect())
             }
 
-            async fn reencrypt_candidates(&self, tenant: &str, domain: &str, active: i64, limit: u32) -> Result<Vec<String>> {
+            async fn reencrypt_candidates(
+                &self,
+                layout: &Layout,
+                tenant: &str,
+                domain: &str,
+                active: i64,
+                limit: u32,
+            ) -> Result<Vec<String>> {
                 // A stale key that is not the newest, seals no cell and is used by a document is
                 // waiting for the documents' re-encryption: not a candidate (it would block others).
-                let keys = sqlx::query::<$db>(&$sql(
+                let mut sealing = String::new();
+                for t in layout.tables() {
+                    if t.domains().contains(&domain) {
+                        sealing.push_str(&format!(
+                            " OR EXISTS (SELECT 1 FROM {} r WHERE r.tenant = s.tenant AND r.subject = s.subject AND {})",
+                            t.name,
+                            versions_in(t, domain)
+                        ));
+                    }
+                }
+                let sql = format!(
                     "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? AND ( \
                      NOT EXISTS (SELECT 1 FROM kluis_subject_keys n WHERE n.tenant = s.tenant AND n.domain = s.domain AND n.subject = s.subject AND n.version > s.version) \
-                     OR EXISTS (SELECT 1 FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
-                                WHERE f.tenant = s.tenant AND f.domain = s.domain AND r.subject = s.subject AND f.key_version = s.version) \
+                     {sealing} \
                      OR NOT EXISTS (SELECT 1 FROM kluis_documents d WHERE d.tenant = s.tenant AND d.domain = s.domain AND d.subject = s.subject AND d.key_version = s.version)) \
-                     ORDER BY s.subject LIMIT ?",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .bind(active)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
-                let indexes = sqlx::query::<$db>(&$sql(
-                    "SELECT DISTINCT r.subject FROM kluis_blind_index b JOIN kluis_fields f ON f.tenant = b.tenant AND f.collection = b.collection \
-                     AND f.record_id = b.record_id AND f.field = b.field JOIN kluis_records r ON r.tenant = b.tenant AND r.collection = b.collection \
-                     AND r.id = b.record_id WHERE b.tenant = ? AND f.domain = ? AND b.key_version <> ? ORDER BY r.subject LIMIT ?",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .bind(active)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+                     ORDER BY s.subject LIMIT ?"
+                );
+                let keys = sqlx::query::<$db>(&$sql(&sql))
+                    .bind(tenant)
+                    .bind(domain)
+                    .bind(active)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
                 let mut out = std::collections::BTreeSet::new();
-                for r in keys.iter().chain(indexes.iter()) {
+                for r in &keys {
                     out.insert(Self::text(r, 0)?);
                 }
+                out.extend(self.stale_index_subjects(layout, tenant, domain, active, Some(limit)).await?);
                 Ok(out.into_iter().take(limit as usize).collect())
             }
 
-            async fn count_stale_subjects(&self, tenant: &str, domain: &str, active: i64) -> Result<u64> {
-                let n: i64 = sqlx::query_scalar::<$db, i64>(&$sql(
-                    "SELECT COUNT(*) FROM (SELECT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? \
-                     UNION SELECT r.subject FROM kluis_blind_index b JOIN kluis_fields f ON f.tenant = b.tenant AND f.collection = b.collection \
-                     AND f.record_id = b.record_id AND f.field = b.field JOIN kluis_records r ON r.tenant = b.tenant AND r.collection = b.collection \
-                     AND r.id = b.record_id WHERE b.tenant = ? AND f.domain = ? AND b.key_version <> ?) x",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .bind(active)
-                .bind(tenant)
-                .bind(domain)
-                .bind(active)
-                .fetch_one(&self.pool)
-                .await?;
-                Ok(u64::try_from(n).unwrap_or(0))
-            }
-
-            async fn subject_cells(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<StoredRecord>> {
+            async fn count_stale_subjects(&self, layout: &Layout, tenant: &str, domain: &str, active: i64) -> Result<u64> {
                 let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT r.tenant, r.collection, r.id, r.subject, r.version, r.created_at, r.updated_at, r.retain_until, \
-                     f.field, f.domain, f.sealed, f.key_version FROM kluis_records r JOIN kluis_fields f ON f.tenant = r.tenant \
-                     AND f.collection = r.collection AND f.record_id = r.id WHERE r.tenant = ? AND r.subject = ? AND f.domain = ? \
-                     ORDER BY r.collection, r.id, f.field",
+                    "SELECT DISTINCT subject FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version <> ?",
                 ))
                 .bind(tenant)
-                .bind(subject)
                 .bind(domain)
+                .bind(active)
                 .fetch_all(&self.pool)
                 .await?;
-                let mut out: Vec<StoredRecord> = Vec::new();
-                for row in &rows {
-                    let rec = Self::record_from(row)?;
-                    let cell = FieldRow {
-                        field: Self::text(row, 8)?,
-                        domain: Self::text(row, 9)?,
-                        sealed: row.try_get(10)?,
-                        key_version: row.try_get(11)?,
-                    };
-                    match out.last_mut() {
-                        Some(last) if last.record.collection == rec.collection && last.record.id == rec.id => {
-                            last.fields.push(cell)
-                        }
-                        _ => out.push(StoredRecord { record: rec, fields: vec![cell] }),
+                let mut subjects = std::collections::BTreeSet::new();
+                for r in &rows {
+                    subjects.insert(Self::text(r, 0)?);
+                }
+                subjects.extend(self.stale_index_subjects(layout, tenant, domain, active, None).await?);
+                Ok(subjects.len() as u64)
+            }
+
+            async fn subject_cells(&self, layout: &Layout, tenant: &str, domain: &str, subject: &str) -> Result<Vec<StoredRecord>> {
+                let mut out = Vec::new();
+                for t in layout.tables() {
+                    let cols: Vec<&str> =
+                        t.cells.iter().filter(|c| c.domain == domain).map(|c| c.sealed.as_str()).collect();
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let any = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" OR ");
+                    let sql = format!(
+                        "SELECT {} FROM {} WHERE tenant = ? AND subject = ? AND ({any}) ORDER BY id",
+                        t.select_list(""),
+                        t.name
+                    );
+                    let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
+                    for r in &rows {
+                        out.push(Self::stored_from(t, r)?);
                     }
                 }
                 Ok(out)
@@ -1943,6 +2201,7 @@ macro_rules! backend_impl {
 
             async fn destroy_domain_version(
                 &self,
+                layout: &Layout,
                 tenant: &str,
                 domain: &str,
                 version: i64,
@@ -1979,7 +2238,7 @@ macro_rules! backend_impl {
                     }
                 }
                 let (subject_keys, records, documents, indexes) =
-                    Self::version_usage(&mut tx, tenant, domain, version).await?;
+                    Self::version_usage(&mut tx, layout, tenant, domain, version).await?;
                 if subject_keys + records + documents + indexes > 0 {
                     return Err(StoreError::KeyInUse {
                         tenant: tenant.into(),
@@ -2136,6 +2395,7 @@ macro_rules! backend_impl {
             /// Usage of one domain key version, inside a transaction (locking reads on MariaDB).
             async fn version_usage(
                 tx: &mut <$db as sqlx::Database>::Connection,
+                layout: &Layout,
                 tenant: &str,
                 domain: &str,
                 version: i64,
@@ -2150,26 +2410,28 @@ macro_rules! backend_impl {
                     &binds,
                 )
                 .await?;
-                let indexes = Self::count(
-                    tx,
-                    &format!(
-                        "SELECT COUNT(*) FROM kluis_blind_index b JOIN kluis_fields f ON f.tenant = b.tenant \
-                         AND f.collection = b.collection AND f.record_id = b.record_id AND f.field = b.field \
-                         WHERE b.tenant = ? AND f.domain = ? AND b.key_version = ?{}",
-                        count_lock($engine)
-                    ),
-                    &binds,
-                )
-                .await?;
-                let records = Self::count(
-                    tx,
-                    "SELECT COUNT(*) FROM (SELECT DISTINCT f.collection, f.record_id FROM kluis_fields f \
-                     JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
-                     JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version \
-                     WHERE f.tenant = ? AND f.domain = ? AND s.wrap_version = ?) x",
-                    &binds,
-                )
-                .await?;
+                let mut indexes = 0u64;
+                let mut records = 0u64;
+                for t in layout.tables() {
+                    for c in t.cells.iter().filter(|c| c.domain == domain) {
+                        let Some((i, j)) = &c.index else { continue };
+                        let sql = format!(
+                            "SELECT COUNT(*) FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} = ?{}",
+                            t.name,
+                            count_lock($engine)
+                        );
+                        indexes += Self::count(tx, &sql, &[Bind::S(tenant), Bind::I(version)]).await?;
+                    }
+                    if t.domains().contains(&domain) {
+                        let sql = format!(
+                            "SELECT COUNT(*) FROM (SELECT DISTINCT r.id FROM {} r JOIN kluis_subject_keys s ON s.tenant = r.tenant \
+                             AND s.domain = ? AND s.subject = r.subject AND {} WHERE r.tenant = ? AND s.wrap_version = ?) x",
+                            t.name,
+                            versions_in(t, domain)
+                        );
+                        records += Self::count(tx, &sql, &[Bind::S(domain), Bind::S(tenant), Bind::I(version)]).await?;
+                    }
+                }
                 let documents = Self::count(
                     tx,
                     "SELECT COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
@@ -2193,59 +2455,41 @@ macro_rules! backend_impl {
                     }
                 }
                 for r in &plan.records {
-                    let sql = format!(
-                        "SELECT version FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ?{}",
-                        update_lock($engine)
-                    );
+                    let t = &r.table;
+                    let sql = format!("SELECT version FROM {} WHERE tenant = ? AND id = ?{}", t.name, update_lock($engine));
                     let found: Option<i64> = sqlx::query_scalar::<$db, i64>(&$sql(&sql))
                         .bind(&plan.tenant)
-                        .bind(&r.collection)
                         .bind(&r.id)
                         .fetch_optional(&mut *tx)
                         .await?;
                     if found != Some(r.version) {
-                        return Err(StoreError::Conflict {
-                            collection: r.collection.clone(),
-                            record: r.id.clone(),
-                            expected: u64::try_from(r.version).unwrap_or(0),
-                            found: found.and_then(|v| u64::try_from(v).ok()).unwrap_or(0),
-                        });
+                        // Changed or deleted since the plan read it: the step is tried again.
+                        return Err(StoreError::KeyChanged { what: format!("record {}/{} changed", t.collection, r.id) });
                     }
+                    check_fields(t, &r.cells, &r.indexes)?;
+                    let mut sql = format!("UPDATE {} SET row_tag = ?", t.name);
+                    let mut args = vec![Arg::B(Some(r.tag.as_slice()))];
                     for c in &r.cells {
-                        let done = sqlx::query::<$db>(&$sql(
-                            "UPDATE kluis_fields SET sealed = ?, key_version = ? \
-                             WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ? AND domain = ?",
-                        ))
-                        .bind(&c.sealed)
-                        .bind(c.key_version)
-                        .bind(&plan.tenant)
-                        .bind(&r.collection)
-                        .bind(&r.id)
-                        .bind(&c.field)
-                        .bind(&c.domain)
-                        .execute(&mut *tx)
-                        .await?;
-                        if done.rows_affected() != 1 {
-                            return Err(StoreError::Conflict {
-                                collection: r.collection.clone(),
-                                record: r.id.clone(),
-                                expected: u64::try_from(r.version).unwrap_or(0),
-                                found: u64::try_from(r.version).unwrap_or(0),
-                            });
-                        }
+                        let Some(cols) = t.cell(&c.field) else { continue };
+                        sql.push_str(&format!(", {} = ?, {} = ?", cols.sealed, cols.version));
+                        args.push(Arg::B(Some(c.sealed.as_slice())));
+                        args.push(Arg::I(Some(c.key_version)));
                     }
                     for i in &r.indexes {
-                        sqlx::query::<$db>(&$sql(
-                            "UPDATE kluis_blind_index SET key_version = ?, idx = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-                        ))
-                        .bind(i.key_version)
-                        .bind(&i.idx)
-                        .bind(&plan.tenant)
-                        .bind(&r.collection)
-                        .bind(&r.id)
-                        .bind(&i.field)
-                        .execute(&mut *tx)
-                        .await?;
+                        let (ic, jc) = index_columns(t, &i.field)?;
+                        sql.push_str(&format!(", {ic} = ?, {jc} = ?"));
+                        args.push(Arg::B(Some(i.idx.as_slice())));
+                        args.push(Arg::I(Some(i.key_version)));
+                    }
+                    sql.push_str(" WHERE tenant = ? AND id = ? AND version = ? AND row_tag = ?");
+                    args.push(Arg::S(&plan.tenant));
+                    args.push(Arg::S(&r.id));
+                    args.push(Arg::I(Some(r.version)));
+                    args.push(Arg::B(Some(r.expected_tag.as_slice())));
+                    let sql = $sql(&sql).into_owned();
+                    let done = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::KeyChanged { what: format!("record {}/{} changed", t.collection, r.id) });
                     }
                 }
                 let mut dropped = Vec::new();
@@ -2262,17 +2506,24 @@ macro_rules! backend_impl {
                     .bind(*v)
                     .execute(&mut *sp)
                     .await?;
-                    let binds = [Bind::S(&plan.tenant), Bind::S(&plan.domain), Bind::S(&plan.subject), Bind::I(*v)];
-                    let cells = Self::count(
-                        &mut sp,
-                        &format!(
-                            "SELECT COUNT(*) FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection \
-                             AND r.id = f.record_id WHERE f.tenant = ? AND f.domain = ? AND r.subject = ? AND f.key_version = ?{}",
+                    let mut cells = 0u64;
+                    for t in &plan.tables {
+                        let cols: Vec<&str> =
+                            t.cells.iter().filter(|c| c.domain == plan.domain).map(|c| c.version.as_str()).collect();
+                        if cols.is_empty() {
+                            continue;
+                        }
+                        let any = cols.iter().map(|c| format!("{c} = ?")).collect::<Vec<_>>().join(" OR ");
+                        let sql = format!(
+                            "SELECT COUNT(*) FROM {} WHERE tenant = ? AND subject = ? AND ({any}){}",
+                            t.name,
                             count_lock($engine)
-                        ),
-                        &binds,
-                    )
-                    .await?;
+                        );
+                        let mut binds = vec![Bind::S(&plan.tenant), Bind::S(&plan.subject)];
+                        binds.extend(cols.iter().map(|_| Bind::I(*v)));
+                        cells += Self::count(&mut sp, &sql, &binds).await?;
+                    }
+                    let binds = [Bind::S(&plan.tenant), Bind::S(&plan.domain), Bind::S(&plan.subject), Bind::I(*v)];
                     let docs = Self::count(
                         &mut sp,
                         &format!(
@@ -2291,6 +2542,39 @@ macro_rules! backend_impl {
                 }
                 tx.commit().await?;
                 Ok(dropped)
+            }
+
+            /// Subjects with a blind index of a `domain` field under another version than `active`.
+            async fn stale_index_subjects(
+                &self,
+                layout: &Layout,
+                tenant: &str,
+                domain: &str,
+                active: i64,
+                limit: Option<u32>,
+            ) -> Result<Vec<String>> {
+                let mut out = Vec::new();
+                for t in layout.tables() {
+                    for c in t.cells.iter().filter(|c| c.domain == domain) {
+                        let Some((i, j)) = &c.index else { continue };
+                        let mut sql = format!(
+                            "SELECT DISTINCT subject FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} <> ? ORDER BY subject",
+                            t.name
+                        );
+                        if limit.is_some() {
+                            sql.push_str(" LIMIT ?");
+                        }
+                        let sql = $sql(&sql).into_owned();
+                        let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(active);
+                        if let Some(l) = limit {
+                            q = q.bind(i64::from(l));
+                        }
+                        for r in q.fetch_all(&self.pool).await? {
+                            out.push(Self::text(&r, 0)?);
+                        }
+                    }
+                }
+                Ok(out)
             }
 
             async fn backfill_versions(&self) -> Result<()> {

@@ -132,6 +132,17 @@ pub enum StoreError {
         /// Field.
         field: String,
     },
+    /// A record's row does not match its row tag: a column was edited, a cell deleted, nulled or
+    /// copied from another row or an older version of this one, or the tag itself was altered.
+    #[error(
+        "integrity check failed for record {collection}/{record}: the row was altered or assembled from other rows"
+    )]
+    RowIntegrity {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+    },
     /// A wrapped key row does not open or is inconsistent: it was altered in the database.
     #[error("key integrity check failed for {what}: the key row was altered or moved")]
     KeyIntegrity {

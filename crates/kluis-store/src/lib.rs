@@ -19,6 +19,7 @@ pub mod access;
 pub mod audit;
 pub mod backend;
 mod error;
+pub mod layout;
 pub mod schema;
 mod store;
 mod value;

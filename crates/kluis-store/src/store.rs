@@ -18,6 +18,7 @@ use crate::backend::{
     RecordRow, ReencryptPlan, ReencryptRecord, StoredRecord, SubjectKeyRow, WriteOp,
 };
 use crate::error::{Result, StoreError};
+use crate::layout::{self, Layout, ROW_TAG_DOMAIN, Table};
 use crate::schema::{Collection, FieldDef, Schema};
 use crate::value::Value;
 
@@ -26,27 +27,45 @@ use crate::value::Value;
 pub struct Access {
     tenant: TenantId,
     sets: BTreeMap<String, Arc<DomainKeySet>>,
+    /// The tenant's [`ROW_TAG_DOMAIN`] key set: row tags are made and checked with it.
+    rows: Option<Arc<DomainKeySet>>,
 }
 
 impl fmt::Debug for Access {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Access").field("tenant", &self.tenant).field("domains", &self.sets.keys()).finish()
+        f.debug_struct("Access")
+            .field("tenant", &self.tenant)
+            .field("domains", &self.sets.keys())
+            .field("row_tags", &self.rows.is_some())
+            .finish()
     }
 }
 
 impl Access {
     /// No keys yet.
     pub fn new(tenant: TenantId) -> Self {
-        Self { tenant, sets: BTreeMap::new() }
+        Self { tenant, sets: BTreeMap::new(), rows: None }
     }
 
-    /// Adds a domain key set of this tenant.
+    /// Adds a domain key set of this tenant. The [`ROW_TAG_DOMAIN`] set (which every record
+    /// read and write needs; [`Store::unlock`] adds it) is kept apart from the data domains.
     pub fn with(mut self, set: DomainKeySet) -> Result<Self> {
         if set.tenant() != &self.tenant {
             return Err(StoreError::Invalid("a key set of another tenant".into()));
         }
-        self.sets.insert(set.domain().as_str().to_owned(), Arc::new(set));
+        if set.domain().as_str() == ROW_TAG_DOMAIN {
+            self.rows = Some(Arc::new(set));
+        } else {
+            self.sets.insert(set.domain().as_str().to_owned(), Arc::new(set));
+        }
         Ok(self)
+    }
+
+    fn rows(&self) -> Result<&DomainKeySet> {
+        self.rows.as_deref().ok_or_else(|| StoreError::AccessDenied {
+            tenant: self.tenant.to_string(),
+            domain: ROW_TAG_DOMAIN.to_owned(),
+        })
     }
 
     /// The tenant.
@@ -330,6 +349,8 @@ struct CallCache {
     keys: HashMap<String, Vec<(String, u32, Arc<SubjectKey>)>>,
     newest: HashMap<String, Vec<(String, u32)>>,
     index_keys: Vec<IndexKeyEntry>,
+    /// Row tag keys derived during the call, by row_tags key version.
+    row_keys: Vec<(u32, BlindIndexKey)>,
 }
 
 /// A blind index key derived during one call: (domain, domain key version, collection, field).
@@ -399,10 +420,17 @@ enum Planned {
         expected_version: i64,
         set: Vec<(String, Value)>,
         remove: Vec<String>,
+        /// The cells as read (the tag covers the row as it will be).
+        current: Vec<FieldRow>,
+        /// The row tag as read.
+        current_tag: Vec<u8>,
     },
     /// Writes that need no sealing (a delete and its override).
     Ready(Vec<WriteOp>),
 }
+
+/// Legacy records moved per transaction ([`Store::move_legacy`]).
+const LEGACY_BATCH: u32 = 500;
 
 /// Sealed writes a transaction may have ready ahead of the one being written.
 const PIPELINE_DEPTH: usize = 64;
@@ -492,6 +520,7 @@ pub const DEFAULT_SUBJECT_KEY_TTL: Duration = Duration::from_secs(300);
 pub struct Store<B: Backend> {
     backend: B,
     schema: Arc<Schema>,
+    layout: Layout,
     subject_keys: Mutex<SubjectCache>,
     subject_key_ttl: Duration,
     /// The keyring generation record last opened (value, sealed bytes), so the rollback check at
@@ -596,10 +625,6 @@ fn random_id() -> Result<String> {
     Ok(s)
 }
 
-fn to_u64(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 fn to_i64(v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|_| StoreError::Invalid("version out of range".into()))
 }
@@ -642,6 +667,7 @@ impl<B: Backend> Store<B> {
     pub fn new(backend: B, schema: Schema) -> Self {
         Self {
             backend,
+            layout: Layout::of(&schema),
             schema: Arc::new(schema),
             subject_keys: Mutex::new(SubjectCache::default()),
             subject_key_ttl: DEFAULT_SUBJECT_KEY_TTL,
@@ -657,9 +683,16 @@ impl<B: Backend> Store<B> {
         self
     }
 
-    /// Applies the embedded migrations (idempotent).
+    /// Applies the embedded migrations and creates the schema's tables, columns and indexes
+    /// that are missing (idempotent).
     pub async fn migrate(&self) -> Result<()> {
-        self.backend.migrate().await
+        self.backend.migrate().await?;
+        self.backend.install(&self.layout).await
+    }
+
+    /// The tables of the schema.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
     }
 
     /// The backend (same pool; for tools and benches).
@@ -849,12 +882,73 @@ impl<B: Backend> Store<B> {
         domains: &[DomainName],
     ) -> Result<Access> {
         self.check_rollback(provider).await?;
-        let mut access = Access::new(tenant.clone());
+        self.move_legacy(provider).await?;
+        let mut access = Access::new(tenant.clone()).with(self.row_tag_set(provider, tenant).await?)?;
         for d in domains {
             self.ensure_domain_key_unchecked(provider, tenant, d).await?;
             access = access.with(self.key_set_unchecked(provider, tenant, d).await?)?;
         }
         Ok(access)
+    }
+
+    /// The tenant's [`ROW_TAG_DOMAIN`] key set (created at its first use), for an [`Access`]
+    /// assembled by hand with [`Access::with`]; [`Store::unlock`] adds it itself.
+    pub async fn row_tag_set(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+    ) -> Result<DomainKeySet> {
+        let d = DomainName::new(ROW_TAG_DOMAIN)?;
+        self.ensure_domain_key_unchecked(provider, tenant, &d).await?;
+        self.key_set_unchecked(provider, tenant, &d).await
+    }
+
+    /// Moves records of the legacy layout (a row per field in `kluis_fields`) into their
+    /// collection tables, 500 per transaction, without re-sealing a cell (a cell's context does
+    /// not depend on the layout), each row with its tag. Resumable: a killed move leaves every
+    /// record either moved or not. [`Store::unlock`] runs it; returns how many records moved.
+    pub async fn move_legacy(&self, provider: &dyn RootKeyProvider) -> Result<u64> {
+        let mut moved = 0u64;
+        let mut sets: BTreeMap<String, Access> = BTreeMap::new();
+        loop {
+            let batch = self.backend.legacy_records(LEGACY_BATCH).await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let mut tags = Tags::new();
+            let mut rows = Vec::with_capacity(batch.len());
+            for (mut stored, indexes) in batch {
+                let r = &stored.record;
+                let table = self.layout.table(&r.collection).map_err(|_| {
+                    StoreError::Schema(format!(
+                        "the database holds records of collection {:?}, which the schema lacks: open it with \
+                         the schema it was written with",
+                        r.collection
+                    ))
+                })?;
+                let access = match sets.get(&r.tenant) {
+                    Some(a) => a,
+                    None => {
+                        let tenant = TenantId::new(&r.tenant)?;
+                        let a =
+                            Access::new(tenant.clone()).with(self.row_tag_set(provider, &tenant).await?)?;
+                        sets.entry(r.tenant.clone()).or_insert(a)
+                    }
+                };
+                // The cells keep their bytes; the domain is the schema's (as on every read).
+                for c in &mut stored.fields {
+                    if let Some(cols) = table.cell(&c.field) {
+                        c.domain.clone_from(&cols.domain);
+                    }
+                }
+                stored.record.tag = Self::row_tag(access, &stored.record, &stored.fields, &mut tags)?;
+                rows.push((table.clone(), stored, indexes));
+            }
+            let n = rows.len() as u64;
+            self.backend.move_legacy(rows).await?;
+            moved += n;
+            tracing::info!(records = n, "kluis-store: records moved from the legacy layout");
+        }
     }
 
     fn subject_record(
@@ -1353,6 +1447,7 @@ impl<B: Backend> Store<B> {
                         created_at: now,
                         updated_at: now,
                         retain_until: record.retain_until,
+                        tag: Vec::new(),
                     };
                     planned.push(Planned::Insert { row, fields: record.fields });
                     written.push(Written { collection, id, version: 1 });
@@ -1364,9 +1459,12 @@ impl<B: Backend> Store<B> {
                         let def = field_def(coll, f)?;
                         access.require(def.domain.as_str())?;
                     }
-                    let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
+                    let table = self.layout.table(&collection)?;
+                    let current = self.backend.get(table, &tenant, &id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
+                    Self::check_row(access, &current, tags)?;
+                    let current_tag = current.record.tag.clone();
                     // Retention can be extended, never shortened while it runs.
                     if let (Some(old), Some(new)) = (current.record.retain_until, changes.retain_until)
                         && new < old
@@ -1393,13 +1491,15 @@ impl<B: Backend> Store<B> {
                         expected_version: to_i64(expected_version)?,
                         set: changes.set,
                         remove: changes.remove,
+                        current: current.fields,
+                        current_tag,
                     });
                     written.push(Written { collection, id, version });
                 }
                 Op::Delete { collection, id, expected_version, legal_override } => {
-                    self.schema.collection(&collection)?;
+                    let table = self.layout.table(&collection)?.clone();
                     check_id("record id", &id)?;
-                    let current = self.backend.get(&tenant, &collection, &id).await?.ok_or_else(|| {
+                    let current = self.backend.get(&table, &tenant, &id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
                     // Deleting needs the keys of every domain the record holds, including the
@@ -1437,8 +1537,8 @@ impl<B: Backend> Store<B> {
                         }));
                     }
                     writes.push(WriteOp::Delete {
+                        table,
                         tenant: tenant.clone(),
-                        collection: collection.clone(),
                         id: id.clone(),
                         expected_version: Some(expected),
                     });
@@ -1453,19 +1553,25 @@ impl<B: Backend> Store<B> {
     /// The writes of one planned operation, sealed (no database, no waiting).
     fn seal_planned(&self, access: &Access, p: Planned, tags: &mut Tags) -> Result<Vec<WriteOp>> {
         Ok(match p {
-            Planned::Insert { row, fields } => {
+            Planned::Insert { mut row, fields } => {
                 let coll = self.schema.collection(&row.collection)?;
+                let table = self.layout.table(&row.collection)?.clone();
                 let (fields, indexes) =
                     Self::seal_fields_now(access, coll, &row.id, &row.subject, &fields, tags)?;
-                vec![WriteOp::Insert { record: row, fields, indexes }]
+                row.tag = Self::row_tag(access, &row, &fields, tags)?;
+                vec![WriteOp::Insert { table, record: row, fields, indexes }]
             }
-            Planned::Update { row, expected_version, set, remove } => {
+            Planned::Update { mut row, expected_version, set, remove, current, current_tag } => {
                 let coll = self.schema.collection(&row.collection)?;
+                let table = self.layout.table(&row.collection)?.clone();
                 let (fields, indexes) =
                     Self::seal_fields_now(access, coll, &row.id, &row.subject, &set, tags)?;
+                row.tag = Self::row_tag(access, &row, &Self::cells_after(current, &fields, &remove), tags)?;
                 vec![WriteOp::Update {
+                    table,
                     record: row,
                     expected_version,
+                    expected_tag: current_tag,
                     set_fields: fields,
                     remove_fields: remove,
                     set_indexes: indexes,
@@ -1475,9 +1581,80 @@ impl<B: Backend> Store<B> {
         })
     }
 
+    // ---------------------------------------------------------------- row tags
+
+    /// The row tag key of `version` of the tenant's row_tags domain key, derived once per call.
+    fn row_key<'c>(set: &DomainKeySet, version: u32, tags: &'c mut Tags) -> Result<&'c BlindIndexKey> {
+        let pos = match tags.row_keys.iter().position(|(v, _)| *v == version) {
+            Some(p) => p,
+            None => {
+                let k = BlindIndexKey::derive(
+                    set.key(version)?,
+                    set.tenant(),
+                    set.domain(),
+                    "kluis-rows",
+                    "tag",
+                    32,
+                )?;
+                tags.row_keys.push((version, k));
+                tags.row_keys.len() - 1
+            }
+        };
+        tags.row_keys.get(pos).map(|(_, k)| k).ok_or_else(|| StoreError::Invalid("row key cache".into()))
+    }
+
+    /// The row tag of `row` with `cells` (every cell the row will hold), under the active version
+    /// of the tenant's row_tags key.
+    fn row_tag(access: &Access, row: &RecordRow, cells: &[FieldRow], tags: &mut Tags) -> Result<Vec<u8>> {
+        let set = access.rows()?;
+        let v = set.active_version().ok_or_else(|| {
+            StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{}/{ROW_TAG_DOMAIN} (no active version)", access.tenant),
+            })
+        })?;
+        let mac = Self::row_key(set, v, tags)?.index(&layout::tag_input(row, cells));
+        let mut out = Vec::with_capacity(layout::ROW_TAG_LEN);
+        out.push(layout::ROW_TAG_V1);
+        out.extend_from_slice(&v.to_be_bytes());
+        out.extend_from_slice(&mac);
+        Ok(out)
+    }
+
+    /// Checks a row against its tag ([`StoreError::RowIntegrity`] naming the record if it does
+    /// not match).
+    fn check_row(access: &Access, stored: &StoredRecord, tags: &mut Tags) -> Result<()> {
+        let r = &stored.record;
+        let bad = || StoreError::RowIntegrity { collection: r.collection.clone(), record: r.id.clone() };
+        if r.tenant != access.tenant.as_str() {
+            return Err(bad());
+        }
+        let v = layout::tag_version(&r.tag).ok_or_else(bad)?;
+        let set = access.rows()?;
+        if !set.versions().iter().any(|(kv, st)| *kv == v && *st != KeyState::Destroyed) {
+            return Err(bad());
+        }
+        let mac = Self::row_key(set, v, tags)?.index(&layout::tag_input(r, &stored.fields));
+        match r.tag.get(5..) {
+            Some(stored_mac) if ct_eq(stored_mac, &mac) => Ok(()),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The cells a row holds after an update: `current` without the fields set or removed,
+    /// then the new ones.
+    fn cells_after(current: Vec<FieldRow>, set: &[FieldRow], remove: &[String]) -> Vec<FieldRow> {
+        let mut out: Vec<FieldRow> = current
+            .into_iter()
+            .filter(|c| !remove.contains(&c.field) && !set.iter().any(|f| f.field == c.field))
+            .collect();
+        out.extend(set.iter().cloned());
+        out
+    }
+
     // ---------------------------------------------------------------- reads
 
     async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
+        Self::check_row(access, &stored, tags)?;
         let r = stored.record;
         let mut fields = BTreeMap::new();
         for cell in stored.fields {
@@ -1508,10 +1685,13 @@ impl<B: Backend> Store<B> {
             fields.insert(cell.field, FieldValue::Value(value));
         }
         Ok(Record {
+            version: u64::try_from(r.version).map_err(|_| StoreError::RowIntegrity {
+                collection: r.collection.clone(),
+                record: r.id.clone(),
+            })?,
             collection: r.collection,
             id: r.id,
             subject: r.subject,
-            version: to_u64(r.version),
             created_at: r.created_at,
             updated_at: r.updated_at,
             retain_until: r.retain_until,
@@ -1522,9 +1702,9 @@ impl<B: Backend> Store<B> {
     /// Reads one record; `None` if absent.
     pub async fn get(&self, access: &Access, collection: &str, id: &str) -> Result<Option<Record>> {
         let mut tags = Tags::new();
-        self.schema.collection(collection)?;
+        let table = self.layout.table(collection)?;
         check_id("record id", id)?;
-        match self.backend.get(access.tenant.as_str(), collection, id).await? {
+        match self.backend.get(table, access.tenant.as_str(), id).await? {
             None => Ok(None),
             Some(s) => Ok(Some(self.open_record(access, s, &mut tags).await?)),
         }
@@ -1548,7 +1728,8 @@ impl<B: Backend> Store<B> {
             check_id("cursor", a)?;
         }
         let limit = limit.clamp(1, 1000);
-        let rows = self.backend.list(access.tenant.as_str(), collection, subject, after, limit).await?;
+        let table = self.layout.table(collection)?;
+        let rows = self.backend.list(table, access.tenant.as_str(), subject, after, limit).await?;
         let full = rows.len() == limit as usize;
         let mut records = Vec::with_capacity(rows.len());
         for s in rows {
@@ -1584,15 +1765,15 @@ impl<B: Backend> Store<B> {
                 candidates.push((i64::from(v), Self::blind_index(set, v, collection, field, &encoded)?));
             }
         }
-        let ids = self.backend.find_index(access.tenant.as_str(), collection, field, candidates).await?;
+        let table = self.layout.table(collection)?;
+        let rows = self.backend.find_index(table, access.tenant.as_str(), field, candidates).await?;
         let mut out = Vec::new();
-        for id in ids {
-            if let Some(s) = self.backend.get(access.tenant.as_str(), collection, &id).await? {
-                let rec = self.open_record(access, s, &mut tags).await?;
-                let hit = rec.get(field).is_some_and(|v| ct_eq(&v.encode(), &encoded));
-                if hit {
-                    out.push(rec);
-                }
+        for s in rows {
+            // A blind index is not covered by the row tag: each hit is opened and compared.
+            let rec = self.open_record(access, s, &mut tags).await?;
+            let hit = rec.get(field).is_some_and(|v| ct_eq(&v.encode(), &encoded));
+            if hit {
+                out.push(rec);
             }
         }
         Ok(out)
@@ -1630,7 +1811,7 @@ impl<B: Backend> Store<B> {
         check_id("subject id", subject)?;
         let tenant = access.tenant.clone();
         let now = now_unix();
-        let records = self.backend.subject_records(tenant.as_str(), subject).await?;
+        let records = self.backend.subject_records(&self.layout, tenant.as_str(), subject).await?;
         let mut audit = None;
         if let Some(r) = records.iter().find(|r| r.retain_until.is_some_and(|u| u > now)) {
             let Some(o) = legal_override else {
@@ -1711,13 +1892,16 @@ impl<B: Backend> Store<B> {
         access.sets.insert(domain.to_string(), Arc::new(set));
         // Re-derive blind indexes of this domain's fields under the new version.
         let mut ops = Vec::new();
-        for (collection, record_id, field, kv) in self.backend.index_rows(tenant.as_str()).await? {
+        for (collection, record_id, field, kv) in
+            self.backend.index_rows(&self.layout, tenant.as_str()).await?
+        {
             let Ok(coll) = self.schema.collection(&collection) else { continue };
             let Some(def) = coll.field(&field) else { continue };
             if def.domain != *domain || kv == i64::from(new_rec.version) {
                 continue;
             }
-            let Some(stored) = self.backend.get(tenant.as_str(), &collection, &record_id).await? else {
+            let table = self.layout.table(&collection)?.clone();
+            let Some(stored) = self.backend.get(&table, tenant.as_str(), &record_id).await? else {
                 continue;
             };
             let rec = self.open_record(access, stored, &mut tags).await?;
@@ -1725,8 +1909,8 @@ impl<B: Backend> Store<B> {
             let set = access.require(domain.as_str())?;
             let idx = Self::blind_index(set, new_rec.version, &collection, &field, &v.encode())?;
             ops.push(WriteOp::SetIndex {
+                table,
                 tenant: tenant.to_string(),
-                collection: collection.clone(),
                 record_id: record_id.clone(),
                 index: IndexRow { field: field.clone(), key_version: i64::from(new_rec.version), idx },
             });
@@ -1884,7 +2068,7 @@ impl<B: Backend> Store<B> {
     /// A version can be retired ([`Store::retire_domain_version`]) when it is not active and
     /// [`KeyUsage::is_unused`].
     pub async fn key_usage(&self, tenant: Option<&TenantId>) -> Result<Vec<KeyUsage>> {
-        let rows = self.backend.key_usage(tenant.map(TenantId::as_str)).await?;
+        let rows = self.backend.key_usage(&self.layout, tenant.map(TenantId::as_str)).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             if r.tenant == META_TENANT {
@@ -1970,7 +2154,13 @@ impl<B: Backend> Store<B> {
         let rows = Self::rows_from_records(&records)?;
         let updates = key_row_updates(&old_rows, &rows);
         self.backend
-            .destroy_domain_version(tenant.as_str(), domain.as_str(), i64::from(version), updates)
+            .destroy_domain_version(
+                &self.layout,
+                tenant.as_str(),
+                domain.as_str(),
+                i64::from(version),
+                updates,
+            )
             .await
     }
 
@@ -2010,7 +2200,8 @@ impl<B: Backend> Store<B> {
         let limit = u32::try_from(max_subjects.max(1)).unwrap_or(u32::MAX);
         let mut tags = Tags::new();
         let mut progress = ReencryptProgress::default();
-        for subject in self.backend.reencrypt_candidates(t, d, i64::from(active), limit).await? {
+        for subject in self.backend.reencrypt_candidates(&self.layout, t, d, i64::from(active), limit).await?
+        {
             match self.reencrypt_subject(access, set, &subject, active, &mut tags).await? {
                 Some(resealed) => {
                     progress.subjects_moved += 1;
@@ -2019,7 +2210,8 @@ impl<B: Backend> Store<B> {
                 None => progress.conflicts += 1,
             }
         }
-        progress.remaining_subjects = self.backend.count_stale_subjects(t, d, i64::from(active)).await?;
+        progress.remaining_subjects =
+            self.backend.count_stale_subjects(&self.layout, t, d, i64::from(active)).await?;
         tracing::info!(
             tenant = %access.tenant, domain = %domain, moved = progress.subjects_moved,
             remaining = progress.remaining_subjects, conflicts = progress.conflicts,
@@ -2060,12 +2252,14 @@ impl<B: Backend> Store<B> {
             };
         let mut plan_records = Vec::new();
         let mut resealed = 0u64;
-        for stored in self.backend.subject_cells(t, d, subject).await? {
+        for stored in self.backend.subject_cells(&self.layout, t, d, subject).await? {
+            // The whole row is checked, and its new tag covers it with the re-sealed cells.
+            Self::check_row(access, &stored, tags)?;
             let r = &stored.record;
             let coll = self.schema.collection(&r.collection).ok();
             let mut cells = Vec::new();
             let mut indexes = Vec::new();
-            for cell in &stored.fields {
+            for cell in stored.fields.iter().filter(|c| c.domain == d) {
                 let integrity = || StoreError::Integrity {
                     collection: r.collection.clone(),
                     record: r.id.clone(),
@@ -2109,12 +2303,16 @@ impl<B: Backend> Store<B> {
                 resealed += 1;
             }
             if !cells.is_empty() || !indexes.is_empty() {
+                let tag =
+                    Self::row_tag(access, r, &Self::cells_after(stored.fields.clone(), &cells, &[]), tags)?;
                 plan_records.push(ReencryptRecord {
-                    collection: r.collection.clone(),
+                    table: self.layout.table(&r.collection)?.clone(),
                     id: r.id.clone(),
                     version: r.version,
                     cells,
                     indexes,
+                    tag,
+                    expected_tag: r.tag.clone(),
                 });
             }
         }
@@ -2127,6 +2325,7 @@ impl<B: Backend> Store<B> {
             new_key,
             records: plan_records,
             drop_versions,
+            tables: self.layout.tables().to_vec(),
         };
         let outcome = self.backend.reencrypt_subject(plan).await?;
         if let Ok(mut c) = self.subject_keys.lock() {
@@ -2166,8 +2365,13 @@ impl<B: Backend> Store<B> {
         let mut tags = Tags::new();
         let mut report = MigrationReport::default();
         let tenant = access.tenant.to_string();
+        // The target's columns (fields added, blind indexes added) exist before anything moves.
+        let target_layout = Layout::of(target);
+        self.backend.install(&target_layout).await?;
         for tcoll in target.collections() {
             let Ok(old) = self.schema.collection(&tcoll.name) else { continue };
+            let old_table = self.layout.table(&tcoll.name)?;
+            let new_table = target_layout.table(&tcoll.name)?;
             let changed: Vec<&FieldDef> = tcoll
                 .fields()
                 .filter(|f| {
@@ -2182,13 +2386,15 @@ impl<B: Backend> Store<B> {
             }
             let mut after: Option<String> = None;
             loop {
-                let page = self.backend.list(&tenant, &tcoll.name, None, after.as_deref(), 200).await?;
+                let page = self.backend.list(old_table, &tenant, None, after.as_deref(), 200).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.record.id.clone());
                 let full = page.len() == 200;
                 for stored in page {
-                    let ops =
-                        self.migrate_record(access, tcoll, &changed, stored, &mut report, &mut tags).await?;
+                    Self::check_row(access, &stored, &mut tags)?;
+                    let ops = self
+                        .migrate_record(access, tcoll, new_table, &changed, stored, &mut report, &mut tags)
+                        .await?;
                     let Some(ops) = ops else { continue };
                     match self.backend.apply(ops).await {
                         Ok(()) => report.records_updated += 1,
@@ -2210,6 +2416,7 @@ impl<B: Backend> Store<B> {
         &self,
         access: &Access,
         tcoll: &Collection,
+        table: &Arc<Table>,
         changed: &[&FieldDef],
         stored: StoredRecord,
         report: &mut MigrationReport,
@@ -2228,6 +2435,24 @@ impl<B: Backend> Store<B> {
                 field: cell.field.clone(),
             };
             let cell_version = u32::try_from(cell.key_version).map_err(|_| integrity())?;
+            // The table says which domain a field's cells are in by the schema: a cell an earlier
+            // run already moved opens under the target domain, and is done.
+            if cell.domain != def.domain.as_str()
+                && let Some(set) = access.set(def.domain.as_str())
+                && let Ok(Some((_, k))) =
+                    self.load_subject_key(set, &r.subject, Some(cell_version), tags).await
+            {
+                let ctx = Context {
+                    tenant: &access.tenant,
+                    domain: &def.domain,
+                    collection: &r.collection,
+                    field: &cell.field,
+                    record: &r.id,
+                };
+                if k.open(&ctx, &cell.sealed).is_ok() {
+                    continue;
+                }
+            }
             let (_, old_key) = self
                 .load_subject_key(old_set, &r.subject, Some(cell_version), tags)
                 .await?
@@ -2272,16 +2497,17 @@ impl<B: Backend> Store<B> {
                 }
             } else if def.blind_index {
                 extra.push(WriteOp::SetIndex {
+                    table: table.clone(),
                     tenant: r.tenant.clone(),
-                    collection: r.collection.clone(),
                     record_id: r.id.clone(),
                     index: index(new_set)?,
                 });
                 report.indexes_written += 1;
             } else {
                 extra.push(WriteOp::DropIndex {
+                    // The columns being given up are the current schema's.
+                    table: self.layout.table(&r.collection)?.clone(),
                     tenant: r.tenant.clone(),
-                    collection: r.collection.clone(),
                     record_id: r.id.clone(),
                     field: def.name.clone(),
                 });
@@ -2299,9 +2525,18 @@ impl<B: Backend> Store<B> {
         // Re-sealed cells bump the version, so a concurrent writer that read the old cells conflicts.
         let new_version =
             r.version.checked_add(1).ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
+        let mut record = RecordRow { version: new_version, updated_at: now_unix(), ..r.clone() };
+        record.tag = Self::row_tag(
+            access,
+            &record,
+            &Self::cells_after(stored.fields.clone(), &set_fields, &[]),
+            tags,
+        )?;
         ops.push(WriteOp::Update {
-            record: RecordRow { version: new_version, updated_at: now_unix(), ..r.clone() },
+            table: table.clone(),
+            record,
             expected_version: r.version,
+            expected_tag: r.tag.clone(),
             set_fields,
             remove_fields: Vec::new(),
             set_indexes,
@@ -2643,6 +2878,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
                     created_at: 1,
                     updated_at: 1,
                     retain_until: None,
+                    tag: Vec::new(),
                 },
                 fields: Vec::new(),
             };

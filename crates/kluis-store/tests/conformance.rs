@@ -6,7 +6,9 @@ mod common;
 
 use common::{Bind, Harness, Raw, t};
 use kluis_core::{DomainName, TenantId};
-use kluis_store::backend::{Backend, FieldRow, RecordRow, WriteOp};
+use std::sync::Arc;
+
+use kluis_store::backend::{Backend, FieldRow, RecordRow, Table, WriteOp};
 use kluis_store::{Changes, DocumentRow, FieldValue, LegalOverride, NewRecord, Op, Store, StoreError, Value};
 
 fn absence(subject: &str, emp: &str, diagnosis: &str) -> NewRecord {
@@ -238,7 +240,9 @@ async fn withheld_fields<B: Backend>(h: Harness<B>) -> Harness<B> {
         kluis_core::Backend::preferred(),
     )
     .unwrap();
-    let bogus = kluis_store::Access::new(h.tenant.clone()).with(fake).unwrap();
+    // The real row tag key (the row verifies) with a medical key the database never wrapped.
+    let rows = s.row_tag_set(&h.keyring, &h.tenant).await.unwrap();
+    let bogus = kluis_store::Access::new(h.tenant.clone()).with(rows).unwrap().with(fake).unwrap();
     let e = s.get(&bogus, "absence", "w1").await;
     assert!(matches!(e, Err(StoreError::KeyIntegrity { .. })), "{e:?}");
     h
@@ -316,7 +320,8 @@ where
     // The destroyed domain key versions hold no wrapped key any more.
     let live_v1 = s
         .raw_bytes(
-            "SELECT wrapped FROM kluis_domain_keys WHERE tenant = ? AND version = 1 AND wrapped IS NOT NULL",
+            "SELECT wrapped FROM kluis_domain_keys WHERE tenant = ? AND version = 1 AND wrapped IS NOT NULL \
+             AND domain <> 'row_tags'",
             vec![t("acme")],
         )
         .await;
@@ -366,8 +371,8 @@ where
     };
     let src = s
         .raw_bytes(
-            "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-            vec![t("acme"), t("absence"), t("m1"), t("diagnosis")],
+            "SELECT f_diagnosis FROM kluis_r_absence WHERE tenant = ? AND id = ?",
+            vec![t("acme"), t("m1")],
         )
         .await
         .pop()
@@ -383,34 +388,31 @@ where
     for ((coll, id, field, tenant), access) in targets {
         let original = s
             .raw_bytes(
-                "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-                vec![t(&tenant), t(&coll), t(&id), t(&field)],
+                &format!("SELECT f_{field} FROM kluis_r_{coll} WHERE tenant = ? AND id = ?"),
+                vec![t(&tenant), t(&id)],
             )
             .await
             .pop()
             .unwrap();
         let n = s
             .raw_exec(
-                "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-                vec![Bind::Bytes(src.clone()), t(&tenant), t(&coll), t(&id), t(&field)],
+                &format!("UPDATE kluis_r_{coll} SET f_{field} = ? WHERE tenant = ? AND id = ?"),
+                vec![Bind::Bytes(src.clone()), t(&tenant), t(&id)],
             )
             .await;
         assert_eq!(n, 1);
         let e = s.get(&access, &coll, &id).await;
         match e {
-            Err(StoreError::Integrity { collection, record, field: f }) => {
-                assert_eq!(
-                    (collection.as_str(), record.as_str(), f.as_str()),
-                    (coll.as_str(), id.as_str(), field.as_str())
-                );
-                let msg = StoreError::Integrity { collection, record, field: f }.to_string();
+            Err(StoreError::RowIntegrity { collection, record }) => {
+                assert_eq!((collection.as_str(), record.as_str()), (coll.as_str(), id.as_str()));
+                let msg = StoreError::RowIntegrity { collection, record }.to_string();
                 assert!(msg.contains(&id), "error names the record: {msg}");
             }
             other => panic!("moved cell to {tenant}/{coll}/{id}/{field} must fail integrity: {other:?}"),
         }
         s.raw_exec(
-            "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-            vec![Bind::Bytes(original), t(&tenant), t(&coll), t(&id), t(&field)],
+            &format!("UPDATE kluis_r_{coll} SET f_{field} = ? WHERE tenant = ? AND id = ?"),
+            vec![Bind::Bytes(original), t(&tenant), t(&id)],
         )
         .await;
     }
@@ -419,18 +421,18 @@ where
     let last = flipped.len() - 1;
     flipped[last] ^= 1;
     s.raw_exec(
-        "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-        vec![Bind::Bytes(flipped), t("acme"), t("absence"), t("m1"), t("diagnosis")],
+        "UPDATE kluis_r_absence SET f_diagnosis = ? WHERE tenant = ? AND id = ?",
+        vec![Bind::Bytes(flipped), t("acme"), t("m1")],
     )
     .await;
-    assert!(matches!(s.get(&h.doctor, "absence", "m1").await, Err(StoreError::Integrity { .. })));
-    // The record's subject column rewritten to another subject: its cells no longer open.
+    assert!(matches!(s.get(&h.doctor, "absence", "m1").await, Err(StoreError::RowIntegrity { .. })));
+    // The record's subject column rewritten to another subject: the row no longer verifies.
     s.raw_exec(
-        "UPDATE kluis_records SET subject = ? WHERE tenant = ? AND id = ?",
+        "UPDATE kluis_r_absence SET subject = ? WHERE tenant = ? AND id = ?",
         vec![t("emp-2"), t("acme"), t("m2")],
     )
     .await;
-    assert!(matches!(s.get(&h.doctor, "absence", "m2").await, Err(StoreError::Integrity { .. })));
+    assert!(matches!(s.get(&h.doctor, "absence", "m2").await, Err(StoreError::RowIntegrity { .. })));
     // HR, which never decrypts medical cells, still reads the general ones of m3.
     assert!(s.get(&h.hr, "absence", "m3").await.unwrap().is_some());
     h
@@ -496,7 +498,7 @@ where
 {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("b1")).await.unwrap();
-    let before_cells = s.raw_bytes("SELECT sealed FROM kluis_fields ORDER BY record_id, field", vec![]).await;
+    let before_cells = s.raw_bytes("SELECT row_tag FROM kluis_r_absence ORDER BY tenant, id", vec![]).await;
     let cases: Vec<(NewRecord, &str)> = vec![
         (NewRecord::new("emp-1").set("work_capacity", 50_i64), "wrong type"),
         (NewRecord::new("emp-1").set("work_capacity", Value::Decimal("150".into())), "out of range"),
@@ -537,7 +539,7 @@ where
     assert!(matches!(e, Err(StoreError::WrongType { .. })), "{e:?}");
     let e = s.update(&h.doctor, "absence", "b1", 1, Changes::new().set("diagnosis", "y".repeat(500))).await;
     assert!(matches!(e, Err(StoreError::TooLarge { .. })), "{e:?}");
-    let after_cells = s.raw_bytes("SELECT sealed FROM kluis_fields ORDER BY record_id, field", vec![]).await;
+    let after_cells = s.raw_bytes("SELECT row_tag FROM kluis_r_absence ORDER BY tenant, id", vec![]).await;
     assert_eq!(before_cells, after_cells, "nothing stored changed");
     let r = s.get(&h.doctor, "absence", "b1").await.unwrap().unwrap();
     assert_eq!(r.version, 1);
@@ -694,8 +696,9 @@ async fn schema_migration<B: Backend + Clone>(h: Harness<B>) -> Harness<B> {
 
 /// A backend insert of `id` for `subject` with one medical cell claiming subject key `version`
 /// (the bytes are never opened here).
-fn sealed_insert(tenant: &str, id: &str, subject: &str, version: i64) -> WriteOp {
+fn sealed_insert(table: &Arc<Table>, tenant: &str, id: &str, subject: &str, version: i64) -> WriteOp {
     WriteOp::Insert {
+        table: table.clone(),
         record: RecordRow {
             tenant: tenant.into(),
             collection: "absence".into(),
@@ -705,6 +708,7 @@ fn sealed_insert(tenant: &str, id: &str, subject: &str, version: i64) -> WriteOp
             created_at: 1,
             updated_at: 1,
             retain_until: None,
+            tag: Vec::new(),
         },
         fields: vec![FieldRow {
             field: "diagnosis".into(),
@@ -722,6 +726,7 @@ fn sealed_insert(tenant: &str, id: &str, subject: &str, version: i64) -> WriteOp
 async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     let tenant = h.tenant.as_str();
+    let table = s.layout().table("absence").unwrap().clone();
     // 450 subjects with subject keys v1 (more than two check statements' worth).
     let subjects: Vec<String> = (0..450).map(|i| format!("s-{i:03}")).collect();
     let ops = subjects
@@ -740,9 +745,9 @@ async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
             .map(|sub| {
                 let v = if sub == missing { 9 } else { 1 };
                 // Two cells per subject and key version in the batch: checked once.
-                sealed_insert(tenant, &format!("b-{sub}"), sub, v)
+                sealed_insert(&table, tenant, &format!("b-{sub}"), sub, v)
             })
-            .chain(subjects.iter().map(|sub| sealed_insert(tenant, &format!("c-{sub}"), sub, 1)))
+            .chain(subjects.iter().map(|sub| sealed_insert(&table, tenant, &format!("c-{sub}"), sub, 1)))
             .collect();
         let e = s.backend().apply(batch).await;
         match &e {
@@ -752,18 +757,18 @@ async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
             other => panic!("expected KeyChanged for {missing}, got {other:?}"),
         }
         for sub in [missing, "s-100", "s-449"] {
-            assert!(s.backend().get(tenant, "absence", &format!("b-{sub}")).await.unwrap().is_none());
-            assert!(s.backend().get(tenant, "absence", &format!("c-{sub}")).await.unwrap().is_none());
+            assert!(s.backend().get(&table, tenant, &format!("b-{sub}")).await.unwrap().is_none());
+            assert!(s.backend().get(&table, tenant, &format!("c-{sub}")).await.unwrap().is_none());
         }
     }
     // Another tenant's key of the same subject and version does not count.
-    let e = s.backend().apply(vec![sealed_insert("other-tenant", "x-1", "s-001", 1)]).await;
+    let e = s.backend().apply(vec![sealed_insert(&table, "other-tenant", "x-1", "s-001", 1)]).await;
     assert!(matches!(e, Err(StoreError::KeyChanged { .. })), "{e:?}");
 
     let batch: Vec<WriteOp> =
-        subjects.iter().map(|sub| sealed_insert(tenant, &format!("b-{sub}"), sub, 1)).collect();
+        subjects.iter().map(|sub| sealed_insert(&table, tenant, &format!("b-{sub}"), sub, 1)).collect();
     s.backend().apply(batch).await.unwrap();
-    assert!(s.backend().get(tenant, "absence", "b-s-449").await.unwrap().is_some());
+    assert!(s.backend().get(&table, tenant, "b-s-449").await.unwrap().is_some());
     // Records written through the store in one transaction still open.
     let r = s.get(&h.doctor, "absence", "seed-449").await.unwrap().unwrap();
     assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("flu"));
@@ -797,9 +802,10 @@ async fn pipelined_transaction<B: Backend>(h: Harness<B>) -> Harness<B> {
     // The backend side: writes that stop before the end mark are rolled back.
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let tenant = h.tenant.as_str().to_owned();
+    let cut_table = s.layout().table("absence").unwrap().clone();
     let sender = tokio::spawn(async move {
         for i in 0..3 {
-            tx.send(Some(sealed_insert(&tenant, &format!("cut-{i}"), "s-1", 1))).await.unwrap();
+            tx.send(Some(sealed_insert(&cut_table, &tenant, &format!("cut-{i}"), "s-1", 1))).await.unwrap();
         }
         // Dropped without `None`.
     });
@@ -807,7 +813,13 @@ async fn pipelined_transaction<B: Backend>(h: Harness<B>) -> Harness<B> {
     sender.await.unwrap();
     assert!(matches!(e, Err(StoreError::Invalid(_))), "{e:?}");
     for i in 0..3 {
-        assert!(s.backend().get(h.tenant.as_str(), "absence", &format!("cut-{i}")).await.unwrap().is_none());
+        assert!(
+            s.backend()
+                .get(s.layout().table("absence").unwrap(), h.tenant.as_str(), &format!("cut-{i}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
     // Nothing at all before the channel closed: nothing begun, nothing written.
     let (tx, rx) = tokio::sync::mpsc::channel::<Option<WriteOp>>(1);
@@ -917,8 +929,8 @@ where
     // read fails and names that record, whether its keys were at hand or not.
     let cell = |id: &str| {
         s.raw_bytes(
-            "SELECT sealed FROM kluis_fields WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-            vec![t("acme"), t("absence"), t(id), t("diagnosis")],
+            "SELECT f_diagnosis FROM kluis_r_absence WHERE tenant = ? AND id = ?",
+            vec![t("acme"), t(id)],
         )
     };
     let src = cell("r-003").await.pop().unwrap();
@@ -926,22 +938,24 @@ where
         let original = cell(target).await.pop().unwrap();
         let put = |bytes: Vec<u8>| {
             s.raw_exec(
-                "UPDATE kluis_fields SET sealed = ? WHERE tenant = ? AND collection = ? AND record_id = ? AND field = ?",
-                vec![Bind::Bytes(bytes), t("acme"), t("absence"), t(target), t("diagnosis")],
+                "UPDATE kluis_r_absence SET f_diagnosis = ? WHERE tenant = ? AND id = ?",
+                vec![Bind::Bytes(bytes), t("acme"), t(target)],
             )
         };
         put(src.clone()).await;
         let cold = Store::new(s.backend().clone(), s.schema().clone());
         for store in [s, &cold] {
             match store.list(&h.doctor, "absence", None, None, 1000).await {
-                Err(StoreError::Integrity { record, field, .. }) => {
-                    assert_eq!((record.as_str(), field.as_str()), (target, "diagnosis"));
-                }
+                Err(StoreError::RowIntegrity { record, .. }) => assert_eq!(record.as_str(), target),
                 other => panic!("a moved cell must fail the page: {:?}", other.map(|p| p.records.len())),
             }
         }
-        // HR does not open medical cells: its page still reads.
-        check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
+        // The row tag covers the sealed bytes of every domain: HR's page fails too, and names
+        // the record, though HR never opens a medical cell.
+        match s.list(&h.hr, "absence", None, None, 1000).await {
+            Err(StoreError::RowIntegrity { record, .. }) => assert_eq!(record.as_str(), target),
+            other => panic!("HR's page must fail on the row: {:?}", other.map(|p| p.records.len())),
+        }
         put(original).await;
     }
     check(&s.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
@@ -1001,7 +1015,7 @@ all_engines!(
 async fn postgres_locale_collation_pages() {
     let Some(h) = common::postgres().await else { return };
     let s = &h.store;
-    for (table, column) in [("kluis_records", "id"), ("kluis_fields", "record_id")] {
+    for (table, column) in [("kluis_r_absence", "id")] {
         s.raw_exec(
             &format!("ALTER TABLE {table} ALTER COLUMN {column} TYPE TEXT COLLATE \"und-x-icu\""),
             vec![],

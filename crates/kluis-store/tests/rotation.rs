@@ -75,10 +75,9 @@ where
     Store<B>: Raw,
 {
     s.raw_bytes(
-        "SELECT f.record_id FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant \
-         AND r.collection = f.collection AND r.id = f.record_id LEFT JOIN kluis_subject_keys k \
-         ON k.tenant = f.tenant AND k.domain = f.domain AND k.subject = r.subject AND k.version = f.key_version \
-         WHERE k.subject IS NULL",
+        "SELECT r.id FROM kluis_r_absence r LEFT JOIN kluis_subject_keys k \
+         ON k.tenant = r.tenant AND k.domain = 'medical' AND k.subject = r.subject AND k.version = r.k_diagnosis \
+         WHERE r.f_diagnosis IS NOT NULL AND k.subject IS NULL",
         vec![],
     )
     .await
@@ -205,13 +204,13 @@ where
     assert!(orphan_cells(s).await.is_empty());
     // Tampering still detected after re-encryption: a moved cell names the record.
     s.raw_exec(
-        "UPDATE kluis_fields SET sealed = (SELECT sealed FROM (SELECT sealed FROM kluis_fields WHERE record_id = 'abs-0' AND field = 'diagnosis') x) \
-         WHERE record_id = 'abs-3' AND field = 'diagnosis'",
+        "UPDATE kluis_r_absence SET f_diagnosis = (SELECT f FROM (SELECT f_diagnosis AS f FROM kluis_r_absence WHERE id = 'abs-0') x) \
+         WHERE id = 'abs-3'",
         vec![],
     )
     .await;
     let e = s.get(&h.doctor, "absence", "abs-3").await;
-    assert!(matches!(&e, Err(StoreError::Integrity { record, .. }) if record == "abs-3"), "{e:?}");
+    assert!(matches!(&e, Err(StoreError::RowIntegrity { record, .. }) if record == "abs-3"), "{e:?}");
     h
 }
 

@@ -1,0 +1,313 @@
+//! The record layout: one table per collection, one row per record.
+//!
+//! Each collection of the schema gets a table (docs/STORE.md, "Tables"):
+//!
+//! | column | type | holds |
+//! |---|---|---|
+//! | `tenant`, `id` | text | primary key |
+//! | `subject` | text | the data subject (indexed with the tenant) |
+//! | `version` | integer | optimistic concurrency, from 1 |
+//! | `created_at`, `updated_at` | integer | unix seconds |
+//! | `retain_until` | integer, NULL | unix seconds |
+//! | `row_tag` | binary | the row tag (below) |
+//! | `f_<field>` | binary, NULL | the sealed value of a field |
+//! | `k_<field>` | integer, NULL | the subject key version that sealed it |
+//! | `i_<field>` | binary, NULL | the blind index of an indexed field (indexed with the tenant) |
+//! | `j_<field>` | integer, NULL | the domain key version of that index |
+//!
+//! A name whose column or table identifier would be longer than 63 bytes (PostgreSQL's limit) is
+//! shortened to as many of its first bytes as fit, `_` and 16 hex digits of the SHA-256 of the whole name, so
+//! every identifier is unique and fits every engine. Names are `[a-z][a-z0-9_]*`
+//! ([`crate::schema`]), so identifiers never need quoting.
+//!
+//! The **row tag** is `0x01 || u32 BE key version || HMAC-SHA256` under a key derived from the
+//! tenant's `row_tags` domain key ([`ROW_TAG_DOMAIN`]); docs/FORMAT.md §10 gives the input byte by
+//! byte ([`tag_input`]). It covers every column except the blind index pair: a blind index only
+//! narrows a search, whose hits are opened and compared before they are returned.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::backend::{Engine, FieldRow, RecordRow};
+use crate::error::{Result, StoreError};
+use crate::schema::{Collection, Schema};
+
+/// The domain whose key the row tags' MAC key comes from: one per tenant, used by no field, so a
+/// shred (which rotates and destroys the keys of the subject's domains) never touches it.
+pub const ROW_TAG_DOMAIN: &str = "row_tags";
+
+/// The first byte of a row tag of format 1.
+pub(crate) const ROW_TAG_V1: u8 = 0x01;
+/// Length of a format-1 row tag.
+pub(crate) const ROW_TAG_LEN: usize = 1 + 4 + 32;
+/// The label that starts a row tag's input.
+pub(crate) const ROW_TAG_LABEL: &[u8] = b"kluis-row-v1";
+
+const MAX_IDENT: usize = 63;
+
+/// A SQL identifier for `prefix` + `name` (module documentation).
+pub(crate) fn ident(prefix: &str, name: &str) -> String {
+    if prefix.len() + name.len() <= MAX_IDENT {
+        return format!("{prefix}{name}");
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let mut hex = String::with_capacity(16);
+    for b in digest.iter().take(8) {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    let keep = MAX_IDENT.saturating_sub(prefix.len() + 17);
+    let head = name.get(..keep).unwrap_or(name);
+    format!("{prefix}{head}_{hex}")
+}
+
+/// One field's columns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CellColumns {
+    /// Field name.
+    pub field: String,
+    /// Domain (from the schema): the domain whose subject key seals the value.
+    pub domain: String,
+    /// Sealed value column.
+    pub sealed: String,
+    /// Subject key version column.
+    pub version: String,
+    /// Blind index columns (index, domain key version), if the field is indexed.
+    pub index: Option<(String, String)>,
+}
+
+/// One collection's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table {
+    /// Collection name.
+    pub collection: String,
+    /// SQL table name.
+    pub name: String,
+    /// Field columns, by field name.
+    pub cells: Vec<CellColumns>,
+}
+
+impl Table {
+    /// The table of a collection.
+    pub fn of(coll: &Collection) -> Self {
+        let cells = coll
+            .fields()
+            .map(|f| CellColumns {
+                field: f.name.clone(),
+                domain: f.domain.as_str().to_owned(),
+                sealed: ident("f_", &f.name),
+                version: ident("k_", &f.name),
+                index: f.blind_index.then(|| (ident("i_", &f.name), ident("j_", &f.name))),
+            })
+            .collect();
+        Self { collection: coll.name.clone(), name: ident("kluis_r_", &coll.name), cells }
+    }
+
+    /// The columns of `field`.
+    pub fn cell(&self, field: &str) -> Option<&CellColumns> {
+        self.cells.iter().find(|c| c.field == field)
+    }
+
+    /// The domains of the table's fields, without duplicates.
+    pub fn domains(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self.cells.iter().map(|c| c.domain.as_str()).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// `SELECT` list of a whole row: the bookkeeping columns (as [`RecordRow`], collection left
+    /// out), `row_tag`, then each field's sealed and version columns in `cells` order.
+    pub(crate) fn select_list(&self, alias: &str) -> String {
+        let mut s = format!(
+            "{alias}tenant, {alias}id, {alias}subject, {alias}version, {alias}created_at, {alias}updated_at, \
+             {alias}retain_until, {alias}row_tag"
+        );
+        for c in &self.cells {
+            s.push_str(&format!(", {alias}{}, {alias}{}", c.sealed, c.version));
+        }
+        s
+    }
+
+    /// The statement that creates the table on `engine`, if absent.
+    pub(crate) fn create_sql(&self, engine: Engine) -> String {
+        let (int, blob, key) = match engine {
+            Engine::Sqlite => ("INTEGER", "BLOB", "TEXT"),
+            Engine::Postgres => ("BIGINT", "BYTEA", "TEXT"),
+            // Ids compare byte by byte (ascii_bin) as on the other engines; 128 characters max.
+            Engine::MySql => ("BIGINT", "LONGBLOB", "VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin"),
+        };
+        let idx_blob = match engine {
+            Engine::MySql => "VARBINARY(64)",
+            _ => blob,
+        };
+        let mut cols = format!(
+            "tenant {key} NOT NULL, id {key} NOT NULL, subject {key} NOT NULL, version {int} NOT NULL, \
+             created_at {int} NOT NULL, updated_at {int} NOT NULL, retain_until {int}, row_tag {blob} NOT NULL"
+        );
+        for c in &self.cells {
+            cols.push_str(&format!(", {} {blob}, {} {int}", c.sealed, c.version));
+            if let Some((i, j)) = &c.index {
+                cols.push_str(&format!(", {i} {idx_blob}, {j} {int}"));
+            }
+        }
+        format!("CREATE TABLE IF NOT EXISTS {} ({cols}, PRIMARY KEY (tenant, id))", self.name)
+    }
+
+    /// The statements that create the table's indexes, if absent (after its columns exist).
+    pub(crate) fn index_sql(&self, engine: Engine) -> Vec<String> {
+        let t = &self.name;
+        let mut out = vec![index_sql(engine, &ident("kluis_s_", &self.collection), t, "tenant, subject")];
+        for c in &self.cells {
+            if let Some((i, _)) = &c.index {
+                let name = ident("kluis_x_", &format!("{}_{}", self.collection, c.field));
+                out.push(index_sql(engine, &name, t, &format!("tenant, {i}")));
+            }
+        }
+        out
+    }
+
+    /// `ALTER TABLE` statements that add the columns of `self` missing from `existing` (column
+    /// names as the database reports them).
+    pub(crate) fn add_columns_sql(&self, engine: Engine, existing: &[String]) -> Vec<String> {
+        let (int, blob) = match engine {
+            Engine::Sqlite => ("INTEGER", "BLOB"),
+            Engine::Postgres => ("BIGINT", "BYTEA"),
+            Engine::MySql => ("BIGINT", "LONGBLOB"),
+        };
+        let idx_blob = match engine {
+            Engine::MySql => "VARBINARY(64)",
+            _ => blob,
+        };
+        let has = |c: &str| existing.iter().any(|e| e.eq_ignore_ascii_case(c));
+        let mut out = Vec::new();
+        for c in &self.cells {
+            for (col, ty) in [(&c.sealed, blob), (&c.version, int)] {
+                if !has(col) {
+                    out.push(format!("ALTER TABLE {} ADD COLUMN {col} {ty}", self.name));
+                }
+            }
+            if let Some((i, j)) = &c.index {
+                if !has(i) {
+                    out.push(format!("ALTER TABLE {} ADD COLUMN {i} {idx_blob}", self.name));
+                }
+                if !has(j) {
+                    out.push(format!("ALTER TABLE {} ADD COLUMN {j} {int}", self.name));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn index_sql(engine: Engine, name: &str, table: &str, cols: &str) -> String {
+    // MariaDB, PostgreSQL and SQLite all know IF NOT EXISTS here (MySQL 8 does not).
+    let _ = engine;
+    format!("CREATE INDEX IF NOT EXISTS {name} ON {table} ({cols})")
+}
+
+/// Is `name` a table name [`Table::of`] makes (`kluis_r_` and `[a-z0-9_]`, at most 63 bytes)?
+pub(crate) fn is_table_name(name: &str) -> bool {
+    name.len() <= MAX_IDENT
+        && name.starts_with("kluis_r_")
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The tables of a schema.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    tables: Vec<Arc<Table>>,
+}
+
+impl Layout {
+    /// The layout of `schema`.
+    pub fn of(schema: &Schema) -> Self {
+        Self { tables: schema.collections().map(|c| Arc::new(Table::of(c))).collect() }
+    }
+
+    /// The table of `collection`.
+    pub fn table(&self, collection: &str) -> Result<&Arc<Table>> {
+        self.tables
+            .iter()
+            .find(|t| t.collection == collection)
+            .ok_or_else(|| StoreError::UnknownCollection(collection.to_owned()))
+    }
+
+    /// Every table.
+    pub fn tables(&self) -> &[Arc<Table>] {
+        &self.tables
+    }
+}
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    // Names and ids are at most 128 bytes and cells at most a few MiB: a u32 length is exact.
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The bytes a row tag covers (docs/FORMAT.md §10): the label, then tenant, collection, id and
+/// subject (each a u32 BE length and its bytes), version, created_at and updated_at (i64 BE),
+/// retain_until (`0x00`, or `0x01` and i64 BE), the number of present cells (u32 BE), and per
+/// present cell in field-name order: field name, subject key version (i64 BE) and sealed bytes.
+pub(crate) fn tag_input(r: &RecordRow, fields: &[FieldRow]) -> Vec<u8> {
+    let mut cells: Vec<&FieldRow> = fields.iter().collect();
+    cells.sort_by(|a, b| a.field.cmp(&b.field));
+    let size: usize = cells.iter().map(|c| c.field.len() + c.sealed.len() + 16).sum();
+    let mut out = Vec::with_capacity(ROW_TAG_LABEL.len() + 128 + size);
+    out.extend_from_slice(ROW_TAG_LABEL);
+    put(&mut out, r.tenant.as_bytes());
+    put(&mut out, r.collection.as_bytes());
+    put(&mut out, r.id.as_bytes());
+    put(&mut out, r.subject.as_bytes());
+    out.extend_from_slice(&r.version.to_be_bytes());
+    out.extend_from_slice(&r.created_at.to_be_bytes());
+    out.extend_from_slice(&r.updated_at.to_be_bytes());
+    match r.retain_until {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&u32::try_from(cells.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for c in cells {
+        put(&mut out, c.field.as_bytes());
+        out.extend_from_slice(&c.key_version.to_be_bytes());
+        put(&mut out, &c.sealed);
+    }
+    out
+}
+
+/// The key version a row tag names, if it is a well-formed format-1 tag.
+pub(crate) fn tag_version(tag: &[u8]) -> Option<u32> {
+    if tag.len() != ROW_TAG_LEN || tag.first() != Some(&ROW_TAG_V1) {
+        return None;
+    }
+    let b: [u8; 4] = tag.get(1..5)?.try_into().ok()?;
+    Some(u32::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_shortened_uniquely() {
+        let a = "a".repeat(64);
+        let b = format!("{}b", "a".repeat(63));
+        let (ia, ib) = (ident("kluis_r_", &a), ident("kluis_r_", &b));
+        assert!(ia.len() <= MAX_IDENT && ib.len() <= MAX_IDENT);
+        assert_ne!(ia, ib);
+        assert_eq!(ident("f_", "diagnosis"), "f_diagnosis");
+    }
+
+    #[test]
+    fn tag_versions_parse_only_well_formed_tags() {
+        let mut t = vec![ROW_TAG_V1, 0, 0, 0, 7];
+        t.extend_from_slice(&[0u8; 32]);
+        assert_eq!(tag_version(&t), Some(7));
+        assert_eq!(tag_version(&t[..36]), None);
+        t[0] = 2;
+        assert_eq!(tag_version(&t), None);
+    }
+}
