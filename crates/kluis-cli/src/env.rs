@@ -188,10 +188,12 @@ impl<B: Backend, O: BlobBackend + Clone> Env<B, O> {
         Ok(d)
     }
 
-    /// Administrative access to every domain the tenant has (no key is created).
+    /// Administrative access to every domain the tenant has (no key is created but the row tag
+    /// key, which every record read and write needs); moves legacy rows first.
     pub async fn admin_access(&self, tenant: &TenantId) -> Result<Access> {
         let provider = self.provider().await?;
-        let mut access = Access::new(tenant.clone());
+        self.store.move_legacy(provider).await?;
+        let mut access = Access::new(tenant.clone()).with(self.store.row_tag_set(provider, tenant).await?)?;
         for d in self.tenant_domains(tenant).await? {
             access = access.with(self.store.key_set(provider, tenant, &d).await?)?;
         }

@@ -400,8 +400,7 @@ impl<B: Backend> Service<B> {
         entry: &mut AuditEntry,
     ) -> Result<Located> {
         kluis_store::check_id("record id", id)?;
-        self.store.schema().collection(collection)?;
-        let owners = self.store.backend().record_owners(collection, id).await?;
+        let owners = self.store.record_owners(collection, id).await?;
         let home = Self::home_tenant(p, ctx);
         let owner = owners
             .iter()
@@ -427,13 +426,10 @@ impl<B: Backend> Service<B> {
         collection: &str,
         id: &str,
     ) -> Result<BTreeSet<DomainName>> {
-        let view = self.store.get(&Access::new(tenant.clone()), collection, id).await?;
         let mut out = BTreeSet::new();
-        if let Some(r) = view {
-            for f in r.fields.values() {
-                if let FieldValue::Withheld { domain } = f {
-                    out.insert(DomainName::new(domain.clone())?);
-                }
+        if let Some(domains) = self.store.record_domains(tenant, collection, id).await? {
+            for d in domains {
+                out.insert(DomainName::new(d)?);
             }
         }
         if out.is_empty() {

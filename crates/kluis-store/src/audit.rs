@@ -169,7 +169,7 @@ pub trait AuditBackend: Send + Sync + 'static {
     /// Which tenants hold a record with this collection and id (ids are unique per tenant only).
     fn record_owners(
         &self,
-        collection: &str,
+        table: &crate::layout::Table,
         id: &str,
     ) -> impl Future<Output = Result<Vec<RecordOwner>>> + Send;
 }
@@ -304,11 +304,9 @@ macro_rules! audit_impl {
                     .collect()
             }
 
-            async fn record_owners(&self, collection: &str, id: &str) -> Result<Vec<RecordOwner>> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, subject FROM kluis_records WHERE collection = ? AND id = ? ORDER BY tenant",
-                ))
-                .bind(collection)
+            async fn record_owners(&self, table: &crate::layout::Table, id: &str) -> Result<Vec<RecordOwner>> {
+                let sql = format!("SELECT tenant, subject FROM {} WHERE id = ? ORDER BY tenant", table.name);
+                let rows = sqlx::query::<$db>(&$sql(&sql))
                 .bind(id)
                 .fetch_all(self.pool())
                 .await?;

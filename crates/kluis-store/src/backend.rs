@@ -992,7 +992,7 @@ fn update_row<'a>(
     ];
     for c in &table.cells {
         let cell = set.iter().find(|f| f.field == c.field);
-        let removed = remove.iter().any(|f| *f == c.field);
+        let removed = remove.contains(&c.field);
         if cell.is_none() && !removed {
             continue;
         }
@@ -2003,7 +2003,18 @@ macro_rules! backend_impl {
                     );
                 }
                 // (statement, which count)
-                let queries: [(String, u8); 2] = [
+                let queries: [(String, u8); 3] = [
+                    // Records of the legacy layout not moved yet.
+                    (
+                        format!(
+                            "SELECT x.tenant, x.domain, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT s.tenant, s.domain, s.wrap_version, f.collection, f.record_id \
+                             FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                             JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version{}) x \
+                             GROUP BY x.tenant, x.domain, x.wrap_version",
+                            filter("f.tenant")
+                        ),
+                        1,
+                    ),
                     (
                         format!(
                             "SELECT tenant, domain, wrap_version, COUNT(*) FROM kluis_subject_keys{} GROUP BY tenant, domain, wrap_version",
@@ -2038,6 +2049,7 @@ macro_rules! backend_impl {
                         });
                         match which {
                             0 => e.subject_keys = n,
+                            1 => e.records += n,
                             _ => e.documents = n,
                         }
                     }
@@ -2411,7 +2423,16 @@ macro_rules! backend_impl {
                 )
                 .await?;
                 let mut indexes = 0u64;
-                let mut records = 0u64;
+                // Records of the legacy layout not moved yet count too.
+                let mut records = Self::count(
+                    tx,
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT f.collection, f.record_id FROM kluis_fields f \
+                     JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                     JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version \
+                     WHERE f.tenant = ? AND f.domain = ? AND s.wrap_version = ?) x",
+                    &binds,
+                )
+                .await?;
                 for t in layout.tables() {
                     for c in t.cells.iter().filter(|c| c.domain == domain) {
                         let Some((i, j)) = &c.index else { continue };

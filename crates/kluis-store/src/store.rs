@@ -1710,6 +1710,32 @@ impl<B: Backend> Store<B> {
         }
     }
 
+    /// The domains of the cells a record holds, from its row as stored (nothing is opened and
+    /// the row tag is not checked: the read an authorization decision leads to checks it);
+    /// `None` if the record is absent.
+    pub async fn record_domains(
+        &self,
+        tenant: &TenantId,
+        collection: &str,
+        id: &str,
+    ) -> Result<Option<BTreeSet<String>>> {
+        let table = self.layout.table(collection)?;
+        check_id("record id", id)?;
+        Ok(self
+            .backend
+            .get(table, tenant.as_str(), id)
+            .await?
+            .map(|s| s.fields.into_iter().map(|f| f.domain).collect()))
+    }
+
+    /// Which tenants hold a record with this collection and id, with its subject (clear
+    /// columns; ids are unique per tenant only).
+    pub async fn record_owners(&self, collection: &str, id: &str) -> Result<Vec<crate::audit::RecordOwner>> {
+        let table = self.layout.table(collection)?;
+        check_id("record id", id)?;
+        self.backend.record_owners(table, id).await
+    }
+
     /// A page of a collection's records (optionally of one subject), ordered by id.
     pub async fn list(
         &self,
@@ -2116,12 +2142,24 @@ impl<B: Backend> Store<B> {
         tenant: &TenantId,
         domain: &DomainName,
     ) -> Result<DomainKeyRecord> {
+        Self::not_row_tags(domain)?;
         let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
         let (new_rec, _) = keys::rotate_domain_key(provider, &set, &mut records).await?;
         let mut rows = Self::rows_from_records(&records)?;
         let new_row = rows.pop().ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
         self.backend.rotate_domain_keys(key_row_updates(&old_rows, &rows), new_row).await?;
         Ok(new_rec)
+    }
+
+    /// Every row is tagged under the row_tags key's version 1: rotating it (and then destroying
+    /// the version the rows need) is refused until re-tagging exists.
+    fn not_row_tags(domain: &DomainName) -> Result<()> {
+        if domain.as_str() == ROW_TAG_DOMAIN {
+            return Err(StoreError::Invalid(format!(
+                "the {ROW_TAG_DOMAIN} key is not rotated or retired: every record row is tagged under it"
+            )));
+        }
+        Ok(())
     }
 
     /// Destroys `version` on a verified set, retagging the remaining live rows, in the backend's
@@ -2133,6 +2171,7 @@ impl<B: Backend> Store<B> {
         domain: &DomainName,
         version: u32,
     ) -> Result<()> {
+        Self::not_row_tags(domain)?;
         let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
         let Some(rec) = records.iter_mut().find(|r| r.version == version) else {
             return Err(StoreError::Core(kluis_core::Error::UnknownKey {
@@ -2393,7 +2432,7 @@ impl<B: Backend> Store<B> {
                 for stored in page {
                     Self::check_row(access, &stored, &mut tags)?;
                     let ops = self
-                        .migrate_record(access, tcoll, new_table, &changed, stored, &mut report, &mut tags)
+                        .migrate_record(access, (tcoll, new_table), &changed, stored, &mut report, &mut tags)
                         .await?;
                     let Some(ops) = ops else { continue };
                     match self.backend.apply(ops).await {
@@ -2415,8 +2454,7 @@ impl<B: Backend> Store<B> {
     async fn migrate_record(
         &self,
         access: &Access,
-        tcoll: &Collection,
-        table: &Arc<Table>,
+        (tcoll, table): (&Collection, &Arc<Table>),
         changed: &[&FieldDef],
         stored: StoredRecord,
         report: &mut MigrationReport,
