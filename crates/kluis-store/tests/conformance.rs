@@ -962,6 +962,91 @@ where
     h
 }
 
+/// Every column of a record's row is covered by its row tag: a cell deleted or nulled, a cell
+/// put back from an older version of the same row, a bookkeeping column edited, the tag removed
+/// or copied from another row: each read fails with an integrity error naming the record, and
+/// the tenant's other records still read. Each case tampers with a record of its own.
+async fn tamper_rows<B: Backend>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let s = &h.store;
+    let cases: &[(&str, &str)] = &[
+        (
+            "cell-deleted",
+            "UPDATE kluis_r_absence SET f_doctor_notes = NULL, k_doctor_notes = NULL WHERE tenant = ? AND id = ?",
+        ),
+        ("cell-nulled", "UPDATE kluis_r_absence SET f_diagnosis = NULL WHERE tenant = ? AND id = ?"),
+        ("older-cell", "UPDATE kluis_r_absence SET f_diagnosis = ? WHERE tenant = ? AND id = ?"),
+        ("version", "UPDATE kluis_r_absence SET version = 1 WHERE tenant = ? AND id = ?"),
+        ("subject", "UPDATE kluis_r_absence SET subject = 'emp-9' WHERE tenant = ? AND id = ?"),
+        ("retain-until", "UPDATE kluis_r_absence SET retain_until = 1 WHERE tenant = ? AND id = ?"),
+        ("created-at", "UPDATE kluis_r_absence SET created_at = created_at + 1 WHERE tenant = ? AND id = ?"),
+        ("updated-at", "UPDATE kluis_r_absence SET updated_at = updated_at - 1 WHERE tenant = ? AND id = ?"),
+        (
+            "key-version",
+            "UPDATE kluis_r_absence SET k_diagnosis = k_diagnosis + 1 WHERE tenant = ? AND id = ?",
+        ),
+        ("tag-copied", "UPDATE kluis_r_absence SET row_tag = ? WHERE tenant = ? AND id = ?"),
+        ("tag-cut", "UPDATE kluis_r_absence SET row_tag = ? WHERE tenant = ? AND id = ?"),
+    ];
+    s.insert(&h.doctor, "absence", absence("emp-2", "E2", "untouched").id("intact")).await.unwrap();
+    for (name, sql) in cases {
+        let id = format!("t-{name}");
+        s.insert(&h.doctor, "absence", absence("emp-1", "E1", "first").id(&id).retain_until(far_future()))
+            .await
+            .unwrap();
+        let first = s
+            .raw_bytes(
+                "SELECT f_diagnosis FROM kluis_r_absence WHERE tenant = ? AND id = ?",
+                vec![t("acme"), t(&id)],
+            )
+            .await;
+        s.update(&h.doctor, "absence", &id, 1, Changes::new().set("diagnosis", "second")).await.unwrap();
+        assert!(s.get(&h.doctor, "absence", &id).await.unwrap().is_some());
+        let mut binds = Vec::new();
+        match *name {
+            "older-cell" => binds.push(Bind::Bytes(first.first().cloned().unwrap())),
+            "tag-copied" => binds.push(Bind::Bytes(
+                s.raw_bytes(
+                    "SELECT row_tag FROM kluis_r_absence WHERE tenant = ? AND id = ?",
+                    vec![t("acme"), t("intact")],
+                )
+                .await
+                .pop()
+                .unwrap(),
+            )),
+            "tag-cut" => {
+                let mut tag = s
+                    .raw_bytes(
+                        "SELECT row_tag FROM kluis_r_absence WHERE tenant = ? AND id = ?",
+                        vec![t("acme"), t(&id)],
+                    )
+                    .await
+                    .pop()
+                    .unwrap();
+                tag.truncate(20);
+                binds.push(Bind::Bytes(tag));
+            }
+            _ => {}
+        }
+        binds.push(t("acme"));
+        binds.push(t(&id));
+        assert_eq!(s.raw_exec(sql, binds).await, 1, "{name}");
+        for access in [&h.doctor, &h.hr] {
+            match s.get(access, "absence", &id).await {
+                Err(StoreError::RowIntegrity { record, .. } | StoreError::Integrity { record, .. }) => {
+                    assert_eq!(record, id, "{name}")
+                }
+                other => panic!("{name}: the tampered row must fail with an integrity error: {other:?}"),
+            }
+        }
+        let r = s.get(&h.doctor, "absence", "intact").await.unwrap().unwrap();
+        assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("untouched"), "{name}");
+    }
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -996,6 +1081,7 @@ all_engines!(
     retention,
     shredding,
     tamper_moved_cells,
+    tamper_rows,
     tamper_key_rows,
     bad_input,
     documents_catalog,
