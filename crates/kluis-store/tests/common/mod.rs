@@ -302,3 +302,70 @@ fn parse_host_port(url: &str, host: &str, port: u16) -> (String, u16) {
     let p = it.next().and_then(|p| p.parse().ok()).unwrap_or(port);
     (h, p)
 }
+
+/// A fresh, empty PostgreSQL database (no migrations, no keys) and where it is; `None` (after
+/// [`unreachable`]) if the server does not answer.
+pub async fn fresh_postgres() -> Option<(PostgresBackend, Location)> {
+    let admin_url = postgres_url();
+    let admin = match sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&admin_url)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            unreachable("postgres", &format!("{admin_url}: {e}"))?;
+            return None;
+        }
+    };
+    let db = unique_name("kluis_t");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    let url = with_db(&admin_url, &db);
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+    Some((PostgresBackend::new(pool), Location::Postgres { url, admin_url, db }))
+}
+
+/// A fresh, empty MariaDB database (no migrations, no keys) and where it is.
+pub async fn fresh_mysql() -> Option<(MySqlBackend, Location)> {
+    let admin_url = mysql_url();
+    let admin = match sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&admin_url)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            unreachable("mariadb", &format!("{admin_url}: {e}"))?;
+            return None;
+        }
+    };
+    let db = unique_name("kluis_t");
+    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    let url = with_db(&admin_url, &db);
+    let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+    Some((MySqlBackend::new(pool), Location::MySql { url, admin_url, db }))
+}
+
+/// Drops the database of a [`fresh_postgres`] or [`fresh_mysql`] (best effort; close its pool
+/// first).
+pub async fn drop_location(loc: &Location) {
+    match loc {
+        Location::Sqlite { .. } => {}
+        Location::Postgres { admin_url, db, .. } => {
+            if let Ok(p) = sqlx::PgPool::connect(admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&p).await;
+                p.close().await;
+            }
+        }
+        Location::MySql { admin_url, db, .. } => {
+            if let Ok(p) = sqlx::MySqlPool::connect(admin_url).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&p).await;
+                p.close().await;
+            }
+        }
+    }
+}
