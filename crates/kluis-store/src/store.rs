@@ -349,8 +349,8 @@ struct CallCache {
     keys: HashMap<String, Vec<(String, u32, Arc<SubjectKey>)>>,
     newest: HashMap<String, Vec<(String, u32)>>,
     index_keys: Vec<IndexKeyEntry>,
-    /// Row tag keys derived during the call, by row_tags key version.
-    row_keys: Vec<(u32, BlindIndexKey)>,
+    /// Row tag keys derived during the call, by tenant and row_tags key version.
+    row_keys: Vec<(String, u32, BlindIndexKey)>,
 }
 
 /// A blind index key derived during one call: (domain, domain key version, collection, field).
@@ -1585,7 +1585,8 @@ impl<B: Backend> Store<B> {
 
     /// The row tag key of `version` of the tenant's row_tags domain key, derived once per call.
     fn row_key<'c>(set: &DomainKeySet, version: u32, tags: &'c mut Tags) -> Result<&'c BlindIndexKey> {
-        let pos = match tags.row_keys.iter().position(|(v, _)| *v == version) {
+        let tenant = set.tenant().as_str();
+        let pos = match tags.row_keys.iter().position(|(t, v, _)| *v == version && t == tenant) {
             Some(p) => p,
             None => {
                 let k = BlindIndexKey::derive(
@@ -1596,11 +1597,11 @@ impl<B: Backend> Store<B> {
                     "tag",
                     32,
                 )?;
-                tags.row_keys.push((version, k));
+                tags.row_keys.push((tenant.to_owned(), version, k));
                 tags.row_keys.len() - 1
             }
         };
-        tags.row_keys.get(pos).map(|(_, k)| k).ok_or_else(|| StoreError::Invalid("row key cache".into()))
+        tags.row_keys.get(pos).map(|(_, _, k)| k).ok_or_else(|| StoreError::Invalid("row key cache".into()))
     }
 
     /// The row tag of `row` with `cells` (every cell the row will hold), under the active version
