@@ -157,7 +157,11 @@ impl Table {
     /// The statements that create the table's indexes, if absent (after its columns exist).
     pub(crate) fn index_sql(&self, engine: Engine) -> Vec<String> {
         let t = &self.name;
-        let mut out = vec![index_sql(engine, &ident("kluis_s_", &self.collection), t, "tenant, subject")];
+        let mut out = vec![
+            index_sql(engine, &ident("kluis_s_", &self.collection), t, "tenant, subject"),
+            // The service looks a record id up in every tenant (`Store::record_owners`).
+            index_sql(engine, &ident("kluis_i_", &self.collection), t, "id"),
+        ];
         for c in &self.cells {
             if let Some((i, _)) = &c.index {
                 let name = ident("kluis_x_", &format!("{}_{}", self.collection, c.field));
