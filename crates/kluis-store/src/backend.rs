@@ -897,8 +897,7 @@ impl KeyUses {
 /// `s.version` (of a `kluis_subject_keys s` joined to a row `r`) is the key version of one of
 /// `r`'s cells of `domain`.
 fn versions_in(table: &Table, domain: &str) -> String {
-    let cols: Vec<String> =
-        table.cells.iter().filter(|c| c.domain == domain).map(|c| format!("r.{}", c.version)).collect();
+    let cols: Vec<String> = table.cells_in(domain).map(|c| format!("r.{}", c.version)).collect();
     if cols.is_empty() { "1 = 0".to_owned() } else { format!("s.version IN ({})", cols.join(", ")) }
 }
 
@@ -936,39 +935,71 @@ fn check_fields(table: &Table, fields: &[FieldRow], indexes: &[IndexRow]) -> Res
     Ok(())
 }
 
-/// `INSERT` of one whole row (every column; NULL where a field is not set).
-fn insert_row<'a>(
-    table: &Table,
-    r: &'a RecordRow,
-    fields: &'a [FieldRow],
-    indexes: &'a [IndexRow],
-) -> Result<(String, Vec<Arg<'a>>)> {
-    check_fields(table, fields, indexes)?;
+/// One row of an insert: the clear columns (with the tag), the cells, the blind indexes.
+type InsertRow = (RecordRow, Vec<FieldRow>, Vec<IndexRow>);
+
+/// Rows per multi-row `INSERT`: at most 500, and at most 30,000 binds per statement (SQLite
+/// allows 32,766, PostgreSQL and MariaDB 65,535).
+fn rows_per_insert(table: &Table) -> usize {
+    let binds = 8 + table.cells.iter().map(|c| if c.index.is_some() { 4 } else { 2 }).sum::<usize>();
+    (30_000 / binds).clamp(1, 500)
+}
+
+/// One `INSERT` of whole rows (every column; NULL where a field is not set).
+fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<Arg<'a>>)> {
     let mut cols =
         String::from("tenant, id, subject, version, created_at, updated_at, retain_until, row_tag");
-    let mut args = vec![
-        Arg::S(&r.tenant),
-        Arg::S(&r.id),
-        Arg::S(&r.subject),
-        Arg::I(Some(r.version)),
-        Arg::I(Some(r.created_at)),
-        Arg::I(Some(r.updated_at)),
-        Arg::I(r.retain_until),
-        Arg::B(Some(&r.tag)),
-    ];
     for c in &table.cells {
-        let cell = fields.iter().find(|f| f.field == c.field);
         cols.push_str(&format!(", {}, {}", c.sealed, c.version));
-        args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
-        args.push(Arg::I(cell.map(|f| f.key_version)));
         if let Some((i, j)) = &c.index {
-            let ix = indexes.iter().find(|x| x.field == c.field);
             cols.push_str(&format!(", {i}, {j}"));
-            args.push(Arg::B(ix.map(|x| x.idx.as_slice())));
-            args.push(Arg::I(ix.map(|x| x.key_version)));
         }
     }
-    Ok((format!("INSERT INTO {} ({cols}) VALUES ({})", table.name, placeholders(args.len())), args))
+    let mut args = Vec::new();
+    let mut values = String::new();
+    for (r, fields, indexes) in rows {
+        check_fields(table, fields, indexes)?;
+        let start = args.len();
+        args.extend([
+            Arg::S(&r.tenant),
+            Arg::S(&r.id),
+            Arg::S(&r.subject),
+            Arg::I(Some(r.version)),
+            Arg::I(Some(r.created_at)),
+            Arg::I(Some(r.updated_at)),
+            Arg::I(r.retain_until),
+            Arg::B(Some(&r.tag)),
+        ]);
+        for c in &table.cells {
+            let cell = fields.iter().find(|f| f.field == c.field);
+            args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
+            args.push(Arg::I(cell.map(|f| f.key_version)));
+            if c.index.is_some() {
+                let ix = indexes.iter().find(|x| x.field == c.field);
+                args.push(Arg::B(ix.map(|x| x.idx.as_slice())));
+                args.push(Arg::I(ix.map(|x| x.key_version)));
+            }
+        }
+        if !values.is_empty() {
+            values.push_str(", ");
+        }
+        values.push('(');
+        values.push_str(&placeholders(args.len() - start));
+        values.push(')');
+    }
+    Ok((format!("INSERT INTO {} ({cols}) VALUES {values}", table.name), args))
+}
+
+/// Inserts of one table waiting to be written as one multi-row `INSERT`.
+/// The first id that occurs twice in `rows`.
+fn duplicate_in(rows: &[InsertRow]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    rows.iter().map(|(r, _, _)| (r.tenant.as_str(), r.id.as_str())).find(|k| !seen.insert(*k)).map(|k| k.1)
+}
+
+struct PendingInserts {
+    table: Arc<Table>,
+    rows: Vec<InsertRow>,
 }
 
 /// `UPDATE` of a row still at `expected`: new bookkeeping columns and tag, the cells set and
@@ -1191,15 +1222,17 @@ macro_rules! backend_impl {
             async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp, used: &mut KeyUses) -> Result<()> {
                 match op {
                     WriteOp::Insert { table, record, fields, indexes } => {
-                        let (sql, args) = insert_row(&table, &record, &fields, &indexes)?;
+                        let row = [(record, fields, indexes)];
+                        let (sql, args) = insert_rows(&table, &row)?;
                         let sql = $sql(&sql).into_owned();
-                        let r = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await;
-                        if let Err(e) = r {
+                        if let Err(e) = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await {
                             if unique_violation(&e) {
-                                return Err(StoreError::AlreadyExists { collection: record.collection, record: record.id });
+                                return Err(StoreError::AlreadyExists { collection: table.collection.clone(), record: row[0].0.id.clone() });
                             }
                             return Err(e.into());
                         }
+                        drop(args);
+                        let [(record, fields, _)] = row;
                         for f in &fields {
                             used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
                         }
@@ -1289,6 +1322,81 @@ macro_rules! backend_impl {
                             });
                         }
                         Ok(())
+                    }
+                }
+            }
+
+            /// Writes the pending inserts as one statement; a duplicate id is
+            /// [`StoreError::AlreadyExists`] naming that record (found in the statement itself,
+            /// else through `pool`: a concurrent insert of the same id has committed by then, the
+            /// statement waited for it).
+            async fn flush_inserts(
+                pool: &sqlx::Pool<$db>,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                pending: &mut Option<PendingInserts>,
+                used: &mut KeyUses,
+            ) -> Result<()> {
+                let Some(p) = pending.take() else { return Ok(()) };
+                let (sql, args) = insert_rows(&p.table, &p.rows)?;
+                let sql = $sql(&sql).into_owned();
+                let res = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await;
+                drop(args);
+                match res {
+                    Ok(_) => {}
+                    Err(e) if unique_violation(&e) => {
+                        let record = match duplicate_in(&p.rows) {
+                            Some(id) => id.to_owned(),
+                            None => Self::existing_id(pool, &p).await?,
+                        };
+                        return Err(StoreError::AlreadyExists { collection: p.table.collection.clone(), record });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+                for (r, fields, _) in &p.rows {
+                    for f in fields {
+                        used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
+                    }
+                }
+                Ok(())
+            }
+
+            /// The first id of `p` its table already holds (the first of `p` if none).
+            async fn existing_id(pool: &sqlx::Pool<$db>, p: &PendingInserts) -> Result<String> {
+                let cond = vec!["(tenant = ? AND id = ?)"; p.rows.len()].join(" OR ");
+                let sql = format!("SELECT id FROM {} WHERE {cond} ORDER BY id LIMIT 1", p.table.name);
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql);
+                for (r, _, _) in &p.rows {
+                    q = q.bind(r.tenant.as_str()).bind(r.id.as_str());
+                }
+                match q.fetch_optional(pool).await? {
+                    Some(row) => Self::text(&row, 0),
+                    None => Ok(p.rows.first().map(|(r, _, _)| r.id.clone()).unwrap_or_default()),
+                }
+            }
+
+            /// [`Self::apply_one`], with inserts of one table gathered into multi-row statements.
+            async fn apply_gathered(
+                pool: &sqlx::Pool<$db>,
+                tx: &mut sqlx::Transaction<'static, $db>,
+                op: WriteOp,
+                pending: &mut Option<PendingInserts>,
+                used: &mut KeyUses,
+            ) -> Result<()> {
+                match op {
+                    WriteOp::Insert { table, record, fields, indexes } => {
+                        let full = pending
+                            .as_ref()
+                            .is_some_and(|p| p.table.name != table.name || p.rows.len() >= rows_per_insert(&p.table));
+                        if full {
+                            Self::flush_inserts(pool, tx, pending, used).await?;
+                        }
+                        pending.get_or_insert_with(|| PendingInserts { table, rows: Vec::new() }).rows.push((record, fields, indexes));
+                        Ok(())
+                    }
+                    other => {
+                        Self::flush_inserts(pool, tx, pending, used).await?;
+                        Self::apply_one(tx, other, used).await
                     }
                 }
             }
@@ -1540,7 +1648,8 @@ macro_rules! backend_impl {
                         let sql = format!("DELETE FROM {t} WHERE tenant = ? AND collection = ? AND record_id = ?");
                         sqlx::query::<$db>(&$sql(&sql)).bind(&r.tenant).bind(&r.collection).bind(&r.id).execute(&mut *tx).await?;
                     }
-                    let (sql, args) = insert_row(table, r, &s.fields, idx)?;
+                    let row = [(r.clone(), s.fields.clone(), idx.clone())];
+                    let (sql, args) = insert_rows(table, &row)?;
                     let sql = $sql(&sql).into_owned();
                     Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
                 }
@@ -1696,10 +1805,12 @@ macro_rules! backend_impl {
             async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
                 let mut used = KeyUses::default();
+                let mut pending = None;
                 for op in ops {
                     // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_one(&mut tx, op, &mut used).await?;
+                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used).await?;
                 }
+                Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
                 Self::require_subject_keys(&mut tx, &used).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1711,12 +1822,14 @@ macro_rules! backend_impl {
                 let mut next = ops.recv().await.ok_or_else(cut)?;
                 let mut tx = self.pool.begin().await?;
                 let mut used = KeyUses::default();
+                let mut pending = None;
                 while let Some(op) = next {
                     // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_one(&mut tx, op, &mut used).await?;
+                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used).await?;
                     next = ops.recv().await.ok_or_else(cut)?;
                 }
                 drop(ops);
+                Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
                 Self::require_subject_keys(&mut tx, &used).await?;
                 tx.commit().await?;
                 Ok(())
@@ -2100,7 +2213,7 @@ macro_rules! backend_impl {
                 // waiting for the documents' re-encryption: not a candidate (it would block others).
                 let mut sealing = String::new();
                 for t in layout.tables() {
-                    if t.domains().contains(&domain) {
+                    if t.cells_in(domain).next().is_some() {
                         sealing.push_str(&format!(
                             " OR EXISTS (SELECT 1 FROM {} r WHERE r.tenant = s.tenant AND r.subject = s.subject AND {})",
                             t.name,
@@ -2151,7 +2264,7 @@ macro_rules! backend_impl {
                 let mut out = Vec::new();
                 for t in layout.tables() {
                     let cols: Vec<&str> =
-                        t.cells.iter().filter(|c| c.domain == domain).map(|c| c.sealed.as_str()).collect();
+                        t.cells_in(domain).map(|c| c.sealed.as_str()).collect();
                     if cols.is_empty() {
                         continue;
                     }
@@ -2434,7 +2547,7 @@ macro_rules! backend_impl {
                 )
                 .await?;
                 for t in layout.tables() {
-                    for c in t.cells.iter().filter(|c| c.domain == domain) {
+                    for c in t.cells_in(domain) {
                         let Some((i, j)) = &c.index else { continue };
                         let sql = format!(
                             "SELECT COUNT(*) FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} = ?{}",
@@ -2443,7 +2556,7 @@ macro_rules! backend_impl {
                         );
                         indexes += Self::count(tx, &sql, &[Bind::S(tenant), Bind::I(version)]).await?;
                     }
-                    if t.domains().contains(&domain) {
+                    if t.cells_in(domain).next().is_some() {
                         let sql = format!(
                             "SELECT COUNT(*) FROM (SELECT DISTINCT r.id FROM {} r JOIN kluis_subject_keys s ON s.tenant = r.tenant \
                              AND s.domain = ? AND s.subject = r.subject AND {} WHERE r.tenant = ? AND s.wrap_version = ?) x",
@@ -2530,7 +2643,7 @@ macro_rules! backend_impl {
                     let mut cells = 0u64;
                     for t in &plan.tables {
                         let cols: Vec<&str> =
-                            t.cells.iter().filter(|c| c.domain == plan.domain).map(|c| c.version.as_str()).collect();
+                            t.cells_in(&plan.domain).map(|c| c.version.as_str()).collect();
                         if cols.is_empty() {
                             continue;
                         }
@@ -2576,7 +2689,7 @@ macro_rules! backend_impl {
             ) -> Result<Vec<String>> {
                 let mut out = Vec::new();
                 for t in layout.tables() {
-                    for c in t.cells.iter().filter(|c| c.domain == domain) {
+                    for c in t.cells_in(domain) {
                         let Some((i, j)) = &c.index else { continue };
                         let mut sql = format!(
                             "SELECT DISTINCT subject FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} <> ? ORDER BY subject",

@@ -108,6 +108,11 @@ impl Table {
         self.cells.iter().find(|c| c.field == field)
     }
 
+    /// The columns of the fields of `domain`.
+    pub fn cells_in<'a>(&'a self, domain: &'a str) -> impl Iterator<Item = &'a CellColumns> + 'a {
+        self.cells.iter().filter(move |c| c.domain == domain)
+    }
+
     /// The domains of the table's fields, without duplicates.
     pub fn domains(&self) -> Vec<&str> {
         let mut out: Vec<&str> = self.cells.iter().map(|c| c.domain.as_str()).collect();

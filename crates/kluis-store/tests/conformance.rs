@@ -1047,6 +1047,38 @@ where
     h
 }
 
+/// Inserts of a transaction go in multi-row statements; an id that exists, or one given twice,
+/// is still named, and nothing of the transaction is written.
+async fn duplicate_ids_named<B: Backend>(h: Harness<B>) -> Harness<B> {
+    let s = &h.store;
+    s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("d-007")).await.unwrap();
+    let batch = |ids: &[&str]| -> Vec<Op> {
+        ids.iter()
+            .map(|id| Op::Insert {
+                collection: "absence".into(),
+                record: absence("emp-2", "E2", "flu").id(id),
+            })
+            .collect()
+    };
+    let ids: Vec<String> = (0..12).map(|i| format!("d-{i:03}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).filter(|i| *i != "d-007").collect();
+    let mut with_existing = refs.clone();
+    with_existing.push("d-007");
+    let mut twice = refs.clone();
+    twice.push("d-003");
+    for (ops, named) in [(batch(&with_existing), "d-007"), (batch(&twice), "d-003")] {
+        match s.transaction(&h.doctor, ops).await {
+            Err(StoreError::AlreadyExists { collection, record }) => {
+                assert_eq!((collection.as_str(), record.as_str()), ("absence", named))
+            }
+            other => panic!("expected AlreadyExists {named}: {other:?}"),
+        }
+        let page = s.list(&h.doctor, "absence", None, None, 100).await.unwrap();
+        assert_eq!(page.records.len(), 1, "nothing of the transaction was written");
+    }
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -1082,6 +1114,7 @@ all_engines!(
     shredding,
     tamper_moved_cells,
     tamper_rows,
+    duplicate_ids_named,
     tamper_key_rows,
     bad_input,
     documents_catalog,

@@ -115,49 +115,13 @@ pub fn mysql_url() -> String {
 }
 
 pub async fn postgres() -> Option<Harness<PostgresBackend>> {
-    let admin_url = postgres_url();
-    let admin = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&admin_url)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            unreachable("postgres", &format!("{admin_url}: {e}"))?;
-            return None;
-        }
-    };
-    let db = unique_name("kluis_t");
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.unwrap();
-    admin.close().await;
-    let url = with_db(&admin_url, &db);
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
-    let loc = Location::Postgres { url, admin_url, db };
-    Some(Harness::finish(Store::new(PostgresBackend::new(pool), schema()), loc, None).await)
+    let (backend, loc) = fresh_postgres().await?;
+    Some(Harness::finish(Store::new(backend, schema()), loc, None).await)
 }
 
 pub async fn mysql() -> Option<Harness<MySqlBackend>> {
-    let admin_url = mysql_url();
-    let admin = match sqlx::mysql::MySqlPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&admin_url)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            unreachable("mariadb", &format!("{admin_url}: {e}"))?;
-            return None;
-        }
-    };
-    let db = unique_name("kluis_t");
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await.unwrap();
-    admin.close().await;
-    let url = with_db(&admin_url, &db);
-    let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
-    let loc = Location::MySql { url, admin_url, db };
-    Some(Harness::finish(Store::new(MySqlBackend::new(pool), schema()), loc, None).await)
+    let (backend, loc) = fresh_mysql().await?;
+    Some(Harness::finish(Store::new(backend, schema()), loc, None).await)
 }
 
 /// Drops a server test database (best effort).
