@@ -21,8 +21,8 @@
 //! ([`crate::schema`]), so identifiers never need quoting.
 //!
 //! The **row tag** is `0x01 || u32 BE key version || HMAC-SHA256` under a key derived from the
-//! tenant's `row_tags` domain key ([`ROW_TAG_DOMAIN`]); docs/FORMAT.md §10 gives the input byte by
-//! byte ([`tag_input`]). It covers every column except the blind index pair: a blind index only
+//! tenant's `row_tags` domain key ([`ROW_TAG_DOMAIN`]); docs/FORMAT.md §10.1 gives the input byte
+//! by byte ([`tag_input`]). It covers every column except the blind index pair: a blind index only
 //! narrows a search, whose hits are opened and compared before they are returned.
 
 use std::sync::Arc;

@@ -2873,6 +2873,62 @@ mod tests {
     use super::*;
     use crate::SqliteBackend;
 
+    /// The committed row tag vector (tests/vectors/row_tags_v1.json, computed from
+    /// docs/FORMAT.md §10.1 by a script, not by this code) is what the store makes and accepts;
+    /// one byte changed anywhere in the row is refused.
+    #[test]
+    fn row_tag_vector() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../../tests/vectors/row_tags_v1.json")).unwrap();
+        let hexf = |k: &str| hex::decode(v[k].as_str().unwrap()).unwrap();
+        let key: [u8; 32] = hexf("row_tags_key").try_into().unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let set = DomainKeySet::from_keys(
+            tenant.clone(),
+            DomainName::new(ROW_TAG_DOMAIN).unwrap(),
+            vec![(1, KeyState::Active, kluis_core::KeyMaterial::from_bytes(key))],
+            kluis_core::Suite::default(),
+            kluis_core::Backend::preferred(),
+        )
+        .unwrap();
+        let access = Access::new(tenant).with(set).unwrap();
+        let r = &v["record"];
+        let row = RecordRow {
+            tenant: r["tenant"].as_str().unwrap().into(),
+            collection: r["collection"].as_str().unwrap().into(),
+            id: r["id"].as_str().unwrap().into(),
+            subject: r["subject"].as_str().unwrap().into(),
+            version: r["version"].as_i64().unwrap(),
+            created_at: r["created_at"].as_i64().unwrap(),
+            updated_at: r["updated_at"].as_i64().unwrap(),
+            retain_until: r["retain_until"].as_i64(),
+            tag: Vec::new(),
+        };
+        // The cells in reverse order: the tag sorts them by field name.
+        let cells: Vec<FieldRow> = v["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|c| FieldRow {
+                field: c["field"].as_str().unwrap().into(),
+                domain: "medical".into(),
+                sealed: hex::decode(c["sealed"].as_str().unwrap()).unwrap(),
+                key_version: c["key_version"].as_i64().unwrap(),
+            })
+            .collect();
+        assert_eq!(layout::tag_input(&row, &cells), hexf("input"));
+        let tag = Store::<SqliteBackend>::row_tag(&access, &row, &cells, &mut Tags::new()).unwrap();
+        assert_eq!(hex::encode(&tag), v["tag"].as_str().unwrap());
+        let mut stored = StoredRecord { record: RecordRow { tag, ..row }, fields: cells };
+        Store::<SqliteBackend>::check_row(&access, &stored, &mut Tags::new()).unwrap();
+        if let Some(b) = stored.fields.get_mut(0).and_then(|c| c.sealed.get_mut(0)) {
+            *b ^= 1;
+        }
+        let e = Store::<SqliteBackend>::check_row(&access, &stored, &mut Tags::new());
+        assert!(matches!(e, Err(StoreError::RowIntegrity { .. })), "{e:?}");
+    }
+
     /// An operation that fails while being sealed, after others were written: the channel closes
     /// without its end mark, the database transaction rolls back, and the sealing error is the
     /// one returned.
