@@ -165,6 +165,52 @@ async fn sqlite_fixture_reads_back() {
     check_reads("sqlite", &store, &keyring(tmp.path())).await;
 }
 
+/// The move out of the legacy layout is one transaction per batch: a batch that cannot move (here
+/// a cell of a field the schema lacks, planted in the middle) moves nothing and keeps every legacy
+/// row; once the cause is gone, the next unlock moves everything and every record reads back.
+#[tokio::test]
+async fn sqlite_legacy_move_is_all_or_nothing_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    for f in ["kluis.sqlite", "keyring.kr", "schema.toml"] {
+        std::fs::copy(fixture().join(f), tmp.path().join(f)).unwrap();
+    }
+    let store =
+        Store::new(SqliteBackend::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(tmp.path()));
+    store.migrate().await.unwrap();
+    let pool = store.backend().pool();
+    let count =
+        |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
+    let legacy = count("SELECT COUNT(*) FROM kluis_records").await;
+    assert!(legacy > 10, "{legacy}");
+    let (t, c, id): (String, String, String) = sqlx::query_as(
+        "SELECT tenant, collection, id FROM kluis_records ORDER BY tenant, collection, id LIMIT 1 OFFSET 10",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO kluis_fields (tenant, collection, record_id, field, domain, sealed, key_version) \
+         VALUES (?, ?, ?, 'not_in_schema', 'general', X'00', 1)",
+    )
+    .bind(&t)
+    .bind(&c)
+    .bind(&id)
+    .execute(pool)
+    .await
+    .unwrap();
+    let keyring = keyring(tmp.path());
+    let e = store.unlock(&keyring, &TenantId::new(&t).unwrap(), &[DomainName::general()]).await;
+    assert!(matches!(e, Err(kluis_store::StoreError::Schema(_))), "{e:?}");
+    assert_eq!(count("SELECT COUNT(*) FROM kluis_records").await, legacy, "every legacy row kept");
+    assert_eq!(count("SELECT COUNT(*) FROM kluis_r_absence").await, 0, "nothing moved");
+    assert_eq!(count("SELECT COUNT(*) FROM kluis_r_employee").await, 0, "nothing moved");
+    sqlx::query("DELETE FROM kluis_fields WHERE field = 'not_in_schema'").execute(pool).await.unwrap();
+    check_reads("sqlite (resumed move)", &store, &keyring).await;
+    assert_eq!(count("SELECT COUNT(*) FROM kluis_records").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM kluis_fields").await, 0);
+    assert_eq!(count("SELECT COUNT(*) FROM kluis_blind_index").await, 0);
+}
+
 /// `tables_sqlite.sql` holds exactly the rows of `kluis.sqlite`: loaded into a fresh database,
 /// it reads back the same.
 #[tokio::test]
