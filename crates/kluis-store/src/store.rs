@@ -526,6 +526,9 @@ pub struct Store<B: Backend> {
     /// The keyring generation record last opened (value, sealed bytes), so the rollback check at
     /// every unlock reads one row and opens it only when its bytes changed.
     generation_seen: Mutex<Option<(u64, Vec<u8>)>>,
+    /// Set once [`Store::move_legacy`] found no legacy row: later unlocks skip the lookup (only
+    /// code from before the row layout writes legacy rows).
+    legacy_moved: std::sync::atomic::AtomicBool,
 }
 
 /// What [`Store::adopt_legacy_keys`] did.
@@ -672,6 +675,7 @@ impl<B: Backend> Store<B> {
             subject_keys: Mutex::new(SubjectCache::default()),
             subject_key_ttl: DEFAULT_SUBJECT_KEY_TTL,
             generation_seen: Mutex::new(None),
+            legacy_moved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -908,11 +912,16 @@ impl<B: Backend> Store<B> {
     /// not depend on the layout), each row with its tag. Resumable: a killed move leaves every
     /// record either moved or not. [`Store::unlock`] runs it; returns how many records moved.
     pub async fn move_legacy(&self, provider: &dyn RootKeyProvider) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        if self.legacy_moved.load(Ordering::Acquire) {
+            return Ok(0);
+        }
         let mut moved = 0u64;
         let mut sets: BTreeMap<String, Access> = BTreeMap::new();
         loop {
             let batch = self.backend.legacy_records(LEGACY_BATCH).await?;
             if batch.is_empty() {
+                self.legacy_moved.store(true, Ordering::Release);
                 return Ok(moved);
             }
             let mut tags = Tags::new();
