@@ -1596,16 +1596,10 @@ macro_rules! backend_impl {
                 let rows = sqlx::query::<$db>(&$sql(&sql)).bind(i64::from(limit)).fetch_all(&self.pool).await?;
                 let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
                 let mut out = Vec::with_capacity(recs.len());
-                let mut group: Vec<RecordRow> = Vec::new();
-                for r in recs {
-                    if group.first().is_some_and(|g| g.tenant != r.tenant || g.collection != r.collection) {
-                        let (t, c) = group.first().map(|g| (g.tenant.clone(), g.collection.clone())).unwrap_or_default();
-                        out.extend(self.attach_fields(&t, &c, std::mem::take(&mut group)).await?);
-                    }
-                    group.push(r);
-                }
-                if let Some((t, c)) = group.first().map(|g| (g.tenant.clone(), g.collection.clone())) {
-                    out.extend(self.attach_fields(&t, &c, group).await?);
+                // attach_fields reads the cells of one (tenant, collection) at a time.
+                for group in recs.chunk_by(|a, b| a.tenant == b.tenant && a.collection == b.collection) {
+                    let Some(first) = group.first() else { continue };
+                    out.extend(self.attach_fields(&first.tenant, &first.collection, group.to_vec()).await?);
                 }
                 let mut with_indexes = Vec::with_capacity(out.len());
                 for s in out {
