@@ -1640,7 +1640,8 @@ impl<B: Backend> Store<B> {
         }
         let v = layout::tag_version(&r.tag).ok_or_else(bad)?;
         let set = access.rows()?;
-        if !set.versions().iter().any(|(kv, st)| *kv == v && *st != KeyState::Destroyed) {
+        if set.key(v).is_err() {
+            // No such version, or destroyed.
             return Err(bad());
         }
         let mac = Self::row_key(set, v, tags)?.index(&layout::tag_input(r, &stored.fields));
