@@ -2337,7 +2337,8 @@ macro_rules! backend_impl {
                     .bind(version)
                     .fetch_optional(&mut *tx)
                     .await?;
-                let v32 = u32::try_from(version).unwrap_or(0);
+                let v32 = u32::try_from(version)
+                    .map_err(|_| StoreError::Invalid(format!("domain key version {version} out of range")))?;
                 let state = match &row {
                     Some(r) => Self::text(r, 0)?,
                     None => {
@@ -2508,7 +2509,7 @@ macro_rules! backend_impl {
                         Bind::I(i) => q.bind(*i),
                     };
                 }
-                Ok(u64::try_from(q.fetch_one(&mut *conn).await?).unwrap_or(0))
+                count_of(q.fetch_one(&mut *conn).await?)
             }
 
             /// Usage of one domain key version, inside a transaction (locking reads on MariaDB).

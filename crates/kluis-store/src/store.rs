@@ -1850,12 +1850,14 @@ impl<B: Backend> Store<B> {
         let now = now_unix();
         let records = self.backend.subject_records(&self.layout, tenant.as_str(), subject).await?;
         let mut audit = None;
-        if let Some(r) = records.iter().find(|r| r.retain_until.is_some_and(|u| u > now)) {
+        if let Some((r, until)) =
+            records.iter().find_map(|r| r.retain_until.filter(|u| *u > now).map(|u| (r, u)))
+        {
             let Some(o) = legal_override else {
                 return Err(StoreError::RetentionActive {
                     collection: r.collection.clone(),
                     record: r.id.clone(),
-                    retain_until: r.retain_until.unwrap_or(0),
+                    retain_until: until,
                 });
             };
             audit = Some(OverrideRow {
@@ -2019,8 +2021,8 @@ impl<B: Backend> Store<B> {
     /// A subject key wrapped under a domain key version newer than any the caller holds: the
     /// domain key was rotated after the caller unlocked (retryable after unlocking again).
     fn require_version(set: &DomainKeySet, wrap_version: u32) -> Result<()> {
-        let newest = set.versions().iter().map(|(v, _)| *v).max().unwrap_or(0);
-        if wrap_version > newest {
+        let newest = set.versions().iter().map(|(v, _)| *v).max();
+        if newest.is_none_or(|n| wrap_version > n) {
             return Err(StoreError::KeyChanged {
                 what: format!(
                     "domain key {}/{} v{wrap_version} is newer than the caller's keys: unlock again",
