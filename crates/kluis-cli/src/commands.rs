@@ -9,7 +9,7 @@ use kluis_core::{DomainName, KeyState, TenantId};
 use kluis_keyring::KeyringFile;
 use kluis_service::{AdminActor, AdminEvent};
 use kluis_store::schema::FieldType;
-use kluis_store::{Access, Backend, FieldValue, LegalOverride, NewRecord, Op, Record, StoreError, Value};
+use kluis_store::{Access, Backend, FieldValue, LegalOverride, NewRecord, Op, Record, Value};
 use serde_json::{Value as Json, json};
 
 use crate::cli::{
@@ -373,11 +373,7 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
     };
     let to_provider = target.provider();
     // Every domain key record, as stored.
-    let rows = env.store.backend().all_domain_keys().await?;
-    let mut records = Vec::with_capacity(rows.len());
-    for row in &rows {
-        records.push(record_from_row(row)?);
-    }
+    let records = env.store.all_domain_key_records().await?;
     let mut done = Vec::new();
     let report = kluis_kms::migrate_root(from, to_provider, &records, |r| {
         done.push(r.clone());
@@ -386,10 +382,7 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
     .await;
     // Persist what was rewrapped in one transaction, even if the migration stopped part-way
     // (a rerun skips what is already under the target).
-    if !done.is_empty() {
-        let rows = done.iter().map(row_from_record).collect::<Result<Vec<_>>>()?;
-        env.store.backend().put_domain_keys(rows, false).await?;
-    }
+    env.store.store_rewrapped(&records, &done).await?;
     let report = report?;
     let remaining = records.len() - report.rewrapped - report.already_done - report.destroyed;
     if remaining == 0 {
@@ -417,39 +410,6 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
     ));
     r.line("kluis.toml now names the new root; keep the old one until backups made before today expire");
     Ok(r)
-}
-
-fn record_from_row(row: &kluis_store::backend::DomainKeyRow) -> Result<kluis_core::DomainKeyRecord> {
-    let what = || {
-        CliError::Store(StoreError::KeyIntegrity {
-            what: format!("domain key {}/{} v{}", row.tenant, row.domain, row.version),
-        })
-    };
-    Ok(kluis_core::DomainKeyRecord {
-        tenant: TenantId::new(row.tenant.clone())?,
-        domain: DomainName::new(row.domain.clone())?,
-        version: u32::try_from(row.version).map_err(|_| what())?,
-        state: KeyState::parse(&row.state).map_err(|_| what())?,
-        wrapped: match &row.wrapped {
-            Some(b) => Some(kluis_core::WrappedKey::from_bytes(b).map_err(|_| what())?),
-            None => None,
-        },
-        tag: match &row.tag {
-            Some(t) => Some(<[u8; 32]>::try_from(t.as_slice()).map_err(|_| what())?),
-            None => None,
-        },
-    })
-}
-
-fn row_from_record(r: &kluis_core::DomainKeyRecord) -> Result<kluis_store::backend::DomainKeyRow> {
-    Ok(kluis_store::backend::DomainKeyRow {
-        tenant: r.tenant.to_string(),
-        domain: r.domain.to_string(),
-        version: i64::from(r.version),
-        state: r.state.as_str().to_owned(),
-        wrapped: r.wrapped.as_ref().map(kluis_core::WrappedKey::to_bytes).transpose()?,
-        tag: r.tag.map(|t| t.to_vec()),
-    })
 }
 
 async fn keys_adopt<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, actor: &str) -> Result<Report> {

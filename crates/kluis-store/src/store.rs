@@ -2016,6 +2016,50 @@ impl<B: Backend> Store<B> {
         Ok(n)
     }
 
+    /// Every domain key record of every tenant, as stored (a root migration through another
+    /// provider rewraps them; [`Store::store_rewrapped`] writes the result).
+    pub async fn all_domain_key_records(&self) -> Result<Vec<DomainKeyRecord>> {
+        let mut out = Vec::new();
+        for row in self.backend.all_domain_keys().await? {
+            let tenant = TenantId::new(row.tenant.clone())?;
+            let domain = DomainName::new(row.domain.clone())?;
+            out.extend(Self::records_from_rows(&tenant, &domain, std::slice::from_ref(&row))?);
+        }
+        Ok(out)
+    }
+
+    /// Writes rewrapped domain key records (`new`, each a record of `old` with another wrapped
+    /// key) in one transaction, each only if its row still holds the wrapped key of `old`
+    /// ([`StoreError::KeyChanged`] and nothing written otherwise).
+    pub async fn store_rewrapped(&self, old: &[DomainKeyRecord], new: &[DomainKeyRecord]) -> Result<()> {
+        let mut out = Vec::with_capacity(new.len());
+        for n in new {
+            let o = old
+                .iter()
+                .find(|o| o.tenant == n.tenant && o.domain == n.domain && o.version == n.version)
+                .ok_or_else(|| {
+                    StoreError::Invalid(format!(
+                        "domain key {}/{} v{} was not read",
+                        n.tenant, n.domain, n.version
+                    ))
+                })?;
+            if (o.state, o.tag) != (n.state, n.tag) {
+                return Err(StoreError::Invalid(format!(
+                    "domain key {}/{} v{}: a rewrap changes the wrapped key only",
+                    n.tenant, n.domain, n.version
+                )));
+            }
+            let old_bytes = o.wrapped.as_ref().map(WrappedKey::to_bytes).transpose()?.unwrap_or_default();
+            for r in Self::rows_from_records(std::slice::from_ref(n))? {
+                out.push((r, old_bytes.clone()));
+            }
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.backend.rewrap_domain_key_rows(out).await
+    }
+
     // ---------------------------------------------------------------- rotation and re-encryption
 
     /// A subject key wrapped under a domain key version newer than any the caller holds: the
