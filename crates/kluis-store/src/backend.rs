@@ -1562,12 +1562,21 @@ macro_rules! backend_impl {
             }
 
             async fn install(&self, layout: &Layout) -> Result<()> {
-                use sqlx::{Column, Executor};
+                // The catalog, not a `SELECT *` probe: PostgreSQL refuses a cached plan of one
+                // whose result type an ALTER TABLE changed.
+                let columns_sql = match $engine {
+                    Engine::Sqlite => "SELECT name FROM pragma_table_info(?)",
+                    Engine::Postgres => {
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?"
+                    }
+                    Engine::MySql => {
+                        "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?"
+                    }
+                };
                 for t in layout.tables() {
                     sqlx::query::<$db>(&t.create_sql($engine)).execute(&self.pool).await?;
-                    let probe = format!("SELECT * FROM {} WHERE 1 = 0", t.name);
-                    let described = (&self.pool).describe(&probe).await?;
-                    let existing: Vec<String> = described.columns().iter().map(|c| c.name().to_owned()).collect();
+                    let rows = sqlx::query::<$db>(&$sql(columns_sql)).bind(&t.name).fetch_all(&self.pool).await?;
+                    let existing = rows.iter().map(|r| Self::text(r, 0)).collect::<Result<Vec<String>>>()?;
                     for sql in t.add_columns_sql($engine, &existing).into_iter().chain(t.index_sql($engine)) {
                         sqlx::query::<$db>(&sql).execute(&self.pool).await?;
                     }
