@@ -13,6 +13,8 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 use crate::error::{Result, StoreError};
 pub use crate::layout::{CellColumns, Layout, Table};
+use crate::schema::FieldType;
+use crate::value::Value;
 
 /// Which database engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,6 +127,9 @@ pub enum WriteOp {
         remove_fields: Vec<String>,
         /// Blind indexes set.
         set_indexes: Vec<IndexRow>,
+        /// Columns of the collection's table (as [`Table`] names them) set to NULL: where a
+        /// value was before a schema migration moved it between a sealed and a clear column.
+        null_columns: Vec<String>,
     },
     /// Replace the blind index of one field of a record (re-indexing after a key rotation).
     SetIndex {
@@ -907,11 +912,41 @@ fn count_of(n: i64) -> Result<u64> {
 }
 
 /// A bind of a statement whose columns depend on the table.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Arg<'a> {
     S(&'a str),
     I(Option<i64>),
     B(Option<&'a [u8]>),
+    /// A clear field's value, decoded from its encoding.
+    Text(Option<String>),
+    Bool(Option<bool>),
+    Bytes(Option<Vec<u8>>),
+}
+
+/// The bind of a clear field's column: the value (in its encoding, as the row tag covers it)
+/// decoded into the column's type; `None` binds NULL.
+fn clear_arg(table: &Table, field: &str, ty: FieldType, encoded: Option<&[u8]>) -> Result<Arg<'static>> {
+    let Some(b) = encoded else {
+        return Ok(match ty {
+            FieldType::Integer => Arg::I(None),
+            FieldType::Bool => Arg::Bool(None),
+            FieldType::Bytes => Arg::Bytes(None),
+            _ => Arg::Text(None),
+        });
+    };
+    let bad =
+        || StoreError::Invalid(format!("field {}.{field}: not a {} value", table.collection, ty.as_str()));
+    // The value goes into the database in clear anyway: the copies need no wiping.
+    let value = Value::decode(b).ok_or_else(bad)?;
+    Ok(match (ty, &value) {
+        (FieldType::Integer, Value::Integer(i)) => Arg::I(Some(*i)),
+        (FieldType::Bool, Value::Bool(v)) => Arg::Bool(Some(*v)),
+        (FieldType::Bytes, Value::Bytes(v)) => Arg::Bytes(Some(v.clone())),
+        (FieldType::Text, Value::Text(v))
+        | (FieldType::Decimal | FieldType::Percentage, Value::Decimal(v))
+        | (FieldType::Date, Value::Date(v)) => Arg::Text(Some(v.clone())),
+        _ => return Err(bad()),
+    })
 }
 
 /// The index columns of `field` in `table`.
@@ -950,7 +985,10 @@ fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<
     let mut cols =
         String::from("tenant, id, subject, version, created_at, updated_at, retain_until, row_tag");
     for c in &table.cells {
-        cols.push_str(&format!(", {}, {}", c.sealed, c.version));
+        match c.clear {
+            Some(_) => cols.push_str(&format!(", {}", c.sealed)),
+            None => cols.push_str(&format!(", {}, {}", c.sealed, c.version)),
+        }
         if let Some((i, j)) = &c.index {
             cols.push_str(&format!(", {i}, {j}"));
         }
@@ -972,6 +1010,10 @@ fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<
         ]);
         for c in &table.cells {
             let cell = fields.iter().find(|f| f.field == c.field);
+            if let Some(ty) = c.clear {
+                args.push(clear_arg(table, &c.field, ty, cell.map(|f| f.sealed.as_slice()))?);
+                continue;
+            }
             args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
             args.push(Arg::I(cell.map(|f| f.key_version)));
             if c.index.is_some() {
@@ -1008,9 +1050,8 @@ fn update_row<'a>(
     table: &Table,
     r: &'a RecordRow,
     expected: (i64, &'a [u8]),
-    set: &'a [FieldRow],
-    remove: &'a [String],
-    indexes: &'a [IndexRow],
+    (set, remove, indexes): (&'a [FieldRow], &'a [String], &'a [IndexRow]),
+    null_columns: &[String],
 ) -> Result<(String, Vec<Arg<'a>>)> {
     check_fields(table, set, indexes)?;
     let mut sql =
@@ -1027,6 +1068,11 @@ fn update_row<'a>(
         if cell.is_none() && !removed {
             continue;
         }
+        if let Some(ty) = c.clear {
+            sql.push_str(&format!(", {} = ?", c.sealed));
+            args.push(clear_arg(table, &c.field, ty, cell.map(|f| f.sealed.as_slice()))?);
+            continue;
+        }
         sql.push_str(&format!(", {} = ?, {} = ?", c.sealed, c.version));
         args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
         args.push(Arg::I(cell.map(|f| f.key_version)));
@@ -1041,6 +1087,13 @@ fn update_row<'a>(
         if table.cell(f).is_none() {
             return Err(StoreError::Schema(format!("unknown field {}.{f}", table.collection)));
         }
+    }
+    for col in null_columns {
+        // Only identifiers a layout made (checked: never text from elsewhere in SQL).
+        if !col.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(StoreError::Invalid(format!("column name {col:?}")));
+        }
+        sql.push_str(&format!(", {col} = NULL"));
     }
     sql.push_str(" WHERE tenant = ? AND id = ? AND version = ? AND row_tag = ?");
     args.push(Arg::S(&r.tenant));
@@ -1119,8 +1172,15 @@ macro_rules! backend_impl {
                     tag: row.try_get(7)?,
                 };
                 let mut fields = Vec::with_capacity(table.cells.len());
-                for (i, c) in table.cells.iter().enumerate() {
-                    let at = 8 + 2 * i;
+                let mut at = 8;
+                for c in &table.cells {
+                    if let Some(ty) = c.clear {
+                        if let Some(encoded) = Self::clear_cell(row, at, ty)? {
+                            fields.push(FieldRow { field: c.field.clone(), domain: c.domain.clone(), sealed: encoded, key_version: 0 });
+                        }
+                        at += 1;
+                        continue;
+                    }
                     let sealed: Option<Vec<u8>> = row.try_get(at)?;
                     let version: Option<i64> = row.try_get(at + 1)?;
                     match (sealed, version) {
@@ -1140,22 +1200,39 @@ macro_rules! backend_impl {
                             });
                         }
                     }
+                    at += 2;
                 }
                 Ok(StoredRecord { record, fields })
             }
 
             fn bind_args<'q>(
                 mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
-                args: &[Arg<'q>],
+                args: &'q [Arg<'q>],
             ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
                 for a in args {
-                    q = match *a {
-                        Arg::S(s) => q.bind(s),
-                        Arg::I(i) => q.bind(i),
-                        Arg::B(b) => q.bind(b),
+                    q = match a {
+                        Arg::S(s) => q.bind(*s),
+                        Arg::I(i) => q.bind(*i),
+                        Arg::B(b) => q.bind(*b),
+                        Arg::Text(t) => q.bind(t.as_deref()),
+                        Arg::Bool(v) => q.bind(*v),
+                        Arg::Bytes(v) => q.bind(v.as_deref()),
                     };
                 }
                 q
+            }
+
+            /// A clear field's column as read, back in the value encoding the row tag covers.
+            fn clear_cell(row: &<$db as sqlx::Database>::Row, at: usize, ty: FieldType) -> Result<Option<Vec<u8>>> {
+                let v = match ty {
+                    FieldType::Integer => row.try_get::<Option<i64>, _>(at)?.map(Value::Integer),
+                    FieldType::Bool => row.try_get::<Option<bool>, _>(at)?.map(Value::Bool),
+                    FieldType::Bytes => row.try_get::<Option<Vec<u8>>, _>(at)?.map(Value::Bytes),
+                    FieldType::Decimal | FieldType::Percentage => Self::opt_text(row, at)?.map(Value::Decimal),
+                    FieldType::Date => Self::opt_text(row, at)?.map(Value::Date),
+                    _ => Self::opt_text(row, at)?.map(Value::Text),
+                };
+                Ok(v.map(|v| v.encode().to_vec()))
             }
 
             async fn attach_fields(
@@ -1233,14 +1310,23 @@ macro_rules! backend_impl {
                         }
                         drop(args);
                         let [(record, fields, _)] = row;
-                        for f in &fields {
+                        for f in fields.iter().filter(|f| table.is_sealed(&f.field)) {
                             used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
                         }
                         Ok(())
                     }
-                    WriteOp::Update { table, record, expected_version, expected_tag, set_fields, remove_fields, set_indexes } => {
+                    WriteOp::Update {
+                        table,
+                        record,
+                        expected_version,
+                        expected_tag,
+                        set_fields,
+                        remove_fields,
+                        set_indexes,
+                        null_columns,
+                    } => {
                         let (sql, args) =
-                            update_row(&table, &record, (expected_version, &expected_tag), &set_fields, &remove_fields, &set_indexes)?;
+                            update_row(&table, &record, (expected_version, &expected_tag), (&set_fields, &remove_fields, &set_indexes), &null_columns)?;
                         let sql = $sql(&sql).into_owned();
                         let done = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await?;
                         if done.rows_affected() != 1 {
@@ -1252,7 +1338,7 @@ macro_rules! backend_impl {
                                 e => e,
                             });
                         }
-                        for f in &set_fields {
+                        for f in set_fields.iter().filter(|f| table.is_sealed(&f.field)) {
                             used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
                         }
                         Ok(())
@@ -1353,7 +1439,7 @@ macro_rules! backend_impl {
                     Err(e) => return Err(e.into()),
                 }
                 for (r, fields, _) in &p.rows {
-                    for f in fields {
+                    for f in fields.iter().filter(|f| p.table.is_sealed(&f.field)) {
                         used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
                     }
                 }

@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{Engine, FieldRow, RecordRow};
 use crate::error::{Result, StoreError};
-use crate::schema::{Collection, Schema};
+use crate::schema::{Collection, FieldType, Schema};
 
 /// The domain whose key the row tags' MAC key comes from: one per tenant, used by no field, so a
 /// shred (which rotates and destroys the keys of the subject's domains) never touches it.
@@ -68,10 +68,12 @@ pub struct CellColumns {
     pub field: String,
     /// Domain (from the schema): the domain whose subject key seals the value.
     pub domain: String,
-    /// Sealed value column.
+    /// Sealed value column (`f_<field>`), or for a clear field its typed column (`c_<field>`).
     pub sealed: String,
-    /// Subject key version column.
+    /// Subject key version column (`k_<field>`; empty for a clear field, which has none).
     pub version: String,
+    /// The type of a clear field (`None`: sealed).
+    pub clear: Option<FieldType>,
     /// Blind index columns (index, domain key version), if the field is indexed.
     pub index: Option<(String, String)>,
 }
@@ -95,8 +97,9 @@ impl Table {
             .map(|f| CellColumns {
                 field: f.name.clone(),
                 domain: f.domain.as_str().to_owned(),
-                sealed: ident("f_", &f.name),
-                version: ident("k_", &f.name),
+                sealed: if f.clear { ident("c_", &f.name) } else { ident("f_", &f.name) },
+                version: if f.clear { String::new() } else { ident("k_", &f.name) },
+                clear: f.clear.then_some(f.ty),
                 index: f.blind_index.then(|| (ident("i_", &f.name), ident("j_", &f.name))),
             })
             .collect();
@@ -108,9 +111,14 @@ impl Table {
         self.cells.iter().find(|c| c.field == field)
     }
 
-    /// The columns of the fields of `domain`.
+    /// Is `field` a sealed (not clear) field of the table?
+    pub fn is_sealed(&self, field: &str) -> bool {
+        self.cell(field).is_some_and(|c| c.clear.is_none())
+    }
+
+    /// The columns of the sealed fields of `domain` (clear fields have no key).
     pub fn cells_in<'a>(&'a self, domain: &'a str) -> impl Iterator<Item = &'a CellColumns> + 'a {
-        self.cells.iter().filter(move |c| c.domain == domain)
+        self.cells.iter().filter(move |c| c.domain == domain && c.clear.is_none())
     }
 
     /// The domains of the table's fields, without duplicates.
@@ -122,14 +130,18 @@ impl Table {
     }
 
     /// `SELECT` list of a whole row: the bookkeeping columns (as [`RecordRow`], collection left
-    /// out), `row_tag`, then each field's sealed and version columns in `cells` order.
+    /// out), `row_tag`, then in `cells` order each sealed field's value and version columns, or a
+    /// clear field's one column.
     pub(crate) fn select_list(&self, alias: &str) -> String {
         let mut s = format!(
             "{alias}tenant, {alias}id, {alias}subject, {alias}version, {alias}created_at, {alias}updated_at, \
              {alias}retain_until, {alias}row_tag"
         );
         for c in &self.cells {
-            s.push_str(&format!(", {alias}{}, {alias}{}", c.sealed, c.version));
+            match c.clear {
+                Some(_) => s.push_str(&format!(", {alias}{}", c.sealed)),
+                None => s.push_str(&format!(", {alias}{}, {alias}{}", c.sealed, c.version)),
+            }
         }
         s
     }
@@ -151,7 +163,10 @@ impl Table {
              created_at {int} NOT NULL, updated_at {int} NOT NULL, retain_until {int}, row_tag {blob} NOT NULL"
         );
         for c in &self.cells {
-            cols.push_str(&format!(", {} {blob}, {} {int}", c.sealed, c.version));
+            match c.clear {
+                Some(ty) => cols.push_str(&format!(", {} {}", c.sealed, clear_type(engine, ty))),
+                None => cols.push_str(&format!(", {} {blob}, {} {int}", c.sealed, c.version)),
+            }
             if let Some((i, j)) = &c.index {
                 cols.push_str(&format!(", {i} {idx_blob}, {j} {int}"));
             }
@@ -191,6 +206,17 @@ impl Table {
         let has = |c: &str| existing.iter().any(|e| e.eq_ignore_ascii_case(c));
         let mut out = Vec::new();
         for c in &self.cells {
+            if let Some(ty) = c.clear {
+                if !has(&c.sealed) {
+                    out.push(format!(
+                        "ALTER TABLE {} ADD COLUMN {} {}",
+                        self.name,
+                        c.sealed,
+                        clear_type(engine, ty)
+                    ));
+                }
+                continue;
+            }
             for (col, ty) in [(&c.sealed, blob), (&c.version, int)] {
                 if !has(col) {
                     out.push(format!("ALTER TABLE {} ADD COLUMN {col} {ty}", self.name));
@@ -206,6 +232,26 @@ impl Table {
             }
         }
         out
+    }
+}
+
+/// The column type of a clear field: the engine's integer, boolean and binary types; text for
+/// text, decimals and percentages (exactly as written; `CAST` to sort them as numbers) and dates
+/// (`YYYY-MM-DD`, which sorts as text).
+fn clear_type(engine: Engine, ty: FieldType) -> &'static str {
+    match (engine, ty) {
+        (Engine::Sqlite, FieldType::Integer | FieldType::Bool) => "INTEGER",
+        (Engine::Sqlite, FieldType::Bytes) => "BLOB",
+        (Engine::Sqlite, _) => "TEXT",
+        (Engine::Postgres, FieldType::Integer) => "BIGINT",
+        (Engine::Postgres, FieldType::Bool) => "BOOLEAN",
+        (Engine::Postgres, FieldType::Bytes) => "BYTEA",
+        (Engine::Postgres, _) => "TEXT",
+        (Engine::MySql, FieldType::Integer) => "BIGINT",
+        (Engine::MySql, FieldType::Bool) => "BOOLEAN",
+        (Engine::MySql, FieldType::Bytes) => "LONGBLOB",
+        (Engine::MySql, FieldType::Date) => "VARCHAR(10) CHARACTER SET ascii COLLATE ascii_bin",
+        (Engine::MySql, _) => "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
     }
 }
 

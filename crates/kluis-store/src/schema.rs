@@ -9,6 +9,7 @@
 //! work_capacity   = { type = "percentage", domain = "general" }
 //! employee_number = { type = "text", domain = "general", blind_index = true, max_bytes = 32 }
 //! diagnosis       = { type = "text", domain = "medical", max_bytes = 2000 }
+//! hours_per_week  = { type = "integer", domain = "general", clear = true }
 //! doctor_notes    = { type = "text", domain = "medical" }
 //! ```
 
@@ -86,6 +87,10 @@ pub struct FieldDef {
     pub blind_index: bool,
     /// Maximum size of the value's encoding in bytes.
     pub max_bytes: usize,
+    /// Stored in clear, in a typed column the application can filter, sort and report on
+    /// (never a `medical` field; still covered by the row tag; outside crypto-shredding's reach
+    /// in backups taken before a shred).
+    pub clear: bool,
 }
 
 /// A collection: a named set of fields.
@@ -172,6 +177,7 @@ impl Schema {
                     domain,
                     blind_index: rf.blind_index,
                     max_bytes: rf.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+                    clear: rf.clear,
                 });
             }
             b = b.collection_with(&cname, fields);
@@ -210,6 +216,8 @@ struct RawField {
     #[serde(default)]
     blind_index: bool,
     max_bytes: Option<usize>,
+    #[serde(default)]
+    clear: bool,
 }
 
 /// Builds a [`Schema`] in code.
@@ -227,6 +235,7 @@ pub fn field(name: &str, ty: FieldType, domain: &str) -> FieldSpec {
         domain: domain.to_owned(),
         blind_index: false,
         max_bytes: DEFAULT_MAX_BYTES,
+        clear: false,
     }
 }
 
@@ -238,9 +247,16 @@ pub struct FieldSpec {
     domain: String,
     blind_index: bool,
     max_bytes: usize,
+    clear: bool,
 }
 
 impl FieldSpec {
+    /// Stores the field in clear (see [`FieldDef::clear`]).
+    pub fn clear(mut self) -> Self {
+        self.clear = true;
+        self
+    }
+
     /// Adds a blind index.
     pub fn blind_index(mut self) -> Self {
         self.blind_index = true;
@@ -267,6 +283,7 @@ impl SchemaBuilder {
                     domain,
                     blind_index: f.blind_index,
                     max_bytes: f.max_bytes,
+                    clear: f.clear,
                 }),
                 Err(e) => {
                     err.get_or_insert(StoreError::Schema(format!("field {name}.{}: {e}", f.name)));
@@ -310,6 +327,18 @@ impl SchemaBuilder {
             if f.blind_index && f.ty == FieldType::Bool {
                 return Err(StoreError::Schema(format!(
                     "field {name}.{}: a bool has two values; a blind index on it reveals them",
+                    f.name
+                )));
+            }
+            if f.clear && f.domain == DomainName::medical() {
+                return Err(StoreError::Schema(format!(
+                    "field {name}.{}: a medical field is never stored in clear",
+                    f.name
+                )));
+            }
+            if f.clear && f.blind_index {
+                return Err(StoreError::Schema(format!(
+                    "field {name}.{}: a clear field is searched in its own column, not through a blind index",
                     f.name
                 )));
             }

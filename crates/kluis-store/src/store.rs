@@ -313,6 +313,8 @@ pub struct MigrationReport {
     pub indexes_written: u64,
     /// Blind index entries removed.
     pub indexes_dropped: u64,
+    /// Values moved from a sealed to a clear column or back (the column left is emptied).
+    pub cells_clear_changed: u64,
     /// Records skipped because they changed concurrently (run the migration again).
     pub conflicts: u64,
 }
@@ -1223,7 +1225,9 @@ impl<B: Backend> Store<B> {
         for (name, _) in fields {
             let def = field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
-            self.subject_key_for_write(set, subject, tags).await?;
+            if !def.clear {
+                self.subject_key_for_write(set, subject, tags).await?;
+            }
         }
         Ok(())
     }
@@ -1244,6 +1248,16 @@ impl<B: Backend> Store<B> {
         for (name, v) in fields {
             let def = field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
+            if def.clear {
+                // Stored in clear, in its encoding (which the row tag covers); no subject key.
+                cells.push(FieldRow {
+                    field: name.clone(),
+                    domain: def.domain.to_string(),
+                    sealed: v.encode().to_vec(),
+                    key_version: 0,
+                });
+                continue;
+            }
             let (skv, sk) = match &last {
                 Some((d, v, k)) if *d == def.domain.as_str() => (*v, k.clone()),
                 _ => {
@@ -1584,6 +1598,7 @@ impl<B: Backend> Store<B> {
                     set_fields: fields,
                     remove_fields: remove,
                     set_indexes: indexes,
+                    null_columns: Vec::new(),
                 }]
             }
             Planned::Ready(writes) => writes,
@@ -1666,6 +1681,7 @@ impl<B: Backend> Store<B> {
 
     async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
         Self::check_row(access, &stored, tags)?;
+        let table = self.layout.table(&stored.record.collection)?.clone();
         let r = stored.record;
         let mut fields = BTreeMap::new();
         for cell in stored.fields {
@@ -1679,6 +1695,12 @@ impl<B: Backend> Store<B> {
                 fields.insert(cell.field, FieldValue::Withheld { domain: cell.domain });
                 continue;
             };
+            if !table.is_sealed(&cell.field) {
+                // A clear field: its encoding, checked by the row tag already.
+                let value = Value::decode(&cell.sealed).ok_or_else(integrity)?;
+                fields.insert(cell.field, FieldValue::Value(value));
+                continue;
+            }
             let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
             let sk = match tags.key(&r.subject, &cell.domain, v) {
                 Some(k) => k.clone(),
@@ -2355,7 +2377,9 @@ impl<B: Backend> Store<B> {
             let coll = self.schema.collection(&r.collection).ok();
             let mut cells = Vec::new();
             let mut indexes = Vec::new();
-            for cell in stored.fields.iter().filter(|c| c.domain == d) {
+            let table = self.layout.table(&stored.record.collection)?;
+            // Clear fields have no subject key: nothing to re-seal.
+            for cell in stored.fields.iter().filter(|c| c.domain == d && table.is_sealed(&c.field)) {
                 let integrity = || StoreError::Integrity {
                     collection: r.collection.clone(),
                     record: r.id.clone(),
@@ -2466,14 +2490,26 @@ impl<B: Backend> Store<B> {
         self.backend.install(&target_layout).await?;
         for tcoll in target.collections() {
             let Ok(old) = self.schema.collection(&tcoll.name) else { continue };
-            let old_table = self.layout.table(&tcoll.name)?;
             let new_table = target_layout.table(&tcoll.name)?;
             let changed: Vec<&FieldDef> = tcoll
                 .fields()
                 .filter(|f| {
-                    old.field(&f.name).is_none_or(|o| o.domain != f.domain || o.blind_index != f.blind_index)
+                    old.field(&f.name).is_none_or(|o| {
+                        o.domain != f.domain || o.blind_index != f.blind_index || o.clear != f.clear
+                    })
                 })
                 .collect();
+            // Read through the current columns and, for a field changing between sealed and
+            // clear, its target column too: whichever holds the value (a record an earlier run
+            // moved has it in the target column), so the row tag is checked over what is there.
+            let mut read_table = (**self.layout.table(&tcoll.name)?).clone();
+            for f in &changed {
+                if old.field(&f.name).is_some_and(|o| o.clear != f.clear)
+                    && let Some(c) = new_table.cell(&f.name)
+                {
+                    read_table.cells.push(c.clone());
+                }
+            }
             if changed.is_empty() {
                 continue;
             }
@@ -2482,7 +2518,7 @@ impl<B: Backend> Store<B> {
             }
             let mut after: Option<String> = None;
             loop {
-                let page = self.backend.list(old_table, &tenant, None, after.as_deref(), 200).await?;
+                let page = self.backend.list(&read_table, &tenant, None, after.as_deref(), 200).await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.record.id.clone());
                 let full = page.len() == 200;
@@ -2518,21 +2554,40 @@ impl<B: Backend> Store<B> {
         tags: &mut Tags,
     ) -> Result<Option<Vec<WriteOp>>> {
         let r = &stored.record;
+        let old_table = self.layout.table(&r.collection)?;
         let mut set_fields = Vec::new();
         let mut set_indexes = Vec::new();
+        let mut null_columns = Vec::new();
         let mut extra = Vec::new();
         for def in changed {
             let Some(cell) = stored.fields.iter().find(|c| c.field == def.name) else { continue };
-            let old_set = access.require(&cell.domain)?;
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
                 record: r.id.clone(),
                 field: cell.field.clone(),
             };
+            // A cell read from a clear column has key version 0 (subject key versions start at 1).
+            let was_clear = cell.key_version == 0;
+            if was_clear && def.clear {
+                // Clear before and after (its domain changed): nothing is sealed, nothing moves.
+                continue;
+            }
+            let same_index = self
+                .schema
+                .collection(&r.collection)
+                .ok()
+                .and_then(|c| c.field(&def.name))
+                .is_some_and(|o| o.blind_index == def.blind_index);
+            if !was_clear && !def.clear && cell.domain == def.domain.as_str() && same_index {
+                // Sealed in the right domain with the right index: moved by an earlier run.
+                continue;
+            }
             let cell_version = u32::try_from(cell.key_version).map_err(|_| integrity())?;
-            // The table says which domain a field's cells are in by the schema: a cell an earlier
-            // run already moved opens under the target domain, and is done.
-            if cell.domain != def.domain.as_str()
+            // The table says which domain a field's cells are in by the schema: a sealed cell an
+            // earlier run already moved opens under the target domain, and is done.
+            if !was_clear
+                && !def.clear
+                && cell.domain != def.domain.as_str()
                 && let Some(set) = access.set(def.domain.as_str())
                 && let Ok(Some((_, k))) =
                     self.load_subject_key(set, &r.subject, Some(cell_version), tags).await
@@ -2548,18 +2603,25 @@ impl<B: Backend> Store<B> {
                     continue;
                 }
             }
-            let (_, old_key) = self
-                .load_subject_key(old_set, &r.subject, Some(cell_version), tags)
-                .await?
-                .ok_or_else(integrity)?;
-            let old_ctx = Context {
-                tenant: &access.tenant,
-                domain: old_set.domain(),
-                collection: &r.collection,
-                field: &cell.field,
-                record: &r.id,
+            // The value's encoding, opened if it was sealed.
+            let plain: zeroize::Zeroizing<Vec<u8>> = if was_clear {
+                zeroize::Zeroizing::new(cell.sealed.clone())
+            } else {
+                let old_set = access.require(&cell.domain)?;
+                let (_, old_key) = self
+                    .load_subject_key(old_set, &r.subject, Some(cell_version), tags)
+                    .await?
+                    .ok_or_else(integrity)?;
+                let old_ctx = Context {
+                    tenant: &access.tenant,
+                    domain: old_set.domain(),
+                    collection: &r.collection,
+                    field: &cell.field,
+                    record: &r.id,
+                };
+                let pt = old_key.open(&old_ctx, &cell.sealed).map_err(|_| integrity())?;
+                zeroize::Zeroizing::new(pt.expose_secret().to_vec())
             };
-            let pt = old_key.open(&old_ctx, &cell.sealed).map_err(|_| integrity())?;
             let new_set = access.require(def.domain.as_str())?;
             let index = |set: &DomainKeySet| -> Result<IndexRow> {
                 let v =
@@ -2567,10 +2629,33 @@ impl<B: Backend> Store<B> {
                 Ok(IndexRow {
                     field: def.name.clone(),
                     key_version: i64::from(v),
-                    idx: Self::blind_index(set, v, &tcoll.name, &def.name, pt.expose_secret())?,
+                    idx: Self::blind_index(set, v, &tcoll.name, &def.name, &plain)?,
                 })
             };
-            if cell.domain != def.domain.as_str() {
+            // The columns the value leaves when it changes between sealed and clear.
+            let leaving = |out: &mut Vec<String>| {
+                if let Some(c) = old_table.cell(&def.name) {
+                    out.push(c.sealed.clone());
+                    if c.clear.is_none() {
+                        out.push(c.version.clone());
+                    }
+                    if let Some((i, j)) = &c.index {
+                        out.push(i.clone());
+                        out.push(j.clone());
+                    }
+                }
+            };
+            if def.clear {
+                // Sealed before: the value goes to its clear column, the sealed one is emptied.
+                set_fields.push(FieldRow {
+                    field: def.name.clone(),
+                    domain: def.domain.to_string(),
+                    sealed: plain.to_vec(),
+                    key_version: 0,
+                });
+                leaving(&mut null_columns);
+                report.cells_clear_changed += 1;
+            } else if was_clear || cell.domain != def.domain.as_str() {
                 let (new_version, new_key) = self.subject_key_for_write(new_set, &r.subject, tags).await?;
                 let ctx = Context {
                     tenant: &access.tenant,
@@ -2582,10 +2667,16 @@ impl<B: Backend> Store<B> {
                 set_fields.push(FieldRow {
                     field: def.name.clone(),
                     domain: def.domain.to_string(),
-                    sealed: new_key.seal(&ctx, pt.expose_secret())?,
+                    sealed: new_key.seal(&ctx, &plain)?,
                     key_version: i64::from(new_version),
                 });
-                report.cells_resealed += 1;
+                if was_clear {
+                    // The plaintext column is emptied in the same statement.
+                    leaving(&mut null_columns);
+                    report.cells_clear_changed += 1;
+                } else {
+                    report.cells_resealed += 1;
+                }
                 if def.blind_index {
                     set_indexes.push(index(new_set)?);
                     report.indexes_written += 1;
@@ -2601,7 +2692,7 @@ impl<B: Backend> Store<B> {
             } else {
                 extra.push(WriteOp::DropIndex {
                     // The columns being given up are the current schema's.
-                    table: self.layout.table(&r.collection)?.clone(),
+                    table: old_table.clone(),
                     tenant: r.tenant.clone(),
                     record_id: r.id.clone(),
                     field: def.name.clone(),
@@ -2635,6 +2726,7 @@ impl<B: Backend> Store<B> {
             set_fields,
             remove_fields: Vec::new(),
             set_indexes,
+            null_columns,
         });
         ops.extend(extra);
         Ok(Some(ops))

@@ -1079,6 +1079,114 @@ async fn duplicate_ids_named<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
+const CLEAR_SCHEMA: &str = r#"
+[collections.leave.fields]
+start_date   = { type = "date", domain = "general", clear = true }
+hours        = { type = "integer", domain = "general", clear = true }
+capacity     = { type = "percentage", domain = "general", clear = true }
+paid         = { type = "bool", domain = "general", clear = true }
+note         = { type = "text", domain = "general" }
+diagnosis    = { type = "text", domain = "medical" }
+"#;
+
+/// Fields declared clear are typed columns the application's own SQL can filter and sort on;
+/// they read back as written, are withheld from a caller without their domain, are covered by
+/// the row tag, and a schema migration moves a field from sealed to clear and back (emptying the
+/// column it leaves).
+async fn clear_fields<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    let medical = kluis_store::Schema::from_toml(
+        "[collections.x.fields]\nd = { type = \"text\", domain = \"medical\", clear = true }",
+    );
+    assert!(matches!(medical, Err(StoreError::Schema(ref m)) if m.contains("medical")), "{medical:?}");
+    let indexed = kluis_store::Schema::from_toml(
+        "[collections.x.fields]\nd = { type = \"text\", domain = \"general\", clear = true, blind_index = true }",
+    );
+    assert!(matches!(indexed, Err(StoreError::Schema(ref m)) if m.contains("blind index")), "{indexed:?}");
+    let s = Store::new(h.store.backend().clone(), kluis_store::Schema::from_toml(CLEAR_SCHEMA).unwrap());
+    s.migrate().await.unwrap();
+    let both =
+        s.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    for (i, day) in ["2025-03-01", "2025-01-15", "2025-06-30"].iter().enumerate() {
+        let rec = NewRecord::new("emp-1")
+            .id(&format!("l{i}"))
+            .set("start_date", Value::Date((*day).into()))
+            .set("hours", 8 * (i as i64 + 1))
+            .set("capacity", Value::Decimal(format!("{}.5", 40 + i)))
+            .set("paid", i != 1)
+            .set("note", "private remark")
+            .set("diagnosis", "flu");
+        s.insert(&both, "leave", rec).await.unwrap();
+    }
+    // The app's own SQL: typed columns, filtered and sorted in the database.
+    let ids = s
+        .raw_bytes(
+            "SELECT id FROM kluis_r_leave WHERE tenant = ? AND c_start_date >= '2025-02-01' AND c_hours > 7 ORDER BY c_start_date",
+            vec![t("acme")],
+        )
+        .await;
+    assert_eq!(ids, vec![b"l0".to_vec(), b"l2".to_vec()]);
+    let r = s.get(&both, "leave", "l2").await.unwrap().unwrap();
+    assert_eq!(r.get("start_date"), Some(&Value::Date("2025-06-30".into())));
+    assert_eq!(r.get("hours"), Some(&Value::Integer(24)));
+    assert_eq!(r.get("capacity"), Some(&Value::Decimal("42.5".into())));
+    assert_eq!(r.get("paid"), Some(&Value::Bool(true)));
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("flu"));
+    // Only the declared fields are in clear.
+    let notes = s.raw_bytes("SELECT f_note FROM kluis_r_leave WHERE id = 'l2'", vec![]).await;
+    assert!(!notes[0].windows(7).any(|w| w == b"private"), "a sealed field stays sealed");
+    // Withheld without the domain, as a sealed field would be.
+    let med_only = s.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap();
+    assert!(s.get(&med_only, "leave", "l2").await.unwrap().unwrap().fields["hours"].is_withheld());
+    // The row tag covers the clear columns.
+    s.raw_exec("UPDATE kluis_r_leave SET c_hours = 80 WHERE id = 'l1'", vec![]).await;
+    match s.get(&both, "leave", "l1").await {
+        Err(StoreError::RowIntegrity { record, .. }) => assert_eq!(record, "l1"),
+        other => panic!("an edited clear column must fail the row: {other:?}"),
+    }
+    s.raw_exec("UPDATE kluis_r_leave SET c_hours = 16 WHERE id = 'l1'", vec![]).await;
+    assert!(s.get(&both, "leave", "l1").await.unwrap().is_some());
+    // An update of a clear field.
+    s.update(&both, "leave", "l0", 1, Changes::new().set("hours", 4_i64)).await.unwrap();
+    assert_eq!(s.get(&both, "leave", "l0").await.unwrap().unwrap().get("hours"), Some(&Value::Integer(4)));
+
+    // note: sealed -> clear; hours: clear -> sealed.
+    let target_toml = CLEAR_SCHEMA
+        .replace(
+            r#"note         = { type = "text", domain = "general" }"#,
+            r#"note         = { type = "text", domain = "general", clear = true }"#,
+        )
+        .replace(
+            r#"hours        = { type = "integer", domain = "general", clear = true }"#,
+            r#"hours        = { type = "integer", domain = "general" }"#,
+        );
+    let target = kluis_store::Schema::from_toml(&target_toml).unwrap();
+    let report = s.migrate_schema(&both, &target).await.unwrap();
+    assert_eq!(
+        (report.records_updated, report.cells_clear_changed, report.conflicts),
+        (3, 6, 0),
+        "{report:?}"
+    );
+    let again = s.migrate_schema(&both, &target).await.unwrap();
+    assert_eq!((again.records_updated, again.cells_clear_changed), (0, 0), "idempotent: {again:?}");
+    let plain_hours = s.raw_bytes("SELECT id FROM kluis_r_leave WHERE c_hours IS NOT NULL", vec![]).await;
+    assert!(plain_hours.is_empty(), "the clear column a field left is emptied");
+    let sealed_notes = s.raw_bytes("SELECT id FROM kluis_r_leave WHERE f_note IS NOT NULL", vec![]).await;
+    assert!(sealed_notes.is_empty(), "the sealed column a field left is emptied");
+    let notes = s.raw_bytes("SELECT c_note FROM kluis_r_leave ORDER BY id", vec![]).await;
+    assert_eq!(notes, vec![b"private remark".to_vec(); 3]);
+    let new = Store::new(h.store.backend().clone(), target);
+    let both =
+        new.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let r = new.get(&both, "leave", "l0").await.unwrap().unwrap();
+    assert_eq!(r.get("hours"), Some(&Value::Integer(4)));
+    assert_eq!(r.get("note").and_then(Value::as_text), Some("private remark"));
+    assert_eq!(r.get("diagnosis").and_then(Value::as_text), Some("flu"));
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -1115,6 +1223,7 @@ all_engines!(
     tamper_moved_cells,
     tamper_rows,
     duplicate_ids_named,
+    clear_fields,
     tamper_key_rows,
     bad_input,
     documents_catalog,
