@@ -744,8 +744,10 @@ async fn import<B: Backend, O: BlobBackend + Clone>(
     for chunk in lines.chunks(args.batch.max(1)) {
         let mut ops = Vec::new();
         let mut in_batch = Vec::new();
+        let ids: Vec<&str> = chunk.iter().map(|l| l.id.as_str()).collect();
+        let present = env.store.existing_ids(&access, &args.collection, &ids).await?;
         for l in chunk {
-            if env.store.get(&access, &args.collection, &l.id).await?.is_some() {
+            if present.contains(&l.id) {
                 skipped += 1;
             } else {
                 ops.push(Op::Insert { collection: args.collection.clone(), record: l.record.clone() });

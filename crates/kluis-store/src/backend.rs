@@ -469,6 +469,14 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
         id: &str,
     ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
 
+    /// Which of `ids` the tenant's table holds (one query; nothing opened).
+    fn existing_ids(
+        &self,
+        table: &Table,
+        tenant: &str,
+        ids: &[&str],
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// A page of records ordered by id, after `after`, optionally only those of `subject`.
     fn list(
         &self,
@@ -1928,6 +1936,26 @@ macro_rules! backend_impl {
                 let sql = format!("SELECT {} FROM {} WHERE tenant = ? AND id = ?", table.select_list(""), table.name);
                 let row = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
                 row.map(|r| Self::stored_from(table, &r)).transpose()
+            }
+
+            async fn existing_ids(&self, table: &Table, tenant: &str, ids: &[&str]) -> Result<Vec<String>> {
+                let mut out = Vec::new();
+                for chunk in ids.chunks(1000) {
+                    let sql = format!(
+                        "SELECT id FROM {} WHERE tenant = ? AND id IN ({})",
+                        table.name,
+                        placeholders(chunk.len())
+                    );
+                    let sql = $sql(&sql).into_owned();
+                    let mut q = sqlx::query::<$db>(&sql).bind(tenant);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    for r in q.fetch_all(&self.pool).await? {
+                        out.push(Self::text(&r, 0)?);
+                    }
+                }
+                Ok(out)
             }
 
             async fn list(
