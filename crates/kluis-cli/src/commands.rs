@@ -891,17 +891,48 @@ async fn audit_verify<B: Backend, O: BlobBackend + Clone>(
     if let Some(bad) = rep.first_bad {
         return Err(CliError::AuditBroken { entry: bad, problem: rep.problem.clone().unwrap_or_default() });
     }
+    if let Some(rows) = &rep.rows {
+        if let Some(p) = &rows.log_problem {
+            return Err(CliError::AuditBroken { entry: rep.entries, problem: format!("row log: {p}") });
+        }
+        if let Some(first) = rows.problems.first() {
+            for p in &rows.problems {
+                eprintln!("{}/{}/{}: {}", p.tenant, p.collection, p.record, p.finding.describe());
+            }
+            return Err(CliError::RowsStale {
+                problems: rows.problems.len(),
+                first: format!(
+                    "{}/{}/{}: {}",
+                    first.tenant,
+                    first.collection,
+                    first.record,
+                    first.finding.describe()
+                ),
+                more: if rows.problems.len() > 1 { ", see the lines above" } else { "" },
+            });
+        }
+    }
     let head = kluis_service::audit::head(&env.store).await.map_err(svc)?;
     let head_text = head.as_ref().map(kluis_service::audit::Checkpoint::to_text);
+    let (rows, logged, uncovered) =
+        rep.rows.as_ref().map_or((0, 0, 0), |r| (r.rows, r.log_entries, r.uncovered));
     let mut r = Report::new(json!({
         "ok": true, "entries": rep.entries, "checkpoints": rep.checkpoints, "head": head_text,
-        "against": against.is_some(),
+        "against": against.is_some(), "rows": rows, "row_log_entries": logged, "row_log_uncovered": uncovered,
     }));
     r.line(format!(
         "audit log ok: {} entries, {} checkpoints verified{}",
         rep.entries,
         rep.checkpoints,
         if against.is_some() { ", consistent with the given checkpoint" } else { "" }
+    ));
+    r.line(format!(
+        "rows ok: {rows} rows are the ones Kluis wrote last ({logged} row log entries{})",
+        if uncovered > 0 {
+            format!(", the last {uncovered} not yet covered by an audit entry")
+        } else {
+            String::new()
+        }
     ));
     if let Some(h) = head_text {
         r.line(format!("head: {h}"));

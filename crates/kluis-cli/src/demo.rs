@@ -286,9 +286,14 @@ impl Job for DemoJob {
 
         let ver = kluis_service::audit::verify(&env.store).await.map_err(svc_err)?;
         r.line(format!(
-            "10. audit log: {} entries (every read, the refusal, rotation, shred, access changes), hash chain {}",
+            "10. audit log: {} entries (every read, the refusal, rotation, shred, access changes), hash chain {}; {}",
             ver.entries,
-            if ver.is_ok() { "verified".to_owned() } else { format!("BROKEN at {:?}", ver.first_bad) }
+            if ver.first_bad.is_none() { "verified".to_owned() } else { format!("BROKEN at {:?}", ver.first_bad) },
+            match &ver.rows {
+                Some(rows) if rows.is_ok() => format!("all {} rows are the ones Kluis wrote last (row log: {} changes)", rows.rows, rows.log_entries),
+                Some(rows) => format!("ROWS DIFFER from the row log: {} records", rows.problems.len()),
+                None => "rows not checked".to_owned(),
+            }
         ));
         r.json = json!({
             "data_dir": self.dir, "temporary": self.temporary, "hr_diagnosis": shown(&hr_view, "diagnosis"),

@@ -150,6 +150,16 @@ pub enum CliError {
         /// What is wrong.
         problem: String,
     },
+    /// Rows of the collection tables differ from the row log the audit chain covers.
+    #[error("rows differ from the audit log: {problems} records ({first}){more}")]
+    RowsStale {
+        /// How many records.
+        problems: usize,
+        /// The first, as `tenant/collection/id: finding`.
+        first: String,
+        /// ", see the lines above" when there are more.
+        more: &'static str,
+    },
     /// `doctor` found problems.
     #[error("doctor found {0} problem(s)")]
     DoctorFailed(usize),
@@ -187,7 +197,7 @@ impl CliError {
             | Self::UnknownVersion { .. }
             | Self::UnknownSubject { .. } => ExitCode::NotFound,
             Self::BadImport { .. } => ExitCode::Usage,
-            Self::AuditBroken { .. } => ExitCode::Integrity,
+            Self::AuditBroken { .. } | Self::RowsStale { .. } => ExitCode::Integrity,
             Self::DoctorFailed(_) => ExitCode::Failure,
             Self::NotAvailable(_) => ExitCode::NotAvailable,
         }

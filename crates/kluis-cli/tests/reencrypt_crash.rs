@@ -200,4 +200,9 @@ async fn reencrypt_survives_sigkill_and_a_rerun_finishes() {
     assert_eq!(v1["state"], "destroyed", "{keys}");
     let db = std::fs::read(dir.join("kluis.sqlite")).unwrap();
     assert!(!db.windows(14).any(|w| w == b"CANARY-diagnos"), "plaintext in the database file");
+    // Every row is the one Kluis wrote last: the killed runs committed their row log entries
+    // with their rows, or neither.
+    let verify = run_ok(&dir, &["audit", "verify"]);
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(out.contains(&format!("rows ok: {RECORDS} rows")), "{out}");
 }

@@ -17,13 +17,20 @@
 //!   outcome, reason, break_glass, access_point, purpose, on_behalf_of
 //! ```
 //!
+//! An entry appended since the row log exists (`kluis_store::row_log`) is hashed with the prefix
+//! `"kluis-audit-v2\n"` instead, and the same bytes followed by the row log's position (u64
+//! big-endian) and running hash (32 bytes) at the time of the append: so the chain also covers
+//! every change Kluis made to a row of a collection table, and [`verify`] compares the rows with
+//! the last change logged for each.
+//!
 //! A checkpoint is `(seq, hash of entry seq)`; its text form is
 //! `kluis-audit-checkpoint:v1:<seq>:<64 lower-case hex digits>`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use kluis_store::audit::{AuditRow, GENESIS, entry_hash};
+use kluis_store::audit::{AuditRow, GENESIS, row_hash};
+use kluis_store::row_log::{RowsClaim, RowsReport};
 use kluis_store::{Backend, Store};
 use serde::{Deserialize, Serialize};
 
@@ -47,12 +54,15 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// The head row's sequence number.
     pub head_seq: u64,
+    /// The rows of the collection tables against the row log the chain covers; `None` if the
+    /// chain itself is broken (its claims prove nothing then).
+    pub rows: Option<RowsReport>,
 }
 
 impl VerifyReport {
-    /// No problem found.
+    /// No problem found, in the chain or in the rows.
     pub fn is_ok(&self) -> bool {
-        self.first_bad.is_none()
+        self.first_bad.is_none() && self.rows.as_ref().is_none_or(RowsReport::is_ok)
     }
 
     fn fail(&mut self, seq: u64, problem: String) {
@@ -105,9 +115,13 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-async fn walk<B: Backend>(store: &Store<B>, want: &[u64]) -> Result<(VerifyReport, BTreeMap<u64, Vec<u8>>)> {
+async fn walk<B: Backend>(
+    store: &Store<B>,
+    want: &[u64],
+) -> Result<(VerifyReport, BTreeMap<u64, Vec<u8>>, Vec<RowsClaim>)> {
     let backend = store.backend();
     let mut report = VerifyReport::default();
+    let mut claims = Vec::new();
     let mut prev: Vec<u8> = GENESIS.to_vec();
     let mut expected: u64 = 1;
     let mut after: i64 = 0;
@@ -126,6 +140,7 @@ async fn walk<B: Backend>(store: &Store<B>, want: &[u64]) -> Result<(VerifyRepor
             if want.binary_search(&seq).is_ok() {
                 hashes.insert(seq, row.hash.clone());
             }
+            claims.extend(row.rows_claim());
         }
         if !full {
             break;
@@ -147,7 +162,20 @@ async fn walk<B: Backend>(store: &Store<B>, want: &[u64]) -> Result<(VerifyRepor
             );
         }
     }
-    Ok((report, hashes))
+    Ok((report, hashes, claims))
+}
+
+/// Adds the row check (the chain's claims against the row log and the tables) if the chain is
+/// sound.
+async fn check_rows<B: Backend>(
+    store: &Store<B>,
+    report: &mut VerifyReport,
+    claims: &[RowsClaim],
+) -> Result<()> {
+    if report.first_bad.is_none() {
+        report.rows = Some(store.verify_rows(claims).await?);
+    }
+    Ok(())
 }
 
 fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expected: &mut u64) {
@@ -162,8 +190,8 @@ fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expe
         return;
     }
     let prev32: [u8; 32] = prev.as_slice().try_into().unwrap_or(GENESIS);
-    let h = entry_hash(&prev32, seq, &row.entry);
-    if prev.len() != 32 || !kluis_core::ct_eq(&h, &row.hash) {
+    let h = row_hash(&prev32, row);
+    if prev.len() != 32 || !h.is_some_and(|h| kluis_core::ct_eq(&h, &row.hash)) {
         report.fail(
             seq,
             format!("entry {seq} does not match its hash (edited, inserted, replaced or reordered)"),
@@ -176,7 +204,10 @@ fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expe
 
 /// Verifies the whole chain: sequence numbers 1, 2, 3, ... without gaps, each hash recomputed
 /// over the previous hash and the entry, the head row equal to the last entry, and every
-/// checkpoint row equal to the entry it names. Reports the first bad position.
+/// checkpoint row equal to the entry it names. Reports the first bad position. If the chain is
+/// sound, also compares the rows of the collection tables with the row log it covers
+/// ([`kluis_store::Store::verify_rows`]): rows rolled back to an older state, deleted or inserted
+/// outside Kluis ([`VerifyReport::rows`]).
 ///
 /// It cannot detect a chain **rewritten as a whole** (every hash recomputed, head and checkpoint
 /// rows replaced) by someone with write access to the database: keep [`latest_checkpoint`] or
@@ -184,7 +215,7 @@ fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expe
 pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
     let cps = store.backend().audit_checkpoints().await?;
     let want: Vec<u64> = cps.iter().map(|c| to_u64(c.seq)).collect();
-    let (mut report, hashes) = walk(store, &want).await?;
+    let (mut report, hashes, claims) = walk(store, &want).await?;
     for cp in &cps {
         report.checkpoints += 1;
         let seq = to_u64(cp.seq);
@@ -199,6 +230,7 @@ pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
             Some(_) => {}
         }
     }
+    check_rows(store, &mut report, &claims).await?;
     Ok(report)
 }
 
@@ -211,7 +243,7 @@ pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoin
     want.push(checkpoint.seq);
     want.sort_unstable();
     want.dedup();
-    let (mut report, hashes) = walk(store, &want).await?;
+    let (mut report, hashes, claims) = walk(store, &want).await?;
     for cp in &cps {
         report.checkpoints += 1;
         let seq = to_u64(cp.seq);
@@ -243,6 +275,7 @@ pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoin
         ),
         _ => {}
     }
+    check_rows(store, &mut report, &claims).await?;
     Ok(report)
 }
 

@@ -417,6 +417,121 @@ where
     h.cleanup().await;
 }
 
+fn hex_literal(engine: &str, b: &[u8]) -> String {
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    match engine {
+        "postgres" => format!("decode('{hex}', 'hex')"),
+        _ => format!("X'{hex}'"),
+    }
+}
+
+/// Freshness through the chain: a record rolled back to its older version (a consistent row that
+/// opens) is found by `verify`; an attacker who also rewrites the row log and its head is caught
+/// by the audit entry that covers the log; one who also recomputes the audit entries after that
+/// is caught by a checkpoint kept elsewhere after the write, and not by one kept before it (the
+/// documented limit).
+async fn rolled_back_rows<B: Backend>(h: H<B>)
+where
+    Store<B>: Raw,
+{
+    use kluis_store::audit::{GENESIS, entry_hash_v2};
+    use kluis_store::row_log::{RowFinding, RowLogEntry, rows_hash};
+    let engine = h.store.engine();
+    let doctor = principal("dr.jansen", &h.acme, "company_doctor");
+    let c = ctx();
+    for id in ["r-1", "r-2"] {
+        h.svc
+            .insert(&doctor, &c, "absence", NewRecord::new("emp-1").id(id).set("diagnosis", "flu"))
+            .await
+            .unwrap();
+    }
+    let before = audit::head(&h.store).await.unwrap().unwrap();
+    let t = "kluis_r_absence";
+    h.store.exec(&format!("CREATE TABLE snap AS SELECT * FROM {t} WHERE id = 'r-1'")).await;
+    h.svc
+        .update(&doctor, &c, "absence", "r-1", 1, Changes::new().set("diagnosis", "burn-out"))
+        .await
+        .unwrap();
+    let after = audit::head(&h.store).await.unwrap().unwrap();
+    let r = audit::verify_against(&h.store, &after).await.unwrap();
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(r.rows.as_ref().map(|r| (r.rows, r.log_entries, r.uncovered)), Some((2, 3, 0)));
+
+    // 1. The row alone rolled back: it opens, and verify names it.
+    h.store.exec(&format!("DELETE FROM {t} WHERE id = 'r-1'")).await;
+    h.store.exec(&format!("INSERT INTO {t} SELECT * FROM snap")).await;
+    let rec = h.svc.get(&doctor, &c, "absence", "r-1").await.unwrap();
+    assert_eq!(rec.get("diagnosis"), Some(&Value::from("flu")), "the older row is consistent");
+    let r = audit::verify(&h.store).await.unwrap();
+    assert!(r.first_bad.is_none() && !r.is_ok(), "{r:?}");
+    let rows = r.rows.unwrap();
+    assert_eq!(rows.problems.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows.problems[0].record.as_str(), rows.problems[0].finding),
+        ("r-1", RowFinding::NotLastWritten)
+    );
+
+    // 2. The row log entry of the update and the log head rewritten to match: the audit entries
+    // appended after the update cover the old running hash.
+    let log = h.store.backend().row_log_page(0, 100).await.unwrap();
+    assert_eq!(log.len(), 3);
+    let old_tag = log[0].entry.tag.clone().unwrap();
+    let mut running = GENESIS;
+    for (i, row) in log.iter().enumerate() {
+        let mut e = row.entry.clone();
+        if i == 2 {
+            e = RowLogEntry { tag: Some(old_tag.clone()), ..e };
+        }
+        running = rows_hash(&running, row.seq as u64, &e);
+    }
+    h.store
+        .exec(&format!("UPDATE kluis_row_log SET row_tag = {} WHERE seq = 3", hex_literal(engine, &old_tag)))
+        .await;
+    h.store
+        .exec(&format!(
+            "UPDATE kluis_audit_head SET rows_hash = {} WHERE id = 1",
+            hex_literal(engine, &running)
+        ))
+        .await;
+    let r = audit::verify(&h.store).await.unwrap();
+    let problem = r.rows.as_ref().and_then(|r| r.log_problem.clone()).unwrap_or_default();
+    assert!(problem.contains("differs from what audit entry"), "{r:?}");
+
+    // 3. The audit entries from the update's on recomputed as well: the database alone agrees...
+    let entries = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let mut prev = GENESIS;
+    for e in &entries {
+        let (rs, _) = e.rows.clone().unwrap();
+        if rs >= 3 {
+            let hash = entry_hash_v2(&prev, e.seq as u64, &e.entry, rs as u64, &running);
+            h.store
+                .exec(&format!(
+                    "UPDATE kluis_audit SET rows_hash = {}, hash = {} WHERE seq = {}",
+                    hex_literal(engine, &running),
+                    hex_literal(engine, &hash),
+                    e.seq
+                ))
+                .await;
+            prev = hash;
+        } else {
+            prev = e.hash.clone().try_into().unwrap();
+        }
+    }
+    h.store
+        .exec(&format!("UPDATE kluis_audit_head SET hash = {} WHERE id = 1", hex_literal(engine, &prev)))
+        .await;
+    h.store.exec("DELETE FROM kluis_audit_checkpoints").await;
+    let r = audit::verify(&h.store).await.unwrap();
+    assert!(r.is_ok(), "a rewrite of everything after the write is consistent: {r:?}");
+    // ...a checkpoint kept before the write does too (the limit)...
+    assert!(audit::verify_against(&h.store, &before).await.unwrap().is_ok());
+    // ...and the one kept after it does not.
+    let r = audit::verify_against(&h.store, &after).await.unwrap();
+    assert!(r.problem.unwrap_or_default().contains("differs from the kept checkpoint"));
+    h.store.exec("DROP TABLE snap").await;
+    h.cleanup().await;
+}
+
 macro_rules! engine {
     ($m:ident, $make:path) => {
         mod $m {
@@ -455,6 +570,11 @@ macro_rules! engine {
             async fn tamper_truncate() {
                 let Some(h) = $make(10).await else { return };
                 truncate(h).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rows_rolled_back() {
+                let Some(h) = $make(10).await else { return };
+                rolled_back_rows(h).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn kept_checkpoint() {

@@ -26,6 +26,9 @@ use crate::store::{Access, Op, Store, Written};
 /// Domain separation prefix of the entry hash (15 bytes).
 pub const HASH_PREFIX: &[u8] = b"kluis-audit-v1\n";
 
+/// Domain separation prefix of the hash of an entry that covers the row log (15 bytes).
+pub const HASH_PREFIX_V2: &[u8] = b"kluis-audit-v2\n";
+
 /// The hash that precedes entry 1 (32 zero bytes).
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
@@ -95,10 +98,46 @@ impl AuditEntry {
 }
 
 /// SHA-256 over `HASH_PREFIX || prev (32) || seq (u64 BE) || at_ms (i64 BE)` and, for each of the
-/// 15 text fields in [`AuditEntry::text_fields`] order, `len (u32 BE) || UTF-8 bytes`.
+/// 15 text fields in [`AuditEntry::text_fields`] order, `len (u32 BE) || UTF-8 bytes`: the hash of
+/// an entry written before the row log existed.
 pub fn entry_hash(prev: &[u8; 32], seq: u64, e: &AuditEntry) -> [u8; 32] {
+    entry_hasher(HASH_PREFIX, prev, seq, e).finalize().into()
+}
+
+/// The hash of an entry that covers the row log ([`crate::row_log`]): as [`entry_hash`] with
+/// `HASH_PREFIX_V2`, followed by the row log position (u64 BE) and running hash (32 bytes) at
+/// the time of the append.
+pub fn entry_hash_v2(
+    prev: &[u8; 32],
+    seq: u64,
+    e: &AuditEntry,
+    rows_seq: u64,
+    rows_hash: &[u8; 32],
+) -> [u8; 32] {
+    let mut h = entry_hasher(HASH_PREFIX_V2, prev, seq, e);
+    h.update(rows_seq.to_be_bytes());
+    h.update(rows_hash);
+    h.finalize().into()
+}
+
+/// The hash `row` should have after `prev`: [`entry_hash_v2`] if it covers the row log, else
+/// [`entry_hash`]; `None` if its row log fields are malformed (a negative position, a hash that is
+/// not 32 bytes).
+pub fn row_hash(prev: &[u8; 32], row: &AuditRow) -> Option<[u8; 32]> {
+    let seq = u64::try_from(row.seq).ok()?;
+    match &row.rows {
+        None => Some(entry_hash(prev, seq, &row.entry)),
+        Some((rs, rh)) => {
+            let rs = u64::try_from(*rs).ok()?;
+            let rh: [u8; 32] = rh.as_slice().try_into().ok()?;
+            Some(entry_hash_v2(prev, seq, &row.entry, rs, &rh))
+        }
+    }
+}
+
+fn entry_hasher(prefix: &[u8], prev: &[u8; 32], seq: u64, e: &AuditEntry) -> Sha256 {
     let mut h = Sha256::new();
-    h.update(HASH_PREFIX);
+    h.update(prefix);
     h.update(prev);
     h.update(seq.to_be_bytes());
     h.update(e.at_ms.to_be_bytes());
@@ -107,7 +146,7 @@ pub fn entry_hash(prev: &[u8; 32], seq: u64, e: &AuditEntry) -> [u8; 32] {
         h.update(len.to_be_bytes());
         h.update(t.as_bytes());
     }
-    h.finalize().into()
+    h
 }
 
 /// An entry to append, with the checkpoint interval.
@@ -128,6 +167,22 @@ pub struct AuditRow {
     pub entry: AuditEntry,
     /// Stored hash (as the database holds it: may have any length if tampered).
     pub hash: Vec<u8>,
+    /// The row log position and running hash the entry covers ([`crate::row_log`]); `None` in an
+    /// entry written before the row log existed.
+    pub rows: Option<(i64, Vec<u8>)>,
+}
+
+impl AuditRow {
+    /// The row log position this entry covers, as a claim for [`Store::verify_rows`]; `None` if it
+    /// covers none, or its fields are malformed ([`row_hash`] then fails too).
+    pub fn rows_claim(&self) -> Option<crate::row_log::RowsClaim> {
+        let (rs, rh) = self.rows.as_ref()?;
+        Some(crate::row_log::RowsClaim {
+            audit_seq: u64::try_from(self.seq).ok()?,
+            rows_seq: u64::try_from(*rs).ok()?,
+            rows_hash: rh.clone(),
+        })
+    }
 }
 
 /// A stored checkpoint row.
@@ -175,7 +230,8 @@ pub trait AuditBackend: Send + Sync + 'static {
 }
 
 const AUDIT_COLS: &str = "seq, at_ms, actor, roles, support_grant, tenant, subject, collection, record, fields, \
-                          action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash";
+                          action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash, \
+                          rows_seq, rows_hash";
 
 fn hash32(b: &[u8]) -> Result<[u8; 32]> {
     b.try_into()
@@ -219,10 +275,18 @@ macro_rules! audit_impl {
                         on_behalf_of: t(16)?,
                     },
                     hash: row.try_get(17)?,
+                    rows: match (row.try_get::<Option<i64>, _>(18)?, row.try_get::<Option<Vec<u8>>, _>(19)?) {
+                        (Some(s), Some(h)) => Some((s, h)),
+                        (None, None) => None,
+                        // One without the other: kept so that the hash check fails on it.
+                        (s, h) => Some((s.unwrap_or(-1), h.unwrap_or_default())),
+                    },
                 })
             }
 
-            /// Appends one entry inside `tx` (see the module documentation for the locking).
+            /// Appends one entry inside `tx` (see the module documentation for the locking); it
+            /// covers the row log as it stands in `tx`, so a transaction appends its row log
+            /// entries first.
             pub(crate) async fn audit_append(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 a: AuditAppend,
@@ -236,21 +300,26 @@ macro_rules! audit_impl {
                 let last: i64 = head.try_get(0)?;
                 let prev_bytes: Vec<u8> = head.try_get(1)?;
                 let prev = hash32(&prev_bytes)?;
+                let rows_seq: i64 = head.try_get(2)?;
+                let rows_bytes: Vec<u8> = head.try_get(3)?;
+                let rows_hash = hash32(&rows_bytes)?;
+                let urows = u64::try_from(rows_seq)
+                    .map_err(|_| StoreError::Corrupt { what: "audit head", reason: "negative row log position".into() })?;
                 let seq = last
                     .checked_add(1)
                     .ok_or_else(|| StoreError::Invalid("audit sequence overflow".into()))?;
                 let useq = u64::try_from(seq).map_err(|_| StoreError::Invalid("audit sequence negative".into()))?;
                 let e = &a.entry;
-                let hash = entry_hash(&prev, useq, e);
+                let hash = entry_hash_v2(&prev, useq, e, urows, &rows_hash);
                 let sql = format!(
-                    "INSERT INTO kluis_audit ({AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO kluis_audit ({AUDIT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 );
                 let sql = $sql(&sql);
                 let mut q = sqlx::query::<$db>(&sql).bind(seq).bind(e.at_ms);
                 for t in e.text_fields() {
                     q = q.bind(t);
                 }
-                q.bind(hash.to_vec()).execute(&mut **tx).await?;
+                q.bind(hash.to_vec()).bind(rows_seq).bind(rows_hash.to_vec()).execute(&mut **tx).await?;
                 let done = sqlx::query::<$db>(&$sql("UPDATE kluis_audit_head SET seq = ?, hash = ? WHERE id = 1 AND seq = ?"))
                     .bind(seq)
                     .bind(hash.to_vec())
@@ -323,21 +392,21 @@ audit_impl!(
     sqlx::Sqlite,
     crate::backend::plain,
     Some("UPDATE kluis_audit_head SET seq = seq WHERE id = 1"),
-    "SELECT seq, hash FROM kluis_audit_head WHERE id = 1"
+    "SELECT seq, hash, rows_seq, rows_hash FROM kluis_audit_head WHERE id = 1"
 );
 audit_impl!(
     PostgresBackend,
     sqlx::Postgres,
     crate::backend::numbered,
     None::<&str>,
-    "SELECT seq, hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
+    "SELECT seq, hash, rows_seq, rows_hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
 );
 audit_impl!(
     MySqlBackend,
     sqlx::MySql,
     crate::backend::plain,
     None::<&str>,
-    "SELECT seq, hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
+    "SELECT seq, hash, rows_seq, rows_hash FROM kluis_audit_head WHERE id = 1 FOR UPDATE"
 );
 
 impl<B: Backend> Store<B> {

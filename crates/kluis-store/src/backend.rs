@@ -13,6 +13,7 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 use crate::error::{Result, StoreError};
 pub use crate::layout::{CellColumns, Layout, Table};
+use crate::row_log::RowLogEntry;
 use crate::schema::FieldType;
 use crate::value::Value;
 
@@ -378,7 +379,14 @@ pub enum DocumentFilter<'a> {
 
 /// What a backend does. Implemented for [`SqliteBackend`], [`PostgresBackend`] and
 /// [`MySqlBackend`]; every method that writes more than one row runs in one transaction.
-pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + Send + Sync + 'static {
+pub trait Backend:
+    crate::audit::AuditBackend
+    + crate::access::AccessBackend
+    + crate::row_log::RowLogBackend
+    + Send
+    + Sync
+    + 'static
+{
     /// The sqlx database type.
     type Database: sqlx::Database;
 
@@ -761,6 +769,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "access", include_str!("../migrations/sqlite/0004_access.sql")),
     (5, "key_tags", include_str!("../migrations/sqlite/0005_key_tags.sql")),
     (6, "tables", include_str!("../migrations/sqlite/0006_tables.sql")),
+    (7, "row_log", include_str!("../migrations/sqlite/0007_row_log.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
@@ -769,6 +778,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "access", include_str!("../migrations/postgres/0004_access.sql")),
     (5, "key_tags", include_str!("../migrations/postgres/0005_key_tags.sql")),
     (6, "tables", include_str!("../migrations/postgres/0006_tables.sql")),
+    (7, "row_log", include_str!("../migrations/postgres/0007_row_log.sql")),
 ];
 const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
@@ -777,6 +787,7 @@ const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "access", include_str!("../migrations/mysql/0004_access.sql")),
     (5, "key_tags", include_str!("../migrations/mysql/0005_key_tags.sql")),
     (6, "tables", include_str!("../migrations/mysql/0006_tables.sql")),
+    (7, "row_log", include_str!("../migrations/mysql/0007_row_log.sql")),
 ];
 
 /// SQL as written (`?` placeholders): SQLite and MySQL.
@@ -909,6 +920,42 @@ impl KeyUses {
 
 /// `s.version` (of a `kluis_subject_keys s` joined to a row `r`) is the key version of one of
 /// `r`'s cells of `domain`.
+/// What a write transaction appends at its end ([`crate::row_log`]): a row log entry per row
+/// changed, then its audit entries, under the audit head lock it took before any row.
+#[derive(Default)]
+struct TxLog {
+    locked: bool,
+    rows: Vec<RowLogEntry>,
+    audits: Vec<crate::audit::AuditAppend>,
+}
+
+impl TxLog {
+    /// Does `op` change a row or append an audit entry (and so need the head lock)?
+    fn needs_lock(op: &WriteOp) -> bool {
+        matches!(
+            op,
+            WriteOp::Insert { .. } | WriteOp::Update { .. } | WriteOp::Delete { .. } | WriteOp::Audit(_)
+        )
+    }
+
+    /// Notes the row change `op` makes.
+    fn note(&mut self, op: &WriteOp) {
+        let (table, tenant, id, tag) = match op {
+            WriteOp::Insert { table, record, .. } | WriteOp::Update { table, record, .. } => {
+                (table, &record.tenant, &record.id, Some(record.tag.clone()))
+            }
+            WriteOp::Delete { table, tenant, id, .. } => (table, tenant, id, None),
+            _ => return,
+        };
+        self.rows.push(RowLogEntry {
+            tenant: tenant.clone(),
+            collection: table.collection.clone(),
+            record: id.clone(),
+            tag,
+        });
+    }
+}
+
 fn versions_in(table: &Table, domain: &str) -> String {
     let cols: Vec<String> = table.cells_in(domain).map(|c| format!("r.{}", c.version)).collect();
     if cols.is_empty() { "1 = 0".to_owned() } else { format!("s.version IN ({})", cols.join(", ")) }
@@ -1114,7 +1161,7 @@ fn update_row<'a>(
 macro_rules! backend_impl {
     ($ty:ty, $db:ty, $engine:expr, $sql:path, $migrations:expr) => {
         impl $ty {
-            fn text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<String> {
+            pub(crate) fn text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<String> {
                 // MariaDB reports `ascii_bin` columns as binary: read bytes, require UTF-8.
                 match row.try_get::<String, _>(i) {
                     Ok(s) => Ok(s),
@@ -1476,8 +1523,18 @@ macro_rules! backend_impl {
                 op: WriteOp,
                 pending: &mut Option<PendingInserts>,
                 used: &mut KeyUses,
+                log: &mut TxLog,
             ) -> Result<()> {
+                if TxLog::needs_lock(&op) && !log.locked {
+                    Self::lock_head(tx).await?;
+                    log.locked = true;
+                }
+                log.note(&op);
                 match op {
+                    WriteOp::Audit(a) => {
+                        log.audits.push(a);
+                        Ok(())
+                    }
                     WriteOp::Insert { table, record, fields, indexes } => {
                         let full = pending
                             .as_ref()
@@ -1493,6 +1550,16 @@ macro_rules! backend_impl {
                         Self::apply_one(tx, other, used).await
                     }
                 }
+            }
+
+            /// Appends the transaction's row log entries, then its audit entries (which so cover
+            /// them).
+            async fn finish_log(tx: &mut sqlx::Transaction<'static, $db>, log: TxLog) -> Result<()> {
+                Self::log_rows(tx, &log.rows).await?;
+                for a in log.audits {
+                    Self::audit_append(tx, a).await?;
+                }
+                Ok(())
             }
 
             async fn insert_document_tx(tx: &mut sqlx::Transaction<'static, $db>, d: DocumentRow) -> Result<()> {
@@ -1725,6 +1792,8 @@ macro_rules! backend_impl {
 
             async fn move_legacy(&self, rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                Self::lock_head(&mut tx).await?;
+                let mut moved = Vec::with_capacity(rows.len());
                 for (table, s, idx) in &rows {
                     let r = &s.record;
                     let gone = sqlx::query::<$db>(&$sql(
@@ -1749,7 +1818,14 @@ macro_rules! backend_impl {
                     let (sql, args) = insert_rows(table, &row)?;
                     let sql = $sql(&sql).into_owned();
                     Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
+                    moved.push(RowLogEntry {
+                        tenant: r.tenant.clone(),
+                        collection: table.collection.clone(),
+                        record: r.id.clone(),
+                        tag: Some(r.tag.clone()),
+                    });
                 }
+                Self::log_rows(&mut tx, &moved).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -1903,11 +1979,18 @@ macro_rules! backend_impl {
                 let mut tx = self.pool.begin().await?;
                 let mut used = KeyUses::default();
                 let mut pending = None;
+                let mut log = TxLog::default();
+                // The head lock before any row lock (see crate::row_log).
+                if ops.iter().any(TxLog::needs_lock) {
+                    Self::lock_head(&mut tx).await?;
+                    log.locked = true;
+                }
                 for op in ops {
                     // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used).await?;
+                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used, &mut log).await?;
                 }
                 Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
+                Self::finish_log(&mut tx, log).await?;
                 Self::require_subject_keys(&mut tx, &used).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1920,13 +2003,15 @@ macro_rules! backend_impl {
                 let mut tx = self.pool.begin().await?;
                 let mut used = KeyUses::default();
                 let mut pending = None;
+                let mut log = TxLog::default();
                 while let Some(op) = next {
                     // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used).await?;
+                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used, &mut log).await?;
                     next = ops.recv().await.ok_or_else(cut)?;
                 }
                 drop(ops);
                 Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
+                Self::finish_log(&mut tx, log).await?;
                 Self::require_subject_keys(&mut tx, &used).await?;
                 tx.commit().await?;
                 Ok(())
@@ -2058,18 +2143,21 @@ macro_rules! backend_impl {
                 entry: Option<crate::audit::AuditAppend>,
             ) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
-                // The audit entry first: on SQLite its head update takes the write lock up front.
-                if let Some(e) = entry {
-                    Self::apply_one(&mut tx, WriteOp::Audit(e), &mut KeyUses::default()).await?;
-                }
-                let tables = sqlx::query::<$db>("SELECT table_name FROM kluis_tables ORDER BY collection")
+                // The head lock first: on SQLite it takes the write lock up front.
+                Self::lock_head(&mut tx).await?;
+                let tables = sqlx::query::<$db>("SELECT collection, table_name FROM kluis_tables ORDER BY collection")
                     .fetch_all(&mut *tx)
                     .await?;
                 let mut removed = 0u64;
+                let mut gone = Vec::new();
                 for row in &tables {
-                    let name = Self::text(row, 0)?;
+                    let collection = Self::text(row, 0)?;
+                    let name = Self::text(row, 1)?;
                     if !crate::layout::is_table_name(&name) {
                         return Err(StoreError::Corrupt { what: "kluis_tables", reason: format!("table name {name:?}") });
+                    }
+                    for id in Self::subject_row_ids(&mut tx, &name, tenant, subject).await? {
+                        gone.push(RowLogEntry { tenant: tenant.to_owned(), collection: collection.clone(), record: id, tag: None });
                     }
                     let sql = format!("DELETE FROM {name} WHERE tenant = ? AND subject = ?");
                     removed += sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?.rows_affected();
@@ -2096,6 +2184,7 @@ macro_rules! backend_impl {
                 if let Some(a) = audit {
                     Self::insert_override(&mut tx, a).await?;
                 }
+                Self::finish_log(&mut tx, TxLog { locked: true, rows: gone, audits: entry.into_iter().collect() }).await?;
                 tx.commit().await?;
                 Ok(removed)
             }
@@ -2698,6 +2787,8 @@ macro_rules! backend_impl {
             async fn reencrypt_subject_tx(&self, plan: &ReencryptPlan) -> Result<Vec<i64>> {
                 use sqlx::Acquire;
                 let mut tx = self.begin_write().await?;
+                Self::lock_head(&mut tx).await?;
+                let mut rewritten = Vec::with_capacity(plan.records.len());
                 if let Some(k) = &plan.new_key {
                     Self::require_live_domain_key(&mut tx, &k.tenant, &k.domain, k.wrap_version).await?;
                     if !Self::insert_subject_key_tx(&mut tx, k).await? {
@@ -2743,7 +2834,14 @@ macro_rules! backend_impl {
                     if done.rows_affected() != 1 {
                         return Err(StoreError::KeyChanged { what: format!("record {}/{} changed", t.collection, r.id) });
                     }
+                    rewritten.push(RowLogEntry {
+                        tenant: plan.tenant.clone(),
+                        collection: t.collection.clone(),
+                        record: r.id.clone(),
+                        tag: Some(r.tag.clone()),
+                    });
                 }
+                Self::log_rows(&mut tx, &rewritten).await?;
                 let mut dropped = Vec::new();
                 for v in &plan.drop_versions {
                     // Delete first (this waits for writers holding a share lock on the key row),

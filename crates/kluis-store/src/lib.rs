@@ -20,6 +20,7 @@ pub mod audit;
 pub mod backend;
 mod error;
 pub mod layout;
+pub mod row_log;
 pub mod schema;
 mod store;
 mod value;

@@ -693,7 +693,9 @@ impl<B: Backend> Store<B> {
     /// that are missing (idempotent).
     pub async fn migrate(&self) -> Result<()> {
         self.backend.migrate().await?;
-        self.backend.install(&self.layout).await
+        self.backend.install(&self.layout).await?;
+        // Rows written before the row log existed enter it once, as they stand.
+        self.backend.log_baseline().await
     }
 
     /// The tables of the schema.

@@ -1187,6 +1187,78 @@ where
     h
 }
 
+/// Freshness (src/row_log.rs): a row rolled back to an older state Kluis wrote, a row deleted
+/// outside Kluis, a row copied under another id and a deleted row restored from a snapshot all
+/// read back (each is a consistent row with a valid tag), but `verify_rows` names each of them;
+/// the writes Kluis made itself (insert, update, delete, shred, re-encryption) leave it clean.
+async fn row_freshness<B: Backend>(h: Harness<B>) -> Harness<B>
+where
+    Store<B>: Raw,
+{
+    use kluis_store::row_log::{RowFinding, RowProblem};
+    let s = &h.store;
+    for (id, subject) in
+        [("a", "emp-1"), ("b", "emp-1"), ("c", "emp-2"), ("d", "emp-2"), ("e", "emp-3"), ("f", "emp-4")]
+    {
+        s.insert(&h.doctor, "absence", absence(subject, "E1", &format!("first {id}")).id(id)).await.unwrap();
+    }
+    s.update(&h.doctor, "absence", "e", 1, Changes::new().set("diagnosis", "second e")).await.unwrap();
+    s.delete(&h.doctor, "absence", "f", Some(1), None).await.unwrap();
+    let mut access = h.doctor_clone().await;
+    s.shred_subject(&h.keyring, &mut access, "emp-3", None).await.unwrap();
+    // The shred rotated the domain keys: `access` holds the new ones.
+    let clean = s.verify_rows(&[]).await.unwrap();
+    assert!(clean.is_ok(), "{clean:?}");
+    assert_eq!(clean.rows, 4);
+    assert_eq!(clean.log_entries, 6 + 1 + 1 + 1, "six inserts, an update, a delete, a shred of one row");
+
+    let snap = |name: &str, id: &str| {
+        format!("CREATE TABLE {name} AS SELECT * FROM kluis_r_absence WHERE tenant = 'acme' AND id = '{id}'")
+    };
+    // a: rolled back to its first version after an update.
+    s.raw_exec(&snap("snap_a", "a"), vec![]).await;
+    s.update(&access, "absence", "a", 1, Changes::new().set("diagnosis", "second a")).await.unwrap();
+    s.raw_exec("DELETE FROM kluis_r_absence WHERE tenant = 'acme' AND id = 'a'", vec![]).await;
+    s.raw_exec("INSERT INTO kluis_r_absence SELECT * FROM snap_a", vec![]).await;
+    let a = s.get(&access, "absence", "a").await.unwrap().unwrap();
+    assert_eq!(a.get("diagnosis").and_then(Value::as_text), Some("first a"), "a consistent older row opens");
+    // b: deleted outside Kluis.
+    assert_eq!(s.raw_exec("DELETE FROM kluis_r_absence WHERE tenant = 'acme' AND id = 'b'", vec![]).await, 1);
+    // c2: a copy of c under another id.
+    s.raw_exec(&snap("snap_c", "c"), vec![]).await;
+    s.raw_exec("UPDATE snap_c SET id = 'c2'", vec![]).await;
+    s.raw_exec("INSERT INTO kluis_r_absence SELECT * FROM snap_c", vec![]).await;
+    // d: deleted through Kluis, then restored from a snapshot.
+    s.raw_exec(&snap("snap_d", "d"), vec![]).await;
+    s.delete(&access, "absence", "d", Some(1), None).await.unwrap();
+    s.raw_exec("INSERT INTO kluis_r_absence SELECT * FROM snap_d", vec![]).await;
+    assert!(s.get(&access, "absence", "d").await.unwrap().is_some(), "the restored row opens");
+
+    let report = s.verify_rows(&[]).await.unwrap();
+    assert!(report.log_problem.is_none(), "{report:?}");
+    let p = |record: &str, finding| RowProblem {
+        tenant: "acme".into(),
+        collection: "absence".into(),
+        record: record.into(),
+        finding,
+    };
+    assert_eq!(
+        report.problems,
+        vec![
+            p("a", RowFinding::NotLastWritten),
+            p("b", RowFinding::Deleted),
+            p("c2", RowFinding::NotLogged),
+            p("d", RowFinding::NotLogged),
+        ]
+    );
+    // The rest of the tenant keeps working.
+    assert!(s.get(&access, "absence", "c").await.unwrap().is_some());
+    for name in ["snap_a", "snap_c", "snap_d"] {
+        s.raw_exec(&format!("DROP TABLE {name}"), vec![]).await;
+    }
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -1233,6 +1305,7 @@ all_engines!(
     batch_key_check,
     list_pages,
     pipelined_transaction,
+    row_freshness,
 );
 
 /// On a PostgreSQL database whose ids sort by a locale (ICU) collation, where `a-1 < B-2` while
