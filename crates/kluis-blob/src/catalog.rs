@@ -404,13 +404,13 @@ impl<S: Backend, B: BlobBackend> Documents<S, B> {
         max_docs: usize,
     ) -> Result<DocReencryptProgress> {
         let set = require(access, domain.as_str())?;
-        let (t, d) = (access.tenant().as_str(), domain.as_str());
+        let d = domain.as_str();
         // Only a subject with more than one subject key version can have a document on an
         // older one (a version is deleted only once nothing uses it).
         let mut newest: BTreeMap<String, (i64, usize)> = BTreeMap::new();
-        for k in self.store.backend().all_subject_keys(t, d).await? {
-            let e = newest.entry(k.subject).or_insert((k.version, 0));
-            e.0 = e.0.max(k.version);
+        for (subject, version) in self.store.subject_key_versions(access.tenant(), domain).await? {
+            let e = newest.entry(subject).or_insert((version, 0));
+            e.0 = e.0.max(version);
             e.1 += 1;
         }
         let mut stale = Vec::new();

@@ -740,8 +740,11 @@ async fn import<B: Backend, O: BlobBackend + Clone>(
         });
     }
     let access = env.admin_access(&t).await?;
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
     let (mut imported, mut skipped) = (0u64, 0u64);
     for chunk in lines.chunks(args.batch.max(1)) {
+        let skipped_before = skipped;
         let mut ops = Vec::new();
         let mut in_batch = Vec::new();
         let ids: Vec<&str> = chunk.iter().map(|l| l.id.as_str()).collect();
@@ -758,7 +761,19 @@ async fn import<B: Backend, O: BlobBackend + Clone>(
             continue;
         }
         let n = ops.len() as u64;
-        if let Err(e) = env.store.transaction(&access, ops).await {
+        // The batch and its audit entry commit together (or neither).
+        let event = AdminEvent::Import {
+            tenant: t.clone(),
+            what: format!(
+                "collection {} lines {}-{} ({} already present)",
+                args.collection,
+                chunk.first().map_or(0, |l| l.no),
+                chunk.last().map_or(0, |l| l.no),
+                skipped - skipped_before
+            ),
+            count: n,
+        };
+        if let Err(e) = env.store.audited_transaction(&access, ops, service.admin_entry(&who, event)).await {
             let at =
                 in_batch.iter().find(|l| e.to_string().contains(&l.id)).or(in_batch.first()).map(|l| l.no);
             return Err(CliError::BadImport {
@@ -770,12 +785,15 @@ async fn import<B: Backend, O: BlobBackend + Clone>(
         }
         imported += n;
     }
-    let event = AdminEvent::Import {
-        tenant: t.clone(),
-        what: format!("collection {} ({skipped} already present)", args.collection),
-        count: imported,
-    };
-    audit_admin(env, actor, event).await?;
+    if imported == 0 {
+        // Nothing written: the entry says so on its own.
+        let event = AdminEvent::Import {
+            tenant: t.clone(),
+            what: format!("collection {} ({skipped} already present)", args.collection),
+            count: 0,
+        };
+        audit_admin(env, actor, event).await?;
+    }
     let mut r = Report::new(
         json!({ "tenant": t.as_str(), "collection": args.collection, "imported": imported, "skipped": skipped }),
     );

@@ -167,16 +167,7 @@ impl<B: Backend, O: BlobBackend + Clone> Env<B, O> {
 
     /// The domains a tenant has keys for.
     pub async fn tenant_domains(&self, tenant: &TenantId) -> Result<Vec<DomainName>> {
-        let mut out: Vec<DomainName> = Vec::new();
-        for row in self.store.backend().all_domain_keys().await? {
-            if row.tenant == tenant.as_str() {
-                let d = DomainName::new(row.domain.clone())?;
-                if !out.contains(&d) {
-                    out.push(d);
-                }
-            }
-        }
-        Ok(out)
+        Ok(self.store.tenant_domains(tenant).await?)
     }
 
     /// Checks that the tenant has the domain.

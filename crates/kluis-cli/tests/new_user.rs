@@ -110,3 +110,53 @@ fn import_reports_a_domain_without_key_with_every_other_bad_line() {
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 records imported"), "{out:?}");
 }
+
+async fn sql(dir: &Path, statement: &str) -> Vec<sqlx::sqlite::SqliteRow> {
+    use sqlx::ConnectOptions;
+    let mut conn =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(dir.join("kluis.sqlite")).connect().await.unwrap();
+    sqlx::query(statement).fetch_all(&mut conn).await.unwrap()
+}
+
+/// Each batch of an import commits with its own audit entry, in one transaction: when the entry
+/// cannot be written (a trigger refuses audit inserts, as a full disk or a revoked permission
+/// would), the batch is not written either; once the log works, a rerun imports everything and
+/// the log has one entry per batch, each naming its lines and count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_batch_commits_with_its_audit_entry() {
+    use sqlx::Row;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ok(&kluis_umask_000(&dir, &["init"]));
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let file = tmp.path().join("in.jsonl");
+    let lines: String = (1..=5)
+        .map(|i| format!("{{\"id\":\"ar-{i}\",\"subject\":\"emp-{i}\",\"diagnosis\":\"griep\"}}\n"))
+        .collect();
+    std::fs::write(&file, lines).unwrap();
+    let args =
+        ["import", "--tenant", "acme", "--collection", "absence", "--batch", "2", file.to_str().unwrap()];
+    sql(&dir, "CREATE TRIGGER refuse_audit BEFORE INSERT ON kluis_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END")
+        .await;
+    let out = kluis_umask_000(&dir, &args);
+    assert!(!out.status.success(), "the import fails without its audit entries");
+    let rows = sql(&dir, "SELECT COUNT(*) FROM kluis_r_absence").await;
+    assert_eq!(rows[0].get::<i64, _>(0), 0, "no batch was written without its entry");
+    sql(&dir, "DROP TRIGGER refuse_audit").await;
+    ok(&kluis_umask_000(&dir, &args));
+    let rows = sql(&dir, "SELECT COUNT(*) FROM kluis_r_absence").await;
+    assert_eq!(rows[0].get::<i64, _>(0), 5);
+    let entries = sql(&dir, "SELECT reason FROM kluis_audit WHERE action = 'import' ORDER BY seq").await;
+    let reasons: Vec<String> = entries.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        reasons,
+        [
+            "collection absence lines 1-2 (0 already present) count 2",
+            "collection absence lines 3-4 (0 already present) count 2",
+            "collection absence lines 5-5 (0 already present) count 1",
+        ]
+    );
+    let out = kluis_umask_000(&dir, &["audit", "verify"]);
+    ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rows ok: 5 rows"), "{out:?}");
+}

@@ -119,7 +119,7 @@ async fn walk<B: Backend>(
     store: &Store<B>,
     want: &[u64],
 ) -> Result<(VerifyReport, BTreeMap<u64, Vec<u8>>, Vec<RowsClaim>)> {
-    let backend = store.backend();
+    let backend = store;
     let mut report = VerifyReport::default();
     let mut claims = Vec::new();
     let mut prev: Vec<u8> = GENESIS.to_vec();
@@ -213,7 +213,7 @@ fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expe
 /// rows replaced) by someone with write access to the database: keep [`latest_checkpoint`] or
 /// [`head`] values elsewhere and use [`verify_against`].
 pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
-    let cps = store.backend().audit_checkpoints().await?;
+    let cps = store.audit_checkpoints().await?;
     let want: Vec<u64> = cps.iter().map(|c| to_u64(c.seq)).collect();
     let (mut report, hashes, claims) = walk(store, &want).await?;
     for cp in &cps {
@@ -238,7 +238,7 @@ pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
 /// must exist (else the tail was truncated) and have the recorded hash (else the chain was
 /// rewritten at or before that position).
 pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoint) -> Result<VerifyReport> {
-    let cps = store.backend().audit_checkpoints().await?;
+    let cps = store.audit_checkpoints().await?;
     let mut want: Vec<u64> = cps.iter().map(|c| to_u64(c.seq)).collect();
     want.push(checkpoint.seq);
     want.sort_unstable();
@@ -282,13 +282,13 @@ pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoin
 /// The newest periodic checkpoint the database holds (every `checkpoint_every` entries).
 /// Verify first: a checkpoint taken from a tampered database proves nothing.
 pub async fn latest_checkpoint<B: Backend>(store: &Store<B>) -> Result<Option<Checkpoint>> {
-    let cps = store.backend().audit_checkpoints().await?;
+    let cps = store.audit_checkpoints().await?;
     Ok(cps.last().map(|c| Checkpoint { seq: to_u64(c.seq), hash: hex(&c.hash) }))
 }
 
 /// The chain head (last entry) as a checkpoint; `None` for an empty log.
 pub async fn head<B: Backend>(store: &Store<B>) -> Result<Option<Checkpoint>> {
-    let (seq, hash) = store.backend().audit_head().await?;
+    let (seq, hash) = store.audit_head().await?;
     Ok((seq > 0).then(|| Checkpoint { seq: to_u64(seq), hash: hex(&hash) }))
 }
 
@@ -367,7 +367,7 @@ pub(crate) async fn export_rows<B: Backend>(
     let mut after = 0i64;
     let mut n = 0u64;
     loop {
-        let page = store.backend().audit_page(tenant, after, PAGE).await?;
+        let page = store.audit_page(tenant, after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for r in &page {

@@ -298,10 +298,29 @@ impl<B: Backend> Service<B> {
 
     // ------------------------------------------------------------------ keys and audit helpers
 
-    /// Loads the domain key sets of exactly the proof's tenant and domains: the only way this crate
-    /// loads keys. A proof for `general` never loads the `medical` key.
+    /// Loads the domain key sets of exactly the proof's tenant and domains, limited to the
+    /// proof's target ([`kluis_store::Scope`]): the only way this crate loads keys. A proof for
+    /// `general` never loads the `medical` key, and a proof for one record (or one subject's
+    /// records) makes every store call on another record or subject fail with
+    /// `StoreError::OutOfScope` before anything is opened or written. The keys of a read, search
+    /// or export proof are read-only (`Access::read_only`).
     pub async fn keys(&self, proof: &AccessProof) -> Result<Access> {
-        Ok(self.store.unlock(&*self.provider, proof.tenant(), proof.domains()).await?)
+        let access = self.store.unlock(&*self.provider, proof.tenant(), proof.domains()).await?;
+        let own = |s: &Option<Arc<str>>| s.as_deref().map(str::to_owned);
+        let scope = match proof.target() {
+            Target::Tenant => kluis_store::Scope::Tenant,
+            Target::Collection { collection, subject } => {
+                kluis_store::Scope::Collection { collection: collection.to_string(), subject: own(subject) }
+            }
+            Target::Record { collection, record, subject } => kluis_store::Scope::Record {
+                collection: collection.to_string(),
+                record: record.to_string(),
+                subject: own(subject),
+            },
+        };
+        let access = access.narrow(scope)?;
+        // A read, search or export never writes with the keys it loaded.
+        Ok(if proof.action().reveals_plaintext() { access.read_only() } else { access })
     }
 
     fn now_ms(&self) -> i64 {
@@ -866,7 +885,7 @@ impl<B: Backend> Service<B> {
     ) -> Result<Vec<AuditRow>> {
         let tenant = self.audit_proof(p, ctx, "read_audit").await?;
         let after = i64::try_from(after).unwrap_or(i64::MAX);
-        Ok(self.store.backend().audit_page(Some(tenant.as_str()), after, limit.clamp(1, 10_000)).await?)
+        Ok(self.store.audit_page(Some(tenant.as_str()), after, limit.clamp(1, 10_000)).await?)
     }
 
     /// Exports the principal's tenant's entries as JSON lines (needs `read_audit`; logged).
@@ -879,6 +898,13 @@ impl<B: Backend> Service<B> {
     /// export, root rewrap) done outside the facade, e.g. by the CLI. Fails with
     /// [`Error::AuditUnavailable`] if the entry cannot be written.
     pub async fn record_admin(&self, actor: &AdminActor, event: AdminEvent) -> Result<()> {
+        self.store.append_audit(self.admin_entry(actor, event)).await.map_err(Error::AuditUnavailable)
+    }
+
+    /// The audit entry of an administrative event, for a caller that commits it **in the same
+    /// transaction** as the change (`Store::audited_transaction`), as `kluis import` does per
+    /// batch.
+    pub fn admin_entry(&self, actor: &AdminActor, event: AdminEvent) -> AuditAppend {
         let mut e = AuditEntry {
             at_ms: self.now_ms(),
             actor: actor.user.clone(),
@@ -916,7 +942,7 @@ impl<B: Backend> Service<B> {
         e.action = action;
         e.tenant = tenant.map(|t| t.to_string()).unwrap_or_default();
         e.reason = detail;
-        self.log(e).await
+        self.append(e)
     }
 }
 

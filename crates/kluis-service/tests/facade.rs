@@ -296,6 +296,33 @@ async fn withheld_fields_and_keys_limited_to_the_decision() {
         .unwrap();
     let access = h.svc.keys(&proof).await.unwrap();
     assert_eq!(access.domains().collect::<Vec<_>>(), ["general"]);
+    // ...and its target: the keys of a proof for b-1 open b-1 only.
+    h.svc
+        .insert(
+            &seeder(&h),
+            &ctx(),
+            "absence",
+            NewRecord::new("emp-2").id("b-2").set("employee_number", "E2"),
+        )
+        .await
+        .unwrap();
+    assert!(h.store.get(&access, "absence", "b-1").await.unwrap().is_some());
+    for e in [
+        h.store.get(&access, "absence", "b-2").await.map(|_| ()),
+        h.store.list(&access, "absence", None, None, 10).await.map(|_| ()),
+        h.store.find(&access, "absence", "employee_number", &Value::from("E2")).await.map(|_| ()),
+        h.store
+            .update(&access, "absence", "b-2", 1, Changes::new().set("employee_number", "E3"))
+            .await
+            .map(|_| ()),
+        // A read proof's keys do not write, not even the record it names.
+        h.store
+            .update(&access, "absence", "b-1", 1, Changes::new().set("employee_number", "E3"))
+            .await
+            .map(|_| ()),
+    ] {
+        assert!(matches!(e, Err(kluis_store::StoreError::OutOfScope { .. })), "{e:?}");
+    }
     let medical = [DomainName::medical()];
     assert!(
         h.svc

@@ -2559,12 +2559,12 @@ macro_rules! backend_impl {
                         }));
                     }
                 };
-                match state.as_str() {
-                    "decrypt-only" => {}
-                    "active" => {
+                match kluis_core::KeyState::parse(&state) {
+                    Ok(kluis_core::KeyState::DecryptOnly) => {}
+                    Ok(kluis_core::KeyState::Active) => {
                         return Err(StoreError::ActiveKey { tenant: tenant.into(), domain: domain.into(), version: v32 });
                     }
-                    "destroyed" => return Ok(()),
+                    Ok(kluis_core::KeyState::Destroyed) => return Ok(()),
                     _ => {
                         return Err(StoreError::KeyIntegrity { what: format!("domain key {tenant}/{domain} v{version}") });
                     }
@@ -2583,7 +2583,7 @@ macro_rules! backend_impl {
                 }
                 // `retag` holds the destroyed row (state, no wrap, no tag) and every other live row
                 // with its tag over the new set, each written only if it is still as read.
-                if !retag.iter().any(|u| u.new.version == version && u.new.state == "destroyed") {
+                if !retag.iter().any(|u| u.new.version == version && u.new.state == kluis_core::KeyState::Destroyed.as_str()) {
                     return Err(StoreError::Invalid(format!(
                         "destroying {tenant}/{domain} v{version}: the update does not destroy it"
                     )));
@@ -2683,7 +2683,10 @@ macro_rules! backend_impl {
                     .fetch_optional(&mut *conn)
                     .await?;
                 let live = match &row {
-                    Some(r) => matches!(Self::text(r, 0)?.as_str(), "active" | "decrypt-only"),
+                    Some(r) => matches!(
+                        kluis_core::KeyState::parse(&Self::text(r, 0)?),
+                        Ok(kluis_core::KeyState::Active | kluis_core::KeyState::DecryptOnly)
+                    ),
                     None => false,
                 };
                 if !live {

@@ -89,6 +89,15 @@ pub enum StoreError {
         /// Domain.
         domain: String,
     },
+    /// The caller's [`crate::Access`] is scoped ([`crate::Scope`]) to other data than this call
+    /// touches: another collection, record or subject, or a tenant-wide operation.
+    #[error("{what} is outside the scope of the caller's access ({scope})")]
+    OutOfScope {
+        /// What the call touches (collection/record, or the operation).
+        what: String,
+        /// The scope, as text.
+        scope: String,
+    },
     /// No such record.
     #[error("record {collection}/{record} not found")]
     NotFound {

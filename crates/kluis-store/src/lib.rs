@@ -30,6 +30,6 @@ pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Schema, field};
 pub use store::{
     Access, AdoptReport, Changes, FieldValue, KeyUsage, LegalOverride, MigrationReport, NewRecord, Op, Page,
-    Record, ReencryptProgress, ShredReport, Store, Written, check_id,
+    Record, ReencryptProgress, Scope, ShredReport, Store, Written, check_id,
 };
 pub use value::Value;

@@ -22,13 +22,103 @@ use crate::layout::{self, Layout, ROW_TAG_DOMAIN, Table};
 use crate::schema::{Collection, FieldDef, Schema};
 use crate::value::Value;
 
-/// The keys a caller holds for one tenant: one [`DomainKeySet`] per domain it may read and write.
-/// Fields of other domains are returned as [`FieldValue::Withheld`] without any decryption attempt.
+/// The collection name a [`Scope`] uses for the documents catalog (a document's id stands for
+/// the record id). A schema collection of this name would share it.
+pub const DOCUMENTS_SCOPE: &str = "documents";
+
+/// What an [`Access`] may touch inside its tenant. Every call that opens or writes a record
+/// checks it against the record's collection, id and subject (as stored) before anything is
+/// opened or written; a call outside it is [`StoreError::OutOfScope`]. Tenant-wide operations
+/// (schema migration, re-encryption, shredding another subject) need [`Scope::Tenant`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scope {
+    /// Everything in the tenant (the default of [`Access::new`] and [`Store::unlock`]).
+    #[default]
+    Tenant,
+    /// The records of one collection; of one subject only if `subject` is set.
+    Collection {
+        /// Collection.
+        collection: String,
+        /// Only this subject's records.
+        subject: Option<String>,
+    },
+    /// One record; only if it is about `subject`, if set.
+    Record {
+        /// Collection.
+        collection: String,
+        /// Record id.
+        record: String,
+        /// Only if the record's subject is this one.
+        subject: Option<String>,
+    },
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let of = |s: &Option<String>| s.as_ref().map(|s| format!(" of subject {s}")).unwrap_or_default();
+        match self {
+            Self::Tenant => f.write_str("the whole tenant"),
+            Self::Collection { collection, subject } => write!(f, "collection {collection}{}", of(subject)),
+            Self::Record { collection, record, subject } => {
+                write!(f, "record {collection}/{record}{}", of(subject))
+            }
+        }
+    }
+}
+
+impl Scope {
+    /// Does it cover the record `collection`/`id` about `subject`?
+    pub fn covers(&self, collection: &str, id: &str, subject: &str) -> bool {
+        let subject_ok = |s: &Option<String>| s.as_deref().is_none_or(|s| s == subject);
+        match self {
+            Self::Tenant => true,
+            Self::Collection { collection: c, subject: s } => c == collection && subject_ok(s),
+            Self::Record { collection: c, record: r, subject: s } => {
+                c == collection && r == id && subject_ok(s)
+            }
+        }
+    }
+
+    /// Does it cover every record of `collection` (of `subject`, if given)?
+    fn covers_collection(&self, collection: &str, subject: Option<&str>) -> bool {
+        match self {
+            Self::Tenant => true,
+            Self::Collection { collection: c, subject: None } => c == collection,
+            Self::Collection { collection: c, subject: Some(s) } => {
+                c == collection && subject == Some(s.as_str())
+            }
+            Self::Record { .. } => false,
+        }
+    }
+
+    /// Is `inner` within `self`?
+    fn contains(&self, inner: &Scope) -> bool {
+        match (self, inner) {
+            (Self::Tenant, _) => true,
+            (_, Self::Tenant) => false,
+            (outer, Self::Collection { collection, subject }) => {
+                outer.covers_collection(collection, subject.as_deref())
+            }
+            (Self::Collection { collection: c, subject: s }, Self::Record { collection, subject, .. }) => {
+                c == collection && (s.is_none() || s == subject)
+            }
+            (Self::Record { .. }, Self::Record { .. }) => self == inner,
+        }
+    }
+}
+
+/// The keys a caller holds for one tenant: one [`DomainKeySet`] per domain it may read and write,
+/// and the [`Scope`] of records it may touch. Fields of other domains are returned as
+/// [`FieldValue::Withheld`] without any decryption attempt.
 pub struct Access {
     tenant: TenantId,
     sets: BTreeMap<String, Arc<DomainKeySet>>,
     /// The tenant's [`ROW_TAG_DOMAIN`] key set: row tags are made and checked with it.
     rows: Option<Arc<DomainKeySet>>,
+    scope: Scope,
+    /// May it write (insert, update, delete, documents, shred, migrations, re-encryption)?
+    writes: bool,
 }
 
 impl fmt::Debug for Access {
@@ -37,6 +127,8 @@ impl fmt::Debug for Access {
             .field("tenant", &self.tenant)
             .field("domains", &self.sets.keys())
             .field("row_tags", &self.rows.is_some())
+            .field("scope", &self.scope)
+            .field("writes", &self.writes)
             .finish()
     }
 }
@@ -44,7 +136,89 @@ impl fmt::Debug for Access {
 impl Access {
     /// No keys yet.
     pub fn new(tenant: TenantId) -> Self {
-        Self { tenant, sets: BTreeMap::new(), rows: None }
+        Self { tenant, sets: BTreeMap::new(), rows: None, scope: Scope::Tenant, writes: true }
+    }
+
+    /// The same keys for reading only: every call that writes fails with
+    /// [`StoreError::OutOfScope`]. There is no way back.
+    pub fn read_only(mut self) -> Self {
+        self.writes = false;
+        self
+    }
+
+    /// May it write?
+    pub fn may_write(&self) -> bool {
+        self.writes
+    }
+
+    /// Refuses a write through a read-only access.
+    fn require_write(&self, what: &str) -> Result<()> {
+        if self.writes {
+            Ok(())
+        } else {
+            Err(StoreError::OutOfScope { what: what.to_owned(), scope: format!("{}, read only", self.scope) })
+        }
+    }
+
+    /// The same keys, limited to `scope`, which must lie within the current one (an `Access`
+    /// can only narrow): else [`StoreError::OutOfScope`].
+    pub fn narrow(mut self, scope: Scope) -> Result<Self> {
+        if !self.scope.contains(&scope) {
+            return Err(StoreError::OutOfScope { what: scope.to_string(), scope: self.scope.to_string() });
+        }
+        self.scope = scope;
+        Ok(self)
+    }
+
+    /// What it may touch.
+    pub fn scope(&self) -> &Scope {
+        &self.scope
+    }
+
+    /// Refuses a record outside the scope.
+    fn in_scope(&self, collection: &str, id: &str, subject: &str) -> Result<()> {
+        if self.scope.covers(collection, id, subject) {
+            Ok(())
+        } else {
+            Err(StoreError::OutOfScope {
+                what: format!("record {collection}/{id}"),
+                scope: self.scope.to_string(),
+            })
+        }
+    }
+
+    /// Refuses a read of a whole collection (of `subject`, if given) outside the scope.
+    fn collection_in_scope(&self, collection: &str, subject: Option<&str>) -> Result<()> {
+        if self.scope.covers_collection(collection, subject) {
+            Ok(())
+        } else {
+            let what = match subject {
+                Some(s) => format!("collection {collection} of subject {s}"),
+                None => format!("collection {collection}"),
+            };
+            Err(StoreError::OutOfScope { what, scope: self.scope.to_string() })
+        }
+    }
+
+    /// Refuses a catalog entry outside the scope (documents are scoped under the collection
+    /// name [`DOCUMENTS_SCOPE`], the document id as record id).
+    fn document_in_scope(&self, row: &DocumentRow) -> Result<()> {
+        if self.scope.covers(DOCUMENTS_SCOPE, &row.document_id, &row.subject) {
+            Ok(())
+        } else {
+            Err(StoreError::OutOfScope {
+                what: format!("document {}", row.document_id),
+                scope: self.scope.to_string(),
+            })
+        }
+    }
+
+    /// Refuses a tenant-wide operation unless the scope is the whole tenant.
+    fn whole_tenant(&self, what: &str) -> Result<()> {
+        match self.scope {
+            Scope::Tenant => Ok(()),
+            _ => Err(StoreError::OutOfScope { what: what.to_owned(), scope: self.scope.to_string() }),
+        }
     }
 
     /// Adds a domain key set of this tenant. The [`ROW_TAG_DOMAIN`] set (which every record
@@ -701,6 +875,35 @@ impl<B: Backend> Store<B> {
     /// The tables of the schema.
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The domains `tenant` holds domain keys for (any state), in the order first seen.
+    pub async fn tenant_domains(&self, tenant: &TenantId) -> Result<Vec<DomainName>> {
+        let mut out: Vec<DomainName> = Vec::new();
+        for row in self.backend.all_domain_keys().await? {
+            if row.tenant == tenant.as_str() {
+                let d = DomainName::new(row.domain.clone())?;
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every subject key version of (`tenant`, `domain`): (subject, version), as stored.
+    pub async fn subject_key_versions(
+        &self,
+        tenant: &TenantId,
+        domain: &DomainName,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(self
+            .backend
+            .all_subject_keys(tenant.as_str(), domain.as_str())
+            .await?
+            .into_iter()
+            .map(|k| (k.subject, k.version))
+            .collect())
     }
 
     /// The backend (same pool; for tools and benches).
@@ -1361,6 +1564,7 @@ impl<B: Backend> Store<B> {
         ops: Vec<Op>,
         audit: Option<&AuditAppend>,
     ) -> Result<Vec<Written>> {
+        access.require_write("a write")?;
         let mut attempt = 1;
         loop {
             match self.write_pipelined(access, ops.clone(), audit).await {
@@ -1462,6 +1666,7 @@ impl<B: Backend> Store<B> {
                         Some(id) => id.clone(),
                         None => random_id()?,
                     };
+                    access.in_scope(&collection, &id, &record.subject)?;
                     self.prepare_fields(access, coll, &record.subject, &record.fields, tags).await?;
                     let row = RecordRow {
                         tenant: tenant.clone(),
@@ -1488,6 +1693,7 @@ impl<B: Backend> Store<B> {
                     let current = self.backend.get(table, &tenant, &id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
+                    access.in_scope(&collection, &id, &current.record.subject)?;
                     Self::check_row(access, &current, tags)?;
                     let current_tag = current.record.tag.clone();
                     // Retention can be extended, never shortened while it runs.
@@ -1527,6 +1733,7 @@ impl<B: Backend> Store<B> {
                     let current = self.backend.get(&table, &tenant, &id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
+                    access.in_scope(&collection, &id, &current.record.subject)?;
                     // Deleting needs the keys of every domain the record holds, including the
                     // domains of the catalog documents attached to it (deleted with it).
                     for f in &current.fields {
@@ -1682,6 +1889,7 @@ impl<B: Backend> Store<B> {
     // ---------------------------------------------------------------- reads
 
     async fn open_record(&self, access: &Access, stored: StoredRecord, tags: &mut Tags) -> Result<Record> {
+        access.in_scope(&stored.record.collection, &stored.record.id, &stored.record.subject)?;
         Self::check_row(access, &stored, tags)?;
         let table = self.layout.table(&stored.record.collection)?.clone();
         let r = stored.record;
@@ -1739,6 +1947,19 @@ impl<B: Backend> Store<B> {
         let mut tags = Tags::new();
         let table = self.layout.table(collection)?;
         check_id("record id", id)?;
+        // Another collection or id is refused before reading; the subject is checked on the row
+        // (open_record).
+        let other = match &access.scope {
+            Scope::Tenant => false,
+            Scope::Collection { collection: c, .. } => c != collection,
+            Scope::Record { collection: c, record: r, .. } => c != collection || r != id,
+        };
+        if other {
+            return Err(StoreError::OutOfScope {
+                what: format!("record {collection}/{id}"),
+                scope: access.scope.to_string(),
+            });
+        }
         match self.backend.get(table, access.tenant.as_str(), id).await? {
             None => Ok(None),
             Some(s) => Ok(Some(self.open_record(access, s, &mut tags).await?)),
@@ -1803,6 +2024,7 @@ impl<B: Backend> Store<B> {
         if let Some(a) = after {
             check_id("cursor", a)?;
         }
+        access.collection_in_scope(collection, subject)?;
         let limit = limit.clamp(1, 1000);
         let table = self.layout.table(collection)?;
         let rows = self.backend.list(table, access.tenant.as_str(), subject, after, limit).await?;
@@ -1833,6 +2055,14 @@ impl<B: Backend> Store<B> {
             });
         }
         check_value(coll, def, value)?;
+        if !matches!(&access.scope, Scope::Tenant)
+            && !matches!(&access.scope, Scope::Collection { collection: c, .. } if c == collection)
+        {
+            return Err(StoreError::OutOfScope {
+                what: format!("a search of collection {collection}"),
+                scope: access.scope.to_string(),
+            });
+        }
         let set = access.require(def.domain.as_str())?;
         let encoded = value.encode();
         let mut candidates = Vec::new();
@@ -1844,7 +2074,9 @@ impl<B: Backend> Store<B> {
         let table = self.layout.table(collection)?;
         let rows = self.backend.find_index(table, access.tenant.as_str(), field, candidates).await?;
         let mut out = Vec::new();
-        for s in rows {
+        // Hits outside the scope (another subject's, under a subject scope) are not opened.
+        for s in rows.into_iter().filter(|s| access.scope.covers(collection, &s.record.id, &s.record.subject))
+        {
             // A blind index is not covered by the row tag: each hit is opened and compared.
             let rec = self.open_record(access, s, &mut tags).await?;
             let hit = rec.get(field).is_some_and(|v| ct_eq(&v.encode(), &encoded));
@@ -1885,6 +2117,8 @@ impl<B: Backend> Store<B> {
         entry: Option<crate::audit::AuditAppend>,
     ) -> Result<ShredReport> {
         check_id("subject id", subject)?;
+        access.whole_tenant("a shred")?;
+        access.require_write("a shred")?;
         let tenant = access.tenant.clone();
         let now = now_unix();
         let records = self.backend.subject_records(&self.layout, tenant.as_str(), subject).await?;
@@ -2314,6 +2548,8 @@ impl<B: Backend> Store<B> {
         domain: &DomainName,
         max_subjects: usize,
     ) -> Result<ReencryptProgress> {
+        access.whole_tenant("a re-encryption")?;
+        access.require_write("a re-encryption")?;
         let set = access.require(domain.as_str())?;
         let records = self.domain_records(&access.tenant, domain).await?;
         let db_active = keys::validate_versions(&records)
@@ -2499,6 +2735,8 @@ impl<B: Backend> Store<B> {
     /// next run. The migration is idempotent: run it until it reports nothing to do, then use a
     /// `Store` built with `target`. `access` must hold the old and the new domains.
     pub async fn migrate_schema(&self, access: &Access, target: &Schema) -> Result<MigrationReport> {
+        access.whole_tenant("a schema migration")?;
+        access.require_write("a schema migration")?;
         let mut tags = Tags::new();
         let mut report = MigrationReport::default();
         let tenant = access.tenant.to_string();
@@ -2792,14 +3030,23 @@ impl<B: Backend> Store<B> {
     /// domain keys the generation is recorded (first use).
     pub async fn check_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<GenerationStatus> {
         let Some(keyring) = provider.generation() else { return Ok(GenerationStatus::InSync) };
-        let Some(sealed) = self.backend.meta(META_GENERATION).await? else {
-            // First use: no tenant key yet (the metadata key may exist: another process that is
-            // recording the generation right now creates it first).
-            if self.backend.tenants().await?.iter().all(|t| t == META_TENANT) {
-                self.write_generation(provider, keyring).await?;
-                return Ok(GenerationStatus::InSync);
+        let sealed = match self.backend.meta(META_GENERATION).await? {
+            Some(s) => s,
+            None => {
+                // First use: no tenant key yet (the metadata key may exist: another process that
+                // is recording the generation right now creates it first).
+                if self.backend.tenants().await?.iter().all(|t| t == META_TENANT) {
+                    self.write_generation(provider, keyring).await?;
+                    return Ok(GenerationStatus::InSync);
+                }
+                // Tenant keys are created only after the generation is recorded: one that
+                // another process recorded and then made tenant keys after our first read is
+                // there now. Missing still, it is missing.
+                self.backend
+                    .meta(META_GENERATION)
+                    .await?
+                    .ok_or(StoreError::MetadataMissing(META_GENERATION))?
             }
-            return Err(StoreError::MetadataMissing(META_GENERATION));
         };
         let (clear, sealed_part) = match sealed.split_first() {
             // Format 1: 0x01 || u64_be(generation) || sealed(u64_be(generation)): the value in
@@ -2962,6 +3209,8 @@ impl<B: Backend> Store<B> {
         let Some(row) = self.backend.document(access.tenant.as_str(), document_id).await? else {
             return Ok(false);
         };
+        access.require_write("a document delete")?;
+        access.document_in_scope(&row)?;
         access.require(&row.domain)?;
         let op = WriteOp::DeleteDocument { tenant: row.tenant, document_id: row.document_id };
         match self.backend.apply(vec![WriteOp::Audit(audit), op]).await {
@@ -2975,6 +3224,8 @@ impl<B: Backend> Store<B> {
         if row.tenant != access.tenant.as_str() {
             return Err(StoreError::Invalid("a document of another tenant".into()));
         }
+        access.require_write("a document write")?;
+        access.document_in_scope(row)?;
         access.require(&row.domain)?;
         check_id("document id", &row.document_id)?;
         check_id("subject id", &row.subject)?;
@@ -2991,19 +3242,30 @@ impl<B: Backend> Store<B> {
     /// Catalog entries of a subject.
     pub async fn documents_of_subject(&self, access: &Access, subject: &str) -> Result<Vec<DocumentRow>> {
         check_id("subject id", subject)?;
+        access.collection_in_scope(DOCUMENTS_SCOPE, Some(subject))?;
         self.backend.list_documents(access.tenant.as_str(), DocumentFilter::Subject(subject)).await
     }
 
     /// Catalog entries attached to a record.
     pub async fn documents_of_record(&self, access: &Access, record_id: &str) -> Result<Vec<DocumentRow>> {
         check_id("record id", record_id)?;
-        self.backend.list_documents(access.tenant.as_str(), DocumentFilter::Record(record_id)).await
+        let rows =
+            self.backend.list_documents(access.tenant.as_str(), DocumentFilter::Record(record_id)).await?;
+        // Entries outside the scope (another subject's) are left out.
+        Ok(rows
+            .into_iter()
+            .filter(|d| access.scope.covers(DOCUMENTS_SCOPE, &d.document_id, &d.subject))
+            .collect())
     }
 
     /// One catalog entry of the caller's tenant.
     pub async fn document(&self, access: &Access, document_id: &str) -> Result<Option<DocumentRow>> {
         check_id("document id", document_id)?;
-        self.backend.document(access.tenant.as_str(), document_id).await
+        let row = self.backend.document(access.tenant.as_str(), document_id).await?;
+        if let Some(r) = &row {
+            access.document_in_scope(r)?;
+        }
+        Ok(row)
     }
 
     /// Replaces the catalog entry `new.document_id` of the caller's tenant if its object name is
@@ -3028,6 +3290,13 @@ impl<B: Backend> Store<B> {
     /// Removes a catalog entry; `false` if absent.
     pub async fn delete_document(&self, access: &Access, document_id: &str) -> Result<bool> {
         check_id("document id", document_id)?;
+        access.require_write("a document delete")?;
+        if !matches!(access.scope, Scope::Tenant) {
+            match self.backend.document(access.tenant.as_str(), document_id).await? {
+                Some(row) => access.document_in_scope(&row)?,
+                None => return Ok(false),
+            }
+        }
         self.backend.delete_document(access.tenant.as_str(), document_id).await
     }
 }

@@ -1259,6 +1259,90 @@ where
     h
 }
 
+/// An `Access` narrowed to a record, or to one subject's records of a collection, refuses every
+/// other record, subject, collection and tenant-wide operation (`OutOfScope`) before anything is
+/// opened or written, and can only narrow further.
+async fn scoped_access<B: Backend>(h: Harness<B>) -> Harness<B> {
+    use kluis_store::Scope;
+    let s = &h.store;
+    for (id, subject, emp) in [("a", "emp-1", "E1"), ("b", "emp-2", "E1"), ("c", "emp-1", "E2")] {
+        s.insert(&h.doctor, "absence", absence(subject, emp, "flu").id(id)).await.unwrap();
+    }
+    let out = |e: Result<(), StoreError>, what: &str| {
+        assert!(matches!(e, Err(StoreError::OutOfScope { .. })), "{what}: {e:?}");
+    };
+    // One record.
+    let rec = h
+        .doctor_clone()
+        .await
+        .narrow(Scope::Record {
+            collection: "absence".into(),
+            record: "a".into(),
+            subject: Some("emp-1".into()),
+        })
+        .unwrap();
+    assert!(s.get(&rec, "absence", "a").await.unwrap().is_some());
+    s.update(&rec, "absence", "a", 1, Changes::new().set("diagnosis", "burn-out")).await.unwrap();
+    out(s.get(&rec, "absence", "b").await.map(|_| ()), "get another record");
+    out(
+        s.update(&rec, "absence", "b", 1, Changes::new().set("diagnosis", "x")).await.map(|_| ()),
+        "update another",
+    );
+    out(s.delete(&rec, "absence", "c", None, None).await, "delete another");
+    out(s.insert(&rec, "absence", absence("emp-1", "E9", "x").id("d")).await.map(|_| ()), "insert another");
+    out(s.list(&rec, "absence", None, None, 10).await.map(|_| ()), "list");
+    out(s.find(&rec, "absence", "employee_number", &Value::from("E1")).await.map(|_| ()), "find");
+    out(s.migrate_schema(&rec, s.schema()).await.map(|_| ()), "schema migration");
+    // A record scope whose subject is not the row's: refused on the row, before opening.
+    let wrong = h
+        .doctor_clone()
+        .await
+        .narrow(Scope::Record {
+            collection: "absence".into(),
+            record: "a".into(),
+            subject: Some("emp-2".into()),
+        })
+        .unwrap();
+    out(s.get(&wrong, "absence", "a").await.map(|_| ()), "another subject's record");
+    // Widening is refused.
+    out(rec.narrow(Scope::Tenant).map(|_| ()), "widen to the tenant");
+    // One subject's records of a collection.
+    let subj = h
+        .doctor_clone()
+        .await
+        .narrow(Scope::Collection { collection: "absence".into(), subject: Some("emp-1".into()) })
+        .unwrap();
+    let page = s.list(&subj, "absence", Some("emp-1"), None, 10).await.unwrap();
+    assert_eq!(page.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a", "c"]);
+    out(s.list(&subj, "absence", None, None, 10).await.map(|_| ()), "list every subject");
+    out(s.list(&subj, "absence", Some("emp-2"), None, 10).await.map(|_| ()), "list another subject");
+    let hits = s.find(&subj, "absence", "employee_number", &Value::from("E1")).await.unwrap();
+    assert_eq!(hits.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["a"], "b is emp-2's: not opened");
+    out(s.get(&subj, "absence", "b").await.map(|_| ()), "get another subject's record");
+    out(
+        s.insert(&subj, "absence", absence("emp-2", "E9", "x").id("e")).await.map(|_| ()),
+        "insert for another subject",
+    );
+    s.insert(&subj, "absence", absence("emp-1", "E9", "x").id("e")).await.unwrap();
+    let mut subj = subj;
+    out(s.shred_subject(&h.keyring, &mut subj, "emp-1", None).await.map(|_| ()), "shred");
+    assert!(s.get(&h.doctor, "absence", "b").await.unwrap().is_some(), "nothing outside the scope changed");
+    // Read only: reads work, every write is refused.
+    let mut ro = h.doctor_clone().await.read_only();
+    assert!(!ro.may_write());
+    assert!(s.get(&ro, "absence", "b").await.unwrap().is_some());
+    out(s.insert(&ro, "absence", absence("emp-2", "E9", "x").id("f")).await.map(|_| ()), "read-only insert");
+    out(
+        s.update(&ro, "absence", "b", 1, Changes::new().set("diagnosis", "x")).await.map(|_| ()),
+        "read-only update",
+    );
+    out(s.delete(&ro, "absence", "b", None, None).await, "read-only delete");
+    out(s.shred_subject(&h.keyring, &mut ro, "emp-2", None).await.map(|_| ()), "read-only shred");
+    out(s.delete_document(&ro, "doc-1").await.map(|_| ()), "read-only document delete");
+    assert_eq!(s.get(&h.doctor, "absence", "b").await.unwrap().unwrap().version, 1, "b unchanged");
+    h
+}
+
 macro_rules! conformance {
     ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
         mod $engine {
@@ -1306,6 +1390,7 @@ all_engines!(
     list_pages,
     pipelined_transaction,
     row_freshness,
+    scoped_access,
 );
 
 /// On a PostgreSQL database whose ids sort by a locale (ICU) collation, where `a-1 < B-2` while

@@ -5,10 +5,19 @@
 //! denial with a reason. The default is deny.
 //!
 //! An allow carries an [`AccessProof`]: a value with private fields and no public constructor,
-//! not `Clone`, bound to the tenant, domains, action and target of the request. Store calls that
-//! decrypt take an `&AccessProof` and check [`AccessProof::covers`] against the context they are
-//! about to open, so "decrypt without checking" does not compile, and a proof for one record or
-//! tenant does not open another.
+//! not `Clone`, bound to the tenant, domains, action and target of the request. The facade
+//! ([`crate::Service`]) loads keys only through [`crate::Service::keys`], which takes an
+//! `&AccessProof`, unlocks exactly its tenant and domains, and narrows the `kluis_store::Access`
+//! it returns to the proof's target (`kluis_store::Scope`: a record, a collection, optionally one
+//! subject's) and, for a read, search or export, to reading only. A store call with those keys on
+//! another record, subject or collection, or a write with a read's keys, fails with
+//! `StoreError::OutOfScope` before anything is opened or written (tests: kluis-service
+//! `withheld_fields_and_keys_limited_to_the_decision`, kluis-store `scoped_access` on three engines).
+//!
+//! What the types do not enforce: `kluis_store::Store::unlock` gives whole-tenant keys to any
+//! caller holding the root key provider (the administrative path: the CLI, re-encryption,
+//! shredding), and [`AccessProof::covers`] and [`AccessProof::allows_open`] are checks for a
+//! caller's own code; the store itself checks the scope, not the proof.
 //!
 //! Rules, in order:
 //! 1. a principal of another tenant is denied ([`DenyReason::CrossTenant`]); a principal with no

@@ -219,7 +219,7 @@ impl<B: Backend> StoreRegistry<B> {
 
     /// A tenant's grants and role assignments from the database, every row verified.
     async fn read_rows(&self, tenant: &TenantId) -> Result<(Vec<SupportGrant>, Vec<RoleAssignment>)> {
-        let rows = self.store.backend().access_rows(tenant.as_str()).await?;
+        let rows = self.store.access_rows(tenant.as_str()).await?;
         let mut grants = Vec::new();
         let mut assignments = Vec::new();
         if !rows.is_empty() {
@@ -257,7 +257,7 @@ impl<B: Backend> StoreRegistry<B> {
         let mut uses: HashMap<String, (u64, SystemTime)> = HashMap::new();
         let mut after = 0i64;
         loop {
-            let page = self.store.backend().audit_page(Some(tenant.as_str()), after, AUDIT_PAGE).await?;
+            let page = self.store.audit_page(Some(tenant.as_str()), after, AUDIT_PAGE).await?;
             let n = page.len();
             for row in page {
                 after = row.seq;
@@ -364,7 +364,7 @@ impl<B: Backend> StoreRegistry<B> {
         );
         self.audit(authz, admin, tenant, "grant_support", reason).await?;
         let row = self.seal_row(tenant, KIND_GRANT, grant.id.to_string(), grant_body(&grant)?).await?;
-        self.store.backend().access_put(&row).await?;
+        self.store.access_put(&row).await?;
         self.mem.insert_grant(grant.clone())?;
         Ok(grant)
     }
@@ -384,7 +384,7 @@ impl<B: Backend> StoreRegistry<B> {
         self.audit(authz, admin, tenant, "revoke_support", format!("revoke {} of {}", g.id, g.support_user))
             .await?;
         let row = self.seal_row(tenant, KIND_GRANT, g.id.to_string(), grant_body(&g)?).await?;
-        self.store.backend().access_put(&row).await?;
+        self.store.access_put(&row).await?;
         self.mem.update_grant(&g)
     }
 
@@ -411,7 +411,7 @@ impl<B: Backend> StoreRegistry<B> {
         })
         .map_err(|e| Error::Registry(e.to_string()))?;
         let row = self.seal_row(tenant, KIND_ROLE, role_id(&a.user, &a.role), body).await?;
-        self.store.backend().access_put(&row).await?;
+        self.store.access_put(&row).await?;
         self.mem.assign_role(a)
     }
 
@@ -428,8 +428,7 @@ impl<B: Backend> StoreRegistry<B> {
         authz.require_admin(admin, tenant)?;
         self.ensure_loaded(tenant).await?;
         self.audit(authz, admin, tenant, "remove_role", format!("remove {role} from {user}")).await?;
-        let gone =
-            self.store.backend().access_delete(tenant.as_str(), KIND_ROLE, &role_id(user, role)).await?;
+        let gone = self.store.access_delete(tenant.as_str(), KIND_ROLE, &role_id(user, role)).await?;
         let had = self.mem.remove_role(tenant, user, role)?;
         Ok(gone || had)
     }
@@ -442,13 +441,13 @@ impl<B: Backend> StoreRegistry<B> {
         let mut n = 0usize;
         for g in &state.grants {
             let row = self.seal_row(tenant, KIND_GRANT, g.id.to_string(), grant_body(g)?).await?;
-            self.store.backend().access_put(&row).await?;
+            self.store.access_put(&row).await?;
             n += 1;
         }
-        for row in self.store.backend().access_rows(tenant.as_str()).await? {
+        for row in self.store.access_rows(tenant.as_str()).await? {
             if row.kind == KIND_ROLE {
                 let r = self.seal_row(tenant, KIND_ROLE, row.id, row.body).await?;
-                self.store.backend().access_put(&r).await?;
+                self.store.access_put(&r).await?;
                 n += 1;
             }
         }
