@@ -292,9 +292,13 @@ async fn keys_rotate<B: Backend, O: BlobBackend + Clone>(
     let t = env.tenant(&td.tenant).await?;
     let d = env.domain(&t, &td.domain).await?;
     let provider = env.provider().await?;
-    let v = env.store.rotate_domain_key(provider, &t, &d).await?;
-    audit_admin(env, actor, AdminEvent::KeyRotation { tenant: t.clone(), domain: d.clone(), version: v })
-        .await?;
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    // The new key row and its audit entry commit together.
+    let entry = |version: u32| {
+        service.admin_entry(&who, AdminEvent::KeyRotation { tenant: t.clone(), domain: d.clone(), version })
+    };
+    let v = env.store.rotate_domain_key_audited(provider, &t, &d, &entry).await?;
     let mut r = Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "active_version": v }));
     r.line(format!("{t}/{d}: v{v} is active; older versions are decrypt-only"));
     r.line(format!("next: kluis reencrypt --tenant {t} --domain {d}"));
@@ -314,8 +318,11 @@ async fn keys_retire<B: Backend, O: BlobBackend + Clone>(
         return Err(CliError::UnknownVersion { tenant: t.to_string(), domain: d.to_string(), version });
     }
     let provider = env.provider().await?;
-    env.store.retire_domain_version(provider, &t, &d, version).await?;
-    audit_admin(env, actor, AdminEvent::Retire { tenant: t.clone(), domain: d.clone(), version }).await?;
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    let entry =
+        service.admin_entry(&who, AdminEvent::Retire { tenant: t.clone(), domain: d.clone(), version });
+    env.store.retire_domain_version_audited(provider, &t, &d, version, entry).await?;
     let mut r =
         Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "retired_version": version }));
     r.line(format!("{t}/{d} v{version} destroyed"));
@@ -561,7 +568,13 @@ async fn shred<B: Backend, O: BlobBackend + Clone>(
         _ => None,
     };
     let provider = env.provider().await?;
-    let rep = env.store.shred_subject(provider, &mut access, &args.subject, legal.clone()).await?;
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    // The removal of the subject's keys, records and catalog rows commits with its audit entry.
+    let entry =
+        service.admin_entry(&who, AdminEvent::Shred { tenant: t.clone(), subject: args.subject.clone() });
+    let rep =
+        env.store.shred_subject_audited(provider, &mut access, &args.subject, legal.clone(), entry).await?;
     // The catalog rows are gone with the shred; the objects are unreadable (their keys are
     // destroyed) and are deleted now.
     let mut deleted = 0u64;
@@ -577,7 +590,6 @@ async fn shred<B: Backend, O: BlobBackend + Clone>(
         None => String::new(),
     };
     let _ = why; // the legal override itself is recorded by the store in kluis_legal_overrides
-    audit_admin(env, actor, AdminEvent::Shred { tenant: t.clone(), subject: args.subject.clone() }).await?;
     let destroyed: Vec<String> = rep.destroyed_versions.iter().map(|(d, v)| format!("{d} v{v}")).collect();
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "subject": args.subject, "records_removed": rep.records_removed,

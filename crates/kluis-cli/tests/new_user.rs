@@ -160,3 +160,85 @@ async fn an_import_batch_commits_with_its_audit_entry() {
     ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("rows ok: 5 rows"), "{out:?}");
 }
+
+/// A key rotation, a retirement and a shred commit with their audit entries: when the entry
+/// cannot be written, the key rows and the subject's data stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_changes_and_shreds_commit_with_their_audit_entries() {
+    use sqlx::Row;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ok(&kluis_umask_000(&dir, &["init"]));
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let file = tmp.path().join("in.jsonl");
+    std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
+    ok(&kluis_umask_000(
+        &dir,
+        &["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()],
+    ));
+    let versions = |dir: std::path::PathBuf| async move {
+        let rows =
+            sql(&dir, "SELECT version, state FROM kluis_domain_keys WHERE tenant = 'acme' AND domain = 'general' ORDER BY version")
+                .await;
+        rows.iter().map(|r| (r.get::<i64, _>(0), r.get::<String, _>(1))).collect::<Vec<_>>()
+    };
+    let before = versions(dir.clone()).await;
+    let refuse = "CREATE TRIGGER refuse_audit BEFORE INSERT ON kluis_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END";
+    sql(&dir, refuse).await;
+    let rotate = ["keys", "rotate", "--tenant", "acme", "--domain", "general"];
+    assert!(!kluis_umask_000(&dir, &rotate).status.success());
+    assert_eq!(versions(dir.clone()).await, before, "no key row without its audit entry");
+    let shred = ["shred", "--tenant", "acme", "--subject", "emp-1"];
+    assert!(!kluis_umask_000(&dir, &shred).status.success());
+    let rows = sql(&dir, "SELECT COUNT(*) FROM kluis_r_absence").await;
+    assert_eq!(rows[0].get::<i64, _>(0), 1, "the subject's record is still there");
+    sql(&dir, "DROP TRIGGER refuse_audit").await;
+    ok(&kluis_umask_000(&dir, &rotate));
+    assert_eq!(versions(dir.clone()).await.len(), before.len() + 1);
+    sql(&dir, refuse).await;
+    let retire = ["keys", "retire", "--tenant", "acme", "--domain", "general", "--version", "1"];
+    // Version 1 still seals the record's general cells unless re-encrypted: re-encrypt first.
+    sql(&dir, "DROP TRIGGER refuse_audit").await;
+    ok(&kluis_umask_000(&dir, &["reencrypt", "--tenant", "acme", "--domain", "general"]));
+    sql(&dir, refuse).await;
+    let live = versions(dir.clone()).await;
+    assert!(!kluis_umask_000(&dir, &retire).status.success());
+    assert_eq!(versions(dir.clone()).await, live, "not destroyed without its audit entry");
+    sql(&dir, "DROP TRIGGER refuse_audit").await;
+    ok(&kluis_umask_000(&dir, &retire));
+    ok(&kluis_umask_000(&dir, &shred));
+    let actions = sql(
+        &dir,
+        "SELECT action FROM kluis_audit WHERE action IN ('rotate_key', 'retire_key', 'shred') ORDER BY seq",
+    )
+    .await;
+    let actions: Vec<String> = actions.iter().map(|r| r.get(0)).collect();
+    assert_eq!(actions, ["rotate_key", "retire_key", "shred"]);
+    let out = kluis_umask_000(&dir, &["audit", "verify"]);
+    ok(&out);
+}
+
+/// `kluis audit verify` names a row deleted outside Kluis and exits 6 (integrity).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_names_a_row_deleted_outside_kluis() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ok(&kluis_umask_000(&dir, &["init"]));
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let file = tmp.path().join("in.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n{\"id\":\"ar-2\",\"subject\":\"emp-2\"}\n",
+    )
+    .unwrap();
+    ok(&kluis_umask_000(
+        &dir,
+        &["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()],
+    ));
+    ok(&kluis_umask_000(&dir, &["audit", "verify"]));
+    sql(&dir, "DELETE FROM kluis_r_absence WHERE id = 'ar-2'").await;
+    let out = kluis_umask_000(&dir, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("acme/absence/ar-2: the row Kluis wrote last is missing"), "{err}");
+}

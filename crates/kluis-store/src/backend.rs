@@ -625,6 +625,7 @@ pub trait Backend:
         &self,
         updates: Vec<KeyRowUpdate>,
         new: DomainKeyRow,
+        audit: Option<crate::audit::AuditAppend>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Replaces domain key rows (state, wrapped key, tag), each only if it is still as read, in
@@ -642,6 +643,7 @@ pub trait Backend:
         domain: &str,
         version: i64,
         retag: Vec<KeyRowUpdate>,
+        audit: Option<crate::audit::AuditAppend>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Replaces the wrapped bytes of domain key rows, each only if it still holds the given old
@@ -2496,8 +2498,16 @@ macro_rules! backend_impl {
                 }
             }
 
-            async fn rotate_domain_keys(&self, updates: Vec<KeyRowUpdate>, new: DomainKeyRow) -> Result<()> {
+            async fn rotate_domain_keys(
+                &self,
+                updates: Vec<KeyRowUpdate>,
+                new: DomainKeyRow,
+                audit: Option<crate::audit::AuditAppend>,
+            ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                if audit.is_some() {
+                    Self::lock_head(&mut tx).await?;
+                }
                 Self::update_key_rows(&mut tx, &updates).await?;
                 let res = sqlx::query::<$db>(&$sql(
                     "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
@@ -2519,6 +2529,8 @@ macro_rules! backend_impl {
                     }
                     Err(e) => return Err(e.into()),
                 }
+                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -2537,8 +2549,12 @@ macro_rules! backend_impl {
                 domain: &str,
                 version: i64,
                 retag: Vec<KeyRowUpdate>,
+                audit: Option<crate::audit::AuditAppend>,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                if audit.is_some() {
+                    Self::lock_head(&mut tx).await?;
+                }
                 let sql = format!(
                     "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
                     update_lock($engine)
@@ -2589,6 +2605,8 @@ macro_rules! backend_impl {
                     )));
                 }
                 Self::update_key_rows(&mut tx, &retag).await?;
+                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }

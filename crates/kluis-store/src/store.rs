@@ -2184,7 +2184,7 @@ impl<B: Backend> Store<B> {
     ) -> Result<Vec<u32>> {
         let mut tags = Tags::new();
         let tenant = access.tenant.clone();
-        let new_rec = self.rotate_verified(provider, &tenant, domain).await?;
+        let new_rec = self.rotate_verified(provider, &tenant, domain, None).await?;
         let set = self.key_set(provider, &tenant, domain).await?;
         let records = self.domain_records(&tenant, domain).await?;
         // Rewrap the remaining subject keys under the new version.
@@ -2235,7 +2235,7 @@ impl<B: Backend> Store<B> {
             if r.state != KeyState::DecryptOnly {
                 continue;
             }
-            match self.destroy_verified(provider, &tenant, domain, r.version).await {
+            match self.destroy_verified(provider, &tenant, domain, r.version, None).await {
                 Ok(()) => destroyed.push(r.version),
                 Err(StoreError::KeyInUse { .. }) => tracing::warn!(
                     tenant = %tenant, domain = %domain, version = r.version,
@@ -2458,8 +2458,30 @@ impl<B: Backend> Store<B> {
         tenant: &TenantId,
         domain: &DomainName,
     ) -> Result<u32> {
+        self.rotate_domain_key_with(provider, tenant, domain, None).await
+    }
+
+    /// [`Store::rotate_domain_key`] with the audit entry `audit(new version)` appended **in the
+    /// same database transaction** as the new key row: both are committed, or neither.
+    pub async fn rotate_domain_key_audited(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+        audit: &(dyn Fn(u32) -> AuditAppend + Send + Sync),
+    ) -> Result<u32> {
+        self.rotate_domain_key_with(provider, tenant, domain, Some(audit)).await
+    }
+
+    async fn rotate_domain_key_with(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+        audit: Option<&(dyn Fn(u32) -> AuditAppend + Send + Sync)>,
+    ) -> Result<u32> {
         self.check_rollback(provider).await?;
-        let new_rec = self.rotate_verified(provider, tenant, domain).await?;
+        let new_rec = self.rotate_verified(provider, tenant, domain, audit).await?;
         tracing::info!(tenant = %tenant, domain = %domain, version = new_rec.version, "kluis-store domain key rotated");
         Ok(new_rec.version)
     }
@@ -2471,13 +2493,15 @@ impl<B: Backend> Store<B> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
+        audit: Option<&(dyn Fn(u32) -> AuditAppend + Send + Sync)>,
     ) -> Result<DomainKeyRecord> {
         Self::not_row_tags(domain)?;
         let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
         let (new_rec, _) = keys::rotate_domain_key(provider, &set, &mut records).await?;
         let mut rows = Self::rows_from_records(&records)?;
         let new_row = rows.pop().ok_or_else(|| StoreError::Invalid("empty rotation".into()))?;
-        self.backend.rotate_domain_keys(key_row_updates(&old_rows, &rows), new_row).await?;
+        let entry = audit.map(|a| a(new_rec.version));
+        self.backend.rotate_domain_keys(key_row_updates(&old_rows, &rows), new_row, entry).await?;
         Ok(new_rec)
     }
 
@@ -2500,6 +2524,7 @@ impl<B: Backend> Store<B> {
         tenant: &TenantId,
         domain: &DomainName,
         version: u32,
+        audit: Option<AuditAppend>,
     ) -> Result<()> {
         Self::not_row_tags(domain)?;
         let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
@@ -2529,6 +2554,7 @@ impl<B: Backend> Store<B> {
                 domain.as_str(),
                 i64::from(version),
                 updates,
+                audit,
             )
             .await
     }
@@ -2719,8 +2745,33 @@ impl<B: Backend> Store<B> {
         domain: &DomainName,
         version: u32,
     ) -> Result<()> {
+        self.retire_domain_version_with(provider, tenant, domain, version, None).await
+    }
+
+    /// [`Store::retire_domain_version`] with `audit` appended **in the same database
+    /// transaction** as the destruction: both are committed, or neither (a version destroyed
+    /// already commits nothing, the entry included).
+    pub async fn retire_domain_version_audited(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+        version: u32,
+        audit: AuditAppend,
+    ) -> Result<()> {
+        self.retire_domain_version_with(provider, tenant, domain, version, Some(audit)).await
+    }
+
+    async fn retire_domain_version_with(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domain: &DomainName,
+        version: u32,
+        audit: Option<AuditAppend>,
+    ) -> Result<()> {
         self.check_rollback(provider).await?;
-        self.destroy_verified(provider, tenant, domain, version).await?;
+        self.destroy_verified(provider, tenant, domain, version, audit).await?;
         tracing::info!(tenant = %tenant, domain = %domain, version, "kluis-store domain key version retired");
         Ok(())
     }
