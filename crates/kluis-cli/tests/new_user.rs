@@ -76,10 +76,7 @@ async fn database_files_are_created_owner_only_whatever_the_umask() {
 /// line of the first pass, reported with the others, and nothing is written.
 #[test]
 fn import_reports_a_domain_without_key_with_every_other_bad_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    ok(&kluis_umask_000(&dir, &["init"]));
-    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let (tmp, dir) = data_dir_with_tenant();
     let schema = dir.join("schema.toml");
     let mut text = std::fs::read_to_string(&schema).unwrap();
     text.push_str("arbo_note       = { type = \"text\", domain = \"arbo\" }\n");
@@ -111,6 +108,15 @@ fn import_reports_a_domain_without_key_with_every_other_bad_line() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 records imported"), "{out:?}");
 }
 
+/// A new data directory (under a temporary directory) with tenant `acme`.
+fn data_dir_with_tenant() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    ok(&kluis_umask_000(&dir, &["init"]));
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    (tmp, dir)
+}
+
 async fn sql(dir: &Path, statement: &str) -> Vec<sqlx::sqlite::SqliteRow> {
     use sqlx::ConnectOptions;
     let mut conn =
@@ -125,10 +131,7 @@ async fn sql(dir: &Path, statement: &str) -> Vec<sqlx::sqlite::SqliteRow> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_import_batch_commits_with_its_audit_entry() {
     use sqlx::Row;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    ok(&kluis_umask_000(&dir, &["init"]));
-    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let (tmp, dir) = data_dir_with_tenant();
     let file = tmp.path().join("in.jsonl");
     let lines: String = (1..=5)
         .map(|i| format!("{{\"id\":\"ar-{i}\",\"subject\":\"emp-{i}\",\"diagnosis\":\"griep\"}}\n"))
@@ -166,10 +169,7 @@ async fn an_import_batch_commits_with_its_audit_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_changes_and_shreds_commit_with_their_audit_entries() {
     use sqlx::Row;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    ok(&kluis_umask_000(&dir, &["init"]));
-    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let (tmp, dir) = data_dir_with_tenant();
     let file = tmp.path().join("in.jsonl");
     std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
     ok(&kluis_umask_000(
@@ -221,10 +221,7 @@ async fn key_changes_and_shreds_commit_with_their_audit_entries() {
 /// `kluis audit verify` names a row deleted outside Kluis and exits 6 (integrity).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_names_a_row_deleted_outside_kluis() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("data");
-    ok(&kluis_umask_000(&dir, &["init"]));
-    ok(&kluis_umask_000(&dir, &["tenant", "add", "acme"]));
+    let (tmp, dir) = data_dir_with_tenant();
     let file = tmp.path().join("in.jsonl");
     std::fs::write(
         &file,

@@ -1820,12 +1820,7 @@ macro_rules! backend_impl {
                     let (sql, args) = insert_rows(table, &row)?;
                     let sql = $sql(&sql).into_owned();
                     Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
-                    moved.push(RowLogEntry {
-                        tenant: r.tenant.clone(),
-                        collection: table.collection.clone(),
-                        record: r.id.clone(),
-                        tag: Some(r.tag.clone()),
-                    });
+                    moved.push(RowLogEntry::written(&r.tenant, &table.collection, &r.id, &r.tag));
                 }
                 Self::log_rows(&mut tx, &moved).await?;
                 tx.commit().await?;
@@ -2855,12 +2850,7 @@ macro_rules! backend_impl {
                     if done.rows_affected() != 1 {
                         return Err(StoreError::KeyChanged { what: format!("record {}/{} changed", t.collection, r.id) });
                     }
-                    rewritten.push(RowLogEntry {
-                        tenant: plan.tenant.clone(),
-                        collection: t.collection.clone(),
-                        record: r.id.clone(),
-                        tag: Some(r.tag.clone()),
-                    });
+                    rewritten.push(RowLogEntry::written(&plan.tenant, &t.collection, &r.id, &r.tag));
                 }
                 Self::log_rows(&mut tx, &rewritten).await?;
                 let mut dropped = Vec::new();

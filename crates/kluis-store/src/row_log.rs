@@ -58,6 +58,18 @@ pub struct RowLogEntry {
     pub tag: Option<Vec<u8>>,
 }
 
+impl RowLogEntry {
+    /// A row written with `tag`.
+    pub fn written(tenant: &str, collection: &str, record: &str, tag: &[u8]) -> Self {
+        Self {
+            tenant: tenant.to_owned(),
+            collection: collection.to_owned(),
+            record: record.to_owned(),
+            tag: Some(tag.to_vec()),
+        }
+    }
+}
+
 /// A stored row log entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RowLogRow {
