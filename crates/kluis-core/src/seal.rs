@@ -291,26 +291,30 @@ impl V2Keys {
     /// Seals a v2 value: picks the salt, writes the header into `ad`'s first `HEADER_LEN` bytes,
     /// and returns `header || commitment || ciphertext || tag`.
     ///
-    /// AES suite: the salt is `epoch || r`. The epoch and its prepared AES-256-GCM subkey come from
-    /// this thread's slot and are renewed after [`EPOCH_VALUES`] values, or when the process id
-    /// is not the one that drew the epoch; `r` is drawn from the OS for this value alone. When the
-    /// slot is busy (another thread on the same slot), the epoch is fresh and the subkey is
-    /// derived for this value alone. XChaCha suite: the whole salt is drawn from the OS.
+    /// `fresh` are bytes the calling seal drew from the OS for this value alone, after its
+    /// inputs were fixed ([`Fresh`]). AES suite: the salt is `epoch || r`. The epoch and its
+    /// prepared AES-256-GCM subkey come from this thread's slot and are renewed after
+    /// [`EPOCH_VALUES`] values, or when the process id is not the one that drew the epoch; `r` is
+    /// the first 12 bytes of `fresh`. When the slot is busy (another thread on the same slot), the
+    /// salt is the whole of `fresh` (a fresh epoch, with the subkey derived for this value alone).
+    /// XChaCha suite: the salt is the whole of `fresh`.
     fn seal(
         &self,
         backend: Backend,
         suite: Suite,
         key_ref: KeyRef,
-        mut ad: Vec<u8>,
+        ad: &mut [u8],
         plaintext: &[u8],
+        fresh: &[u8; SALT_LEN],
     ) -> Result<Vec<u8>> {
         let mut slot = match suite {
             Suite::Aes256Gcm => self.seal_slots.get(thread_slot()).and_then(|m| m.try_lock().ok()),
             Suite::XChaCha20Poly1305 => None,
         };
-        // INVARIANT: every salt has bytes drawn from the OS for this value, after every earlier
-        // value: `r` (the GCM nonce) with a cached epoch, the whole salt otherwise. No copy of
-        // this process can have drawn them too (FORMAT.md §5.2).
+        // INVARIANT: every salt has bytes drawn from the OS for this value by the call sealing
+        // it, after every earlier call's values: `r` (the GCM nonce) with a cached epoch, the
+        // whole salt otherwise. A copy of this process made before that draw draws its own; one
+        // made after it seals the same inputs with them, so the same bytes (FORMAT.md §5.2).
         let cached_epoch: Option<[u8; EPOCH_LEN]> = match slot.as_mut() {
             Some(guard) => {
                 let pid = random::process_id();
@@ -333,15 +337,16 @@ impl V2Keys {
         };
         let salt: [u8; SALT_LEN] = match cached_epoch {
             Some(epoch) => {
-                let r: [u8; SALT_LEN - EPOCH_LEN] = random::public_array()?;
                 let mut salt = [0u8; SALT_LEN];
                 let (e, rest) = salt.split_at_mut(EPOCH_LEN);
                 e.copy_from_slice(&epoch);
-                rest.copy_from_slice(&r);
+                let r: &[u8; SALT_LEN - EPOCH_LEN] =
+                    fresh.first_chunk().ok_or(Error::ApiMisuse("seal salt"))?;
+                rest.copy_from_slice(r);
                 salt
             }
-            // XChaCha, or a busy slot (an epoch for this value alone): one draw.
-            None => random::public_array()?,
+            // XChaCha, or a busy slot (an epoch for this value alone): all of it fresh.
+            None => *fresh,
         };
         let (epoch, r) = salt.split_at(EPOCH_LEN);
         let mut nonce = [0u8; 12];
@@ -352,6 +357,7 @@ impl V2Keys {
         if let Some(dst) = ad.get_mut(..HEADER_LEN) {
             dst.copy_from_slice(&header);
         }
+        let ad: &[u8] = ad;
         // INVARIANT: `out` is allocated once at its final size, so the plaintext copied into it is
         // never moved by a reallocation; if sealing fails it still holds plaintext and is wiped.
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(OVERHEAD + plaintext.len()));
@@ -362,12 +368,12 @@ impl V2Keys {
             out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
         let cached = slot.as_ref().and_then(|g| g.as_ref());
         let tag = match (suite, cached) {
-            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&nonce, &ad, body)?,
+            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&nonce, ad, body)?,
             (Suite::Aes256Gcm, None) => {
                 let kx = self.xaes.derive_key(epoch);
-                AeadKey::new(backend, suite, &kx)?.seal_detached(&nonce, &ad, body)?
+                AeadKey::new(backend, suite, &kx)?.seal_detached(&nonce, ad, body)?
             }
-            (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, &ad, body)?,
+            (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, ad, body)?,
         };
         drop(slot);
         out.extend_from_slice(&tag);
@@ -410,6 +416,40 @@ impl V2Keys {
             }
             Suite::XChaCha20Poly1305 => xchacha_open(&self.xchacha, salt, ad, body, tag),
         }
+    }
+}
+
+/// The most values one [`Fresh`] draw serves (one `getrandom` of `SALT_LEN` bytes per value).
+pub(crate) const FRESH_MAX: usize = 16;
+
+/// Salt bytes drawn from the OS by one sealing call for its own values: one `getrandom` for up to
+/// [`FRESH_MAX`] values, `SALT_LEN` bytes for each. INVARIANT: made inside the call that seals
+/// those values, after their inputs are fixed, used for them alone and dropped when the call
+/// returns; never kept, handed on or reused (there is no buffer of randomness between calls,
+/// FORMAT.md §5.2).
+pub(crate) struct Fresh {
+    bytes: [u8; SALT_LEN * FRESH_MAX],
+    n: usize,
+}
+
+impl Fresh {
+    /// Draws the salt bytes of `n` values (at most [`FRESH_MAX`]) in one call to the OS.
+    pub(crate) fn draw(n: usize) -> Result<Self> {
+        let mut bytes = [0u8; SALT_LEN * FRESH_MAX];
+        let part = bytes.get_mut(..SALT_LEN * n).ok_or(Error::ApiMisuse("too many values for one draw"))?;
+        random::fill(part)?;
+        Ok(Self { bytes, n })
+    }
+
+    /// The bytes of value `i`.
+    pub(crate) fn salt(&self, i: usize) -> Result<[u8; SALT_LEN]> {
+        if i >= self.n {
+            return Err(Error::ApiMisuse("salt index"));
+        }
+        self.bytes
+            .get(i * SALT_LEN..(i + 1) * SALT_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(Error::ApiMisuse("salt index"))
     }
 }
 
@@ -462,10 +502,24 @@ impl SealKey {
     /// Seals a field value under `context`.
     pub fn seal(&self, suite: Suite, context: &Context<'_>, plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut ad = Vec::with_capacity(HEADER_LEN + context.encoded_len());
+        self.seal_with(suite, context, plaintext, &mut ad, &Fresh::draw(1)?.salt(0)?)
+    }
+
+    /// [`Self::seal`] with the salt bytes `fresh` the caller drew for this value ([`Fresh`]), and
+    /// `ad` as a scratch buffer for the associated data (its contents are replaced).
+    pub(crate) fn seal_with(
+        &self,
+        suite: Suite,
+        context: &Context<'_>,
+        plaintext: &[u8],
+        ad: &mut Vec<u8>,
+        fresh: &[u8; SALT_LEN],
+    ) -> Result<Vec<u8>> {
+        ad.clear();
         ad.extend_from_slice(&[0u8; HEADER_LEN]);
         ad.extend_from_slice(crate::ids::CONTEXT_LABEL);
-        context.encode_into(&mut ad)?;
-        self.seal_inner(suite, ad, plaintext)
+        context.encode_into(ad)?;
+        self.seal_inner(suite, ad, plaintext, fresh)
     }
 
     /// Opens a field value sealed under `context`.
@@ -482,7 +536,7 @@ impl SealKey {
         let mut full = Vec::with_capacity(HEADER_LEN + ad.len());
         full.extend_from_slice(&[0u8; HEADER_LEN]);
         full.extend_from_slice(ad);
-        self.seal_inner(suite, full, plaintext)
+        self.seal_inner(suite, &mut full, plaintext, &Fresh::draw(1)?.salt(0)?)
     }
 
     /// Opens with caller-supplied associated data.
@@ -499,11 +553,17 @@ impl SealKey {
     }
 
     /// `ad` starts with `HEADER_LEN` placeholder bytes that are overwritten with the header.
-    fn seal_inner(&self, suite: Suite, ad: Vec<u8>, plaintext: &[u8]) -> Result<Vec<u8>> {
+    fn seal_inner(
+        &self,
+        suite: Suite,
+        ad: &mut [u8],
+        plaintext: &[u8],
+        fresh: &[u8; SALT_LEN],
+    ) -> Result<Vec<u8>> {
         if plaintext.len() > MAX_SEALED_PLAINTEXT {
             return Err(Error::LimitReached("a sealed value holds at most 16 MiB"));
         }
-        self.v2.seal(self.backend, suite, self.key_ref, ad, plaintext)
+        self.v2.seal(self.backend, suite, self.key_ref, ad, plaintext, fresh)
     }
 
     fn open_inner(

@@ -412,16 +412,16 @@ impl CallCache {
 
 /// One operation of a transaction, checked, with its subject keys in the call's cache, not yet
 /// sealed ([`Store::plan_transaction`], then [`Store::seal_planned`]).
-enum Planned {
+enum Planned<'o> {
     Insert {
         row: RecordRow,
-        fields: Vec<(String, Value)>,
+        fields: &'o [(String, Value)],
     },
     Update {
         row: RecordRow,
         expected_version: i64,
-        set: Vec<(String, Value)>,
-        remove: Vec<String>,
+        set: &'o [(String, Value)],
+        remove: &'o [String],
         /// The cells as read (the tag covers the row as it will be).
         current: Vec<FieldRow>,
         /// The row tag as read.
@@ -1233,6 +1233,10 @@ impl<B: Backend> Store<B> {
     }
 
     /// Seals fields checked by [`Self::prepare_fields`] under the subject keys it left in `tags`.
+    ///
+    /// The values are encoded into one buffer of their total size (wiped on drop, never
+    /// reallocated) and sealed in one call ([`keys::seal_fields`]: one draw from the OS for the
+    /// salts of the record's cells).
     fn seal_fields_now(
         access: &Access,
         coll: &Collection,
@@ -1241,59 +1245,89 @@ impl<B: Backend> Store<B> {
         fields: &[(String, Value)],
         tags: &mut Tags,
     ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
-        let mut cells = Vec::with_capacity(fields.len());
-        let mut indexes = Vec::new();
-        // The key of the previous field's domain: fields of one domain usually come together.
-        let mut last: Option<(&str, u32, Arc<SubjectKey>)> = None;
+        // Per field: its definition, key set, subject key (none for a clear field) and where its
+        // encoding is in `encoded`.
+        struct Cell<'f> {
+            name: &'f str,
+            def: &'f FieldDef,
+            set: &'f DomainKeySet,
+            key: Option<(u32, Arc<SubjectKey>)>,
+            at: std::ops::Range<usize>,
+        }
+        let total = fields.iter().map(|(_, v)| v.encoded_len()).sum();
+        let mut encoded = zeroize::Zeroizing::new(Vec::with_capacity(total));
+        let mut plan: Vec<Cell<'_>> = Vec::with_capacity(fields.len());
         for (name, v) in fields {
             let def = field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
-            if def.clear {
-                // Stored in clear, in its encoding (which the row tag covers); no subject key.
-                cells.push(FieldRow {
-                    field: name.clone(),
-                    domain: def.domain.to_string(),
-                    sealed: v.encode().to_vec(),
-                    key_version: 0,
-                });
-                continue;
-            }
-            let (skv, sk) = match &last {
-                Some((d, v, k)) if *d == def.domain.as_str() => (*v, k.clone()),
-                _ => {
-                    let (v, k) = tags.newest_key(subject, def.domain.as_str()).ok_or_else(|| {
+            let key = if def.clear {
+                None
+            } else {
+                // The key of the previous field's domain: fields of one domain usually come
+                // together.
+                match plan.iter().rev().find_map(|c| c.key.as_ref().filter(|_| c.def.domain == def.domain)) {
+                    Some((v, k)) => Some((*v, k.clone())),
+                    None => Some(tags.newest_key(subject, def.domain.as_str()).ok_or_else(|| {
                         StoreError::KeyChanged {
                             what: format!("subject key {}/{}/{subject}", access.tenant, def.domain),
                         }
-                    })?;
-                    last = Some((def.domain.as_str(), v, k.clone()));
-                    (v, k)
+                    })?),
                 }
             };
-            let ctx = Context {
-                tenant: &access.tenant,
-                domain: &def.domain,
-                collection: &coll.name,
-                field: name,
-                record: id,
+            let start = encoded.len();
+            v.encode_into(&mut encoded);
+            plan.push(Cell { name, def, set, key, at: start..encoded.len() });
+        }
+        let bytes = |at: &std::ops::Range<usize>| {
+            encoded.get(at.clone()).ok_or_else(|| StoreError::Invalid("encoded field".into()))
+        };
+        let mut to_seal = Vec::with_capacity(plan.len());
+        for c in &plan {
+            if let Some((_, k)) = &c.key {
+                to_seal.push(keys::FieldToSeal {
+                    key: k,
+                    context: Context {
+                        tenant: &access.tenant,
+                        domain: &c.def.domain,
+                        collection: &coll.name,
+                        field: c.name,
+                        record: id,
+                    },
+                    plaintext: bytes(&c.at)?,
+                });
+            }
+        }
+        let mut sealed = keys::seal_fields(&to_seal)?.into_iter();
+        drop(to_seal);
+        let mut cells = Vec::with_capacity(plan.len());
+        let mut indexes = Vec::new();
+        for c in &plan {
+            let Some((skv, _)) = &c.key else {
+                // Stored in clear, in its encoding (which the row tag covers); no subject key.
+                cells.push(FieldRow {
+                    field: c.name.to_owned(),
+                    domain: c.def.domain.as_str().to_owned(),
+                    sealed: bytes(&c.at)?.to_vec(),
+                    key_version: 0,
+                });
+                continue;
             };
-            let encoded = v.encode();
             cells.push(FieldRow {
-                field: name.clone(),
-                domain: def.domain.to_string(),
-                sealed: sk.seal(&ctx, &encoded)?,
-                key_version: i64::from(skv),
+                field: c.name.to_owned(),
+                domain: c.def.domain.as_str().to_owned(),
+                sealed: sealed.next().ok_or_else(|| StoreError::Invalid("sealed field".into()))?,
+                key_version: i64::from(*skv),
             });
-            if def.blind_index {
-                let active = set.active_version().ok_or_else(|| {
+            if c.def.blind_index {
+                let active = c.set.active_version().ok_or_else(|| {
                     StoreError::Core(kluis_core::Error::UnknownKey {
-                        key: format!("{}/{} (no active version)", access.tenant, def.domain),
+                        key: format!("{}/{} (no active version)", access.tenant, c.def.domain),
                     })
                 })?;
                 indexes.push(IndexRow {
-                    field: name.clone(),
+                    field: c.name.to_owned(),
                     key_version: i64::from(active),
-                    idx: Self::blind_index_cached(set, active, &coll.name, name, &encoded, tags)?,
+                    idx: Self::blind_index_cached(c.set, active, &coll.name, c.name, bytes(&c.at)?, tags)?,
                 });
             }
         }
@@ -1361,7 +1395,7 @@ impl<B: Backend> Store<B> {
     ) -> Result<Vec<Written>> {
         let mut attempt = 1;
         loop {
-            match self.write_pipelined(access, ops.clone(), audit).await {
+            match self.write_pipelined(access, &ops, audit).await {
                 Ok(written) => {
                     tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
                     return Ok(written);
@@ -1386,7 +1420,7 @@ impl<B: Backend> Store<B> {
     async fn write_pipelined(
         &self,
         access: &Access,
-        ops: Vec<Op>,
+        ops: &[Op],
         audit: Option<&AuditAppend>,
     ) -> Result<Vec<Written>> {
         let mut tags = Tags::new();
@@ -1399,7 +1433,7 @@ impl<B: Backend> Store<B> {
     async fn write_planned(
         &self,
         access: &Access,
-        planned: Vec<Planned>,
+        planned: Vec<Planned<'_>>,
         audit: Option<&AuditAppend>,
         mut tags: Tags,
     ) -> Result<()> {
@@ -1439,12 +1473,12 @@ impl<B: Backend> Store<B> {
 
     /// Checks a transaction's operations, reads what updates and deletes need, and gets every
     /// subject key the writes will be sealed under into `tags`; seals nothing, writes nothing.
-    async fn plan_transaction(
+    async fn plan_transaction<'o>(
         &self,
         access: &Access,
-        ops: Vec<Op>,
+        ops: &'o [Op],
         tags: &mut Tags,
-    ) -> Result<(Vec<Planned>, Vec<Written>)> {
+    ) -> Result<(Vec<Planned<'o>>, Vec<Written>)> {
         let tenant = access.tenant.to_string();
         let now = now_unix();
         let mut planned = Vec::with_capacity(ops.len());
@@ -1454,8 +1488,8 @@ impl<B: Backend> Store<B> {
                 Op::Insert { collection, record } => {
                     // The rules an import checks up front (NewRecord::check); the domain keys are
                     // checked by prepare_fields.
-                    record.check(&self.schema, &collection)?;
-                    let coll = self.schema.collection(&collection)?;
+                    record.check(&self.schema, collection)?;
+                    let coll = self.schema.collection(collection)?;
                     let id = match &record.id {
                         Some(id) => id.clone(),
                         None => random_id()?,
@@ -1465,25 +1499,26 @@ impl<B: Backend> Store<B> {
                         tenant: tenant.clone(),
                         collection: collection.clone(),
                         id: id.clone(),
-                        subject: record.subject,
+                        subject: record.subject.clone(),
                         version: 1,
                         created_at: now,
                         updated_at: now,
                         retain_until: record.retain_until,
                         tag: Vec::new(),
                     };
-                    planned.push(Planned::Insert { row, fields: record.fields });
-                    written.push(Written { collection, id, version: 1 });
+                    planned.push(Planned::Insert { row, fields: &record.fields });
+                    written.push(Written { collection: collection.clone(), id, version: 1 });
                 }
                 Op::Update { collection, id, expected_version, changes } => {
-                    let coll = self.schema.collection(&collection)?;
-                    check_id("record id", &id)?;
+                    let expected_version = *expected_version;
+                    let coll = self.schema.collection(collection)?;
+                    check_id("record id", id)?;
                     for f in &changes.remove {
                         let def = field_def(coll, f)?;
                         access.require(def.domain.as_str())?;
                     }
-                    let table = self.layout.table(&collection)?;
-                    let current = self.backend.get(table, &tenant, &id).await?.ok_or_else(|| {
+                    let table = self.layout.table(collection)?;
+                    let current = self.backend.get(table, &tenant, id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
                     Self::check_row(access, &current, tags)?;
@@ -1494,8 +1529,8 @@ impl<B: Backend> Store<B> {
                         && old > now
                     {
                         return Err(StoreError::RetentionActive {
-                            collection,
-                            record: id,
+                            collection: collection.clone(),
+                            record: id.clone(),
                             retain_until: old,
                         });
                     }
@@ -1512,17 +1547,17 @@ impl<B: Backend> Store<B> {
                     planned.push(Planned::Update {
                         row,
                         expected_version: to_i64(expected_version)?,
-                        set: changes.set,
-                        remove: changes.remove,
+                        set: &changes.set,
+                        remove: &changes.remove,
                         current: current.fields,
                         current_tag,
                     });
-                    written.push(Written { collection, id, version });
+                    written.push(Written { collection: collection.clone(), id: id.clone(), version });
                 }
                 Op::Delete { collection, id, expected_version, legal_override } => {
-                    let table = self.layout.table(&collection)?.clone();
-                    check_id("record id", &id)?;
-                    let current = self.backend.get(&table, &tenant, &id).await?.ok_or_else(|| {
+                    let table = self.layout.table(collection)?.clone();
+                    check_id("record id", id)?;
+                    let current = self.backend.get(&table, &tenant, id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
                     // Deleting needs the keys of every domain the record holds, including the
@@ -1530,12 +1565,12 @@ impl<B: Backend> Store<B> {
                     for f in &current.fields {
                         access.require(&f.domain)?;
                     }
-                    for d in self.backend.list_documents(&tenant, DocumentFilter::Record(&id)).await? {
+                    for d in self.backend.list_documents(&tenant, DocumentFilter::Record(id)).await? {
                         if d.subject == current.record.subject {
                             access.require(&d.domain)?;
                         }
                     }
-                    let expected = match expected_version {
+                    let expected = match *expected_version {
                         Some(v) => to_i64(v)?,
                         None => current.record.version,
                     };
@@ -1545,8 +1580,8 @@ impl<B: Backend> Store<B> {
                     {
                         let Some(o) = legal_override else {
                             return Err(StoreError::RetentionActive {
-                                collection,
-                                record: id,
+                                collection: collection.clone(),
+                                record: id.clone(),
                                 retain_until: until,
                             });
                         };
@@ -1554,8 +1589,8 @@ impl<B: Backend> Store<B> {
                             tenant: tenant.clone(),
                             action: "delete".into(),
                             target: format!("{collection}/{id}"),
-                            reason: o.reason,
-                            authorised_by: o.authorised_by,
+                            reason: o.reason.clone(),
+                            authorised_by: o.authorised_by.clone(),
                             at: now,
                         }));
                     }
@@ -1566,7 +1601,7 @@ impl<B: Backend> Store<B> {
                         expected_version: Some(expected),
                     });
                     planned.push(Planned::Ready(writes));
-                    written.push(Written { collection, id, version: 0 });
+                    written.push(Written { collection: collection.clone(), id: id.clone(), version: 0 });
                 }
             }
         }
@@ -1574,13 +1609,13 @@ impl<B: Backend> Store<B> {
     }
 
     /// The writes of one planned operation, sealed (no database, no waiting).
-    fn seal_planned(&self, access: &Access, p: Planned, tags: &mut Tags) -> Result<Vec<WriteOp>> {
+    fn seal_planned(&self, access: &Access, p: Planned<'_>, tags: &mut Tags) -> Result<Vec<WriteOp>> {
         Ok(match p {
             Planned::Insert { mut row, fields } => {
                 let coll = self.schema.collection(&row.collection)?;
                 let table = self.layout.table(&row.collection)?.clone();
                 let (fields, indexes) =
-                    Self::seal_fields_now(access, coll, &row.id, &row.subject, &fields, tags)?;
+                    Self::seal_fields_now(access, coll, &row.id, &row.subject, fields, tags)?;
                 row.tag = Self::row_tag(access, &row, &fields, tags)?;
                 vec![WriteOp::Insert { table, record: row, fields, indexes }]
             }
@@ -1588,15 +1623,15 @@ impl<B: Backend> Store<B> {
                 let coll = self.schema.collection(&row.collection)?;
                 let table = self.layout.table(&row.collection)?.clone();
                 let (fields, indexes) =
-                    Self::seal_fields_now(access, coll, &row.id, &row.subject, &set, tags)?;
-                row.tag = Self::row_tag(access, &row, &Self::cells_after(current, &fields, &remove), tags)?;
+                    Self::seal_fields_now(access, coll, &row.id, &row.subject, set, tags)?;
+                row.tag = Self::row_tag(access, &row, &Self::cells_after(current, &fields, remove), tags)?;
                 vec![WriteOp::Update {
                     table,
                     record: row,
                     expected_version,
                     expected_tag: current_tag,
                     set_fields: fields,
-                    remove_fields: remove,
+                    remove_fields: remove.to_vec(),
                     set_indexes: indexes,
                     null_columns: Vec::new(),
                 }]
@@ -3124,7 +3159,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
             .collect();
         for bad_at in [0, 1, 150, 200] {
             let mut tags = Tags::new();
-            let (mut planned, _) = store.plan_transaction(&access, ops.clone(), &mut tags).await.unwrap();
+            let (mut planned, _) = store.plan_transaction(&access, &ops, &mut tags).await.unwrap();
             // A collection the schema does not know: only sealing finds it.
             let bad = Planned::Insert {
                 row: RecordRow {
@@ -3138,7 +3173,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
                     retain_until: None,
                     tag: Vec::new(),
                 },
-                fields: Vec::new(),
+                fields: &[],
             };
             planned.insert(bad_at, bad);
             let e = store.write_planned(&access, planned, None, tags).await;
