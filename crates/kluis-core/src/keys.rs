@@ -867,6 +867,14 @@ impl SubjectKey {
         self.check_context(ctx)?;
         self.key.open(ctx, sealed)
     }
+
+    /// [`Self::open`] in the sealed value's own buffer, with `ad` as scratch for the associated
+    /// data ([`SealKey::open_vec`]): no copy of the value, and no allocation per value for a
+    /// caller opening many.
+    pub fn open_vec(&self, ctx: &Context<'_>, sealed: Vec<u8>, ad: &mut Vec<u8>) -> Result<Plaintext> {
+        self.check_context(ctx)?;
+        self.key.open_vec(ctx, sealed, ad)
+    }
 }
 
 /// One field value for [`seal_fields`]: the subject key, the context and the plaintext.

@@ -531,6 +531,20 @@ impl SealKey {
         self.open_inner(ad, sealed, "sealed value").map_err(OpenFailure::into_error)
     }
 
+    /// [`Self::open`] in the sealed value's own buffer: `sealed` is decrypted in place and becomes
+    /// the plaintext (no copy; wiped when the returned plaintext is dropped, or at once if
+    /// opening fails). `ad` is a scratch buffer for the associated data (its contents are
+    /// replaced), so a caller opening many values allocates it once.
+    pub fn open_vec(&self, context: &Context<'_>, sealed: Vec<u8>, ad: &mut Vec<u8>) -> Result<Plaintext> {
+        let mut buf = zeroize::Zeroizing::new(sealed);
+        ad.clear();
+        ad.extend_from_slice(&[0u8; HEADER_LEN]);
+        ad.extend_from_slice(crate::ids::CONTEXT_LABEL);
+        context.encode_into(ad)?;
+        self.open_buf(ad, &mut buf, "sealed value").map_err(OpenFailure::into_error)?;
+        Ok(Plaintext::new(std::mem::take(&mut *buf)))
+    }
+
     /// Seals with caller-supplied associated data (a labelled encoding, see [`crate::ids`]).
     pub(crate) fn seal_ad(&self, suite: Suite, ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut full = Vec::with_capacity(HEADER_LEN + ad.len());
@@ -572,48 +586,65 @@ impl SealKey {
         sealed: &[u8],
         what: &'static str,
     ) -> Result<Plaintext, OpenFailure> {
-        let header = SealedHeader::parse(sealed).map_err(OpenFailure::Other)?;
+        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+        self.open_buf(&mut ad, &mut buf, what)?;
+        Ok(Plaintext::new(std::mem::take(&mut *buf)))
+    }
+
+    /// Opens the sealed value in `buf` in place. On success `buf` holds the plaintext alone (the
+    /// rest of its bytes are in its spare capacity, which `Zeroizing` wipes with it); on failure
+    /// it holds whatever decryption left, wiped when the caller drops it. `ad` starts with
+    /// `HEADER_LEN` placeholder bytes that are overwritten with the header.
+    fn open_buf(
+        &self,
+        ad: &mut [u8],
+        buf: &mut zeroize::Zeroizing<Vec<u8>>,
+        what: &'static str,
+    ) -> Result<(), OpenFailure> {
+        let header = SealedHeader::parse(buf).map_err(OpenFailure::Other)?;
         if header.key != self.key_ref {
             // The header names another key: opening with this one can only fail.
             metrics::decrypt_failed(what, true);
             return Err(OpenFailure::Commitment);
         }
-        let mut r = Reader::new(sealed, "sealed value");
-        let hdr: &[u8; HEADER_LEN] = &r.array().map_err(OpenFailure::Other)?;
-        let commitment = r.take(COMMITMENT_LEN).map_err(OpenFailure::Other)?;
-        let body_len = r
-            .remaining()
-            .checked_sub(TAG_LEN)
-            .ok_or_else(|| OpenFailure::Other(Error::malformed(what, "too short")))?;
-        let ct = r.take(body_len).map_err(OpenFailure::Other)?;
-        let tag: [u8; TAG_LEN] = r.array().map_err(OpenFailure::Other)?;
-
+        let short = || OpenFailure::Other(Error::malformed(what, "too short"));
+        let mut r = Reader::new(buf, "sealed value");
+        let hdr: [u8; HEADER_LEN] = r.array().map_err(OpenFailure::Other)?;
+        let commitment: [u8; COMMITMENT_LEN] = r.array().map_err(OpenFailure::Other)?;
+        let body_len = r.remaining().checked_sub(TAG_LEN).ok_or_else(short)?;
+        let body_start = HEADER_LEN + COMMITMENT_LEN;
+        let body_end = body_start + body_len;
+        let tag: [u8; TAG_LEN] = buf.get(body_end..).and_then(|t| t.try_into().ok()).ok_or_else(short)?;
         if let Some(dst) = ad.get_mut(..HEADER_LEN) {
-            dst.copy_from_slice(hdr);
+            dst.copy_from_slice(&hdr);
         }
-        let mut buf = Plaintext::new(ct.to_vec()).into_zeroizing();
+        let ad: &[u8] = ad;
+        let body = buf.get_mut(body_start..body_end).ok_or_else(short)?;
         let opened = if header.format_version == VERSION_1 {
-            let derived = derive_keys(&self.prk, &[SEAL_INFO_LABEL, hdr]).map_err(OpenFailure::Other)?;
-            if !ct_eq(&derived.commitment, commitment) {
+            let derived = derive_keys(&self.prk, &[SEAL_INFO_LABEL, &hdr]).map_err(OpenFailure::Other)?;
+            if !ct_eq(&derived.commitment, &commitment) {
                 metrics::decrypt_failed(what, true);
                 return Err(OpenFailure::Commitment);
             }
             let aead =
                 AeadKey::new(self.backend, header.suite, &derived.aead_key).map_err(OpenFailure::Other)?;
-            aead.open_detached(&ZERO_NONCE, &ad, &mut buf, &tag)
+            aead.open_detached(&ZERO_NONCE, ad, body, &tag)
         } else {
-            if !ct_eq(&self.v2.commitment(hdr), commitment) {
+            if !ct_eq(&self.v2.commitment(&hdr), &commitment) {
                 metrics::decrypt_failed(what, true);
                 return Err(OpenFailure::Commitment);
             }
             let salt: &[u8; SALT_LEN] = hdr.last_chunk().ok_or(OpenFailure::Commitment)?;
-            self.v2.open(self.backend, header.suite, salt, &ad, &mut buf, &tag)
+            self.v2.open(self.backend, header.suite, salt, ad, body, &tag)
         };
         if opened.is_err() {
             metrics::decrypt_failed(what, false);
             return Err(OpenFailure::Tag);
         }
-        Ok(Plaintext::new(std::mem::take(&mut *buf)))
+        // The plaintext to the front; the vector keeps its allocation (never reallocated).
+        buf.copy_within(body_start..body_end, 0);
+        buf.truncate(body_len);
+        Ok(())
     }
 }
 
@@ -804,6 +835,30 @@ mod tests {
                     assert_eq!(a[0][..EPOCH_LEN], b[0][..EPOCH_LEN]);
                     let rs: HashSet<&[u8]> = a.iter().chain(&b).map(|s| &s[EPOCH_LEN..]).collect();
                     assert_eq!(rs.len(), 2000);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn open_vec_opens_in_place_what_open_opens_and_refuses_the_rest() {
+        let (t, d) = ctx_parts();
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        let other = Context { record: "r2", ..ctx };
+        let mut ad = Vec::new();
+        for backend in Backend::all() {
+            let k = key(*backend);
+            for suite in [Suite::Aes256Gcm, Suite::XChaCha20Poly1305] {
+                for pt in [&b""[..], b"x", b"a longer value of several AES blocks, 48 bytes!!"] {
+                    let sealed = k.seal(suite, &ctx, pt).unwrap();
+                    let opened = k.open_vec(&ctx, sealed.clone(), &mut ad).unwrap();
+                    assert_eq!(opened.expose_secret(), pt);
+                    assert_eq!(opened, k.open(&ctx, &sealed).unwrap());
+                    assert!(k.open_vec(&other, sealed.clone(), &mut ad).is_err());
+                    let mut bad = sealed.clone();
+                    *bad.last_mut().unwrap() ^= 1;
+                    assert!(k.open_vec(&ctx, bad, &mut ad).is_err());
+                    assert!(k.open_vec(&ctx, sealed[..OVERHEAD - 1].to_vec(), &mut ad).is_err());
                 }
             }
         }

@@ -1447,8 +1447,13 @@ macro_rules! backend_impl {
                     Err(e) => return Err(e.into()),
                 }
                 for (r, fields, _) in &p.rows {
+                    // Once per (domain, version) of the row: its cells of a domain share a key.
+                    let mut last: Option<(&str, i64)> = None;
                     for f in fields.iter().filter(|f| p.table.is_sealed(&f.field)) {
-                        used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
+                        if last != Some((f.domain.as_str(), f.key_version)) {
+                            used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
+                            last = Some((f.domain.as_str(), f.key_version));
+                        }
                     }
                 }
                 Ok(())

@@ -1222,12 +1222,16 @@ impl<B: Backend> Store<B> {
         tags: &mut Tags,
     ) -> Result<()> {
         check_fields(coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
+        // Once per domain of the record (a record has few domains and many fields).
+        let mut done: Vec<&DomainName> = Vec::with_capacity(2);
         for (name, _) in fields {
             let def = field_def(coll, name)?;
-            let set = access.require(def.domain.as_str())?;
-            if !def.clear {
-                self.subject_key_for_write(set, subject, tags).await?;
+            if def.clear || done.contains(&&def.domain) {
+                continue;
             }
+            let set = access.require(def.domain.as_str())?;
+            self.subject_key_for_write(set, subject, tags).await?;
+            done.push(&def.domain);
         }
         Ok(())
     }
@@ -1719,6 +1723,8 @@ impl<B: Backend> Store<B> {
         let table = self.layout.table(&stored.record.collection)?.clone();
         let r = stored.record;
         let mut fields = BTreeMap::new();
+        // The associated data of each cell in turn (public bytes).
+        let mut ad = Vec::with_capacity(160);
         for cell in stored.fields {
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
@@ -1748,7 +1754,7 @@ impl<B: Backend> Store<B> {
                 field: &cell.field,
                 record: &r.id,
             };
-            let pt = sk.open(&ctx, &cell.sealed).map_err(|_| integrity())?;
+            let pt = sk.open_vec(&ctx, cell.sealed, &mut ad).map_err(|_| integrity())?;
             let value = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
             fields.insert(cell.field, FieldValue::Value(value));
         }
