@@ -487,6 +487,21 @@ pub trait Backend: crate::audit::AuditBackend + crate::access::AccessBackend + S
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
 
+    /// [`Backend::list`], each record handed to `out` as the database produces it, so the caller
+    /// opens one while the next are read. The channel is unbounded (at most `limit` records wait
+    /// in it), so the read never waits for the caller and its connection is freed as soon as the
+    /// rows are read: a caller that needs the pool meanwhile (a subject key to load) cannot
+    /// deadlock it. Stops without error when `out` is closed (the caller's error is the answer).
+    fn list_each(
+        &self,
+        table: &Table,
+        tenant: &str,
+        subject: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+        out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Records whose blind index of `field` is one of `candidates` (key version, index), by id.
     fn find_index(
         &self,
@@ -1989,6 +2004,40 @@ macro_rules! backend_impl {
                 }
                 let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
                 rows.iter().map(|r| Self::stored_from(table, r)).collect()
+            }
+
+            async fn list_each(
+                &self,
+                table: &Table,
+                tenant: &str,
+                subject: Option<&str>,
+                after: Option<&str>,
+                limit: u32,
+                out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
+            ) -> Result<()> {
+                let mut sql = format!("SELECT {} FROM {} WHERE tenant = ?", table.select_list(""), table.name);
+                if subject.is_some() {
+                    sql.push_str(" AND subject = ?");
+                }
+                if after.is_some() {
+                    sql.push_str(" AND id > ?");
+                }
+                sql.push_str(" ORDER BY id LIMIT ?");
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
+                if let Some(s) = subject {
+                    q = q.bind(s);
+                }
+                if let Some(a) = after {
+                    q = q.bind(a);
+                }
+                let mut rows = q.bind(i64::from(limit)).fetch(&self.pool);
+                while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+                    if out.send(Self::stored_from(table, &row?)?).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
             }
 
             async fn find_index(

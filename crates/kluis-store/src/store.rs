@@ -1022,7 +1022,12 @@ impl<B: Backend> Store<B> {
                     c.newest.clear();
                 }
             }
-            let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone(), rec.version);
+            let ck = (
+                tenant.as_str().to_owned(),
+                set.domain().as_str().to_owned(),
+                row.subject.clone(),
+                rec.version,
+            );
             let expires = Instant::now() + self.subject_key_ttl;
             c.keys.insert(ck, CachedSubjectKey { key: key.clone(), wrapping: wv, tag, expires });
         }
@@ -1031,7 +1036,7 @@ impl<B: Backend> Store<B> {
 
     fn note_newest(&self, set: &DomainKeySet, subject: &str, version: u32) {
         if let Ok(mut c) = self.subject_keys.lock() {
-            let k = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+            let k = (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned());
             c.newest.insert(k, (version, Instant::now() + self.subject_key_ttl));
         }
     }
@@ -1043,7 +1048,8 @@ impl<B: Backend> Store<B> {
         version: u32,
         tags: &mut Tags,
     ) -> Option<Arc<SubjectKey>> {
-        let ck = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned(), version);
+        let ck =
+            (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned(), version);
         let cached = self.subject_keys.lock().ok().and_then(|c| {
             c.keys.get(&ck).filter(|e| e.expires > Instant::now()).map(|e| (e.key.clone(), e.wrapping, e.tag))
         })?;
@@ -1067,7 +1073,8 @@ impl<B: Backend> Store<B> {
         let want = match version {
             Some(v) => Some(v),
             None => self.subject_keys.lock().ok().and_then(|c| {
-                let k = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+                let k =
+                    (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned());
                 c.newest.get(&k).filter(|e| e.1 > Instant::now()).map(|e| e.0)
             }),
         };
@@ -1844,12 +1851,23 @@ impl<B: Backend> Store<B> {
         }
         let limit = limit.clamp(1, 1000);
         let table = self.layout.table(collection)?;
-        let rows = self.backend.list(table, access.tenant.as_str(), subject, after, limit).await?;
-        let full = rows.len() == limit as usize;
-        let mut records = Vec::with_capacity(rows.len());
-        for s in rows {
-            records.push(self.open_record(access, s, &mut tags).await?);
-        }
+        // Each record is opened as its row arrives, while the database reads the next ones (both
+        // in this task: the engine's own thread or server keeps reading meanwhile).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let read = self.backend.list_each(table, access.tenant.as_str(), subject, after, limit, tx);
+        // Moves the receiver in: an error here drops it, and the read stops.
+        let open = async move {
+            let mut records = Vec::with_capacity(limit as usize);
+            while let Some(s) = rx.recv().await {
+                records.push(self.open_record(access, s, &mut tags).await?);
+            }
+            Ok::<_, StoreError>(records)
+        };
+        let (read, opened) = tokio::join!(read, open);
+        // A read error closed the channel early: it is the answer, not the shorter page.
+        read?;
+        let records = opened?;
+        let full = records.len() == limit as usize;
         let next = if full { records.last().map(|r| r.id.clone()) } else { None };
         Ok(Page { records, next })
     }
@@ -3190,5 +3208,69 @@ employee_number = { type = "text", domain = "general", blind_index = true }
         // The same operations without the bad one are written whole.
         store.transaction(&access, ops).await.unwrap();
         assert_eq!(store.list(&access, "absence", None, None, 1000).await.unwrap().records.len(), 200);
+    }
+
+    /// A page is opened while it is read (`Backend::list_each`). With a pool of one connection
+    /// and no subject key cache, opening needs that connection for the keys while the read holds
+    /// it: the read never waits for the opening (unbounded hand-over), frees the connection at
+    /// its end, and the page comes back whole. A row that fails its tag midway is the error.
+    #[tokio::test]
+    async fn a_page_opened_while_read_needs_no_second_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("one.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(20))
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let schema = Schema::from_toml(
+            r#"
+[collections.absence.fields]
+diagnosis = { type = "text", domain = "medical" }
+employee_number = { type = "text", domain = "general", blind_index = true }
+"#,
+        )
+        .unwrap();
+        let store = Store::new(SqliteBackend::new(pool.clone()), schema).with_subject_key_ttl(Duration::ZERO);
+        store.migrate().await.unwrap();
+        let keyring = kluis_core::LocalKeyring::generate(0).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let access =
+            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        let ops: Vec<Op> = (0..300)
+            .map(|i| Op::Insert {
+                collection: "absence".into(),
+                record: NewRecord::new(&format!("emp-{}", i % 40))
+                    .id(&format!("r-{i:03}"))
+                    .set("diagnosis", format!("flu {i}").as_str())
+                    .set("employee_number", format!("E{i}").as_str()),
+            })
+            .collect();
+        store.transaction(&access, ops).await.unwrap();
+        let page =
+            tokio::time::timeout(Duration::from_secs(60), store.list(&access, "absence", None, None, 1000))
+                .await
+                .expect("the read waited on itself")
+                .unwrap();
+        assert_eq!(page.records.len(), 300);
+        assert!(page.next.is_none());
+        for (i, r) in page.records.iter().enumerate() {
+            assert_eq!(r.id, format!("r-{i:03}"));
+            assert_eq!(r.get("diagnosis"), Some(&Value::Text(format!("flu {i}"))));
+        }
+        // A page of 100 names the next one.
+        let first = store.list(&access, "absence", None, None, 100).await.unwrap();
+        assert_eq!(first.next.as_deref(), Some("r-099"));
+        // A tampered row midway: the page is an error naming it.
+        sqlx::query("UPDATE kluis_r_absence SET version = 7 WHERE id = 'r-150'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let e = store.list(&access, "absence", None, None, 1000).await;
+        assert!(matches!(&e, Err(StoreError::RowIntegrity { record, .. }) if record == "r-150"), "{e:?}");
     }
 }
