@@ -1005,6 +1005,42 @@ fn rows_per_insert(table: &Table) -> usize {
 
 /// One `INSERT` of whole rows (every column; NULL where a field is not set).
 fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<Arg<'a>>)> {
+    insert_rows_with(table, rows, None)
+}
+
+/// [`insert_rows`], with the row tags, sealed cells and blind indexes moved out of `rows` into
+/// the binds, so the driver takes them without a copy (sqlx copies every borrowed bind before it
+/// hands a statement over). The rest of `rows` (ids, subjects, fields, key versions) stays for
+/// naming a duplicate and counting key uses.
+fn insert_rows_taking<'a>(table: &Table, rows: &'a mut [InsertRow]) -> Result<(String, Vec<Arg<'a>>)> {
+    let mut blobs = Vec::with_capacity(rows.len() * (1 + 2 * table.cells.len()));
+    for (r, fields, indexes) in rows.iter_mut() {
+        blobs.push(Some(std::mem::take(&mut r.tag)));
+        // The order in which insert_rows_with binds them.
+        for c in table.cells.iter().filter(|c| c.clear.is_none()) {
+            blobs.push(fields.iter_mut().find(|f| f.field == c.field).map(|f| std::mem::take(&mut f.sealed)));
+            if c.index.is_some() {
+                blobs.push(
+                    indexes.iter_mut().find(|x| x.field == c.field).map(|x| std::mem::take(&mut x.idx)),
+                );
+            }
+        }
+    }
+    insert_rows_with(table, rows, Some(&mut blobs.into_iter()))
+}
+
+/// [`insert_rows`], taking the blobs from `owned` (in binding order) when given.
+fn insert_rows_with<'a>(
+    table: &Table,
+    rows: &'a [InsertRow],
+    mut owned: Option<&mut std::vec::IntoIter<Option<Vec<u8>>>>,
+) -> Result<(String, Vec<Arg<'a>>)> {
+    let mut blob = |b: Option<&'a [u8]>| -> Result<Arg<'a>> {
+        match owned.as_mut() {
+            Some(it) => it.next().map(Arg::Bytes).ok_or_else(|| StoreError::Invalid("insert binds".into())),
+            None => Ok(Arg::B(b)),
+        }
+    };
     let mut cols =
         String::from("tenant, id, subject, version, created_at, updated_at, retain_until, row_tag");
     for c in &table.cells {
@@ -1029,19 +1065,19 @@ fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<
             Arg::I(Some(r.created_at)),
             Arg::I(Some(r.updated_at)),
             Arg::I(r.retain_until),
-            Arg::B(Some(&r.tag)),
         ]);
+        args.push(blob(Some(&r.tag))?);
         for c in &table.cells {
             let cell = fields.iter().find(|f| f.field == c.field);
             if let Some(ty) = c.clear {
                 args.push(clear_arg(table, &c.field, ty, cell.map(|f| f.sealed.as_slice()))?);
                 continue;
             }
-            args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
+            args.push(blob(cell.map(|f| f.sealed.as_slice()))?);
             args.push(Arg::I(cell.map(|f| f.key_version)));
             if c.index.is_some() {
                 let ix = indexes.iter().find(|x| x.field == c.field);
-                args.push(Arg::B(ix.map(|x| x.idx.as_slice())));
+                args.push(blob(ix.map(|x| x.idx.as_slice()))?);
                 args.push(Arg::I(ix.map(|x| x.key_version)));
             }
         }
@@ -1240,6 +1276,24 @@ macro_rules! backend_impl {
                         Arg::Text(t) => q.bind(t.as_deref()),
                         Arg::Bool(v) => q.bind(*v),
                         Arg::Bytes(v) => q.bind(v.as_deref()),
+                    };
+                }
+                q
+            }
+
+            /// [`Self::bind_args`], moving owned values into the query (no copy by the driver).
+            fn bind_args_owned<'q>(
+                mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                args: Vec<Arg<'q>>,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                for a in args {
+                    q = match a {
+                        Arg::S(s) => q.bind(s),
+                        Arg::I(i) => q.bind(i),
+                        Arg::B(b) => q.bind(b),
+                        Arg::Text(t) => q.bind(t),
+                        Arg::Bool(v) => q.bind(v),
+                        Arg::Bytes(v) => q.bind(v),
                     };
                 }
                 q
@@ -1445,11 +1499,10 @@ macro_rules! backend_impl {
                 pending: &mut Option<PendingInserts>,
                 used: &mut KeyUses,
             ) -> Result<()> {
-                let Some(p) = pending.take() else { return Ok(()) };
-                let (sql, args) = insert_rows(&p.table, &p.rows)?;
+                let Some(mut p) = pending.take() else { return Ok(()) };
+                let (sql, args) = insert_rows_taking(&p.table, &mut p.rows)?;
                 let sql = $sql(&sql).into_owned();
-                let res = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await;
-                drop(args);
+                let res = Self::bind_args_owned(sqlx::query::<$db>(&sql), args).execute(&mut **tx).await;
                 match res {
                     Ok(_) => {}
                     Err(e) if unique_violation(&e) => {
