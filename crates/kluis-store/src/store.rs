@@ -1220,6 +1220,9 @@ impl<B: Backend> Store<B> {
     /// Checks fields (known, of the right type and size, set once, domain key held) and makes
     /// sure this call holds the subject's newest key of each domain they use (loading or creating
     /// it), so [`Self::seal_fields_now`] needs no database.
+    ///
+    /// `values_checked`: [`check_fields`] already ran on `fields` (an insert's
+    /// [`NewRecord::check`]); then only the domain keys are checked here, in the same order.
     async fn prepare_fields(
         &self,
         access: &Access,
@@ -1227,8 +1230,15 @@ impl<B: Backend> Store<B> {
         subject: &str,
         fields: &[(String, Value)],
         tags: &mut Tags,
+        values_checked: bool,
     ) -> Result<()> {
-        check_fields(coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
+        if values_checked {
+            for (name, _) in fields {
+                access.require(field_def(coll, name)?.domain.as_str())?;
+            }
+        } else {
+            check_fields(coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
+        }
         // Once per domain of the record (a record has few domains and many fields).
         let mut done: Vec<&DomainName> = Vec::with_capacity(2);
         for (name, _) in fields {
@@ -1505,7 +1515,7 @@ impl<B: Backend> Store<B> {
                         Some(id) => id.clone(),
                         None => random_id()?,
                     };
-                    self.prepare_fields(access, coll, &record.subject, &record.fields, tags).await?;
+                    self.prepare_fields(access, coll, &record.subject, &record.fields, tags, true).await?;
                     let row = RecordRow {
                         tenant: tenant.clone(),
                         collection: collection.clone(),
@@ -1545,7 +1555,8 @@ impl<B: Backend> Store<B> {
                             retain_until: old,
                         });
                     }
-                    self.prepare_fields(access, coll, &current.record.subject, &changes.set, tags).await?;
+                    self.prepare_fields(access, coll, &current.record.subject, &changes.set, tags, false)
+                        .await?;
                     let version = expected_version
                         .checked_add(1)
                         .ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
@@ -1732,6 +1743,7 @@ impl<B: Backend> Store<B> {
         let mut fields = BTreeMap::new();
         // The associated data of each cell in turn (public bytes).
         let mut ad = Vec::with_capacity(160);
+        let mut last: Option<(String, u32, Arc<SubjectKey>)> = None;
         for cell in stored.fields {
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
@@ -1750,9 +1762,15 @@ impl<B: Backend> Store<B> {
                 continue;
             }
             let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
-            let sk = match tags.key(&r.subject, &cell.domain, v) {
-                Some(k) => k.clone(),
-                None => self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1,
+            // The previous cell's key when it is the same (cells of a domain share one).
+            let sk = match &last {
+                Some((d, lv, k)) if *lv == v && *d == cell.domain => k.clone(),
+                _ => match tags.key(&r.subject, &cell.domain, v) {
+                    Some(k) => k.clone(),
+                    None => {
+                        self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1
+                    }
+                },
             };
             let ctx = Context {
                 tenant: &access.tenant,
@@ -1764,6 +1782,7 @@ impl<B: Backend> Store<B> {
             let pt = sk.open_vec(&ctx, cell.sealed, &mut ad).map_err(|_| integrity())?;
             let value = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
             fields.insert(cell.field, FieldValue::Value(value));
+            last = Some((cell.domain, v, sk));
         }
         Ok(Record {
             version: u64::try_from(r.version).map_err(|_| StoreError::RowIntegrity {
