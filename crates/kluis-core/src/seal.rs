@@ -305,7 +305,7 @@ impl V2Keys {
         key_ref: KeyRef,
         ad: &mut [u8],
         plaintext: &[u8],
-        fresh: &[u8; SALT_LEN],
+        fresh: &FreshSalt,
     ) -> Result<Vec<u8>> {
         let mut slot = match suite {
             Suite::Aes256Gcm => self.seal_slots.get(thread_slot()).and_then(|m| m.try_lock().ok()),
@@ -317,7 +317,8 @@ impl V2Keys {
         // made after it seals the same inputs with them, so the same bytes (FORMAT.md §5.2).
         let cached_epoch: Option<[u8; EPOCH_LEN]> = match slot.as_mut() {
             Some(guard) => {
-                let pid = random::process_id();
+                // Read by this call (Fresh::draw): a forked child is another process's call.
+                let pid = fresh.pid;
                 if guard.as_ref().is_none_or(|s| s.left == 0 || s.pid != pid) {
                     let epoch: [u8; EPOCH_LEN] = random::public_array()?;
                     let kx = self.xaes.derive_key(&epoch);
@@ -341,12 +342,12 @@ impl V2Keys {
                 let (e, rest) = salt.split_at_mut(EPOCH_LEN);
                 e.copy_from_slice(&epoch);
                 let r: &[u8; SALT_LEN - EPOCH_LEN] =
-                    fresh.first_chunk().ok_or(Error::ApiMisuse("seal salt"))?;
+                    fresh.bytes.first_chunk().ok_or(Error::ApiMisuse("seal salt"))?;
                 rest.copy_from_slice(r);
                 salt
             }
             // XChaCha, or a busy slot (an epoch for this value alone): all of it fresh.
-            None => *fresh,
+            None => fresh.bytes,
         };
         let (epoch, r) = salt.split_at(EPOCH_LEN);
         let mut nonce = [0u8; 12];
@@ -430,6 +431,15 @@ pub(crate) const FRESH_MAX: usize = 16;
 pub(crate) struct Fresh {
     bytes: [u8; SALT_LEN * FRESH_MAX],
     n: usize,
+    pid: u32,
+}
+
+/// One value's part of a [`Fresh`] draw, with the process id read by the same call (a seal slot's
+/// epoch is renewed when it differs from the one that drew it: one `getpid` per call, not per
+/// value; a `fork` copies only the forking thread, so no call continues in a child).
+pub(crate) struct FreshSalt {
+    bytes: [u8; SALT_LEN],
+    pid: u32,
 }
 
 impl Fresh {
@@ -438,18 +448,20 @@ impl Fresh {
         let mut bytes = [0u8; SALT_LEN * FRESH_MAX];
         let part = bytes.get_mut(..SALT_LEN * n).ok_or(Error::ApiMisuse("too many values for one draw"))?;
         random::fill(part)?;
-        Ok(Self { bytes, n })
+        Ok(Self { bytes, n, pid: random::process_id() })
     }
 
     /// The bytes of value `i`.
-    pub(crate) fn salt(&self, i: usize) -> Result<[u8; SALT_LEN]> {
+    pub(crate) fn salt(&self, i: usize) -> Result<FreshSalt> {
         if i >= self.n {
             return Err(Error::ApiMisuse("salt index"));
         }
-        self.bytes
+        let bytes = self
+            .bytes
             .get(i * SALT_LEN..(i + 1) * SALT_LEN)
             .and_then(|b| b.try_into().ok())
-            .ok_or(Error::ApiMisuse("salt index"))
+            .ok_or(Error::ApiMisuse("salt index"))?;
+        Ok(FreshSalt { bytes, pid: self.pid })
     }
 }
 
@@ -513,7 +525,7 @@ impl SealKey {
         context: &Context<'_>,
         plaintext: &[u8],
         ad: &mut Vec<u8>,
-        fresh: &[u8; SALT_LEN],
+        fresh: &FreshSalt,
     ) -> Result<Vec<u8>> {
         ad.clear();
         ad.extend_from_slice(&[0u8; HEADER_LEN]);
@@ -572,7 +584,7 @@ impl SealKey {
         suite: Suite,
         ad: &mut [u8],
         plaintext: &[u8],
-        fresh: &[u8; SALT_LEN],
+        fresh: &FreshSalt,
     ) -> Result<Vec<u8>> {
         if plaintext.len() > MAX_SEALED_PLAINTEXT {
             return Err(Error::LimitReached("a sealed value holds at most 16 MiB"));
