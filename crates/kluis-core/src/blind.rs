@@ -13,9 +13,11 @@
 
 use std::fmt;
 
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
 use zeroize::Zeroizing;
 
-use crate::crypto::{Backend, Prk, hmac_sha256_with};
+use crate::crypto::{Backend, Prk};
 use crate::error::{Error, Result};
 use crate::ids::{DomainName, TenantId, labelled_ad};
 use crate::seal::SealKey;
@@ -26,8 +28,12 @@ pub const DEFAULT_INDEX_LEN: usize = 16;
 pub const MIN_INDEX_LEN: usize = 4;
 
 /// A per-tenant, per-field blind index key.
+///
+/// It holds the HMAC state after the key (the inner and outer hashes of the padded key, on the
+/// RustCrypto SHA-256, wiped on drop), boxed so a move does not copy it, so an index costs the
+/// value's blocks only (both backends give the same bytes).
 pub struct BlindIndexKey {
-    key: Zeroizing<[u8; 32]>,
+    mac: Box<Hmac<Sha256>>,
     len: usize,
     key_version: u32,
     backend: Backend,
@@ -69,7 +75,14 @@ impl BlindIndexKey {
         let prk = Prk::new(domain_key.backend(), domain_key.material())?;
         let mut key = Zeroizing::new([0u8; 32]);
         prk.expand(&[&info], key.as_mut_slice())?;
-        Ok(Self { key, len, key_version: domain_key.key_ref().version, backend: domain_key.backend() })
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_slice())
+            .map_err(|_| Error::ApiMisuse("blind index key length"))?;
+        Ok(Self {
+            mac: Box::new(mac),
+            len,
+            key_version: domain_key.key_ref().version,
+            backend: domain_key.backend(),
+        })
     }
 
     /// The domain key version this index key comes from (store it beside the index).
@@ -79,7 +92,14 @@ impl BlindIndexKey {
 
     /// The index of `value`.
     pub fn index(&self, value: &[u8]) -> Vec<u8> {
-        let mac = hmac_sha256_with(self.backend, self.key.as_slice(), &[value]);
-        mac.get(..self.len).unwrap_or(&mac).to_vec()
+        let mut m = (*self.mac).clone();
+        m.update(value);
+        let mac = Zeroizing::new(<[u8; 32]>::from(m.finalize().into_bytes()));
+        mac.get(..self.len).unwrap_or(mac.as_slice()).to_vec()
+    }
+
+    /// The backend of the domain key this key was derived from.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 }

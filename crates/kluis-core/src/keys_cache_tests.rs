@@ -106,3 +106,53 @@ fn sweep_expired_drops_exactly_the_expired_keys() {
     assert_eq!(c.sweep_expired(), 1);
     assert_eq!(held(&c), 0);
 }
+
+#[test]
+fn seal_fields_seals_as_one_by_one_with_a_salt_per_value() {
+    let t = TenantId::new("acme").unwrap();
+    let (g, m) = (DomainName::general(), DomainName::medical());
+    let set = |d: &DomainName| {
+        DomainKeySet::from_keys(
+            t.clone(),
+            d.clone(),
+            vec![(1, KeyState::Active, KeyMaterial::generate().unwrap())],
+            Suite::default(),
+            Backend::preferred(),
+        )
+        .unwrap()
+    };
+    let (gs, ms) = (set(&g), set(&m));
+    let (_, gk) = gs.new_subject_key("emp-1", 1).unwrap();
+    let (_, mk) = ms.new_subject_key("emp-1", 1).unwrap();
+    // 40 values over two subject keys: more than one draw (16 values each).
+    let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
+    let plain: Vec<Vec<u8>> = (0..40).map(|i| format!("value {i}").into_bytes()).collect();
+    let ctx = |i: usize| Context {
+        tenant: &t,
+        domain: if i.is_multiple_of(3) { &m } else { &g },
+        collection: "c",
+        field: &names[i],
+        record: "r1",
+    };
+    let values: Vec<FieldToSeal<'_>> = (0..40_usize)
+        .map(|i| FieldToSeal {
+            key: if i.is_multiple_of(3) { &mk } else { &gk },
+            context: ctx(i),
+            plaintext: &plain[i],
+        })
+        .collect();
+    let sealed = seal_fields(&values).unwrap();
+    assert_eq!(sealed.len(), 40);
+    let mut salts = std::collections::HashSet::new();
+    for (i, s) in sealed.iter().enumerate() {
+        let key = if i.is_multiple_of(3) { &mk } else { &gk };
+        assert_eq!(key.open(&ctx(i), s).unwrap().expose_secret(), plain[i].as_slice());
+        assert!(salts.insert(s[8..32].to_vec()), "salt repeated at {i}");
+        // Bound to its own context: another field's does not open it.
+        assert!(key.open(&ctx((i + 3) % 40), s).is_err());
+    }
+    // A context of another domain than its key is refused, and nothing is sealed.
+    let bad = [FieldToSeal { key: &gk, context: ctx(0), plaintext: b"x" }];
+    assert!(seal_fields(&bad).is_err());
+    assert!(seal_fields(&[]).unwrap().is_empty());
+}

@@ -55,8 +55,8 @@ pub use error::{Error, ProviderErrorKind, Result};
 pub use ids::{Context, DomainName, TenantId};
 pub use keyring::{KdfParams, KeyringSecret, LocalKeyring};
 pub use keys::{
-    CacheConfig, CachingProvider, DomainKeyRecord, DomainKeySet, KeyState, RootKeyProvider, SubjectKey,
-    SubjectKeyRecord, WrappedKey,
+    CacheConfig, CachingProvider, DomainKeyRecord, DomainKeySet, FieldToSeal, KeyState, RootKeyProvider,
+    SubjectKey, SubjectKeyRecord, WrappedKey, seal_fields,
 };
 pub use seal::{KeyKind, KeyRef, SealKey, SealedHeader};
 pub use secret::{KEY_LEN, KeyMaterial, Passphrase, Plaintext, ct_eq};

@@ -2,13 +2,16 @@
 //!
 //! - Secret values (keys) come straight from the OS on every call: [`fill`], [`array`].
 //! - Public values that must be unique (the salt of every sealed value, and so the GCM nonce `r`
-//!   and every epoch; document nonces) come from [`public_array`], which is also one OS call per
-//!   value. There is deliberately **no buffer of randomness in user space**: a buffer, like any
-//!   process state, is copied by a VM snapshot, a checkpoint/restore or a `fork`, and two copies
-//!   would hand out the same bytes. Bytes drawn from the OS after the copy differ in each copy
+//!   and every epoch; document nonces) come from [`public_array`], one OS call per value, or
+//!   for the values one call seals together (the cells of a record, `keys::seal_fields`) from
+//!   one [`fill`] made by that call for them alone (`seal::Fresh`). There is deliberately **no
+//!   buffer of randomness in user space** between calls: a buffer, like any process state, is
+//!   copied by a VM snapshot, a checkpoint/restore or a `fork`, and two copies would hand out the
+//!   same bytes to different values. Bytes drawn from the OS after the copy differ in each copy
 //!   as long as the OS's generator does (Linux reseeds it when a VM is cloned, through the VM
-//!   generation id). docs/FORMAT.md §5.2 states the bound this gives; BENCHMARKS.md the cost
-//!   (one system call per value: 220 ns against 102 ns for the former 4 KiB pool, +0.2 µs per
+//!   generation id); bytes drawn by a call before a copy made during it go to the same inputs in
+//!   every copy. docs/FORMAT.md §5.2 states the bound this gives; BENCHMARKS.md the cost (one
+//!   system call per value: 220 ns against 102 ns for the former 4 KiB pool, +0.2 µs per
 //!   100-byte seal+open).
 
 use crate::error::{Error, Result};

@@ -291,29 +291,34 @@ impl V2Keys {
     /// Seals a v2 value: picks the salt, writes the header into `ad`'s first `HEADER_LEN` bytes,
     /// and returns `header || commitment || ciphertext || tag`.
     ///
-    /// AES suite: the salt is `epoch || r`. The epoch and its prepared AES-256-GCM subkey come from
-    /// this thread's slot and are renewed after [`EPOCH_VALUES`] values, or when the process id
-    /// is not the one that drew the epoch; `r` is drawn from the OS for this value alone. When the
-    /// slot is busy (another thread on the same slot), the epoch is fresh and the subkey is
-    /// derived for this value alone. XChaCha suite: the whole salt is drawn from the OS.
+    /// `fresh` are bytes the calling seal drew from the OS for this value alone, after its
+    /// inputs were fixed ([`Fresh`]). AES suite: the salt is `epoch || r`. The epoch and its
+    /// prepared AES-256-GCM subkey come from this thread's slot and are renewed after
+    /// [`EPOCH_VALUES`] values, or when the process id is not the one that drew the epoch; `r` is
+    /// the first 12 bytes of `fresh`. When the slot is busy (another thread on the same slot), the
+    /// salt is the whole of `fresh` (a fresh epoch, with the subkey derived for this value alone).
+    /// XChaCha suite: the salt is the whole of `fresh`.
     fn seal(
         &self,
         backend: Backend,
         suite: Suite,
         key_ref: KeyRef,
-        mut ad: Vec<u8>,
+        ad: &mut [u8],
         plaintext: &[u8],
+        fresh: &FreshSalt,
     ) -> Result<Vec<u8>> {
         let mut slot = match suite {
             Suite::Aes256Gcm => self.seal_slots.get(thread_slot()).and_then(|m| m.try_lock().ok()),
             Suite::XChaCha20Poly1305 => None,
         };
-        // INVARIANT: every salt has bytes drawn from the OS for this value, after every earlier
-        // value: `r` (the GCM nonce) with a cached epoch, the whole salt otherwise. No copy of
-        // this process can have drawn them too (FORMAT.md §5.2).
+        // INVARIANT: every salt has bytes drawn from the OS for this value by the call sealing
+        // it, after every earlier call's values: `r` (the GCM nonce) with a cached epoch, the
+        // whole salt otherwise. A copy of this process made before that draw draws its own; one
+        // made after it seals the same inputs with them, so the same bytes (FORMAT.md §5.2).
         let cached_epoch: Option<[u8; EPOCH_LEN]> = match slot.as_mut() {
             Some(guard) => {
-                let pid = random::process_id();
+                // Read by this call (Fresh::draw): a forked child is another process's call.
+                let pid = fresh.pid;
                 if guard.as_ref().is_none_or(|s| s.left == 0 || s.pid != pid) {
                     let epoch: [u8; EPOCH_LEN] = random::public_array()?;
                     let kx = self.xaes.derive_key(&epoch);
@@ -333,15 +338,16 @@ impl V2Keys {
         };
         let salt: [u8; SALT_LEN] = match cached_epoch {
             Some(epoch) => {
-                let r: [u8; SALT_LEN - EPOCH_LEN] = random::public_array()?;
                 let mut salt = [0u8; SALT_LEN];
                 let (e, rest) = salt.split_at_mut(EPOCH_LEN);
                 e.copy_from_slice(&epoch);
-                rest.copy_from_slice(&r);
+                let r: &[u8; SALT_LEN - EPOCH_LEN] =
+                    fresh.bytes.first_chunk().ok_or(Error::ApiMisuse("seal salt"))?;
+                rest.copy_from_slice(r);
                 salt
             }
-            // XChaCha, or a busy slot (an epoch for this value alone): one draw.
-            None => random::public_array()?,
+            // XChaCha, or a busy slot (an epoch for this value alone): all of it fresh.
+            None => fresh.bytes,
         };
         let (epoch, r) = salt.split_at(EPOCH_LEN);
         let mut nonce = [0u8; 12];
@@ -352,6 +358,7 @@ impl V2Keys {
         if let Some(dst) = ad.get_mut(..HEADER_LEN) {
             dst.copy_from_slice(&header);
         }
+        let ad: &[u8] = ad;
         // INVARIANT: `out` is allocated once at its final size, so the plaintext copied into it is
         // never moved by a reallocation; if sealing fails it still holds plaintext and is wiped.
         let mut out = zeroize::Zeroizing::new(Vec::with_capacity(OVERHEAD + plaintext.len()));
@@ -362,12 +369,12 @@ impl V2Keys {
             out.get_mut(HEADER_LEN + COMMITMENT_LEN..).ok_or_else(|| Error::ApiMisuse("seal buffer"))?;
         let cached = slot.as_ref().and_then(|g| g.as_ref());
         let tag = match (suite, cached) {
-            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&nonce, &ad, body)?,
+            (Suite::Aes256Gcm, Some(s)) => s.key.seal_detached(&nonce, ad, body)?,
             (Suite::Aes256Gcm, None) => {
                 let kx = self.xaes.derive_key(epoch);
-                AeadKey::new(backend, suite, &kx)?.seal_detached(&nonce, &ad, body)?
+                AeadKey::new(backend, suite, &kx)?.seal_detached(&nonce, ad, body)?
             }
-            (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, &ad, body)?,
+            (Suite::XChaCha20Poly1305, _) => xchacha_seal(&self.xchacha, &salt, ad, body)?,
         };
         drop(slot);
         out.extend_from_slice(&tag);
@@ -410,6 +417,51 @@ impl V2Keys {
             }
             Suite::XChaCha20Poly1305 => xchacha_open(&self.xchacha, salt, ad, body, tag),
         }
+    }
+}
+
+/// The most values one [`Fresh`] draw serves (one `getrandom` of `SALT_LEN` bytes per value).
+pub(crate) const FRESH_MAX: usize = 16;
+
+/// Salt bytes drawn from the OS by one sealing call for its own values: one `getrandom` for up to
+/// [`FRESH_MAX`] values, `SALT_LEN` bytes for each. INVARIANT: made inside the call that seals
+/// those values, after their inputs are fixed, used for them alone and dropped when the call
+/// returns; never kept, handed on or reused (there is no buffer of randomness between calls,
+/// FORMAT.md §5.2).
+pub(crate) struct Fresh {
+    bytes: [u8; SALT_LEN * FRESH_MAX],
+    n: usize,
+    pid: u32,
+}
+
+/// One value's part of a [`Fresh`] draw, with the process id read by the same call (a seal slot's
+/// epoch is renewed when it differs from the one that drew it: one `getpid` per call, not per
+/// value; a `fork` copies only the forking thread, so no call continues in a child).
+pub(crate) struct FreshSalt {
+    bytes: [u8; SALT_LEN],
+    pid: u32,
+}
+
+impl Fresh {
+    /// Draws the salt bytes of `n` values (at most [`FRESH_MAX`]) in one call to the OS.
+    pub(crate) fn draw(n: usize) -> Result<Self> {
+        let mut bytes = [0u8; SALT_LEN * FRESH_MAX];
+        let part = bytes.get_mut(..SALT_LEN * n).ok_or(Error::ApiMisuse("too many values for one draw"))?;
+        random::fill(part)?;
+        Ok(Self { bytes, n, pid: random::process_id() })
+    }
+
+    /// The bytes of value `i`.
+    pub(crate) fn salt(&self, i: usize) -> Result<FreshSalt> {
+        if i >= self.n {
+            return Err(Error::ApiMisuse("salt index"));
+        }
+        let bytes = self
+            .bytes
+            .get(i * SALT_LEN..(i + 1) * SALT_LEN)
+            .and_then(|b| b.try_into().ok())
+            .ok_or(Error::ApiMisuse("salt index"))?;
+        Ok(FreshSalt { bytes, pid: self.pid })
     }
 }
 
@@ -462,10 +514,24 @@ impl SealKey {
     /// Seals a field value under `context`.
     pub fn seal(&self, suite: Suite, context: &Context<'_>, plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut ad = Vec::with_capacity(HEADER_LEN + context.encoded_len());
+        self.seal_with(suite, context, plaintext, &mut ad, &Fresh::draw(1)?.salt(0)?)
+    }
+
+    /// [`Self::seal`] with the salt bytes `fresh` the caller drew for this value ([`Fresh`]), and
+    /// `ad` as a scratch buffer for the associated data (its contents are replaced).
+    pub(crate) fn seal_with(
+        &self,
+        suite: Suite,
+        context: &Context<'_>,
+        plaintext: &[u8],
+        ad: &mut Vec<u8>,
+        fresh: &FreshSalt,
+    ) -> Result<Vec<u8>> {
+        ad.clear();
         ad.extend_from_slice(&[0u8; HEADER_LEN]);
         ad.extend_from_slice(crate::ids::CONTEXT_LABEL);
-        context.encode_into(&mut ad)?;
-        self.seal_inner(suite, ad, plaintext)
+        context.encode_into(ad)?;
+        self.seal_inner(suite, ad, plaintext, fresh)
     }
 
     /// Opens a field value sealed under `context`.
@@ -477,12 +543,26 @@ impl SealKey {
         self.open_inner(ad, sealed, "sealed value").map_err(OpenFailure::into_error)
     }
 
+    /// [`Self::open`] in the sealed value's own buffer: `sealed` is decrypted in place and becomes
+    /// the plaintext (no copy; wiped when the returned plaintext is dropped, or at once if
+    /// opening fails). `ad` is a scratch buffer for the associated data (its contents are
+    /// replaced), so a caller opening many values allocates it once.
+    pub fn open_vec(&self, context: &Context<'_>, sealed: Vec<u8>, ad: &mut Vec<u8>) -> Result<Plaintext> {
+        let mut buf = zeroize::Zeroizing::new(sealed);
+        ad.clear();
+        ad.extend_from_slice(&[0u8; HEADER_LEN]);
+        ad.extend_from_slice(crate::ids::CONTEXT_LABEL);
+        context.encode_into(ad)?;
+        self.open_buf(ad, &mut buf, "sealed value").map_err(OpenFailure::into_error)?;
+        Ok(Plaintext::new(std::mem::take(&mut *buf)))
+    }
+
     /// Seals with caller-supplied associated data (a labelled encoding, see [`crate::ids`]).
     pub(crate) fn seal_ad(&self, suite: Suite, ad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut full = Vec::with_capacity(HEADER_LEN + ad.len());
         full.extend_from_slice(&[0u8; HEADER_LEN]);
         full.extend_from_slice(ad);
-        self.seal_inner(suite, full, plaintext)
+        self.seal_inner(suite, &mut full, plaintext, &Fresh::draw(1)?.salt(0)?)
     }
 
     /// Opens with caller-supplied associated data.
@@ -499,11 +579,17 @@ impl SealKey {
     }
 
     /// `ad` starts with `HEADER_LEN` placeholder bytes that are overwritten with the header.
-    fn seal_inner(&self, suite: Suite, ad: Vec<u8>, plaintext: &[u8]) -> Result<Vec<u8>> {
+    fn seal_inner(
+        &self,
+        suite: Suite,
+        ad: &mut [u8],
+        plaintext: &[u8],
+        fresh: &FreshSalt,
+    ) -> Result<Vec<u8>> {
         if plaintext.len() > MAX_SEALED_PLAINTEXT {
             return Err(Error::LimitReached("a sealed value holds at most 16 MiB"));
         }
-        self.v2.seal(self.backend, suite, self.key_ref, ad, plaintext)
+        self.v2.seal(self.backend, suite, self.key_ref, ad, plaintext, fresh)
     }
 
     fn open_inner(
@@ -512,48 +598,65 @@ impl SealKey {
         sealed: &[u8],
         what: &'static str,
     ) -> Result<Plaintext, OpenFailure> {
-        let header = SealedHeader::parse(sealed).map_err(OpenFailure::Other)?;
+        let mut buf = zeroize::Zeroizing::new(sealed.to_vec());
+        self.open_buf(&mut ad, &mut buf, what)?;
+        Ok(Plaintext::new(std::mem::take(&mut *buf)))
+    }
+
+    /// Opens the sealed value in `buf` in place. On success `buf` holds the plaintext alone (the
+    /// rest of its bytes are in its spare capacity, which `Zeroizing` wipes with it); on failure
+    /// it holds whatever decryption left, wiped when the caller drops it. `ad` starts with
+    /// `HEADER_LEN` placeholder bytes that are overwritten with the header.
+    fn open_buf(
+        &self,
+        ad: &mut [u8],
+        buf: &mut zeroize::Zeroizing<Vec<u8>>,
+        what: &'static str,
+    ) -> Result<(), OpenFailure> {
+        let header = SealedHeader::parse(buf).map_err(OpenFailure::Other)?;
         if header.key != self.key_ref {
             // The header names another key: opening with this one can only fail.
             metrics::decrypt_failed(what, true);
             return Err(OpenFailure::Commitment);
         }
-        let mut r = Reader::new(sealed, "sealed value");
-        let hdr: &[u8; HEADER_LEN] = &r.array().map_err(OpenFailure::Other)?;
-        let commitment = r.take(COMMITMENT_LEN).map_err(OpenFailure::Other)?;
-        let body_len = r
-            .remaining()
-            .checked_sub(TAG_LEN)
-            .ok_or_else(|| OpenFailure::Other(Error::malformed(what, "too short")))?;
-        let ct = r.take(body_len).map_err(OpenFailure::Other)?;
-        let tag: [u8; TAG_LEN] = r.array().map_err(OpenFailure::Other)?;
-
+        let short = || OpenFailure::Other(Error::malformed(what, "too short"));
+        let mut r = Reader::new(buf, "sealed value");
+        let hdr: [u8; HEADER_LEN] = r.array().map_err(OpenFailure::Other)?;
+        let commitment: [u8; COMMITMENT_LEN] = r.array().map_err(OpenFailure::Other)?;
+        let body_len = r.remaining().checked_sub(TAG_LEN).ok_or_else(short)?;
+        let body_start = HEADER_LEN + COMMITMENT_LEN;
+        let body_end = body_start + body_len;
+        let tag: [u8; TAG_LEN] = buf.get(body_end..).and_then(|t| t.try_into().ok()).ok_or_else(short)?;
         if let Some(dst) = ad.get_mut(..HEADER_LEN) {
-            dst.copy_from_slice(hdr);
+            dst.copy_from_slice(&hdr);
         }
-        let mut buf = Plaintext::new(ct.to_vec()).into_zeroizing();
+        let ad: &[u8] = ad;
+        let body = buf.get_mut(body_start..body_end).ok_or_else(short)?;
         let opened = if header.format_version == VERSION_1 {
-            let derived = derive_keys(&self.prk, &[SEAL_INFO_LABEL, hdr]).map_err(OpenFailure::Other)?;
-            if !ct_eq(&derived.commitment, commitment) {
+            let derived = derive_keys(&self.prk, &[SEAL_INFO_LABEL, &hdr]).map_err(OpenFailure::Other)?;
+            if !ct_eq(&derived.commitment, &commitment) {
                 metrics::decrypt_failed(what, true);
                 return Err(OpenFailure::Commitment);
             }
             let aead =
                 AeadKey::new(self.backend, header.suite, &derived.aead_key).map_err(OpenFailure::Other)?;
-            aead.open_detached(&ZERO_NONCE, &ad, &mut buf, &tag)
+            aead.open_detached(&ZERO_NONCE, ad, body, &tag)
         } else {
-            if !ct_eq(&self.v2.commitment(hdr), commitment) {
+            if !ct_eq(&self.v2.commitment(&hdr), &commitment) {
                 metrics::decrypt_failed(what, true);
                 return Err(OpenFailure::Commitment);
             }
             let salt: &[u8; SALT_LEN] = hdr.last_chunk().ok_or(OpenFailure::Commitment)?;
-            self.v2.open(self.backend, header.suite, salt, &ad, &mut buf, &tag)
+            self.v2.open(self.backend, header.suite, salt, ad, body, &tag)
         };
         if opened.is_err() {
             metrics::decrypt_failed(what, false);
             return Err(OpenFailure::Tag);
         }
-        Ok(Plaintext::new(std::mem::take(&mut *buf)))
+        // The plaintext to the front; the vector keeps its allocation (never reallocated).
+        buf.copy_within(body_start..body_end, 0);
+        buf.truncate(body_len);
+        Ok(())
     }
 }
 
@@ -744,6 +847,30 @@ mod tests {
                     assert_eq!(a[0][..EPOCH_LEN], b[0][..EPOCH_LEN]);
                     let rs: HashSet<&[u8]> = a.iter().chain(&b).map(|s| &s[EPOCH_LEN..]).collect();
                     assert_eq!(rs.len(), 2000);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn open_vec_opens_in_place_what_open_opens_and_refuses_the_rest() {
+        let (t, d) = ctx_parts();
+        let ctx = Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
+        let other = Context { record: "r2", ..ctx };
+        let mut ad = Vec::new();
+        for backend in Backend::all() {
+            let k = key(*backend);
+            for suite in [Suite::Aes256Gcm, Suite::XChaCha20Poly1305] {
+                for pt in [&b""[..], b"x", b"a longer value of several AES blocks, 48 bytes!!"] {
+                    let sealed = k.seal(suite, &ctx, pt).unwrap();
+                    let opened = k.open_vec(&ctx, sealed.clone(), &mut ad).unwrap();
+                    assert_eq!(opened.expose_secret(), pt);
+                    assert_eq!(opened, k.open(&ctx, &sealed).unwrap());
+                    assert!(k.open_vec(&other, sealed.clone(), &mut ad).is_err());
+                    let mut bad = sealed.clone();
+                    *bad.last_mut().unwrap() ^= 1;
+                    assert!(k.open_vec(&ctx, bad, &mut ad).is_err());
+                    assert!(k.open_vec(&ctx, sealed[..OVERHEAD - 1].to_vec(), &mut ad).is_err());
                 }
             }
         }

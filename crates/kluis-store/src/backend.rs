@@ -495,6 +495,21 @@ pub trait Backend:
         limit: u32,
     ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
 
+    /// [`Backend::list`], each record handed to `out` as the database produces it, so the caller
+    /// opens one while the next are read. The channel is unbounded (at most `limit` records wait
+    /// in it), so the read never waits for the caller and its connection is freed as soon as the
+    /// rows are read: a caller that needs the pool meanwhile (a subject key to load) cannot
+    /// deadlock it. Stops without error when `out` is closed (the caller's error is the answer).
+    fn list_each(
+        &self,
+        table: &Table,
+        tenant: &str,
+        subject: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+        out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Records whose blind index of `field` is one of `candidates` (key version, index), by id.
     fn find_index(
         &self,
@@ -684,7 +699,9 @@ impl SqliteBackend {
     }
 
     /// Opens (creating if needed) a database file with WAL journaling, `secure_delete=ON`,
-    /// `synchronous=FULL`, foreign keys and a busy timeout.
+    /// `synchronous=FULL`, foreign keys and a busy timeout, and room for 1,000 rows between
+    /// sqlx's worker thread and the caller (a whole page: the worker reads ahead instead of
+    /// waiting for the caller, and waking it, row by row; sqlx's default is 50).
     ///
     /// On Unix a new database file is created with mode `0600` (owner read and write, whatever
     /// the umask) before SQLite opens it; SQLite gives its `-wal` and `-shm` files the database
@@ -699,7 +716,8 @@ impl SqliteBackend {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(std::time::Duration::from_secs(10))
-            .pragma("secure_delete", "ON");
+            .pragma("secure_delete", "ON")
+            .row_buffer_size(1000);
         let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
         Ok(Self { pool })
     }
@@ -1039,6 +1057,42 @@ fn rows_per_insert(table: &Table) -> usize {
 
 /// One `INSERT` of whole rows (every column; NULL where a field is not set).
 fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<Arg<'a>>)> {
+    insert_rows_with(table, rows, None)
+}
+
+/// [`insert_rows`], with the row tags, sealed cells and blind indexes moved out of `rows` into
+/// the binds, so the driver takes them without a copy (sqlx copies every borrowed bind before it
+/// hands a statement over). The rest of `rows` (ids, subjects, fields, key versions) stays for
+/// naming a duplicate and counting key uses.
+fn insert_rows_taking<'a>(table: &Table, rows: &'a mut [InsertRow]) -> Result<(String, Vec<Arg<'a>>)> {
+    let mut blobs = Vec::with_capacity(rows.len() * (1 + 2 * table.cells.len()));
+    for (r, fields, indexes) in rows.iter_mut() {
+        blobs.push(Some(std::mem::take(&mut r.tag)));
+        // The order in which insert_rows_with binds them.
+        for c in table.cells.iter().filter(|c| c.clear.is_none()) {
+            blobs.push(fields.iter_mut().find(|f| f.field == c.field).map(|f| std::mem::take(&mut f.sealed)));
+            if c.index.is_some() {
+                blobs.push(
+                    indexes.iter_mut().find(|x| x.field == c.field).map(|x| std::mem::take(&mut x.idx)),
+                );
+            }
+        }
+    }
+    insert_rows_with(table, rows, Some(&mut blobs.into_iter()))
+}
+
+/// [`insert_rows`], taking the blobs from `owned` (in binding order) when given.
+fn insert_rows_with<'a>(
+    table: &Table,
+    rows: &'a [InsertRow],
+    mut owned: Option<&mut std::vec::IntoIter<Option<Vec<u8>>>>,
+) -> Result<(String, Vec<Arg<'a>>)> {
+    let mut blob = |b: Option<&'a [u8]>| -> Result<Arg<'a>> {
+        match owned.as_mut() {
+            Some(it) => it.next().map(Arg::Bytes).ok_or_else(|| StoreError::Invalid("insert binds".into())),
+            None => Ok(Arg::B(b)),
+        }
+    };
     let mut cols =
         String::from("tenant, id, subject, version, created_at, updated_at, retain_until, row_tag");
     for c in &table.cells {
@@ -1063,19 +1117,19 @@ fn insert_rows<'a>(table: &Table, rows: &'a [InsertRow]) -> Result<(String, Vec<
             Arg::I(Some(r.created_at)),
             Arg::I(Some(r.updated_at)),
             Arg::I(r.retain_until),
-            Arg::B(Some(&r.tag)),
         ]);
+        args.push(blob(Some(&r.tag))?);
         for c in &table.cells {
             let cell = fields.iter().find(|f| f.field == c.field);
             if let Some(ty) = c.clear {
                 args.push(clear_arg(table, &c.field, ty, cell.map(|f| f.sealed.as_slice()))?);
                 continue;
             }
-            args.push(Arg::B(cell.map(|f| f.sealed.as_slice())));
+            args.push(blob(cell.map(|f| f.sealed.as_slice()))?);
             args.push(Arg::I(cell.map(|f| f.key_version)));
             if c.index.is_some() {
                 let ix = indexes.iter().find(|x| x.field == c.field);
-                args.push(Arg::B(ix.map(|x| x.idx.as_slice())));
+                args.push(blob(ix.map(|x| x.idx.as_slice()))?);
                 args.push(Arg::I(ix.map(|x| x.key_version)));
             }
         }
@@ -1274,6 +1328,24 @@ macro_rules! backend_impl {
                         Arg::Text(t) => q.bind(t.as_deref()),
                         Arg::Bool(v) => q.bind(*v),
                         Arg::Bytes(v) => q.bind(v.as_deref()),
+                    };
+                }
+                q
+            }
+
+            /// [`Self::bind_args`], moving owned values into the query (no copy by the driver).
+            fn bind_args_owned<'q>(
+                mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
+                args: Vec<Arg<'q>>,
+            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
+                for a in args {
+                    q = match a {
+                        Arg::S(s) => q.bind(s),
+                        Arg::I(i) => q.bind(i),
+                        Arg::B(b) => q.bind(b),
+                        Arg::Text(t) => q.bind(t),
+                        Arg::Bool(v) => q.bind(v),
+                        Arg::Bytes(v) => q.bind(v),
                     };
                 }
                 q
@@ -1479,11 +1551,10 @@ macro_rules! backend_impl {
                 pending: &mut Option<PendingInserts>,
                 used: &mut KeyUses,
             ) -> Result<()> {
-                let Some(p) = pending.take() else { return Ok(()) };
-                let (sql, args) = insert_rows(&p.table, &p.rows)?;
+                let Some(mut p) = pending.take() else { return Ok(()) };
+                let (sql, args) = insert_rows_taking(&p.table, &mut p.rows)?;
                 let sql = $sql(&sql).into_owned();
-                let res = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await;
-                drop(args);
+                let res = Self::bind_args_owned(sqlx::query::<$db>(&sql), args).execute(&mut **tx).await;
                 match res {
                     Ok(_) => {}
                     Err(e) if unique_violation(&e) => {
@@ -1496,8 +1567,13 @@ macro_rules! backend_impl {
                     Err(e) => return Err(e.into()),
                 }
                 for (r, fields, _) in &p.rows {
+                    // Once per (domain, version) of the row: its cells of a domain share a key.
+                    let mut last: Option<(&str, i64)> = None;
                     for f in fields.iter().filter(|f| p.table.is_sealed(&f.field)) {
-                        used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
+                        if last != Some((f.domain.as_str(), f.key_version)) {
+                            used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
+                            last = Some((f.domain.as_str(), f.key_version));
+                        }
                     }
                 }
                 Ok(())
@@ -2066,6 +2142,40 @@ macro_rules! backend_impl {
                 }
                 let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
                 rows.iter().map(|r| Self::stored_from(table, r)).collect()
+            }
+
+            async fn list_each(
+                &self,
+                table: &Table,
+                tenant: &str,
+                subject: Option<&str>,
+                after: Option<&str>,
+                limit: u32,
+                out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
+            ) -> Result<()> {
+                let mut sql = format!("SELECT {} FROM {} WHERE tenant = ?", table.select_list(""), table.name);
+                if subject.is_some() {
+                    sql.push_str(" AND subject = ?");
+                }
+                if after.is_some() {
+                    sql.push_str(" AND id > ?");
+                }
+                sql.push_str(" ORDER BY id LIMIT ?");
+                let sql = $sql(&sql).into_owned();
+                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
+                if let Some(s) = subject {
+                    q = q.bind(s);
+                }
+                if let Some(a) = after {
+                    q = q.bind(a);
+                }
+                let mut rows = q.bind(i64::from(limit)).fetch(&self.pool);
+                while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+                    if out.send(Self::stored_from(table, &row?)?).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
             }
 
             async fn find_index(

@@ -586,16 +586,16 @@ impl CallCache {
 
 /// One operation of a transaction, checked, with its subject keys in the call's cache, not yet
 /// sealed ([`Store::plan_transaction`], then [`Store::seal_planned`]).
-enum Planned {
+enum Planned<'o> {
     Insert {
         row: RecordRow,
-        fields: Vec<(String, Value)>,
+        fields: &'o [(String, Value)],
     },
     Update {
         row: RecordRow,
         expected_version: i64,
-        set: Vec<(String, Value)>,
-        remove: Vec<String>,
+        set: &'o [(String, Value)],
+        remove: &'o [String],
         /// The cells as read (the tag covers the row as it will be).
         current: Vec<FieldRow>,
         /// The row tag as read.
@@ -1227,7 +1227,12 @@ impl<B: Backend> Store<B> {
                     c.newest.clear();
                 }
             }
-            let ck = (tenant.to_string(), set.domain().to_string(), row.subject.clone(), rec.version);
+            let ck = (
+                tenant.as_str().to_owned(),
+                set.domain().as_str().to_owned(),
+                row.subject.clone(),
+                rec.version,
+            );
             let expires = Instant::now() + self.subject_key_ttl;
             c.keys.insert(ck, CachedSubjectKey { key: key.clone(), wrapping: wv, tag, expires });
         }
@@ -1236,7 +1241,7 @@ impl<B: Backend> Store<B> {
 
     fn note_newest(&self, set: &DomainKeySet, subject: &str, version: u32) {
         if let Ok(mut c) = self.subject_keys.lock() {
-            let k = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+            let k = (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned());
             c.newest.insert(k, (version, Instant::now() + self.subject_key_ttl));
         }
     }
@@ -1248,7 +1253,8 @@ impl<B: Backend> Store<B> {
         version: u32,
         tags: &mut Tags,
     ) -> Option<Arc<SubjectKey>> {
-        let ck = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned(), version);
+        let ck =
+            (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned(), version);
         let cached = self.subject_keys.lock().ok().and_then(|c| {
             c.keys.get(&ck).filter(|e| e.expires > Instant::now()).map(|e| (e.key.clone(), e.wrapping, e.tag))
         })?;
@@ -1272,7 +1278,8 @@ impl<B: Backend> Store<B> {
         let want = match version {
             Some(v) => Some(v),
             None => self.subject_keys.lock().ok().and_then(|c| {
-                let k = (set.tenant().to_string(), set.domain().to_string(), subject.to_owned());
+                let k =
+                    (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned());
                 c.newest.get(&k).filter(|e| e.1 > Instant::now()).map(|e| e.0)
             }),
         };
@@ -1418,6 +1425,9 @@ impl<B: Backend> Store<B> {
     /// Checks fields (known, of the right type and size, set once, domain key held) and makes
     /// sure this call holds the subject's newest key of each domain they use (loading or creating
     /// it), so [`Self::seal_fields_now`] needs no database.
+    ///
+    /// `values_checked`: [`check_fields`] already ran on `fields` (an insert's
+    /// [`NewRecord::check`]); then only the domain keys are checked here, in the same order.
     async fn prepare_fields(
         &self,
         access: &Access,
@@ -1425,19 +1435,34 @@ impl<B: Backend> Store<B> {
         subject: &str,
         fields: &[(String, Value)],
         tags: &mut Tags,
+        values_checked: bool,
     ) -> Result<()> {
-        check_fields(coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
+        if values_checked {
+            for (name, _) in fields {
+                access.require(field_def(coll, name)?.domain.as_str())?;
+            }
+        } else {
+            check_fields(coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
+        }
+        // Once per domain of the record (a record has few domains and many fields).
+        let mut done: Vec<&DomainName> = Vec::with_capacity(2);
         for (name, _) in fields {
             let def = field_def(coll, name)?;
-            let set = access.require(def.domain.as_str())?;
-            if !def.clear {
-                self.subject_key_for_write(set, subject, tags).await?;
+            if def.clear || done.contains(&&def.domain) {
+                continue;
             }
+            let set = access.require(def.domain.as_str())?;
+            self.subject_key_for_write(set, subject, tags).await?;
+            done.push(&def.domain);
         }
         Ok(())
     }
 
     /// Seals fields checked by [`Self::prepare_fields`] under the subject keys it left in `tags`.
+    ///
+    /// The values are encoded into one buffer of their total size (wiped on drop, never
+    /// reallocated) and sealed in one call ([`keys::seal_fields`]: one draw from the OS for the
+    /// salts of the record's cells).
     fn seal_fields_now(
         access: &Access,
         coll: &Collection,
@@ -1446,59 +1471,89 @@ impl<B: Backend> Store<B> {
         fields: &[(String, Value)],
         tags: &mut Tags,
     ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
-        let mut cells = Vec::with_capacity(fields.len());
-        let mut indexes = Vec::new();
-        // The key of the previous field's domain: fields of one domain usually come together.
-        let mut last: Option<(&str, u32, Arc<SubjectKey>)> = None;
+        // Per field: its definition, key set, subject key (none for a clear field) and where its
+        // encoding is in `encoded`.
+        struct Cell<'f> {
+            name: &'f str,
+            def: &'f FieldDef,
+            set: &'f DomainKeySet,
+            key: Option<(u32, Arc<SubjectKey>)>,
+            at: std::ops::Range<usize>,
+        }
+        let total = fields.iter().map(|(_, v)| v.encoded_len()).sum();
+        let mut encoded = zeroize::Zeroizing::new(Vec::with_capacity(total));
+        let mut plan: Vec<Cell<'_>> = Vec::with_capacity(fields.len());
         for (name, v) in fields {
             let def = field_def(coll, name)?;
             let set = access.require(def.domain.as_str())?;
-            if def.clear {
-                // Stored in clear, in its encoding (which the row tag covers); no subject key.
-                cells.push(FieldRow {
-                    field: name.clone(),
-                    domain: def.domain.to_string(),
-                    sealed: v.encode().to_vec(),
-                    key_version: 0,
-                });
-                continue;
-            }
-            let (skv, sk) = match &last {
-                Some((d, v, k)) if *d == def.domain.as_str() => (*v, k.clone()),
-                _ => {
-                    let (v, k) = tags.newest_key(subject, def.domain.as_str()).ok_or_else(|| {
+            let key = if def.clear {
+                None
+            } else {
+                // The key of the previous field's domain: fields of one domain usually come
+                // together.
+                match plan.iter().rev().find_map(|c| c.key.as_ref().filter(|_| c.def.domain == def.domain)) {
+                    Some((v, k)) => Some((*v, k.clone())),
+                    None => Some(tags.newest_key(subject, def.domain.as_str()).ok_or_else(|| {
                         StoreError::KeyChanged {
                             what: format!("subject key {}/{}/{subject}", access.tenant, def.domain),
                         }
-                    })?;
-                    last = Some((def.domain.as_str(), v, k.clone()));
-                    (v, k)
+                    })?),
                 }
             };
-            let ctx = Context {
-                tenant: &access.tenant,
-                domain: &def.domain,
-                collection: &coll.name,
-                field: name,
-                record: id,
+            let start = encoded.len();
+            v.encode_into(&mut encoded);
+            plan.push(Cell { name, def, set, key, at: start..encoded.len() });
+        }
+        let bytes = |at: &std::ops::Range<usize>| {
+            encoded.get(at.clone()).ok_or_else(|| StoreError::Invalid("encoded field".into()))
+        };
+        let mut to_seal = Vec::with_capacity(plan.len());
+        for c in &plan {
+            if let Some((_, k)) = &c.key {
+                to_seal.push(keys::FieldToSeal {
+                    key: k,
+                    context: Context {
+                        tenant: &access.tenant,
+                        domain: &c.def.domain,
+                        collection: &coll.name,
+                        field: c.name,
+                        record: id,
+                    },
+                    plaintext: bytes(&c.at)?,
+                });
+            }
+        }
+        let mut sealed = keys::seal_fields(&to_seal)?.into_iter();
+        drop(to_seal);
+        let mut cells = Vec::with_capacity(plan.len());
+        let mut indexes = Vec::new();
+        for c in &plan {
+            let Some((skv, _)) = &c.key else {
+                // Stored in clear, in its encoding (which the row tag covers); no subject key.
+                cells.push(FieldRow {
+                    field: c.name.to_owned(),
+                    domain: c.def.domain.as_str().to_owned(),
+                    sealed: bytes(&c.at)?.to_vec(),
+                    key_version: 0,
+                });
+                continue;
             };
-            let encoded = v.encode();
             cells.push(FieldRow {
-                field: name.clone(),
-                domain: def.domain.to_string(),
-                sealed: sk.seal(&ctx, &encoded)?,
-                key_version: i64::from(skv),
+                field: c.name.to_owned(),
+                domain: c.def.domain.as_str().to_owned(),
+                sealed: sealed.next().ok_or_else(|| StoreError::Invalid("sealed field".into()))?,
+                key_version: i64::from(*skv),
             });
-            if def.blind_index {
-                let active = set.active_version().ok_or_else(|| {
+            if c.def.blind_index {
+                let active = c.set.active_version().ok_or_else(|| {
                     StoreError::Core(kluis_core::Error::UnknownKey {
-                        key: format!("{}/{} (no active version)", access.tenant, def.domain),
+                        key: format!("{}/{} (no active version)", access.tenant, c.def.domain),
                     })
                 })?;
                 indexes.push(IndexRow {
-                    field: name.clone(),
+                    field: c.name.to_owned(),
                     key_version: i64::from(active),
-                    idx: Self::blind_index_cached(set, active, &coll.name, name, &encoded, tags)?,
+                    idx: Self::blind_index_cached(c.set, active, &coll.name, c.name, bytes(&c.at)?, tags)?,
                 });
             }
         }
@@ -1567,7 +1622,7 @@ impl<B: Backend> Store<B> {
         access.require_write("a write")?;
         let mut attempt = 1;
         loop {
-            match self.write_pipelined(access, ops.clone(), audit).await {
+            match self.write_pipelined(access, &ops, audit).await {
                 Ok(written) => {
                     tracing::debug!(tenant = %access.tenant, ops = written.len(), "kluis-store transaction committed");
                     return Ok(written);
@@ -1592,7 +1647,7 @@ impl<B: Backend> Store<B> {
     async fn write_pipelined(
         &self,
         access: &Access,
-        ops: Vec<Op>,
+        ops: &[Op],
         audit: Option<&AuditAppend>,
     ) -> Result<Vec<Written>> {
         let mut tags = Tags::new();
@@ -1605,7 +1660,7 @@ impl<B: Backend> Store<B> {
     async fn write_planned(
         &self,
         access: &Access,
-        planned: Vec<Planned>,
+        planned: Vec<Planned<'_>>,
         audit: Option<&AuditAppend>,
         mut tags: Tags,
     ) -> Result<()> {
@@ -1645,12 +1700,12 @@ impl<B: Backend> Store<B> {
 
     /// Checks a transaction's operations, reads what updates and deletes need, and gets every
     /// subject key the writes will be sealed under into `tags`; seals nothing, writes nothing.
-    async fn plan_transaction(
+    async fn plan_transaction<'o>(
         &self,
         access: &Access,
-        ops: Vec<Op>,
+        ops: &'o [Op],
         tags: &mut Tags,
-    ) -> Result<(Vec<Planned>, Vec<Written>)> {
+    ) -> Result<(Vec<Planned<'o>>, Vec<Written>)> {
         let tenant = access.tenant.to_string();
         let now = now_unix();
         let mut planned = Vec::with_capacity(ops.len());
@@ -1660,40 +1715,41 @@ impl<B: Backend> Store<B> {
                 Op::Insert { collection, record } => {
                     // The rules an import checks up front (NewRecord::check); the domain keys are
                     // checked by prepare_fields.
-                    record.check(&self.schema, &collection)?;
-                    let coll = self.schema.collection(&collection)?;
+                    record.check(&self.schema, collection)?;
+                    let coll = self.schema.collection(collection)?;
                     let id = match &record.id {
                         Some(id) => id.clone(),
                         None => random_id()?,
                     };
-                    access.in_scope(&collection, &id, &record.subject)?;
-                    self.prepare_fields(access, coll, &record.subject, &record.fields, tags).await?;
+                    access.in_scope(collection, &id, &record.subject)?;
+                    self.prepare_fields(access, coll, &record.subject, &record.fields, tags, true).await?;
                     let row = RecordRow {
                         tenant: tenant.clone(),
                         collection: collection.clone(),
                         id: id.clone(),
-                        subject: record.subject,
+                        subject: record.subject.clone(),
                         version: 1,
                         created_at: now,
                         updated_at: now,
                         retain_until: record.retain_until,
                         tag: Vec::new(),
                     };
-                    planned.push(Planned::Insert { row, fields: record.fields });
-                    written.push(Written { collection, id, version: 1 });
+                    planned.push(Planned::Insert { row, fields: &record.fields });
+                    written.push(Written { collection: collection.clone(), id, version: 1 });
                 }
                 Op::Update { collection, id, expected_version, changes } => {
-                    let coll = self.schema.collection(&collection)?;
-                    check_id("record id", &id)?;
+                    let expected_version = *expected_version;
+                    let coll = self.schema.collection(collection)?;
+                    check_id("record id", id)?;
                     for f in &changes.remove {
                         let def = field_def(coll, f)?;
                         access.require(def.domain.as_str())?;
                     }
-                    let table = self.layout.table(&collection)?;
-                    let current = self.backend.get(table, &tenant, &id).await?.ok_or_else(|| {
+                    let table = self.layout.table(collection)?;
+                    let current = self.backend.get(table, &tenant, id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
-                    access.in_scope(&collection, &id, &current.record.subject)?;
+                    access.in_scope(collection, id, &current.record.subject)?;
                     Self::check_row(access, &current, tags)?;
                     let current_tag = current.record.tag.clone();
                     // Retention can be extended, never shortened while it runs.
@@ -1702,12 +1758,13 @@ impl<B: Backend> Store<B> {
                         && old > now
                     {
                         return Err(StoreError::RetentionActive {
-                            collection,
-                            record: id,
+                            collection: collection.clone(),
+                            record: id.clone(),
                             retain_until: old,
                         });
                     }
-                    self.prepare_fields(access, coll, &current.record.subject, &changes.set, tags).await?;
+                    self.prepare_fields(access, coll, &current.record.subject, &changes.set, tags, false)
+                        .await?;
                     let version = expected_version
                         .checked_add(1)
                         .ok_or_else(|| StoreError::Invalid("version overflow".into()))?;
@@ -1720,31 +1777,31 @@ impl<B: Backend> Store<B> {
                     planned.push(Planned::Update {
                         row,
                         expected_version: to_i64(expected_version)?,
-                        set: changes.set,
-                        remove: changes.remove,
+                        set: &changes.set,
+                        remove: &changes.remove,
                         current: current.fields,
                         current_tag,
                     });
-                    written.push(Written { collection, id, version });
+                    written.push(Written { collection: collection.clone(), id: id.clone(), version });
                 }
                 Op::Delete { collection, id, expected_version, legal_override } => {
-                    let table = self.layout.table(&collection)?.clone();
-                    check_id("record id", &id)?;
-                    let current = self.backend.get(&table, &tenant, &id).await?.ok_or_else(|| {
+                    let table = self.layout.table(collection)?.clone();
+                    check_id("record id", id)?;
+                    let current = self.backend.get(&table, &tenant, id).await?.ok_or_else(|| {
                         StoreError::NotFound { collection: collection.clone(), record: id.clone() }
                     })?;
-                    access.in_scope(&collection, &id, &current.record.subject)?;
+                    access.in_scope(collection, id, &current.record.subject)?;
                     // Deleting needs the keys of every domain the record holds, including the
                     // domains of the catalog documents attached to it (deleted with it).
                     for f in &current.fields {
                         access.require(&f.domain)?;
                     }
-                    for d in self.backend.list_documents(&tenant, DocumentFilter::Record(&id)).await? {
+                    for d in self.backend.list_documents(&tenant, DocumentFilter::Record(id)).await? {
                         if d.subject == current.record.subject {
                             access.require(&d.domain)?;
                         }
                     }
-                    let expected = match expected_version {
+                    let expected = match *expected_version {
                         Some(v) => to_i64(v)?,
                         None => current.record.version,
                     };
@@ -1754,8 +1811,8 @@ impl<B: Backend> Store<B> {
                     {
                         let Some(o) = legal_override else {
                             return Err(StoreError::RetentionActive {
-                                collection,
-                                record: id,
+                                collection: collection.clone(),
+                                record: id.clone(),
                                 retain_until: until,
                             });
                         };
@@ -1763,8 +1820,8 @@ impl<B: Backend> Store<B> {
                             tenant: tenant.clone(),
                             action: "delete".into(),
                             target: format!("{collection}/{id}"),
-                            reason: o.reason,
-                            authorised_by: o.authorised_by,
+                            reason: o.reason.clone(),
+                            authorised_by: o.authorised_by.clone(),
                             at: now,
                         }));
                     }
@@ -1775,7 +1832,7 @@ impl<B: Backend> Store<B> {
                         expected_version: Some(expected),
                     });
                     planned.push(Planned::Ready(writes));
-                    written.push(Written { collection, id, version: 0 });
+                    written.push(Written { collection: collection.clone(), id: id.clone(), version: 0 });
                 }
             }
         }
@@ -1783,13 +1840,13 @@ impl<B: Backend> Store<B> {
     }
 
     /// The writes of one planned operation, sealed (no database, no waiting).
-    fn seal_planned(&self, access: &Access, p: Planned, tags: &mut Tags) -> Result<Vec<WriteOp>> {
+    fn seal_planned(&self, access: &Access, p: Planned<'_>, tags: &mut Tags) -> Result<Vec<WriteOp>> {
         Ok(match p {
             Planned::Insert { mut row, fields } => {
                 let coll = self.schema.collection(&row.collection)?;
                 let table = self.layout.table(&row.collection)?.clone();
                 let (fields, indexes) =
-                    Self::seal_fields_now(access, coll, &row.id, &row.subject, &fields, tags)?;
+                    Self::seal_fields_now(access, coll, &row.id, &row.subject, fields, tags)?;
                 row.tag = Self::row_tag(access, &row, &fields, tags)?;
                 vec![WriteOp::Insert { table, record: row, fields, indexes }]
             }
@@ -1797,15 +1854,15 @@ impl<B: Backend> Store<B> {
                 let coll = self.schema.collection(&row.collection)?;
                 let table = self.layout.table(&row.collection)?.clone();
                 let (fields, indexes) =
-                    Self::seal_fields_now(access, coll, &row.id, &row.subject, &set, tags)?;
-                row.tag = Self::row_tag(access, &row, &Self::cells_after(current, &fields, &remove), tags)?;
+                    Self::seal_fields_now(access, coll, &row.id, &row.subject, set, tags)?;
+                row.tag = Self::row_tag(access, &row, &Self::cells_after(current, &fields, remove), tags)?;
                 vec![WriteOp::Update {
                     table,
                     record: row,
                     expected_version,
                     expected_tag: current_tag,
                     set_fields: fields,
-                    remove_fields: remove,
+                    remove_fields: remove.to_vec(),
                     set_indexes: indexes,
                     null_columns: Vec::new(),
                 }]
@@ -1894,6 +1951,9 @@ impl<B: Backend> Store<B> {
         let table = self.layout.table(&stored.record.collection)?.clone();
         let r = stored.record;
         let mut fields = BTreeMap::new();
+        // The associated data of each cell in turn (public bytes).
+        let mut ad = Vec::with_capacity(160);
+        let mut last: Option<(String, u32, Arc<SubjectKey>)> = None;
         for cell in stored.fields {
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
@@ -1912,9 +1972,15 @@ impl<B: Backend> Store<B> {
                 continue;
             }
             let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
-            let sk = match tags.key(&r.subject, &cell.domain, v) {
-                Some(k) => k.clone(),
-                None => self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1,
+            // The previous cell's key when it is the same (cells of a domain share one).
+            let sk = match &last {
+                Some((d, lv, k)) if *lv == v && *d == cell.domain => k.clone(),
+                _ => match tags.key(&r.subject, &cell.domain, v) {
+                    Some(k) => k.clone(),
+                    None => {
+                        self.load_subject_key(set, &r.subject, Some(v), tags).await?.ok_or_else(integrity)?.1
+                    }
+                },
             };
             let ctx = Context {
                 tenant: &access.tenant,
@@ -1923,9 +1989,10 @@ impl<B: Backend> Store<B> {
                 field: &cell.field,
                 record: &r.id,
             };
-            let pt = sk.open(&ctx, &cell.sealed).map_err(|_| integrity())?;
+            let pt = sk.open_vec(&ctx, cell.sealed, &mut ad).map_err(|_| integrity())?;
             let value = Value::decode(pt.expose_secret()).ok_or_else(integrity)?;
             fields.insert(cell.field, FieldValue::Value(value));
+            last = Some((cell.domain, v, sk));
         }
         Ok(Record {
             version: u64::try_from(r.version).map_err(|_| StoreError::RowIntegrity {
@@ -2027,12 +2094,23 @@ impl<B: Backend> Store<B> {
         access.collection_in_scope(collection, subject)?;
         let limit = limit.clamp(1, 1000);
         let table = self.layout.table(collection)?;
-        let rows = self.backend.list(table, access.tenant.as_str(), subject, after, limit).await?;
-        let full = rows.len() == limit as usize;
-        let mut records = Vec::with_capacity(rows.len());
-        for s in rows {
-            records.push(self.open_record(access, s, &mut tags).await?);
-        }
+        // Each record is opened as its row arrives, while the database reads the next ones (both
+        // in this task: the engine's own thread or server keeps reading meanwhile).
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let read = self.backend.list_each(table, access.tenant.as_str(), subject, after, limit, tx);
+        // Moves the receiver in: an error here drops it, and the read stops.
+        let open = async move {
+            let mut records = Vec::with_capacity(limit as usize);
+            while let Some(s) = rx.recv().await {
+                records.push(self.open_record(access, s, &mut tags).await?);
+            }
+            Ok::<_, StoreError>(records)
+        };
+        let (read, opened) = tokio::join!(read, open);
+        // A read error closed the channel early: it is the answer, not the shorter page.
+        read?;
+        let records = opened?;
+        let full = records.len() == limit as usize;
         let next = if full { records.last().map(|r| r.id.clone()) } else { None };
         Ok(Page { records, next })
     }
@@ -3446,7 +3524,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
             .collect();
         for bad_at in [0, 1, 150, 200] {
             let mut tags = Tags::new();
-            let (mut planned, _) = store.plan_transaction(&access, ops.clone(), &mut tags).await.unwrap();
+            let (mut planned, _) = store.plan_transaction(&access, &ops, &mut tags).await.unwrap();
             // A collection the schema does not know: only sealing finds it.
             let bad = Planned::Insert {
                 row: RecordRow {
@@ -3460,7 +3538,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
                     retain_until: None,
                     tag: Vec::new(),
                 },
-                fields: Vec::new(),
+                fields: &[],
             };
             planned.insert(bad_at, bad);
             let e = store.write_planned(&access, planned, None, tags).await;
@@ -3471,5 +3549,69 @@ employee_number = { type = "text", domain = "general", blind_index = true }
         // The same operations without the bad one are written whole.
         store.transaction(&access, ops).await.unwrap();
         assert_eq!(store.list(&access, "absence", None, None, 1000).await.unwrap().records.len(), 200);
+    }
+
+    /// A page is opened while it is read (`Backend::list_each`). With a pool of one connection
+    /// and no subject key cache, opening needs that connection for the keys while the read holds
+    /// it: the read never waits for the opening (unbounded hand-over), frees the connection at
+    /// its end, and the page comes back whole. A row that fails its tag midway is the error.
+    #[tokio::test]
+    async fn a_page_opened_while_read_needs_no_second_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.path().join("one.db"))
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(20))
+            .connect_with(opts)
+            .await
+            .unwrap();
+        let schema = Schema::from_toml(
+            r#"
+[collections.absence.fields]
+diagnosis = { type = "text", domain = "medical" }
+employee_number = { type = "text", domain = "general", blind_index = true }
+"#,
+        )
+        .unwrap();
+        let store = Store::new(SqliteBackend::new(pool.clone()), schema).with_subject_key_ttl(Duration::ZERO);
+        store.migrate().await.unwrap();
+        let keyring = kluis_core::LocalKeyring::generate(0).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let access =
+            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        let ops: Vec<Op> = (0..300)
+            .map(|i| Op::Insert {
+                collection: "absence".into(),
+                record: NewRecord::new(&format!("emp-{}", i % 40))
+                    .id(&format!("r-{i:03}"))
+                    .set("diagnosis", format!("flu {i}").as_str())
+                    .set("employee_number", format!("E{i}").as_str()),
+            })
+            .collect();
+        store.transaction(&access, ops).await.unwrap();
+        let page =
+            tokio::time::timeout(Duration::from_secs(60), store.list(&access, "absence", None, None, 1000))
+                .await
+                .expect("the read waited on itself")
+                .unwrap();
+        assert_eq!(page.records.len(), 300);
+        assert!(page.next.is_none());
+        for (i, r) in page.records.iter().enumerate() {
+            assert_eq!(r.id, format!("r-{i:03}"));
+            assert_eq!(r.get("diagnosis"), Some(&Value::Text(format!("flu {i}"))));
+        }
+        // A page of 100 names the next one.
+        let first = store.list(&access, "absence", None, None, 100).await.unwrap();
+        assert_eq!(first.next.as_deref(), Some("r-099"));
+        // A tampered row midway: the page is an error naming it.
+        sqlx::query("UPDATE kluis_r_absence SET version = 7 WHERE id = 'r-150'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let e = store.list(&access, "absence", None, None, 1000).await;
+        assert!(matches!(&e, Err(StoreError::RowIntegrity { record, .. }) if record == "r-150"), "{e:?}");
     }
 }

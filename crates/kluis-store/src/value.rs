@@ -174,7 +174,19 @@ impl Value {
     /// The canonical encoding: a type tag, then the payload (what is sealed into a cell, and
     /// what a blind index is computed over).
     pub fn encode(&self) -> zeroize::Zeroizing<Vec<u8>> {
-        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(1 + self.payload_len()));
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(self.encoded_len()));
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Length of [`Self::encode`]'s output.
+    pub(crate) fn encoded_len(&self) -> usize {
+        1 + self.payload_len()
+    }
+
+    /// Appends the encoding to `out`. Callers holding plaintext reserve [`Self::encoded_len`]
+    /// first, so `out` is never reallocated (and its old buffer left unwiped).
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Self::Text(s) => {
                 out.push(TAG_TEXT);
@@ -201,7 +213,6 @@ impl Value {
                 out.extend_from_slice(b);
             }
         }
-        out
     }
 
     /// Size of the value's payload in bytes (what `max_bytes` limits).
