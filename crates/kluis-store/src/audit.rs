@@ -11,6 +11,9 @@
 //! - SQLite: the append starts with an `UPDATE` of the head row, so the transaction takes the
 //!   database write lock (waiting for the busy timeout) **before** it reads the head.
 //!
+//! A transaction with rows or an entry takes that lock as its first statement
+//! ([`crate::row_log`]) and appends its entries last, after its row log entries.
+//!
 //! Every `checkpoint_every` entries a checkpoint row (seq, hash) is written in the same transaction.
 //! docs/SERVICE.md gives the hash input byte by byte.
 
@@ -411,8 +414,9 @@ audit_impl!(
 
 impl<B: Backend> Store<B> {
     /// Runs `ops` as [`Store::transaction`] does, with `audit` appended **in the same database
-    /// transaction** (first, so the audit head lock is taken before anything else): either the
-    /// changes and their audit entry are both committed, or neither is.
+    /// transaction**: the audit head lock is taken before anything else, the entry appended after
+    /// the rows and their row log entries (so it covers them): either the changes and their
+    /// audit entry are both committed, or neither is.
     pub async fn audited_transaction(
         &self,
         access: &Access,
@@ -421,7 +425,7 @@ impl<B: Backend> Store<B> {
     ) -> Result<Vec<Written>> {
         // As `Store::transaction` (sealing while writing; a write sealed under a subject key that
         // a re-encryption or a shred removed meanwhile is refused by the database and retried
-        // with fresh keys), with the audit entry written first.
+        // with fresh keys), with the head lock first and the audit entry last.
         self.run_transaction(access, ops, Some(&audit)).await
     }
 

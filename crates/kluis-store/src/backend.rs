@@ -157,7 +157,8 @@ pub enum WriteOp {
     /// Record a legal override (audit) in the same transaction.
     Override(OverrideRow),
     /// Append an entry to the hash-chained audit log in the same transaction
-    /// ([`crate::audit`]; put it first in the batch).
+    /// ([`crate::audit`]): the batch takes the audit head lock first and appends the entry after
+    /// its rows and their row log entries, wherever it stands in the batch.
     Audit(crate::audit::AuditAppend),
     /// Insert a documents catalog entry (with a [`WriteOp::Audit`] first in the batch, the entry
     /// and the row commit together).

@@ -1611,8 +1611,8 @@ impl<B: Backend> Store<B> {
         self.run_transaction(access, ops, None).await
     }
 
-    /// [`Store::transaction`], with `audit` (if any) written first in the same database
-    /// transaction.
+    /// [`Store::transaction`], with `audit` (if any) appended in the same database transaction
+    /// (after the rows and their row log entries; the head lock is taken first).
     pub(crate) async fn run_transaction(
         &self,
         access: &Access,
@@ -1656,7 +1656,8 @@ impl<B: Backend> Store<B> {
         Ok(written)
     }
 
-    /// Seals `planned` while writing it in one database transaction (audit entry first).
+    /// Seals `planned` while writing it in one database transaction (audit head lock first, the
+    /// entry last).
     async fn write_planned(
         &self,
         access: &Access,
