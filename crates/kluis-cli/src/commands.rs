@@ -339,9 +339,12 @@ async fn rotate_root<B: Backend, O: BlobBackend + Clone>(env: &mut Env<B, O>, ac
     let provider = root.provider();
     // The keyring just moved to a new generation: record it first (the rewrap checks it).
     env.store.record_keyring_generation(provider).await?;
-    let n = env.store.rewrap_domain_keys(provider).await?;
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    // The rewrapped rows and their audit entry commit together.
+    let entry = |n: usize| service.admin_entry(&who, AdminEvent::RootRewrap { keys: n as u64 });
+    let n = env.store.rewrap_domain_keys_audited(provider, &entry).await?;
     let primary = provider.primary_version().await?;
-    audit_admin(env, actor, AdminEvent::RootRewrap { keys: n as u64 }).await?;
     let mut r = Report::new(
         json!({ "root_version": primary, "domain_keys_rewrapped": n, "new_version_created": version.is_some() }),
     );
@@ -387,9 +390,16 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
         Ok(())
     })
     .await;
-    // Persist what was rewrapped in one transaction, even if the migration stopped part-way
-    // (a rerun skips what is already under the target).
-    env.store.store_rewrapped(&records, &done).await?;
+    // Persist what was rewrapped in one transaction with its audit entry, even if the migration
+    // stopped part-way (a rerun skips what is already under the target).
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    let event = AdminEvent::Other {
+        action: "migrate_root".into(),
+        tenant: None,
+        detail: format!("to {} rewrapped {}", root_display(&to_url), done.len()),
+    };
+    env.store.store_rewrapped_audited(&records, &done, Some(service.admin_entry(&who, event))).await?;
     let report = report?;
     let remaining = records.len() - report.rewrapped - report.already_done - report.destroyed;
     if remaining == 0 {
@@ -398,12 +408,6 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
         file.save(&env.settings.data_dir)?;
         env.store.record_keyring_generation(to_provider).await?;
     }
-    let event = AdminEvent::Other {
-        action: "migrate_root".into(),
-        tenant: None,
-        detail: format!("to {} rewrapped {}", root_display(&to_url), report.rewrapped),
-    };
-    audit_admin(env, actor, event).await?;
     let mut r = Report::new(json!({
         "to": root_display(&to_url), "rewrapped": report.rewrapped,
         "already_done": report.already_done, "destroyed": report.destroyed,
@@ -861,6 +865,14 @@ async fn export<B: Backend, O: BlobBackend + Clone + 'static>(
         text.push_str(&j.to_string());
         text.push('\n');
     }
+    // Fail closed, as the facade's reads: the entry is written before any data leaves; if it
+    // cannot be, nothing is written out.
+    let event = AdminEvent::Export {
+        tenant: t.clone(),
+        what: format!("subject {}", args.subject),
+        count: out.len() as u64,
+    };
+    audit_admin(env, actor, event).await?;
     match &args.output {
         Some(p) => std::fs::write(p, text.as_bytes()).map_err(io("write", p))?,
         None => {
@@ -869,12 +881,6 @@ async fn export<B: Backend, O: BlobBackend + Clone + 'static>(
             so.flush().map_err(CliError::Output)?;
         }
     }
-    let event = AdminEvent::Export {
-        tenant: t.clone(),
-        what: format!("subject {}", args.subject),
-        count: out.len() as u64,
-    };
-    audit_admin(env, actor, event).await?;
     if args.output.is_some() {
         let mut r = Report::new(json!({ "tenant": t.as_str(), "subject": args.subject, "items": out.len() }));
         r.line(format!("{} items of subject {} written", out.len(), args.subject));

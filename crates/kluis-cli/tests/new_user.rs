@@ -239,3 +239,44 @@ async fn audit_verify_names_a_row_deleted_outside_kluis() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("acme/absence/ar-2: the row Kluis wrote last is missing"), "{err}");
 }
+
+/// Without its audit entry, an export writes nothing out (fail closed, before any data leaves)
+/// and a root rewrap leaves every domain key row as it was; with it, both go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_and_root_rewraps_need_their_audit_entries() {
+    use sqlx::Row;
+    let (tmp, dir) = data_dir_with_tenant();
+    let file = tmp.path().join("in.jsonl");
+    std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
+    ok(&kluis_umask_000(
+        &dir,
+        &["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()],
+    ));
+    let wrapped = |dir: std::path::PathBuf| async move {
+        let rows = sql(&dir, "SELECT wrapped FROM kluis_domain_keys ORDER BY tenant, domain, version").await;
+        rows.iter().map(|r| r.get::<Vec<u8>, _>(0)).collect::<Vec<_>>()
+    };
+    sql(&dir, "CREATE TRIGGER refuse_audit BEFORE INSERT ON kluis_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END")
+        .await;
+    let out_file = tmp.path().join("export.jsonl");
+    let export = ["export", "--tenant", "acme", "--subject", "emp-1", "-o", out_file.to_str().unwrap()];
+    assert!(!kluis_umask_000(&dir, &export).status.success());
+    assert!(!out_file.exists(), "nothing written out without the entry");
+    let to_stdout = kluis_umask_000(&dir, &["export", "--tenant", "acme", "--subject", "emp-1"]);
+    assert!(!to_stdout.status.success());
+    assert!(to_stdout.stdout.is_empty(), "nothing on standard output either");
+    let before = wrapped(dir.clone()).await;
+    assert!(!kluis_umask_000(&dir, &["keys", "rotate-root"]).status.success());
+    assert_eq!(wrapped(dir.clone()).await, before, "no row rewrapped without the entry");
+    sql(&dir, "DROP TRIGGER refuse_audit").await;
+    ok(&kluis_umask_000(&dir, &export));
+    assert!(std::fs::read_to_string(&out_file).unwrap().contains("griep"));
+    ok(&kluis_umask_000(&dir, &["keys", "rotate-root"]));
+    assert_ne!(wrapped(dir.clone()).await, before);
+    let actions =
+        sql(&dir, "SELECT action FROM kluis_audit WHERE action IN ('export', 'rewrap_root') ORDER BY seq")
+            .await;
+    let actions: Vec<String> = actions.iter().map(|r| r.get(0)).collect();
+    assert_eq!(actions, ["export", "rewrap_root"]);
+    ok(&kluis_umask_000(&dir, &["audit", "verify"]));
+}

@@ -667,6 +667,7 @@ pub trait Backend:
     fn rewrap_domain_key_rows(
         &self,
         rows: Vec<(DomainKeyRow, Vec<u8>)>,
+        audit: Option<crate::audit::AuditAppend>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// Makes deleted key bytes unrecoverable from the database files (engine specific; see
@@ -2717,8 +2718,15 @@ macro_rules! backend_impl {
                 Ok(())
             }
 
-            async fn rewrap_domain_key_rows(&self, rows: Vec<(DomainKeyRow, Vec<u8>)>) -> Result<()> {
+            async fn rewrap_domain_key_rows(
+                &self,
+                rows: Vec<(DomainKeyRow, Vec<u8>)>,
+                audit: Option<crate::audit::AuditAppend>,
+            ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
+                if audit.is_some() {
+                    Self::lock_head(&mut tx).await?;
+                }
                 for (r, old) in rows {
                     let done = sqlx::query::<$db>(&$sql(
                         "UPDATE kluis_domain_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND version = ? AND wrapped = ?",
@@ -2737,6 +2745,8 @@ macro_rules! backend_impl {
                         });
                     }
                 }
+                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }

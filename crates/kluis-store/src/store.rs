@@ -2337,6 +2337,25 @@ impl<B: Backend> Store<B> {
     /// older database backup unreadable, including the copies of shredded subject keys in it.
     /// Returns how many keys were rewrapped.
     pub async fn rewrap_domain_keys(&self, provider: &dyn RootKeyProvider) -> Result<usize> {
+        self.rewrap_domain_keys_with(provider, None).await
+    }
+
+    /// [`Store::rewrap_domain_keys`] with the audit entry `audit(rows rewrapped)` appended **in
+    /// the same database transaction** as the rewrapped rows (in its own when there is nothing
+    /// to rewrap): both are committed, or neither.
+    pub async fn rewrap_domain_keys_audited(
+        &self,
+        provider: &dyn RootKeyProvider,
+        audit: &(dyn Fn(usize) -> AuditAppend + Send + Sync),
+    ) -> Result<usize> {
+        self.rewrap_domain_keys_with(provider, Some(audit)).await
+    }
+
+    async fn rewrap_domain_keys_with(
+        &self,
+        provider: &dyn RootKeyProvider,
+        audit: Option<&(dyn Fn(usize) -> AuditAppend + Send + Sync)>,
+    ) -> Result<usize> {
         self.check_rollback(provider).await?;
         let primary = provider.primary_version().await?;
         let rows = self.backend.all_domain_keys().await?;
@@ -2362,8 +2381,11 @@ impl<B: Backend> Store<B> {
         let n = out.len();
         // One transaction for every row, each written only if it still holds the bytes read:
         // a provider failure above writes nothing, and so does a concurrent change.
+        let entry = audit.map(|a| a(n));
         if n > 0 {
-            self.backend.rewrap_domain_key_rows(out).await?;
+            self.backend.rewrap_domain_key_rows(out, entry).await?;
+        } else if let Some(e) = entry {
+            self.backend.apply(vec![WriteOp::Audit(e)]).await?;
         }
         Ok(n)
     }
@@ -2384,6 +2406,17 @@ impl<B: Backend> Store<B> {
     /// key) in one transaction, each only if its row still holds the wrapped key of `old`
     /// ([`StoreError::KeyChanged`] and nothing written otherwise).
     pub async fn store_rewrapped(&self, old: &[DomainKeyRecord], new: &[DomainKeyRecord]) -> Result<()> {
+        self.store_rewrapped_audited(old, new, None).await
+    }
+
+    /// [`Store::store_rewrapped`] with `audit` (if any) appended in the same database transaction
+    /// as the rows (in its own when there is nothing to write).
+    pub async fn store_rewrapped_audited(
+        &self,
+        old: &[DomainKeyRecord],
+        new: &[DomainKeyRecord],
+        audit: Option<AuditAppend>,
+    ) -> Result<()> {
         let mut out = Vec::with_capacity(new.len());
         for n in new {
             let o = old
@@ -2407,9 +2440,12 @@ impl<B: Backend> Store<B> {
             }
         }
         if out.is_empty() {
-            return Ok(());
+            return match audit {
+                Some(e) => self.backend.apply(vec![WriteOp::Audit(e)]).await,
+                None => Ok(()),
+            };
         }
-        self.backend.rewrap_domain_key_rows(out).await
+        self.backend.rewrap_domain_key_rows(out, audit).await
     }
 
     // ---------------------------------------------------------------- rotation and re-encryption
