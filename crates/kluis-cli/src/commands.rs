@@ -208,14 +208,22 @@ async fn tenant_add<B: Backend, O: BlobBackend + Clone>(
         }
     }
     let provider = env.provider().await?;
-    for d in &domains {
-        env.store.ensure_domain_key(provider, &t, d).await?;
-    }
-    if !existed {
-        let event =
-            AdminEvent::Other { action: "tenant_add".into(), tenant: Some(t.clone()), detail: String::new() };
-        audit_admin(env, actor, event).await?;
-    }
+    let service = env.service().await?;
+    let who = AdminActor::new(actor, "kluis-cli", "administration");
+    // The new domain keys and their audit entry commit together.
+    let entry = |created: &[DomainName]| {
+        let names: Vec<&str> = created.iter().map(DomainName::as_str).collect();
+        let action = if existed { "tenant_domains_add" } else { "tenant_add" };
+        service.admin_entry(
+            &who,
+            AdminEvent::Other {
+                action: action.into(),
+                tenant: Some(t.clone()),
+                detail: format!("domains {}", names.join(",")),
+            },
+        )
+    };
+    env.store.add_domain_keys_audited(provider, &t, &domains, &entry).await?;
     let names: Vec<&str> = domains.iter().map(DomainName::as_str).collect();
     let mut r = Report::new(json!({ "tenant": t.as_str(), "created": !existed, "domains": names }));
     if existed {

@@ -164,8 +164,8 @@ async fn an_import_batch_commits_with_its_audit_entry() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("rows ok: 5 rows"), "{out:?}");
 }
 
-/// A key rotation, a retirement and a shred commit with their audit entries: when the entry
-/// cannot be written, the key rows and the subject's data stay as they were.
+/// A tenant's new keys, a key rotation, a retirement and a shred commit with their audit entries:
+/// when the entry cannot be written, the key rows and the subject's data stay as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_changes_and_shreds_commit_with_their_audit_entries() {
     use sqlx::Row;
@@ -185,6 +185,9 @@ async fn key_changes_and_shreds_commit_with_their_audit_entries() {
     let before = versions(dir.clone()).await;
     let refuse = "CREATE TRIGGER refuse_audit BEFORE INSERT ON kluis_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END";
     sql(&dir, refuse).await;
+    assert!(!kluis_umask_000(&dir, &["tenant", "add", "globex"]).status.success());
+    let globex = sql(&dir, "SELECT COUNT(*) FROM kluis_domain_keys WHERE tenant = 'globex'").await;
+    assert_eq!(globex[0].get::<i64, _>(0), 0, "no tenant keys without their audit entry");
     let rotate = ["keys", "rotate", "--tenant", "acme", "--domain", "general"];
     assert!(!kluis_umask_000(&dir, &rotate).status.success());
     assert_eq!(versions(dir.clone()).await, before, "no key row without its audit entry");
@@ -207,6 +210,11 @@ async fn key_changes_and_shreds_commit_with_their_audit_entries() {
     sql(&dir, "DROP TRIGGER refuse_audit").await;
     ok(&kluis_umask_000(&dir, &retire));
     ok(&kluis_umask_000(&dir, &shred));
+    ok(&kluis_umask_000(&dir, &["tenant", "add", "globex"]));
+    let added =
+        sql(&dir, "SELECT reason FROM kluis_audit WHERE action = 'tenant_add' AND tenant = 'globex'").await;
+    assert_eq!(added.len(), 1);
+    assert!(added[0].get::<String, _>(0).contains("medical"), "the entry names the domains created");
     let actions = sql(
         &dir,
         "SELECT action FROM kluis_audit WHERE action IN ('rotate_key', 'retire_key', 'shred') ORDER BY seq",

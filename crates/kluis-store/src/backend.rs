@@ -435,6 +435,7 @@ pub trait Backend:
         &self,
         rows: Vec<DomainKeyRow>,
         insert_only: bool,
+        audit: Option<crate::audit::AuditAppend>,
     ) -> impl Future<Output = Result<()>> + Send;
 
     /// The subject key rows of (tenant, domain, subject).
@@ -1949,8 +1950,16 @@ macro_rules! backend_impl {
                     .collect()
             }
 
-            async fn put_domain_keys(&self, rows: Vec<DomainKeyRow>, insert_only: bool) -> Result<()> {
+            async fn put_domain_keys(
+                &self,
+                rows: Vec<DomainKeyRow>,
+                insert_only: bool,
+                audit: Option<crate::audit::AuditAppend>,
+            ) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
+                if audit.is_some() {
+                    Self::lock_head(&mut tx).await?;
+                }
                 for r in rows {
                     let updated = if insert_only {
                         0
@@ -1992,6 +2001,8 @@ macro_rules! backend_impl {
                         }
                     }
                 }
+                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }

@@ -1055,8 +1055,48 @@ impl<B: Backend> Store<B> {
             return Ok(());
         }
         let (rec, _key) = keys::new_domain_key(provider, tenant, domain, 1).await?;
-        match self.backend.put_domain_keys(Self::rows_from_records(&[rec])?, true).await {
+        match self.backend.put_domain_keys(Self::rows_from_records(&[rec])?, true, None).await {
             Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates version 1 of every domain key of `domains` that `tenant` lacks, all in one
+    /// database transaction with the audit entry `audit(domains created)`: the keys and their
+    /// entry are committed together, or neither. Returns the domains created (none: nothing is
+    /// written, not even the entry). Keys another process creates meanwhile are left to it.
+    pub async fn add_domain_keys_audited(
+        &self,
+        provider: &dyn RootKeyProvider,
+        tenant: &TenantId,
+        domains: &[DomainName],
+        audit: &(dyn Fn(&[DomainName]) -> AuditAppend + Send + Sync),
+    ) -> Result<Vec<DomainName>> {
+        self.check_rollback(provider).await?;
+        let mut created = Vec::new();
+        let mut records = Vec::new();
+        for d in domains {
+            if created.contains(d) || !self.backend.domain_keys(tenant.as_str(), d.as_str()).await?.is_empty()
+            {
+                continue;
+            }
+            let (rec, _key) = keys::new_domain_key(provider, tenant, d, 1).await?;
+            records.push(rec);
+            created.push(d.clone());
+        }
+        if created.is_empty() {
+            return Ok(created);
+        }
+        let entry = audit(&created);
+        match self.backend.put_domain_keys(Self::rows_from_records(&records)?, true, Some(entry)).await {
+            Ok(()) => Ok(created),
+            // Another process created one of them: it logs its own; ours are made one by one.
+            Err(StoreError::AlreadyExists { .. }) => {
+                for d in domains {
+                    self.ensure_domain_key_unchecked(provider, tenant, d).await?;
+                }
+                Ok(Vec::new())
+            }
             Err(e) => Err(e),
         }
     }
