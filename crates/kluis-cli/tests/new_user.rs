@@ -117,6 +117,18 @@ fn data_dir_with_tenant() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, dir)
 }
 
+/// [`data_dir_with_tenant`] with one record imported: `ar-1` of `emp-1`, diagnosis "griep".
+fn data_dir_with_one_record() -> (tempfile::TempDir, std::path::PathBuf) {
+    let (tmp, dir) = data_dir_with_tenant();
+    let file = tmp.path().join("in.jsonl");
+    std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
+    ok(&kluis_umask_000(
+        &dir,
+        &["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()],
+    ));
+    (tmp, dir)
+}
+
 async fn sql(dir: &Path, statement: &str) -> Vec<sqlx::sqlite::SqliteRow> {
     use sqlx::ConnectOptions;
     let mut conn =
@@ -169,13 +181,7 @@ async fn an_import_batch_commits_with_its_audit_entry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_changes_and_shreds_commit_with_their_audit_entries() {
     use sqlx::Row;
-    let (tmp, dir) = data_dir_with_tenant();
-    let file = tmp.path().join("in.jsonl");
-    std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
-    ok(&kluis_umask_000(
-        &dir,
-        &["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()],
-    ));
+    let (_tmp, dir) = data_dir_with_one_record();
     let versions = |dir: std::path::PathBuf| async move {
         let rows =
             sql(&dir, "SELECT version, state FROM kluis_domain_keys WHERE tenant = 'acme' AND domain = 'general' ORDER BY version")
@@ -253,13 +259,7 @@ async fn audit_verify_names_a_row_deleted_outside_kluis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_and_root_rewraps_need_their_audit_entries() {
     use sqlx::Row;
-    let (tmp, dir) = data_dir_with_tenant();
-    let file = tmp.path().join("in.jsonl");
-    std::fs::write(&file, "{\"id\":\"ar-1\",\"subject\":\"emp-1\",\"diagnosis\":\"griep\"}\n").unwrap();
-    ok(&kluis_umask_000(
-        &dir,
-        &["import", "--tenant", "acme", "--collection", "absence", file.to_str().unwrap()],
-    ));
+    let (tmp, dir) = data_dir_with_one_record();
     let wrapped = |dir: std::path::PathBuf| async move {
         let rows = sql(&dir, "SELECT wrapped FROM kluis_domain_keys ORDER BY tenant, domain, version").await;
         rows.iter().map(|r| r.get::<Vec<u8>, _>(0)).collect::<Vec<_>>()

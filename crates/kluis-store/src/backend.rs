@@ -979,6 +979,20 @@ impl TxLog {
     }
 }
 
+/// A page of `table` in id order: binds tenant, then subject and the id to start after if
+/// given, then the limit.
+fn list_sql(table: &Table, subject: bool, after: bool) -> String {
+    let mut sql = format!("SELECT {} FROM {} WHERE tenant = ?", table.select_list(""), table.name);
+    if subject {
+        sql.push_str(" AND subject = ?");
+    }
+    if after {
+        sql.push_str(" AND id > ?");
+    }
+    sql.push_str(" ORDER BY id LIMIT ?");
+    sql
+}
+
 fn versions_in(table: &Table, domain: &str) -> String {
     let cols: Vec<String> = table.cells_in(domain).map(|c| format!("r.{}", c.version)).collect();
     if cols.is_empty() { "1 = 0".to_owned() } else { format!("s.version IN ({})", cols.join(", ")) }
@@ -2137,15 +2151,7 @@ macro_rules! backend_impl {
                 after: Option<&str>,
                 limit: u32,
             ) -> Result<Vec<StoredRecord>> {
-                let mut sql = format!("SELECT {} FROM {} WHERE tenant = ?", table.select_list(""), table.name);
-                if subject.is_some() {
-                    sql.push_str(" AND subject = ?");
-                }
-                if after.is_some() {
-                    sql.push_str(" AND id > ?");
-                }
-                sql.push_str(" ORDER BY id LIMIT ?");
-                let sql = $sql(&sql).into_owned();
+                let sql = $sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
                 let mut q = sqlx::query::<$db>(&sql).bind(tenant);
                 if let Some(s) = subject {
                     q = q.bind(s);
@@ -2166,15 +2172,7 @@ macro_rules! backend_impl {
                 limit: u32,
                 out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
             ) -> Result<()> {
-                let mut sql = format!("SELECT {} FROM {} WHERE tenant = ?", table.select_list(""), table.name);
-                if subject.is_some() {
-                    sql.push_str(" AND subject = ?");
-                }
-                if after.is_some() {
-                    sql.push_str(" AND id > ?");
-                }
-                sql.push_str(" ORDER BY id LIMIT ?");
-                let sql = $sql(&sql).into_owned();
+                let sql = $sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
                 let mut q = sqlx::query::<$db>(&sql).bind(tenant);
                 if let Some(s) = subject {
                     q = q.bind(s);
@@ -3170,13 +3168,37 @@ impl SqliteBackend {
 impl PostgresBackend {
     async fn purge_engine(&self) -> Result<()> {
         // VACUUM FULL writes each table to a new file; the old file (with the dead tuples that
-        // held the key bytes) is truncated at commit and unlinked at the next checkpoint.
-        for t in KEY_TABLES {
-            sqlx::query(&format!("VACUUM (FULL) {t}")).execute(&self.pool).await?;
+        // held the key bytes) is truncated at commit and unlinked at the next checkpoint. A row
+        // version that another transaction of this database could still see ("recently dead":
+        // any backend with an older snapshot, an autovacuum ANALYZE included) is copied into the
+        // new file, so the rewrite waits until no other backend of the database holds a snapshot
+        // (up to PURGE_WAIT), and runs twice: a snapshot taken between the check and the first
+        // rewrite keeps nothing the second one would.
+        let mut conn = self.pool.acquire().await?;
+        for _ in 0..2 {
+            let deadline = std::time::Instant::now() + PURGE_WAIT;
+            loop {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                if others == 0 || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            for t in KEY_TABLES {
+                sqlx::query(&format!("VACUUM (FULL) {t}")).execute(&mut *conn).await?;
+            }
         }
         Ok(())
     }
 }
+
+/// How long a PostgreSQL purge waits for other transactions of the database to end.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl MySqlBackend {
     async fn purge_engine(&self) -> Result<()> {
