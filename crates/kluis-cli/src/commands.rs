@@ -409,7 +409,10 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
     };
     env.store.store_rewrapped_audited(&records, &done, Some(service.admin_entry(&who, event))).await?;
     let report = report?;
-    let remaining = records.len() - report.rewrapped - report.already_done - report.destroyed;
+    let remaining = records
+        .len()
+        .checked_sub(report.rewrapped + report.already_done + report.destroyed)
+        .ok_or_else(|| CliError::Service("the root migration counted more keys than there are".into()))?;
     if remaining == 0 {
         let mut file = FileConfig::load(&env.settings.data_dir)?;
         file.root = Some(to.to_owned());

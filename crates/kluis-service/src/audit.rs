@@ -148,6 +148,9 @@ async fn walk<B: Backend>(
     }
     let (head_seq, head_hash) = backend.audit_head().await?;
     report.head_seq = to_u64(head_seq);
+    if head_seq < 0 && report.first_bad.is_none() {
+        report.fail(expected, format!("the head row names the negative sequence number {head_seq} (edited)"));
+    }
     if report.first_bad.is_none() {
         let last = expected - 1;
         if report.head_seq > last {
@@ -179,7 +182,10 @@ async fn check_rows<B: Backend>(
 }
 
 fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expected: &mut u64) {
-    let seq = to_u64(row.seq);
+    let Ok(seq) = u64::try_from(row.seq) else {
+        report.fail(*expected, format!("an entry has the negative sequence number {} (edited)", row.seq));
+        return;
+    };
     if seq != *expected {
         let problem = if seq > *expected {
             format!("entry {} is missing (deleted)", *expected)
@@ -218,7 +224,10 @@ pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
     let (mut report, hashes, claims) = walk(store, &want).await?;
     for cp in &cps {
         report.checkpoints += 1;
-        let seq = to_u64(cp.seq);
+        let Ok(seq) = u64::try_from(cp.seq) else {
+            report.fail(1, format!("a checkpoint row has the negative sequence number {} (edited)", cp.seq));
+            continue;
+        };
         match hashes.get(&seq) {
             None => report.fail(
                 (report.entries + 1).min(seq.max(1)),
@@ -246,7 +255,10 @@ pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoin
     let (mut report, hashes, claims) = walk(store, &want).await?;
     for cp in &cps {
         report.checkpoints += 1;
-        let seq = to_u64(cp.seq);
+        let Ok(seq) = u64::try_from(cp.seq) else {
+            report.fail(1, format!("a checkpoint row has the negative sequence number {} (edited)", cp.seq));
+            continue;
+        };
         match hashes.get(&seq) {
             None => report.fail(
                 (report.entries + 1).min(seq.max(1)),
@@ -295,8 +307,8 @@ pub async fn head<B: Backend>(store: &Store<B>) -> Result<Option<Checkpoint>> {
 /// One exported entry (a JSON line).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportedEntry {
-    /// Position.
-    pub seq: u64,
+    /// Position, as stored (negative only in a tampered log, which `verify` reports).
+    pub seq: i64,
     /// Unix milliseconds.
     pub at_ms: i64,
     /// Acting user.
@@ -337,7 +349,7 @@ impl ExportedEntry {
     pub(crate) fn from_row(r: &AuditRow) -> Self {
         let e = &r.entry;
         Self {
-            seq: to_u64(r.seq),
+            seq: r.seq,
             at_ms: e.at_ms,
             actor: e.actor.clone(),
             roles: e.roles.clone(),

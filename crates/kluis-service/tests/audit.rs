@@ -114,6 +114,24 @@ where
     h.cleanup().await;
 }
 
+async fn negative_seq<B: Backend>(h: H<B>)
+where
+    Store<B>: Raw,
+{
+    fill(&h).await;
+    assert_eq!(h.store.exec("UPDATE kluis_audit SET seq = -7 WHERE seq = 7").await, 1);
+    let (bad, why) = first_bad(&h).await;
+    // Pages are read from seq 1 up: the renumbered entry is a gap at 7.
+    assert_eq!(bad, Some(7), "{}: {why}", h.store.engine());
+    assert!(why.contains("entry 7 is missing"), "{why}");
+    // The head renumbered too is named as such.
+    h.store.exec("UPDATE kluis_audit SET seq = 7 WHERE seq = -7").await;
+    h.store.exec("UPDATE kluis_audit_head SET seq = -1 WHERE id = 1").await;
+    let (bad, why) = first_bad(&h).await;
+    assert!(bad.is_some() && why.contains("negative sequence number -1"), "{why}");
+    h.cleanup().await;
+}
+
 async fn reorder<B: Backend>(h: H<B>)
 where
     Store<B>: Raw,
@@ -560,6 +578,11 @@ macro_rules! engine {
             async fn tamper_append_forged() {
                 let Some(h) = $make(10).await else { return };
                 append_forged(h).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn tamper_negative_seq() {
+                let Some(h) = $make(10).await else { return };
+                negative_seq(h).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn tamper_reorder() {
