@@ -119,7 +119,6 @@ async fn walk<B: Backend>(
     store: &Store<B>,
     want: &[u64],
 ) -> Result<(VerifyReport, BTreeMap<u64, Vec<u8>>, Vec<RowsClaim>)> {
-    let backend = store;
     let mut report = VerifyReport::default();
     let mut claims = Vec::new();
     let mut prev: Vec<u8> = GENESIS.to_vec();
@@ -127,7 +126,7 @@ async fn walk<B: Backend>(
     let mut after: i64 = 0;
     let mut hashes = BTreeMap::new();
     loop {
-        let page = backend.audit_page(None, after, PAGE).await?;
+        let page = store.audit_page(None, after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         let full = page.len() == PAGE as usize;
@@ -146,7 +145,7 @@ async fn walk<B: Backend>(
             break;
         }
     }
-    let (head_seq, head_hash) = backend.audit_head().await?;
+    let (head_seq, head_hash) = store.audit_head().await?;
     report.head_seq = to_u64(head_seq);
     if head_seq < 0 && report.first_bad.is_none() {
         report.fail(expected, format!("the head row names the negative sequence number {head_seq} (edited)"));

@@ -1647,6 +1647,19 @@ macro_rules! backend_impl {
                 }
             }
 
+            /// The log of a transaction that changes no row and appends `audit`, if any: the head
+            /// lock is taken first (before any key row) when there is an entry.
+            async fn start_log(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                audit: Option<crate::audit::AuditAppend>,
+            ) -> Result<TxLog> {
+                let log = TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() };
+                if log.locked {
+                    Self::lock_head(tx).await?;
+                }
+                Ok(log)
+            }
+
             /// Appends the transaction's row log entries, then its audit entries (which so cover
             /// them).
             async fn finish_log(tx: &mut sqlx::Transaction<'static, $db>, log: TxLog) -> Result<()> {
@@ -1971,9 +1984,7 @@ macro_rules! backend_impl {
                 audit: Option<crate::audit::AuditAppend>,
             ) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
-                if audit.is_some() {
-                    Self::lock_head(&mut tx).await?;
-                }
+                let log = Self::start_log(&mut tx, audit).await?;
                 for r in rows {
                     let updated = if insert_only {
                         0
@@ -2015,8 +2026,7 @@ macro_rules! backend_impl {
                         }
                     }
                 }
-                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
-                    .await?;
+                Self::finish_log(&mut tx, log).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -2621,9 +2631,7 @@ macro_rules! backend_impl {
                 audit: Option<crate::audit::AuditAppend>,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                if audit.is_some() {
-                    Self::lock_head(&mut tx).await?;
-                }
+                let log = Self::start_log(&mut tx, audit).await?;
                 Self::update_key_rows(&mut tx, &updates).await?;
                 let res = sqlx::query::<$db>(&$sql(
                     "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
@@ -2645,8 +2653,7 @@ macro_rules! backend_impl {
                     }
                     Err(e) => return Err(e.into()),
                 }
-                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
-                    .await?;
+                Self::finish_log(&mut tx, log).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -2668,9 +2675,7 @@ macro_rules! backend_impl {
                 audit: Option<crate::audit::AuditAppend>,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                if audit.is_some() {
-                    Self::lock_head(&mut tx).await?;
-                }
+                let log = Self::start_log(&mut tx, audit).await?;
                 let sql = format!(
                     "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
                     update_lock($engine)
@@ -2721,8 +2726,7 @@ macro_rules! backend_impl {
                     )));
                 }
                 Self::update_key_rows(&mut tx, &retag).await?;
-                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
-                    .await?;
+                Self::finish_log(&mut tx, log).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -2733,9 +2737,7 @@ macro_rules! backend_impl {
                 audit: Option<crate::audit::AuditAppend>,
             ) -> Result<()> {
                 let mut tx = self.begin_write().await?;
-                if audit.is_some() {
-                    Self::lock_head(&mut tx).await?;
-                }
+                let log = Self::start_log(&mut tx, audit).await?;
                 for (r, old) in rows {
                     let done = sqlx::query::<$db>(&$sql(
                         "UPDATE kluis_domain_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND version = ? AND wrapped = ?",
@@ -2754,8 +2756,7 @@ macro_rules! backend_impl {
                         });
                     }
                 }
-                Self::finish_log(&mut tx, TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() })
-                    .await?;
+                Self::finish_log(&mut tx, log).await?;
                 tx.commit().await?;
                 Ok(())
             }
