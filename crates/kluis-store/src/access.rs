@@ -8,10 +8,11 @@
 
 use std::future::Future;
 
-use sqlx::Row;
+use crate::engine::Cols;
 
-use crate::backend::{Backend, MySqlBackend, PostgresBackend, SqliteBackend, numbered, plain};
-use crate::error::{Result, StoreError};
+use crate::backend::{Backend, SqlBackend};
+use crate::engine::{Engine, query, text_as};
+use crate::error::Result;
 
 /// One stored registry row, as the database holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,82 +43,63 @@ pub trait AccessBackend: Send + Sync + 'static {
     fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> impl Future<Output = Result<bool>> + Send;
 }
 
-macro_rules! access_impl {
-    ($ty:ty, $db:ty, $sql:path) => {
-        impl $ty {
-            fn access_text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<String> {
-                match row.try_get::<String, _>(i) {
-                    Ok(s) => Ok(s),
-                    Err(_) => {
-                        let b: Vec<u8> = row.try_get(i)?;
-                        String::from_utf8(b)
-                            .map_err(|_| StoreError::Corrupt { what: "access registry column", reason: "not utf-8".into() })
-                    }
-                }
-            }
-        }
+impl<E: Engine> SqlBackend<E> {}
 
-        impl AccessBackend for $ty {
-            async fn access_rows(&self, tenant: &str) -> Result<Vec<AccessRow>> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, kind, id, body, key_version, mac FROM kluis_access WHERE tenant = ? ORDER BY kind, id",
-                ))
-                .bind(tenant)
-                .fetch_all(self.pool())
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(AccessRow {
-                            tenant: Self::access_text(r, 0)?,
-                            kind: Self::access_text(r, 1)?,
-                            id: Self::access_text(r, 2)?,
-                            body: Self::access_text(r, 3)?,
-                            key_version: r.try_get(4)?,
-                            mac: r.try_get(5)?,
-                        })
-                    })
-                    .collect()
-            }
+impl<E: Engine> AccessBackend for SqlBackend<E> {
+    async fn access_rows(&self, tenant: &str) -> Result<Vec<AccessRow>> {
+        let rows = query::<E>(&E::sql(
+                "SELECT tenant, kind, id, body, key_version, mac FROM kluis_access WHERE tenant = ? ORDER BY kind, id",
+            ))
+            .bind(tenant)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AccessRow {
+                    tenant: text_as(r, 0, "access registry column")?,
+                    kind: text_as(r, 1, "access registry column")?,
+                    id: text_as(r, 2, "access registry column")?,
+                    body: text_as(r, 3, "access registry column")?,
+                    key_version: r.col(4)?,
+                    mac: r.col(5)?,
+                })
+            })
+            .collect()
+    }
 
-            async fn access_put(&self, row: &AccessRow) -> Result<()> {
-                let mut tx = self.pool().begin().await?;
-                sqlx::query::<$db>(&$sql("DELETE FROM kluis_access WHERE tenant = ? AND kind = ? AND id = ?"))
-                    .bind(&row.tenant)
-                    .bind(&row.kind)
-                    .bind(&row.id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_access (tenant, kind, id, body, key_version, mac) VALUES (?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(&row.tenant)
-                .bind(&row.kind)
-                .bind(&row.id)
-                .bind(&row.body)
-                .bind(row.key_version)
-                .bind(row.mac.clone())
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(())
-            }
+    async fn access_put(&self, row: &AccessRow) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        query::<E>(&E::sql("DELETE FROM kluis_access WHERE tenant = ? AND kind = ? AND id = ?"))
+            .bind(&row.tenant)
+            .bind(&row.kind)
+            .bind(&row.id)
+            .execute(&mut *tx)
+            .await?;
+        query::<E>(&E::sql(
+            "INSERT INTO kluis_access (tenant, kind, id, body, key_version, mac) VALUES (?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(&row.tenant)
+        .bind(&row.kind)
+        .bind(&row.id)
+        .bind(&row.body)
+        .bind(row.key_version)
+        .bind(row.mac.clone())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 
-            async fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> Result<bool> {
-                let done = sqlx::query::<$db>(&$sql("DELETE FROM kluis_access WHERE tenant = ? AND kind = ? AND id = ?"))
-                    .bind(tenant)
-                    .bind(kind)
-                    .bind(id)
-                    .execute(self.pool())
-                    .await?;
-                Ok(done.rows_affected() > 0)
-            }
-        }
-    };
+    async fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> Result<bool> {
+        let done = query::<E>(&E::sql("DELETE FROM kluis_access WHERE tenant = ? AND kind = ? AND id = ?"))
+            .bind(tenant)
+            .bind(kind)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
 }
-
-access_impl!(SqliteBackend, sqlx::Sqlite, plain);
-access_impl!(PostgresBackend, sqlx::Postgres, numbered);
-access_impl!(MySqlBackend, sqlx::MySql, plain);
 
 impl<B: crate::backend::Backend> crate::store::Store<B> {
     /// A tenant's registry rows, as stored (the caller verifies each row's MAC).

@@ -1,15 +1,15 @@
-//! Storage backends: one trait, one implementation per engine (SQLite, PostgreSQL, MariaDB/MySQL),
-//! generated from the same SQL by a macro so the engines cannot drift apart.
+//! Storage backends: one trait, implemented once for every engine ([`SqlBackend`], generic over
+//! [`Engine`]): each statement is written once, and what differs per engine is in
+//! [`crate::engine`].
 //!
 //! The trait works on rows that are already sealed: it never sees a key or a plaintext value.
 //! It is public so that tools and benches can reach the same tables through the same pool.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 
-use sqlx::Row;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use crate::engine::Cols;
+use sqlx::migrate::Migrator;
 
 use crate::error::{Result, StoreError};
 pub use crate::layout::{CellColumns, Layout, Table};
@@ -17,17 +17,8 @@ use crate::row_log::RowLogEntry;
 use crate::schema::FieldType;
 use crate::value::Value;
 
-/// Which database engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Engine {
-    /// SQLite (embedded default).
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-    /// MariaDB or MySQL.
-    MySql,
-}
+use crate::engine::{Arg, RowOf, opt_text, placeholders, query, query_scalar, text, text_ref};
+pub use crate::engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 
 /// A record's clear columns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -392,7 +383,7 @@ pub trait Backend:
     type Database: sqlx::Database;
 
     /// Which engine.
-    const ENGINE: Engine;
+    const ENGINE: EngineKind;
 
     /// The pool.
     fn pool(&self) -> &sqlx::Pool<Self::Database>;
@@ -677,30 +668,34 @@ pub trait Backend:
     fn purge(&self) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// The store's SQL on engine `E`: [`SqliteBackend`], [`PostgresBackend`] or [`MySqlBackend`].
+#[derive(Debug)]
+pub struct SqlBackend<E: Engine> {
+    pool: sqlx::Pool<E::Db>,
+}
+
+impl<E: Engine> Clone for SqlBackend<E> {
+    fn clone(&self) -> Self {
+        Self { pool: self.pool.clone() }
+    }
+}
+
 /// The SQLite backend.
-#[derive(Debug, Clone)]
-pub struct SqliteBackend {
-    pool: sqlx::SqlitePool,
-}
-
+pub type SqliteBackend = SqlBackend<Sqlite>;
 /// The PostgreSQL backend.
-#[derive(Debug, Clone)]
-pub struct PostgresBackend {
-    pool: sqlx::PgPool,
-}
-
+pub type PostgresBackend = SqlBackend<Postgres>;
 /// The MariaDB / MySQL backend.
-#[derive(Debug, Clone)]
-pub struct MySqlBackend {
-    pool: sqlx::MySqlPool,
+pub type MySqlBackend = SqlBackend<MySql>;
+
+impl<E: Engine> SqlBackend<E> {
+    /// Wraps a pool (the application chooses TLS and credentials; for SQLite see
+    /// [`SqliteBackend::open`] for the recommended settings).
+    pub fn new(pool: sqlx::Pool<E::Db>) -> Self {
+        Self { pool }
+    }
 }
 
 impl SqliteBackend {
-    /// Wraps a pool. Use [`SqliteBackend::open`] for the recommended settings.
-    pub fn new(pool: sqlx::SqlitePool) -> Self {
-        Self { pool }
-    }
-
     /// Opens (creating if needed) a database file with WAL journaling, `secure_delete=ON`,
     /// `synchronous=FULL`, foreign keys and a busy timeout, and room for 1,000 rows between
     /// sqlx's worker thread and the caller (a whole page: the worker reads ahead instead of
@@ -746,143 +741,8 @@ fn create_private(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-impl PostgresBackend {
-    /// Wraps a pool (the application chooses TLS and credentials).
-    pub fn new(pool: sqlx::PgPool) -> Self {
-        Self { pool }
-    }
-}
-
-impl MySqlBackend {
-    /// Wraps a pool (the application chooses TLS and credentials).
-    pub fn new(pool: sqlx::MySqlPool) -> Self {
-        Self { pool }
-    }
-}
-
-#[derive(Debug)]
-struct Embedded(&'static [(i64, &'static str, &'static str)]);
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> std::pin::Pin<
-        Box<
-            dyn Future<Output = std::result::Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>>
-                + Send
-                + 'static,
-        >,
-    > {
-        Box::pin(async move {
-            Ok(self
-                .0
-                .iter()
-                .map(|(v, d, sql)| {
-                    Migration::new(*v, Cow::Borrowed(*d), MigrationType::Simple, Cow::Borrowed(*sql), false)
-                })
-                .collect())
-        })
-    }
-}
-
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/sqlite/0001_init.sql")),
-    (2, "audit", include_str!("../migrations/sqlite/0002_audit.sql")),
-    (3, "key_versions", include_str!("../migrations/sqlite/0003_key_versions.sql")),
-    (4, "access", include_str!("../migrations/sqlite/0004_access.sql")),
-    (5, "key_tags", include_str!("../migrations/sqlite/0005_key_tags.sql")),
-    (6, "tables", include_str!("../migrations/sqlite/0006_tables.sql")),
-    (7, "row_log", include_str!("../migrations/sqlite/0007_row_log.sql")),
-];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/postgres/0001_init.sql")),
-    (2, "audit", include_str!("../migrations/postgres/0002_audit.sql")),
-    (3, "key_versions", include_str!("../migrations/postgres/0003_key_versions.sql")),
-    (4, "access", include_str!("../migrations/postgres/0004_access.sql")),
-    (5, "key_tags", include_str!("../migrations/postgres/0005_key_tags.sql")),
-    (6, "tables", include_str!("../migrations/postgres/0006_tables.sql")),
-    (7, "row_log", include_str!("../migrations/postgres/0007_row_log.sql")),
-];
-const MYSQL_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "init", include_str!("../migrations/mysql/0001_init.sql")),
-    (2, "audit", include_str!("../migrations/mysql/0002_audit.sql")),
-    (3, "key_versions", include_str!("../migrations/mysql/0003_key_versions.sql")),
-    (4, "access", include_str!("../migrations/mysql/0004_access.sql")),
-    (5, "key_tags", include_str!("../migrations/mysql/0005_key_tags.sql")),
-    (6, "tables", include_str!("../migrations/mysql/0006_tables.sql")),
-    (7, "row_log", include_str!("../migrations/mysql/0007_row_log.sql")),
-];
-
-/// SQL as written (`?` placeholders): SQLite and MySQL.
-pub(crate) fn plain(sql: &str) -> Cow<'_, str> {
-    Cow::Borrowed(sql)
-}
-
-/// `?` placeholders to PostgreSQL's `$1, $2, ...` (our SQL has no `?` inside literals).
-pub(crate) fn numbered(sql: &str) -> Cow<'_, str> {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut n = 0u32;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push('$');
-            out.push_str(&n.to_string());
-        } else {
-            out.push(c);
-        }
-    }
-    Cow::Owned(out)
-}
-
-fn placeholders(n: usize) -> String {
-    let mut s = String::with_capacity(n * 2);
-    for i in 0..n {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push('?');
-    }
-    s
-}
-
 fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-/// A shared row lock on a plain `SELECT` (SQLite needs none: its write transactions are serial).
-fn share_lock(e: Engine) -> &'static str {
-    match e {
-        Engine::Postgres => " FOR SHARE",
-        Engine::MySql => " LOCK IN SHARE MODE",
-        Engine::Sqlite => "",
-    }
-}
-
-/// `column` equal to the next bind, NULL equal to NULL.
-fn null_safe_eq(e: Engine, column: &str) -> String {
-    match e {
-        Engine::Postgres => format!("{column} IS NOT DISTINCT FROM ?"),
-        Engine::MySql => format!("{column} <=> ?"),
-        Engine::Sqlite => format!("{column} IS ?"),
-    }
-}
-
-/// An exclusive row lock on a plain `SELECT`.
-fn update_lock(e: Engine) -> &'static str {
-    match e {
-        Engine::Postgres | Engine::MySql => " FOR UPDATE",
-        Engine::Sqlite => "",
-    }
-}
-
-/// Makes a `COUNT(*)` inside a transaction see the latest committed rows: InnoDB's plain reads use
-/// the transaction's first snapshot, a locking read does not. PostgreSQL (read committed) takes a
-/// new snapshot per statement; SQLite write transactions are serial.
-fn count_lock(e: Engine) -> &'static str {
-    match e {
-        Engine::MySql => " LOCK IN SHARE MODE",
-        Engine::Postgres | Engine::Sqlite => "",
-    }
 }
 
 /// A bind of a count query.
@@ -1001,18 +861,6 @@ fn versions_in(table: &Table, domain: &str) -> String {
 /// A row count as read: never negative.
 fn count_of(n: i64) -> Result<u64> {
     u64::try_from(n).map_err(|_| StoreError::Corrupt { what: "row count", reason: n.to_string() })
-}
-
-/// A bind of a statement whose columns depend on the table.
-#[derive(Clone)]
-enum Arg<'a> {
-    S(&'a str),
-    I(Option<i64>),
-    B(Option<&'a [u8]>),
-    /// A clear field's value, decoded from its encoding.
-    Text(Option<String>),
-    Bool(Option<bool>),
-    Bytes(Option<Vec<u8>>),
 }
 
 /// The bind of a clear field's column: the value (in its encoding, as the row tag covers it)
@@ -1231,1982 +1079,1922 @@ fn update_row<'a>(
     Ok((sql, args))
 }
 
-macro_rules! backend_impl {
-    ($ty:ty, $db:ty, $engine:expr, $sql:path, $migrations:expr) => {
-        impl $ty {
-            pub(crate) fn text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<String> {
-                // MariaDB reports `ascii_bin` columns as binary: read bytes, require UTF-8.
-                match row.try_get::<String, _>(i) {
-                    Ok(s) => Ok(s),
-                    Err(_) => {
-                        let b: Vec<u8> = row.try_get(i)?;
-                        String::from_utf8(b).map_err(|_| StoreError::Corrupt {
-                            what: "name column",
-                            reason: "not utf-8".into(),
-                        })
-                    }
-                }
-            }
+impl<E: Engine> SqlBackend<E> {
+    fn record_from(row: &RowOf<E>) -> Result<RecordRow> {
+        Ok(RecordRow {
+            tenant: text(row, 0)?,
+            collection: text(row, 1)?,
+            id: text(row, 2)?,
+            subject: text(row, 3)?,
+            version: row.col(4)?,
+            created_at: row.col(5)?,
+            updated_at: row.col(6)?,
+            retain_until: row.col(7)?,
+            tag: Vec::new(),
+        })
+    }
 
-            fn text_ref(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<&str> {
-                match row.try_get::<&str, _>(i) {
-                    Ok(s) => Ok(s),
-                    Err(_) => {
-                        let b: &[u8] = row.try_get(i)?;
-                        std::str::from_utf8(b).map_err(|_| StoreError::Corrupt {
-                            what: "name column",
-                            reason: "not utf-8".into(),
-                        })
-                    }
-                }
-            }
-
-            fn opt_text(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<Option<String>> {
-                if let Ok(s) = row.try_get::<Option<String>, _>(i) {
-                    return Ok(s);
-                }
-                let b: Option<Vec<u8>> = row.try_get(i)?;
-                b.map(|b| {
-                    String::from_utf8(b).map_err(|_| StoreError::Corrupt { what: "name column", reason: "not utf-8".into() })
-                })
-                .transpose()
-            }
-
-            fn record_from(row: &<$db as sqlx::Database>::Row) -> Result<RecordRow> {
-                Ok(RecordRow {
-                    tenant: Self::text(row, 0)?,
-                    collection: Self::text(row, 1)?,
-                    id: Self::text(row, 2)?,
-                    subject: Self::text(row, 3)?,
-                    version: row.try_get(4)?,
-                    created_at: row.try_get(5)?,
-                    updated_at: row.try_get(6)?,
-                    retain_until: row.try_get(7)?,
-                    tag: Vec::new(),
-                })
-            }
-
-            /// A whole row of `table` as selected by [`Table::select_list`].
-            fn stored_from(table: &Table, row: &<$db as sqlx::Database>::Row) -> Result<StoredRecord> {
-                let record = RecordRow {
-                    tenant: Self::text(row, 0)?,
-                    collection: table.collection.clone(),
-                    id: Self::text(row, 1)?,
-                    subject: Self::text(row, 2)?,
-                    version: row.try_get(3)?,
-                    created_at: row.try_get(4)?,
-                    updated_at: row.try_get(5)?,
-                    retain_until: row.try_get(6)?,
-                    tag: row.try_get(7)?,
-                };
-                let mut fields = Vec::with_capacity(table.cells.len());
-                let mut at = 8;
-                for c in &table.cells {
-                    if let Some(ty) = c.clear {
-                        if let Some(encoded) = Self::clear_cell(row, at, ty)? {
-                            fields.push(FieldRow { field: c.field.clone(), domain: c.domain.clone(), sealed: encoded, key_version: 0 });
-                        }
-                        at += 1;
-                        continue;
-                    }
-                    let sealed: Option<Vec<u8>> = row.try_get(at)?;
-                    let version: Option<i64> = row.try_get(at + 1)?;
-                    match (sealed, version) {
-                        (None, None) => {}
-                        (Some(sealed), Some(key_version)) => fields.push(FieldRow {
-                            field: c.field.clone(),
-                            domain: c.domain.clone(),
-                            sealed,
-                            key_version,
-                        }),
-                        // A value without its key version or the other way round was edited.
-                        _ => {
-                            return Err(StoreError::Integrity {
-                                collection: table.collection.clone(),
-                                record: record.id,
-                                field: c.field.clone(),
-                            });
-                        }
-                    }
-                    at += 2;
-                }
-                Ok(StoredRecord { record, fields })
-            }
-
-            fn bind_args<'q>(
-                mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
-                args: &'q [Arg<'q>],
-            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
-                for a in args {
-                    q = match a {
-                        Arg::S(s) => q.bind(*s),
-                        Arg::I(i) => q.bind(*i),
-                        Arg::B(b) => q.bind(*b),
-                        Arg::Text(t) => q.bind(t.as_deref()),
-                        Arg::Bool(v) => q.bind(*v),
-                        Arg::Bytes(v) => q.bind(v.as_deref()),
-                    };
-                }
-                q
-            }
-
-            /// [`Self::bind_args`], moving owned values into the query (no copy by the driver).
-            fn bind_args_owned<'q>(
-                mut q: sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>>,
-                args: Vec<Arg<'q>>,
-            ) -> sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments<'q>> {
-                for a in args {
-                    q = match a {
-                        Arg::S(s) => q.bind(s),
-                        Arg::I(i) => q.bind(i),
-                        Arg::B(b) => q.bind(b),
-                        Arg::Text(t) => q.bind(t),
-                        Arg::Bool(v) => q.bind(v),
-                        Arg::Bytes(v) => q.bind(v),
-                    };
-                }
-                q
-            }
-
-            /// A clear field's column as read, back in the value encoding the row tag covers.
-            fn clear_cell(row: &<$db as sqlx::Database>::Row, at: usize, ty: FieldType) -> Result<Option<Vec<u8>>> {
-                let v = match ty {
-                    FieldType::Integer => row.try_get::<Option<i64>, _>(at)?.map(Value::Integer),
-                    FieldType::Bool => row.try_get::<Option<bool>, _>(at)?.map(Value::Bool),
-                    FieldType::Bytes => row.try_get::<Option<Vec<u8>>, _>(at)?.map(Value::Bytes),
-                    FieldType::Decimal | FieldType::Percentage => Self::opt_text(row, at)?.map(Value::Decimal),
-                    FieldType::Date => Self::opt_text(row, at)?.map(Value::Date),
-                    _ => Self::opt_text(row, at)?.map(Value::Text),
-                };
-                Ok(v.map(|v| v.encode().to_vec()))
-            }
-
-            async fn attach_fields(
-                &self,
-                tenant: &str,
-                collection: &str,
-                records: Vec<RecordRow>,
-            ) -> Result<Vec<StoredRecord>> {
-                if records.is_empty() {
-                    return Ok(Vec::new());
-                }
-                // The id range lets every engine (and PostgreSQL's generic plan for a prepared
-                // statement) use the primary key for a range scan; the IN list then filters it.
-                // The records come ordered by id in the database's collation, so the first and
-                // the last bound the range (Rust's byte order may differ from a locale's).
-                let (Some(lo), Some(hi)) = (records.first().map(|r| r.id.as_str()), records.last().map(|r| r.id.as_str()))
-                else {
-                    return Ok(Vec::new());
-                };
-                let sql = format!(
-                    "SELECT record_id, field, domain, sealed, key_version FROM kluis_fields \
-                     WHERE tenant = ? AND collection = ? AND record_id >= ? AND record_id <= ? \
-                     AND record_id IN ({}) ORDER BY record_id, field",
-                    placeholders(records.len())
-                );
-                let sql = $sql(&sql).into_owned();
-                let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(collection).bind(lo).bind(hi);
-                for r in &records {
-                    q = q.bind(r.id.as_str());
-                }
-                let rows = q.fetch_all(&self.pool).await?;
-                // Rows come ordered by record id: attach them without allocating a key per cell.
-                let pos: std::collections::HashMap<&str, usize> =
-                    records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
-                let mut cells: Vec<Vec<FieldRow>> = (0..records.len()).map(|_| Vec::with_capacity(8)).collect();
-                let mut current: Option<usize> = None;
-                for row in &rows {
-                    let rid = Self::text_ref(row, 0)?;
-                    let i = match current {
-                        Some(i) if records.get(i).is_some_and(|r| r.id == rid) => i,
-                        _ => match pos.get(rid) {
-                            Some(i) => *i,
-                            None => continue,
-                        },
-                    };
-                    current = Some(i);
-                    if let Some(list) = cells.get_mut(i) {
-                        list.push(FieldRow {
-                            field: Self::text(row, 1)?,
-                            domain: Self::text(row, 2)?,
-                            sealed: row.try_get(3)?,
-                            key_version: row.try_get(4)?,
-                        });
-                    }
-                }
-                drop(pos);
-                Ok(records
-                    .into_iter()
-                    .zip(cells)
-                    .map(|(record, fields)| StoredRecord { record, fields })
-                    .collect())
-            }
-
-            async fn apply_one(tx: &mut sqlx::Transaction<'static, $db>, op: WriteOp, used: &mut KeyUses) -> Result<()> {
-                match op {
-                    WriteOp::Insert { table, record, fields, indexes } => {
-                        let row = [(record, fields, indexes)];
-                        let (sql, args) = insert_rows(&table, &row)?;
-                        let sql = $sql(&sql).into_owned();
-                        if let Err(e) = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await {
-                            if unique_violation(&e) {
-                                return Err(StoreError::AlreadyExists { collection: table.collection.clone(), record: row[0].0.id.clone() });
-                            }
-                            return Err(e.into());
-                        }
-                        drop(args);
-                        let [(record, fields, _)] = row;
-                        for f in fields.iter().filter(|f| table.is_sealed(&f.field)) {
-                            used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
-                        }
-                        Ok(())
-                    }
-                    WriteOp::Update {
-                        table,
-                        record,
-                        expected_version,
-                        expected_tag,
-                        set_fields,
-                        remove_fields,
-                        set_indexes,
-                        null_columns,
-                    } => {
-                        let (sql, args) =
-                            update_row(&table, &record, (expected_version, &expected_tag), (&set_fields, &remove_fields, &set_indexes), &null_columns)?;
-                        let sql = $sql(&sql).into_owned();
-                        let done = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut **tx).await?;
-                        if done.rows_affected() != 1 {
-                            return Err(match Self::conflict(tx, &table, &record.tenant, &record.id, expected_version).await {
-                                // Same version, other tag: a re-encryption rewrote the row.
-                                StoreError::Conflict { expected, found, .. } if expected == found => StoreError::KeyChanged {
-                                    what: format!("record {}/{} was re-encrypted meanwhile", table.collection, record.id),
-                                },
-                                e => e,
-                            });
-                        }
-                        for f in set_fields.iter().filter(|f| table.is_sealed(&f.field)) {
-                            used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
-                        }
-                        Ok(())
-                    }
-                    WriteOp::SetIndex { table, tenant, record_id, index } => {
-                        let (i, j) = index_columns(&table, &index.field)?;
-                        let sql = format!("UPDATE {} SET {i} = ?, {j} = ? WHERE tenant = ? AND id = ?", table.name);
-                        sqlx::query::<$db>(&$sql(&sql))
-                            .bind(index.idx)
-                            .bind(index.key_version)
-                            .bind(tenant)
-                            .bind(record_id)
-                            .execute(&mut **tx)
-                            .await?;
-                        Ok(())
-                    }
-                    WriteOp::DropIndex { table, tenant, record_id, field } => {
-                        let (i, j) = index_columns(&table, &field)?;
-                        let sql = format!("UPDATE {} SET {i} = NULL, {j} = NULL WHERE tenant = ? AND id = ?", table.name);
-                        sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(record_id).execute(&mut **tx).await?;
-                        Ok(())
-                    }
-                    WriteOp::Override(row) => Self::insert_override(tx, row).await,
-                    WriteOp::Audit(a) => Self::audit_append(tx, a).await,
-                    WriteOp::InsertDocument(d) => Self::insert_document_tx(tx, d).await,
-                    WriteOp::DeleteDocument { tenant, document_id } => {
-                        let done = sqlx::query::<$db>(&$sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
-                            .bind(&tenant)
-                            .bind(&document_id)
-                            .execute(&mut **tx)
-                            .await?;
-                        if done.rows_affected() != 1 {
-                            return Err(StoreError::NotFound { collection: "kluis_documents".into(), record: document_id });
-                        }
-                        Ok(())
-                    }
-                    WriteOp::Delete { table, tenant, id, expected_version } => {
-                        // The record's catalog documents go in the same transaction (their blobs
-                        // are then unreferenced: the blob store's garbage collection removes
-                        // them). Before the record row, whose subject narrows the match.
-                        let sql = format!(
-                            "DELETE FROM kluis_documents WHERE tenant = ? AND record_id = ? AND subject = \
-                             (SELECT subject FROM {} WHERE tenant = ? AND id = ?)",
-                            table.name
-                        );
-                        sqlx::query::<$db>(&$sql(&sql))
-                            .bind(&tenant)
-                            .bind(&id)
-                            .bind(&tenant)
-                            .bind(&id)
-                            .execute(&mut **tx)
-                            .await?;
-                        let sql = match expected_version {
-                            Some(_) => format!("DELETE FROM {} WHERE tenant = ? AND id = ? AND version = ?", table.name),
-                            None => format!("DELETE FROM {} WHERE tenant = ? AND id = ?", table.name),
-                        };
-                        let sql = $sql(&sql).into_owned();
-                        let mut q = sqlx::query::<$db>(&sql).bind(&tenant).bind(&id);
-                        if let Some(v) = expected_version {
-                            q = q.bind(v);
-                        }
-                        let done = q.execute(&mut **tx).await?;
-                        if done.rows_affected() != 1 {
-                            return Err(match expected_version {
-                                Some(v) => Self::conflict(tx, &table, &tenant, &id, v).await,
-                                None => StoreError::NotFound { collection: table.collection.clone(), record: id },
-                            });
-                        }
-                        Ok(())
-                    }
-                }
-            }
-
-            /// Writes the pending inserts as one statement; a duplicate id is
-            /// [`StoreError::AlreadyExists`] naming that record (found in the statement itself,
-            /// else through `pool`: a concurrent insert of the same id has committed by then, the
-            /// statement waited for it).
-            async fn flush_inserts(
-                pool: &sqlx::Pool<$db>,
-                tx: &mut sqlx::Transaction<'static, $db>,
-                pending: &mut Option<PendingInserts>,
-                used: &mut KeyUses,
-            ) -> Result<()> {
-                let Some(mut p) = pending.take() else { return Ok(()) };
-                let (sql, args) = insert_rows_taking(&p.table, &mut p.rows)?;
-                let sql = $sql(&sql).into_owned();
-                let res = Self::bind_args_owned(sqlx::query::<$db>(&sql), args).execute(&mut **tx).await;
-                match res {
-                    Ok(_) => {}
-                    Err(e) if unique_violation(&e) => {
-                        let record = match duplicate_in(&p.rows) {
-                            Some(id) => id.to_owned(),
-                            None => Self::existing_id(pool, &p).await?,
-                        };
-                        return Err(StoreError::AlreadyExists { collection: p.table.collection.clone(), record });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                for (r, fields, _) in &p.rows {
-                    // Once per (domain, version) of the row: its cells of a domain share a key.
-                    let mut last: Option<(&str, i64)> = None;
-                    for f in fields.iter().filter(|f| p.table.is_sealed(&f.field)) {
-                        if last != Some((f.domain.as_str(), f.key_version)) {
-                            used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
-                            last = Some((f.domain.as_str(), f.key_version));
-                        }
-                    }
-                }
-                Ok(())
-            }
-
-            /// The first id of `p` its table already holds (the first of `p` if none).
-            async fn existing_id(pool: &sqlx::Pool<$db>, p: &PendingInserts) -> Result<String> {
-                let cond = vec!["(tenant = ? AND id = ?)"; p.rows.len()].join(" OR ");
-                let sql = format!("SELECT id FROM {} WHERE {cond} ORDER BY id LIMIT 1", p.table.name);
-                let sql = $sql(&sql).into_owned();
-                let mut q = sqlx::query::<$db>(&sql);
-                for (r, _, _) in &p.rows {
-                    q = q.bind(r.tenant.as_str()).bind(r.id.as_str());
-                }
-                match q.fetch_optional(pool).await? {
-                    Some(row) => Self::text(&row, 0),
-                    None => Ok(p.rows.first().map(|(r, _, _)| r.id.clone()).unwrap_or_default()),
-                }
-            }
-
-            /// [`Self::apply_one`], with inserts of one table gathered into multi-row statements.
-            async fn apply_gathered(
-                pool: &sqlx::Pool<$db>,
-                tx: &mut sqlx::Transaction<'static, $db>,
-                op: WriteOp,
-                pending: &mut Option<PendingInserts>,
-                used: &mut KeyUses,
-                log: &mut TxLog,
-            ) -> Result<()> {
-                if TxLog::needs_lock(&op) && !log.locked {
-                    Self::lock_head(tx).await?;
-                    log.locked = true;
-                }
-                log.note(&op);
-                match op {
-                    WriteOp::Audit(a) => {
-                        log.audits.push(a);
-                        Ok(())
-                    }
-                    WriteOp::Insert { table, record, fields, indexes } => {
-                        let full = pending
-                            .as_ref()
-                            .is_some_and(|p| p.table.name != table.name || p.rows.len() >= rows_per_insert(&p.table));
-                        if full {
-                            Self::flush_inserts(pool, tx, pending, used).await?;
-                        }
-                        pending.get_or_insert_with(|| PendingInserts { table, rows: Vec::new() }).rows.push((record, fields, indexes));
-                        Ok(())
-                    }
-                    other => {
-                        Self::flush_inserts(pool, tx, pending, used).await?;
-                        Self::apply_one(tx, other, used).await
-                    }
-                }
-            }
-
-            /// The log of a transaction that changes no row and appends `audit`, if any: the head
-            /// lock is taken first (before any key row) when there is an entry.
-            async fn start_log(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                audit: Option<crate::audit::AuditAppend>,
-            ) -> Result<TxLog> {
-                let log = TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() };
-                if log.locked {
-                    Self::lock_head(tx).await?;
-                }
-                Ok(log)
-            }
-
-            /// Appends the transaction's row log entries, then its audit entries (which so cover
-            /// them).
-            async fn finish_log(tx: &mut sqlx::Transaction<'static, $db>, log: TxLog) -> Result<()> {
-                Self::log_rows(tx, &log.rows).await?;
-                for a in log.audits {
-                    Self::audit_append(tx, a).await?;
-                }
-                Ok(())
-            }
-
-            async fn insert_document_tx(tx: &mut sqlx::Transaction<'static, $db>, d: DocumentRow) -> Result<()> {
-                let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(&d.tenant)
-                .bind(&d.document_id)
-                .bind(&d.domain)
-                .bind(&d.subject)
-                .bind(&d.record_id)
-                .bind(&d.object_name)
-                .bind(&d.key_ref)
-                .bind(d.padded_size)
-                .bind(d.created_at)
-                .bind(&d.sealed_meta)
-                .bind(document_key_version(&d.key_ref, &d.domain))
-                .execute(&mut **tx)
-                .await;
-                match res {
-                    Ok(_) => Ok(()),
-                    Err(e) if unique_violation(&e) => Err(StoreError::AlreadyExists {
-                        collection: "kluis_documents".into(),
-                        record: d.document_id,
-                    }),
-                    Err(e) => Err(e.into()),
-                }
-            }
-
-            async fn conflict(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                table: &Table,
-                tenant: &str,
-                id: &str,
-                expected: i64,
-            ) -> StoreError {
-                let sql = format!("SELECT version FROM {} WHERE tenant = ? AND id = ?", table.name);
-                let found: std::result::Result<Option<i64>, sqlx::Error> =
-                    sqlx::query_scalar::<$db, i64>(&$sql(&sql)).bind(tenant).bind(id).fetch_optional(&mut **tx).await;
-                match found {
-                    Err(e) => e.into(),
-                    Ok(None) => StoreError::NotFound { collection: table.collection.clone(), record: id.to_owned() },
-                    Ok(Some(v)) => match (u64::try_from(expected), u64::try_from(v)) {
-                        (Ok(expected), Ok(found)) => {
-                            StoreError::Conflict { collection: table.collection.clone(), record: id.to_owned(), expected, found }
-                        }
-                        _ => StoreError::Corrupt { what: "record version", reason: format!("{}/{id}: {v}", table.collection) },
-                    },
-                }
-            }
-
-            /// A cell may only be written under a subject key that still exists: the share lock
-            /// makes a concurrent re-encryption or shred that deletes such a version wait for this
-            /// commit (and then see the cell), or this writer see the deletion and give up
-            /// ([`StoreError::KeyChanged`]). Run once per batch, after its writes and before the
-            /// commit (the locks are held to the commit either way), a few hundred versions per
-            /// statement.
-            async fn require_subject_keys(tx: &mut sqlx::Transaction<'static, $db>, used: &KeyUses) -> Result<()> {
-                let all: Vec<(&str, &str, &str, i64)> = used.iter().collect();
-                for chunk in all.chunks(KEY_USES_PER_STATEMENT) {
-                    let mut cond = String::with_capacity(chunk.len() * 64);
-                    for i in 0..chunk.len() {
-                        if i > 0 {
-                            cond.push_str(" OR ");
-                        }
-                        cond.push_str("(tenant = ? AND domain = ? AND subject = ? AND version = ?)");
-                    }
-                    // The versions of a chunk are distinct and the table's primary key is
-                    // (tenant, domain, subject, version): all exist exactly when the count of
-                    // matching rows is the chunk's length. Counting sends one row back instead of
-                    // a few hundred (on SQLite each row is a hop through sqlx's worker thread).
-                    // PostgreSQL takes the share locks in the subquery (no FOR SHARE beside an
-                    // aggregate); MariaDB keeps the plain locking read.
-                    let count = match $engine {
-                        Engine::Sqlite => Some(format!("SELECT COUNT(*) FROM kluis_subject_keys WHERE {cond}")),
-                        Engine::Postgres => Some(format!(
-                            "SELECT COUNT(*) FROM (SELECT 1 FROM kluis_subject_keys WHERE {cond} FOR SHARE) AS held"
-                        )),
-                        Engine::MySql => None,
-                    };
-                    if let Some(sql) = count {
-                        let sql = $sql(&sql).into_owned();
-                        let mut q = sqlx::query_scalar::<$db, i64>(&sql);
-                        for (t, d, s, v) in chunk {
-                            q = q.bind(*t).bind(*d).bind(*s).bind(*v);
-                        }
-                        let n = q.fetch_one(&mut **tx).await?;
-                        if usize::try_from(n).is_ok_and(|n| n == chunk.len()) {
-                            continue;
-                        }
-                    }
-                    // MariaDB, or a version is missing: read the rows to name it.
-                    let sql = format!(
-                        "SELECT tenant, domain, subject, version FROM kluis_subject_keys WHERE {cond}{}",
-                        share_lock($engine)
-                    );
-                    let sql = $sql(&sql).into_owned();
-                    let mut q = sqlx::query::<$db>(&sql);
-                    for (t, d, s, v) in chunk {
-                        q = q.bind(*t).bind(*d).bind(*s).bind(*v);
-                    }
-                    let rows = q.fetch_all(&mut **tx).await?;
-                    let mut found: Vec<(String, String, String, i64)> = Vec::with_capacity(rows.len());
-                    for row in &rows {
-                        found.push((Self::text(row, 0)?, Self::text(row, 1)?, Self::text(row, 2)?, row.try_get(3)?));
-                    }
-                    found.sort_unstable();
-                    for (t, d, s, v) in chunk {
-                        let hit = found
-                            .binary_search_by(|f| (f.0.as_str(), f.1.as_str(), f.2.as_str(), f.3).cmp(&(*t, *d, *s, *v)))
-                            .is_ok();
-                        if !hit {
-                            return Err(StoreError::KeyChanged { what: format!("subject key {t}/{d}/{s} v{v}") });
-                        }
-                    }
-                }
-                Ok(())
-            }
-
-            fn subject_key_from(row: &<$db as sqlx::Database>::Row) -> Result<SubjectKeyRow> {
-                Ok(SubjectKeyRow {
-                    tenant: Self::text(row, 0)?,
-                    domain: Self::text(row, 1)?,
-                    subject: Self::text(row, 2)?,
-                    version: row.try_get(3)?,
-                    wrapped: row.try_get(4)?,
-                    created_at: row.try_get(5)?,
-                    wrap_version: row.try_get(6)?,
-                })
-            }
-
-            fn document_from(row: &<$db as sqlx::Database>::Row) -> Result<DocumentRow> {
-                Ok(DocumentRow {
-                    tenant: Self::text(row, 0)?,
-                    document_id: Self::text(row, 1)?,
-                    domain: Self::text(row, 2)?,
-                    subject: Self::text(row, 3)?,
-                    record_id: Self::opt_text(row, 4)?,
-                    object_name: Self::text(row, 5)?,
-                    key_ref: Self::text(row, 6)?,
-                    padded_size: row.try_get(7)?,
-                    created_at: row.try_get(8)?,
-                    sealed_meta: row.try_get(9)?,
-                })
-            }
-        }
-
-        impl Backend for $ty {
-            type Database = $db;
-            const ENGINE: Engine = $engine;
-
-            fn pool(&self) -> &sqlx::Pool<$db> {
-                &self.pool
-            }
-
-            async fn migrate(&self) -> Result<()> {
-                let m = Migrator::new(Embedded($migrations)).await?;
-                m.run(&self.pool).await?;
-                self.backfill_versions().await
-            }
-
-            async fn install(&self, layout: &Layout) -> Result<()> {
-                // The catalog, not a `SELECT *` probe: PostgreSQL refuses a cached plan of one
-                // whose result type an ALTER TABLE changed.
-                let columns_sql = match $engine {
-                    Engine::Sqlite => "SELECT name FROM pragma_table_info(?)",
-                    Engine::Postgres => {
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ?"
-                    }
-                    Engine::MySql => {
-                        "SELECT column_name FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ?"
-                    }
-                };
-                for t in layout.tables() {
-                    sqlx::query::<$db>(&t.create_sql($engine)).execute(&self.pool).await?;
-                    let rows = sqlx::query::<$db>(&$sql(columns_sql)).bind(&t.name).fetch_all(&self.pool).await?;
-                    let existing = rows.iter().map(|r| Self::text(r, 0)).collect::<Result<Vec<String>>>()?;
-                    for sql in t.add_columns_sql($engine, &existing).into_iter().chain(t.index_sql($engine)) {
-                        sqlx::query::<$db>(&sql).execute(&self.pool).await?;
-                    }
-                    let listed: i64 = sqlx::query_scalar::<$db, i64>(&$sql("SELECT COUNT(*) FROM kluis_tables WHERE collection = ?"))
-                        .bind(&t.collection)
-                        .fetch_one(&self.pool)
-                        .await?;
-                    if listed == 0 {
-                        let res = sqlx::query::<$db>(&$sql("INSERT INTO kluis_tables (collection, table_name) VALUES (?, ?)"))
-                            .bind(&t.collection)
-                            .bind(&t.name)
-                            .execute(&self.pool)
-                            .await;
-                        match res {
-                            Ok(_) => {}
-                            Err(e) if unique_violation(&e) => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-                Ok(())
-            }
-
-            async fn legacy_records(&self, limit: u32) -> Result<Vec<(StoredRecord, Vec<IndexRow>)>> {
-                let sql = format!("SELECT {RECORD_COLS} FROM kluis_records ORDER BY tenant, collection, id LIMIT ?");
-                let rows = sqlx::query::<$db>(&$sql(&sql)).bind(i64::from(limit)).fetch_all(&self.pool).await?;
-                let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
-                let mut out = Vec::with_capacity(recs.len());
-                // attach_fields reads the cells of one (tenant, collection) at a time.
-                for group in recs.chunk_by(|a, b| a.tenant == b.tenant && a.collection == b.collection) {
-                    let Some(first) = group.first() else { continue };
-                    out.extend(self.attach_fields(&first.tenant, &first.collection, group.to_vec()).await?);
-                }
-                let mut with_indexes = Vec::with_capacity(out.len());
-                for s in out {
-                    let idx = sqlx::query::<$db>(&$sql(
-                        "SELECT field, key_version, idx FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ?",
-                    ))
-                    .bind(&s.record.tenant)
-                    .bind(&s.record.collection)
-                    .bind(&s.record.id)
-                    .fetch_all(&self.pool)
-                    .await?;
-                    let idx = idx
-                        .iter()
-                        .map(|r| Ok(IndexRow { field: Self::text(r, 0)?, key_version: r.try_get(1)?, idx: r.try_get(2)? }))
-                        .collect::<Result<Vec<_>>>()?;
-                    with_indexes.push((s, idx));
-                }
-                Ok(with_indexes)
-            }
-
-            async fn move_legacy(&self, rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                Self::lock_head(&mut tx).await?;
-                let mut moved = Vec::with_capacity(rows.len());
-                for (table, s, idx) in &rows {
-                    let r = &s.record;
-                    let gone = sqlx::query::<$db>(&$sql(
-                        "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
-                    ))
-                    .bind(&r.tenant)
-                    .bind(&r.collection)
-                    .bind(&r.id)
-                    .bind(r.version)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if gone == 0 {
-                        // Moved by another process meanwhile.
-                        continue;
-                    }
-                    for t in ["kluis_fields", "kluis_blind_index"] {
-                        let sql = format!("DELETE FROM {t} WHERE tenant = ? AND collection = ? AND record_id = ?");
-                        sqlx::query::<$db>(&$sql(&sql)).bind(&r.tenant).bind(&r.collection).bind(&r.id).execute(&mut *tx).await?;
-                    }
-                    let row = [(r.clone(), s.fields.clone(), idx.clone())];
-                    let (sql, args) = insert_rows(table, &row)?;
-                    let sql = $sql(&sql).into_owned();
-                    Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
-                    moved.push(RowLogEntry::written(&r.tenant, &table.collection, &r.id, &r.tag));
-                }
-                Self::log_rows(&mut tx, &moved).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-
-            async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys \
-                     WHERE tenant = ? AND domain = ? ORDER BY version",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(DomainKeyRow {
-                            tenant: Self::text(r, 0)?,
-                            domain: Self::text(r, 1)?,
-                            version: r.try_get(2)?,
-                            state: Self::text(r, 3)?,
-                            wrapped: r.try_get(4)?,
-                            tag: r.try_get(5)?,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn all_domain_keys(&self) -> Result<Vec<DomainKeyRow>> {
-                let rows = sqlx::query::<$db>(
-                    "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys ORDER BY tenant, domain, version",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(DomainKeyRow {
-                            tenant: Self::text(r, 0)?,
-                            domain: Self::text(r, 1)?,
-                            version: r.try_get(2)?,
-                            state: Self::text(r, 3)?,
-                            wrapped: r.try_get(4)?,
-                            tag: r.try_get(5)?,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn put_domain_keys(
-                &self,
-                rows: Vec<DomainKeyRow>,
-                insert_only: bool,
-                audit: Option<crate::audit::AuditAppend>,
-            ) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let log = Self::start_log(&mut tx, audit).await?;
-                for r in rows {
-                    let updated = if insert_only {
-                        0
-                    } else {
-                        sqlx::query::<$db>(&$sql(
-                            "UPDATE kluis_domain_keys SET state = ?, wrapped = ?, tag = ? WHERE tenant = ? AND domain = ? AND version = ?",
-                        ))
-                        .bind(&r.state)
-                        .bind(&r.wrapped)
-                        .bind(&r.tag)
-                        .bind(&r.tenant)
-                        .bind(&r.domain)
-                        .bind(r.version)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                    };
-                    if updated == 0 {
-                        let res = sqlx::query::<$db>(&$sql(
-                            "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
-                        ))
-                        .bind(&r.tenant)
-                        .bind(&r.domain)
-                        .bind(r.version)
-                        .bind(&r.state)
-                        .bind(&r.wrapped)
-                        .bind(&r.tag)
-                        .execute(&mut *tx)
-                        .await;
-                        match res {
-                            Ok(_) => {}
-                            Err(e) if unique_violation(&e) => {
-                                return Err(StoreError::AlreadyExists {
-                                    collection: "kluis_domain_keys".into(),
-                                    record: format!("{}/{} v{}", r.tenant, r.domain, r.version),
-                                });
-                            }
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                }
-                Self::finish_log(&mut tx, log).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn subject_keys(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<SubjectKeyRow>> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
-                     WHERE tenant = ? AND domain = ? AND subject = ? ORDER BY version",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .bind(subject)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map(Self::subject_key_from).collect()
-            }
-
-            async fn all_subject_keys(&self, tenant: &str, domain: &str) -> Result<Vec<SubjectKeyRow>> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
-                     WHERE tenant = ? AND domain = ? ORDER BY subject, version",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.iter().map(Self::subject_key_from).collect()
-            }
-
-            async fn insert_subject_key(&self, row: SubjectKeyRow) -> Result<bool> {
-                let mut tx = self.begin_write().await?;
-                // The wrapping domain key version must still be live; the share lock keeps a
-                // concurrent retirement of it waiting until this key is visible to its check.
-                Self::require_live_domain_key(&mut tx, &row.tenant, &row.domain, row.wrap_version).await?;
-                let inserted = Self::insert_subject_key_tx(&mut tx, &row).await?;
-                tx.commit().await?;
-                Ok(inserted)
-            }
-
-            async fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                for r in rows {
-                    sqlx::query::<$db>(&$sql(
-                        "UPDATE kluis_subject_keys SET wrapped = ?, wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
-                    ))
-                    .bind(&r.wrapped)
-                    .bind(r.wrap_version)
-                    .bind(&r.tenant)
-                    .bind(&r.domain)
-                    .bind(&r.subject)
-                    .bind(r.version)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                let mut used = KeyUses::default();
-                let mut pending = None;
-                let mut log = TxLog::default();
-                // The head lock before any row lock (see crate::row_log).
-                if ops.iter().any(TxLog::needs_lock) {
-                    Self::lock_head(&mut tx).await?;
-                    log.locked = true;
-                }
-                for op in ops {
-                    // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used, &mut log).await?;
-                }
-                Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
-                Self::finish_log(&mut tx, log).await?;
-                Self::require_subject_keys(&mut tx, &used).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn apply_stream(&self, mut ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>) -> Result<()> {
-                let cut = || StoreError::Invalid("the batch ended before its end mark; nothing was written".into());
-                // Nothing is begun before the first write arrives (a failed check sends none).
-                let mut next = ops.recv().await.ok_or_else(cut)?;
-                let mut tx = self.pool.begin().await?;
-                let mut used = KeyUses::default();
-                let mut pending = None;
-                let mut log = TxLog::default();
-                while let Some(op) = next {
-                    // On error `tx` is dropped without commit: everything rolls back.
-                    Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used, &mut log).await?;
-                    next = ops.recv().await.ok_or_else(cut)?;
-                }
-                drop(ops);
-                Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
-                Self::finish_log(&mut tx, log).await?;
-                Self::require_subject_keys(&mut tx, &used).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn get(&self, table: &Table, tenant: &str, id: &str) -> Result<Option<StoredRecord>> {
-                let sql = format!("SELECT {} FROM {} WHERE tenant = ? AND id = ?", table.select_list(""), table.name);
-                let row = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
-                row.map(|r| Self::stored_from(table, &r)).transpose()
-            }
-
-            async fn existing_ids(&self, table: &Table, tenant: &str, ids: &[&str]) -> Result<Vec<String>> {
-                let mut out = Vec::new();
-                for chunk in ids.chunks(1000) {
-                    let sql = format!(
-                        "SELECT id FROM {} WHERE tenant = ? AND id IN ({})",
-                        table.name,
-                        placeholders(chunk.len())
-                    );
-                    let sql = $sql(&sql).into_owned();
-                    let mut q = sqlx::query::<$db>(&sql).bind(tenant);
-                    for id in chunk {
-                        q = q.bind(*id);
-                    }
-                    for r in q.fetch_all(&self.pool).await? {
-                        out.push(Self::text(&r, 0)?);
-                    }
-                }
-                Ok(out)
-            }
-
-            async fn list(
-                &self,
-                table: &Table,
-                tenant: &str,
-                subject: Option<&str>,
-                after: Option<&str>,
-                limit: u32,
-            ) -> Result<Vec<StoredRecord>> {
-                let sql = $sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
-                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
-                if let Some(s) = subject {
-                    q = q.bind(s);
-                }
-                if let Some(a) = after {
-                    q = q.bind(a);
-                }
-                let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-                rows.iter().map(|r| Self::stored_from(table, r)).collect()
-            }
-
-            async fn list_each(
-                &self,
-                table: &Table,
-                tenant: &str,
-                subject: Option<&str>,
-                after: Option<&str>,
-                limit: u32,
-                out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
-            ) -> Result<()> {
-                let sql = $sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
-                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
-                if let Some(s) = subject {
-                    q = q.bind(s);
-                }
-                if let Some(a) = after {
-                    q = q.bind(a);
-                }
-                let mut rows = q.bind(i64::from(limit)).fetch(&self.pool);
-                while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-                    if out.send(Self::stored_from(table, &row?)?).is_err() {
-                        break;
-                    }
-                }
-                Ok(())
-            }
-
-            async fn find_index(
-                &self,
-                table: &Table,
-                tenant: &str,
-                field: &str,
-                candidates: Vec<(i64, Vec<u8>)>,
-            ) -> Result<Vec<StoredRecord>> {
-                let (i, j) = index_columns(table, field)?;
-                if candidates.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut cond = String::new();
-                for n in 0..candidates.len() {
-                    if n > 0 {
-                        cond.push_str(" OR ");
-                    }
-                    cond.push_str(&format!("({i} = ? AND {j} = ?)"));
-                }
-                let sql = format!(
-                    "SELECT {} FROM {} WHERE tenant = ? AND ({cond}) ORDER BY id",
-                    table.select_list(""),
-                    table.name
-                );
-                let sql = $sql(&sql).into_owned();
-                let mut q = sqlx::query::<$db>(&sql).bind(tenant);
-                for (v, idx) in &candidates {
-                    q = q.bind(idx.as_slice()).bind(*v);
-                }
-                let rows = q.fetch_all(&self.pool).await?;
-                rows.iter().map(|r| Self::stored_from(table, r)).collect()
-            }
-
-            async fn subject_records(&self, layout: &Layout, tenant: &str, subject: &str) -> Result<Vec<RecordRow>> {
-                let mut out = Vec::new();
-                for t in layout.tables() {
-                    let sql = format!(
-                        "SELECT {} FROM {} WHERE tenant = ? AND subject = ? ORDER BY id",
-                        t.select_list(""),
-                        t.name
-                    );
-                    let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
-                    for r in &rows {
-                        out.push(Self::stored_from(t, r)?.record);
-                    }
-                }
-                out.sort_by(|a, b| (&a.collection, &a.id).cmp(&(&b.collection, &b.id)));
-                Ok(out)
-            }
-
-            async fn index_rows(&self, layout: &Layout, tenant: &str) -> Result<Vec<(String, String, String, i64)>> {
-                let mut out = Vec::new();
-                for t in layout.tables() {
-                    for c in &t.cells {
-                        let Some((i, j)) = &c.index else { continue };
-                        let sql = format!("SELECT id, {j} FROM {} WHERE tenant = ? AND {i} IS NOT NULL", t.name);
-                        let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).fetch_all(&self.pool).await?;
-                        for r in &rows {
-                            out.push((t.collection.clone(), Self::text(r, 0)?, c.field.clone(), r.try_get(1)?));
-                        }
-                    }
-                }
-                Ok(out)
-            }
-
-            async fn delete_subject(
-                &self,
-                tenant: &str,
-                subject: &str,
-                audit: Option<OverrideRow>,
-                entry: Option<crate::audit::AuditAppend>,
-            ) -> Result<u64> {
-                let mut tx = self.pool.begin().await?;
-                // The head lock first: on SQLite it takes the write lock up front.
-                Self::lock_head(&mut tx).await?;
-                let tables = sqlx::query::<$db>("SELECT collection, table_name FROM kluis_tables ORDER BY collection")
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let mut removed = 0u64;
-                let mut gone = Vec::new();
-                for row in &tables {
-                    let collection = Self::text(row, 0)?;
-                    let name = Self::text(row, 1)?;
-                    if !crate::layout::is_table_name(&name) {
-                        return Err(StoreError::Corrupt { what: "kluis_tables", reason: format!("table name {name:?}") });
-                    }
-                    for id in Self::subject_row_ids(&mut tx, &name, tenant, subject).await? {
-                        gone.push(RowLogEntry { tenant: tenant.to_owned(), collection: collection.clone(), record: id, tag: None });
-                    }
-                    let sql = format!("DELETE FROM {name} WHERE tenant = ? AND subject = ?");
-                    removed += sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?.rows_affected();
-                }
-                // Rows of the legacy layout not moved yet.
-                let legacy = sqlx::query::<$db>(&$sql("SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?"))
-                    .bind(tenant)
-                    .bind(subject)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                for row in &legacy {
-                    let collection = Self::text(row, 0)?;
-                    let id = Self::text(row, 1)?;
-                    for table in ["kluis_fields", "kluis_blind_index"] {
-                        let sql = format!("DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ?");
-                        sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(&collection).bind(&id).execute(&mut *tx).await?;
-                    }
-                }
-                removed += legacy.len() as u64;
-                for table in ["kluis_records", "kluis_subject_keys", "kluis_documents"] {
-                    let sql = format!("DELETE FROM {table} WHERE tenant = ? AND subject = ?");
-                    sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?;
-                }
-                if let Some(a) = audit {
-                    Self::insert_override(&mut tx, a).await?;
-                }
-                Self::finish_log(&mut tx, TxLog { locked: true, rows: gone, audits: entry.into_iter().collect() }).await?;
-                tx.commit().await?;
-                Ok(removed)
-            }
-
-            async fn record_override(&self, row: OverrideRow) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                Self::insert_override(&mut tx, row).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-                Ok(sqlx::query_scalar::<$db, Vec<u8>>(&$sql("SELECT value FROM kluis_meta WHERE name = ?"))
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
-                // One statement (an upsert), so two processes recording at once cannot collide.
-                let sql = match $engine {
-                    Engine::MySql => "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)",
-                    Engine::Postgres | Engine::Sqlite => {
-                        "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-                    }
-                };
-                sqlx::query::<$db>(&$sql(sql)).bind(name).bind(value).execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn insert_document(&self, d: DocumentRow) -> Result<()> {
-                let mut tx = self.pool.begin().await?;
-                Self::insert_document_tx(&mut tx, d).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn list_documents(&self, tenant: &str, filter: DocumentFilter<'_>) -> Result<Vec<DocumentRow>> {
-                let (col, val) = match filter {
-                    DocumentFilter::Subject(s) => ("subject", s),
-                    DocumentFilter::Record(r) => ("record_id", r),
-                };
-                let sql = format!(
-                    "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
-                     FROM kluis_documents WHERE tenant = ? AND {col} = ? ORDER BY document_id"
-                );
-                let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(val).fetch_all(&self.pool).await?;
-                rows.iter().map(Self::document_from).collect()
-            }
-
-            async fn delete_document(&self, tenant: &str, document_id: &str) -> Result<bool> {
-                let done = sqlx::query::<$db>(&$sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
-                    .bind(tenant)
-                    .bind(document_id)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(done.rows_affected() > 0)
-            }
-
-            async fn purge(&self) -> Result<()> {
-                self.purge_engine().await
-            }
-
-            async fn document(&self, tenant: &str, document_id: &str) -> Result<Option<DocumentRow>> {
-                let row = sqlx::query::<$db>(&$sql(
-                    "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
-                     FROM kluis_documents WHERE tenant = ? AND document_id = ?",
-                ))
-                .bind(tenant)
-                .bind(document_id)
-                .fetch_optional(&self.pool)
-                .await?;
-                row.as_ref().map(Self::document_from).transpose()
-            }
-
-            async fn replace_document(&self, expected_object_name: &str, d: DocumentRow) -> Result<bool> {
-                let done = sqlx::query::<$db>(&$sql(
-                    "UPDATE kluis_documents SET domain = ?, subject = ?, record_id = ?, object_name = ?, key_ref = ?, \
-                     padded_size = ?, created_at = ?, sealed_meta = ?, key_version = ? \
-                     WHERE tenant = ? AND document_id = ? AND object_name = ?",
-                ))
-                .bind(&d.domain)
-                .bind(&d.subject)
-                .bind(&d.record_id)
-                .bind(&d.object_name)
-                .bind(&d.key_ref)
-                .bind(d.padded_size)
-                .bind(d.created_at)
-                .bind(&d.sealed_meta)
-                .bind(document_key_version(&d.key_ref, &d.domain))
-                .bind(&d.tenant)
-                .bind(&d.document_id)
-                .bind(expected_object_name)
-                .execute(&self.pool)
-                .await?;
-                Ok(done.rows_affected() == 1)
-            }
-
-            async fn document_object_names(&self) -> Result<Vec<String>> {
-                let rows = sqlx::query::<$db>("SELECT DISTINCT object_name FROM kluis_documents ORDER BY object_name")
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(|r| Self::text(r, 0)).collect()
-            }
-
-            async fn tenants(&self) -> Result<Vec<String>> {
-                let rows = sqlx::query::<$db>("SELECT DISTINCT tenant FROM kluis_domain_keys ORDER BY tenant")
-                    .fetch_all(&self.pool)
-                    .await?;
-                rows.iter().map(|r| Self::text(r, 0)).collect()
-            }
-
-            async fn key_usage(&self, layout: &Layout, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
-                use std::collections::BTreeMap;
-                let mut out: BTreeMap<(String, String, i64), KeyUsageRow> = BTreeMap::new();
-                let filter = |col: &str| match tenant {
-                    Some(_) => format!(" WHERE {col} = ?"),
-                    None => String::new(),
-                };
-                let sql = format!(
-                    "SELECT tenant, domain, version, state FROM kluis_domain_keys{} ORDER BY tenant, domain, version",
-                    filter("tenant")
-                );
-                let sql = $sql(&sql).into_owned();
-                let mut q = sqlx::query::<$db>(&sql);
-                if let Some(t) = tenant {
-                    q = q.bind(t);
-                }
-                for r in q.fetch_all(&self.pool).await? {
-                    let (t, d, v) = (Self::text(&r, 0)?, Self::text(&r, 1)?, r.try_get::<i64, _>(2)?);
-                    let state = Self::text(&r, 3)?;
-                    out.insert(
-                        (t.clone(), d.clone(), v),
-                        KeyUsageRow { tenant: t, domain: d, version: v, state, ..KeyUsageRow::default() },
-                    );
-                }
-                // (statement, which count)
-                let queries: [(String, u8); 3] = [
-                    // Records of the legacy layout not moved yet.
-                    (
-                        format!(
-                            "SELECT x.tenant, x.domain, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT s.tenant, s.domain, s.wrap_version, f.collection, f.record_id \
-                             FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
-                             JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version{}) x \
-                             GROUP BY x.tenant, x.domain, x.wrap_version",
-                            filter("f.tenant")
-                        ),
-                        1,
-                    ),
-                    (
-                        format!(
-                            "SELECT tenant, domain, wrap_version, COUNT(*) FROM kluis_subject_keys{} GROUP BY tenant, domain, wrap_version",
-                            filter("tenant")
-                        ),
-                        0,
-                    ),
-                    (
-                        format!(
-                            "SELECT s.tenant, s.domain, s.wrap_version, COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
-                             AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version{} GROUP BY s.tenant, s.domain, s.wrap_version",
-                            filter("d.tenant")
-                        ),
-                        2,
-                    ),
-                ];
-                for (sql, which) in &queries {
-                    let sql = $sql(sql).into_owned();
-                    let mut q = sqlx::query::<$db>(&sql);
-                    if let Some(t) = tenant {
-                        q = q.bind(t);
-                    }
-                    for r in q.fetch_all(&self.pool).await? {
-                        let (t, d, v) = (Self::text(&r, 0)?, Self::text(&r, 1)?, r.try_get::<i64, _>(2)?);
-                        let n = count_of(r.try_get::<i64, _>(3)?)?;
-                        let e = out.entry((t.clone(), d.clone(), v)).or_insert_with(|| KeyUsageRow {
-                            tenant: t,
-                            domain: d,
-                            version: v,
-                            state: "missing".into(),
-                            ..KeyUsageRow::default()
-                        });
-                        match which {
-                            0 => e.subject_keys = n,
-                            1 => e.records += n,
-                            _ => e.documents = n,
-                        }
-                    }
-                }
-                // Records: per table and domain, those with a cell sealed under a subject key
-                // that the domain key version wraps.
-                for t in layout.tables() {
-                    for d in t.domains() {
-                        let sql = format!(
-                            "SELECT x.tenant, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT r.tenant, r.id, s.wrap_version FROM {} r \
-                             JOIN kluis_subject_keys s ON s.tenant = r.tenant AND s.domain = ? AND s.subject = r.subject AND {}{}) x \
-                             GROUP BY x.tenant, x.wrap_version",
-                            t.name,
-                            versions_in(t, d),
-                            filter("r.tenant")
-                        );
-                        let sql = $sql(&sql).into_owned();
-                        let mut q = sqlx::query::<$db>(&sql).bind(d);
-                        if let Some(tn) = tenant {
-                            q = q.bind(tn);
-                        }
-                        for r in q.fetch_all(&self.pool).await? {
-                            let (tn, v) = (Self::text(&r, 0)?, r.try_get::<i64, _>(1)?);
-                            let n = count_of(r.try_get::<i64, _>(2)?)?;
-                            let e = out.entry((tn.clone(), d.to_owned(), v)).or_insert_with(|| KeyUsageRow {
-                                tenant: tn,
-                                domain: d.to_owned(),
-                                version: v,
-                                state: "missing".into(),
-                                ..KeyUsageRow::default()
-                            });
-                            e.records += n;
-                        }
-                    }
-                }
-                Ok(out.into_values().collect())
-            }
-
-            async fn reencrypt_candidates(
-                &self,
-                layout: &Layout,
-                tenant: &str,
-                domain: &str,
-                active: i64,
-                limit: u32,
-            ) -> Result<Vec<String>> {
-                // A stale key that is not the newest, seals no cell and is used by a document is
-                // waiting for the documents' re-encryption: not a candidate (it would block others).
-                let mut sealing = String::new();
-                for t in layout.tables() {
-                    if t.cells_in(domain).next().is_some() {
-                        sealing.push_str(&format!(
-                            " OR EXISTS (SELECT 1 FROM {} r WHERE r.tenant = s.tenant AND r.subject = s.subject AND {})",
-                            t.name,
-                            versions_in(t, domain)
-                        ));
-                    }
-                }
-                let sql = format!(
-                    "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? AND ( \
-                     NOT EXISTS (SELECT 1 FROM kluis_subject_keys n WHERE n.tenant = s.tenant AND n.domain = s.domain AND n.subject = s.subject AND n.version > s.version) \
-                     {sealing} \
-                     OR NOT EXISTS (SELECT 1 FROM kluis_documents d WHERE d.tenant = s.tenant AND d.domain = s.domain AND d.subject = s.subject AND d.key_version = s.version)) \
-                     ORDER BY s.subject LIMIT ?"
-                );
-                let keys = sqlx::query::<$db>(&$sql(&sql))
-                    .bind(tenant)
-                    .bind(domain)
-                    .bind(active)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?;
-                let mut out = std::collections::BTreeSet::new();
-                for r in &keys {
-                    out.insert(Self::text(r, 0)?);
-                }
-                out.extend(self.stale_index_subjects(layout, tenant, domain, active, Some(limit)).await?);
-                Ok(out.into_iter().take(limit as usize).collect())
-            }
-
-            async fn count_stale_subjects(&self, layout: &Layout, tenant: &str, domain: &str, active: i64) -> Result<u64> {
-                let rows = sqlx::query::<$db>(&$sql(
-                    "SELECT DISTINCT subject FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version <> ?",
-                ))
-                .bind(tenant)
-                .bind(domain)
-                .bind(active)
-                .fetch_all(&self.pool)
-                .await?;
-                let mut subjects = std::collections::BTreeSet::new();
-                for r in &rows {
-                    subjects.insert(Self::text(r, 0)?);
-                }
-                subjects.extend(self.stale_index_subjects(layout, tenant, domain, active, None).await?);
-                Ok(subjects.len() as u64)
-            }
-
-            async fn subject_cells(&self, layout: &Layout, tenant: &str, domain: &str, subject: &str) -> Result<Vec<StoredRecord>> {
-                let mut out = Vec::new();
-                for t in layout.tables() {
-                    let cols: Vec<&str> =
-                        t.cells_in(domain).map(|c| c.sealed.as_str()).collect();
-                    if cols.is_empty() {
-                        continue;
-                    }
-                    let any = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" OR ");
-                    let sql = format!(
-                        "SELECT {} FROM {} WHERE tenant = ? AND subject = ? AND ({any}) ORDER BY id",
-                        t.select_list(""),
-                        t.name
-                    );
-                    let rows = sqlx::query::<$db>(&$sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
-                    for r in &rows {
-                        out.push(Self::stored_from(t, r)?);
-                    }
-                }
-                Ok(out)
-            }
-
-            async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
-                match self.reencrypt_subject_tx(&plan).await {
-                    Ok(dropped) => Ok(ReencryptOutcome { applied: true, dropped }),
-                    Err(e) if is_concurrency_error(&e) => Ok(ReencryptOutcome { applied: false, dropped: Vec::new() }),
-                    Err(e) => Err(e),
-                }
-            }
-
-            async fn rotate_domain_keys(
-                &self,
-                updates: Vec<KeyRowUpdate>,
-                new: DomainKeyRow,
-                audit: Option<crate::audit::AuditAppend>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let log = Self::start_log(&mut tx, audit).await?;
-                Self::update_key_rows(&mut tx, &updates).await?;
-                let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(&new.tenant)
-                .bind(&new.domain)
-                .bind(new.version)
-                .bind(&new.state)
-                .bind(&new.wrapped)
-                .bind(&new.tag)
-                .execute(&mut *tx)
-                .await;
-                match res {
-                    Ok(_) => {}
-                    Err(e) if unique_violation(&e) => {
-                        return Err(StoreError::KeyChanged {
-                            what: format!("domain key {}/{} v{} was created concurrently", new.tenant, new.domain, new.version),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-                Self::finish_log(&mut tx, log).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                Self::update_key_rows(&mut tx, &updates).await?;
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn destroy_domain_version(
-                &self,
-                layout: &Layout,
-                tenant: &str,
-                domain: &str,
-                version: i64,
-                retag: Vec<KeyRowUpdate>,
-                audit: Option<crate::audit::AuditAppend>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let log = Self::start_log(&mut tx, audit).await?;
-                let sql = format!(
-                    "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
-                    update_lock($engine)
-                );
-                let row = sqlx::query::<$db>(&$sql(&sql))
-                    .bind(tenant)
-                    .bind(domain)
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let v32 = u32::try_from(version)
-                    .map_err(|_| StoreError::Invalid(format!("domain key version {version} out of range")))?;
-                let state = match &row {
-                    Some(r) => Self::text(r, 0)?,
-                    None => {
-                        return Err(StoreError::Core(kluis_core::Error::UnknownKey {
-                            key: format!("{tenant}/{domain} v{version}"),
-                        }));
-                    }
-                };
-                match kluis_core::KeyState::parse(&state) {
-                    Ok(kluis_core::KeyState::DecryptOnly) => {}
-                    Ok(kluis_core::KeyState::Active) => {
-                        return Err(StoreError::ActiveKey { tenant: tenant.into(), domain: domain.into(), version: v32 });
-                    }
-                    Ok(kluis_core::KeyState::Destroyed) => return Ok(()),
-                    _ => {
-                        return Err(StoreError::KeyIntegrity { what: format!("domain key {tenant}/{domain} v{version}") });
-                    }
-                }
-                let (subject_keys, records, documents, indexes) =
-                    Self::version_usage(&mut tx, layout, tenant, domain, version).await?;
-                if subject_keys + records + documents + indexes > 0 {
-                    return Err(StoreError::KeyInUse {
-                        tenant: tenant.into(),
-                        domain: domain.into(),
-                        version: v32,
-                        subject_keys,
-                        records: records.max(indexes.min(1)),
-                        documents,
+    /// A whole row of `table` as selected by [`Table::select_list`].
+    fn stored_from(table: &Table, row: &RowOf<E>) -> Result<StoredRecord> {
+        let record = RecordRow {
+            tenant: text(row, 0)?,
+            collection: table.collection.clone(),
+            id: text(row, 1)?,
+            subject: text(row, 2)?,
+            version: row.col(3)?,
+            created_at: row.col(4)?,
+            updated_at: row.col(5)?,
+            retain_until: row.col(6)?,
+            tag: row.col(7)?,
+        };
+        let mut fields = Vec::with_capacity(table.cells.len());
+        let mut at = 8;
+        for c in &table.cells {
+            if let Some(ty) = c.clear {
+                if let Some(encoded) = Self::clear_cell(row, at, ty)? {
+                    fields.push(FieldRow {
+                        field: c.field.clone(),
+                        domain: c.domain.clone(),
+                        sealed: encoded,
+                        key_version: 0,
                     });
                 }
-                // `retag` holds the destroyed row (state, no wrap, no tag) and every other live row
-                // with its tag over the new set, each written only if it is still as read.
-                if !retag.iter().any(|u| u.new.version == version && u.new.state == kluis_core::KeyState::Destroyed.as_str()) {
-                    return Err(StoreError::Invalid(format!(
-                        "destroying {tenant}/{domain} v{version}: the update does not destroy it"
-                    )));
-                }
-                Self::update_key_rows(&mut tx, &retag).await?;
-                Self::finish_log(&mut tx, log).await?;
-                tx.commit().await?;
-                Ok(())
+                at += 1;
+                continue;
             }
-
-            async fn rewrap_domain_key_rows(
-                &self,
-                rows: Vec<(DomainKeyRow, Vec<u8>)>,
-                audit: Option<crate::audit::AuditAppend>,
-            ) -> Result<()> {
-                let mut tx = self.begin_write().await?;
-                let log = Self::start_log(&mut tx, audit).await?;
-                for (r, old) in rows {
-                    let done = sqlx::query::<$db>(&$sql(
-                        "UPDATE kluis_domain_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND version = ? AND wrapped = ?",
-                    ))
-                    .bind(&r.wrapped)
-                    .bind(&r.tenant)
-                    .bind(&r.domain)
-                    .bind(r.version)
-                    .bind(old)
-                    .execute(&mut *tx)
-                    .await?;
-                    if done.rows_affected() != 1 {
-                        // Dropping `tx` rolls back every row written so far.
-                        return Err(StoreError::KeyChanged {
-                            what: format!("domain key {}/{} v{}", r.tenant, r.domain, r.version),
-                        });
-                    }
+            let sealed: Option<Vec<u8>> = row.col(at)?;
+            let version: Option<i64> = row.col(at + 1)?;
+            match (sealed, version) {
+                (None, None) => {}
+                (Some(sealed), Some(key_version)) => fields.push(FieldRow {
+                    field: c.field.clone(),
+                    domain: c.domain.clone(),
+                    sealed,
+                    key_version,
+                }),
+                // A value without its key version or the other way round was edited.
+                _ => {
+                    return Err(StoreError::Integrity {
+                        collection: table.collection.clone(),
+                        record: record.id,
+                        field: c.field.clone(),
+                    });
                 }
-                Self::finish_log(&mut tx, log).await?;
-                tx.commit().await?;
-                Ok(())
             }
+            at += 2;
         }
-
-        impl $ty {
-            /// Writes each update only if its row still holds what was read (state, wrapped key
-            /// and tag): a concurrent change makes the whole transaction fail with
-            /// [`StoreError::KeyChanged`].
-            async fn update_key_rows(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                updates: &[KeyRowUpdate],
-            ) -> Result<()> {
-                let sql = format!(
-                    "UPDATE kluis_domain_keys SET state = ?, wrapped = ?, tag = ? \
-                     WHERE tenant = ? AND domain = ? AND version = ? AND state = ? AND {} AND {}",
-                    null_safe_eq($engine, "wrapped"),
-                    null_safe_eq($engine, "tag"),
-                );
-                for u in updates {
-                    if (&u.new.tenant, &u.new.domain, u.new.version) != (&u.old.tenant, &u.old.domain, u.old.version) {
-                        return Err(StoreError::Invalid("a key row update names two rows".into()));
-                    }
-                    let done = sqlx::query::<$db>(&$sql(&sql))
-                        .bind(&u.new.state)
-                        .bind(&u.new.wrapped)
-                        .bind(&u.new.tag)
-                        .bind(&u.old.tenant)
-                        .bind(&u.old.domain)
-                        .bind(u.old.version)
-                        .bind(&u.old.state)
-                        .bind(&u.old.wrapped)
-                        .bind(&u.old.tag)
-                        .execute(&mut *conn)
-                        .await?;
-                    if done.rows_affected() != 1 {
-                        return Err(StoreError::KeyChanged {
-                            what: format!("domain key {}/{} v{} changed concurrently", u.old.tenant, u.old.domain, u.old.version),
-                        });
-                    }
-                }
-                Ok(())
-            }
-
-            async fn begin_write(&self) -> Result<sqlx::Transaction<'static, $db>> {
-                // SQLite: take the write lock at BEGIN so a read-then-write transaction cannot
-                // fail on a snapshot another writer moved on from.
-                Ok(match $engine {
-                    Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-                    _ => self.pool.begin().await?,
-                })
-            }
-
-            async fn require_live_domain_key(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                tenant: &str,
-                domain: &str,
-                version: i64,
-            ) -> Result<()> {
-                let sql = format!(
-                    "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
-                    share_lock($engine)
-                );
-                let row = sqlx::query::<$db>(&$sql(&sql))
-                    .bind(tenant)
-                    .bind(domain)
-                    .bind(version)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                let live = match &row {
-                    Some(r) => matches!(
-                        kluis_core::KeyState::parse(&Self::text(r, 0)?),
-                        Ok(kluis_core::KeyState::Active | kluis_core::KeyState::DecryptOnly)
-                    ),
-                    None => false,
-                };
-                if !live {
-                    return Err(StoreError::KeyChanged { what: format!("domain key {tenant}/{domain} v{version}") });
-                }
-                Ok(())
-            }
-
-            async fn insert_subject_key_tx(tx: &mut sqlx::Transaction<'static, $db>, row: &SubjectKeyRow) -> Result<bool> {
-                let res = sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(&row.tenant)
-                .bind(&row.domain)
-                .bind(&row.subject)
-                .bind(row.version)
-                .bind(&row.wrapped)
-                .bind(row.created_at)
-                .bind(row.wrap_version)
-                .execute(&mut **tx)
-                .await;
-                match res {
-                    Ok(_) => Ok(true),
-                    Err(e) if unique_violation(&e) => Ok(false),
-                    Err(e) => Err(e.into()),
-                }
-            }
-
-            async fn count(conn: &mut <$db as sqlx::Database>::Connection, sql: &str, binds: &[Bind<'_>]) -> Result<u64> {
-                let sql = $sql(sql).into_owned();
-                let mut q = sqlx::query_scalar::<$db, i64>(&sql);
-                for b in binds {
-                    q = match b {
-                        Bind::S(s) => q.bind(*s),
-                        Bind::I(i) => q.bind(*i),
-                    };
-                }
-                count_of(q.fetch_one(&mut *conn).await?)
-            }
-
-            /// Usage of one domain key version, inside a transaction (locking reads on MariaDB).
-            async fn version_usage(
-                tx: &mut <$db as sqlx::Database>::Connection,
-                layout: &Layout,
-                tenant: &str,
-                domain: &str,
-                version: i64,
-            ) -> Result<(u64, u64, u64, u64)> {
-                let binds = [Bind::S(tenant), Bind::S(domain), Bind::I(version)];
-                let keys = Self::count(
-                    tx,
-                    &format!(
-                        "SELECT COUNT(*) FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version = ?{}",
-                        count_lock($engine)
-                    ),
-                    &binds,
-                )
-                .await?;
-                let mut indexes = 0u64;
-                // Records of the legacy layout not moved yet count too.
-                let mut records = Self::count(
-                    tx,
-                    "SELECT COUNT(*) FROM (SELECT DISTINCT f.collection, f.record_id FROM kluis_fields f \
-                     JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
-                     JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version \
-                     WHERE f.tenant = ? AND f.domain = ? AND s.wrap_version = ?) x",
-                    &binds,
-                )
-                .await?;
-                for t in layout.tables() {
-                    for c in t.cells_in(domain) {
-                        let Some((i, j)) = &c.index else { continue };
-                        let sql = format!(
-                            "SELECT COUNT(*) FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} = ?{}",
-                            t.name,
-                            count_lock($engine)
-                        );
-                        indexes += Self::count(tx, &sql, &[Bind::S(tenant), Bind::I(version)]).await?;
-                    }
-                    if t.cells_in(domain).next().is_some() {
-                        let sql = format!(
-                            "SELECT COUNT(*) FROM (SELECT DISTINCT r.id FROM {} r JOIN kluis_subject_keys s ON s.tenant = r.tenant \
-                             AND s.domain = ? AND s.subject = r.subject AND {} WHERE r.tenant = ? AND s.wrap_version = ?) x",
-                            t.name,
-                            versions_in(t, domain)
-                        );
-                        records += Self::count(tx, &sql, &[Bind::S(domain), Bind::S(tenant), Bind::I(version)]).await?;
-                    }
-                }
-                let documents = Self::count(
-                    tx,
-                    "SELECT COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
-                     AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version \
-                     WHERE d.tenant = ? AND d.domain = ? AND s.wrap_version = ?",
-                    &binds,
-                )
-                .await?;
-                Ok((keys, records, documents, indexes))
-            }
-
-            async fn reencrypt_subject_tx(&self, plan: &ReencryptPlan) -> Result<Vec<i64>> {
-                use sqlx::Acquire;
-                let mut tx = self.begin_write().await?;
-                Self::lock_head(&mut tx).await?;
-                let mut rewritten = Vec::with_capacity(plan.records.len());
-                if let Some(k) = &plan.new_key {
-                    Self::require_live_domain_key(&mut tx, &k.tenant, &k.domain, k.wrap_version).await?;
-                    if !Self::insert_subject_key_tx(&mut tx, k).await? {
-                        return Err(StoreError::KeyChanged {
-                            what: format!("subject key {}/{}/{} v{} was created concurrently", k.tenant, k.domain, k.subject, k.version),
-                        });
-                    }
-                }
-                for r in &plan.records {
-                    let t = &r.table;
-                    let sql = format!("SELECT version FROM {} WHERE tenant = ? AND id = ?{}", t.name, update_lock($engine));
-                    let found: Option<i64> = sqlx::query_scalar::<$db, i64>(&$sql(&sql))
-                        .bind(&plan.tenant)
-                        .bind(&r.id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    if found != Some(r.version) {
-                        // Changed or deleted since the plan read it: the step is tried again.
-                        return Err(StoreError::KeyChanged { what: format!("record {}/{} changed", t.collection, r.id) });
-                    }
-                    check_fields(t, &r.cells, &r.indexes)?;
-                    let mut sql = format!("UPDATE {} SET row_tag = ?", t.name);
-                    let mut args = vec![Arg::B(Some(r.tag.as_slice()))];
-                    for c in &r.cells {
-                        let Some(cols) = t.cell(&c.field) else { continue };
-                        sql.push_str(&format!(", {} = ?, {} = ?", cols.sealed, cols.version));
-                        args.push(Arg::B(Some(c.sealed.as_slice())));
-                        args.push(Arg::I(Some(c.key_version)));
-                    }
-                    for i in &r.indexes {
-                        let (ic, jc) = index_columns(t, &i.field)?;
-                        sql.push_str(&format!(", {ic} = ?, {jc} = ?"));
-                        args.push(Arg::B(Some(i.idx.as_slice())));
-                        args.push(Arg::I(Some(i.key_version)));
-                    }
-                    sql.push_str(" WHERE tenant = ? AND id = ? AND version = ? AND row_tag = ?");
-                    args.push(Arg::S(&plan.tenant));
-                    args.push(Arg::S(&r.id));
-                    args.push(Arg::I(Some(r.version)));
-                    args.push(Arg::B(Some(r.expected_tag.as_slice())));
-                    let sql = $sql(&sql).into_owned();
-                    let done = Self::bind_args(sqlx::query::<$db>(&sql), &args).execute(&mut *tx).await?;
-                    if done.rows_affected() != 1 {
-                        return Err(StoreError::KeyChanged { what: format!("record {}/{} changed", t.collection, r.id) });
-                    }
-                    rewritten.push(RowLogEntry::written(&plan.tenant, &t.collection, &r.id, &r.tag));
-                }
-                Self::log_rows(&mut tx, &rewritten).await?;
-                let mut dropped = Vec::new();
-                for v in &plan.drop_versions {
-                    // Delete first (this waits for writers holding a share lock on the key row),
-                    // then look for users; keep the key (roll back to the savepoint) if any.
-                    let mut sp = (&mut tx).begin().await?;
-                    sqlx::query::<$db>(&$sql(
-                        "DELETE FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
-                    ))
-                    .bind(&plan.tenant)
-                    .bind(&plan.domain)
-                    .bind(&plan.subject)
-                    .bind(*v)
-                    .execute(&mut *sp)
-                    .await?;
-                    let mut cells = 0u64;
-                    for t in &plan.tables {
-                        let cols: Vec<&str> =
-                            t.cells_in(&plan.domain).map(|c| c.version.as_str()).collect();
-                        if cols.is_empty() {
-                            continue;
-                        }
-                        let any = cols.iter().map(|c| format!("{c} = ?")).collect::<Vec<_>>().join(" OR ");
-                        let sql = format!(
-                            "SELECT COUNT(*) FROM {} WHERE tenant = ? AND subject = ? AND ({any}){}",
-                            t.name,
-                            count_lock($engine)
-                        );
-                        let mut binds = vec![Bind::S(&plan.tenant), Bind::S(&plan.subject)];
-                        binds.extend(cols.iter().map(|_| Bind::I(*v)));
-                        cells += Self::count(&mut sp, &sql, &binds).await?;
-                    }
-                    let binds = [Bind::S(&plan.tenant), Bind::S(&plan.domain), Bind::S(&plan.subject), Bind::I(*v)];
-                    let docs = Self::count(
-                        &mut sp,
-                        &format!(
-                            "SELECT COUNT(*) FROM kluis_documents WHERE tenant = ? AND domain = ? AND subject = ? AND key_version = ?{}",
-                            count_lock($engine)
-                        ),
-                        &binds,
-                    )
-                    .await?;
-                    if cells + docs == 0 {
-                        sp.commit().await?;
-                        dropped.push(*v);
-                    } else {
-                        sp.rollback().await?;
-                    }
-                }
-                tx.commit().await?;
-                Ok(dropped)
-            }
-
-            /// Subjects with a blind index of a `domain` field under another version than `active`.
-            async fn stale_index_subjects(
-                &self,
-                layout: &Layout,
-                tenant: &str,
-                domain: &str,
-                active: i64,
-                limit: Option<u32>,
-            ) -> Result<Vec<String>> {
-                let mut out = Vec::new();
-                for t in layout.tables() {
-                    for c in t.cells_in(domain) {
-                        let Some((i, j)) = &c.index else { continue };
-                        let mut sql = format!(
-                            "SELECT DISTINCT subject FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} <> ? ORDER BY subject",
-                            t.name
-                        );
-                        if limit.is_some() {
-                            sql.push_str(" LIMIT ?");
-                        }
-                        let sql = $sql(&sql).into_owned();
-                        let mut q = sqlx::query::<$db>(&sql).bind(tenant).bind(active);
-                        if let Some(l) = limit {
-                            q = q.bind(i64::from(l));
-                        }
-                        for r in q.fetch_all(&self.pool).await? {
-                            out.push(Self::text(&r, 0)?);
-                        }
-                    }
-                }
-                Ok(out)
-            }
-
-            async fn backfill_versions(&self) -> Result<()> {
-                let keys = sqlx::query::<$db>(
-                    "SELECT tenant, domain, subject, version, wrapped FROM kluis_subject_keys WHERE wrap_version = 0",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                let docs = sqlx::query::<$db>(
-                    "SELECT tenant, document_id, domain, key_ref FROM kluis_documents WHERE key_version IS NULL",
-                )
-                .fetch_all(&self.pool)
-                .await?;
-                let mut doc_versions = Vec::new();
-                for r in &docs {
-                    if let Some(v) = document_key_version(&Self::text(r, 3)?, &Self::text(r, 2)?) {
-                        doc_versions.push((Self::text(r, 0)?, Self::text(r, 1)?, v));
-                    }
-                }
-                if keys.is_empty() && doc_versions.is_empty() {
-                    return Ok(());
-                }
-                let mut tx = self.pool.begin().await?;
-                for r in &keys {
-                    let wrapped: Vec<u8> = r.try_get(4)?;
-                    // A row whose header does not parse was altered: it stays 0 and fails to open.
-                    let Ok(h) = kluis_core::SealedHeader::parse(&wrapped) else { continue };
-                    sqlx::query::<$db>(&$sql(
-                        "UPDATE kluis_subject_keys SET wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
-                    ))
-                    .bind(i64::from(h.key.version))
-                    .bind(Self::text(r, 0)?)
-                    .bind(Self::text(r, 1)?)
-                    .bind(Self::text(r, 2)?)
-                    .bind(r.try_get::<i64, _>(3)?)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                for (t, d, v) in doc_versions {
-                    sqlx::query::<$db>(&$sql("UPDATE kluis_documents SET key_version = ? WHERE tenant = ? AND document_id = ?"))
-                        .bind(v)
-                        .bind(t)
-                        .bind(d)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn insert_override(tx: &mut sqlx::Transaction<'static, $db>, a: OverrideRow) -> Result<()> {
-                sqlx::query::<$db>(&$sql(
-                    "INSERT INTO kluis_legal_overrides (tenant, action, target, reason, authorised_by, at) VALUES (?, ?, ?, ?, ?, ?)",
-                ))
-                .bind(a.tenant)
-                .bind(a.action)
-                .bind(a.target)
-                .bind(a.reason)
-                .bind(a.authorised_by)
-                .bind(a.at)
-                .execute(&mut **tx)
-                .await?;
-                Ok(())
-            }
-        }
-    };
-}
-
-backend_impl!(SqliteBackend, sqlx::Sqlite, Engine::Sqlite, plain, SQLITE_MIGRATIONS);
-backend_impl!(PostgresBackend, sqlx::Postgres, Engine::Postgres, numbered, POSTGRES_MIGRATIONS);
-backend_impl!(MySqlBackend, sqlx::MySql, Engine::MySql, plain, MYSQL_MIGRATIONS);
-
-/// The tables that hold key bytes: purged after a shred or a key destruction.
-const KEY_TABLES: [&str; 2] = ["kluis_subject_keys", "kluis_domain_keys"];
-
-impl SqliteBackend {
-    async fn purge_engine(&self) -> Result<()> {
-        use sqlx::Connection;
-        let mut conn = self.pool.acquire().await?;
-        // secure_delete zeroes freed cells and pages; VACUUM rewrites the file without free pages
-        // (where older copies of a row can linger after page splits); checkpoint(TRUNCATE) copies
-        // the WAL into the database file and truncates the WAL to zero bytes.
-        sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
-        sqlx::query("VACUUM").execute(&mut *conn).await?;
-        for _ in 0..50 {
-            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await?;
-            let busy: i64 = row.try_get(0)?;
-            if busy == 0 {
-                conn.ping().await?;
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        Err(StoreError::Invalid(
-            "the sqlite write-ahead log could not be truncated: other connections keep reading; retry the purge".into(),
-        ))
+        Ok(StoredRecord { record, fields })
     }
-}
 
-impl PostgresBackend {
-    async fn purge_engine(&self) -> Result<()> {
-        // VACUUM FULL writes each table to a new file; the old file (with the dead tuples that
-        // held the key bytes) is truncated at commit and unlinked at the next checkpoint. A row
-        // version that another transaction of this database could still see ("recently dead":
-        // any backend with an older snapshot, an autovacuum ANALYZE included) is copied into the
-        // new file, so the rewrite waits until no other backend of the database holds a snapshot
-        // (up to PURGE_WAIT), and runs twice: a snapshot taken between the check and the first
-        // rewrite keeps nothing the second one would.
-        let mut conn = self.pool.acquire().await?;
-        for _ in 0..2 {
-            let deadline = std::time::Instant::now() + PURGE_WAIT;
-            loop {
-                let others: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
-                     AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL",
-                )
-                .fetch_one(&mut *conn)
-                .await?;
-                if others == 0 || std::time::Instant::now() >= deadline {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    /// A clear field's column as read, back in the value encoding the row tag covers.
+    fn clear_cell(row: &RowOf<E>, at: usize, ty: FieldType) -> Result<Option<Vec<u8>>> {
+        let v = match ty {
+            FieldType::Integer => row.col::<Option<i64>>(at)?.map(Value::Integer),
+            FieldType::Bool => row.col::<Option<bool>>(at)?.map(Value::Bool),
+            FieldType::Bytes => row.col::<Option<Vec<u8>>>(at)?.map(Value::Bytes),
+            FieldType::Decimal | FieldType::Percentage => opt_text(row, at)?.map(Value::Decimal),
+            FieldType::Date => opt_text(row, at)?.map(Value::Date),
+            _ => opt_text(row, at)?.map(Value::Text),
+        };
+        Ok(v.map(|v| v.encode().to_vec()))
+    }
+
+    async fn attach_fields(
+        &self,
+        tenant: &str,
+        collection: &str,
+        records: Vec<RecordRow>,
+    ) -> Result<Vec<StoredRecord>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The id range lets every engine (and PostgreSQL's generic plan for a prepared
+        // statement) use the primary key for a range scan; the IN list then filters it.
+        // The records come ordered by id in the database's collation, so the first and
+        // the last bound the range (Rust's byte order may differ from a locale's).
+        let (Some(lo), Some(hi)) =
+            (records.first().map(|r| r.id.as_str()), records.last().map(|r| r.id.as_str()))
+        else {
+            return Ok(Vec::new());
+        };
+        let sql = format!(
+            "SELECT record_id, field, domain, sealed, key_version FROM kluis_fields \
+                 WHERE tenant = ? AND collection = ? AND record_id >= ? AND record_id <= ? \
+                 AND record_id IN ({}) ORDER BY record_id, field",
+            placeholders(records.len())
+        );
+        let sql = E::sql(&sql).into_owned();
+        let mut q = query::<E>(&sql).bind(tenant).bind(collection).bind(lo).bind(hi);
+        for r in &records {
+            q = q.bind(r.id.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        // Rows come ordered by record id: attach them without allocating a key per cell.
+        let pos: std::collections::HashMap<&str, usize> =
+            records.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+        let mut cells: Vec<Vec<FieldRow>> = (0..records.len()).map(|_| Vec::with_capacity(8)).collect();
+        let mut current: Option<usize> = None;
+        for row in &rows {
+            let rid = text_ref(row, 0)?;
+            let i = match current {
+                Some(i) if records.get(i).is_some_and(|r| r.id == rid) => i,
+                _ => match pos.get(rid) {
+                    Some(i) => *i,
+                    None => continue,
+                },
+            };
+            current = Some(i);
+            if let Some(list) = cells.get_mut(i) {
+                list.push(FieldRow {
+                    field: text(row, 1)?,
+                    domain: text(row, 2)?,
+                    sealed: row.col(3)?,
+                    key_version: row.col(4)?,
+                });
             }
-            for t in KEY_TABLES {
-                sqlx::query(&format!("VACUUM (FULL) {t}")).execute(&mut *conn).await?;
+        }
+        drop(pos);
+        Ok(records.into_iter().zip(cells).map(|(record, fields)| StoredRecord { record, fields }).collect())
+    }
+
+    async fn apply_one(
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        op: WriteOp,
+        used: &mut KeyUses,
+    ) -> Result<()> {
+        match op {
+            WriteOp::Insert { table, record, fields, indexes } => {
+                let row = [(record, fields, indexes)];
+                let (sql, args) = insert_rows(&table, &row)?;
+                let sql = E::sql(&sql).into_owned();
+                if let Err(e) =
+                    query::<E>(&sql).bind_all(args.iter().map(Arg::borrowed)).execute(&mut **tx).await
+                {
+                    if unique_violation(&e) {
+                        return Err(StoreError::AlreadyExists {
+                            collection: table.collection.clone(),
+                            record: row[0].0.id.clone(),
+                        });
+                    }
+                    return Err(e.into());
+                }
+                drop(args);
+                let [(record, fields, _)] = row;
+                for f in fields.iter().filter(|f| table.is_sealed(&f.field)) {
+                    used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
+                }
+                Ok(())
+            }
+            WriteOp::Update {
+                table,
+                record,
+                expected_version,
+                expected_tag,
+                set_fields,
+                remove_fields,
+                set_indexes,
+                null_columns,
+            } => {
+                let (sql, args) = update_row(
+                    &table,
+                    &record,
+                    (expected_version, &expected_tag),
+                    (&set_fields, &remove_fields, &set_indexes),
+                    &null_columns,
+                )?;
+                let sql = E::sql(&sql).into_owned();
+                let done =
+                    query::<E>(&sql).bind_all(args.iter().map(Arg::borrowed)).execute(&mut **tx).await?;
+                if done.rows_affected() != 1 {
+                    return Err(
+                        match Self::conflict(tx, &table, &record.tenant, &record.id, expected_version).await {
+                            // Same version, other tag: a re-encryption rewrote the row.
+                            StoreError::Conflict { expected, found, .. } if expected == found => {
+                                StoreError::KeyChanged {
+                                    what: format!(
+                                        "record {}/{} was re-encrypted meanwhile",
+                                        table.collection, record.id
+                                    ),
+                                }
+                            }
+                            e => e,
+                        },
+                    );
+                }
+                for f in set_fields.iter().filter(|f| table.is_sealed(&f.field)) {
+                    used.add(&record.tenant, &f.domain, &record.subject, f.key_version);
+                }
+                Ok(())
+            }
+            WriteOp::SetIndex { table, tenant, record_id, index } => {
+                let (i, j) = index_columns(&table, &index.field)?;
+                let sql = format!("UPDATE {} SET {i} = ?, {j} = ? WHERE tenant = ? AND id = ?", table.name);
+                query::<E>(&E::sql(&sql))
+                    .bind(index.idx)
+                    .bind(index.key_version)
+                    .bind(tenant)
+                    .bind(record_id)
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(())
+            }
+            WriteOp::DropIndex { table, tenant, record_id, field } => {
+                let (i, j) = index_columns(&table, &field)?;
+                let sql =
+                    format!("UPDATE {} SET {i} = NULL, {j} = NULL WHERE tenant = ? AND id = ?", table.name);
+                query::<E>(&E::sql(&sql)).bind(tenant).bind(record_id).execute(&mut **tx).await?;
+                Ok(())
+            }
+            WriteOp::Override(row) => Self::insert_override(tx, row).await,
+            WriteOp::Audit(a) => Self::audit_append(tx, a).await,
+            WriteOp::InsertDocument(d) => Self::insert_document_tx(tx, d).await,
+            WriteOp::DeleteDocument { tenant, document_id } => {
+                let done =
+                    query::<E>(&E::sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
+                        .bind(&tenant)
+                        .bind(&document_id)
+                        .execute(&mut **tx)
+                        .await?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::NotFound {
+                        collection: "kluis_documents".into(),
+                        record: document_id,
+                    });
+                }
+                Ok(())
+            }
+            WriteOp::Delete { table, tenant, id, expected_version } => {
+                // The record's catalog documents go in the same transaction (their blobs
+                // are then unreferenced: the blob store's garbage collection removes
+                // them). Before the record row, whose subject narrows the match.
+                let sql = format!(
+                    "DELETE FROM kluis_documents WHERE tenant = ? AND record_id = ? AND subject = \
+                         (SELECT subject FROM {} WHERE tenant = ? AND id = ?)",
+                    table.name
+                );
+                query::<E>(&E::sql(&sql))
+                    .bind(&tenant)
+                    .bind(&id)
+                    .bind(&tenant)
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+                let sql = match expected_version {
+                    Some(_) => {
+                        format!("DELETE FROM {} WHERE tenant = ? AND id = ? AND version = ?", table.name)
+                    }
+                    None => format!("DELETE FROM {} WHERE tenant = ? AND id = ?", table.name),
+                };
+                let sql = E::sql(&sql).into_owned();
+                let mut q = query::<E>(&sql).bind(&tenant).bind(&id);
+                if let Some(v) = expected_version {
+                    q = q.bind(v);
+                }
+                let done = q.execute(&mut **tx).await?;
+                if done.rows_affected() != 1 {
+                    return Err(match expected_version {
+                        Some(v) => Self::conflict(tx, &table, &tenant, &id, v).await,
+                        None => StoreError::NotFound { collection: table.collection.clone(), record: id },
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the pending inserts as one statement; a duplicate id is
+    /// [`StoreError::AlreadyExists`] naming that record (found in the statement itself,
+    /// else through `pool`: a concurrent insert of the same id has committed by then, the
+    /// statement waited for it).
+    async fn flush_inserts(
+        pool: &sqlx::Pool<E::Db>,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        pending: &mut Option<PendingInserts>,
+        used: &mut KeyUses,
+    ) -> Result<()> {
+        let Some(mut p) = pending.take() else { return Ok(()) };
+        let (sql, args) = insert_rows_taking(&p.table, &mut p.rows)?;
+        let sql = E::sql(&sql).into_owned();
+        let res = query::<E>(&sql).bind_all(args).execute(&mut **tx).await;
+        match res {
+            Ok(_) => {}
+            Err(e) if unique_violation(&e) => {
+                let record = match duplicate_in(&p.rows) {
+                    Some(id) => id.to_owned(),
+                    None => Self::existing_id(pool, &p).await?,
+                };
+                return Err(StoreError::AlreadyExists { collection: p.table.collection.clone(), record });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        for (r, fields, _) in &p.rows {
+            // Once per (domain, version) of the row: its cells of a domain share a key.
+            let mut last: Option<(&str, i64)> = None;
+            for f in fields.iter().filter(|f| p.table.is_sealed(&f.field)) {
+                if last != Some((f.domain.as_str(), f.key_version)) {
+                    used.add(&r.tenant, &f.domain, &r.subject, f.key_version);
+                    last = Some((f.domain.as_str(), f.key_version));
+                }
             }
         }
         Ok(())
     }
+
+    /// The first id of `p` its table already holds (the first of `p` if none).
+    async fn existing_id(pool: &sqlx::Pool<E::Db>, p: &PendingInserts) -> Result<String> {
+        let cond = vec!["(tenant = ? AND id = ?)"; p.rows.len()].join(" OR ");
+        let sql = format!("SELECT id FROM {} WHERE {cond} ORDER BY id LIMIT 1", p.table.name);
+        let sql = E::sql(&sql).into_owned();
+        let mut q = query::<E>(&sql);
+        for (r, _, _) in &p.rows {
+            q = q.bind(r.tenant.as_str()).bind(r.id.as_str());
+        }
+        match q.fetch_optional(pool).await? {
+            Some(row) => text(&row, 0),
+            None => Ok(p.rows.first().map(|(r, _, _)| r.id.clone()).unwrap_or_default()),
+        }
+    }
+
+    /// [`Self::apply_one`], with inserts of one table gathered into multi-row statements.
+    async fn apply_gathered(
+        pool: &sqlx::Pool<E::Db>,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        op: WriteOp,
+        pending: &mut Option<PendingInserts>,
+        used: &mut KeyUses,
+        log: &mut TxLog,
+    ) -> Result<()> {
+        if TxLog::needs_lock(&op) && !log.locked {
+            Self::lock_head(tx).await?;
+            log.locked = true;
+        }
+        log.note(&op);
+        match op {
+            WriteOp::Audit(a) => {
+                log.audits.push(a);
+                Ok(())
+            }
+            WriteOp::Insert { table, record, fields, indexes } => {
+                let full = pending
+                    .as_ref()
+                    .is_some_and(|p| p.table.name != table.name || p.rows.len() >= rows_per_insert(&p.table));
+                if full {
+                    Self::flush_inserts(pool, tx, pending, used).await?;
+                }
+                pending
+                    .get_or_insert_with(|| PendingInserts { table, rows: Vec::new() })
+                    .rows
+                    .push((record, fields, indexes));
+                Ok(())
+            }
+            other => {
+                Self::flush_inserts(pool, tx, pending, used).await?;
+                Self::apply_one(tx, other, used).await
+            }
+        }
+    }
+
+    /// The log of a transaction that changes no row and appends `audit`, if any: the head
+    /// lock is taken first (before any key row) when there is an entry.
+    async fn start_log(
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        audit: Option<crate::audit::AuditAppend>,
+    ) -> Result<TxLog> {
+        let log = TxLog { locked: audit.is_some(), rows: Vec::new(), audits: audit.into_iter().collect() };
+        if log.locked {
+            Self::lock_head(tx).await?;
+        }
+        Ok(log)
+    }
+
+    /// Appends the transaction's row log entries, then its audit entries (which so cover
+    /// them).
+    async fn finish_log(tx: &mut sqlx::Transaction<'static, E::Db>, log: TxLog) -> Result<()> {
+        Self::log_rows(tx, &log.rows).await?;
+        for a in log.audits {
+            Self::audit_append(tx, a).await?;
+        }
+        Ok(())
+    }
+
+    async fn insert_document_tx(tx: &mut sqlx::Transaction<'static, E::Db>, d: DocumentRow) -> Result<()> {
+        let res = query::<E>(&E::sql(
+                "INSERT INTO kluis_documents (tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta, key_version) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&d.tenant)
+            .bind(&d.document_id)
+            .bind(&d.domain)
+            .bind(&d.subject)
+            .bind(&d.record_id)
+            .bind(&d.object_name)
+            .bind(&d.key_ref)
+            .bind(d.padded_size)
+            .bind(d.created_at)
+            .bind(&d.sealed_meta)
+            .bind(document_key_version(&d.key_ref, &d.domain))
+            .execute(&mut **tx)
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if unique_violation(&e) => {
+                Err(StoreError::AlreadyExists { collection: "kluis_documents".into(), record: d.document_id })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn conflict(
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        table: &Table,
+        tenant: &str,
+        id: &str,
+        expected: i64,
+    ) -> StoreError {
+        let sql = format!("SELECT version FROM {} WHERE tenant = ? AND id = ?", table.name);
+        let found: std::result::Result<Option<i64>, sqlx::Error> =
+            query_scalar::<E, i64>(&E::sql(&sql)).bind(tenant).bind(id).fetch_optional(&mut **tx).await;
+        match found {
+            Err(e) => e.into(),
+            Ok(None) => StoreError::NotFound { collection: table.collection.clone(), record: id.to_owned() },
+            Ok(Some(v)) => match (u64::try_from(expected), u64::try_from(v)) {
+                (Ok(expected), Ok(found)) => StoreError::Conflict {
+                    collection: table.collection.clone(),
+                    record: id.to_owned(),
+                    expected,
+                    found,
+                },
+                _ => StoreError::Corrupt {
+                    what: "record version",
+                    reason: format!("{}/{id}: {v}", table.collection),
+                },
+            },
+        }
+    }
+
+    /// A cell may only be written under a subject key that still exists: the share lock
+    /// makes a concurrent re-encryption or shred that deletes such a version wait for this
+    /// commit (and then see the cell), or this writer see the deletion and give up
+    /// ([`StoreError::KeyChanged`]). Run once per batch, after its writes and before the
+    /// commit (the locks are held to the commit either way), a few hundred versions per
+    /// statement.
+    async fn require_subject_keys(tx: &mut sqlx::Transaction<'static, E::Db>, used: &KeyUses) -> Result<()> {
+        let all: Vec<(&str, &str, &str, i64)> = used.iter().collect();
+        for chunk in all.chunks(KEY_USES_PER_STATEMENT) {
+            let mut cond = String::with_capacity(chunk.len() * 64);
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    cond.push_str(" OR ");
+                }
+                cond.push_str("(tenant = ? AND domain = ? AND subject = ? AND version = ?)");
+            }
+            // The versions of a chunk are distinct and the table's primary key is
+            // (tenant, domain, subject, version): all exist exactly when the count of
+            // matching rows is the chunk's length. Counting sends one row back instead of
+            // a few hundred (on SQLite each row is a hop through sqlx's worker thread).
+            // PostgreSQL takes the share locks in the subquery (no FOR SHARE beside an
+            // aggregate); MariaDB keeps the plain locking read.
+            let count = match E::KIND {
+                EngineKind::Sqlite => Some(format!("SELECT COUNT(*) FROM kluis_subject_keys WHERE {cond}")),
+                EngineKind::Postgres => Some(format!(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM kluis_subject_keys WHERE {cond} FOR SHARE) AS held"
+                )),
+                EngineKind::MySql => None,
+            };
+            if let Some(sql) = count {
+                let sql = E::sql(&sql).into_owned();
+                let mut q = query_scalar::<E, i64>(&sql);
+                for (t, d, s, v) in chunk {
+                    q = q.bind(*t).bind(*d).bind(*s).bind(*v);
+                }
+                let n = q.fetch_one(&mut **tx).await?;
+                if usize::try_from(n).is_ok_and(|n| n == chunk.len()) {
+                    continue;
+                }
+            }
+            // MariaDB, or a version is missing: read the rows to name it.
+            let sql = format!(
+                "SELECT tenant, domain, subject, version FROM kluis_subject_keys WHERE {cond}{}",
+                E::SHARE_LOCK
+            );
+            let sql = E::sql(&sql).into_owned();
+            let mut q = query::<E>(&sql);
+            for (t, d, s, v) in chunk {
+                q = q.bind(*t).bind(*d).bind(*s).bind(*v);
+            }
+            let rows = q.fetch_all(&mut **tx).await?;
+            let mut found: Vec<(String, String, String, i64)> = Vec::with_capacity(rows.len());
+            for row in &rows {
+                found.push((text(row, 0)?, text(row, 1)?, text(row, 2)?, row.col(3)?));
+            }
+            found.sort_unstable();
+            for (t, d, s, v) in chunk {
+                let hit = found
+                    .binary_search_by(|f| {
+                        (f.0.as_str(), f.1.as_str(), f.2.as_str(), f.3).cmp(&(*t, *d, *s, *v))
+                    })
+                    .is_ok();
+                if !hit {
+                    return Err(StoreError::KeyChanged { what: format!("subject key {t}/{d}/{s} v{v}") });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn subject_key_from(row: &RowOf<E>) -> Result<SubjectKeyRow> {
+        Ok(SubjectKeyRow {
+            tenant: text(row, 0)?,
+            domain: text(row, 1)?,
+            subject: text(row, 2)?,
+            version: row.col(3)?,
+            wrapped: row.col(4)?,
+            created_at: row.col(5)?,
+            wrap_version: row.col(6)?,
+        })
+    }
+
+    fn document_from(row: &RowOf<E>) -> Result<DocumentRow> {
+        Ok(DocumentRow {
+            tenant: text(row, 0)?,
+            document_id: text(row, 1)?,
+            domain: text(row, 2)?,
+            subject: text(row, 3)?,
+            record_id: opt_text(row, 4)?,
+            object_name: text(row, 5)?,
+            key_ref: text(row, 6)?,
+            padded_size: row.col(7)?,
+            created_at: row.col(8)?,
+            sealed_meta: row.col(9)?,
+        })
+    }
 }
 
-/// How long a PostgreSQL purge waits for other transactions of the database to end.
-const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+impl<E: Engine> Backend for SqlBackend<E> {
+    type Database = E::Db;
+    const ENGINE: EngineKind = E::KIND;
 
-impl MySqlBackend {
-    async fn purge_engine(&self) -> Result<()> {
-        // OPTIMIZE TABLE rebuilds an InnoDB table into a new tablespace file.
-        for t in KEY_TABLES {
-            sqlx::query(&format!("OPTIMIZE TABLE {t}")).fetch_all(&self.pool).await?;
+    fn pool(&self) -> &sqlx::Pool<E::Db> {
+        &self.pool
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let m = Migrator::new(crate::engine::Embedded(E::MIGRATIONS)).await?;
+        m.run(&self.pool).await?;
+        self.backfill_versions().await
+    }
+
+    async fn install(&self, layout: &Layout) -> Result<()> {
+        // The catalog, not a `SELECT *` probe: PostgreSQL refuses a cached plan of one
+        // whose result type an ALTER TABLE changed.
+        for t in layout.tables() {
+            query::<E>(&t.create_sql::<E>()).execute(&self.pool).await?;
+            let rows = query::<E>(&E::sql(E::COLUMNS_SQL)).bind(&t.name).fetch_all(&self.pool).await?;
+            let existing = rows.iter().map(|r| text(r, 0)).collect::<Result<Vec<String>>>()?;
+            for sql in t.add_columns_sql::<E>(&existing).into_iter().chain(t.index_sql()) {
+                query::<E>(&sql).execute(&self.pool).await?;
+            }
+            let listed: i64 =
+                query_scalar::<E, i64>(&E::sql("SELECT COUNT(*) FROM kluis_tables WHERE collection = ?"))
+                    .bind(&t.collection)
+                    .fetch_one(&self.pool)
+                    .await?;
+            if listed == 0 {
+                let res =
+                    query::<E>(&E::sql("INSERT INTO kluis_tables (collection, table_name) VALUES (?, ?)"))
+                        .bind(&t.collection)
+                        .bind(&t.name)
+                        .execute(&self.pool)
+                        .await;
+                match res {
+                    Ok(_) => {}
+                    Err(e) if unique_violation(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
+        Ok(())
+    }
+
+    async fn legacy_records(&self, limit: u32) -> Result<Vec<(StoredRecord, Vec<IndexRow>)>> {
+        let sql = format!("SELECT {RECORD_COLS} FROM kluis_records ORDER BY tenant, collection, id LIMIT ?");
+        let rows = query::<E>(&E::sql(&sql)).bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
+        let mut out = Vec::with_capacity(recs.len());
+        // attach_fields reads the cells of one (tenant, collection) at a time.
+        for group in recs.chunk_by(|a, b| a.tenant == b.tenant && a.collection == b.collection) {
+            let Some(first) = group.first() else { continue };
+            out.extend(self.attach_fields(&first.tenant, &first.collection, group.to_vec()).await?);
+        }
+        let mut with_indexes = Vec::with_capacity(out.len());
+        for s in out {
+            let idx = query::<E>(&E::sql(
+                    "SELECT field, key_version, idx FROM kluis_blind_index WHERE tenant = ? AND collection = ? AND record_id = ?",
+                ))
+                .bind(&s.record.tenant)
+                .bind(&s.record.collection)
+                .bind(&s.record.id)
+                .fetch_all(&self.pool)
+                .await?;
+            let idx = idx
+                .iter()
+                .map(|r| Ok(IndexRow { field: text(r, 0)?, key_version: r.col(1)?, idx: r.col(2)? }))
+                .collect::<Result<Vec<_>>>()?;
+            with_indexes.push((s, idx));
+        }
+        Ok(with_indexes)
+    }
+
+    async fn move_legacy(&self, rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        Self::lock_head(&mut tx).await?;
+        let mut moved = Vec::with_capacity(rows.len());
+        for (table, s, idx) in &rows {
+            let r = &s.record;
+            let gone = query::<E>(&E::sql(
+                "DELETE FROM kluis_records WHERE tenant = ? AND collection = ? AND id = ? AND version = ?",
+            ))
+            .bind(&r.tenant)
+            .bind(&r.collection)
+            .bind(&r.id)
+            .bind(r.version)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone == 0 {
+                // Moved by another process meanwhile.
+                continue;
+            }
+            for t in ["kluis_fields", "kluis_blind_index"] {
+                let sql = format!("DELETE FROM {t} WHERE tenant = ? AND collection = ? AND record_id = ?");
+                query::<E>(&E::sql(&sql))
+                    .bind(&r.tenant)
+                    .bind(&r.collection)
+                    .bind(&r.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let row = [(r.clone(), s.fields.clone(), idx.clone())];
+            let (sql, args) = insert_rows(table, &row)?;
+            let sql = E::sql(&sql).into_owned();
+            query::<E>(&sql).bind_all(args.iter().map(Arg::borrowed)).execute(&mut *tx).await?;
+            moved.push(RowLogEntry::written(&r.tenant, &table.collection, &r.id, &r.tag));
+        }
+        Self::log_rows(&mut tx, &moved).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
+        let rows = query::<E>(&E::sql(
+            "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys \
+                 WHERE tenant = ? AND domain = ? ORDER BY version",
+        ))
+        .bind(tenant)
+        .bind(domain)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DomainKeyRow {
+                    tenant: text(r, 0)?,
+                    domain: text(r, 1)?,
+                    version: r.col(2)?,
+                    state: text(r, 3)?,
+                    wrapped: r.col(4)?,
+                    tag: r.col(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn all_domain_keys(&self) -> Result<Vec<DomainKeyRow>> {
+        let rows = query::<E>(
+                "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys ORDER BY tenant, domain, version",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DomainKeyRow {
+                    tenant: text(r, 0)?,
+                    domain: text(r, 1)?,
+                    version: r.col(2)?,
+                    state: text(r, 3)?,
+                    wrapped: r.col(4)?,
+                    tag: r.col(5)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn put_domain_keys(
+        &self,
+        rows: Vec<DomainKeyRow>,
+        insert_only: bool,
+        audit: Option<crate::audit::AuditAppend>,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let log = Self::start_log(&mut tx, audit).await?;
+        for r in rows {
+            let updated = if insert_only {
+                0
+            } else {
+                query::<E>(&E::sql(
+                        "UPDATE kluis_domain_keys SET state = ?, wrapped = ?, tag = ? WHERE tenant = ? AND domain = ? AND version = ?",
+                    ))
+                    .bind(&r.state)
+                    .bind(&r.wrapped)
+                    .bind(&r.tag)
+                    .bind(&r.tenant)
+                    .bind(&r.domain)
+                    .bind(r.version)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            };
+            if updated == 0 {
+                let res = query::<E>(&E::sql(
+                        "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
+                    ))
+                    .bind(&r.tenant)
+                    .bind(&r.domain)
+                    .bind(r.version)
+                    .bind(&r.state)
+                    .bind(&r.wrapped)
+                    .bind(&r.tag)
+                    .execute(&mut *tx)
+                    .await;
+                match res {
+                    Ok(_) => {}
+                    Err(e) if unique_violation(&e) => {
+                        return Err(StoreError::AlreadyExists {
+                            collection: "kluis_domain_keys".into(),
+                            record: format!("{}/{} v{}", r.tenant, r.domain, r.version),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Self::finish_log(&mut tx, log).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn subject_keys(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<SubjectKeyRow>> {
+        let rows = query::<E>(&E::sql(
+                "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
+                 WHERE tenant = ? AND domain = ? AND subject = ? ORDER BY version",
+            ))
+            .bind(tenant)
+            .bind(domain)
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::subject_key_from).collect()
+    }
+
+    async fn all_subject_keys(&self, tenant: &str, domain: &str) -> Result<Vec<SubjectKeyRow>> {
+        let rows = query::<E>(&E::sql(
+                "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
+                 WHERE tenant = ? AND domain = ? ORDER BY subject, version",
+            ))
+            .bind(tenant)
+            .bind(domain)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::subject_key_from).collect()
+    }
+
+    async fn insert_subject_key(&self, row: SubjectKeyRow) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        // The wrapping domain key version must still be live; the share lock keeps a
+        // concurrent retirement of it waiting until this key is visible to its check.
+        Self::require_live_domain_key(&mut tx, &row.tenant, &row.domain, row.wrap_version).await?;
+        let inserted = Self::insert_subject_key_tx(&mut tx, &row).await?;
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    async fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            query::<E>(&E::sql(
+                    "UPDATE kluis_subject_keys SET wrapped = ?, wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                ))
+                .bind(&r.wrapped)
+                .bind(r.wrap_version)
+                .bind(&r.tenant)
+                .bind(&r.domain)
+                .bind(&r.subject)
+                .bind(r.version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let mut used = KeyUses::default();
+        let mut pending = None;
+        let mut log = TxLog::default();
+        // The head lock before any row lock (see crate::row_log).
+        if ops.iter().any(TxLog::needs_lock) {
+            Self::lock_head(&mut tx).await?;
+            log.locked = true;
+        }
+        for op in ops {
+            // On error `tx` is dropped without commit: everything rolls back.
+            Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used, &mut log).await?;
+        }
+        Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
+        Self::finish_log(&mut tx, log).await?;
+        Self::require_subject_keys(&mut tx, &used).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn apply_stream(&self, mut ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>) -> Result<()> {
+        let cut = || StoreError::Invalid("the batch ended before its end mark; nothing was written".into());
+        // Nothing is begun before the first write arrives (a failed check sends none).
+        let mut next = ops.recv().await.ok_or_else(cut)?;
+        let mut tx = self.pool.begin().await?;
+        let mut used = KeyUses::default();
+        let mut pending = None;
+        let mut log = TxLog::default();
+        while let Some(op) = next {
+            // On error `tx` is dropped without commit: everything rolls back.
+            Self::apply_gathered(&self.pool, &mut tx, op, &mut pending, &mut used, &mut log).await?;
+            next = ops.recv().await.ok_or_else(cut)?;
+        }
+        drop(ops);
+        Self::flush_inserts(&self.pool, &mut tx, &mut pending, &mut used).await?;
+        Self::finish_log(&mut tx, log).await?;
+        Self::require_subject_keys(&mut tx, &used).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get(&self, table: &Table, tenant: &str, id: &str) -> Result<Option<StoredRecord>> {
+        let sql = format!("SELECT {} FROM {} WHERE tenant = ? AND id = ?", table.select_list(""), table.name);
+        let row = query::<E>(&E::sql(&sql)).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
+        row.map(|r| Self::stored_from(table, &r)).transpose()
+    }
+
+    async fn existing_ids(&self, table: &Table, tenant: &str, ids: &[&str]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(1000) {
+            let sql = format!(
+                "SELECT id FROM {} WHERE tenant = ? AND id IN ({})",
+                table.name,
+                placeholders(chunk.len())
+            );
+            let sql = E::sql(&sql).into_owned();
+            let mut q = query::<E>(&sql).bind(tenant);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                out.push(text(&r, 0)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn list(
+        &self,
+        table: &Table,
+        tenant: &str,
+        subject: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<StoredRecord>> {
+        let sql = E::sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
+        let mut q = query::<E>(&sql).bind(tenant);
+        if let Some(s) = subject {
+            q = q.bind(s);
+        }
+        if let Some(a) = after {
+            q = q.bind(a);
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Self::stored_from(table, r)).collect()
+    }
+
+    async fn list_each(
+        &self,
+        table: &Table,
+        tenant: &str,
+        subject: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+        out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
+    ) -> Result<()> {
+        let sql = E::sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
+        let mut q = query::<E>(&sql).bind(tenant);
+        if let Some(s) = subject {
+            q = q.bind(s);
+        }
+        if let Some(a) = after {
+            q = q.bind(a);
+        }
+        q.bind(i64::from(limit))
+            .for_each(&self.pool, |row| Ok(out.send(Self::stored_from(table, &row)?).is_ok()))
+            .await
+    }
+
+    async fn find_index(
+        &self,
+        table: &Table,
+        tenant: &str,
+        field: &str,
+        candidates: Vec<(i64, Vec<u8>)>,
+    ) -> Result<Vec<StoredRecord>> {
+        let (i, j) = index_columns(table, field)?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cond = String::new();
+        for n in 0..candidates.len() {
+            if n > 0 {
+                cond.push_str(" OR ");
+            }
+            cond.push_str(&format!("({i} = ? AND {j} = ?)"));
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE tenant = ? AND ({cond}) ORDER BY id",
+            table.select_list(""),
+            table.name
+        );
+        let sql = E::sql(&sql).into_owned();
+        let mut q = query::<E>(&sql).bind(tenant);
+        for (v, idx) in &candidates {
+            q = q.bind(idx.as_slice()).bind(*v);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Self::stored_from(table, r)).collect()
+    }
+
+    async fn subject_records(&self, layout: &Layout, tenant: &str, subject: &str) -> Result<Vec<RecordRow>> {
+        let mut out = Vec::new();
+        for t in layout.tables() {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE tenant = ? AND subject = ? ORDER BY id",
+                t.select_list(""),
+                t.name
+            );
+            let rows = query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
+            for r in &rows {
+                out.push(Self::stored_from(t, r)?.record);
+            }
+        }
+        out.sort_by(|a, b| (&a.collection, &a.id).cmp(&(&b.collection, &b.id)));
+        Ok(out)
+    }
+
+    async fn index_rows(&self, layout: &Layout, tenant: &str) -> Result<Vec<(String, String, String, i64)>> {
+        let mut out = Vec::new();
+        for t in layout.tables() {
+            for c in &t.cells {
+                let Some((i, j)) = &c.index else { continue };
+                let sql = format!("SELECT id, {j} FROM {} WHERE tenant = ? AND {i} IS NOT NULL", t.name);
+                let rows = query::<E>(&E::sql(&sql)).bind(tenant).fetch_all(&self.pool).await?;
+                for r in &rows {
+                    out.push((t.collection.clone(), text(r, 0)?, c.field.clone(), r.col(1)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_subject(
+        &self,
+        tenant: &str,
+        subject: &str,
+        audit: Option<OverrideRow>,
+        entry: Option<crate::audit::AuditAppend>,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // The head lock first: on SQLite it takes the write lock up front.
+        Self::lock_head(&mut tx).await?;
+        let tables = query::<E>("SELECT collection, table_name FROM kluis_tables ORDER BY collection")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut removed = 0u64;
+        let mut gone = Vec::new();
+        for row in &tables {
+            let collection = text(row, 0)?;
+            let name = text(row, 1)?;
+            if !crate::layout::is_table_name(&name) {
+                return Err(StoreError::Corrupt {
+                    what: "kluis_tables",
+                    reason: format!("table name {name:?}"),
+                });
+            }
+            for id in Self::subject_row_ids(&mut tx, &name, tenant, subject).await? {
+                gone.push(RowLogEntry {
+                    tenant: tenant.to_owned(),
+                    collection: collection.clone(),
+                    record: id,
+                    tag: None,
+                });
+            }
+            let sql = format!("DELETE FROM {name} WHERE tenant = ? AND subject = ?");
+            removed +=
+                query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?.rows_affected();
+        }
+        // Rows of the legacy layout not moved yet.
+        let legacy =
+            query::<E>(&E::sql("SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?"))
+                .bind(tenant)
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?;
+        for row in &legacy {
+            let collection = text(row, 0)?;
+            let id = text(row, 1)?;
+            for table in ["kluis_fields", "kluis_blind_index"] {
+                let sql =
+                    format!("DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ?");
+                query::<E>(&E::sql(&sql)).bind(tenant).bind(&collection).bind(&id).execute(&mut *tx).await?;
+            }
+        }
+        removed += legacy.len() as u64;
+        for table in ["kluis_records", "kluis_subject_keys", "kluis_documents"] {
+            let sql = format!("DELETE FROM {table} WHERE tenant = ? AND subject = ?");
+            query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?;
+        }
+        if let Some(a) = audit {
+            Self::insert_override(&mut tx, a).await?;
+        }
+        Self::finish_log(&mut tx, TxLog { locked: true, rows: gone, audits: entry.into_iter().collect() })
+            .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn record_override(&self, row: OverrideRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::insert_override(&mut tx, row).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(query_scalar::<E, Vec<u8>>(&E::sql("SELECT value FROM kluis_meta WHERE name = ?"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
+        // One statement (an upsert), so two processes recording at once cannot collide.
+        let sql = match E::KIND {
+            EngineKind::MySql => {
+                "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)"
+            }
+            EngineKind::Postgres | EngineKind::Sqlite => {
+                "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            }
+        };
+        query::<E>(&E::sql(sql)).bind(name).bind(value).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_document(&self, d: DocumentRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        Self::insert_document_tx(&mut tx, d).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_documents(&self, tenant: &str, filter: DocumentFilter<'_>) -> Result<Vec<DocumentRow>> {
+        let (col, val) = match filter {
+            DocumentFilter::Subject(s) => ("subject", s),
+            DocumentFilter::Record(r) => ("record_id", r),
+        };
+        let sql = format!(
+            "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
+                 FROM kluis_documents WHERE tenant = ? AND {col} = ? ORDER BY document_id"
+        );
+        let rows = query::<E>(&E::sql(&sql)).bind(tenant).bind(val).fetch_all(&self.pool).await?;
+        rows.iter().map(Self::document_from).collect()
+    }
+
+    async fn delete_document(&self, tenant: &str, document_id: &str) -> Result<bool> {
+        let done = query::<E>(&E::sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
+            .bind(tenant)
+            .bind(document_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn purge(&self) -> Result<()> {
+        E::purge(&self.pool).await
+    }
+
+    async fn document(&self, tenant: &str, document_id: &str) -> Result<Option<DocumentRow>> {
+        let row = query::<E>(&E::sql(
+                "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
+                 FROM kluis_documents WHERE tenant = ? AND document_id = ?",
+            ))
+            .bind(tenant)
+            .bind(document_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::document_from).transpose()
+    }
+
+    async fn replace_document(&self, expected_object_name: &str, d: DocumentRow) -> Result<bool> {
+        let done = query::<E>(&E::sql(
+                "UPDATE kluis_documents SET domain = ?, subject = ?, record_id = ?, object_name = ?, key_ref = ?, \
+                 padded_size = ?, created_at = ?, sealed_meta = ?, key_version = ? \
+                 WHERE tenant = ? AND document_id = ? AND object_name = ?",
+            ))
+            .bind(&d.domain)
+            .bind(&d.subject)
+            .bind(&d.record_id)
+            .bind(&d.object_name)
+            .bind(&d.key_ref)
+            .bind(d.padded_size)
+            .bind(d.created_at)
+            .bind(&d.sealed_meta)
+            .bind(document_key_version(&d.key_ref, &d.domain))
+            .bind(&d.tenant)
+            .bind(&d.document_id)
+            .bind(expected_object_name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn document_object_names(&self) -> Result<Vec<String>> {
+        let rows = query::<E>("SELECT DISTINCT object_name FROM kluis_documents ORDER BY object_name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| text(r, 0)).collect()
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        let rows = query::<E>("SELECT DISTINCT tenant FROM kluis_domain_keys ORDER BY tenant")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| text(r, 0)).collect()
+    }
+
+    async fn key_usage(&self, layout: &Layout, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
+        use std::collections::BTreeMap;
+        let mut out: BTreeMap<(String, String, i64), KeyUsageRow> = BTreeMap::new();
+        let filter = |col: &str| match tenant {
+            Some(_) => format!(" WHERE {col} = ?"),
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT tenant, domain, version, state FROM kluis_domain_keys{} ORDER BY tenant, domain, version",
+            filter("tenant")
+        );
+        let sql = E::sql(&sql).into_owned();
+        let mut q = query::<E>(&sql);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            let (t, d, v) = (text(&r, 0)?, text(&r, 1)?, r.col::<i64>(2)?);
+            let state = text(&r, 3)?;
+            out.insert(
+                (t.clone(), d.clone(), v),
+                KeyUsageRow { tenant: t, domain: d, version: v, state, ..KeyUsageRow::default() },
+            );
+        }
+        // (statement, which count)
+        let queries: [(String, u8); 3] = [
+            // Records of the legacy layout not moved yet.
+            (
+                format!(
+                    "SELECT x.tenant, x.domain, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT s.tenant, s.domain, s.wrap_version, f.collection, f.record_id \
+                         FROM kluis_fields f JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                         JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version{}) x \
+                         GROUP BY x.tenant, x.domain, x.wrap_version",
+                    filter("f.tenant")
+                ),
+                1,
+            ),
+            (
+                format!(
+                    "SELECT tenant, domain, wrap_version, COUNT(*) FROM kluis_subject_keys{} GROUP BY tenant, domain, wrap_version",
+                    filter("tenant")
+                ),
+                0,
+            ),
+            (
+                format!(
+                    "SELECT s.tenant, s.domain, s.wrap_version, COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
+                         AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version{} GROUP BY s.tenant, s.domain, s.wrap_version",
+                    filter("d.tenant")
+                ),
+                2,
+            ),
+        ];
+        for (sql, which) in &queries {
+            let sql = E::sql(sql).into_owned();
+            let mut q = query::<E>(&sql);
+            if let Some(t) = tenant {
+                q = q.bind(t);
+            }
+            for r in q.fetch_all(&self.pool).await? {
+                let (t, d, v) = (text(&r, 0)?, text(&r, 1)?, r.col::<i64>(2)?);
+                let n = count_of(r.col::<i64>(3)?)?;
+                let e = out.entry((t.clone(), d.clone(), v)).or_insert_with(|| KeyUsageRow {
+                    tenant: t,
+                    domain: d,
+                    version: v,
+                    state: "missing".into(),
+                    ..KeyUsageRow::default()
+                });
+                match which {
+                    0 => e.subject_keys = n,
+                    1 => e.records += n,
+                    _ => e.documents = n,
+                }
+            }
+        }
+        // Records: per table and domain, those with a cell sealed under a subject key
+        // that the domain key version wraps.
+        for t in layout.tables() {
+            for d in t.domains() {
+                let sql = format!(
+                    "SELECT x.tenant, x.wrap_version, COUNT(*) FROM (SELECT DISTINCT r.tenant, r.id, s.wrap_version FROM {} r \
+                         JOIN kluis_subject_keys s ON s.tenant = r.tenant AND s.domain = ? AND s.subject = r.subject AND {}{}) x \
+                         GROUP BY x.tenant, x.wrap_version",
+                    t.name,
+                    versions_in(t, d),
+                    filter("r.tenant")
+                );
+                let sql = E::sql(&sql).into_owned();
+                let mut q = query::<E>(&sql).bind(d);
+                if let Some(tn) = tenant {
+                    q = q.bind(tn);
+                }
+                for r in q.fetch_all(&self.pool).await? {
+                    let (tn, v) = (text(&r, 0)?, r.col::<i64>(1)?);
+                    let n = count_of(r.col::<i64>(2)?)?;
+                    let e = out.entry((tn.clone(), d.to_owned(), v)).or_insert_with(|| KeyUsageRow {
+                        tenant: tn,
+                        domain: d.to_owned(),
+                        version: v,
+                        state: "missing".into(),
+                        ..KeyUsageRow::default()
+                    });
+                    e.records += n;
+                }
+            }
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn reencrypt_candidates(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+        domain: &str,
+        active: i64,
+        limit: u32,
+    ) -> Result<Vec<String>> {
+        // A stale key that is not the newest, seals no cell and is used by a document is
+        // waiting for the documents' re-encryption: not a candidate (it would block others).
+        let mut sealing = String::new();
+        for t in layout.tables() {
+            if t.cells_in(domain).next().is_some() {
+                sealing.push_str(&format!(
+                        " OR EXISTS (SELECT 1 FROM {} r WHERE r.tenant = s.tenant AND r.subject = s.subject AND {})",
+                        t.name,
+                        versions_in(t, domain)
+                    ));
+            }
+        }
+        let sql = format!(
+            "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? AND ( \
+                 NOT EXISTS (SELECT 1 FROM kluis_subject_keys n WHERE n.tenant = s.tenant AND n.domain = s.domain AND n.subject = s.subject AND n.version > s.version) \
+                 {sealing} \
+                 OR NOT EXISTS (SELECT 1 FROM kluis_documents d WHERE d.tenant = s.tenant AND d.domain = s.domain AND d.subject = s.subject AND d.key_version = s.version)) \
+                 ORDER BY s.subject LIMIT ?"
+        );
+        let keys = query::<E>(&E::sql(&sql))
+            .bind(tenant)
+            .bind(domain)
+            .bind(active)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = std::collections::BTreeSet::new();
+        for r in &keys {
+            out.insert(text(r, 0)?);
+        }
+        out.extend(self.stale_index_subjects(layout, tenant, domain, active, Some(limit)).await?);
+        Ok(out.into_iter().take(limit as usize).collect())
+    }
+
+    async fn count_stale_subjects(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+        domain: &str,
+        active: i64,
+    ) -> Result<u64> {
+        let rows = query::<E>(&E::sql(
+                "SELECT DISTINCT subject FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version <> ?",
+            ))
+            .bind(tenant)
+            .bind(domain)
+            .bind(active)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut subjects = std::collections::BTreeSet::new();
+        for r in &rows {
+            subjects.insert(text(r, 0)?);
+        }
+        subjects.extend(self.stale_index_subjects(layout, tenant, domain, active, None).await?);
+        Ok(subjects.len() as u64)
+    }
+
+    async fn subject_cells(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+        domain: &str,
+        subject: &str,
+    ) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        for t in layout.tables() {
+            let cols: Vec<&str> = t.cells_in(domain).map(|c| c.sealed.as_str()).collect();
+            if cols.is_empty() {
+                continue;
+            }
+            let any = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" OR ");
+            let sql = format!(
+                "SELECT {} FROM {} WHERE tenant = ? AND subject = ? AND ({any}) ORDER BY id",
+                t.select_list(""),
+                t.name
+            );
+            let rows = query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).fetch_all(&self.pool).await?;
+            for r in &rows {
+                out.push(Self::stored_from(t, r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
+        match self.reencrypt_subject_tx(&plan).await {
+            Ok(dropped) => Ok(ReencryptOutcome { applied: true, dropped }),
+            Err(e) if is_concurrency_error(&e) => {
+                Ok(ReencryptOutcome { applied: false, dropped: Vec::new() })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn rotate_domain_keys(
+        &self,
+        updates: Vec<KeyRowUpdate>,
+        new: DomainKeyRow,
+        audit: Option<crate::audit::AuditAppend>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let log = Self::start_log(&mut tx, audit).await?;
+        Self::update_key_rows(&mut tx, &updates).await?;
+        let res = query::<E>(&E::sql(
+                "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&new.tenant)
+            .bind(&new.domain)
+            .bind(new.version)
+            .bind(&new.state)
+            .bind(&new.wrapped)
+            .bind(&new.tag)
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(e) if unique_violation(&e) => {
+                return Err(StoreError::KeyChanged {
+                    what: format!(
+                        "domain key {}/{} v{} was created concurrently",
+                        new.tenant, new.domain, new.version
+                    ),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Self::finish_log(&mut tx, log).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        Self::update_key_rows(&mut tx, &updates).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn destroy_domain_version(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+        domain: &str,
+        version: i64,
+        retag: Vec<KeyRowUpdate>,
+        audit: Option<crate::audit::AuditAppend>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let log = Self::start_log(&mut tx, audit).await?;
+        let sql = format!(
+            "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
+            E::UPDATE_LOCK
+        );
+        let row = query::<E>(&E::sql(&sql))
+            .bind(tenant)
+            .bind(domain)
+            .bind(version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let v32 = u32::try_from(version)
+            .map_err(|_| StoreError::Invalid(format!("domain key version {version} out of range")))?;
+        let state = match &row {
+            Some(r) => text(r, 0)?,
+            None => {
+                return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                    key: format!("{tenant}/{domain} v{version}"),
+                }));
+            }
+        };
+        match kluis_core::KeyState::parse(&state) {
+            Ok(kluis_core::KeyState::DecryptOnly) => {}
+            Ok(kluis_core::KeyState::Active) => {
+                return Err(StoreError::ActiveKey {
+                    tenant: tenant.into(),
+                    domain: domain.into(),
+                    version: v32,
+                });
+            }
+            Ok(kluis_core::KeyState::Destroyed) => return Ok(()),
+            _ => {
+                return Err(StoreError::KeyIntegrity {
+                    what: format!("domain key {tenant}/{domain} v{version}"),
+                });
+            }
+        }
+        let (subject_keys, records, documents, indexes) =
+            Self::version_usage(&mut tx, layout, tenant, domain, version).await?;
+        if subject_keys + records + documents + indexes > 0 {
+            return Err(StoreError::KeyInUse {
+                tenant: tenant.into(),
+                domain: domain.into(),
+                version: v32,
+                subject_keys,
+                records: records.max(indexes.min(1)),
+                documents,
+            });
+        }
+        // `retag` holds the destroyed row (state, no wrap, no tag) and every other live row
+        // with its tag over the new set, each written only if it is still as read.
+        if !retag
+            .iter()
+            .any(|u| u.new.version == version && u.new.state == kluis_core::KeyState::Destroyed.as_str())
+        {
+            return Err(StoreError::Invalid(format!(
+                "destroying {tenant}/{domain} v{version}: the update does not destroy it"
+            )));
+        }
+        Self::update_key_rows(&mut tx, &retag).await?;
+        Self::finish_log(&mut tx, log).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rewrap_domain_key_rows(
+        &self,
+        rows: Vec<(DomainKeyRow, Vec<u8>)>,
+        audit: Option<crate::audit::AuditAppend>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let log = Self::start_log(&mut tx, audit).await?;
+        for (r, old) in rows {
+            let done = query::<E>(&E::sql(
+                    "UPDATE kluis_domain_keys SET wrapped = ? WHERE tenant = ? AND domain = ? AND version = ? AND wrapped = ?",
+                ))
+                .bind(&r.wrapped)
+                .bind(&r.tenant)
+                .bind(&r.domain)
+                .bind(r.version)
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                // Dropping `tx` rolls back every row written so far.
+                return Err(StoreError::KeyChanged {
+                    what: format!("domain key {}/{} v{}", r.tenant, r.domain, r.version),
+                });
+            }
+        }
+        Self::finish_log(&mut tx, log).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl<E: Engine> SqlBackend<E> {
+    /// Writes each update only if its row still holds what was read (state, wrapped key
+    /// and tag): a concurrent change makes the whole transaction fail with
+    /// [`StoreError::KeyChanged`].
+    async fn update_key_rows(
+        conn: &mut <E::Db as sqlx::Database>::Connection,
+        updates: &[KeyRowUpdate],
+    ) -> Result<()> {
+        let sql = format!(
+            "UPDATE kluis_domain_keys SET state = ?, wrapped = ?, tag = ? \
+                 WHERE tenant = ? AND domain = ? AND version = ? AND state = ? AND {} AND {}",
+            E::null_safe_eq("wrapped"),
+            E::null_safe_eq("tag"),
+        );
+        for u in updates {
+            if (&u.new.tenant, &u.new.domain, u.new.version) != (&u.old.tenant, &u.old.domain, u.old.version)
+            {
+                return Err(StoreError::Invalid("a key row update names two rows".into()));
+            }
+            let done = query::<E>(&E::sql(&sql))
+                .bind(&u.new.state)
+                .bind(&u.new.wrapped)
+                .bind(&u.new.tag)
+                .bind(&u.old.tenant)
+                .bind(&u.old.domain)
+                .bind(u.old.version)
+                .bind(&u.old.state)
+                .bind(&u.old.wrapped)
+                .bind(&u.old.tag)
+                .execute(&mut *conn)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::KeyChanged {
+                    what: format!(
+                        "domain key {}/{} v{} changed concurrently",
+                        u.old.tenant, u.old.domain, u.old.version
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, E::Db>> {
+        // SQLite: take the write lock at BEGIN so a read-then-write transaction cannot
+        // fail on a snapshot another writer moved on from.
+        Ok(match E::KIND {
+            EngineKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            _ => self.pool.begin().await?,
+        })
+    }
+
+    async fn require_live_domain_key(
+        conn: &mut <E::Db as sqlx::Database>::Connection,
+        tenant: &str,
+        domain: &str,
+        version: i64,
+    ) -> Result<()> {
+        let sql = format!(
+            "SELECT state FROM kluis_domain_keys WHERE tenant = ? AND domain = ? AND version = ?{}",
+            E::SHARE_LOCK
+        );
+        let row = query::<E>(&E::sql(&sql))
+            .bind(tenant)
+            .bind(domain)
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let live = match &row {
+            Some(r) => matches!(
+                kluis_core::KeyState::parse(&text(r, 0)?),
+                Ok(kluis_core::KeyState::Active | kluis_core::KeyState::DecryptOnly)
+            ),
+            None => false,
+        };
+        if !live {
+            return Err(StoreError::KeyChanged { what: format!("domain key {tenant}/{domain} v{version}") });
+        }
+        Ok(())
+    }
+
+    async fn insert_subject_key_tx(
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        row: &SubjectKeyRow,
+    ) -> Result<bool> {
+        let res = query::<E>(&E::sql(
+                "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(&row.tenant)
+            .bind(&row.domain)
+            .bind(&row.subject)
+            .bind(row.version)
+            .bind(&row.wrapped)
+            .bind(row.created_at)
+            .bind(row.wrap_version)
+            .execute(&mut **tx)
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) if unique_violation(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn count(
+        conn: &mut <E::Db as sqlx::Database>::Connection,
+        sql: &str,
+        binds: &[Bind<'_>],
+    ) -> Result<u64> {
+        let sql = E::sql(sql).into_owned();
+        let mut q = query_scalar::<E, i64>(&sql);
+        for b in binds {
+            q = match b {
+                Bind::S(s) => q.bind(*s),
+                Bind::I(i) => q.bind(*i),
+            };
+        }
+        count_of(q.fetch_one(&mut *conn).await?)
+    }
+
+    /// Usage of one domain key version, inside a transaction (locking reads on MariaDB).
+    async fn version_usage(
+        tx: &mut <E::Db as sqlx::Database>::Connection,
+        layout: &Layout,
+        tenant: &str,
+        domain: &str,
+        version: i64,
+    ) -> Result<(u64, u64, u64, u64)> {
+        let binds = [Bind::S(tenant), Bind::S(domain), Bind::I(version)];
+        let keys = Self::count(
+                tx,
+                &format!(
+                    "SELECT COUNT(*) FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version = ?{}",
+                    E::COUNT_LOCK
+                ),
+                &binds,
+            )
+            .await?;
+        let mut indexes = 0u64;
+        // Records of the legacy layout not moved yet count too.
+        let mut records = Self::count(
+                tx,
+                "SELECT COUNT(*) FROM (SELECT DISTINCT f.collection, f.record_id FROM kluis_fields f \
+                 JOIN kluis_records r ON r.tenant = f.tenant AND r.collection = f.collection AND r.id = f.record_id \
+                 JOIN kluis_subject_keys s ON s.tenant = f.tenant AND s.domain = f.domain AND s.subject = r.subject AND s.version = f.key_version \
+                 WHERE f.tenant = ? AND f.domain = ? AND s.wrap_version = ?) x",
+                &binds,
+            )
+            .await?;
+        for t in layout.tables() {
+            for c in t.cells_in(domain) {
+                let Some((i, j)) = &c.index else { continue };
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} = ?{}",
+                    t.name,
+                    E::COUNT_LOCK
+                );
+                indexes += Self::count(tx, &sql, &[Bind::S(tenant), Bind::I(version)]).await?;
+            }
+            if t.cells_in(domain).next().is_some() {
+                let sql = format!(
+                    "SELECT COUNT(*) FROM (SELECT DISTINCT r.id FROM {} r JOIN kluis_subject_keys s ON s.tenant = r.tenant \
+                         AND s.domain = ? AND s.subject = r.subject AND {} WHERE r.tenant = ? AND s.wrap_version = ?) x",
+                    t.name,
+                    versions_in(t, domain)
+                );
+                records +=
+                    Self::count(tx, &sql, &[Bind::S(domain), Bind::S(tenant), Bind::I(version)]).await?;
+            }
+        }
+        let documents = Self::count(
+            tx,
+            "SELECT COUNT(*) FROM kluis_documents d JOIN kluis_subject_keys s ON s.tenant = d.tenant \
+                 AND s.domain = d.domain AND s.subject = d.subject AND s.version = d.key_version \
+                 WHERE d.tenant = ? AND d.domain = ? AND s.wrap_version = ?",
+            &binds,
+        )
+        .await?;
+        Ok((keys, records, documents, indexes))
+    }
+
+    async fn reencrypt_subject_tx(&self, plan: &ReencryptPlan) -> Result<Vec<i64>> {
+        use sqlx::Acquire;
+        let mut tx = self.begin_write().await?;
+        Self::lock_head(&mut tx).await?;
+        let mut rewritten = Vec::with_capacity(plan.records.len());
+        if let Some(k) = &plan.new_key {
+            Self::require_live_domain_key(&mut tx, &k.tenant, &k.domain, k.wrap_version).await?;
+            if !Self::insert_subject_key_tx(&mut tx, k).await? {
+                return Err(StoreError::KeyChanged {
+                    what: format!(
+                        "subject key {}/{}/{} v{} was created concurrently",
+                        k.tenant, k.domain, k.subject, k.version
+                    ),
+                });
+            }
+        }
+        for r in &plan.records {
+            let t = &r.table;
+            let sql = format!("SELECT version FROM {} WHERE tenant = ? AND id = ?{}", t.name, E::UPDATE_LOCK);
+            let found: Option<i64> = query_scalar::<E, i64>(&E::sql(&sql))
+                .bind(&plan.tenant)
+                .bind(&r.id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if found != Some(r.version) {
+                // Changed or deleted since the plan read it: the step is tried again.
+                return Err(StoreError::KeyChanged {
+                    what: format!("record {}/{} changed", t.collection, r.id),
+                });
+            }
+            check_fields(t, &r.cells, &r.indexes)?;
+            let mut sql = format!("UPDATE {} SET row_tag = ?", t.name);
+            let mut args = vec![Arg::B(Some(r.tag.as_slice()))];
+            for c in &r.cells {
+                let Some(cols) = t.cell(&c.field) else { continue };
+                sql.push_str(&format!(", {} = ?, {} = ?", cols.sealed, cols.version));
+                args.push(Arg::B(Some(c.sealed.as_slice())));
+                args.push(Arg::I(Some(c.key_version)));
+            }
+            for i in &r.indexes {
+                let (ic, jc) = index_columns(t, &i.field)?;
+                sql.push_str(&format!(", {ic} = ?, {jc} = ?"));
+                args.push(Arg::B(Some(i.idx.as_slice())));
+                args.push(Arg::I(Some(i.key_version)));
+            }
+            sql.push_str(" WHERE tenant = ? AND id = ? AND version = ? AND row_tag = ?");
+            args.push(Arg::S(&plan.tenant));
+            args.push(Arg::S(&r.id));
+            args.push(Arg::I(Some(r.version)));
+            args.push(Arg::B(Some(r.expected_tag.as_slice())));
+            let sql = E::sql(&sql).into_owned();
+            let done = query::<E>(&sql).bind_all(args.iter().map(Arg::borrowed)).execute(&mut *tx).await?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::KeyChanged {
+                    what: format!("record {}/{} changed", t.collection, r.id),
+                });
+            }
+            rewritten.push(RowLogEntry::written(&plan.tenant, &t.collection, &r.id, &r.tag));
+        }
+        Self::log_rows(&mut tx, &rewritten).await?;
+        let mut dropped = Vec::new();
+        for v in &plan.drop_versions {
+            // Delete first (this waits for writers holding a share lock on the key row),
+            // then look for users; keep the key (roll back to the savepoint) if any.
+            let mut sp = (&mut tx).begin().await?;
+            query::<E>(&E::sql(
+                    "DELETE FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                ))
+                .bind(&plan.tenant)
+                .bind(&plan.domain)
+                .bind(&plan.subject)
+                .bind(*v)
+                .execute(&mut *sp)
+                .await?;
+            let mut cells = 0u64;
+            for t in &plan.tables {
+                let cols: Vec<&str> = t.cells_in(&plan.domain).map(|c| c.version.as_str()).collect();
+                if cols.is_empty() {
+                    continue;
+                }
+                let any = cols.iter().map(|c| format!("{c} = ?")).collect::<Vec<_>>().join(" OR ");
+                let sql = format!(
+                    "SELECT COUNT(*) FROM {} WHERE tenant = ? AND subject = ? AND ({any}){}",
+                    t.name,
+                    E::COUNT_LOCK
+                );
+                let mut binds = vec![Bind::S(&plan.tenant), Bind::S(&plan.subject)];
+                binds.extend(cols.iter().map(|_| Bind::I(*v)));
+                cells += Self::count(&mut sp, &sql, &binds).await?;
+            }
+            let binds = [Bind::S(&plan.tenant), Bind::S(&plan.domain), Bind::S(&plan.subject), Bind::I(*v)];
+            let docs = Self::count(
+                    &mut sp,
+                    &format!(
+                        "SELECT COUNT(*) FROM kluis_documents WHERE tenant = ? AND domain = ? AND subject = ? AND key_version = ?{}",
+                        E::COUNT_LOCK
+                    ),
+                    &binds,
+                )
+                .await?;
+            if cells + docs == 0 {
+                sp.commit().await?;
+                dropped.push(*v);
+            } else {
+                sp.rollback().await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(dropped)
+    }
+
+    /// Subjects with a blind index of a `domain` field under another version than `active`.
+    async fn stale_index_subjects(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+        domain: &str,
+        active: i64,
+        limit: Option<u32>,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for t in layout.tables() {
+            for c in t.cells_in(domain) {
+                let Some((i, j)) = &c.index else { continue };
+                let mut sql = format!(
+                    "SELECT DISTINCT subject FROM {} WHERE tenant = ? AND {i} IS NOT NULL AND {j} <> ? ORDER BY subject",
+                    t.name
+                );
+                if limit.is_some() {
+                    sql.push_str(" LIMIT ?");
+                }
+                let sql = E::sql(&sql).into_owned();
+                let mut q = query::<E>(&sql).bind(tenant).bind(active);
+                if let Some(l) = limit {
+                    q = q.bind(i64::from(l));
+                }
+                for r in q.fetch_all(&self.pool).await? {
+                    out.push(text(&r, 0)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn backfill_versions(&self) -> Result<()> {
+        let keys = query::<E>(
+            "SELECT tenant, domain, subject, version, wrapped FROM kluis_subject_keys WHERE wrap_version = 0",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let docs = query::<E>(
+            "SELECT tenant, document_id, domain, key_ref FROM kluis_documents WHERE key_version IS NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut doc_versions = Vec::new();
+        for r in &docs {
+            if let Some(v) = document_key_version(&text(r, 3)?, &text(r, 2)?) {
+                doc_versions.push((text(r, 0)?, text(r, 1)?, v));
+            }
+        }
+        if keys.is_empty() && doc_versions.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in &keys {
+            let wrapped: Vec<u8> = r.col(4)?;
+            // A row whose header does not parse was altered: it stays 0 and fails to open.
+            let Ok(h) = kluis_core::SealedHeader::parse(&wrapped) else { continue };
+            query::<E>(&E::sql(
+                    "UPDATE kluis_subject_keys SET wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
+                ))
+                .bind(i64::from(h.key.version))
+                .bind(text(r, 0)?)
+                .bind(text(r, 1)?)
+                .bind(text(r, 2)?)
+                .bind(r.col::<i64>(3)?)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (t, d, v) in doc_versions {
+            query::<E>(&E::sql(
+                "UPDATE kluis_documents SET key_version = ? WHERE tenant = ? AND document_id = ?",
+            ))
+            .bind(v)
+            .bind(t)
+            .bind(d)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_override(tx: &mut sqlx::Transaction<'static, E::Db>, a: OverrideRow) -> Result<()> {
+        query::<E>(&E::sql(
+                "INSERT INTO kluis_legal_overrides (tenant, action, target, reason, authorised_by, at) VALUES (?, ?, ?, ?, ?, ?)",
+            ))
+            .bind(a.tenant)
+            .bind(a.action)
+            .bind(a.target)
+            .bind(a.reason)
+            .bind(a.authorised_by)
+            .bind(a.at)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 }

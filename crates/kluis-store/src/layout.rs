@@ -29,7 +29,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Engine, FieldRow, RecordRow};
+use crate::backend::{FieldRow, RecordRow};
+use crate::engine::Engine;
 use crate::error::{Result, StoreError};
 use crate::schema::{Collection, FieldType, Schema};
 
@@ -147,24 +148,15 @@ impl Table {
     }
 
     /// The statement that creates the table on `engine`, if absent.
-    pub(crate) fn create_sql(&self, engine: Engine) -> String {
-        let (int, blob, key) = match engine {
-            Engine::Sqlite => ("INTEGER", "BLOB", "TEXT"),
-            Engine::Postgres => ("BIGINT", "BYTEA", "TEXT"),
-            // Ids compare byte by byte (ascii_bin) as on the other engines; 128 characters max.
-            Engine::MySql => ("BIGINT", "LONGBLOB", "VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin"),
-        };
-        let idx_blob = match engine {
-            Engine::MySql => "VARBINARY(64)",
-            _ => blob,
-        };
+    pub(crate) fn create_sql<E: Engine>(&self) -> String {
+        let crate::engine::Ddl { int, blob, id: key, index: idx_blob } = E::DDL;
         let mut cols = format!(
             "tenant {key} NOT NULL, id {key} NOT NULL, subject {key} NOT NULL, version {int} NOT NULL, \
              created_at {int} NOT NULL, updated_at {int} NOT NULL, retain_until {int}, row_tag {blob} NOT NULL"
         );
         for c in &self.cells {
             match c.clear {
-                Some(ty) => cols.push_str(&format!(", {} {}", c.sealed, clear_type(engine, ty))),
+                Some(ty) => cols.push_str(&format!(", {} {}", c.sealed, E::clear_type(ty))),
                 None => cols.push_str(&format!(", {} {blob}, {} {int}", c.sealed, c.version)),
             }
             if let Some((i, j)) = &c.index {
@@ -175,17 +167,17 @@ impl Table {
     }
 
     /// The statements that create the table's indexes, if absent (after its columns exist).
-    pub(crate) fn index_sql(&self, engine: Engine) -> Vec<String> {
+    pub(crate) fn index_sql(&self) -> Vec<String> {
         let t = &self.name;
         let mut out = vec![
-            index_sql(engine, &ident("kluis_s_", &self.collection), t, "tenant, subject"),
+            create_index(&ident("kluis_s_", &self.collection), t, "tenant, subject"),
             // The service looks a record id up in every tenant (`Store::record_owners`).
-            index_sql(engine, &ident("kluis_i_", &self.collection), t, "id"),
+            create_index(&ident("kluis_i_", &self.collection), t, "id"),
         ];
         for c in &self.cells {
             if let Some((i, _)) = &c.index {
                 let name = ident("kluis_x_", &format!("{}_{}", self.collection, c.field));
-                out.push(index_sql(engine, &name, t, &format!("tenant, {i}")));
+                out.push(create_index(&name, t, &format!("tenant, {i}")));
             }
         }
         out
@@ -193,16 +185,8 @@ impl Table {
 
     /// `ALTER TABLE` statements that add the columns of `self` missing from `existing` (column
     /// names as the database reports them).
-    pub(crate) fn add_columns_sql(&self, engine: Engine, existing: &[String]) -> Vec<String> {
-        let (int, blob) = match engine {
-            Engine::Sqlite => ("INTEGER", "BLOB"),
-            Engine::Postgres => ("BIGINT", "BYTEA"),
-            Engine::MySql => ("BIGINT", "LONGBLOB"),
-        };
-        let idx_blob = match engine {
-            Engine::MySql => "VARBINARY(64)",
-            _ => blob,
-        };
+    pub(crate) fn add_columns_sql<E: Engine>(&self, existing: &[String]) -> Vec<String> {
+        let crate::engine::Ddl { int, blob, index: idx_blob, .. } = E::DDL;
         let has = |c: &str| existing.iter().any(|e| e.eq_ignore_ascii_case(c));
         let mut out = Vec::new();
         for c in &self.cells {
@@ -212,7 +196,7 @@ impl Table {
                         "ALTER TABLE {} ADD COLUMN {} {}",
                         self.name,
                         c.sealed,
-                        clear_type(engine, ty)
+                        E::clear_type(ty)
                     ));
                 }
                 continue;
@@ -235,29 +219,8 @@ impl Table {
     }
 }
 
-/// The column type of a clear field: the engine's integer, boolean and binary types; text for
-/// text, decimals and percentages (exactly as written; `CAST` to sort them as numbers) and dates
-/// (`YYYY-MM-DD`, which sorts as text).
-fn clear_type(engine: Engine, ty: FieldType) -> &'static str {
-    match (engine, ty) {
-        (Engine::Sqlite, FieldType::Integer | FieldType::Bool) => "INTEGER",
-        (Engine::Sqlite, FieldType::Bytes) => "BLOB",
-        (Engine::Sqlite, _) => "TEXT",
-        (Engine::Postgres, FieldType::Integer) => "BIGINT",
-        (Engine::Postgres, FieldType::Bool) => "BOOLEAN",
-        (Engine::Postgres, FieldType::Bytes) => "BYTEA",
-        (Engine::Postgres, _) => "TEXT",
-        (Engine::MySql, FieldType::Integer) => "BIGINT",
-        (Engine::MySql, FieldType::Bool) => "BOOLEAN",
-        (Engine::MySql, FieldType::Bytes) => "LONGBLOB",
-        (Engine::MySql, FieldType::Date) => "VARCHAR(10) CHARACTER SET ascii COLLATE ascii_bin",
-        (Engine::MySql, _) => "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
-    }
-}
-
-fn index_sql(engine: Engine, name: &str, table: &str, cols: &str) -> String {
+fn create_index(name: &str, table: &str, cols: &str) -> String {
     // MariaDB, PostgreSQL and SQLite all know IF NOT EXISTS here (MySQL 8 does not).
-    let _ = engine;
     format!("CREATE INDEX IF NOT EXISTS {name} ON {table} ({cols})")
 }
 

@@ -18,6 +18,7 @@
 pub mod access;
 pub mod audit;
 pub mod backend;
+pub mod engine;
 mod error;
 pub mod layout;
 pub mod row_log;
@@ -25,7 +26,8 @@ pub mod schema;
 mod store;
 mod value;
 
-pub use backend::{Backend, DocumentRow, Engine, MySqlBackend, PostgresBackend, SqliteBackend};
+pub use backend::{Backend, DocumentRow, MySqlBackend, PostgresBackend, SqlBackend, SqliteBackend};
+pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Schema, field};
 pub use store::{

@@ -1,0 +1,94 @@
+//! MariaDB and MySQL (InnoDB). How they differ from the other two:
+//!
+//! - **Placeholders** `?`, as the store's SQL is written.
+//! - **Locks**: `LOCK IN SHARE MODE` / `FOR UPDATE` on a `SELECT`. A plain read in a transaction
+//!   sees the transaction's first snapshot (repeatable read); a locking read sees the latest
+//!   committed rows, so a `COUNT(*)` that must see them takes a shared lock.
+//! - **Types**: `BIGINT`, `LONGBLOB`; ids are `VARCHAR(128)` in `ascii_bin`, which compares byte
+//!   by byte like the other engines (and which the driver reports as binary: names are read as
+//!   bytes and checked to be UTF-8); a blind index is `VARBINARY(64)`, short enough for an index.
+//! - **Retry**: deadlock (1213, SQLSTATE 40001) and lock wait timeout (1205, HY000).
+//! - **Purge**: `OPTIMIZE TABLE` rebuilds each key table into a new tablespace file.
+
+use std::borrow::Cow;
+
+use sqlx::Database;
+
+use super::{Ddl, Engine, EngineKind, KEY_TABLES, Sealed};
+use crate::error::Result;
+use crate::schema::FieldType;
+
+/// MariaDB or MySQL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MySql;
+
+impl Sealed for MySql {}
+
+impl Engine for MySql {
+    type Db = sqlx::MySql;
+    type Args<'q> = sqlx::mysql::MySqlArguments;
+
+    const KIND: EngineKind = EngineKind::MySql;
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (1, "init", include_str!("../../migrations/mysql/0001_init.sql")),
+        (2, "audit", include_str!("../../migrations/mysql/0002_audit.sql")),
+        (3, "key_versions", include_str!("../../migrations/mysql/0003_key_versions.sql")),
+        (4, "access", include_str!("../../migrations/mysql/0004_access.sql")),
+        (5, "key_tags", include_str!("../../migrations/mysql/0005_key_tags.sql")),
+        (6, "tables", include_str!("../../migrations/mysql/0006_tables.sql")),
+        (7, "row_log", include_str!("../../migrations/mysql/0007_row_log.sql")),
+    ];
+    const SHARE_LOCK: &'static str = " LOCK IN SHARE MODE";
+    const UPDATE_LOCK: &'static str = " FOR UPDATE";
+    const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
+    const COUNT_LOCK: &'static str = " LOCK IN SHARE MODE";
+    const DDL: Ddl = Ddl {
+        int: "BIGINT",
+        blob: "LONGBLOB",
+        id: "VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin",
+        index: "VARBINARY(64)",
+    };
+    const COLUMNS_SQL: &'static str = "SELECT column_name FROM information_schema.columns \
+         WHERE table_schema = DATABASE() AND table_name = ?";
+
+    fn clear_type(ty: FieldType) -> &'static str {
+        match ty {
+            FieldType::Integer => "BIGINT",
+            FieldType::Bool => "BOOLEAN",
+            FieldType::Bytes => "LONGBLOB",
+            FieldType::Date => "VARCHAR(10) CHARACTER SET ascii COLLATE ascii_bin",
+            _ => "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+        }
+    }
+
+    fn sql(sql: &str) -> Cow<'_, str> {
+        Cow::Borrowed(sql)
+    }
+
+    fn null_safe_eq(column: &str) -> String {
+        format!("{column} <=> ?")
+    }
+
+    fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {
+        matches!(e.code().as_deref(), Some("40001"))
+            || e.message().contains("Deadlock")
+            || e.message().contains("Lock wait timeout")
+    }
+
+    fn exec<'c>(
+        c: &'c mut <Self::Db as Database>::Connection,
+    ) -> impl sqlx::Executor<'c, Database = Self::Db> + 'c {
+        c
+    }
+
+    fn rows_affected(r: &<Self::Db as Database>::QueryResult) -> u64 {
+        r.rows_affected()
+    }
+
+    async fn purge(pool: &sqlx::Pool<Self::Db>) -> Result<()> {
+        for t in KEY_TABLES {
+            sqlx::query(&format!("OPTIMIZE TABLE {t}")).fetch_all(pool).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,121 @@
+//! PostgreSQL. How it differs from the other two:
+//!
+//! - **Placeholders** `$1, $2, ...`: [`Engine::sql`] numbers the store's `?` (its SQL has no `?`
+//!   inside a literal).
+//! - **Locks**: `FOR SHARE` / `FOR UPDATE` on a `SELECT`. Transactions run at read committed,
+//!   so each statement sees the rows committed before it started: a `COUNT(*)` needs no lock.
+//! - **Types**: `BIGINT`, `BYTEA`, `TEXT`, `BOOLEAN`.
+//! - **Retry**: serialization failure (40001) and deadlock (40P01).
+//! - **Purge**: `VACUUM (FULL)` writes each key table to a new file; the old one, with the dead
+//!   tuples that held key bytes, is unlinked at the next checkpoint.
+
+use std::borrow::Cow;
+
+use sqlx::Database;
+
+use super::{Cols, Ddl, Engine, EngineKind, KEY_TABLES, Sealed};
+use crate::error::Result;
+use crate::schema::FieldType;
+
+/// PostgreSQL.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Postgres;
+
+impl Sealed for Postgres {}
+
+/// How long a purge waits for other transactions of the database to end.
+const PURGE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Engine for Postgres {
+    type Db = sqlx::Postgres;
+    type Args<'q> = sqlx::postgres::PgArguments;
+
+    const KIND: EngineKind = EngineKind::Postgres;
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (1, "init", include_str!("../../migrations/postgres/0001_init.sql")),
+        (2, "audit", include_str!("../../migrations/postgres/0002_audit.sql")),
+        (3, "key_versions", include_str!("../../migrations/postgres/0003_key_versions.sql")),
+        (4, "access", include_str!("../../migrations/postgres/0004_access.sql")),
+        (5, "key_tags", include_str!("../../migrations/postgres/0005_key_tags.sql")),
+        (6, "tables", include_str!("../../migrations/postgres/0006_tables.sql")),
+        (7, "row_log", include_str!("../../migrations/postgres/0007_row_log.sql")),
+    ];
+    const SHARE_LOCK: &'static str = " FOR SHARE";
+    const UPDATE_LOCK: &'static str = " FOR UPDATE";
+    const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
+    const COUNT_LOCK: &'static str = "";
+    const DDL: Ddl = Ddl { int: "BIGINT", blob: "BYTEA", id: "TEXT", index: "BYTEA" };
+    const COLUMNS_SQL: &'static str = "SELECT column_name FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = ?";
+
+    fn clear_type(ty: FieldType) -> &'static str {
+        match ty {
+            FieldType::Integer => "BIGINT",
+            FieldType::Bool => "BOOLEAN",
+            FieldType::Bytes => "BYTEA",
+            _ => "TEXT",
+        }
+    }
+
+    fn sql(sql: &str) -> Cow<'_, str> {
+        let mut out = String::with_capacity(sql.len() + 16);
+        let mut n = 0u32;
+        for c in sql.chars() {
+            if c == '?' {
+                n += 1;
+                out.push('$');
+                out.push_str(&n.to_string());
+            } else {
+                out.push(c);
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    fn null_safe_eq(column: &str) -> String {
+        format!("{column} IS NOT DISTINCT FROM ?")
+    }
+
+    fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {
+        matches!(e.code().as_deref(), Some("40001" | "40P01"))
+    }
+
+    fn exec<'c>(
+        c: &'c mut <Self::Db as Database>::Connection,
+    ) -> impl sqlx::Executor<'c, Database = Self::Db> + 'c {
+        c
+    }
+
+    fn rows_affected(r: &<Self::Db as Database>::QueryResult) -> u64 {
+        r.rows_affected()
+    }
+
+    async fn purge(pool: &sqlx::Pool<Self::Db>) -> Result<()> {
+        // A row version that another transaction of this database could still see ("recently
+        // dead": any backend with an older snapshot, an autovacuum ANALYZE included) is copied
+        // into the new file, so the rewrite waits until no other backend of the database holds a
+        // snapshot (up to PURGE_WAIT), and runs twice: a snapshot taken between the check and the
+        // first rewrite keeps nothing the second one would.
+        let mut conn = pool.acquire().await?;
+        for _ in 0..2 {
+            let deadline = std::time::Instant::now() + PURGE_WAIT;
+            loop {
+                let row = sqlx::query(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+                     AND pid <> pg_backend_pid() AND backend_xmin IS NOT NULL",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                let others: i64 = row.col(0)?;
+                if others == 0 || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            for t in KEY_TABLES {
+                sqlx::query(&format!("VACUUM (FULL) {t}")).execute(&mut *conn).await?;
+            }
+        }
+        Ok(())
+    }
+}

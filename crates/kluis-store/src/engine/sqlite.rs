@@ -1,0 +1,100 @@
+//! SQLite, the embedded default. How it differs from the other two:
+//!
+//! - **Placeholders** `?`, as the store's SQL is written.
+//! - **Locks**: none on a `SELECT`. A write transaction holds the database's one write lock
+//!   from its first write to its commit, so write transactions are serial and a row read inside
+//!   one cannot change under it. The audit head is locked by a no-op `UPDATE` of its row, which
+//!   takes the write lock.
+//! - **Types**: `INTEGER` (64-bit), `BLOB`, `TEXT`; a boolean is an `INTEGER` 0 or 1.
+//! - **Retry**: `SQLITE_BUSY` (5) and its extended codes 517 (`BUSY_SNAPSHOT`) and 261
+//!   (`BUSY_RECOVERY`) when the busy timeout ran out.
+//! - **Purge**: `secure_delete` zeroes freed cells and pages, `VACUUM` rewrites the file without
+//!   free pages, and `wal_checkpoint(TRUNCATE)` empties the write-ahead log.
+
+use std::borrow::Cow;
+
+use sqlx::Database;
+
+use super::{Cols, Ddl, Engine, EngineKind, Sealed};
+use crate::error::{Result, StoreError};
+use crate::schema::FieldType;
+
+/// SQLite.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sqlite;
+
+impl Sealed for Sqlite {}
+
+impl Engine for Sqlite {
+    type Db = sqlx::Sqlite;
+    type Args<'q> = sqlx::sqlite::SqliteArguments<'q>;
+
+    const KIND: EngineKind = EngineKind::Sqlite;
+    const MIGRATIONS: &'static [(i64, &'static str, &'static str)] = &[
+        (1, "init", include_str!("../../migrations/sqlite/0001_init.sql")),
+        (2, "audit", include_str!("../../migrations/sqlite/0002_audit.sql")),
+        (3, "key_versions", include_str!("../../migrations/sqlite/0003_key_versions.sql")),
+        (4, "access", include_str!("../../migrations/sqlite/0004_access.sql")),
+        (5, "key_tags", include_str!("../../migrations/sqlite/0005_key_tags.sql")),
+        (6, "tables", include_str!("../../migrations/sqlite/0006_tables.sql")),
+        (7, "row_log", include_str!("../../migrations/sqlite/0007_row_log.sql")),
+    ];
+    const SHARE_LOCK: &'static str = "";
+    const UPDATE_LOCK: &'static str = "";
+    const LOCK_HEAD: &'static str = "UPDATE kluis_audit_head SET seq = seq WHERE id = 1";
+    const COUNT_LOCK: &'static str = "";
+    const DDL: Ddl = Ddl { int: "INTEGER", blob: "BLOB", id: "TEXT", index: "BLOB" };
+    const COLUMNS_SQL: &'static str = "SELECT name FROM pragma_table_info(?)";
+
+    fn clear_type(ty: FieldType) -> &'static str {
+        match ty {
+            FieldType::Integer | FieldType::Bool => "INTEGER",
+            FieldType::Bytes => "BLOB",
+            _ => "TEXT",
+        }
+    }
+
+    fn sql(sql: &str) -> Cow<'_, str> {
+        Cow::Borrowed(sql)
+    }
+
+    fn null_safe_eq(column: &str) -> String {
+        format!("{column} IS ?")
+    }
+
+    fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {
+        matches!(e.code().as_deref(), Some("5" | "517" | "261"))
+    }
+
+    fn exec<'c>(
+        c: &'c mut <Self::Db as Database>::Connection,
+    ) -> impl sqlx::Executor<'c, Database = Self::Db> + 'c {
+        c
+    }
+
+    fn rows_affected(r: &<Self::Db as Database>::QueryResult) -> u64 {
+        r.rows_affected()
+    }
+
+    async fn purge(pool: &sqlx::Pool<Self::Db>) -> Result<()> {
+        use sqlx::Connection;
+        let mut conn = pool.acquire().await?;
+        // secure_delete zeroes freed cells and pages; VACUUM rewrites the file without free pages
+        // (where older copies of a row can linger after page splits); checkpoint(TRUNCATE) copies
+        // the WAL into the database file and truncates the WAL to zero bytes.
+        sqlx::query("PRAGMA secure_delete = ON").execute(&mut *conn).await?;
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
+        for _ in 0..50 {
+            let row = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").fetch_one(&mut *conn).await?;
+            let busy: i64 = row.col(0)?;
+            if busy == 0 {
+                conn.ping().await?;
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        Err(StoreError::Invalid(
+            "the sqlite write-ahead log could not be truncated: other connections keep reading; retry the purge".into(),
+        ))
+    }
+}
