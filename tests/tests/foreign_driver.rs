@@ -12,7 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use kluis_core::{Context, DomainName, LocalKeyring, TenantId};
-use kluis_store::{Schema, SqliteBackend, Store};
+use kluis_store::{Schema, Sqlite, Store};
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -42,7 +42,7 @@ async fn another_driver_seals_its_own_columns() {
 
     // Kluis keys: wrapped domain keys in the store's own tables (SQLite here), root key in a keyring.
     let dir = tempfile::tempdir().unwrap();
-    let keys = Store::new(SqliteBackend::open(&dir.path().join("keys.db")).await.unwrap(), Schema::default());
+    let keys = Store::new(Sqlite::open(&dir.path().join("keys.db")).await.unwrap(), Schema::default());
     keys.migrate().await.unwrap();
     let keyring = LocalKeyring::generate(0).unwrap();
     let tenant = TenantId::new("acme").unwrap();

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kluis_core::{DocumentMetadata, DomainKeySet, DomainName, KeyKind, KeyRef, Plaintext, SubjectKey};
+use kluis_store::Engine;
 use kluis_store::audit::AuditAppend;
-use kluis_store::backend::Backend;
 use kluis_store::{Access, DocumentRow, Store, StoreError};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -82,12 +82,12 @@ pub struct DocReencryptProgress {
 }
 
 /// Documents with their catalog: objects in a [`DocumentVault`], rows in a [`Store`].
-pub struct Documents<S: Backend, B: BlobBackend> {
+pub struct Documents<S: Engine, B: BlobBackend> {
     store: Arc<Store<S>>,
     vault: DocumentVault<B>,
 }
 
-impl<S: Backend, B: BlobBackend> fmt::Debug for Documents<S, B> {
+impl<S: Engine, B: BlobBackend> fmt::Debug for Documents<S, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Documents").field("vault", &self.vault).finish_non_exhaustive()
     }
@@ -142,7 +142,7 @@ fn require<'a>(access: &'a Access, domain: &str) -> Result<&'a DomainKeySet> {
     })
 }
 
-impl<S: Backend, B: BlobBackend> Documents<S, B> {
+impl<S: Engine, B: BlobBackend> Documents<S, B> {
     /// Documents stored through `vault`, catalogued in `store`.
     pub fn new(store: Arc<Store<S>>, vault: DocumentVault<B>) -> Self {
         Self { store, vault }

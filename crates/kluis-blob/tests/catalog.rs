@@ -20,7 +20,7 @@ use kluis_blob::{
     ObjectName, Upload,
 };
 use kluis_core::{DomainName, Error as CoreError, KeyKind, KeyRef, LocalKeyring, TenantId};
-use kluis_store::{Access, DocumentRow, Schema, SqliteBackend, Store, StoreError};
+use kluis_store::{Access, DocumentRow, Schema, Sqlite, Store, StoreError};
 
 const SCHEMA: &str = r#"
 [collections.absence.fields]
@@ -30,7 +30,7 @@ diagnosis  = { type = "text", domain = "medical" }
 
 /// A SQLite store with a keyring, a doctor (general + medical) and HR (general only).
 struct Catalog {
-    store: Arc<Store<SqliteBackend>>,
+    store: Arc<Store<Sqlite>>,
     keyring: LocalKeyring,
     tenant: TenantId,
     doctor: Access,
@@ -41,7 +41,7 @@ struct Catalog {
 impl Catalog {
     async fn new() -> Self {
         let tmp = tempfile::tempdir().unwrap();
-        let backend = SqliteBackend::open(&tmp.path().join("kluis.db")).await.unwrap();
+        let backend = Sqlite::open(&tmp.path().join("kluis.db")).await.unwrap();
         let store = Store::new(backend, Schema::from_toml(SCHEMA).unwrap());
         store.migrate().await.unwrap();
         let keyring = LocalKeyring::generate(0).unwrap();
@@ -141,7 +141,7 @@ impl<B: BlobBackend> BlobBackend for Faulty<B> {
 
 struct Fixture<B: BlobBackend> {
     cat: Catalog,
-    docs: Documents<SqliteBackend, Faulty<B>>,
+    docs: Documents<Sqlite, Faulty<B>>,
     fail_after_commit: Arc<AtomicBool>,
     fail_delete: Arc<AtomicBool>,
 }

@@ -16,15 +16,13 @@ use std::time::Instant;
 use kluis_blob::catalog::Documents;
 use kluis_blob::{DocumentVault, LocalDir};
 use kluis_core::{DomainName, LocalKeyring, TenantId};
-use kluis_store::{Changes, NewRecord, Op, Schema, SqliteBackend, Store};
+use kluis_store::{Changes, NewRecord, Op, Schema, Sqlite, Store};
 
 const SCHEMA: &str = kluis_cli::config::DEFAULT_SCHEMA;
 
-async fn store(dir: &std::path::Path) -> Arc<Store<SqliteBackend>> {
-    let s = Store::new(
-        SqliteBackend::open(&dir.join("b.sqlite")).await.unwrap(),
-        Schema::from_toml(SCHEMA).unwrap(),
-    );
+async fn store(dir: &std::path::Path) -> Arc<Store<Sqlite>> {
+    let s =
+        Store::new(Sqlite::open(&dir.join("b.sqlite")).await.unwrap(), Schema::from_toml(SCHEMA).unwrap());
     s.migrate().await.unwrap();
     Arc::new(s)
 }

@@ -17,7 +17,7 @@ use kluis_service::authz::{
     StoreRegistry, UserId,
 };
 use kluis_service::clock::SystemClock;
-use kluis_store::Backend;
+use kluis_store::Engine;
 use serde_json::json;
 
 use crate::env::Env;
@@ -54,13 +54,13 @@ fn opt_utc(t: Option<SystemTime>) -> String {
     t.map(utc).unwrap_or_else(|| "never".into())
 }
 
-struct Registry<B: Backend> {
+struct Registry<B: Engine> {
     reg: Arc<StoreRegistry<B>>,
     authz: Authorizer,
     tenant: TenantId,
 }
 
-async fn open<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, tenant: &str) -> Result<Registry<B>> {
+async fn open<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>, tenant: &str) -> Result<Registry<B>> {
     let tenant = env.tenant(tenant).await?;
     let root: Arc<dyn RootKeyProvider> = Arc::clone(env.root().await?) as Arc<dyn RootKeyProvider>;
     let reg = Arc::new(StoreRegistry::new(Arc::clone(&env.store), root));
@@ -86,7 +86,7 @@ fn status_text(s: &GrantStatus, expires: SystemTime, now: SystemTime) -> String 
 }
 
 /// `kluis access review --tenant T`.
-pub async fn review<B: Backend, O: BlobBackend + Clone>(
+pub async fn review<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     tenant: &str,
@@ -192,7 +192,7 @@ pub async fn review<B: Backend, O: BlobBackend + Clone>(
 }
 
 /// `kluis access assign --tenant T --user U --role R`.
-pub async fn assign<B: Backend, O: BlobBackend + Clone>(
+pub async fn assign<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     tenant: &str,
@@ -211,7 +211,7 @@ pub async fn assign<B: Backend, O: BlobBackend + Clone>(
 }
 
 /// `kluis access grant --tenant T --user U --domain D [--action A] --days N`.
-pub async fn grant<B: Backend, O: BlobBackend + Clone>(
+pub async fn grant<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     tenant: &str,
@@ -245,7 +245,7 @@ pub async fn grant<B: Backend, O: BlobBackend + Clone>(
 }
 
 /// `kluis access revoke --tenant T --grant G`.
-pub async fn revoke<B: Backend, O: BlobBackend + Clone>(
+pub async fn revoke<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     tenant: &str,

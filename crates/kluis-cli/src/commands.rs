@@ -9,7 +9,7 @@ use kluis_core::{DomainName, KeyState, TenantId};
 use kluis_keyring::KeyringFile;
 use kluis_service::{AdminActor, AdminEvent};
 use kluis_store::schema::FieldType;
-use kluis_store::{Access, Backend, FieldValue, LegalOverride, NewRecord, Op, Record, Value};
+use kluis_store::{Access, Engine, FieldValue, LegalOverride, NewRecord, Op, Record, Value};
 use serde_json::{Value as Json, json};
 
 use crate::cli::{
@@ -34,7 +34,7 @@ pub struct CommandJob {
 impl Job for CommandJob {
     type Out = Report;
 
-    async fn run<B: Backend, O: BlobBackend + Clone + 'static>(self, mut env: Env<B, O>) -> Result<Report> {
+    async fn run<B: Engine, O: BlobBackend + Clone + 'static>(self, mut env: Env<B, O>) -> Result<Report> {
         let actor = self.actor;
         match self.command {
             Command::Status => status(&env).await,
@@ -75,7 +75,7 @@ impl Job for CommandJob {
 
 /// Records an administrative event in the audit log through the service facade
 /// ([`kluis_service::Service::record_admin`]; same hash chain as data access).
-pub async fn audit_admin<B: Backend, O: BlobBackend + Clone>(
+pub async fn audit_admin<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     event: AdminEvent,
@@ -127,7 +127,7 @@ struct InitJob {
 impl Job for InitJob {
     type Out = Report;
 
-    async fn run<B: Backend, O: BlobBackend + Clone + 'static>(mut self, env: Env<B, O>) -> Result<Report> {
+    async fn run<B: Engine, O: BlobBackend + Clone + 'static>(mut self, env: Env<B, O>) -> Result<Report> {
         let root = self.root.take().ok_or(CliError::NotAvailable("root key provider"))?;
         env.store.record_keyring_generation(root.provider()).await?;
         let mut r = Report::new(json!({
@@ -153,7 +153,7 @@ fn root_display(root: &str) -> String {
 
 // ------------------------------------------------------------------ status, tenants, keys list
 
-async fn status<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
+async fn status<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
     let usage = env.store.key_usage(None).await?;
     let tenants = env.tenants().await?;
     let pending: Vec<_> = usage
@@ -192,7 +192,7 @@ async fn status<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<R
     Ok(r)
 }
 
-async fn tenant_add<B: Backend, O: BlobBackend + Clone>(
+async fn tenant_add<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     tenant: &str,
@@ -234,7 +234,7 @@ async fn tenant_add<B: Backend, O: BlobBackend + Clone>(
     Ok(r)
 }
 
-async fn tenant_list<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
+async fn tenant_list<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>) -> Result<Report> {
     let tenants = env.tenants().await?;
     let names: Vec<&str> = tenants.iter().map(TenantId::as_str).collect();
     let mut r = Report::new(json!({ "tenants": names }));
@@ -247,7 +247,7 @@ async fn tenant_list<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>) -> Res
     Ok(r)
 }
 
-async fn keys_list<B: Backend, O: BlobBackend + Clone>(
+async fn keys_list<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     tenant: Option<&str>,
 ) -> Result<Report> {
@@ -292,7 +292,7 @@ async fn keys_list<B: Backend, O: BlobBackend + Clone>(
 
 // ------------------------------------------------------------------ key lifecycle
 
-async fn keys_rotate<B: Backend, O: BlobBackend + Clone>(
+async fn keys_rotate<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     td: &TenantDomain,
@@ -313,7 +313,7 @@ async fn keys_rotate<B: Backend, O: BlobBackend + Clone>(
     Ok(r)
 }
 
-async fn keys_retire<B: Backend, O: BlobBackend + Clone>(
+async fn keys_retire<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     td: &TenantDomain,
@@ -337,7 +337,7 @@ async fn keys_retire<B: Backend, O: BlobBackend + Clone>(
     Ok(r)
 }
 
-async fn rotate_root<B: Backend, O: BlobBackend + Clone>(env: &mut Env<B, O>, actor: &str) -> Result<Report> {
+async fn rotate_root<B: Engine, O: BlobBackend + Clone>(env: &mut Env<B, O>, actor: &str) -> Result<Report> {
     let root = env.root_mut().await?;
     let version = match root {
         Root::Keyring(file) => Some(file.rotate()?),
@@ -365,7 +365,7 @@ async fn rotate_root<B: Backend, O: BlobBackend + Clone>(env: &mut Env<B, O>, ac
     Ok(r)
 }
 
-async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
+async fn migrate_root<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     to: &str,
@@ -434,7 +434,7 @@ async fn migrate_root<B: Backend, O: BlobBackend + Clone>(
     Ok(r)
 }
 
-async fn keys_adopt<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, actor: &str) -> Result<Report> {
+async fn keys_adopt<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>, actor: &str) -> Result<Report> {
     let provider = env.provider().await?;
     let rep = env.store.adopt_legacy_keys(provider).await?;
     let event = AdminEvent::Other {
@@ -459,7 +459,7 @@ async fn keys_adopt<B: Backend, O: BlobBackend + Clone>(env: &Env<B, O>, actor: 
     Ok(r)
 }
 
-async fn record_generation<B: Backend, O: BlobBackend + Clone>(
+async fn record_generation<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
 ) -> Result<Report> {
@@ -483,7 +483,7 @@ async fn record_generation<B: Backend, O: BlobBackend + Clone>(
 
 // ------------------------------------------------------------------ reencrypt
 
-async fn reencrypt_cmd<B: Backend, O: BlobBackend + Clone + 'static>(
+async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     env: &Env<B, O>,
     actor: &str,
     args: &ReencryptArgs,
@@ -543,7 +543,7 @@ async fn reencrypt_cmd<B: Backend, O: BlobBackend + Clone + 'static>(
 
 // ------------------------------------------------------------------ shred
 
-async fn subject_exists<B: Backend, O: BlobBackend + Clone>(
+async fn subject_exists<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     access: &Access,
     subject: &str,
@@ -560,7 +560,7 @@ async fn subject_exists<B: Backend, O: BlobBackend + Clone>(
     Ok(false)
 }
 
-async fn shred<B: Backend, O: BlobBackend + Clone>(
+async fn shred<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     args: &ShredArgs,
@@ -721,7 +721,7 @@ fn parse_line(target: &ImportTarget<'_>, no: usize, text: &str) -> std::result::
     Ok(Line { no, id, record: rec })
 }
 
-async fn import<B: Backend, O: BlobBackend + Clone>(
+async fn import<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     args: &ImportArgs,
@@ -844,7 +844,7 @@ fn record_json(r: &Record) -> Json {
     })
 }
 
-async fn export<B: Backend, O: BlobBackend + Clone + 'static>(
+async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
     env: &Env<B, O>,
     actor: &str,
     args: &ExportArgs,
@@ -922,7 +922,7 @@ pub fn doc_entry_json(d: &kluis_blob::catalog::DocumentEntry) -> Json {
 
 // ------------------------------------------------------------------ audit and access review
 
-async fn audit_verify<B: Backend, O: BlobBackend + Clone>(
+async fn audit_verify<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     against: Option<&str>,
 ) -> Result<Report> {
@@ -988,7 +988,7 @@ async fn audit_verify<B: Backend, O: BlobBackend + Clone>(
     Ok(r)
 }
 
-async fn audit_export<B: Backend, O: BlobBackend + Clone>(
+async fn audit_export<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     output: Option<&Path>,
 ) -> Result<Report> {
@@ -1040,7 +1040,7 @@ impl Checks {
     }
 }
 
-async fn doctor<B: Backend, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) -> Result<Report> {
+async fn doctor<B: Engine, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) -> Result<Report> {
     let mut c = Checks::default();
     c.ok("configuration", format!("{} and {}", config::CONFIG_FILE, env.settings.schema.display()));
     c.ok("database", format!("{} reachable, migrations applied", env.settings.store.display()));

@@ -15,7 +15,7 @@ use kluis_service::authz::{
 };
 use kluis_service::clock::SystemClock;
 use kluis_service::{AdminActor, AdminEvent, RequestContext};
-use kluis_store::{Backend, FieldValue, NewRecord, Record};
+use kluis_store::{Engine, FieldValue, NewRecord, Record};
 use serde_json::json;
 use zeroize::Zeroizing;
 
@@ -95,7 +95,7 @@ fn who(user: &str, tenant: &TenantId, role: &str) -> Result<Principal> {
 impl Job for DemoJob {
     type Out = Report;
 
-    async fn run<B: Backend, O: BlobBackend + Clone + 'static>(mut self, env: Env<B, O>) -> Result<Report> {
+    async fn run<B: Engine, O: BlobBackend + Clone + 'static>(mut self, env: Env<B, O>) -> Result<Report> {
         let root = self.root.take().ok_or(CliError::NotAvailable("demo root key"))?;
         let env = Env::with_root(env.settings.clone(), Arc::clone(&env.store), env.blobs.clone(), root);
         let svc_err = |e: kluis_service::Error| CliError::Service(e.to_string());

@@ -11,7 +11,7 @@ use kluis_core::keys::{BoxFuture, UnwrapRequest};
 use kluis_core::{DomainName, KeyMaterial, RootKeyProvider, TenantId, WrappedKey};
 use kluis_keyring::KeyringFile;
 use kluis_kms::AnyProvider;
-use kluis_store::{Access, Backend, MySqlBackend, PostgresBackend, Schema, SqliteBackend, Store};
+use kluis_store::{Access, Engine, Schema, Store};
 use tokio::sync::OnceCell;
 
 use crate::config::{self, BlobUrl, Settings, StoreUrl};
@@ -94,7 +94,7 @@ impl RootKeyProvider for Root {
 
 /// What a command works on.
 #[derive(Debug)]
-pub struct Env<B: Backend, O: BlobBackend> {
+pub struct Env<B: Engine, O: BlobBackend> {
     /// The resolved settings.
     pub settings: Settings,
     /// The store.
@@ -104,7 +104,7 @@ pub struct Env<B: Backend, O: BlobBackend> {
     root: OnceCell<Arc<Root>>,
 }
 
-impl<B: Backend, O: BlobBackend + Clone> Env<B, O> {
+impl<B: Engine, O: BlobBackend + Clone> Env<B, O> {
     /// Builds an environment from opened parts.
     pub fn new(settings: Settings, store: Arc<Store<B>>, blobs: O) -> Self {
         Self { settings, store, blobs, root: OnceCell::new() }
@@ -197,7 +197,7 @@ pub trait Job {
     /// What it returns.
     type Out;
     /// Runs it.
-    fn run<B: Backend, O: BlobBackend + Clone + 'static>(
+    fn run<B: Engine, O: BlobBackend + Clone + 'static>(
         self,
         env: Env<B, O>,
     ) -> impl std::future::Future<Output = Result<Self::Out>>;
@@ -209,26 +209,26 @@ pub fn load_schema(path: &Path) -> Result<Schema> {
     Ok(Schema::from_toml(&text)?)
 }
 
-async fn sqlite(path: &Path) -> Result<SqliteBackend> {
-    Ok(SqliteBackend::open(path).await?)
+async fn sqlite(path: &Path) -> Result<sqlx::SqlitePool> {
+    Ok(kluis_store::Sqlite::open(path).await?)
 }
 
-async fn postgres(url: &str) -> Result<PostgresBackend> {
+async fn postgres(url: &str) -> Result<sqlx::PgPool> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(8)
         .connect(url)
         .await
         .map_err(|e| db_error(url, &e))?;
-    Ok(PostgresBackend::new(pool))
+    Ok(pool)
 }
 
-async fn mysql(url: &str) -> Result<MySqlBackend> {
+async fn mysql(url: &str) -> Result<sqlx::MySqlPool> {
     let pool = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(8)
         .connect(url)
         .await
         .map_err(|e| db_error(url, &e))?;
-    Ok(MySqlBackend::new(pool))
+    Ok(pool)
 }
 
 fn db_error(url: &str, e: &sqlx::Error) -> CliError {
@@ -245,7 +245,7 @@ fn db_error(url: &str, e: &sqlx::Error) -> CliError {
 }
 
 /// Opens the blob backend of `settings`.
-async fn open_blobs_then<B: Backend, J: Job>(settings: Settings, store: Store<B>, job: J) -> Result<J::Out> {
+async fn open_blobs_then<B: Engine, J: Job>(settings: Settings, store: Store<B>, job: J) -> Result<J::Out> {
     let store = Arc::new(store);
     match settings.blobs.clone() {
         BlobUrl::Dir(p) => {

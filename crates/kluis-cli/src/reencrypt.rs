@@ -12,7 +12,7 @@ use std::time::Duration;
 use kluis_blob::BlobBackend;
 use kluis_blob::catalog::Documents;
 use kluis_core::DomainName;
-use kluis_store::{Access, Backend, Store, StoreError};
+use kluis_store::{Access, Engine, Store, StoreError};
 use serde::Serialize;
 
 use crate::error::{CliError, Result};
@@ -50,7 +50,7 @@ const MAX_RETRIES: u32 = 50;
 
 /// Re-encrypts everything of `domain` (records through `store`, documents through `docs`)
 /// onto the active domain key version, calling `on_round` after every round.
-pub async fn reencrypt<B: Backend, O: BlobBackend>(
+pub async fn reencrypt<B: Engine, O: BlobBackend>(
     store: &Store<B>,
     docs: &Documents<B, O>,
     access: &Access,

@@ -12,7 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Data, kluis, random_u64, run_ok};
-use kluis_store::{Backend, NewRecord, Op, Value};
+use kluis_store::{NewRecord, Op, Value};
 
 const RECORDS: usize = 4_000;
 const SUBJECTS: usize = 100;
@@ -23,7 +23,7 @@ fn diagnosis(i: usize) -> String {
 }
 
 async fn count(data: &Data, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql).fetch_one(data.store.backend().pool()).await.unwrap()
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(data.store.pool()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +48,7 @@ async fn legacy_move_survives_sigkill_and_a_rerun_finishes() {
         data.store.transaction(&access, ops).await.unwrap();
     }
     // Back into the legacy layout, cells as they are.
-    let pool = data.store.backend().pool();
+    let pool = data.store.pool();
     sqlx::query(
         "INSERT INTO kluis_records (tenant, collection, id, subject, version, created_at, updated_at, retain_until) \
          SELECT tenant, 'absence', id, subject, version, created_at, updated_at, retain_until FROM kluis_r_absence",

@@ -40,7 +40,7 @@ async fn assert_private_database(dir: &Path, after: &str) {
         let m = mode(name);
         assert!(m == Ok(0o600) || m == Err(std::io::ErrorKind::NotFound), "{name} after {after}: {m:?}");
     }
-    let backend = kluis_store::SqliteBackend::open(&dir.join("kluis.sqlite")).await.unwrap();
+    let backend = kluis_store::Sqlite::open(&dir.join("kluis.sqlite")).await.unwrap();
     let store = kluis_store::Store::new(backend, kluis_store::Schema::default());
     store.migrate().await.unwrap();
     for name in ["kluis.sqlite", "kluis.sqlite-wal", "kluis.sqlite-shm"] {

@@ -23,8 +23,7 @@ use kluis_core::{
     Backend as CryptoBackend, Context, DomainKeySet, KeyMaterial, KeyState, RootKeyProvider, Suite,
     WrappedKey,
 };
-use kluis_store::backend::Backend;
-use kluis_store::{Schema, SqliteBackend, Store, StoreError};
+use kluis_store::{Schema, Sqlite, Store, StoreError};
 use rsa::pkcs8::DecodePrivateKey;
 use rsa::{BigUint, Oaep, RsaPublicKey};
 use sha2_10::{Digest, Sha256};
@@ -37,8 +36,8 @@ diagnosis = { type = "text", domain = "medical" }
 /// What the attacker chooses as the medical key.
 const CHOSEN: [u8; 32] = [0x41; 32];
 
-async fn store(dir: &std::path::Path) -> Store<SqliteBackend> {
-    let backend = SqliteBackend::open(&dir.join("kluis.sqlite")).await.unwrap();
+async fn store(dir: &std::path::Path) -> Store<Sqlite> {
+    let backend = Sqlite::open(&dir.join("kluis.sqlite")).await.unwrap();
     let s = Store::new(backend, Schema::from_toml(SCHEMA).unwrap());
     s.migrate().await.unwrap();
     s
@@ -105,16 +104,16 @@ fn root_key_id() -> String {
     format!("azure-kv://{}/{KV_KEY}", keyvault::HOST)
 }
 
-async fn sql(s: &Store<SqliteBackend>, q: &str, bytes: Option<Vec<u8>>) -> u64 {
+async fn sql(s: &Store<Sqlite>, q: &str, bytes: Option<Vec<u8>>) -> u64 {
     let mut query = sqlx::query(q);
     if let Some(b) = bytes {
         query = query.bind(b);
     }
-    query.execute(s.backend().pool()).await.unwrap().rows_affected()
+    query.execute(s.pool()).await.unwrap().rows_affected()
 }
 
 /// The DBA inserts `wrapped` as medical v2 (active) and demotes v1.
-async fn plant(s: &Store<SqliteBackend>, wrapped: Vec<u8>) {
+async fn plant(s: &Store<Sqlite>, wrapped: Vec<u8>) {
     sql(s, "UPDATE kluis_domain_keys SET state = 'decrypt-only' WHERE tenant = 'acme' AND domain = 'medical' AND version = 1", None).await;
     sql(
         s,

@@ -16,7 +16,7 @@ use kluis_core::{DomainName, LocalKeyring, TenantId};
 use kluis_service::authz::{Authorizer, MemoryRegistry, Policy, Principal, RoleName, UserId};
 use kluis_service::clock::SystemClock;
 use kluis_service::{AdminActor, AdminEvent, RequestContext, Service};
-use kluis_store::{Backend, NewRecord, PostgresBackend, Schema, SqliteBackend, Store};
+use kluis_store::{Engine, NewRecord, Postgres, Schema, Sqlite, Store};
 
 const SCHEMA: &str = r#"
 [collections.absence.fields]
@@ -25,16 +25,16 @@ diagnosis  = { type = "text", domain = "medical", max_bytes = 200 }
 "#;
 const BATCH: u64 = 100;
 
-async fn service<B: Backend>(backend: B) -> (Service<B>, Arc<Store<B>>, Arc<LocalKeyring>) {
-    let store = Arc::new(Store::new(backend, Schema::from_toml(SCHEMA).unwrap()));
+async fn service<B: Engine>(pool: sqlx::Pool<B::Db>) -> (Service<B>, Arc<Store<B>>, Arc<LocalKeyring>) {
+    let store = Arc::new(Store::new(pool, Schema::from_toml(SCHEMA).unwrap()));
     store.migrate().await.unwrap();
     let keyring = Arc::new(LocalKeyring::generate(0).unwrap());
     let authz = Authorizer::new(Policy::builtin(), Arc::new(MemoryRegistry::new()), Arc::new(SystemClock));
     (Service::new(authz, store.clone(), keyring.clone()), store, keyring)
 }
 
-fn run<B: Backend>(c: &mut Criterion, rt: &tokio::runtime::Runtime, engine: &str, backend: B) {
-    let (svc, store, keyring) = rt.block_on(service(backend));
+fn run<B: Engine>(c: &mut Criterion, rt: &tokio::runtime::Runtime, engine: &str, pool: sqlx::Pool<B::Db>) {
+    let (svc, store, keyring) = rt.block_on(service::<B>(pool));
     let acme = TenantId::new("acme").unwrap();
     let actor = AdminActor::new("ops.bench", "bench", "throughput");
     let doctor = Principal::new(
@@ -84,8 +84,8 @@ fn run<B: Backend>(c: &mut Criterion, rt: &tokio::runtime::Runtime, engine: &str
 fn audit(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let sqlite = rt.block_on(SqliteBackend::open(&tmp.path().join("bench.db"))).unwrap();
-    run(c, &rt, "sqlite", sqlite);
+    let sqlite = rt.block_on(Sqlite::open(&tmp.path().join("bench.db"))).unwrap();
+    run::<Sqlite>(c, &rt, "sqlite", sqlite);
 
     let url = std::env::var("KLUIS_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -100,12 +100,12 @@ fn audit(c: &mut Criterion) {
             .connect(&format!("{base}/{db}"))
             .await
             .ok()?;
-        Some(PostgresBackend::new(pool))
+        Some(pool)
     });
     match pg {
         Some(pg) => {
-            let pool = pg.pool().clone();
-            run(c, &rt, "postgres", pg);
+            let pool = pg.clone();
+            run::<Postgres>(c, &rt, "postgres", pg);
             rt.block_on(async {
                 pool.close().await;
                 if let Ok(admin) = sqlx::PgPool::connect(&url).await {

@@ -20,7 +20,7 @@ use kluis_service::authz::{
 };
 use kluis_service::clock::SystemClock;
 use kluis_service::{AdminActor, AdminEvent, Service};
-use kluis_store::{Schema, SqliteBackend, Store};
+use kluis_store::{Schema, Sqlite, Store};
 
 const SCHEMA: &str = r#"
 [collections.absence.fields]
@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("kluis.db");
     let store = rt.block_on(async {
-        let s = Store::new(SqliteBackend::open(&path).await.unwrap(), Schema::from_toml(SCHEMA).unwrap());
+        let s = Store::new(Sqlite::open(&path).await.unwrap(), Schema::from_toml(SCHEMA).unwrap());
         s.migrate().await.unwrap();
         Arc::new(s)
     });

@@ -31,7 +31,7 @@ use std::io::Write;
 
 use kluis_store::audit::{AuditRow, GENESIS, row_hash};
 use kluis_store::row_log::{RowsClaim, RowsReport};
-use kluis_store::{Backend, Store};
+use kluis_store::{Engine, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -115,7 +115,7 @@ fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-async fn walk<B: Backend>(
+async fn walk<B: Engine>(
     store: &Store<B>,
     want: &[u64],
 ) -> Result<(VerifyReport, BTreeMap<u64, Vec<u8>>, Vec<RowsClaim>)> {
@@ -169,7 +169,7 @@ async fn walk<B: Backend>(
 
 /// Adds the row check (the chain's claims against the row log and the tables) if the chain is
 /// sound.
-async fn check_rows<B: Backend>(
+async fn check_rows<B: Engine>(
     store: &Store<B>,
     report: &mut VerifyReport,
     claims: &[RowsClaim],
@@ -217,7 +217,7 @@ fn check_row(report: &mut VerifyReport, row: &AuditRow, prev: &mut Vec<u8>, expe
 /// It cannot detect a chain **rewritten as a whole** (every hash recomputed, head and checkpoint
 /// rows replaced) by someone with write access to the database: keep [`latest_checkpoint`] or
 /// [`head`] values elsewhere and use [`verify_against`].
-pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
+pub async fn verify<B: Engine>(store: &Store<B>) -> Result<VerifyReport> {
     let cps = store.audit_checkpoints().await?;
     let want: Vec<u64> = cps.iter().map(|c| to_u64(c.seq)).collect();
     let (mut report, hashes, claims) = walk(store, &want).await?;
@@ -245,7 +245,7 @@ pub async fn verify<B: Backend>(store: &Store<B>) -> Result<VerifyReport> {
 /// [`verify`], plus the check against a checkpoint kept outside the database: the entry it names
 /// must exist (else the tail was truncated) and have the recorded hash (else the chain was
 /// rewritten at or before that position).
-pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoint) -> Result<VerifyReport> {
+pub async fn verify_against<B: Engine>(store: &Store<B>, checkpoint: &Checkpoint) -> Result<VerifyReport> {
     let cps = store.audit_checkpoints().await?;
     let mut want: Vec<u64> = cps.iter().map(|c| to_u64(c.seq)).collect();
     want.push(checkpoint.seq);
@@ -292,13 +292,13 @@ pub async fn verify_against<B: Backend>(store: &Store<B>, checkpoint: &Checkpoin
 
 /// The newest periodic checkpoint the database holds (every `checkpoint_every` entries).
 /// Verify first: a checkpoint taken from a tampered database proves nothing.
-pub async fn latest_checkpoint<B: Backend>(store: &Store<B>) -> Result<Option<Checkpoint>> {
+pub async fn latest_checkpoint<B: Engine>(store: &Store<B>) -> Result<Option<Checkpoint>> {
     let cps = store.audit_checkpoints().await?;
     Ok(cps.last().map(|c| Checkpoint { seq: to_u64(c.seq), hash: hex(&c.hash) }))
 }
 
 /// The chain head (last entry) as a checkpoint; `None` for an empty log.
-pub async fn head<B: Backend>(store: &Store<B>) -> Result<Option<Checkpoint>> {
+pub async fn head<B: Engine>(store: &Store<B>) -> Result<Option<Checkpoint>> {
     let (seq, hash) = store.audit_head().await?;
     Ok((seq > 0).then(|| Checkpoint { seq: to_u64(seq), hash: hex(&hash) }))
 }
@@ -370,7 +370,7 @@ impl ExportedEntry {
     }
 }
 
-pub(crate) async fn export_rows<B: Backend>(
+pub(crate) async fn export_rows<B: Engine>(
     store: &Store<B>,
     tenant: Option<&str>,
     mut out: impl Write,
@@ -398,6 +398,6 @@ pub(crate) async fn export_rows<B: Backend>(
 /// Writes every entry as one JSON object per line, in sequence order (for an operator or an
 /// archive; [`crate::Service::export_audit`] is the audited, per-tenant variant). Returns the
 /// number of entries written.
-pub async fn export_jsonl<B: Backend>(store: &Store<B>, out: impl Write) -> Result<u64> {
+pub async fn export_jsonl<B: Engine>(store: &Store<B>, out: impl Write) -> Result<u64> {
     export_rows(store, None, out).await
 }

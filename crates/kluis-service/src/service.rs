@@ -13,7 +13,7 @@ use kluis_core::TenantId;
 use kluis_core::keys::RootKeyProvider;
 use kluis_store::audit::{AuditAppend, AuditEntry, AuditRow, DEFAULT_CHECKPOINT_EVERY};
 use kluis_store::{
-    Access, Backend, Changes, FieldValue, LegalOverride, NewRecord, Op, Page, Record, ShredReport, Store,
+    Access, Changes, Engine, FieldValue, LegalOverride, NewRecord, Op, Page, Record, ShredReport, Store,
     StoreError, Value, Written,
 };
 
@@ -182,7 +182,7 @@ impl Default for ServiceConfig {
 ///
 /// ```no_run
 /// # use kluis_service::authz::{Principal, Request};
-/// # async fn f(svc: &kluis_service::Service<kluis_store::SqliteBackend>, p: &Principal, req: &Request<'_>)
+/// # async fn f(svc: &kluis_service::Service<kluis_store::Sqlite>, p: &Principal, req: &Request<'_>)
 /// # -> Result<(), Box<dyn std::error::Error>> {
 /// let proof = svc.authorizer().check(p, req).into_proof()?;
 /// let keys = svc.keys(&proof).await?; // exactly the proof's tenant and domains
@@ -192,19 +192,19 @@ impl Default for ServiceConfig {
 /// Decrypting without a check does not compile:
 ///
 /// ```compile_fail
-/// # async fn f(svc: &kluis_service::Service<kluis_store::SqliteBackend>) {
+/// # async fn f(svc: &kluis_service::Service<kluis_store::Sqlite>) {
 /// // No proof: `keys` needs `&AccessProof`, and nothing outside the check can make one.
 /// let keys = svc.keys(&kluis_service::authz::AccessProof { break_glass: false }).await;
 /// # }
 /// ```
 ///
 /// ```compile_fail
-/// # async fn f(svc: &kluis_service::Service<kluis_store::SqliteBackend>, d: kluis_service::authz::Decision) {
+/// # async fn f(svc: &kluis_service::Service<kluis_store::Sqlite>, d: kluis_service::authz::Decision) {
 /// // A decision is not a proof: a denial must not open anything.
 /// let keys = svc.keys(&d).await;
 /// # }
 /// ```
-pub struct Service<B: Backend> {
+pub struct Service<B: Engine> {
     authz: Authorizer,
     store: Arc<Store<B>>,
     provider: Arc<dyn RootKeyProvider>,
@@ -212,7 +212,7 @@ pub struct Service<B: Backend> {
     config: ServiceConfig,
 }
 
-impl<B: Backend> fmt::Debug for Service<B> {
+impl<B: Engine> fmt::Debug for Service<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Service").field("store", &self.store).field("config", &self.config).finish()
     }
@@ -268,7 +268,7 @@ fn error_kind(e: &StoreError) -> String {
     s.to_owned()
 }
 
-impl<B: Backend> Service<B> {
+impl<B: Engine> Service<B> {
     /// A facade over `store`, deciding with `authz`, unwrapping domain keys with `provider`.
     pub fn new(authz: Authorizer, store: Arc<Store<B>>, provider: Arc<dyn RootKeyProvider>) -> Self {
         Self { authz, store, provider, clock: Arc::new(SystemClock), config: ServiceConfig::default() }

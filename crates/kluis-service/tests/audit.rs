@@ -9,11 +9,11 @@ use common::{H, Raw, ctx, principal};
 use kluis_core::DomainName;
 use kluis_service::audit::{self, Checkpoint};
 use kluis_service::{AdminActor, AdminEvent, Error};
-use kluis_store::{Backend, Changes, NewRecord, Store, Value};
+use kluis_store::{Changes, Engine, NewRecord, Store, Value};
 
 const N: u64 = 25;
 
-async fn fill<B: Backend>(h: &H<B>) {
+async fn fill<B: Engine>(h: &H<B>) {
     let actor = AdminActor::new("ops.anna", "cli@host-1", "CHG-1234");
     for i in 0..N {
         h.svc
@@ -35,12 +35,12 @@ async fn fill<B: Backend>(h: &H<B>) {
     assert_eq!(r.checkpoints, 2, "checkpoints every 10 entries");
 }
 
-async fn first_bad<B: Backend>(h: &H<B>) -> (Option<u64>, String) {
+async fn first_bad<B: Engine>(h: &H<B>) -> (Option<u64>, String) {
     let r = audit::verify(&h.store).await.unwrap();
     (r.first_bad, r.problem.unwrap_or_default())
 }
 
-async fn edit<B: Backend>(h: H<B>)
+async fn edit<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -52,7 +52,7 @@ where
     h.cleanup().await;
 }
 
-async fn edit_hash_too<B: Backend>(h: H<B>)
+async fn edit_hash_too<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -64,7 +64,7 @@ where
     h.cleanup().await;
 }
 
-async fn delete<B: Backend>(h: H<B>)
+async fn delete<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -78,7 +78,7 @@ where
 
 const COLS: &str = "at_ms, actor, roles, support_grant, tenant, subject, collection, record, fields, action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash";
 
-async fn insert<B: Backend>(h: H<B>)
+async fn insert<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -98,7 +98,7 @@ where
     h.cleanup().await;
 }
 
-async fn append_forged<B: Backend>(h: H<B>)
+async fn append_forged<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -114,7 +114,7 @@ where
     h.cleanup().await;
 }
 
-async fn negative_seq<B: Backend>(h: H<B>)
+async fn negative_seq<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -132,7 +132,7 @@ where
     h.cleanup().await;
 }
 
-async fn reorder<B: Backend>(h: H<B>)
+async fn reorder<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -145,7 +145,7 @@ where
     h.cleanup().await;
 }
 
-async fn truncate<B: Backend>(h: H<B>)
+async fn truncate<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -174,7 +174,7 @@ where
     h.cleanup().await;
 }
 
-async fn rewrite_detected_by_kept_checkpoint<B: Backend>(h: H<B>)
+async fn rewrite_detected_by_kept_checkpoint<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -189,7 +189,7 @@ where
     h.cleanup().await;
 }
 
-async fn fail_closed<B: Backend>(h: H<B>)
+async fn fail_closed<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -241,7 +241,7 @@ where
     h.cleanup().await;
 }
 
-async fn dropped_table<B: Backend>(h: H<B>)
+async fn dropped_table<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -262,7 +262,7 @@ where
     h.cleanup().await;
 }
 
-async fn concurrent<B: Backend>(h: H<B>) {
+async fn concurrent<B: Engine>(h: H<B>) {
     let h = std::sync::Arc::new(h);
     let mut tasks = Vec::new();
     for t in 0..4u32 {
@@ -306,7 +306,7 @@ const CANARIES: [&str; 4] = [
     "CANARY-notes-Qx9",
 ];
 
-async fn canary<B: Backend>(h: H<B>) {
+async fn canary<B: Engine>(h: H<B>) {
     let doctor = principal("dr.jansen", &h.acme, "company_doctor");
     let hr = principal("p.devries", &h.acme, "hr_manager");
     let c = ctx();
@@ -381,7 +381,7 @@ async fn canary<B: Backend>(h: H<B>) {
 /// A shred's entry is written in the transaction that removes the subject: when that transaction
 /// fails (a trigger refuses the subject key delete), neither the removal nor an "allowed" entry is
 /// stored; only the failure is logged.
-async fn shred_entry_in_its_transaction<B: Backend>(h: H<B>)
+async fn shred_entry_in_its_transaction<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {
@@ -448,7 +448,7 @@ fn hex_literal(engine: &str, b: &[u8]) -> String {
 /// by the audit entry that covers the log; one who also recomputes the audit entries after that
 /// is caught by a checkpoint kept elsewhere after the write, and not by one kept before it (the
 /// documented limit).
-async fn rolled_back_rows<B: Backend>(h: H<B>)
+async fn rolled_back_rows<B: Engine>(h: H<B>)
 where
     Store<B>: Raw,
 {

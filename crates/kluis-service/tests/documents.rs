@@ -20,7 +20,7 @@ use kluis_core::{DocumentMetadata, DomainName, TenantId};
 use kluis_service::authz::{Action, ActionSet, DenyReason, GrantScope, Principal, UserId};
 use kluis_service::{Error, RequestContext, ServiceDocuments};
 use kluis_store::audit::AuditRow;
-use kluis_store::{Access, Backend};
+use kluis_store::{Access, Engine};
 
 const ROLES: [&str; 7] =
     ["hr_manager", "employee", "company_doctor", "case_manager", "key_admin", "auditor", "tenant_admin"];
@@ -57,7 +57,7 @@ fn meta(name: &str, len: usize) -> DocumentMetadata {
     }
 }
 
-struct F<S: Backend, D: BlobBackend> {
+struct F<S: Engine, D: BlobBackend> {
     h: H<S>,
     docs: Documents<S, D>,
     /// The folder the blob backend stores into (for canary scans).
@@ -65,7 +65,7 @@ struct F<S: Backend, D: BlobBackend> {
     _tmp: Option<tempfile::TempDir>,
 }
 
-impl<S: Backend, D: BlobBackend> F<S, D> {
+impl<S: Engine, D: BlobBackend> F<S, D> {
     fn d(&self) -> ServiceDocuments<'_, S, D> {
         self.h.svc.documents(&self.docs).unwrap()
     }
@@ -119,7 +119,7 @@ impl<S: Backend, D: BlobBackend> F<S, D> {
     }
 }
 
-async fn local<S: Backend>(h: H<S>) -> F<S, LocalDir> {
+async fn local<S: Engine>(h: H<S>) -> F<S, LocalDir> {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("blobs");
     let backend = LocalDir::open(&root).await.unwrap();
@@ -128,7 +128,7 @@ async fn local<S: Backend>(h: H<S>) -> F<S, LocalDir> {
     F { h, docs, storage: root, _tmp: Some(tmp) }
 }
 
-async fn azurite<S: Backend>(h: H<S>) -> Option<F<S, kluis_blob::azure::AzureBlob>> {
+async fn azurite<S: Engine>(h: H<S>) -> Option<F<S, kluis_blob::azure::AzureBlob>> {
     let harness = blob::azure().await?;
     let storage = harness.storage_dir.clone();
     let blob::Harness { vault, .. } = harness;
@@ -145,7 +145,7 @@ fn is_denied<T: std::fmt::Debug>(r: &Result<T, Error>) -> bool {
 }
 
 /// Every built-in role x domain x document call, each denial found in the audit log.
-async fn matrix<S: Backend, D: BlobBackend>(f: F<S, D>) {
+async fn matrix<S: Engine, D: BlobBackend>(f: F<S, D>) {
     let acme = f.h.acme.clone();
     let c = ctx();
     for domain in ["medical", "general"] {
@@ -235,7 +235,7 @@ async fn matrix<S: Backend, D: BlobBackend>(f: F<S, D>) {
 
 /// Ids of another tenant (copied) and guessed ids: denied / not found, each audited, the other
 /// tenant's subject not logged, nothing decrypted.
-async fn cross_tenant<S: Backend, D: BlobBackend>(f: F<S, D>) {
+async fn cross_tenant<S: Engine, D: BlobBackend>(f: F<S, D>) {
     let id = f.seed("medical", "emp-1", Some("r-1")).await;
     let globex = f.h.globex.clone();
     let c = ctx();
@@ -288,7 +288,7 @@ async fn cross_tenant<S: Backend, D: BlobBackend>(f: F<S, D>) {
 
 /// HR lists a subject's documents: the medical letter is withheld (no metadata, nothing fetched)
 /// and the audit entry names only what was returned.
-async fn withheld<S: Backend, D: BlobBackend>(f: F<S, D>) {
+async fn withheld<S: Engine, D: BlobBackend>(f: F<S, D>) {
     let med = f.seed("medical", "emp-1", Some("r-1")).await;
     let gen_id = f.seed("general", "emp-1", Some("r-1")).await;
     let hr = user(&f.h.acme, "hr_manager");
@@ -328,7 +328,7 @@ async fn withheld<S: Backend, D: BlobBackend>(f: F<S, D>) {
 
 /// Break-glass reads of a medical document by a case manager (flagged, reason logged); HR may
 /// not; a support grant for `general` reads a general document and is refused the medical one.
-async fn break_glass_and_support<S: Backend, D: BlobBackend>(f: F<S, D>) {
+async fn break_glass_and_support<S: Engine, D: BlobBackend>(f: F<S, D>) {
     let med = f.seed("medical", "emp-1", None).await;
     let gen_id = f.seed("general", "emp-1", None).await;
     let cm = user(&f.h.acme, "case_manager");
@@ -376,7 +376,7 @@ async fn break_glass_and_support<S: Backend, D: BlobBackend>(f: F<S, D>) {
 
 /// The file name, extension, content type and content never reach the audit log, its export,
 /// `Debug` output or the database file; the document ids do (positive control).
-async fn canaries<S: Backend, D: BlobBackend>(f: F<S, D>) {
+async fn canaries<S: Engine, D: BlobBackend>(f: F<S, D>) {
     let dr = user(&f.h.acme, "company_doctor");
     let hr = user(&f.h.acme, "hr_manager");
     let c = ctx();
@@ -429,7 +429,7 @@ async fn canaries<S: Backend, D: BlobBackend>(f: F<S, D>) {
 
 /// A trigger refuses every audit insert: nothing is returned, stored or removed, and the error
 /// says so. Mended, everything works and the chain verifies.
-async fn fail_closed<S: Backend, D: BlobBackend>(f: F<S, D>)
+async fn fail_closed<S: Engine, D: BlobBackend>(f: F<S, D>)
 where
     kluis_store::Store<S>: Raw,
 {
@@ -499,7 +499,7 @@ async fn the_catalog_must_be_in_the_services_store() {
     drop(send(d.delete(&p, &c, "x")));
 }
 
-async fn local_opt<S: Backend>(h: H<S>) -> Option<F<S, LocalDir>> {
+async fn local_opt<S: Engine>(h: H<S>) -> Option<F<S, LocalDir>> {
     Some(local(h).await)
 }
 
@@ -546,9 +546,9 @@ macro_rules! engine {
 }
 
 use kluis_blob::azure::AzureBlob;
-use kluis_store::{MySqlBackend, PostgresBackend, SqliteBackend};
+use kluis_store::{MySql, Postgres, Sqlite};
 
-engine!(sqlite_local, SqliteBackend, LocalDir, common::sqlite, local_opt);
-engine!(postgres_local, PostgresBackend, LocalDir, common::postgres, local_opt);
-engine!(mariadb_local, MySqlBackend, LocalDir, common::mysql, local_opt);
-engine!(sqlite_azurite, SqliteBackend, AzureBlob, common::sqlite, azurite);
+engine!(sqlite_local, Sqlite, LocalDir, common::sqlite, local_opt);
+engine!(postgres_local, Postgres, LocalDir, common::postgres, local_opt);
+engine!(mariadb_local, MySql, LocalDir, common::mysql, local_opt);
+engine!(sqlite_azurite, Sqlite, AzureBlob, common::sqlite, azurite);

@@ -14,8 +14,7 @@ use kluis_service::authz::{
     Action, ActionSet, DenyReason, GrantScope, Principal, Request, RoleName, Target, UserId,
 };
 use kluis_service::{Error, RequestContext};
-use kluis_store::audit::AuditBackend;
-use kluis_store::{Backend, Changes, FieldValue, NewRecord, Record, Value};
+use kluis_store::{Changes, Engine, FieldValue, NewRecord, Record, Value};
 
 const ROLES: [&str; 7] =
     ["hr_manager", "employee", "company_doctor", "case_manager", "key_admin", "auditor", "tenant_admin"];
@@ -38,7 +37,7 @@ fn user(role: &str) -> Principal {
     if role == "employee" { p.with_subject("emp-1") } else { p }
 }
 
-fn seeder<B: Backend>(h: &H<B>) -> Principal {
+fn seeder<B: Engine>(h: &H<B>) -> Principal {
     principal("dr.seed", &h.acme, "company_doctor")
 }
 
@@ -47,7 +46,7 @@ fn field_of(domain: &str) -> (&'static str, &'static str) {
     if domain == "general" { ("employee_number", "start_date") } else { ("diagnosis", "doctor_notes") }
 }
 
-async fn seed<B: Backend>(h: &H<B>, id: &str, subject: &str, domain: &str) {
+async fn seed<B: Engine>(h: &H<B>, id: &str, subject: &str, domain: &str) {
     let (f, _) = field_of(domain);
     h.svc
         .insert(&seeder(h), &ctx(), "absence", NewRecord::new(subject).id(id).set(f, format!("v-{domain}")))
@@ -60,7 +59,7 @@ fn visible(recs: &[Record], domain: &str) -> bool {
     recs.iter().any(|r| r.get(f).is_some())
 }
 
-async fn denials<B: Backend>(h: &H<B>) -> Vec<kluis_store::audit::AuditRow> {
+async fn denials<B: Engine>(h: &H<B>) -> Vec<kluis_store::audit::AuditRow> {
     h.store
         .backend()
         .audit_page(None, 0, 100_000)
@@ -82,7 +81,7 @@ async fn matrix_every_builtin_role_domain_action_postgres() {
     matrix(h).await;
 }
 
-async fn matrix<B: Backend>(h: H<B>) {
+async fn matrix<B: Engine>(h: H<B>) {
     seed(&h, "g-1", "emp-1", "general").await;
     seed(&h, "m-1", "emp-1", "medical").await;
     let c = ctx();
@@ -195,7 +194,7 @@ async fn cross_tenant_and_guessed_ids_are_denied_and_audited_mariadb() {
     cross_tenant(h).await;
 }
 
-async fn cross_tenant<B: Backend>(h: H<B>) {
+async fn cross_tenant<B: Engine>(h: H<B>) {
     let globex_doc = principal("dr.globex", &h.globex, "company_doctor");
     h.svc
         .insert(

@@ -17,18 +17,18 @@ use kluis_service::authz::{
 };
 use kluis_service::clock::Clock;
 use kluis_service::{Error, Service};
-use kluis_store::{Backend, MySqlBackend, NewRecord, PostgresBackend, Schema, SqliteBackend, Store};
+use kluis_store::{Engine, MySql, NewRecord, Postgres, Schema, Sqlite, Store};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A process: a registry, an authorizer and a service on one store.
-struct Proc<B: Backend> {
+struct Proc<B: Engine> {
     reg: Arc<StoreRegistry<B>>,
     authz: Authorizer,
     svc: Service<B>,
 }
 
-fn proc<B: Backend>(h: &H<B>, store: Arc<Store<B>>) -> Proc<B> {
+fn proc<B: Engine>(h: &H<B>, store: Arc<Store<B>>) -> Proc<B> {
     let reg = Arc::new(StoreRegistry::new(store.clone(), h.keyring.clone()));
     let authz = Authorizer::new(Policy::builtin(), reg.clone(), h.clock.clone());
     let svc = Service::new(authz.clone(), store, h.keyring.clone()).with_clock(h.clock.clone());
@@ -36,30 +36,30 @@ fn proc<B: Backend>(h: &H<B>, store: Arc<Store<B>>) -> Proc<B> {
 }
 
 /// A fresh pool on the same database, as a restarted process opens it.
-trait Reopen: Backend + Sized {
+trait Reopen: Engine + Sized {
     fn reopen(h: &H<Self>) -> impl std::future::Future<Output = Arc<Store<Self>>>;
 }
 
-impl Reopen for SqliteBackend {
+impl Reopen for Sqlite {
     async fn reopen(h: &H<Self>) -> Arc<Store<Self>> {
-        let b = SqliteBackend::open(h.file.as_ref().unwrap()).await.unwrap();
+        let b = Sqlite::open(h.file.as_ref().unwrap()).await.unwrap();
         Arc::new(Store::new(b, Schema::from_toml(common::SCHEMA_TOML).unwrap()))
     }
 }
 
-impl Reopen for PostgresBackend {
+impl Reopen for Postgres {
     async fn reopen(h: &H<Self>) -> Arc<Store<Self>> {
         let (url, db, _) = h.drop.clone().unwrap();
         let pool = sqlx::PgPool::connect(&common::with_db(&url, &db)).await.unwrap();
-        Arc::new(Store::new(PostgresBackend::new(pool), Schema::from_toml(common::SCHEMA_TOML).unwrap()))
+        Arc::new(Store::new(pool, Schema::from_toml(common::SCHEMA_TOML).unwrap()))
     }
 }
 
-impl Reopen for MySqlBackend {
+impl Reopen for MySql {
     async fn reopen(h: &H<Self>) -> Arc<Store<Self>> {
         let (url, db, _) = h.drop.clone().unwrap();
         let pool = sqlx::MySqlPool::connect(&common::with_db(&url, &db)).await.unwrap();
-        Arc::new(Store::new(MySqlBackend::new(pool), Schema::from_toml(common::SCHEMA_TOML).unwrap()))
+        Arc::new(Store::new(pool, Schema::from_toml(common::SCHEMA_TOML).unwrap()))
     }
 }
 
@@ -75,7 +75,7 @@ fn bob() -> UserId {
     UserId::new("support.bob").unwrap()
 }
 
-async fn seed<B: Backend>(h: &H<B>, p: &Proc<B>) {
+async fn seed<B: Engine>(h: &H<B>, p: &Proc<B>) {
     let doctor = principal("dr.jansen", &h.acme, "company_doctor");
     p.svc
         .insert(
@@ -88,7 +88,7 @@ async fn seed<B: Backend>(h: &H<B>, p: &Proc<B>) {
         .unwrap();
 }
 
-fn support_read<B: Backend>(
+fn support_read<B: Engine>(
     p: &Proc<B>,
     h: &H<B>,
     id: &GrantId,

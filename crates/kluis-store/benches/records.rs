@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use kluis_core::{DomainName, LocalKeyring, TenantId};
 use kluis_store::{
-    Access, Backend, FieldValue, NewRecord, Op, PostgresBackend, Record, Schema, SqliteBackend, Store, Value,
+    Access, Engine, FieldValue, NewRecord, Op, Postgres, Record, Schema, Sqlite, Store, Value,
 };
 use sqlx::Row;
 
@@ -146,20 +146,20 @@ fn plain_record(
 
 /// The table an application would write instead of the store, per engine, through the store's
 /// pool.
-trait PlainTable: Backend {
-    fn create_plain(&self) -> impl Future<Output = ()>;
+trait PlainTable: Engine {
+    fn create_plain(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = ()>;
     /// Untimed between iterations: empty the table.
-    fn clear_plain(&self) -> impl Future<Output = ()>;
+    fn clear_plain(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = ()>;
     /// Untimed: engine housekeeping after a clear (checkpoint, vacuum).
-    fn settle(&self) -> impl Future<Output = ()>;
+    fn settle(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = ()>;
     /// Records `first..first + BATCH` in one transaction, as one multi-row INSERT.
-    fn insert_plain_chunk(&self, tag: &str, first: usize) -> impl Future<Output = ()>;
+    fn insert_plain_chunk(pool: &sqlx::Pool<Self::Db>, tag: &str, first: usize) -> impl Future<Output = ()>;
     /// Up to `PAGE` records with id greater than `after`, ordered by id.
-    fn read_plain_page(&self, after: &str) -> impl Future<Output = Vec<Record>>;
+    fn read_plain_page(pool: &sqlx::Pool<Self::Db>, after: &str) -> impl Future<Output = Vec<Record>>;
 }
 
-impl PlainTable for SqliteBackend {
-    async fn create_plain(&self) {
+impl PlainTable for Sqlite {
+    async fn create_plain(pool: &sqlx::Pool<Self::Db>) {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS bench_plain_absence (
                 tenant TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL,
@@ -168,27 +168,27 @@ impl PlainTable for SqliteBackend {
                 diagnosis TEXT, doctor_notes TEXT,
                 PRIMARY KEY (tenant, id))",
         )
-        .execute(self.pool())
+        .execute(pool)
         .await
         .unwrap();
         sqlx::query(
             "CREATE INDEX IF NOT EXISTS bench_plain_absence_employee_number
                 ON bench_plain_absence (tenant, employee_number)",
         )
-        .execute(self.pool())
+        .execute(pool)
         .await
         .unwrap();
     }
 
-    async fn clear_plain(&self) {
-        sqlx::query("DELETE FROM bench_plain_absence").execute(self.pool()).await.unwrap();
+    async fn clear_plain(pool: &sqlx::Pool<Self::Db>) {
+        sqlx::query("DELETE FROM bench_plain_absence").execute(pool).await.unwrap();
     }
 
-    async fn settle(&self) {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(self.pool()).await.unwrap();
+    async fn settle(pool: &sqlx::Pool<Self::Db>) {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await.unwrap();
     }
 
-    async fn insert_plain_chunk(&self, tag: &str, first: usize) {
+    async fn insert_plain_chunk(pool: &sqlx::Pool<Self::Db>, tag: &str, first: usize) {
         let now = unix_now();
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO bench_plain_absence (tenant, id, subject, version, created_at, updated_at, \
@@ -202,12 +202,12 @@ impl PlainTable for SqliteBackend {
                 b.push_bind(text_of(v).to_owned());
             }
         });
-        let mut tx = self.pool().begin().await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
         q.build().execute(&mut *tx).await.unwrap();
         tx.commit().await.unwrap();
     }
 
-    async fn read_plain_page(&self, after: &str) -> Vec<Record> {
+    async fn read_plain_page(pool: &sqlx::Pool<Self::Db>, after: &str) -> Vec<Record> {
         let rows = sqlx::query(
             "SELECT id, subject, version, created_at, updated_at, start_date, end_date, work_capacity,
                     employee_number, diagnosis, doctor_notes
@@ -216,7 +216,7 @@ impl PlainTable for SqliteBackend {
         .bind(TENANT)
         .bind(after)
         .bind(PAGE as i64)
-        .fetch_all(self.pool())
+        .fetch_all(pool)
         .await
         .unwrap();
         rows.iter()
@@ -234,8 +234,8 @@ impl PlainTable for SqliteBackend {
     }
 }
 
-impl PlainTable for PostgresBackend {
-    async fn create_plain(&self) {
+impl PlainTable for Postgres {
+    async fn create_plain(pool: &sqlx::Pool<Self::Db>) {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS bench_plain_absence (
                 tenant TEXT NOT NULL, id TEXT NOT NULL, subject TEXT NOT NULL,
@@ -244,27 +244,27 @@ impl PlainTable for PostgresBackend {
                 diagnosis TEXT, doctor_notes TEXT,
                 PRIMARY KEY (tenant, id))",
         )
-        .execute(self.pool())
+        .execute(pool)
         .await
         .unwrap();
         sqlx::query(
             "CREATE INDEX IF NOT EXISTS bench_plain_absence_employee_number
                 ON bench_plain_absence (tenant, employee_number)",
         )
-        .execute(self.pool())
+        .execute(pool)
         .await
         .unwrap();
     }
 
-    async fn clear_plain(&self) {
-        sqlx::query("TRUNCATE bench_plain_absence").execute(self.pool()).await.unwrap();
+    async fn clear_plain(pool: &sqlx::Pool<Self::Db>) {
+        sqlx::query("TRUNCATE bench_plain_absence").execute(pool).await.unwrap();
     }
 
-    async fn settle(&self) {
-        sqlx::query("VACUUM ANALYZE").execute(self.pool()).await.unwrap();
+    async fn settle(pool: &sqlx::Pool<Self::Db>) {
+        sqlx::query("VACUUM ANALYZE").execute(pool).await.unwrap();
     }
 
-    async fn insert_plain_chunk(&self, tag: &str, first: usize) {
+    async fn insert_plain_chunk(pool: &sqlx::Pool<Self::Db>, tag: &str, first: usize) {
         let now = unix_now();
         let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
             "INSERT INTO bench_plain_absence (tenant, id, subject, version, created_at, updated_at, \
@@ -289,12 +289,12 @@ impl PlainTable for PostgresBackend {
                 };
             }
         });
-        let mut tx = self.pool().begin().await.unwrap();
+        let mut tx = pool.begin().await.unwrap();
         q.build().execute(&mut *tx).await.unwrap();
         tx.commit().await.unwrap();
     }
 
-    async fn read_plain_page(&self, after: &str) -> Vec<Record> {
+    async fn read_plain_page(pool: &sqlx::Pool<Self::Db>, after: &str) -> Vec<Record> {
         let rows = sqlx::query(
             "SELECT id, subject, version, created_at, updated_at, start_date::text, end_date::text,
                     work_capacity::text, employee_number, diagnosis, doctor_notes
@@ -303,7 +303,7 @@ impl PlainTable for PostgresBackend {
         .bind(TENANT)
         .bind(after)
         .bind(PAGE as i64)
-        .fetch_all(self.pool())
+        .fetch_all(pool)
         .await
         .unwrap();
         rows.iter()
@@ -321,15 +321,15 @@ impl PlainTable for PostgresBackend {
     }
 }
 
-struct Bench<B: Backend> {
+struct Bench<B: Engine> {
     store: Store<B>,
     access: Access,
 }
 
-async fn setup<B: PlainTable>(backend: B, keyring: &LocalKeyring) -> Bench<B> {
-    let store = Store::new(backend, Schema::from_toml(SCHEMA).unwrap());
+async fn setup<B: PlainTable>(pool: sqlx::Pool<B::Db>, keyring: &LocalKeyring) -> Bench<B> {
+    let store = Store::new(pool, Schema::from_toml(SCHEMA).unwrap());
     store.migrate().await.unwrap();
-    store.backend().create_plain().await;
+    B::create_plain(store.pool()).await;
     let tenant = TenantId::new(TENANT).unwrap();
     let access =
         store.unlock(keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
@@ -341,13 +341,13 @@ async fn setup<B: PlainTable>(backend: B, keyring: &LocalKeyring) -> Bench<B> {
     b
 }
 
-async fn insert_encrypted<B: Backend>(b: &Bench<B>, tag: &str) {
+async fn insert_encrypted<B: Engine>(b: &Bench<B>, tag: &str) {
     for chunk in 0..n_records() / BATCH {
         insert_encrypted_chunk(b, tag, chunk).await;
     }
 }
 
-async fn insert_encrypted_chunk<B: Backend>(b: &Bench<B>, tag: &str, chunk: usize) {
+async fn insert_encrypted_chunk<B: Engine>(b: &Bench<B>, tag: &str, chunk: usize) {
     let ops = (chunk * BATCH..(chunk + 1) * BATCH)
         .map(|i| {
             let mut rec = NewRecord::new(&subject(i)).id(&id(tag, i));
@@ -360,12 +360,12 @@ async fn insert_encrypted_chunk<B: Backend>(b: &Bench<B>, tag: &str, chunk: usiz
 
 async fn insert_plain<B: PlainTable>(b: &Bench<B>, tag: &str) {
     for chunk in 0..n_records() / BATCH {
-        b.store.backend().insert_plain_chunk(tag, chunk * BATCH).await;
+        B::insert_plain_chunk(b.store.pool(), tag, chunk * BATCH).await;
     }
 }
 
 /// One page of the store after `after`: (records, cursor of the next page).
-async fn read_encrypted_page<B: Backend>(b: &Bench<B>, after: Option<&str>) -> (usize, Option<String>) {
+async fn read_encrypted_page<B: Engine>(b: &Bench<B>, after: Option<&str>) -> (usize, Option<String>) {
     let page = b.store.list(&b.access, COLLECTION, None, after, PAGE as u32).await.unwrap();
     let n = page.records.len();
     std::hint::black_box(page.records);
@@ -374,7 +374,7 @@ async fn read_encrypted_page<B: Backend>(b: &Bench<B>, after: Option<&str>) -> (
 
 /// One page of the plain table after `after`, decoded into `Record`s.
 async fn read_plain_page<B: PlainTable>(b: &Bench<B>, after: Option<&str>) -> (usize, Option<String>) {
-    let records = b.store.backend().read_plain_page(after.unwrap_or("")).await;
+    let records = B::read_plain_page(b.store.pool(), after.unwrap_or("")).await;
     let n = records.len();
     let next = if n == PAGE { records.last().map(|r| r.id.clone()) } else { None };
     std::hint::black_box(records);
@@ -423,8 +423,8 @@ async fn clear<B: PlainTable>(b: &Bench<B>) {
             .collect();
         b.store.transaction(&b.access, ops).await.unwrap();
     }
-    b.store.backend().clear_plain().await;
-    b.store.backend().settle().await;
+    B::clear_plain(b.store.pool()).await;
+    B::settle(b.store.pool()).await;
 }
 
 /// Both sides hold records `tag-0..N`; the read cases read those.
@@ -432,7 +432,7 @@ async fn fill<B: PlainTable>(b: &Bench<B>, tag: &str) {
     clear(b).await;
     insert_encrypted(b, tag).await;
     insert_plain(b, tag).await;
-    b.store.backend().settle().await;
+    B::settle(b.store.pool()).await;
 }
 
 /// The smoke run's check: the plain table gives the caller the same records as the store.
@@ -440,7 +440,7 @@ async fn check_same_records<B: PlainTable>(b: &Bench<B>) {
     let (mut after, mut seen) = (None::<String>, 0);
     loop {
         let enc = b.store.list(&b.access, COLLECTION, None, after.as_deref(), PAGE as u32).await.unwrap();
-        let plain = b.store.backend().read_plain_page(after.as_deref().unwrap_or("")).await;
+        let plain = B::read_plain_page(b.store.pool(), after.as_deref().unwrap_or("")).await;
         assert_eq!(enc.records.len(), plain.len());
         for (e, p) in enc.records.iter().zip(&plain) {
             let same = |r: &Record| {
@@ -546,7 +546,7 @@ fn run_paired<B: PlainTable>(rt: &tokio::runtime::Runtime, engine: &str, b: &Ben
                     if encrypted {
                         insert_encrypted_chunk(b, "w", chunk).await
                     } else {
-                        b.store.backend().insert_plain_chunk("w", chunk * BATCH).await
+                        B::insert_plain_chunk(b.store.pool(), "w", chunk * BATCH).await
                     }
                     t[usize::from(!encrypted)] += start.elapsed();
                 }
@@ -616,10 +616,10 @@ fn benches(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     if engine_wanted("sqlite") {
         let sqlite = rt.block_on(async {
-            setup(SqliteBackend::open(&dir.path().join("bench.db")).await.unwrap(), &keyring).await
+            setup::<Sqlite>(Sqlite::open(&dir.path().join("bench.db")).await.unwrap(), &keyring).await
         });
         run(c, &rt, "sqlite", &sqlite);
-        rt.block_on(sqlite.store.backend().pool().close());
+        rt.block_on(sqlite.store.pool().close());
     }
     if !engine_wanted("postgres") {
         return;
@@ -639,13 +639,13 @@ fn benches(c: &mut Criterion) {
             _ => format!("{url}/{db}"),
         };
         let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db_url).await.ok()?;
-        Some(setup(PostgresBackend::new(pool), &keyring).await)
+        Some(setup::<Postgres>(pool, &keyring).await)
     });
     match pg {
         Some(pg) => {
             run(c, &rt, "postgres", &pg);
             rt.block_on(async {
-                pg.store.backend().pool().close().await;
+                pg.store.pool().close().await;
                 if let Ok(admin) = sqlx::PgPool::connect(&url).await {
                     let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
                         .execute(&admin)

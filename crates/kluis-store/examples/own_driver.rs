@@ -24,7 +24,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 use kluis_core::{Context, DomainName, LocalKeyring, TenantId};
-use kluis_store::{Schema, SqliteBackend, Store};
+use kluis_store::{Schema, Sqlite, Store};
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -47,7 +47,7 @@ async fn run(url: &str) -> Result<bool, AnyError> {
     // The keys: a store of their own (here a SQLite file), holding only wrapped keys.
     let dir = tempfile::tempdir()?;
     let keyring = LocalKeyring::generate(0)?; // in an app: kluis_keyring::KeyringFile::open(..)
-    let keys = Store::new(SqliteBackend::open(&dir.path().join("keys.db")).await?, Schema::default());
+    let keys = Store::new(Sqlite::open(&dir.path().join("keys.db")).await?, Schema::default());
     keys.migrate().await?;
     let tenant = TenantId::new("acme")?;
     let medical = DomainName::medical();

@@ -6,11 +6,9 @@
 //! names the tenant's `access_registry` domain key version the MAC key comes from). This module only reads
 //! and writes rows; it never trusts them: `kluis-service` refuses a row whose MAC does not verify.
 
-use std::future::Future;
-
 use crate::engine::Cols;
 
-use crate::backend::{Backend, SqlBackend};
+use crate::backend::SqlBackend;
 use crate::engine::{Engine, query, text_as};
 use crate::error::Result;
 
@@ -31,22 +29,9 @@ pub struct AccessRow {
     pub mac: Vec<u8>,
 }
 
-/// Registry rows, per engine. A supertrait of [`crate::Backend`].
-pub trait AccessBackend: Send + Sync + 'static {
+impl<E: Engine> SqlBackend<E> {
     /// Every row of a tenant, by kind then id.
-    fn access_rows(&self, tenant: &str) -> impl Future<Output = Result<Vec<AccessRow>>> + Send;
-
-    /// Inserts or replaces a row (one transaction), durable when it returns.
-    fn access_put(&self, row: &AccessRow) -> impl Future<Output = Result<()>> + Send;
-
-    /// Deletes a row; `true` if it existed.
-    fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> impl Future<Output = Result<bool>> + Send;
-}
-
-impl<E: Engine> SqlBackend<E> {}
-
-impl<E: Engine> AccessBackend for SqlBackend<E> {
-    async fn access_rows(&self, tenant: &str) -> Result<Vec<AccessRow>> {
+    pub async fn access_rows(&self, tenant: &str) -> Result<Vec<AccessRow>> {
         let rows = query::<E>(&E::sql(
                 "SELECT tenant, kind, id, body, key_version, mac FROM kluis_access WHERE tenant = ? ORDER BY kind, id",
             ))
@@ -67,7 +52,8 @@ impl<E: Engine> AccessBackend for SqlBackend<E> {
             .collect()
     }
 
-    async fn access_put(&self, row: &AccessRow) -> Result<()> {
+    /// Inserts or replaces a row (one transaction), durable when it returns.
+    pub async fn access_put(&self, row: &AccessRow) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         query::<E>(&E::sql("DELETE FROM kluis_access WHERE tenant = ? AND kind = ? AND id = ?"))
             .bind(&row.tenant)
@@ -90,7 +76,8 @@ impl<E: Engine> AccessBackend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> Result<bool> {
+    /// Deletes a row; `true` if it existed.
+    pub async fn access_delete(&self, tenant: &str, kind: &str, id: &str) -> Result<bool> {
         let done = query::<E>(&E::sql("DELETE FROM kluis_access WHERE tenant = ? AND kind = ? AND id = ?"))
             .bind(tenant)
             .bind(kind)
@@ -101,7 +88,7 @@ impl<E: Engine> AccessBackend for SqlBackend<E> {
     }
 }
 
-impl<B: crate::backend::Backend> crate::store::Store<B> {
+impl<E: Engine> crate::store::Store<E> {
     /// A tenant's registry rows, as stored (the caller verifies each row's MAC).
     pub async fn access_rows(&self, tenant: &str) -> Result<Vec<AccessRow>> {
         self.backend().access_rows(tenant).await

@@ -17,12 +17,10 @@
 //! Every `checkpoint_every` entries a checkpoint row (seq, hash) is written in the same transaction.
 //! docs/SERVICE.md gives the hash input byte by byte.
 
-use std::future::Future;
-
 use crate::engine::Cols;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, SqlBackend, WriteOp};
+use crate::backend::{SqlBackend, WriteOp};
 use crate::engine::{Engine, RowOf, query, text_as};
 use crate::error::{Result, StoreError};
 use crate::store::{Access, Op, Store, Written};
@@ -209,30 +207,6 @@ pub struct RecordOwner {
     pub subject: String,
 }
 
-/// Audit log reads, per engine. A supertrait of [`Backend`].
-pub trait AuditBackend: Send + Sync + 'static {
-    /// Up to `limit` entries after `after`, in sequence order; only `tenant`'s if given.
-    fn audit_page(
-        &self,
-        tenant: Option<&str>,
-        after: i64,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<AuditRow>>> + Send;
-
-    /// The head row: (last sequence number, its hash).
-    fn audit_head(&self) -> impl Future<Output = Result<(i64, Vec<u8>)>> + Send;
-
-    /// Every checkpoint row, in sequence order.
-    fn audit_checkpoints(&self) -> impl Future<Output = Result<Vec<CheckpointRow>>> + Send;
-
-    /// Which tenants hold a record with this collection and id (ids are unique per tenant only).
-    fn record_owners(
-        &self,
-        table: &crate::layout::Table,
-        id: &str,
-    ) -> impl Future<Output = Result<Vec<RecordOwner>>> + Send;
-}
-
 const AUDIT_COLS: &str = "seq, at_ms, actor, roles, support_grant, tenant, subject, collection, record, fields, \
                           action, outcome, reason, break_glass, access_point, purpose, on_behalf_of, hash, \
                           rows_seq, rows_hash";
@@ -342,8 +316,9 @@ impl<E: Engine> SqlBackend<E> {
     }
 }
 
-impl<E: Engine> AuditBackend for SqlBackend<E> {
-    async fn audit_page(&self, tenant: Option<&str>, after: i64, limit: u32) -> Result<Vec<AuditRow>> {
+impl<E: Engine> SqlBackend<E> {
+    /// Up to `limit` entries after `after`, in sequence order; only `tenant`'s if given.
+    pub async fn audit_page(&self, tenant: Option<&str>, after: i64, limit: u32) -> Result<Vec<AuditRow>> {
         let sql = match tenant {
             Some(_) => format!(
                 "SELECT {AUDIT_COLS} FROM kluis_audit WHERE tenant = ? AND seq > ? ORDER BY seq LIMIT ?"
@@ -359,7 +334,8 @@ impl<E: Engine> AuditBackend for SqlBackend<E> {
         rows.iter().map(Self::audit_row).collect()
     }
 
-    async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
+    /// The head row: (last sequence number, its hash).
+    pub async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
         let row = query::<E>("SELECT seq, hash FROM kluis_audit_head WHERE id = 1")
             .fetch_optional(self.pool())
             .await?
@@ -370,14 +346,16 @@ impl<E: Engine> AuditBackend for SqlBackend<E> {
         Ok((row.col(0)?, row.col(1)?))
     }
 
-    async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
+    /// Every checkpoint row, in sequence order.
+    pub async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
         let rows = query::<E>("SELECT seq, at_ms, hash FROM kluis_audit_checkpoints ORDER BY seq")
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(|r| Ok(CheckpointRow { seq: r.col(0)?, at_ms: r.col(1)?, hash: r.col(2)? })).collect()
     }
 
-    async fn record_owners(&self, table: &crate::layout::Table, id: &str) -> Result<Vec<RecordOwner>> {
+    /// Which tenants hold a record with this collection and id (ids are unique per tenant only).
+    pub async fn record_owners(&self, table: &crate::layout::Table, id: &str) -> Result<Vec<RecordOwner>> {
         let sql = format!("SELECT tenant, subject FROM {} WHERE id = ? ORDER BY tenant", table.name);
         let rows = query::<E>(&E::sql(&sql)).bind(id).fetch_all(self.pool()).await?;
         rows.iter()
@@ -391,7 +369,7 @@ impl<E: Engine> AuditBackend for SqlBackend<E> {
     }
 }
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Runs `ops` as [`Store::transaction`] does, with `audit` appended **in the same database
     /// transaction**: the audit head lock is taken before anything else, the entry appended after
     /// the rows and their row log entries (so it covers them): either the changes and their

@@ -5,7 +5,6 @@
 //! The trait works on rows that are already sealed: it never sees a key or a plaintext value.
 //! It is public so that tools and benches can reach the same tables through the same pool.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use crate::engine::Cols;
@@ -223,7 +222,7 @@ pub struct SubjectKeyRow {
     pub wrap_version: i64,
 }
 
-/// Per domain key version: what depends on it (see [`Backend::key_usage`]).
+/// Per domain key version: what depends on it (see [`SqlBackend::key_usage`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyUsageRow {
     /// Tenant.
@@ -242,7 +241,7 @@ pub struct KeyUsageRow {
     pub documents: u64,
 }
 
-/// One subject's re-encryption, applied in one transaction by [`Backend::reencrypt_subject`].
+/// One subject's re-encryption, applied in one transaction by [`SqlBackend::reencrypt_subject`].
 #[derive(Clone, Debug)]
 pub struct ReencryptPlan {
     /// Tenant.
@@ -281,7 +280,7 @@ pub struct ReencryptRecord {
     pub expected_tag: Vec<u8>,
 }
 
-/// What [`Backend::reencrypt_subject`] did.
+/// What [`SqlBackend::reencrypt_subject`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReencryptOutcome {
     /// `false` if nothing was written because a record or key changed concurrently.
@@ -369,306 +368,7 @@ pub enum DocumentFilter<'a> {
     Record(&'a str),
 }
 
-/// What a backend does. Implemented for [`SqliteBackend`], [`PostgresBackend`] and
-/// [`MySqlBackend`]; every method that writes more than one row runs in one transaction.
-pub trait Backend:
-    crate::audit::AuditBackend
-    + crate::access::AccessBackend
-    + crate::row_log::RowLogBackend
-    + Send
-    + Sync
-    + 'static
-{
-    /// The sqlx database type.
-    type Database: sqlx::Database;
-
-    /// Which engine.
-    const ENGINE: EngineKind;
-
-    /// The pool.
-    fn pool(&self) -> &sqlx::Pool<Self::Database>;
-
-    /// Applies the embedded migrations.
-    fn migrate(&self) -> impl Future<Output = Result<()>> + Send;
-
-    /// Creates the tables of `layout` that do not exist, adds the columns and indexes missing
-    /// from those that do, and lists them in `kluis_tables` (idempotent).
-    fn install(&self, layout: &Layout) -> impl Future<Output = Result<()>> + Send;
-
-    /// Up to `limit` records of the legacy layout (`kluis_records`, a row per field in
-    /// `kluis_fields`), with their blind indexes, for [`Backend::move_legacy`].
-    fn legacy_records(
-        &self,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<(StoredRecord, Vec<IndexRow>)>>> + Send;
-
-    /// Moves legacy records into their tables in one transaction: each given row (with its tag)
-    /// is inserted and its legacy rows deleted; a record already moved by another process is
-    /// left as it is.
-    fn move_legacy(
-        &self,
-        rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// All versions of a domain key.
-    fn domain_keys(
-        &self,
-        tenant: &str,
-        domain: &str,
-    ) -> impl Future<Output = Result<Vec<DomainKeyRow>>> + Send;
-
-    /// Every domain key row of every tenant (for root key rotation).
-    fn all_domain_keys(&self) -> impl Future<Output = Result<Vec<DomainKeyRow>>> + Send;
-
-    /// Inserts new domain key rows and updates existing ones (state, wrapped) in one transaction.
-    /// `insert_only` rows fail with [`StoreError::AlreadyExists`] if present.
-    fn put_domain_keys(
-        &self,
-        rows: Vec<DomainKeyRow>,
-        insert_only: bool,
-        audit: Option<crate::audit::AuditAppend>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// The subject key rows of (tenant, domain, subject).
-    fn subject_keys(
-        &self,
-        tenant: &str,
-        domain: &str,
-        subject: &str,
-    ) -> impl Future<Output = Result<Vec<SubjectKeyRow>>> + Send;
-
-    /// Every subject key row of (tenant, domain).
-    fn all_subject_keys(
-        &self,
-        tenant: &str,
-        domain: &str,
-    ) -> impl Future<Output = Result<Vec<SubjectKeyRow>>> + Send;
-
-    /// Inserts a subject key row; `false` if that (tenant, domain, subject, version) exists.
-    fn insert_subject_key(&self, row: SubjectKeyRow) -> impl Future<Output = Result<bool>> + Send;
-
-    /// Replaces the wrapped bytes of subject key rows (after a rewrap), in one transaction.
-    fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> impl Future<Output = Result<()>> + Send;
-
-    /// Applies a batch of writes in one transaction; any error rolls all of it back.
-    fn apply(&self, ops: Vec<WriteOp>) -> impl Future<Output = Result<()>> + Send;
-
-    /// [`Backend::apply`] for a batch whose writes arrive while earlier ones are being written:
-    /// `Some(op)` is written, `None` ends the batch and commits it. If the channel closes before
-    /// `None` (the sender failed), everything is rolled back and the answer is
-    /// [`StoreError::Invalid`]; the sender's own error is the one to report.
-    fn apply_stream(
-        &self,
-        ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// One record.
-    fn get(
-        &self,
-        table: &Table,
-        tenant: &str,
-        id: &str,
-    ) -> impl Future<Output = Result<Option<StoredRecord>>> + Send;
-
-    /// Which of `ids` the tenant's table holds (one query; nothing opened).
-    fn existing_ids(
-        &self,
-        table: &Table,
-        tenant: &str,
-        ids: &[&str],
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-
-    /// A page of records ordered by id, after `after`, optionally only those of `subject`.
-    fn list(
-        &self,
-        table: &Table,
-        tenant: &str,
-        subject: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
-
-    /// [`Backend::list`], each record handed to `out` as the database produces it, so the caller
-    /// opens one while the next are read. The channel is unbounded (at most `limit` records wait
-    /// in it), so the read never waits for the caller and its connection is freed as soon as the
-    /// rows are read: a caller that needs the pool meanwhile (a subject key to load) cannot
-    /// deadlock it. Stops without error when `out` is closed (the caller's error is the answer).
-    fn list_each(
-        &self,
-        table: &Table,
-        tenant: &str,
-        subject: Option<&str>,
-        after: Option<&str>,
-        limit: u32,
-        out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Records whose blind index of `field` is one of `candidates` (key version, index), by id.
-    fn find_index(
-        &self,
-        table: &Table,
-        tenant: &str,
-        field: &str,
-        candidates: Vec<(i64, Vec<u8>)>,
-    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
-
-    /// Every record of a subject (clear columns only), over the tables of `layout`.
-    fn subject_records(
-        &self,
-        layout: &Layout,
-        tenant: &str,
-        subject: &str,
-    ) -> impl Future<Output = Result<Vec<RecordRow>>> + Send;
-
-    /// Every blind index of a tenant (collection, record id, field, key version), for re-indexing
-    /// after a key rotation.
-    fn index_rows(
-        &self,
-        layout: &Layout,
-        tenant: &str,
-    ) -> impl Future<Output = Result<Vec<(String, String, String, i64)>>> + Send;
-
-    /// Shreds a subject in one transaction: its subject keys, its rows in every table listed in
-    /// `kluis_tables` and document catalog entries; records `audit` (a legal override) and
-    /// appends `entry` (an audit log entry) in the same transaction if given. Returns the number
-    /// of records removed.
-    fn delete_subject(
-        &self,
-        tenant: &str,
-        subject: &str,
-        audit: Option<OverrideRow>,
-        entry: Option<crate::audit::AuditAppend>,
-    ) -> impl Future<Output = Result<u64>> + Send;
-
-    /// Records a legal override.
-    fn record_override(&self, row: OverrideRow) -> impl Future<Output = Result<()>> + Send;
-
-    /// Reads a metadata value.
-    fn meta(&self, name: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
-
-    /// Writes a metadata value.
-    fn set_meta(&self, name: &str, value: Vec<u8>) -> impl Future<Output = Result<()>> + Send;
-
-    /// Inserts a documents catalog entry.
-    fn insert_document(&self, row: DocumentRow) -> impl Future<Output = Result<()>> + Send;
-
-    /// Lists catalog entries by subject or record, ordered by document id.
-    fn list_documents(
-        &self,
-        tenant: &str,
-        filter: DocumentFilter<'_>,
-    ) -> impl Future<Output = Result<Vec<DocumentRow>>> + Send;
-
-    /// Deletes a catalog entry; `false` if there was none.
-    fn delete_document(&self, tenant: &str, document_id: &str) -> impl Future<Output = Result<bool>> + Send;
-
-    /// One catalog entry.
-    fn document(
-        &self,
-        tenant: &str,
-        document_id: &str,
-    ) -> impl Future<Output = Result<Option<DocumentRow>>> + Send;
-
-    /// Replaces the catalog entry (tenant, document id) of `row` if its object name is still
-    /// `expected_object_name` (compare-and-swap); `false` if it changed or is gone.
-    fn replace_document(
-        &self,
-        expected_object_name: &str,
-        row: DocumentRow,
-    ) -> impl Future<Output = Result<bool>> + Send;
-
-    /// Every object name referenced by any catalog entry, all tenants, sorted.
-    fn document_object_names(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
-
-    /// Tenants that have domain keys, sorted.
-    fn tenants(&self) -> impl Future<Output = Result<Vec<String>>> + Send;
-
-    /// Per domain key version (of one tenant or all): subject keys wrapped under it, records with
-    /// a cell sealed by such a subject key, catalog documents wrapped by such a subject key.
-    fn key_usage(
-        &self,
-        layout: &Layout,
-        tenant: Option<&str>,
-    ) -> impl Future<Output = Result<Vec<KeyUsageRow>>> + Send;
-
-    /// Subjects of (tenant, domain) with work for a re-encryption step (a subject key wrapped
-    /// under another version than `active` that is the newest, or still seals a cell, or is used
-    /// by no document), sorted, at most `limit`.
-    fn reencrypt_candidates(
-        &self,
-        layout: &Layout,
-        tenant: &str,
-        domain: &str,
-        active: i64,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-
-    /// How many subjects of (tenant, domain) still have a subject key wrapped under another
-    /// version than `active`.
-    fn count_stale_subjects(
-        &self,
-        layout: &Layout,
-        tenant: &str,
-        domain: &str,
-        active: i64,
-    ) -> impl Future<Output = Result<u64>> + Send;
-
-    /// Every record of a subject that has a cell of `domain`, whole (all its cells).
-    fn subject_cells(
-        &self,
-        layout: &Layout,
-        tenant: &str,
-        domain: &str,
-        subject: &str,
-    ) -> impl Future<Output = Result<Vec<StoredRecord>>> + Send;
-
-    /// Applies one subject's re-encryption in one transaction (see [`ReencryptPlan`]).
-    fn reencrypt_subject(&self, plan: ReencryptPlan)
-    -> impl Future<Output = Result<ReencryptOutcome>> + Send;
-
-    /// Rotation: applies `updates` (the old active version turned decrypt-only, every live row
-    /// retagged) and inserts `new` (active), in one transaction; [`StoreError::KeyChanged`] if any
-    /// updated row is no longer as read or `new`'s version exists.
-    fn rotate_domain_keys(
-        &self,
-        updates: Vec<KeyRowUpdate>,
-        new: DomainKeyRow,
-        audit: Option<crate::audit::AuditAppend>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Replaces domain key rows (state, wrapped key, tag), each only if it is still as read, in
-    /// one transaction ([`StoreError::KeyChanged`] and nothing written otherwise).
-    fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> impl Future<Output = Result<()>> + Send;
-
-    /// Destroys a decrypt-only version in one transaction, refusing with
-    /// [`StoreError::KeyInUse`] while anything depends on it. `retag` holds the destroyed row
-    /// (state `destroyed`, no wrapped key, no tag) and every other live row retagged over the new
-    /// set, each written only if it is still as read.
-    fn destroy_domain_version(
-        &self,
-        layout: &Layout,
-        tenant: &str,
-        domain: &str,
-        version: i64,
-        retag: Vec<KeyRowUpdate>,
-        audit: Option<crate::audit::AuditAppend>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Replaces the wrapped bytes of domain key rows, each only if it still holds the given old
-    /// bytes, all in one transaction ([`StoreError::KeyChanged`] and nothing written otherwise).
-    fn rewrap_domain_key_rows(
-        &self,
-        rows: Vec<(DomainKeyRow, Vec<u8>)>,
-        audit: Option<crate::audit::AuditAppend>,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Makes deleted key bytes unrecoverable from the database files (engine specific; see
-    /// docs/STORE.md): SQLite secure_delete + VACUUM + WAL checkpoint(TRUNCATE); PostgreSQL
-    /// VACUUM FULL of the key tables; MariaDB OPTIMIZE TABLE of the key tables.
-    fn purge(&self) -> impl Future<Output = Result<()>> + Send;
-}
-
-/// The store's SQL on engine `E`: [`SqliteBackend`], [`PostgresBackend`] or [`MySqlBackend`].
+/// The store's SQL on engine `E`.
 #[derive(Debug)]
 pub struct SqlBackend<E: Engine> {
     pool: sqlx::Pool<E::Db>,
@@ -680,65 +380,11 @@ impl<E: Engine> Clone for SqlBackend<E> {
     }
 }
 
-/// The SQLite backend.
-pub type SqliteBackend = SqlBackend<Sqlite>;
-/// The PostgreSQL backend.
-pub type PostgresBackend = SqlBackend<Postgres>;
-/// The MariaDB / MySQL backend.
-pub type MySqlBackend = SqlBackend<MySql>;
-
 impl<E: Engine> SqlBackend<E> {
-    /// Wraps a pool (the application chooses TLS and credentials; for SQLite see
-    /// [`SqliteBackend::open`] for the recommended settings).
+    /// Wraps a pool.
     pub fn new(pool: sqlx::Pool<E::Db>) -> Self {
         Self { pool }
     }
-}
-
-impl SqliteBackend {
-    /// Opens (creating if needed) a database file with WAL journaling, `secure_delete=ON`,
-    /// `synchronous=FULL`, foreign keys and a busy timeout, and room for 1,000 rows between
-    /// sqlx's worker thread and the caller (a whole page: the worker reads ahead instead of
-    /// waiting for the caller, and waking it, row by row; sqlx's default is 50).
-    ///
-    /// On Unix a new database file is created with mode `0600` (owner read and write, whatever
-    /// the umask) before SQLite opens it; SQLite gives its `-wal` and `-shm` files the database
-    /// file's mode. An existing file keeps its mode.
-    pub async fn open(path: &std::path::Path) -> Result<Self> {
-        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-        create_private(path)?;
-        let opts = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10))
-            .pragma("secure_delete", "ON")
-            .row_buffer_size(1000);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
-        Ok(Self { pool })
-    }
-}
-
-/// Creates `path` as an empty file of mode `0600` if it does not exist (Unix; elsewhere SQLite
-/// creates it). The mode is set after creation too, so a restrictive or permissive umask makes no
-/// difference.
-fn create_private(path: &std::path::Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
-            Ok(file) => file
-                .set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(StoreError::Database(sqlx::Error::Io(e))),
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
 
 fn unique_violation(e: &sqlx::Error) -> bool {
@@ -768,7 +414,7 @@ fn is_concurrency_error(e: &StoreError) -> bool {
 const RECORD_COLS: &str = "tenant, collection, id, subject, version, created_at, updated_at, retain_until";
 
 /// The subject key versions a batch's cells were sealed under, without duplicates, by subject then
-/// (tenant, domain, version): [`Backend::apply`] checks them all with a few statements before it
+/// (tenant, domain, version): [`SqlBackend::apply`] checks them all with a few statements before it
 /// commits, instead of one lookup per record and domain.
 #[derive(Default)]
 struct KeyUses {
@@ -1630,21 +1276,22 @@ impl<E: Engine> SqlBackend<E> {
     }
 }
 
-impl<E: Engine> Backend for SqlBackend<E> {
-    type Database = E::Db;
-    const ENGINE: EngineKind = E::KIND;
-
-    fn pool(&self) -> &sqlx::Pool<E::Db> {
+impl<E: Engine> SqlBackend<E> {
+    /// The pool.
+    pub fn pool(&self) -> &sqlx::Pool<E::Db> {
         &self.pool
     }
 
-    async fn migrate(&self) -> Result<()> {
+    /// Applies the embedded migrations.
+    pub async fn migrate(&self) -> Result<()> {
         let m = Migrator::new(crate::engine::Embedded(E::MIGRATIONS)).await?;
         m.run(&self.pool).await?;
         self.backfill_versions().await
     }
 
-    async fn install(&self, layout: &Layout) -> Result<()> {
+    /// Creates the tables of `layout` that do not exist, adds the columns and indexes missing
+    /// from those that do, and lists them in `kluis_tables` (idempotent).
+    pub async fn install(&self, layout: &Layout) -> Result<()> {
         // The catalog, not a `SELECT *` probe: PostgreSQL refuses a cached plan of one
         // whose result type an ALTER TABLE changed.
         for t in layout.tables() {
@@ -1676,7 +1323,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn legacy_records(&self, limit: u32) -> Result<Vec<(StoredRecord, Vec<IndexRow>)>> {
+    /// Up to `limit` records of the legacy layout (`kluis_records`, a row per field in
+    /// `kluis_fields`), with their blind indexes, for [`SqlBackend::move_legacy`].
+    pub async fn legacy_records(&self, limit: u32) -> Result<Vec<(StoredRecord, Vec<IndexRow>)>> {
         let sql = format!("SELECT {RECORD_COLS} FROM kluis_records ORDER BY tenant, collection, id LIMIT ?");
         let rows = query::<E>(&E::sql(&sql)).bind(i64::from(limit)).fetch_all(&self.pool).await?;
         let recs = rows.iter().map(Self::record_from).collect::<Result<Vec<_>>>()?;
@@ -1705,7 +1354,10 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(with_indexes)
     }
 
-    async fn move_legacy(&self, rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>) -> Result<()> {
+    /// Moves legacy records into their tables in one transaction: each given row (with its tag)
+    /// is inserted and its legacy rows deleted; a record already moved by another process is
+    /// left as it is.
+    pub async fn move_legacy(&self, rows: Vec<(Arc<Table>, StoredRecord, Vec<IndexRow>)>) -> Result<()> {
         let mut tx = self.begin_write().await?;
         Self::lock_head(&mut tx).await?;
         let mut moved = Vec::with_capacity(rows.len());
@@ -1745,7 +1397,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
+    /// All versions of a domain key.
+    pub async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
         let rows = query::<E>(&E::sql(
             "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys \
                  WHERE tenant = ? AND domain = ? ORDER BY version",
@@ -1768,7 +1421,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
             .collect()
     }
 
-    async fn all_domain_keys(&self) -> Result<Vec<DomainKeyRow>> {
+    /// Every domain key row of every tenant (for root key rotation).
+    pub async fn all_domain_keys(&self) -> Result<Vec<DomainKeyRow>> {
         let rows = query::<E>(
                 "SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys ORDER BY tenant, domain, version",
             )
@@ -1788,7 +1442,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
             .collect()
     }
 
-    async fn put_domain_keys(
+    /// Inserts new domain key rows and updates existing ones (state, wrapped) in one transaction.
+    /// `insert_only` rows fail with [`StoreError::AlreadyExists`] if present.
+    pub async fn put_domain_keys(
         &self,
         rows: Vec<DomainKeyRow>,
         insert_only: bool,
@@ -1842,7 +1498,13 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn subject_keys(&self, tenant: &str, domain: &str, subject: &str) -> Result<Vec<SubjectKeyRow>> {
+    /// The subject key rows of (tenant, domain, subject).
+    pub async fn subject_keys(
+        &self,
+        tenant: &str,
+        domain: &str,
+        subject: &str,
+    ) -> Result<Vec<SubjectKeyRow>> {
         let rows = query::<E>(&E::sql(
                 "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
                  WHERE tenant = ? AND domain = ? AND subject = ? ORDER BY version",
@@ -1855,7 +1517,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         rows.iter().map(Self::subject_key_from).collect()
     }
 
-    async fn all_subject_keys(&self, tenant: &str, domain: &str) -> Result<Vec<SubjectKeyRow>> {
+    /// Every subject key row of (tenant, domain).
+    pub async fn all_subject_keys(&self, tenant: &str, domain: &str) -> Result<Vec<SubjectKeyRow>> {
         let rows = query::<E>(&E::sql(
                 "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
                  WHERE tenant = ? AND domain = ? ORDER BY subject, version",
@@ -1867,7 +1530,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         rows.iter().map(Self::subject_key_from).collect()
     }
 
-    async fn insert_subject_key(&self, row: SubjectKeyRow) -> Result<bool> {
+    /// Inserts a subject key row; `false` if that (tenant, domain, subject, version) exists.
+    pub async fn insert_subject_key(&self, row: SubjectKeyRow) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         // The wrapping domain key version must still be live; the share lock keeps a
         // concurrent retirement of it waiting until this key is visible to its check.
@@ -1877,7 +1541,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(inserted)
     }
 
-    async fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> Result<()> {
+    /// Replaces the wrapped bytes of subject key rows (after a rewrap), in one transaction.
+    pub async fn rewrap_subject_keys(&self, rows: Vec<SubjectKeyRow>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for r in rows {
             query::<E>(&E::sql(
@@ -1896,7 +1561,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
+    /// Applies a batch of writes in one transaction; any error rolls all of it back.
+    pub async fn apply(&self, ops: Vec<WriteOp>) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let mut used = KeyUses::default();
         let mut pending = None;
@@ -1917,7 +1583,11 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn apply_stream(&self, mut ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>) -> Result<()> {
+    /// [`SqlBackend::apply`] for a batch whose writes arrive while earlier ones are being written:
+    /// `Some(op)` is written, `None` ends the batch and commits it. If the channel closes before
+    /// `None` (the sender failed), everything is rolled back and the answer is
+    /// [`StoreError::Invalid`]; the sender's own error is the one to report.
+    pub async fn apply_stream(&self, mut ops: tokio::sync::mpsc::Receiver<Option<WriteOp>>) -> Result<()> {
         let cut = || StoreError::Invalid("the batch ended before its end mark; nothing was written".into());
         // Nothing is begun before the first write arrives (a failed check sends none).
         let mut next = ops.recv().await.ok_or_else(cut)?;
@@ -1938,13 +1608,15 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn get(&self, table: &Table, tenant: &str, id: &str) -> Result<Option<StoredRecord>> {
+    /// One record.
+    pub async fn get(&self, table: &Table, tenant: &str, id: &str) -> Result<Option<StoredRecord>> {
         let sql = format!("SELECT {} FROM {} WHERE tenant = ? AND id = ?", table.select_list(""), table.name);
         let row = query::<E>(&E::sql(&sql)).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
         row.map(|r| Self::stored_from(table, &r)).transpose()
     }
 
-    async fn existing_ids(&self, table: &Table, tenant: &str, ids: &[&str]) -> Result<Vec<String>> {
+    /// Which of `ids` the tenant's table holds (one query; nothing opened).
+    pub async fn existing_ids(&self, table: &Table, tenant: &str, ids: &[&str]) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for chunk in ids.chunks(1000) {
             let sql = format!(
@@ -1964,7 +1636,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(out)
     }
 
-    async fn list(
+    /// A page of records ordered by id, after `after`, optionally only those of `subject`.
+    pub async fn list(
         &self,
         table: &Table,
         tenant: &str,
@@ -1984,7 +1657,12 @@ impl<E: Engine> Backend for SqlBackend<E> {
         rows.iter().map(|r| Self::stored_from(table, r)).collect()
     }
 
-    async fn list_each(
+    /// [`SqlBackend::list`], each record handed to `out` as the database produces it, so the caller
+    /// opens one while the next are read. The channel is unbounded (at most `limit` records wait
+    /// in it), so the read never waits for the caller and its connection is freed as soon as the
+    /// rows are read: a caller that needs the pool meanwhile (a subject key to load) cannot
+    /// deadlock it. Stops without error when `out` is closed (the caller's error is the answer).
+    pub async fn list_each(
         &self,
         table: &Table,
         tenant: &str,
@@ -2006,7 +1684,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
             .await
     }
 
-    async fn find_index(
+    /// Records whose blind index of `field` is one of `candidates` (key version, index), by id.
+    pub async fn find_index(
         &self,
         table: &Table,
         tenant: &str,
@@ -2038,7 +1717,13 @@ impl<E: Engine> Backend for SqlBackend<E> {
         rows.iter().map(|r| Self::stored_from(table, r)).collect()
     }
 
-    async fn subject_records(&self, layout: &Layout, tenant: &str, subject: &str) -> Result<Vec<RecordRow>> {
+    /// Every record of a subject (clear columns only), over the tables of `layout`.
+    pub async fn subject_records(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<RecordRow>> {
         let mut out = Vec::new();
         for t in layout.tables() {
             let sql = format!(
@@ -2055,7 +1740,13 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(out)
     }
 
-    async fn index_rows(&self, layout: &Layout, tenant: &str) -> Result<Vec<(String, String, String, i64)>> {
+    /// Every blind index of a tenant (collection, record id, field, key version), for re-indexing
+    /// after a key rotation.
+    pub async fn index_rows(
+        &self,
+        layout: &Layout,
+        tenant: &str,
+    ) -> Result<Vec<(String, String, String, i64)>> {
         let mut out = Vec::new();
         for t in layout.tables() {
             for c in &t.cells {
@@ -2070,7 +1761,11 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(out)
     }
 
-    async fn delete_subject(
+    /// Shreds a subject in one transaction: its subject keys, its rows in every table listed in
+    /// `kluis_tables` and document catalog entries; records `audit` (a legal override) and
+    /// appends `entry` (an audit log entry) in the same transaction if given. Returns the number
+    /// of records removed.
+    pub async fn delete_subject(
         &self,
         tenant: &str,
         subject: &str,
@@ -2136,21 +1831,24 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(removed)
     }
 
-    async fn record_override(&self, row: OverrideRow) -> Result<()> {
+    /// Records a legal override.
+    pub async fn record_override(&self, row: OverrideRow) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         Self::insert_override(&mut tx, row).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
+    /// Reads a metadata value.
+    pub async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(query_scalar::<E, Vec<u8>>(&E::sql("SELECT value FROM kluis_meta WHERE name = ?"))
             .bind(name)
             .fetch_optional(&self.pool)
             .await?)
     }
 
-    async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
+    /// Writes a metadata value.
+    pub async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
         // One statement (an upsert), so two processes recording at once cannot collide.
         let sql = match E::KIND {
             EngineKind::MySql => {
@@ -2164,14 +1862,16 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn insert_document(&self, d: DocumentRow) -> Result<()> {
+    /// Inserts a documents catalog entry.
+    pub async fn insert_document(&self, d: DocumentRow) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         Self::insert_document_tx(&mut tx, d).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn list_documents(&self, tenant: &str, filter: DocumentFilter<'_>) -> Result<Vec<DocumentRow>> {
+    /// Lists catalog entries by subject or record, ordered by document id.
+    pub async fn list_documents(&self, tenant: &str, filter: DocumentFilter<'_>) -> Result<Vec<DocumentRow>> {
         let (col, val) = match filter {
             DocumentFilter::Subject(s) => ("subject", s),
             DocumentFilter::Record(r) => ("record_id", r),
@@ -2184,7 +1884,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         rows.iter().map(Self::document_from).collect()
     }
 
-    async fn delete_document(&self, tenant: &str, document_id: &str) -> Result<bool> {
+    /// Deletes a catalog entry; `false` if there was none.
+    pub async fn delete_document(&self, tenant: &str, document_id: &str) -> Result<bool> {
         let done = query::<E>(&E::sql("DELETE FROM kluis_documents WHERE tenant = ? AND document_id = ?"))
             .bind(tenant)
             .bind(document_id)
@@ -2193,11 +1894,15 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn purge(&self) -> Result<()> {
+    /// Makes deleted key bytes unrecoverable from the database files (engine specific; see
+    /// docs/STORE.md): SQLite secure_delete + VACUUM + WAL checkpoint(TRUNCATE); PostgreSQL
+    /// VACUUM FULL of the key tables; MariaDB OPTIMIZE TABLE of the key tables.
+    pub async fn purge(&self) -> Result<()> {
         E::purge(&self.pool).await
     }
 
-    async fn document(&self, tenant: &str, document_id: &str) -> Result<Option<DocumentRow>> {
+    /// One catalog entry.
+    pub async fn document(&self, tenant: &str, document_id: &str) -> Result<Option<DocumentRow>> {
         let row = query::<E>(&E::sql(
                 "SELECT tenant, document_id, domain, subject, record_id, object_name, key_ref, padded_size, created_at, sealed_meta \
                  FROM kluis_documents WHERE tenant = ? AND document_id = ?",
@@ -2209,7 +1914,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
         row.as_ref().map(Self::document_from).transpose()
     }
 
-    async fn replace_document(&self, expected_object_name: &str, d: DocumentRow) -> Result<bool> {
+    /// Replaces the catalog entry (tenant, document id) of `row` if its object name is still
+    /// `expected_object_name` (compare-and-swap); `false` if it changed or is gone.
+    pub async fn replace_document(&self, expected_object_name: &str, d: DocumentRow) -> Result<bool> {
         let done = query::<E>(&E::sql(
                 "UPDATE kluis_documents SET domain = ?, subject = ?, record_id = ?, object_name = ?, key_ref = ?, \
                  padded_size = ?, created_at = ?, sealed_meta = ?, key_version = ? \
@@ -2232,21 +1939,25 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(done.rows_affected() == 1)
     }
 
-    async fn document_object_names(&self) -> Result<Vec<String>> {
+    /// Every object name referenced by any catalog entry, all tenants, sorted.
+    pub async fn document_object_names(&self) -> Result<Vec<String>> {
         let rows = query::<E>("SELECT DISTINCT object_name FROM kluis_documents ORDER BY object_name")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| text(r, 0)).collect()
     }
 
-    async fn tenants(&self) -> Result<Vec<String>> {
+    /// Tenants that have domain keys, sorted.
+    pub async fn tenants(&self) -> Result<Vec<String>> {
         let rows = query::<E>("SELECT DISTINCT tenant FROM kluis_domain_keys ORDER BY tenant")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(|r| text(r, 0)).collect()
     }
 
-    async fn key_usage(&self, layout: &Layout, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
+    /// Per domain key version (of one tenant or all): subject keys wrapped under it, records with
+    /// a cell sealed by such a subject key, catalog documents wrapped by such a subject key.
+    pub async fn key_usage(&self, layout: &Layout, tenant: Option<&str>) -> Result<Vec<KeyUsageRow>> {
         use std::collections::BTreeMap;
         let mut out: BTreeMap<(String, String, i64), KeyUsageRow> = BTreeMap::new();
         let filter = |col: &str| match tenant {
@@ -2356,7 +2067,10 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(out.into_values().collect())
     }
 
-    async fn reencrypt_candidates(
+    /// Subjects of (tenant, domain) with work for a re-encryption step (a subject key wrapped
+    /// under another version than `active` that is the newest, or still seals a cell, or is used
+    /// by no document), sorted, at most `limit`.
+    pub async fn reencrypt_candidates(
         &self,
         layout: &Layout,
         tenant: &str,
@@ -2398,7 +2112,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(out.into_iter().take(limit as usize).collect())
     }
 
-    async fn count_stale_subjects(
+    /// How many subjects of (tenant, domain) still have a subject key wrapped under another
+    /// version than `active`.
+    pub async fn count_stale_subjects(
         &self,
         layout: &Layout,
         tenant: &str,
@@ -2421,7 +2137,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(subjects.len() as u64)
     }
 
-    async fn subject_cells(
+    /// Every record of a subject that has a cell of `domain`, whole (all its cells).
+    pub async fn subject_cells(
         &self,
         layout: &Layout,
         tenant: &str,
@@ -2448,7 +2165,8 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(out)
     }
 
-    async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
+    /// Applies one subject's re-encryption in one transaction (see [`ReencryptPlan`]).
+    pub async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
         match self.reencrypt_subject_tx(&plan).await {
             Ok(dropped) => Ok(ReencryptOutcome { applied: true, dropped }),
             Err(e) if is_concurrency_error(&e) => {
@@ -2458,7 +2176,10 @@ impl<E: Engine> Backend for SqlBackend<E> {
         }
     }
 
-    async fn rotate_domain_keys(
+    /// Rotation: applies `updates` (the old active version turned decrypt-only, every live row
+    /// retagged) and inserts `new` (active), in one transaction; [`StoreError::KeyChanged`] if any
+    /// updated row is no longer as read or `new`'s version exists.
+    pub async fn rotate_domain_keys(
         &self,
         updates: Vec<KeyRowUpdate>,
         new: DomainKeyRow,
@@ -2495,14 +2216,20 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> Result<()> {
+    /// Replaces domain key rows (state, wrapped key, tag), each only if it is still as read, in
+    /// one transaction ([`StoreError::KeyChanged`] and nothing written otherwise).
+    pub async fn replace_domain_key_rows(&self, updates: Vec<KeyRowUpdate>) -> Result<()> {
         let mut tx = self.begin_write().await?;
         Self::update_key_rows(&mut tx, &updates).await?;
         tx.commit().await?;
         Ok(())
     }
 
-    async fn destroy_domain_version(
+    /// Destroys a decrypt-only version in one transaction, refusing with
+    /// [`StoreError::KeyInUse`] while anything depends on it. `retag` holds the destroyed row
+    /// (state `destroyed`, no wrapped key, no tag) and every other live row retagged over the new
+    /// set, each written only if it is still as read.
+    pub async fn destroy_domain_version(
         &self,
         layout: &Layout,
         tenant: &str,
@@ -2577,7 +2304,9 @@ impl<E: Engine> Backend for SqlBackend<E> {
         Ok(())
     }
 
-    async fn rewrap_domain_key_rows(
+    /// Replaces the wrapped bytes of domain key rows, each only if it still holds the given old
+    /// bytes, all in one transaction ([`StoreError::KeyChanged`] and nothing written otherwise).
+    pub async fn rewrap_domain_key_rows(
         &self,
         rows: Vec<(DomainKeyRow, Vec<u8>)>,
         audit: Option<crate::audit::AuditAppend>,

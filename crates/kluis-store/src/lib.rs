@@ -6,7 +6,8 @@
 //! - [`schema`]: collections and fields (type, domain, blind index, size), in code or TOML.
 //! - [`Store`]: create, read, update, delete, list with pagination, blind-index search,
 //!   transactions, optimistic concurrency, withheld fields, retention, crypto-shredding.
-//! - [`backend`]: one trait, one implementation per engine, same SQL.
+//! - [`engine`]: what differs between SQLite, PostgreSQL and MariaDB, as the few items of the
+//!   sealed [`Engine`] trait; every statement is written once, generic over it.
 //!
 //! Every field value is sealed with the subject key of its (tenant, domain, subject), bound to
 //! tenant, domain, collection, field and record id. docs/STORE.md says what a DBA can see and how
@@ -17,6 +18,9 @@
 
 pub mod access;
 pub mod audit;
+/// The SQL layer under [`Store`]: rows already sealed, never a key or a plaintext value. Public
+/// only for this crate's tests and benches; not part of the API.
+#[doc(hidden)]
 pub mod backend;
 pub mod engine;
 mod error;
@@ -26,7 +30,7 @@ pub mod schema;
 mod store;
 mod value;
 
-pub use backend::{Backend, DocumentRow, MySqlBackend, PostgresBackend, SqlBackend, SqliteBackend};
+pub use backend::DocumentRow;
 pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Schema, field};

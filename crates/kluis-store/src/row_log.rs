@@ -24,12 +24,11 @@
 //! locks it first (before any row), appends its row log entries, then its audit entries.
 
 use std::collections::HashMap;
-use std::future::Future;
 
 use crate::engine::Cols;
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Backend, SqlBackend};
+use crate::backend::SqlBackend;
 use crate::engine::{Engine, query, query_scalar, text};
 use crate::error::{Result, StoreError};
 use crate::store::Store;
@@ -181,31 +180,6 @@ impl RowsReport {
     }
 }
 
-/// Row log storage, per engine. A supertrait of [`Backend`].
-pub trait RowLogBackend: Send + Sync + 'static {
-    /// Up to `limit` row log entries after `after`, in sequence order.
-    fn row_log_page(&self, after: i64, limit: u32) -> impl Future<Output = Result<Vec<RowLogRow>>> + Send;
-
-    /// The row log position and running hash the audit head row holds.
-    fn row_log_head(&self) -> impl Future<Output = Result<(i64, Vec<u8>)>> + Send;
-
-    /// Up to `limit` rows `(tenant, id, row_tag)` of the collection table `table` after
-    /// `(tenant, id)`, in that order.
-    fn row_tags_page(
-        &self,
-        table: &str,
-        after: Option<(&str, &str)>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<(String, String, Vec<u8>)>>> + Send;
-
-    /// Every collection table in the database: (collection, table name).
-    fn collection_tables(&self) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
-
-    /// Logs every row of every collection table once (a database written before the row log
-    /// existed); a no-op afterwards.
-    fn log_baseline(&self) -> impl Future<Output = Result<()>> + Send;
-}
-
 fn hash32(b: &[u8], what: &'static str) -> Result<[u8; 32]> {
     b.try_into().map_err(|_| StoreError::Corrupt { what, reason: "hash is not 32 bytes".into() })
 }
@@ -298,8 +272,9 @@ impl<E: Engine> SqlBackend<E> {
     }
 }
 
-impl<E: Engine> RowLogBackend for SqlBackend<E> {
-    async fn row_log_page(&self, after: i64, limit: u32) -> Result<Vec<RowLogRow>> {
+impl<E: Engine> SqlBackend<E> {
+    /// Up to `limit` row log entries after `after`, in sequence order.
+    pub async fn row_log_page(&self, after: i64, limit: u32) -> Result<Vec<RowLogRow>> {
         let rows = query::<E>(&E::sql(
                 "SELECT seq, tenant, collection, record, row_tag FROM kluis_row_log WHERE seq > ? ORDER BY seq LIMIT ?",
             ))
@@ -322,7 +297,8 @@ impl<E: Engine> RowLogBackend for SqlBackend<E> {
             .collect()
     }
 
-    async fn row_log_head(&self) -> Result<(i64, Vec<u8>)> {
+    /// The row log position and running hash the audit head row holds.
+    pub async fn row_log_head(&self) -> Result<(i64, Vec<u8>)> {
         let row = query::<E>("SELECT rows_seq, rows_hash FROM kluis_audit_head WHERE id = 1")
             .fetch_optional(self.pool())
             .await?
@@ -333,7 +309,9 @@ impl<E: Engine> RowLogBackend for SqlBackend<E> {
         Ok((row.col(0)?, row.col(1)?))
     }
 
-    async fn row_tags_page(
+    /// Up to `limit` rows `(tenant, id, row_tag)` of the collection table `table` after
+    /// `(tenant, id)`, in that order.
+    pub async fn row_tags_page(
         &self,
         table: &str,
         after: Option<(&str, &str)>,
@@ -360,14 +338,17 @@ impl<E: Engine> RowLogBackend for SqlBackend<E> {
         rows.iter().map(|r| Ok((text(r, 0)?, text(r, 1)?, r.col(2)?))).collect()
     }
 
-    async fn collection_tables(&self) -> Result<Vec<(String, String)>> {
+    /// Every collection table in the database: (collection, table name).
+    pub async fn collection_tables(&self) -> Result<Vec<(String, String)>> {
         let rows = query::<E>("SELECT collection, table_name FROM kluis_tables ORDER BY collection")
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(|r| Ok((text(r, 0)?, text(r, 1)?))).collect()
     }
 
-    async fn log_baseline(&self) -> Result<()> {
+    /// Logs every row of every collection table once (a database written before the row log
+    /// existed); a no-op afterwards.
+    pub async fn log_baseline(&self) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         Self::lock_head(&mut tx).await?;
         let done: i64 = query_scalar::<E, i64>(&E::sql("SELECT COUNT(*) FROM kluis_meta WHERE name = ?"))
@@ -442,7 +423,7 @@ fn check_claims(
 /// The state the log gives a record: its last logged tag (`None`: deleted).
 type Latest = HashMap<(String, String, String), Option<Vec<u8>>>;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Compares every row of the collection tables with the row log (see the module
     /// documentation), after checking the log against `claims`: the positions and running hashes
     /// the audit entries cover, in audit order (from [`crate::audit::AuditRow::rows`]; the caller

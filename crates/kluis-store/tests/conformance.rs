@@ -8,7 +8,8 @@ use common::{Bind, Harness, Raw, t};
 use kluis_core::{DomainName, TenantId};
 use std::sync::Arc;
 
-use kluis_store::backend::{Backend, FieldRow, RecordRow, Table, WriteOp};
+use kluis_store::Engine;
+use kluis_store::backend::{FieldRow, RecordRow, Table, WriteOp};
 use kluis_store::{Changes, DocumentRow, FieldValue, LegalOverride, NewRecord, Op, Store, StoreError, Value};
 
 fn absence(subject: &str, emp: &str, diagnosis: &str) -> NewRecord {
@@ -25,7 +26,7 @@ fn far_future() -> i64 {
     4_102_444_800 // 2100-01-01
 }
 
-async fn crud<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn crud<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     let w = s.insert(&h.doctor, "absence", absence("emp-1", "E001", "burn-out").id("abs-1")).await.unwrap();
     assert_eq!((w.id.as_str(), w.version), ("abs-1", 1));
@@ -78,7 +79,7 @@ async fn crud<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn pagination<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn pagination<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     for i in 0..25 {
         let subject = if i % 5 == 0 { "emp-special" } else { "emp-other" };
@@ -112,7 +113,7 @@ async fn pagination<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn blind_index<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn blind_index<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E100", "burn-out").id("a1")).await.unwrap();
     s.insert(&h.doctor, "absence", absence("emp-2", "E200", "burn-out").id("a2")).await.unwrap();
@@ -135,7 +136,7 @@ async fn blind_index<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn concurrent_update_conflict<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn concurrent_update_conflict<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("c1")).await.unwrap();
     let a = s.update(&h.doctor, "absence", "c1", 1, Changes::new().set("diagnosis", "first"));
@@ -160,7 +161,7 @@ async fn concurrent_update_conflict<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn transaction_rollback<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn transaction_rollback<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("t1")).await.unwrap();
     let ops = vec![
@@ -208,7 +209,7 @@ async fn transaction_rollback<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn withheld_fields<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn withheld_fields<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "burn-out").id("w1")).await.unwrap();
     let r = s.get(&h.hr, "absence", "w1").await.unwrap().unwrap();
@@ -248,7 +249,7 @@ async fn withheld_fields<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn retention<B: Backend>(h: Harness<B>) -> Harness<B>
+async fn retention<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -283,7 +284,7 @@ where
     h
 }
 
-async fn shredding<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn shredding<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -345,7 +346,7 @@ where
     h
 }
 
-impl<B: Backend> Harness<B> {
+impl<B: Engine> Harness<B> {
     async fn doctor_clone(&self) -> kluis_store::Access {
         self.store
             .unlock(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
@@ -354,7 +355,7 @@ impl<B: Backend> Harness<B> {
     }
 }
 
-async fn tamper_moved_cells<B: Backend>(h: Harness<B>) -> Harness<B>
+async fn tamper_moved_cells<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -438,7 +439,7 @@ where
     h
 }
 
-async fn tamper_key_rows<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+async fn tamper_key_rows<B: Engine + Clone>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -488,11 +489,11 @@ where
     h
 }
 
-fn clone_backend<B: Backend + Clone>(h: &Harness<B>) -> B {
-    h.store.backend().clone()
+fn clone_backend<B: Engine + Clone>(h: &Harness<B>) -> sqlx::Pool<B::Db> {
+    h.store.pool().clone()
 }
 
-async fn bad_input<B: Backend>(h: Harness<B>) -> Harness<B>
+async fn bad_input<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -549,7 +550,7 @@ where
     h
 }
 
-async fn documents_catalog<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn documents_catalog<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     let mk = |id: &str, subject: &str, record: Option<&str>| DocumentRow {
         tenant: "acme".into(),
@@ -581,7 +582,7 @@ async fn documents_catalog<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn delete_removes_record_documents<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn delete_removes_record_documents<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     let doc = |id: &str, subject: &str, record: Option<&str>| DocumentRow {
         tenant: "acme".into(),
@@ -639,7 +640,7 @@ async fn delete_removes_record_documents<B: Backend>(h: Harness<B>) -> Harness<B
     h
 }
 
-async fn tenants_apart<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn tenants_apart<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("x1")).await.unwrap();
     let other = h.access("Acme", &[DomainName::general(), DomainName::medical()]).await;
@@ -649,7 +650,7 @@ async fn tenants_apart<B: Backend>(h: Harness<B>) -> Harness<B> {
     h
 }
 
-async fn schema_migration<B: Backend + Clone>(h: Harness<B>) -> Harness<B> {
+async fn schema_migration<B: Engine + Clone>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     for i in 0..7 {
         let rec = absence("emp-1", &format!("E{i}"), "flu").id(&format!("g{i}"));
@@ -681,7 +682,7 @@ async fn schema_migration<B: Backend + Clone>(h: Harness<B>) -> Harness<B> {
     let again = s.migrate_schema(&h.doctor, &target).await.unwrap();
     assert_eq!(again.cells_resealed, 0, "idempotent: {again:?}");
     assert_eq!(again.conflicts, 0);
-    let new = Store::new(h.store.backend().clone(), target);
+    let new = Store::new(h.store.pool().clone(), target);
     let r = new.get(&h.hr, "absence", "g3").await.unwrap().unwrap();
     assert!(r.fields["work_capacity"].is_withheld(), "HR no longer sees the moved field");
     let r = new.get(&h.doctor, "absence", "g3").await.unwrap().unwrap();
@@ -723,7 +724,7 @@ fn sealed_insert(table: &Arc<Table>, tenant: &str, id: &str, subject: &str, vers
 /// The subject key check runs once per batch (a few hundred key versions per statement) and still
 /// refuses the whole batch when any one cell names a subject key version that does not exist,
 /// wherever it falls; a batch whose versions all exist is written.
-async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn batch_key_check<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     let tenant = h.tenant.as_str();
     let table = s.layout().table("absence").unwrap().clone();
@@ -779,7 +780,7 @@ async fn batch_key_check<B: Backend>(h: Harness<B>) -> Harness<B> {
 /// error from the database early, or at the very end, rolls all of it back and is the error
 /// returned; a batch whose writes stop before their end mark (the sealing side failed) writes
 /// nothing; a complete one writes everything.
-async fn pipelined_transaction<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn pipelined_transaction<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("p-dup")).await.unwrap();
     let batch = |tag: &str, dup_at: Option<usize>| -> Vec<Op> {
@@ -839,7 +840,7 @@ async fn pipelined_transaction<B: Backend>(h: Harness<B>) -> Harness<B> {
 /// them), or some of each: the page holds every record in id order with the right values,
 /// records without cells and withheld fields included, and a bad cell anywhere in it fails the
 /// page with an integrity error naming its record.
-async fn list_pages<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+async fn list_pages<B: Engine + Clone>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -902,10 +903,10 @@ where
     check(&s.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
     check(&s.list(&h.hr, "absence", None, None, 1000).await.unwrap().records, false);
     // A second store on the same database starts with no keys: all are loaded after the page.
-    let cold = Store::new(s.backend().clone(), s.schema().clone());
+    let cold = Store::new(s.pool().clone(), s.schema().clone());
     check(&cold.list(&h.doctor, "absence", None, None, 1000).await.unwrap().records, true);
     // Keys of some subjects only: a page mixes both ways.
-    let mixed = Store::new(s.backend().clone(), s.schema().clone());
+    let mixed = Store::new(s.pool().clone(), s.schema().clone());
     for id in ["r-001", "r-003", "r-005a", "r-250"] {
         mixed.get(&h.doctor, "absence", id).await.unwrap().unwrap();
     }
@@ -913,7 +914,7 @@ where
     // Small pages cut through both kinds.
     let mut seen = Vec::new();
     let mut after: Option<String> = None;
-    let fresh = Store::new(s.backend().clone(), s.schema().clone());
+    let fresh = Store::new(s.pool().clone(), s.schema().clone());
     fresh.get(&h.doctor, "absence", "r-010").await.unwrap().unwrap();
     loop {
         let page = fresh.list(&h.doctor, "absence", None, after.as_deref(), 7).await.unwrap();
@@ -943,7 +944,7 @@ where
             )
         };
         put(src.clone()).await;
-        let cold = Store::new(s.backend().clone(), s.schema().clone());
+        let cold = Store::new(s.pool().clone(), s.schema().clone());
         for store in [s, &cold] {
             match store.list(&h.doctor, "absence", None, None, 1000).await {
                 Err(StoreError::RowIntegrity { record, .. }) => assert_eq!(record.as_str(), target),
@@ -966,7 +967,7 @@ where
 /// put back from an older version of the same row, a bookkeeping column edited, the tag removed
 /// or copied from another row: each read fails with an integrity error naming the record, and
 /// the tenant's other records still read. Each case tampers with a record of its own.
-async fn tamper_rows<B: Backend>(h: Harness<B>) -> Harness<B>
+async fn tamper_rows<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -1049,7 +1050,7 @@ where
 
 /// Inserts of a transaction go in multi-row statements; an id that exists, or one given twice,
 /// is still named, and nothing of the transaction is written.
-async fn duplicate_ids_named<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn duplicate_ids_named<B: Engine>(h: Harness<B>) -> Harness<B> {
     let s = &h.store;
     s.insert(&h.doctor, "absence", absence("emp-1", "E1", "flu").id("d-007")).await.unwrap();
     let batch = |ids: &[&str]| -> Vec<Op> {
@@ -1093,7 +1094,7 @@ diagnosis    = { type = "text", domain = "medical" }
 /// they read back as written, are withheld from a caller without their domain, are covered by
 /// the row tag, and a schema migration moves a field from sealed to clear and back (emptying the
 /// column it leaves).
-async fn clear_fields<B: Backend + Clone>(h: Harness<B>) -> Harness<B>
+async fn clear_fields<B: Engine + Clone>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -1105,7 +1106,7 @@ where
         "[collections.x.fields]\nd = { type = \"text\", domain = \"general\", clear = true, blind_index = true }",
     );
     assert!(matches!(indexed, Err(StoreError::Schema(ref m)) if m.contains("blind index")), "{indexed:?}");
-    let s = Store::new(h.store.backend().clone(), kluis_store::Schema::from_toml(CLEAR_SCHEMA).unwrap());
+    let s = Store::new(h.store.pool().clone(), kluis_store::Schema::from_toml(CLEAR_SCHEMA).unwrap());
     s.migrate().await.unwrap();
     let both =
         s.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
@@ -1177,7 +1178,7 @@ where
     assert!(sealed_notes.is_empty(), "the sealed column a field left is emptied");
     let notes = s.raw_bytes("SELECT c_note FROM kluis_r_leave ORDER BY id", vec![]).await;
     assert_eq!(notes, vec![b"private remark".to_vec(); 3]);
-    let new = Store::new(h.store.backend().clone(), target);
+    let new = Store::new(h.store.pool().clone(), target);
     let both =
         new.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     let r = new.get(&both, "leave", "l0").await.unwrap().unwrap();
@@ -1191,7 +1192,7 @@ where
 /// outside Kluis, a row copied under another id and a deleted row restored from a snapshot all
 /// read back (each is a consistent row with a valid tag), but `verify_rows` names each of them;
 /// the writes Kluis made itself (insert, update, delete, shred, re-encryption) leave it clean.
-async fn row_freshness<B: Backend>(h: Harness<B>) -> Harness<B>
+async fn row_freshness<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -1262,7 +1263,7 @@ where
 /// An `Access` narrowed to a record, or to one subject's records of a collection, refuses every
 /// other record, subject, collection and tenant-wide operation (`OutOfScope`) before anything is
 /// opened or written, and can only narrow further.
-async fn scoped_access<B: Backend>(h: Harness<B>) -> Harness<B> {
+async fn scoped_access<B: Engine>(h: Harness<B>) -> Harness<B> {
     use kluis_store::Scope;
     let s = &h.store;
     for (id, subject, emp) in [("a", "emp-1", "E1"), ("b", "emp-2", "E1"), ("c", "emp-1", "E2")] {

@@ -8,7 +8,7 @@ mod common;
 
 use common::{Bind, Harness, Raw, t};
 use kluis_core::{DomainName, Error as CoreError, TenantId};
-use kluis_store::backend::Backend;
+use kluis_store::Engine;
 use kluis_store::{NewRecord, Store, StoreError, Value};
 
 fn absence(subject: &str, diagnosis: &str) -> NewRecord {
@@ -19,7 +19,7 @@ fn absence(subject: &str, diagnosis: &str) -> NewRecord {
 }
 
 /// (state, wrapped, tag) of one domain key row, as stored (empty bytes for NULL).
-async fn row<B: Backend>(
+async fn row<B: Engine>(
     s: &Store<B>,
     tenant: &str,
     domain: &str,
@@ -39,7 +39,7 @@ where
     Some((String::from_utf8(state).unwrap(), wrapped, tag))
 }
 
-async fn set_state<B: Backend>(s: &Store<B>, version: i64, state: &str)
+async fn set_state<B: Engine>(s: &Store<B>, version: i64, state: &str)
 where
     Store<B>: Raw,
 {
@@ -53,7 +53,7 @@ where
 }
 
 /// Unlocking medical fails with a key integrity error that names `row` (`acme/medical vN`).
-async fn refused<B: Backend>(h: &Harness<B>, row: &str) {
+async fn refused<B: Engine>(h: &Harness<B>, row: &str) {
     let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
     match &e {
         StoreError::KeyIntegrity { what } => assert!(what.contains(row), "{what} should name {row}"),
@@ -64,7 +64,7 @@ async fn refused<B: Backend>(h: &Harness<B>, row: &str) {
     h.store.unlock(&h.keyring, &TenantId::new("globex").unwrap(), &[DomainName::medical()]).await.unwrap();
 }
 
-async fn rotated<B: Backend>(h: &mut Harness<B>)
+async fn rotated<B: Engine>(h: &mut Harness<B>)
 where
     Store<B>: Raw,
 {
@@ -78,7 +78,7 @@ where
 
 /// A DBA makes the old version active again (and the new one decrypt-only), so new values would
 /// be sealed under the key the rotation retired: refused.
-async fn promote_and_demote<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn promote_and_demote<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -99,7 +99,7 @@ where
 }
 
 /// Only demoting the active version (no active version left) is refused.
-async fn demote_only<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn demote_only<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -110,7 +110,7 @@ where
 }
 
 /// A destroyed version revived with the row it had before it was destroyed (from a backup).
-async fn revive_destroyed<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn revive_destroyed<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -135,7 +135,7 @@ where
 }
 
 /// A decrypt-only version's row deleted, or a version row added.
-async fn delete_or_add_version<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn delete_or_add_version<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -158,7 +158,7 @@ where
 }
 
 /// A state tag removed, or copied from another tenant's row of the same version.
-async fn tag_removed_or_copied<B: Backend>(h: Harness<B>) -> Harness<B>
+async fn tag_removed_or_copied<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -179,7 +179,7 @@ where
 
 /// The recorded keyring generation: first use records it; a keyring older than the record, the
 /// record deleted, an older record put back, a record copied from another database: refused.
-async fn generation_record<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn generation_record<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kluis_core::{DomainName, KdfParams, KeyringSecret, LocalKeyring, Passphrase, TenantId};
-use kluis_store::{Backend, Changes, FieldValue, Record, Schema, SqliteBackend, Store, Value};
+use kluis_store::{Changes, Engine, FieldValue, Record, Schema, Sqlite, Store, Value};
 use serde_json::{Value as Json, json};
 
 fn fixture() -> PathBuf {
@@ -74,7 +74,7 @@ fn s<'a>(j: &'a Json, k: &str) -> &'a str {
 }
 
 /// Reads every record of every tenant of `expected.json` through `store` and compares.
-async fn check_reads<B: Backend>(engine: &str, store: &Store<B>, keyring: &LocalKeyring) {
+async fn check_reads<B: Engine>(engine: &str, store: &Store<B>, keyring: &LocalKeyring) {
     let exp = expected();
     let domains = [DomainName::general(), DomainName::medical()];
     let mut checked = 0;
@@ -159,8 +159,7 @@ async fn sqlite_fixture_reads_back() {
     for f in ["kluis.sqlite", "keyring.kr", "schema.toml"] {
         std::fs::copy(fixture().join(f), tmp.path().join(f)).unwrap();
     }
-    let store =
-        Store::new(SqliteBackend::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(tmp.path()));
+    let store = Store::new(Sqlite::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(tmp.path()));
     store.migrate().await.unwrap();
     check_reads("sqlite", &store, &keyring(tmp.path())).await;
 }
@@ -174,10 +173,9 @@ async fn sqlite_legacy_move_is_all_or_nothing_and_resumes() {
     for f in ["kluis.sqlite", "keyring.kr", "schema.toml"] {
         std::fs::copy(fixture().join(f), tmp.path().join(f)).unwrap();
     }
-    let store =
-        Store::new(SqliteBackend::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(tmp.path()));
+    let store = Store::new(Sqlite::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(tmp.path()));
     store.migrate().await.unwrap();
-    let pool = store.backend().pool();
+    let pool = store.pool();
     let count =
         |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap() };
     let legacy = count("SELECT COUNT(*) FROM kluis_records").await;
@@ -216,11 +214,10 @@ async fn sqlite_legacy_move_is_all_or_nothing_and_resumes() {
 #[tokio::test]
 async fn sqlite_tables_sql_reads_back() {
     let tmp = tempfile::tempdir().unwrap();
-    let store =
-        Store::new(SqliteBackend::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(&fixture()));
+    let store = Store::new(Sqlite::open(&tmp.path().join("kluis.sqlite")).await.unwrap(), schema(&fixture()));
     store.migrate().await.unwrap();
     for q in statements("sqlite") {
-        sqlx::query(&q).execute(store.backend().pool()).await.unwrap();
+        sqlx::query(&q).execute(store.pool()).await.unwrap();
     }
     check_reads("sqlite (tables_sqlite.sql)", &store, &keyring(&fixture())).await;
 }
@@ -231,10 +228,10 @@ async fn postgres_tables_sql_reads_back() {
     let store = Store::new(backend, schema(&fixture()));
     store.migrate().await.unwrap();
     for q in statements("postgres") {
-        sqlx::query(&q).execute(store.backend().pool()).await.unwrap();
+        sqlx::query(&q).execute(store.pool()).await.unwrap();
     }
     check_reads("postgres", &store, &keyring(&fixture())).await;
-    store.backend().pool().close().await;
+    store.pool().close().await;
     common::drop_location(&loc).await;
 }
 
@@ -244,10 +241,10 @@ async fn mariadb_tables_sql_reads_back() {
     let store = Store::new(backend, schema(&fixture()));
     store.migrate().await.unwrap();
     for q in statements("mysql") {
-        sqlx::query(&q).execute(store.backend().pool()).await.unwrap();
+        sqlx::query(&q).execute(store.pool()).await.unwrap();
     }
     check_reads("mariadb", &store, &keyring(&fixture())).await;
-    store.backend().pool().close().await;
+    store.pool().close().await;
     common::drop_location(&loc).await;
 }
 
@@ -261,7 +258,7 @@ async fn make_fixture_update_and_delete() {
         eprintln!("SKIPPED: make_fixture_update_and_delete (KLUIS_FIXTURE_DIR not set; make.sh sets it)");
         return;
     };
-    let store = Store::new(SqliteBackend::open(&dir.join("kluis.sqlite")).await.unwrap(), schema(&dir));
+    let store = Store::new(Sqlite::open(&dir.join("kluis.sqlite")).await.unwrap(), schema(&dir));
     store.migrate().await.unwrap();
     let keyring = keyring(&dir);
     let tenant = TenantId::new("acme-zorg").unwrap();
@@ -275,5 +272,5 @@ async fn make_fixture_update_and_delete() {
     let w = store.update(&access, "absence", "ar-3", r.version, changes).await.unwrap();
     assert_eq!(w.version, 2);
     store.delete(&access, "absence", "ar-7", None, None).await.unwrap();
-    store.backend().pool().close().await;
+    store.pool().close().await;
 }

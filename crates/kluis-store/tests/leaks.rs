@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use common::{Harness, Location, Raw, contains, read_tree, t};
 use kluis_core::{DomainName, RootKeyProvider};
-use kluis_store::backend::Backend;
-use kluis_store::{Changes, NewRecord, SqliteBackend, Store, StoreError, Value};
+use kluis_store::Engine;
+use kluis_store::{Changes, NewRecord, Sqlite, Store, StoreError, Value};
 
 // ------------------------------------------------------------------ log capture
 
@@ -93,7 +93,7 @@ fn assert_clean(what: &str, hay: &[u8]) {
     }
 }
 
-async fn write_canaries<B: Backend>(h: &Harness<B>) -> String {
+async fn write_canaries<B: Engine>(h: &Harness<B>) -> String {
     let s = &h.store;
     let rec = NewRecord::new("emp-c1")
         .id("c1")
@@ -131,7 +131,7 @@ async fn write_canaries<B: Backend>(h: &Harness<B>) -> String {
     debug
 }
 
-async fn canary_common<B: Backend>(h: &Harness<B>) {
+async fn canary_common<B: Engine>(h: &Harness<B>) {
     let buf = logs();
     let debug = write_canaries(h).await;
     assert_clean("Debug output and error messages", debug.as_bytes());
@@ -183,7 +183,7 @@ async fn canaries_absent_from_mysqldump() {
 
 /// Writes records of two subjects; returns the wrapped bytes that must vanish when `emp-gone` is
 /// shredded: its subject keys and the wrapped domain keys (v1) that will be destroyed.
-async fn before_shred<B: Backend>(h: &Harness<B>) -> Vec<Vec<u8>>
+async fn before_shred<B: Engine>(h: &Harness<B>) -> Vec<Vec<u8>>
 where
     Store<B>: Raw,
 {
@@ -210,7 +210,7 @@ where
     secrets
 }
 
-async fn shred<B: Backend>(h: &mut Harness<B>) {
+async fn shred<B: Engine>(h: &mut Harness<B>) {
     let mut access =
         h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     let report = h.store.shred_subject(&h.keyring, &mut access, "emp-gone", None).await.unwrap();
@@ -245,7 +245,7 @@ async fn shred_leaves_no_key_bytes_in_sqlite_file_or_wal() {
 async fn shred_leaves_no_key_bytes_in_postgres_data_files_or_dump() {
     let Some(mut h) = common::postgres().await else { return };
     let secrets = before_shred(&h).await;
-    let pool = h.store.backend().pool().clone();
+    let pool = h.store.pool().clone();
     let data_dir: String = sqlx::query_scalar("SHOW data_directory").fetch_one(&pool).await.unwrap();
     let oid: i64 =
         sqlx::query_scalar("SELECT oid::bigint FROM pg_database WHERE datname = current_database()")
@@ -295,7 +295,7 @@ async fn flush_key_tables(pool: &sqlx::MySqlPool) {
 async fn shred_leaves_no_key_bytes_in_mariadb_table_files_or_dump() {
     let Some(mut h) = common::mysql().await else { return };
     let secrets = before_shred(&h).await;
-    let pool = h.store.backend().pool().clone();
+    let pool = h.store.pool().clone();
     let data_dir: String = sqlx::query_scalar("SELECT @@datadir").fetch_one(&pool).await.unwrap();
     let db: String = sqlx::query_scalar("SELECT DATABASE()").fetch_one(&pool).await.unwrap();
     let dir = std::path::Path::new(&data_dir).join(&db);
@@ -346,13 +346,13 @@ async fn older_backup_dies_with_the_root_version() {
     shred(&mut h).await;
     // With the root version still in the keyring, the backup would still open the shredded
     // subject's data: that is why the root version is retired next.
-    let old = Store::new(SqliteBackend::open(&backup).await.unwrap(), common::schema());
+    let old = Store::new(Sqlite::open(&backup).await.unwrap(), common::schema());
     let old_access =
         old.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     let page = old.list(&old_access, "absence", Some("emp-gone"), None, 100).await.unwrap();
     assert_eq!(page.records.len(), 10, "before root retirement the backup is readable");
     drop(old_access);
-    old.backend().pool().close().await;
+    old.pool().close().await;
     // Root rotation: rotate the keyring, rewrap the live database's domain keys, remove v1.
     h.keyring.rotate(1).unwrap();
     let n = h.store.rewrap_domain_keys(&h.keyring).await.unwrap();
@@ -366,7 +366,7 @@ async fn older_backup_dies_with_the_root_version() {
         10
     );
     // The old backup does not open any more.
-    let old = Store::new(SqliteBackend::open(&backup).await.unwrap(), common::schema());
+    let old = Store::new(Sqlite::open(&backup).await.unwrap(), common::schema());
     let e = old.key_set(&h.keyring, &h.tenant, &DomainName::medical()).await;
     assert!(e.is_err(), "{e:?}");
     let e = old.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await;

@@ -12,12 +12,12 @@ use std::time::Duration;
 use common::{Harness, Location, Raw, t};
 use kluis_core::keys::{BoxFuture, RootKeyProvider, UnwrapRequest};
 use kluis_core::{DomainName, KeyMaterial, KeyState, WrappedKey};
-use kluis_store::backend::Backend;
+use kluis_store::Engine;
 use kluis_store::{
     Access, Changes, DocumentRow, FieldValue, KeyUsage, NewRecord, ReencryptProgress, Store, StoreError,
     Value,
 };
-use kluis_store::{MySqlBackend, PostgresBackend, SqliteBackend};
+use kluis_store::{MySql, Postgres, Sqlite};
 
 fn absence(subject: &str, emp: &str, diagnosis: &str) -> NewRecord {
     NewRecord::new(subject)
@@ -33,7 +33,7 @@ type Snapshot = BTreeMap<String, (String, BTreeMap<String, FieldValue>)>;
 
 /// Every absence record as `access` reads it: id -> (subject, fields). Fails if any cell does
 /// not open.
-async fn snapshot<B: Backend>(s: &Store<B>, access: &Access) -> Snapshot {
+async fn snapshot<B: Engine>(s: &Store<B>, access: &Access) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
@@ -54,7 +54,7 @@ fn usage_of(usage: &[KeyUsage], domain: &DomainName, version: u32) -> KeyUsage {
 }
 
 /// Steps until nothing is left (or only documents block, when `docs_pending`).
-async fn run_to_done<B: Backend>(s: &Store<B>, access: &Access, domain: &DomainName) -> ReencryptProgress {
+async fn run_to_done<B: Engine>(s: &Store<B>, access: &Access, domain: &DomainName) -> ReencryptProgress {
     let mut total = ReencryptProgress::default();
     for _ in 0..200 {
         let p = s.reencrypt_step(access, domain, 2).await.unwrap();
@@ -70,7 +70,7 @@ async fn run_to_done<B: Backend>(s: &Store<B>, access: &Access, domain: &DomainN
 }
 
 /// Cells whose subject key version no longer exists (must never happen).
-async fn orphan_cells<B: Backend>(s: &Store<B>) -> Vec<Vec<u8>>
+async fn orphan_cells<B: Engine>(s: &Store<B>) -> Vec<Vec<u8>>
 where
     Store<B>: Raw,
 {
@@ -83,7 +83,7 @@ where
     .await
 }
 
-async fn rotate_reencrypt_retire<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn rotate_reencrypt_retire<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -215,34 +215,32 @@ where
 }
 
 /// A second, independent connection pool to the same database (another process).
-trait Reopen: Backend + Sized {
-    fn reopen(loc: &Location) -> impl std::future::Future<Output = Self>;
+trait Reopen: Engine + Sized {
+    fn reopen(loc: &Location) -> impl std::future::Future<Output = sqlx::Pool<Self::Db>>;
 }
 
-impl Reopen for SqliteBackend {
-    async fn reopen(loc: &Location) -> Self {
+impl Reopen for Sqlite {
+    async fn reopen(loc: &Location) -> sqlx::Pool<Self::Db> {
         let Location::Sqlite { file, .. } = loc else { panic!("not sqlite") };
-        SqliteBackend::open(file).await.unwrap()
+        kluis_store::Sqlite::open(file).await.unwrap()
     }
 }
 
-impl Reopen for PostgresBackend {
-    async fn reopen(loc: &Location) -> Self {
+impl Reopen for Postgres {
+    async fn reopen(loc: &Location) -> sqlx::Pool<Self::Db> {
         let Location::Postgres { url, .. } = loc else { panic!("not postgres") };
-        PostgresBackend::new(
-            sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await.unwrap(),
-        )
+        sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await.unwrap()
     }
 }
 
-impl Reopen for MySqlBackend {
-    async fn reopen(loc: &Location) -> Self {
+impl Reopen for MySql {
+    async fn reopen(loc: &Location) -> sqlx::Pool<Self::Db> {
         let Location::MySql { url, .. } = loc else { panic!("not mariadb") };
-        MySqlBackend::new(sqlx::mysql::MySqlPoolOptions::new().max_connections(2).connect(url).await.unwrap())
+        sqlx::mysql::MySqlPoolOptions::new().max_connections(2).connect(url).await.unwrap()
     }
 }
 
-async fn reencrypt_interrupted<B: Backend + Clone + Reopen>(mut h: Harness<B>) -> Harness<B>
+async fn reencrypt_interrupted<B: Engine + Clone + Reopen>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -274,12 +272,12 @@ where
             killed.unlock(&h.keyring, &h.tenant, &[DomainName::general(), med.clone()]).await.unwrap();
         let step = killed.reencrypt_step(&access, &med, 1);
         let _ = tokio::time::timeout(Duration::from_micros(400 * i), step).await;
-        killed.backend().pool().close().await;
+        killed.pool().close().await;
         assert!(orphan_cells(&h.store).await.is_empty());
         assert_eq!(snapshot(&h.store, &h.doctor).await, expected);
     }
     // A new process (empty caches) continues where the others stopped.
-    let other = Store::new(h.store.backend().clone(), common::schema());
+    let other = Store::new(h.store.pool().clone(), common::schema());
     other.migrate().await.unwrap();
     let access = other.unlock(&h.keyring, &h.tenant, &[DomainName::general(), med.clone()]).await.unwrap();
     let total = run_to_done(&other, &access, &med).await;
@@ -293,7 +291,7 @@ where
     h
 }
 
-async fn stale_cache_writer<B: Backend + Clone>(mut h: Harness<B>) -> Harness<B>
+async fn stale_cache_writer<B: Engine + Clone>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -301,8 +299,8 @@ where
     let all = [DomainName::general(), med.clone()];
     h.store.insert(&h.doctor, "absence", absence("emp-9", "E9", "diag-9").id("abs-9")).await.unwrap();
     // Another process: its own subject key cache, warmed before the rotation, kept for an hour.
-    let other = Store::new(h.store.backend().clone(), common::schema())
-        .with_subject_key_ttl(Duration::from_secs(3600));
+    let other =
+        Store::new(h.store.pool().clone(), common::schema()).with_subject_key_ttl(Duration::from_secs(3600));
     let stale = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
     assert!(other.get(&stale, "absence", "abs-9").await.unwrap().is_some());
 
@@ -336,7 +334,7 @@ where
     h
 }
 
-async fn concurrent_writers<B: Backend + Clone>(mut h: Harness<B>) -> Harness<B>
+async fn concurrent_writers<B: Engine + Clone>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
@@ -349,8 +347,8 @@ where
         h.store.insert(&h.doctor, "absence", r).await.unwrap();
     }
     // A second store over the same database, as another process: warm cache, long TTL.
-    let other = Store::new(h.store.backend().clone(), common::schema())
-        .with_subject_key_ttl(Duration::from_secs(3600));
+    let other =
+        Store::new(h.store.pool().clone(), common::schema()).with_subject_key_ttl(Duration::from_secs(3600));
     let warm = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
     assert_eq!(snapshot(&other, &warm).await.len(), 8);
 
@@ -490,7 +488,7 @@ impl RootKeyProvider for FailingAfter<'_> {
     }
 }
 
-async fn domain_key_rows<B: Backend>(s: &Store<B>) -> Vec<Vec<u8>>
+async fn domain_key_rows<B: Engine>(s: &Store<B>) -> Vec<Vec<u8>>
 where
     Store<B>: Raw,
 {
@@ -501,7 +499,7 @@ where
     .await
 }
 
-async fn rewrap_atomic<B: Backend>(mut h: Harness<B>) -> Harness<B>
+async fn rewrap_atomic<B: Engine>(mut h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {

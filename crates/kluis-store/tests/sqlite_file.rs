@@ -1,4 +1,4 @@
-//! The SQLite database files are private to their owner (issue 14): `SqliteBackend::open` creates
+//! The SQLite database files are private to their owner (issue 14): `Sqlite::open` creates
 //! the database file with mode 0600, and SQLite gives the `-wal` and `-shm` files its mode.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
@@ -8,7 +8,7 @@ async fn a_new_database_and_its_wal_and_shm_are_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("k.sqlite");
-    let backend = kluis_store::SqliteBackend::open(&file).await.unwrap();
+    let backend = kluis_store::Sqlite::open(&file).await.unwrap();
     let store = kluis_store::Store::new(backend, kluis_store::Schema::default());
     store.migrate().await.unwrap();
     // The pool is open and has written: all three files exist.
@@ -21,7 +21,7 @@ async fn a_new_database_and_its_wal_and_shm_are_owner_only() {
     let other = dir.path().join("shared.sqlite");
     std::fs::write(&other, b"").unwrap();
     std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let backend = kluis_store::SqliteBackend::open(&other).await.unwrap();
+    let backend = kluis_store::Sqlite::open(&other).await.unwrap();
     drop(backend);
     assert_eq!(std::fs::metadata(&other).unwrap().permissions().mode() & 0o777, 0o640);
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use kluis_blob::catalog::Documents;
 use kluis_blob::{DocumentVault, LocalDir};
 use kluis_core::{DomainName, LocalKeyring, TenantId};
-use kluis_store::{Access, Schema, SqliteBackend, Store};
+use kluis_store::{Access, Schema, Sqlite, Store};
 
 pub const PASSPHRASE: &str = "crash test passphrase, not secret";
 
@@ -32,8 +32,8 @@ pub fn run_ok(dir: &Path, args: &[&str]) -> Output {
 
 pub struct Data {
     pub dir: PathBuf,
-    pub store: Arc<Store<SqliteBackend>>,
-    pub docs: Documents<SqliteBackend, LocalDir>,
+    pub store: Arc<Store<Sqlite>>,
+    pub docs: Documents<Sqlite, LocalDir>,
     pub keyring: LocalKeyring,
     pub tenant: TenantId,
 }
@@ -51,8 +51,7 @@ impl Data {
         let keyring =
             kluis_keyring::KeyringFile::open(dir.join("keyring.kr"), secret).unwrap().into_keyring();
         let schema = Schema::from_toml(&std::fs::read_to_string(dir.join("schema.toml")).unwrap()).unwrap();
-        let store =
-            Arc::new(Store::new(SqliteBackend::open(&dir.join("kluis.sqlite")).await.unwrap(), schema));
+        let store = Arc::new(Store::new(Sqlite::open(&dir.join("kluis.sqlite")).await.unwrap(), schema));
         store.migrate().await.unwrap();
         let blobs = LocalDir::open(dir.join("blobs")).await.unwrap();
         let docs = Documents::new(Arc::clone(&store), DocumentVault::new(blobs));

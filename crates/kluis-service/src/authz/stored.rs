@@ -35,7 +35,7 @@ use kluis_core::keys::{DomainKeySet, RootKeyProvider};
 use kluis_core::{DomainName, TenantId};
 use kluis_store::access::AccessRow;
 use kluis_store::audit::{AuditAppend, AuditEntry, DEFAULT_CHECKPOINT_EVERY};
-use kluis_store::{Backend, Store};
+use kluis_store::{Engine, Store};
 use serde::{Deserialize, Serialize};
 
 use super::Authorizer;
@@ -113,21 +113,21 @@ fn mac_key(set: &DomainKeySet, version: u32) -> Result<BlindIndexKey> {
 }
 
 /// An [`AccessRegistry`] in the store's database (module documentation above).
-pub struct StoreRegistry<B: Backend> {
+pub struct StoreRegistry<B: Engine> {
     store: Arc<Store<B>>,
     provider: Arc<dyn RootKeyProvider>,
     mem: MemoryRegistry,
     loaded: Mutex<HashSet<TenantId>>,
 }
 
-impl<B: Backend> fmt::Debug for StoreRegistry<B> {
+impl<B: Engine> fmt::Debug for StoreRegistry<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.loaded.lock().map(|l| l.len()).unwrap_or(0);
-        f.debug_struct("StoreRegistry").field("engine", &B::ENGINE).field("loaded_tenants", &n).finish()
+        f.debug_struct("StoreRegistry").field("engine", &B::KIND).field("loaded_tenants", &n).finish()
     }
 }
 
-impl<B: Backend> StoreRegistry<B> {
+impl<B: Engine> StoreRegistry<B> {
     /// A registry on `store`'s database; `provider` unwraps the [`ACCESS_MAC_DOMAIN`] domain keys
     /// the MAC keys come from. Nothing is loaded yet.
     pub fn new(store: Arc<Store<B>>, provider: Arc<dyn RootKeyProvider>) -> Self {
@@ -523,7 +523,7 @@ fn parse_role(tenant: &TenantId, row: &AccessRow) -> Result<RoleAssignment> {
 const DURABLE: &str =
     "a stored access registry writes grant and role changes through StoreRegistry's async methods";
 
-impl<B: Backend> AccessRegistry for StoreRegistry<B> {
+impl<B: Engine> AccessRegistry for StoreRegistry<B> {
     fn refresh_grants<'a>(
         &'a self,
         tenant: &'a TenantId,

@@ -14,7 +14,7 @@ use kluis_blob::catalog::{DocumentEntry, Documents};
 use kluis_blob::{BlobBackend, BlobError, NewDocument};
 use kluis_core::{DocumentMetadata, DomainName, Plaintext, TenantId};
 use kluis_store::audit::AuditEntry;
-use kluis_store::{Access, Backend, DocumentRow};
+use kluis_store::{Access, DocumentRow, Engine};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{RequestContext, Service, error_kind, join};
@@ -26,12 +26,12 @@ pub const DOCUMENTS: &str = "documents";
 
 /// The facade's document calls over one [`Documents`] catalog, from [`Service::documents`].
 /// Every call is checked, loads only the domain keys its proof names, and is audited.
-pub struct ServiceDocuments<'a, B: Backend, D: BlobBackend> {
+pub struct ServiceDocuments<'a, B: Engine, D: BlobBackend> {
     svc: &'a Service<B>,
     docs: &'a Documents<B, D>,
 }
 
-impl<B: Backend, D: BlobBackend> fmt::Debug for ServiceDocuments<'_, B, D> {
+impl<B: Engine, D: BlobBackend> fmt::Debug for ServiceDocuments<'_, B, D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceDocuments").field("service", self.svc).field("documents", self.docs).finish()
     }
@@ -74,7 +74,7 @@ fn record_column(document_id: &str, record: Option<&str>) -> String {
     }
 }
 
-impl<B: Backend> Service<B> {
+impl<B: Engine> Service<B> {
     /// The document calls of this facade over `docs`, which must catalog in this service's own
     /// store (same database: the catalog row of a put or delete commits in one transaction with
     /// its audit entry). Another store is [`Error::Invalid`].
@@ -89,7 +89,7 @@ impl<B: Backend> Service<B> {
     }
 }
 
-impl<B: Backend, D: BlobBackend> ServiceDocuments<'_, B, D> {
+impl<B: Engine, D: BlobBackend> ServiceDocuments<'_, B, D> {
     /// The catalog.
     pub fn catalog(&self) -> &Documents<B, D> {
         self.docs

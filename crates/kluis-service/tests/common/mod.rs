@@ -9,7 +9,7 @@ use kluis_core::{LocalKeyring, TenantId};
 use kluis_service::authz::{Authorizer, MemoryRegistry, Policy, Principal, RoleName, UserId};
 use kluis_service::clock::ManualClock;
 use kluis_service::{RequestContext, Service, ServiceConfig};
-use kluis_store::{Backend, MySqlBackend, PostgresBackend, Schema, SqliteBackend, Store};
+use kluis_store::{Engine, MySql, Postgres, Schema, Sqlite, Store};
 
 pub const SCHEMA_TOML: &str = r#"
 [collections.absence.fields]
@@ -44,7 +44,7 @@ pub fn with_db(url: &str, db: &str) -> String {
     }
 }
 
-pub struct H<B: Backend> {
+pub struct H<B: Engine> {
     pub svc: Service<B>,
     pub store: Arc<Store<B>>,
     pub keyring: Arc<LocalKeyring>,
@@ -64,7 +64,7 @@ pub fn ctx() -> RequestContext {
     RequestContext::new("ws-17/10.0.0.5", "reintegration")
 }
 
-async fn finish<B: Backend>(
+async fn finish<B: Engine>(
     store: Store<B>,
     file: Option<std::path::PathBuf>,
     drop: Option<(String, String, bool)>,
@@ -93,15 +93,15 @@ async fn finish<B: Backend>(
     }
 }
 
-pub async fn sqlite(checkpoint_every: u64) -> Option<H<SqliteBackend>> {
+pub async fn sqlite(checkpoint_every: u64) -> Option<H<Sqlite>> {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("kluis.db");
-    let backend = SqliteBackend::open(&file).await.unwrap();
+    let backend = Sqlite::open(&file).await.unwrap();
     let schema = Schema::from_toml(SCHEMA_TOML).unwrap();
     Some(finish(Store::new(backend, schema), Some(file), None, Some(tmp), checkpoint_every).await)
 }
 
-pub async fn postgres(checkpoint_every: u64) -> Option<H<PostgresBackend>> {
+pub async fn postgres(checkpoint_every: u64) -> Option<H<Postgres>> {
     let admin_url = std::env::var("KLUIS_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let admin = match sqlx::postgres::PgPoolOptions::new()
@@ -125,19 +125,10 @@ pub async fn postgres(checkpoint_every: u64) -> Option<H<PostgresBackend>> {
         .await
         .unwrap();
     let schema = Schema::from_toml(SCHEMA_TOML).unwrap();
-    Some(
-        finish(
-            Store::new(PostgresBackend::new(pool), schema),
-            None,
-            Some((admin_url, db, true)),
-            None,
-            checkpoint_every,
-        )
-        .await,
-    )
+    Some(finish(Store::new(pool, schema), None, Some((admin_url, db, true)), None, checkpoint_every).await)
 }
 
-pub async fn mysql(checkpoint_every: u64) -> Option<H<MySqlBackend>> {
+pub async fn mysql(checkpoint_every: u64) -> Option<H<MySql>> {
     let admin_url =
         std::env::var("KLUIS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
     let admin = match sqlx::mysql::MySqlPoolOptions::new()
@@ -161,23 +152,14 @@ pub async fn mysql(checkpoint_every: u64) -> Option<H<MySqlBackend>> {
         .await
         .unwrap();
     let schema = Schema::from_toml(SCHEMA_TOML).unwrap();
-    Some(
-        finish(
-            Store::new(MySqlBackend::new(pool), schema),
-            None,
-            Some((admin_url, db, false)),
-            None,
-            checkpoint_every,
-        )
-        .await,
-    )
+    Some(finish(Store::new(pool, schema), None, Some((admin_url, db, false)), None, checkpoint_every).await)
 }
 
-impl<B: Backend> H<B> {
+impl<B: Engine> H<B> {
     /// Drops a server database (best effort).
     pub async fn cleanup(self) {
         let drop = self.drop.clone();
-        self.store.backend().pool().close().await;
+        self.store.pool().close().await;
         let Some((admin_url, db, pg)) = drop else { return };
         if pg {
             if let Ok(p) = sqlx::PgPool::connect(&admin_url).await {
@@ -201,9 +183,9 @@ pub trait Raw {
     fn engine(&self) -> &'static str;
 }
 
-impl Raw for Store<SqliteBackend> {
+impl Raw for Store<Sqlite> {
     async fn exec(&self, sql: &str) -> u64 {
-        sqlx::query(sql).execute(self.backend().pool()).await.unwrap().rows_affected()
+        sqlx::query(sql).execute(self.pool()).await.unwrap().rows_affected()
     }
     async fn break_audit(&self) {
         self.exec("CREATE TRIGGER kluis_audit_refuse BEFORE INSERT ON kluis_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END").await;
@@ -216,9 +198,9 @@ impl Raw for Store<SqliteBackend> {
     }
 }
 
-impl Raw for Store<PostgresBackend> {
+impl Raw for Store<Postgres> {
     async fn exec(&self, sql: &str) -> u64 {
-        sqlx::query(sql).execute(self.backend().pool()).await.unwrap().rows_affected()
+        sqlx::query(sql).execute(self.pool()).await.unwrap().rows_affected()
     }
     async fn break_audit(&self) {
         self.exec("CREATE FUNCTION kluis_audit_refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'audit refused'; END $$ LANGUAGE plpgsql").await;
@@ -233,9 +215,9 @@ impl Raw for Store<PostgresBackend> {
     }
 }
 
-impl Raw for Store<MySqlBackend> {
+impl Raw for Store<MySql> {
     async fn exec(&self, sql: &str) -> u64 {
-        sqlx::raw_sql(sql).execute(self.backend().pool()).await.unwrap().rows_affected()
+        sqlx::raw_sql(sql).execute(self.pool()).await.unwrap().rows_affected()
     }
     async fn break_audit(&self) {
         self.exec("CREATE TRIGGER kluis_audit_refuse BEFORE INSERT ON kluis_audit FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'audit refused'").await;

@@ -47,7 +47,7 @@ pub(crate) use sealed::Sealed;
 /// SQL is written and tested for exactly these three.
 pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Sync + Unpin + 'static {
     /// The sqlx database.
-    type Db: Database<Row: Cols, Connection: Migrate>;
+    type Db: Native<Engine = Self, Row: Cols, Connection: Migrate>;
 
     /// The arguments of one statement.
     #[doc(hidden)]
@@ -115,6 +115,25 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     /// Rewrites the tables that held key bytes so that deleted rows leave no copy in the files.
     #[doc(hidden)]
     fn purge(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The engine of a sqlx database: what lets [`crate::Store::new`] tell the engine from a pool.
+#[doc(hidden)]
+pub trait Native: Database {
+    /// The engine.
+    type Engine: Engine<Db = Self>;
+}
+
+impl Native for sqlx::Sqlite {
+    type Engine = Sqlite;
+}
+
+impl Native for sqlx::Postgres {
+    type Engine = Postgres;
+}
+
+impl Native for sqlx::MySql {
+    type Engine = MySql;
 }
 
 /// The column types of an engine's tables.

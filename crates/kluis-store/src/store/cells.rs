@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     pub(super) fn blind_index(
         set: &DomainKeySet,
         version: u32,

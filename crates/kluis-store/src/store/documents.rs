@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Adds a documents catalog entry (issue 4 writes the blob). `row.tenant` must be the caller's.
     pub async fn insert_document(&self, access: &Access, row: DocumentRow) -> Result<()> {
         self.check_document(access, &row)?;

@@ -13,7 +13,7 @@ pub(super) fn key_row_updates(old: &[DomainKeyRow], new: &[DomainKeyRow]) -> Vec
         .collect()
 }
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     pub(super) fn records_from_rows(
         tenant: &TenantId,
         domain: &DomainName,

@@ -9,7 +9,7 @@ pub(super) const META_GENERATION: &str = "keyring_generation";
 /// First byte of the generation record's format 1 (docs/FORMAT.md §8.6).
 pub(super) const GENERATION_RECORD_V1: u8 = 0x01;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     pub(super) async fn meta_set(&self, provider: &dyn RootKeyProvider) -> Result<DomainKeySet> {
         let tenant = TenantId::new(META_TENANT)?;
         let domain = DomainName::new(META_DOMAIN)?;

@@ -117,7 +117,7 @@ impl SubjectCache {
     }
 }
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     pub(super) fn subject_record(
         row: &SubjectKeyRow,
         tenant: &TenantId,

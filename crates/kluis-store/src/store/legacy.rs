@@ -5,7 +5,7 @@ use super::*;
 /// Legacy records moved per transaction ([`Store::move_legacy`]).
 pub(super) const LEGACY_BATCH: u32 = 500;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Moves records of the legacy layout (a row per field in `kluis_fields`) into their
     /// collection tables, 500 per transaction, without re-sealing a cell (a cell's context does
     /// not depend on the layout), each row with its tag. Resumable: a killed move leaves every

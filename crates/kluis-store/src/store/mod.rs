@@ -14,9 +14,10 @@ use kluis_core::{
 
 use crate::audit::AuditAppend;
 use crate::backend::{
-    Backend, DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, KeyRowUpdate, OverrideRow,
-    RecordRow, ReencryptPlan, ReencryptRecord, StoredRecord, SubjectKeyRow, WriteOp,
+    DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, KeyRowUpdate, OverrideRow, RecordRow,
+    ReencryptPlan, ReencryptRecord, SqlBackend, StoredRecord, SubjectKeyRow, WriteOp,
 };
+use crate::engine::Engine;
 use crate::error::{Result, StoreError};
 use crate::layout::{self, Layout, ROW_TAG_DOMAIN, Table};
 use crate::schema::{Collection, FieldDef, Schema};
@@ -325,8 +326,8 @@ pub struct ReencryptProgress {
 pub const DEFAULT_SUBJECT_KEY_TTL: Duration = Duration::from_secs(300);
 
 /// Encrypted records on one database.
-pub struct Store<B: Backend> {
-    backend: B,
+pub struct Store<E: Engine> {
+    backend: SqlBackend<E>,
     schema: Arc<Schema>,
     layout: Layout,
     subject_keys: Mutex<SubjectCache>,
@@ -350,11 +351,11 @@ pub struct AdoptReport {
     pub generation_recorded: bool,
 }
 
-impl<B: Backend> fmt::Debug for Store<B> {
+impl<E: Engine> fmt::Debug for Store<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.subject_keys.lock().map(|c| c.len()).unwrap_or(0);
         f.debug_struct("Store")
-            .field("engine", &B::ENGINE)
+            .field("engine", &E::KIND)
             .field("collections", &self.schema.collections().map(|c| c.name.as_str()).collect::<Vec<_>>())
             .field("cached_subject_keys", &n)
             .finish()
@@ -455,11 +456,16 @@ fn key_integrity(what: String, e: kluis_core::Error) -> StoreError {
     }
 }
 
-impl<B: Backend> Store<B> {
-    /// A store over `backend` with `schema`. Run [`Store::migrate`] once before use.
-    pub fn new(backend: B, schema: Schema) -> Self {
+impl<E: Engine> Store<E> {
+    /// A store on `pool` (SQLite, PostgreSQL or MariaDB/MySQL; the engine follows from the pool)
+    /// with `schema`. Run [`Store::migrate`] once before use.
+    pub fn new<D>(pool: sqlx::Pool<D>, schema: Schema) -> Self
+    where
+        D: crate::engine::Native<Engine = E>,
+        E: Engine<Db = D>,
+    {
         Self {
-            backend,
+            backend: SqlBackend::new(pool),
             layout: Layout::of(&schema),
             schema: Arc::new(schema),
             subject_keys: Mutex::new(SubjectCache::default()),
@@ -520,9 +526,16 @@ impl<B: Backend> Store<B> {
             .collect())
     }
 
-    /// The backend (same pool; for tools and benches).
-    pub fn backend(&self) -> &B {
+    /// The SQL layer: for this crate's tests and benches, not part of the API.
+    #[doc(hidden)]
+    pub fn backend(&self) -> &SqlBackend<E> {
         &self.backend
+    }
+
+    /// The pool the store runs on: the same connections, for the application's own tables and
+    /// for tools.
+    pub fn pool(&self) -> &sqlx::Pool<E::Db> {
+        self.backend.pool()
     }
 
     /// The schema.
@@ -548,7 +561,7 @@ impl<B: Backend> Store<B> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::SqliteBackend;
+    use crate::Sqlite;
 
     /// The committed row tag vector (tests/vectors/row_tags_v1.json, computed from
     /// docs/FORMAT.md §10.1 by a script, not by this code) is what the store makes and accepts;
@@ -595,14 +608,14 @@ mod tests {
             })
             .collect();
         assert_eq!(layout::tag_input(&row, &cells), hexf("input"));
-        let tag = Store::<SqliteBackend>::row_tag(&access, &row, &cells, &mut Tags::new()).unwrap();
+        let tag = Store::<Sqlite>::row_tag(&access, &row, &cells, &mut Tags::new()).unwrap();
         assert_eq!(hex::encode(&tag), v["tag"].as_str().unwrap());
         let mut stored = StoredRecord { record: RecordRow { tag, ..row }, fields: cells };
-        Store::<SqliteBackend>::check_row(&access, &stored, &mut Tags::new()).unwrap();
+        Store::<Sqlite>::check_row(&access, &stored, &mut Tags::new()).unwrap();
         if let Some(b) = stored.fields.get_mut(0).and_then(|c| c.sealed.get_mut(0)) {
             *b ^= 1;
         }
-        let e = Store::<SqliteBackend>::check_row(&access, &stored, &mut Tags::new());
+        let e = Store::<Sqlite>::check_row(&access, &stored, &mut Tags::new());
         assert!(matches!(e, Err(StoreError::RowIntegrity { .. })), "{e:?}");
     }
 
@@ -612,7 +625,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sealing_error_mid_transaction_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let backend = SqliteBackend::open(&dir.path().join("k.db")).await.unwrap();
+        let backend = Sqlite::open(&dir.path().join("k.db")).await.unwrap();
         let schema = Schema::from_toml(
             r#"
 [collections.absence.fields]
@@ -665,7 +678,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
         assert_eq!(store.list(&access, "absence", None, None, 1000).await.unwrap().records.len(), 200);
     }
 
-    /// A page is opened while it is read (`Backend::list_each`). With a pool of one connection
+    /// A page is opened while it is read (`SqlBackend::list_each`). With a pool of one connection
     /// and no subject key cache, opening needs that connection for the keys while the read holds
     /// it: the read never waits for the opening (unbounded hand-over), frees the connection at
     /// its end, and the page comes back whole. A row that fails its tag midway is the error.
@@ -690,7 +703,7 @@ employee_number = { type = "text", domain = "general", blind_index = true }
 "#,
         )
         .unwrap();
-        let store = Store::new(SqliteBackend::new(pool.clone()), schema).with_subject_key_ttl(Duration::ZERO);
+        let store = Store::new(pool.clone(), schema).with_subject_key_ttl(Duration::ZERO);
         store.migrate().await.unwrap();
         let keyring = kluis_core::LocalKeyring::generate(0).unwrap();
         let tenant = TenantId::new("acme").unwrap();

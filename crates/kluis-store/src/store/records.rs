@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     pub(super) async fn open_record(
         &self,
         access: &Access,

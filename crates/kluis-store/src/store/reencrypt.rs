@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Rotates the domain key of `domain`, moves every subject key and blind index of the tenant
     /// onto the new version, then destroys all older versions. Returns the destroyed versions.
     pub async fn retire_domain_versions(

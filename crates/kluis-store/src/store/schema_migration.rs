@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Moves the stored data of the caller's tenant to `target`, a newer version of this store's
     /// schema: a field whose domain changed is re-sealed under the subject key of the new domain
     /// (and its blind index re-derived); a field that gained a blind index gets one; a field that

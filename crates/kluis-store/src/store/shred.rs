@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Crypto-shreds a subject: refuses while any of its records is under retention (unless a
     /// legal override is given, which is recorded), deletes its subject keys, records, cells,
     /// blind indexes and document catalog entries in one transaction, then for every domain the

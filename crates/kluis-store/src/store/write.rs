@@ -26,7 +26,7 @@ pub(super) enum Planned<'o> {
 /// Sealed writes a transaction may have ready ahead of the one being written.
 pub(super) const PIPELINE_DEPTH: usize = 64;
 
-impl<B: Backend> Store<B> {
+impl<E: Engine> Store<E> {
     /// Inserts one record.
     pub async fn insert(&self, access: &Access, collection: &str, record: NewRecord) -> Result<Written> {
         let mut out =

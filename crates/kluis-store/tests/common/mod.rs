@@ -2,8 +2,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 use kluis_core::{DomainName, LocalKeyring, TenantId};
-use kluis_store::backend::Backend;
-use kluis_store::{Access, MySqlBackend, PostgresBackend, Schema, SqliteBackend, Store};
+use kluis_store::Engine;
+use kluis_store::{Access, MySql, Postgres, Schema, Sqlite, Store};
 use sqlx::Row;
 
 pub const SCHEMA_TOML: &str = r#"
@@ -53,7 +53,7 @@ pub enum Location {
     MySql { url: String, admin_url: String, db: String },
 }
 
-pub struct Harness<B: Backend> {
+pub struct Harness<B: Engine> {
     pub store: Store<B>,
     pub keyring: LocalKeyring,
     pub tenant: TenantId,
@@ -65,7 +65,7 @@ pub struct Harness<B: Backend> {
     _tmp: Option<tempfile::TempDir>,
 }
 
-impl<B: Backend> Harness<B> {
+impl<B: Engine> Harness<B> {
     async fn finish(store: Store<B>, location: Location, tmp: Option<tempfile::TempDir>) -> Self {
         store.migrate().await.unwrap();
         let keyring = LocalKeyring::generate(0).unwrap();
@@ -90,10 +90,10 @@ impl<B: Backend> Harness<B> {
     }
 }
 
-pub async fn sqlite() -> Option<Harness<SqliteBackend>> {
+pub async fn sqlite() -> Option<Harness<Sqlite>> {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("kluis.db");
-    let backend = SqliteBackend::open(&file).await.unwrap();
+    let backend = Sqlite::open(&file).await.unwrap();
     let loc = Location::Sqlite { dir: tmp.path().to_owned(), file };
     Some(Harness::finish(Store::new(backend, schema()), loc, Some(tmp)).await)
 }
@@ -114,20 +114,20 @@ pub fn mysql_url() -> String {
     std::env::var("KLUIS_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
-pub async fn postgres() -> Option<Harness<PostgresBackend>> {
+pub async fn postgres() -> Option<Harness<Postgres>> {
     let (backend, loc) = fresh_postgres().await?;
     Some(Harness::finish(Store::new(backend, schema()), loc, None).await)
 }
 
-pub async fn mysql() -> Option<Harness<MySqlBackend>> {
+pub async fn mysql() -> Option<Harness<MySql>> {
     let (backend, loc) = fresh_mysql().await?;
     Some(Harness::finish(Store::new(backend, schema()), loc, None).await)
 }
 
 /// Drops a server test database (best effort).
-pub async fn drop_db<B: Backend>(h: Harness<B>) {
+pub async fn drop_db<B: Engine>(h: Harness<B>) {
     let loc = h.location.clone();
-    h.store.backend().pool().close().await;
+    h.store.pool().close().await;
     drop(h);
     match loc {
         Location::Sqlite { .. } => {}
@@ -188,7 +188,7 @@ macro_rules! raw_impl {
                         Bind::Bytes(v) => q.bind(v),
                     };
                 }
-                q.execute(self.backend().pool()).await.unwrap().rows_affected()
+                q.execute(self.pool()).await.unwrap().rows_affected()
             }
             async fn raw_bytes(&self, sql: &str, binds: Vec<Bind>) -> Vec<Vec<u8>> {
                 let sql: String = $conv(sql);
@@ -199,7 +199,7 @@ macro_rules! raw_impl {
                         Bind::Bytes(v) => q.bind(v),
                     };
                 }
-                let rows = q.fetch_all(self.backend().pool()).await.unwrap();
+                let rows = q.fetch_all(self.pool()).await.unwrap();
                 rows.iter()
                     .map(|r| {
                         r.try_get::<Vec<u8>, _>(0)
@@ -212,9 +212,9 @@ macro_rules! raw_impl {
     };
 }
 
-raw_impl!(SqliteBackend, sqlx::Sqlite, |s: &str| s.to_owned());
-raw_impl!(PostgresBackend, sqlx::Postgres, numbered);
-raw_impl!(MySqlBackend, sqlx::MySql, |s: &str| s.to_owned());
+raw_impl!(Sqlite, sqlx::Sqlite, |s: &str| s.to_owned());
+raw_impl!(Postgres, sqlx::Postgres, numbered);
+raw_impl!(MySql, sqlx::MySql, |s: &str| s.to_owned());
 
 /// Does `hay` contain `needle`?
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -269,7 +269,7 @@ fn parse_host_port(url: &str, host: &str, port: u16) -> (String, u16) {
 
 /// A fresh, empty PostgreSQL database (no migrations, no keys) and where it is; `None` (after
 /// [`unreachable`]) if the server does not answer.
-pub async fn fresh_postgres() -> Option<(PostgresBackend, Location)> {
+pub async fn fresh_postgres() -> Option<(sqlx::PgPool, Location)> {
     let admin_url = postgres_url();
     let admin = match sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
@@ -288,11 +288,11 @@ pub async fn fresh_postgres() -> Option<(PostgresBackend, Location)> {
     admin.close().await;
     let url = with_db(&admin_url, &db);
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
-    Some((PostgresBackend::new(pool), Location::Postgres { url, admin_url, db }))
+    Some((pool, Location::Postgres { url, admin_url, db }))
 }
 
 /// A fresh, empty MariaDB database (no migrations, no keys) and where it is.
-pub async fn fresh_mysql() -> Option<(MySqlBackend, Location)> {
+pub async fn fresh_mysql() -> Option<(sqlx::MySqlPool, Location)> {
     let admin_url = mysql_url();
     let admin = match sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
@@ -311,7 +311,7 @@ pub async fn fresh_mysql() -> Option<(MySqlBackend, Location)> {
     admin.close().await;
     let url = with_db(&admin_url, &db);
     let pool = sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(&url).await.unwrap();
-    Some((MySqlBackend::new(pool), Location::MySql { url, admin_url, db }))
+    Some((pool, Location::MySql { url, admin_url, db }))
 }
 
 /// Drops the database of a [`fresh_postgres`] or [`fresh_mysql`] (best effort; close its pool
