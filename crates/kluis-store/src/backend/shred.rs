@@ -1,0 +1,75 @@
+//! A subject's rows deleted in one transaction.
+
+use super::*;
+
+impl<E: Engine> SqlBackend<E> {
+    /// Shreds a subject in one transaction: its subject keys, its rows in every table listed in
+    /// `kluis_tables` and document catalog entries; records `audit` (a legal override) and
+    /// appends `entry` (an audit log entry) in the same transaction if given. Returns the number
+    /// of records removed.
+    pub async fn delete_subject(
+        &self,
+        tenant: &str,
+        subject: &str,
+        audit: Option<OverrideRow>,
+        entry: Option<crate::audit::AuditAppend>,
+    ) -> Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        // The head lock first: on SQLite it takes the write lock up front.
+        Self::lock_head(&mut tx).await?;
+        let tables = query::<E>("SELECT collection, table_name FROM kluis_tables ORDER BY collection")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut removed = 0u64;
+        let mut gone = Vec::new();
+        for row in &tables {
+            let collection = text(row, 0)?;
+            let name = text(row, 1)?;
+            if !crate::layout::is_table_name(&name) {
+                return Err(StoreError::Corrupt {
+                    what: "kluis_tables",
+                    reason: format!("table name {name:?}"),
+                });
+            }
+            for id in Self::subject_row_ids(&mut tx, &name, tenant, subject).await? {
+                gone.push(RowLogEntry {
+                    tenant: tenant.to_owned(),
+                    collection: collection.clone(),
+                    record: id,
+                    tag: None,
+                });
+            }
+            let sql = format!("DELETE FROM {name} WHERE tenant = ? AND subject = ?");
+            removed +=
+                query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?.rows_affected();
+        }
+        // Rows of the legacy layout not moved yet.
+        let legacy =
+            query::<E>(&E::sql("SELECT collection, id FROM kluis_records WHERE tenant = ? AND subject = ?"))
+                .bind(tenant)
+                .bind(subject)
+                .fetch_all(&mut *tx)
+                .await?;
+        for row in &legacy {
+            let collection = text(row, 0)?;
+            let id = text(row, 1)?;
+            for table in ["kluis_fields", "kluis_blind_index"] {
+                let sql =
+                    format!("DELETE FROM {table} WHERE tenant = ? AND collection = ? AND record_id = ?");
+                query::<E>(&E::sql(&sql)).bind(tenant).bind(&collection).bind(&id).execute(&mut *tx).await?;
+            }
+        }
+        removed += legacy.len() as u64;
+        for table in ["kluis_records", "kluis_subject_keys", "kluis_documents"] {
+            let sql = format!("DELETE FROM {table} WHERE tenant = ? AND subject = ?");
+            query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?;
+        }
+        if let Some(a) = audit {
+            Self::insert_override(&mut tx, a).await?;
+        }
+        Self::finish_log(&mut tx, TxLog { locked: true, rows: gone, audits: entry.into_iter().collect() })
+            .await?;
+        tx.commit().await?;
+        Ok(removed)
+    }
+}
