@@ -477,15 +477,8 @@ impl<E: Engine> SqlBackend<E> {
     /// Writes a metadata value.
     pub async fn set_meta(&self, name: &str, value: Vec<u8>) -> Result<()> {
         // One statement (an upsert), so two processes recording at once cannot collide.
-        let sql = match E::KIND {
-            EngineKind::MySql => {
-                "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON DUPLICATE KEY UPDATE value = VALUES(value)"
-            }
-            EngineKind::Postgres | EngineKind::Sqlite => {
-                "INSERT INTO kluis_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value"
-            }
-        };
-        query::<E>(&E::sql(sql)).bind(name).bind(value).execute(&self.pool).await?;
+        let sql = E::upsert("kluis_meta", "name", "value");
+        query::<E>(&E::sql(&sql)).bind(name).bind(value).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -507,11 +500,9 @@ impl<E: Engine> SqlBackend<E> {
 
 impl<E: Engine> SqlBackend<E> {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, E::Db>> {
-        // SQLite: take the write lock at BEGIN so a read-then-write transaction cannot
-        // fail on a snapshot another writer moved on from.
-        Ok(match E::KIND {
-            EngineKind::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            _ => self.pool.begin().await?,
+        Ok(match E::BEGIN_WRITE {
+            Some(begin) => self.pool.begin_with(begin).await?,
+            None => self.pool.begin().await?,
         })
     }
 

@@ -610,15 +610,7 @@ impl<E: Engine> SqlBackend<E> {
             // (tenant, domain, subject, version): all exist exactly when the count of
             // matching rows is the chunk's length. Counting sends one row back instead of
             // a few hundred (on SQLite each row is a hop through sqlx's worker thread).
-            // PostgreSQL takes the share locks in the subquery (no FOR SHARE beside an
-            // aggregate); MariaDB keeps the plain locking read.
-            let count = match E::KIND {
-                EngineKind::Sqlite => Some(format!("SELECT COUNT(*) FROM kluis_subject_keys WHERE {cond}")),
-                EngineKind::Postgres => Some(format!(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM kluis_subject_keys WHERE {cond} FOR SHARE) AS held"
-                )),
-                EngineKind::MySql => None,
-            };
+            let count = E::count_shared(&format!("kluis_subject_keys WHERE {cond}"));
             if let Some(sql) = count {
                 let sql = E::sql(&sql).into_owned();
                 let mut q = query_scalar::<E, i64>(&sql);

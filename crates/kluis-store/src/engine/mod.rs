@@ -68,6 +68,11 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     #[doc(hidden)]
     const UPDATE_LOCK: &'static str;
 
+    /// The statement that begins a transaction that reads and then writes, if not a plain
+    /// `BEGIN`.
+    #[doc(hidden)]
+    const BEGIN_WRITE: Option<&'static str>;
+
     /// The statement that locks the audit head row until the transaction ends: the first of
     /// every transaction that changes rows or appends audit entries, so they commit one at a time.
     #[doc(hidden)]
@@ -89,6 +94,17 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     /// SQL written with `?` placeholders, in this engine's placeholders.
     #[doc(hidden)]
     fn sql(sql: &str) -> Cow<'_, str>;
+
+    /// `INSERT INTO table (key, value) VALUES (?, ?)`, replacing the value of an existing key,
+    /// in one statement.
+    #[doc(hidden)]
+    fn upsert(table: &str, key: &str, value: &str) -> String;
+
+    /// A `COUNT(*)` of the rows of `from_where` (`table WHERE ...`) that holds a shared lock on
+    /// each row counted until the transaction ends; `None` where the engine cannot lock rows
+    /// under an aggregate (the caller then reads the rows with [`Engine::SHARE_LOCK`]).
+    #[doc(hidden)]
+    fn count_shared(from_where: &str) -> Option<String>;
 
     /// `column` equal to the next bind, NULL equal to NULL.
     #[doc(hidden)]

@@ -3,10 +3,12 @@
 //! - **Placeholders** `?`, as the store's SQL is written.
 //! - **Locks**: `LOCK IN SHARE MODE` / `FOR UPDATE` on a `SELECT`. A plain read in a transaction
 //!   sees the transaction's first snapshot (repeatable read); a locking read sees the latest
-//!   committed rows, so a `COUNT(*)` that must see them takes a shared lock.
+//!   committed rows, so a `COUNT(*)` that must see them takes a shared lock. No aggregate locks
+//!   the rows it counts, so a check that must hold them reads them with a locking read.
 //! - **Types**: `BIGINT`, `LONGBLOB`; ids are `VARCHAR(128)` in `ascii_bin`, which compares byte
 //!   by byte like the other engines (and which the driver reports as binary: names are read as
 //!   bytes and checked to be UTF-8); a blind index is `VARBINARY(64)`, short enough for an index.
+//! - **Upsert**: `ON DUPLICATE KEY UPDATE` (the others: `ON CONFLICT ... DO UPDATE`).
 //! - **Retry**: deadlock (1213, SQLSTATE 40001) and lock wait timeout (1205, HY000).
 //! - **Purge**: `OPTIMIZE TABLE` rebuilds each key table into a new tablespace file.
 
@@ -40,6 +42,7 @@ impl Engine for MySql {
     ];
     const SHARE_LOCK: &'static str = " LOCK IN SHARE MODE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
+    const BEGIN_WRITE: Option<&'static str> = None;
     const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
     const COUNT_LOCK: &'static str = " LOCK IN SHARE MODE";
     const DDL: Ddl = Ddl {
@@ -63,6 +66,17 @@ impl Engine for MySql {
 
     fn sql(sql: &str) -> Cow<'_, str> {
         Cow::Borrowed(sql)
+    }
+
+    fn count_shared(_from_where: &str) -> Option<String> {
+        // The caller reads the rows with a locking read instead.
+        None
+    }
+
+    fn upsert(table: &str, key: &str, value: &str) -> String {
+        format!(
+            "INSERT INTO {table} ({key}, {value}) VALUES (?, ?) ON DUPLICATE KEY UPDATE {value} = VALUES({value})"
+        )
     }
 
     fn null_safe_eq(column: &str) -> String {

@@ -4,6 +4,8 @@
 //!   inside a literal).
 //! - **Locks**: `FOR SHARE` / `FOR UPDATE` on a `SELECT`. Transactions run at read committed,
 //!   so each statement sees the rows committed before it started: a `COUNT(*)` needs no lock.
+//!   `FOR SHARE` cannot stand beside an aggregate: a count that must hold its rows locks them in
+//!   a subquery.
 //! - **Types**: `BIGINT`, `BYTEA`, `TEXT`, `BOOLEAN`.
 //! - **Retry**: serialization failure (40001) and deadlock (40P01).
 //! - **Purge**: `VACUUM (FULL)` writes each key table to a new file; the old one, with the dead
@@ -42,6 +44,7 @@ impl Engine for Postgres {
     ];
     const SHARE_LOCK: &'static str = " FOR SHARE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
+    const BEGIN_WRITE: Option<&'static str> = None;
     const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
     const COUNT_LOCK: &'static str = "";
     const DDL: Ddl = Ddl { int: "BIGINT", blob: "BYTEA", id: "TEXT", index: "BYTEA" };
@@ -70,6 +73,17 @@ impl Engine for Postgres {
             }
         }
         Cow::Owned(out)
+    }
+
+    fn count_shared(from_where: &str) -> Option<String> {
+        // No FOR SHARE beside an aggregate: the subquery takes the locks.
+        Some(format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from_where} FOR SHARE) AS held"))
+    }
+
+    fn upsert(table: &str, key: &str, value: &str) -> String {
+        format!(
+            "INSERT INTO {table} ({key}, {value}) VALUES (?, ?) ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
+        )
     }
 
     fn null_safe_eq(column: &str) -> String {

@@ -4,7 +4,9 @@
 //! - **Locks**: none on a `SELECT`. A write transaction holds the database's one write lock
 //!   from its first write to its commit, so write transactions are serial and a row read inside
 //!   one cannot change under it. The audit head is locked by a no-op `UPDATE` of its row, which
-//!   takes the write lock.
+//!   takes the write lock. A transaction that reads and then writes begins with
+//!   `BEGIN IMMEDIATE`, which takes the write lock at once, so it cannot fail on a snapshot
+//!   another writer moved on from.
 //! - **Types**: `INTEGER` (64-bit), `BLOB`, `TEXT`; a boolean is an `INTEGER` 0 or 1.
 //! - **Retry**: `SQLITE_BUSY` (5) and its extended codes 517 (`BUSY_SNAPSHOT`) and 261
 //!   (`BUSY_RECOVERY`) when the busy timeout ran out.
@@ -87,6 +89,7 @@ impl Engine for Sqlite {
     ];
     const SHARE_LOCK: &'static str = "";
     const UPDATE_LOCK: &'static str = "";
+    const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const LOCK_HEAD: &'static str = "UPDATE kluis_audit_head SET seq = seq WHERE id = 1";
     const COUNT_LOCK: &'static str = "";
     const DDL: Ddl = Ddl { int: "INTEGER", blob: "BLOB", id: "TEXT", index: "BLOB" };
@@ -102,6 +105,17 @@ impl Engine for Sqlite {
 
     fn sql(sql: &str) -> Cow<'_, str> {
         Cow::Borrowed(sql)
+    }
+
+    fn count_shared(from_where: &str) -> Option<String> {
+        // Write transactions are serial: no row lock is needed.
+        Some(format!("SELECT COUNT(*) FROM {from_where}"))
+    }
+
+    fn upsert(table: &str, key: &str, value: &str) -> String {
+        format!(
+            "INSERT INTO {table} ({key}, {value}) VALUES (?, ?) ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
+        )
     }
 
     fn null_safe_eq(column: &str) -> String {
