@@ -171,6 +171,10 @@ pub struct ShredArgs {
     /// Who authorised the override.
     #[arg(long, requires = "legal_override_reason")]
     pub authorised_by: Option<String>,
+    /// Also write the erasure certificate (JSON) to this new file. It is created before the
+    /// shred starts, so a path that cannot be created stops the command with nothing shredded.
+    #[arg(long, value_name = "FILE")]
+    pub certificate: Option<PathBuf>,
 }
 
 /// `kluis import`.
@@ -212,6 +216,24 @@ pub enum AuditCmd {
         /// truncated or rewritten log.
         #[arg(long, value_name = "CHECKPOINT")]
         against: Option<String>,
+    },
+    /// Write the erasure certificates of a tenant (of one subject, with --subject) as JSON.
+    Certificates {
+        /// Tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Only this subject's.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Check an erasure certificate file against the audit log: the chain verifies and holds
+    /// exactly this certificate at its sequence number.
+    CheckCertificate {
+        /// A file written by `kluis shred --certificate` (one certificate).
+        file: PathBuf,
     },
     /// Write the audit log.
     Export {

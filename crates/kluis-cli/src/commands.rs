@@ -54,6 +54,10 @@ impl Job for CommandJob {
             Command::Export(args) => export(&env, &actor, &args).await,
             Command::Audit(AuditCmd::Verify { against }) => audit_verify(&env, against.as_deref()).await,
             Command::Audit(AuditCmd::Export { output, .. }) => audit_export(&env, output.as_deref()).await,
+            Command::Audit(AuditCmd::Certificates { tenant, subject, output }) => {
+                crate::erasure::certificates(&env, &tenant, subject.as_deref(), output.as_deref()).await
+            }
+            Command::Audit(AuditCmd::CheckCertificate { file }) => crate::erasure::check(&env, &file).await,
             Command::Access(AccessCmd::Review { tenant }) => {
                 crate::access::review(&env, &actor, &tenant).await
             }
@@ -585,11 +589,25 @@ async fn shred<B: Engine, O: BlobBackend + Clone>(
     let provider = env.provider().await?;
     let service = env.service().await?;
     let who = AdminActor::new(actor, "kluis-cli", "administration");
+    // Before anything is shredded: a certificate file that cannot be created stops the command.
+    let cert_file = args.certificate.as_deref().map(crate::erasure::create_file).transpose()?;
     // The removal of the subject's keys, records and catalog rows commits with its audit entry.
     let entry =
         service.admin_entry(&who, AdminEvent::Shred { tenant: t.clone(), subject: args.subject.clone() });
-    let rep =
-        env.store.shred_subject_audited(provider, &mut access, &args.subject, legal.clone(), entry).await?;
+    let rep = match env
+        .store
+        .shred_subject_audited(provider, &mut access, &args.subject, legal.clone(), entry)
+        .await
+    {
+        Ok(rep) => rep,
+        Err(e) => {
+            if let Some((path, file)) = cert_file {
+                drop(file);
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e.into());
+        }
+    };
     // The catalog rows are gone with the shred; the objects are unreadable (their keys are
     // destroyed) and are deleted now.
     let mut deleted = 0u64;
@@ -600,21 +618,36 @@ async fn shred<B: Engine, O: BlobBackend + Clone>(
             deleted += 1;
         }
     }
-    let why = match &legal {
-        Some(l) => format!("legal override by {}: {}", l.authorised_by, l.reason),
-        None => String::new(),
-    };
-    let _ = why; // the legal override itself is recorded by the store in kluis_legal_overrides
+    // What was destroyed, in the audit log's hash chain (and in the file, if asked).
+    let certificate = kluis_service::erasure::ErasureCertificate::of_shred(
+        t.as_str(),
+        &args.subject,
+        service.now_ms(),
+        &rep,
+        Some(deleted),
+        legal.as_ref(),
+    );
+    let certified =
+        service.certify_erasure(&who, certificate).await.map_err(|e| CliError::Service(e.to_string()))?;
+    if let Some((path, file)) = cert_file {
+        crate::erasure::write_file(&path, file, &certified)?;
+    }
     let destroyed: Vec<String> = rep.destroyed_versions.iter().map(|(d, v)| format!("{d} v{v}")).collect();
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "subject": args.subject, "records_removed": rep.records_removed,
         "documents_removed": deleted, "destroyed_versions": destroyed,
+        "certificate": { "audit_seq": certified.audit_seq, "entry_hash": certified.entry_hash, "file": args.certificate },
     }));
     r.line(format!(
         "subject {} of {t} shredded: {} records and {deleted} documents removed, key versions destroyed: {}",
         args.subject,
         rep.records_removed,
         if destroyed.is_empty() { "none".to_owned() } else { destroyed.join(", ") }
+    ));
+    r.line(format!(
+        "erasure certificate: audit entry {}{}",
+        certified.audit_seq,
+        args.certificate.as_ref().map(|p| format!(", written to {}", p.display())).unwrap_or_default()
     ));
     Ok(r)
 }

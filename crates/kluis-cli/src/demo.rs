@@ -286,7 +286,7 @@ impl Job for DemoJob {
 
         let ver = kluis_service::audit::verify(&env.store).await.map_err(svc_err)?;
         r.line(format!(
-            "10. audit log: {} entries (every read, the refusal, rotation, shred, access changes), hash chain {}; {}",
+            "10. audit log: {} entries (every read, the refusal, rotation, shred and its erasure certificate, access changes), hash chain {}; {}",
             ver.entries,
             if ver.first_bad.is_none() { "verified".to_owned() } else { format!("BROKEN at {:?}", ver.first_bad) },
             match &ver.rows {

@@ -160,6 +160,14 @@ pub enum CliError {
         /// ", see the lines above" when there are more.
         more: &'static str,
     },
+    /// An erasure certificate does not match the audit log.
+    #[error("erasure certificate {file}: {problem}")]
+    CertificateMismatch {
+        /// The certificate file.
+        file: String,
+        /// What differs.
+        problem: String,
+    },
     /// `doctor` found problems.
     #[error("doctor found {0} problem(s)")]
     DoctorFailed(usize),
@@ -197,7 +205,9 @@ impl CliError {
             | Self::UnknownVersion { .. }
             | Self::UnknownSubject { .. } => ExitCode::NotFound,
             Self::BadImport { .. } => ExitCode::Usage,
-            Self::AuditBroken { .. } | Self::RowsStale { .. } => ExitCode::Integrity,
+            Self::AuditBroken { .. } | Self::RowsStale { .. } | Self::CertificateMismatch { .. } => {
+                ExitCode::Integrity
+            }
             Self::DoctorFailed(_) => ExitCode::Failure,
             Self::NotAvailable(_) => ExitCode::NotAvailable,
         }

@@ -14,6 +14,7 @@ mod commands;
 pub mod config;
 mod demo;
 pub mod env;
+mod erasure;
 pub mod error;
 pub mod out;
 pub mod reencrypt;

@@ -72,6 +72,10 @@ pub enum Error {
     /// The audit entry could not be written, so nothing was returned or changed (fail closed).
     #[error("the audit log could not be written; nothing was returned or changed")]
     AuditUnavailable(#[source] kluis_store::StoreError),
+    /// A shred finished (the subject's keys and records are gone), but its erasure certificate
+    /// could not be written to the audit log: append one with `Service::certify_erasure`.
+    #[error("the shred finished, but its erasure certificate could not be written to the audit log")]
+    Uncertified(#[source] kluis_store::StoreError),
     /// An error from the records store.
     #[error(transparent)]
     Store(#[from] kluis_store::StoreError),

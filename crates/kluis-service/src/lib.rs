@@ -42,6 +42,7 @@ pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod clock;
+pub mod erasure;
 mod error;
 mod service;
 

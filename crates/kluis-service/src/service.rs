@@ -131,6 +131,15 @@ pub enum AdminEvent {
         /// Subject.
         subject: String,
     },
+    /// An erasure certificate: its canonical JSON, made by [`Service::certify_erasure`].
+    Erasure {
+        /// Tenant.
+        tenant: TenantId,
+        /// Subject.
+        subject: String,
+        /// [`crate::erasure::ErasureCertificate::to_json`].
+        certificate: String,
+    },
     /// Data was imported.
     Import {
         /// Tenant.
@@ -323,7 +332,8 @@ impl<B: Engine> Service<B> {
         Ok(if proof.action().reveals_plaintext() { access.read_only() } else { access })
     }
 
-    fn now_ms(&self) -> i64 {
+    /// The service clock's time, unix milliseconds (the time of its audit entries).
+    pub fn now_ms(&self) -> i64 {
         self.clock
             .now()
             .duration_since(UNIX_EPOCH)
@@ -814,7 +824,10 @@ impl<B: Engine> Service<B> {
     }
 
     /// Crypto-shreds a subject (needs `shred` on every domain of the schema). The decision is
-    /// logged **before** the shred starts (no entry, no shred); a failure is logged after.
+    /// logged in the transaction that removes the subject's keys and records (no entry, no
+    /// shred); a failure is logged after. Once the purge has run, an erasure certificate
+    /// ([`crate::erasure`]) is appended as an entry of its own; if that append fails the shred
+    /// has still happened, and the error is [`Error::Uncertified`].
     pub async fn shred(
         &self,
         p: &Principal,
@@ -842,12 +855,32 @@ impl<B: Engine> Service<B> {
                 &*self.provider,
                 &mut access,
                 subject,
-                legal_override,
+                legal_override.clone(),
                 self.append(e.clone()),
             )
             .await
         {
-            Ok(r) => Ok(r),
+            Ok(r) => {
+                // What was destroyed, once the purge has run: an entry of its own
+                // (`erasure_certificates` reads it back).
+                let certificate = crate::erasure::ErasureCertificate::of_shred(
+                    tenant.as_str(),
+                    subject,
+                    self.now_ms(),
+                    &r,
+                    None,
+                    legal_override.as_ref(),
+                );
+                let mut c = e;
+                c.action = crate::erasure::CERTIFICATE_ACTION.to_owned();
+                c.outcome = "done".into();
+                c.reason = certificate.to_json()?;
+                self.log(c).await.map_err(|e| match e {
+                    Error::AuditUnavailable(source) => Error::Uncertified(source),
+                    other => other,
+                })?;
+                Ok(r)
+            }
             Err(err) => {
                 let mut failed = e;
                 failed.outcome = "error".into();
@@ -930,6 +963,10 @@ impl<B: Engine> Service<B> {
             AdminEvent::Shred { tenant, subject } => {
                 e.subject = subject;
                 ("shred".to_owned(), Some(tenant), String::new())
+            }
+            AdminEvent::Erasure { tenant, subject, certificate } => {
+                e.subject = subject;
+                (crate::erasure::CERTIFICATE_ACTION.to_owned(), Some(tenant), certificate)
             }
             AdminEvent::Import { tenant, what, count } => {
                 ("import".to_owned(), Some(tenant), format!("{what} count {count}"))

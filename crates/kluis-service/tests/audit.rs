@@ -8,6 +8,7 @@ mod common;
 use common::{H, Raw, ctx, principal};
 use kluis_core::DomainName;
 use kluis_service::audit::{self, Checkpoint};
+use kluis_service::erasure::{CertificateCheck, KeyVersionRef};
 use kluis_service::{AdminActor, AdminEvent, Error};
 use kluis_store::{Changes, Engine, NewRecord, Store, Value};
 
@@ -236,7 +237,7 @@ where
     h.svc.shred(&doctor, &c, "emp-1", None).await.unwrap();
     let r = audit::verify(&h.store).await.unwrap();
     assert!(r.is_ok(), "{r:?}");
-    assert_eq!(r.entries, before + 3, "one entry for the shred");
+    assert_eq!(r.entries, before + 4, "one entry for the shred, one for its erasure certificate");
     assert!(matches!(h.svc.get(&doctor, &c, "absence", "r-1").await, Err(Error::NotFound { .. })));
     h.cleanup().await;
 }
@@ -419,6 +420,10 @@ where
     for sql in unblock {
         h.store.exec(sql).await;
     }
+    assert!(
+        h.svc.erasure_certificates(h.acme.as_str(), None).await.unwrap().is_empty(),
+        "no shred, no certificate"
+    );
     let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
     let shreds: Vec<_> = rows.iter().filter(|r| r.entry.action == "shred").collect();
     assert_eq!(shreds.len(), 1, "only the failure is logged: {shreds:?}");
@@ -432,6 +437,39 @@ where
         rows.iter().filter(|r| r.entry.action == "shred").map(|r| r.entry.outcome.as_str()).collect();
     assert_eq!(outcomes, ["error", "allowed"], "{outcomes:?}");
     assert!(audit::verify(&h.store).await.unwrap().is_ok());
+    // Then the erasure certificate: what the shred destroyed, as an entry of the chain.
+    let certs = h.svc.erasure_certificates(h.acme.as_str(), Some("emp-1")).await.unwrap();
+    assert_eq!(certs.len(), 1, "{certs:?}");
+    let cert = &certs[0];
+    let c = &cert.certificate;
+    assert_eq!((c.tenant.as_str(), c.subject.as_str()), ("acme", "emp-1"));
+    assert_eq!((c.records_removed, c.catalog_documents_removed, c.blobs_deleted), (1, 0, None));
+    let medical_v1 = KeyVersionRef { domain: "medical".into(), version: 1 };
+    assert_eq!(c.subject_keys_destroyed, std::slice::from_ref(&medical_v1));
+    assert!(c.domain_key_versions_destroyed.contains(&medical_v1), "{c:?}");
+    let engine = match h.store.engine() {
+        "mariadb" => "mysql",
+        e => e,
+    };
+    assert_eq!(c.purge.engine, engine);
+    assert!(!c.to_json().unwrap().contains("flu"), "no value in a certificate");
+    assert!(
+        rows.iter().filter(|r| r.entry.action == "shred").all(|r| r.seq < cert.audit_seq),
+        "appended after the shred's entry"
+    );
+    assert_eq!(h.svc.check_certificate(cert).await.unwrap(), CertificateCheck::Matches);
+    let mut fewer = cert.clone();
+    fewer.certificate.records_removed = 0;
+    assert_eq!(h.svc.check_certificate(&fewer).await.unwrap(), CertificateCheck::Differs);
+    let mut elsewhere = cert.clone();
+    elsewhere.audit_seq += 1000;
+    assert_eq!(h.svc.check_certificate(&elsewhere).await.unwrap(), CertificateCheck::NoEntry);
+    let mut at_min = cert.clone();
+    at_min.audit_seq = i64::MIN;
+    assert_eq!(h.svc.check_certificate(&at_min).await.unwrap(), CertificateCheck::NoEntry);
+    let mut other_hash = cert.clone();
+    other_hash.entry_hash = "00".repeat(32);
+    assert_eq!(h.svc.check_certificate(&other_hash).await.unwrap(), CertificateCheck::Differs);
     h.cleanup().await;
 }
 

@@ -25,6 +25,17 @@ mod write;
 pub use self::documents::document_key_version;
 use self::{read::*, reencrypt::*, write::*};
 
+/// What [`SqlBackend::delete_subject`] removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubjectDeleted {
+    /// Records.
+    pub records: u64,
+    /// Document catalog entries.
+    pub documents: u64,
+    /// Subject keys, as (domain, version).
+    pub subject_keys: Vec<(String, i64)>,
+}
+
 /// A record's clear columns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordRow {

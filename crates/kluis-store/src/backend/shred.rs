@@ -5,15 +5,14 @@ use super::*;
 impl<E: Engine> SqlBackend<E> {
     /// Shreds a subject in one transaction: its subject keys, its rows in every table listed in
     /// `kluis_tables` and document catalog entries; records `audit` (a legal override) and
-    /// appends `entry` (an audit log entry) in the same transaction if given. Returns the number
-    /// of records removed.
+    /// appends `entry` (an audit log entry) in the same transaction if given.
     pub async fn delete_subject(
         &self,
         tenant: &str,
         subject: &str,
         audit: Option<OverrideRow>,
         entry: Option<crate::audit::AuditAppend>,
-    ) -> Result<u64> {
+    ) -> Result<SubjectDeleted> {
         let mut tx = self.pool.begin().await?;
         // The head lock first: on SQLite it takes the write lock up front.
         Self::lock_head(&mut tx).await?;
@@ -60,9 +59,24 @@ impl<E: Engine> SqlBackend<E> {
             }
         }
         removed += legacy.len() as u64;
+        let keys = query::<E>(&E::sql(
+            "SELECT domain, version FROM kluis_subject_keys WHERE tenant = ? AND subject = ? ORDER BY domain, version",
+        ))
+        .bind(tenant)
+        .bind(subject)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((text(r, 0)?, r.col::<i64>(1)?)))
+        .collect::<Result<Vec<_>>>()?;
+        let mut documents = 0;
         for table in ["kluis_records", "kluis_subject_keys", "kluis_documents"] {
             let sql = format!("DELETE FROM {table} WHERE tenant = ? AND subject = ?");
-            query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?;
+            let n =
+                query::<E>(&E::sql(&sql)).bind(tenant).bind(subject).execute(&mut *tx).await?.rows_affected();
+            if table == "kluis_documents" {
+                documents = n;
+            }
         }
         if let Some(a) = audit {
             Self::insert_override(&mut tx, a).await?;
@@ -70,6 +84,6 @@ impl<E: Engine> SqlBackend<E> {
         Self::finish_log(&mut tx, TxLog { locked: true, rows: gone, audits: entry.into_iter().collect() })
             .await?;
         tx.commit().await?;
-        Ok(removed)
+        Ok(SubjectDeleted { records: removed, documents, subject_keys: keys })
     }
 }

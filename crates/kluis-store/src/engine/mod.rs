@@ -128,6 +128,10 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     #[doc(hidden)]
     fn rows_affected(r: &<Self::Db as Database>::QueryResult) -> u64;
 
+    /// What [`Engine::purge`] does, in a few words (for reports and erasure certificates).
+    #[doc(hidden)]
+    const PURGE_STEPS: &'static str;
+
     /// Rewrites the tables that held key bytes so that deleted rows leave no copy in the files.
     #[doc(hidden)]
     fn purge(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = Result<()>> + Send;

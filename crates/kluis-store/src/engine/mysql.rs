@@ -43,6 +43,8 @@ impl Engine for MySql {
     const SHARE_LOCK: &'static str = " LOCK IN SHARE MODE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
     const BEGIN_WRITE: Option<&'static str> = None;
+    const PURGE_STEPS: &'static str =
+        "OPTIMIZE TABLE of kluis_subject_keys and kluis_domain_keys (rebuilt into new tablespace files)";
     const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
     const COUNT_LOCK: &'static str = " LOCK IN SHARE MODE";
     const DDL: Ddl = Ddl {

@@ -45,6 +45,7 @@ impl Engine for Postgres {
     const SHARE_LOCK: &'static str = " FOR SHARE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
     const BEGIN_WRITE: Option<&'static str> = None;
+    const PURGE_STEPS: &'static str = "VACUUM (FULL) of kluis_subject_keys and kluis_domain_keys, twice (each after waiting up to 10 s for other transactions' snapshots to end)";
     const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
     const COUNT_LOCK: &'static str = "";
     const DDL: Ddl = Ddl { int: "BIGINT", blob: "BYTEA", id: "TEXT", index: "BYTEA" };

@@ -90,6 +90,8 @@ impl Engine for Sqlite {
     const SHARE_LOCK: &'static str = "";
     const UPDATE_LOCK: &'static str = "";
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
+    const PURGE_STEPS: &'static str =
+        "secure_delete on, VACUUM of the database file, wal_checkpoint(TRUNCATE) of its write-ahead log";
     const LOCK_HEAD: &'static str = "UPDATE kluis_audit_head SET seq = seq WHERE id = 1";
     const COUNT_LOCK: &'static str = "";
     const DDL: Ddl = Ddl { int: "INTEGER", blob: "BLOB", id: "TEXT", index: "BLOB" };

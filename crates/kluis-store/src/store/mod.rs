@@ -17,7 +17,7 @@ use crate::backend::{
     DocumentFilter, DocumentRow, DomainKeyRow, FieldRow, IndexRow, KeyRowUpdate, OverrideRow, RecordRow,
     ReencryptPlan, ReencryptRecord, SqlBackend, StoredRecord, SubjectKeyRow, WriteOp,
 };
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineKind};
 use crate::error::{Result, StoreError};
 use crate::layout::{self, Layout, ROW_TAG_DOMAIN, Table};
 use crate::schema::{Collection, FieldDef, Schema};
@@ -273,8 +273,14 @@ pub struct MigrationReport {
 pub struct ShredReport {
     /// Records removed.
     pub records_removed: u64,
+    /// Document catalog entries removed (their blobs are unreadable: their keys are destroyed).
+    pub documents_removed: u64,
+    /// The subject's keys destroyed (domain, subject key version).
+    pub subject_keys_destroyed: Vec<(String, u32)>,
     /// Domain key versions destroyed (domain, version) after rotating.
     pub destroyed_versions: Vec<(String, u32)>,
+    /// The engine the purge ran on, and what it did to the database files.
+    pub purge: (EngineKind, &'static str),
 }
 
 /// How often a transaction is retried internally when a subject key it used changed

@@ -69,7 +69,7 @@ impl<E: Engine> Store<E> {
                 affected.push(d.clone());
             }
         }
-        let removed = self.backend.delete_subject(tenant.as_str(), subject, audit, entry).await?;
+        let deleted = self.backend.delete_subject(tenant.as_str(), subject, audit, entry).await?;
         if let Ok(mut c) = self.subject_keys.lock() {
             c.forget_subject(tenant.as_str(), None, subject);
         }
@@ -84,7 +84,21 @@ impl<E: Engine> Store<E> {
             );
         }
         self.backend.purge().await?;
-        tracing::info!(tenant = %tenant, records = removed, "kluis-store subject shredded");
-        Ok(ShredReport { records_removed: removed, destroyed_versions: destroyed })
+        tracing::info!(tenant = %tenant, records = deleted.records, "kluis-store subject shredded");
+        let subject_keys_destroyed = deleted
+            .subject_keys
+            .into_iter()
+            .map(|(d, v)| match u32::try_from(v) {
+                Ok(v) => Ok((d, v)),
+                Err(_) => Err(StoreError::Corrupt { what: "subject key version", reason: v.to_string() }),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ShredReport {
+            records_removed: deleted.records,
+            documents_removed: deleted.documents,
+            subject_keys_destroyed,
+            destroyed_versions: destroyed,
+            purge: (E::KIND, E::PURGE_STEPS),
+        })
     }
 }
