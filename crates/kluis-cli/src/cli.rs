@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// The passphrase of the local keyring comes from KLUIS_PASSPHRASE or a prompt without echo;
 /// it is never a command-line argument. Exit codes: 0 ok, 1 runtime failure, 2 usage,
 /// 3 keyring (wrong passphrase, corrupt or missing keyring), 4 not found, 5 refused,
-/// 6 integrity check failed, 7 not available yet (docs/CLI.md).
+/// 6 integrity check failed, 7 not available (a part not built or a tool not installed),
+/// 8 backup older than a root key retirement (docs/CLI.md).
 #[derive(Debug, Parser)]
 #[command(name = "kluis", version, about, long_about = None, max_term_width = 100)]
 pub struct Cli {
@@ -70,6 +71,10 @@ pub enum Command {
     /// Access management.
     #[command(subcommand)]
     Access(AccessCmd),
+    /// Back up the database and documents into a new directory with a manifest (never the keyring).
+    Backup(BackupArgs),
+    /// Check a backup: restore it into a scratch location and verify it with the current keys.
+    Restore(RestoreArgs),
     /// The main story end to end on a fresh temporary data directory (fixed demo passphrase).
     Demo,
 }
@@ -205,6 +210,26 @@ pub struct ExportArgs {
     /// Write to this file instead of standard output.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+}
+
+/// `kluis backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The backup directory: created if missing, refused unless empty.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+}
+
+/// `kluis restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Restore into a scratch location and verify (the only mode built: restoring over the live
+    /// data is done by hand, docs/CLI.md).
+    #[arg(long)]
+    pub verify: bool,
+    /// The backup directory (made by `kluis backup`).
+    #[arg(value_name = "FROM")]
+    pub from: PathBuf,
 }
 
 /// `kluis audit ...`.

@@ -70,6 +70,8 @@ impl Job for CommandJob {
             Command::Access(AccessCmd::Revoke { tenant, grant }) => {
                 crate::access::revoke(&env, &actor, &tenant, &grant).await
             }
+            Command::Backup(args) => crate::backup::backup(&env, &args.to).await,
+            Command::Restore(args) => crate::backup::restore(&env, &args).await,
             Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
         }
     }

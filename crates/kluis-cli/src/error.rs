@@ -22,8 +22,13 @@ pub enum ExitCode {
     Refused = 5,
     /// An integrity check failed: tampered rows, audit chain broken, rolled-back keyring.
     Integrity = 6,
-    /// The command needs a part of Kluis that is not built yet.
+    /// The command needs a part of Kluis that is not built yet, or an external tool that is not
+    /// installed (`pg_dump`, `mysqldump`, ...).
     NotAvailable = 7,
+    /// `restore --verify`: the backup is intact but no longer opens with the current keys, because
+    /// the root key version its domain keys are wrapped under was retired after it was taken (the
+    /// crypto-shred guarantee working as designed, not damage).
+    BackupExpired = 8,
 }
 
 impl ExitCode {
@@ -177,6 +182,60 @@ pub enum CliError {
     /// An operation was refused.
     #[error("{0}")]
     Refused(String),
+    /// An external program a command needs is not on `PATH`.
+    #[error("{tool} is not on PATH; {why}")]
+    ToolMissing {
+        /// The program.
+        tool: &'static str,
+        /// What it is needed for, and what to do.
+        why: &'static str,
+    },
+    /// An external program failed.
+    #[error("{tool} failed ({status}): {message}")]
+    ToolFailed {
+        /// The program.
+        tool: &'static str,
+        /// Its exit status.
+        status: String,
+        /// The last line of its standard error (passwords are never on its command line).
+        message: String,
+    },
+    /// `restore`: the backup directory does not exist.
+    #[error("backup directory {} does not exist", .0.display())]
+    NoBackup(PathBuf),
+    /// `backup` could not make a consistent backup; nothing usable was left in the target.
+    #[error("backup not made: {0}")]
+    Backup(String),
+    /// `restore --verify`: the backup is damaged, incomplete or altered (a file differs from the
+    /// manifest, is missing or unlisted, the manifest is unreadable, the database does not load,
+    /// counts differ, the audit chain or a record, key or document fails its check).
+    #[error("backup {} is corrupt: {problems} problem(s); first: {first}", path.display())]
+    BackupCorrupt {
+        /// The backup directory.
+        path: PathBuf,
+        /// How many problems were found.
+        problems: usize,
+        /// The first.
+        first: String,
+    },
+    /// `restore --verify`: the backup is intact but its domain keys are wrapped under root key
+    /// versions the keyring (or KMS) no longer holds.
+    #[error(
+        "backup {} no longer opens with the current keys: {keys} domain key version(s) are wrapped under root key version(s) {root_versions}, which the root key provider no longer holds (retired after the backup was taken); its {records} records and {documents} documents stay unreadable. This is the crypto-shred guarantee, not damage",
+        path.display()
+    )]
+    BackupExpired {
+        /// The backup directory.
+        path: PathBuf,
+        /// How many live domain key versions do not unwrap.
+        keys: usize,
+        /// The missing root versions, comma-separated.
+        root_versions: String,
+        /// Records in the backup.
+        records: u64,
+        /// Documents in the backup.
+        documents: u64,
+    },
 }
 
 impl CliError {
@@ -184,7 +243,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             Self::Usage(_) => ExitCode::Usage,
-            Self::NoDataDir(_) | Self::NotInitialised(_) => ExitCode::NotFound,
+            Self::NoDataDir(_) | Self::NotInitialised(_) | Self::NoBackup(_) => ExitCode::NotFound,
             Self::AlreadyInitialised(_) | Self::Refused(_) => ExitCode::Refused,
             Self::NoPassphrase | Self::Keyring(_) => ExitCode::Keyring,
             Self::Connect(e) => match e {
@@ -209,7 +268,10 @@ impl CliError {
                 ExitCode::Integrity
             }
             Self::DoctorFailed(_) => ExitCode::Failure,
-            Self::NotAvailable(_) => ExitCode::NotAvailable,
+            Self::NotAvailable(_) | Self::ToolMissing { .. } => ExitCode::NotAvailable,
+            Self::ToolFailed { .. } | Self::Backup(_) => ExitCode::Failure,
+            Self::BackupCorrupt { .. } => ExitCode::Integrity,
+            Self::BackupExpired { .. } => ExitCode::BackupExpired,
         }
     }
 }
