@@ -71,7 +71,7 @@ impl Job for CommandJob {
                 crate::access::revoke(&env, &actor, &tenant, &grant).await
             }
             Command::Backup(args) => crate::backup::backup(&env, &args.to).await,
-            Command::Restore(args) => crate::backup::restore(&env, &args).await,
+            Command::Restore(args) => crate::backup::restore(&env, &actor, &args).await,
             Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
         }
     }
