@@ -88,18 +88,7 @@ impl<E: Engine> SqlBackend<E> {
                     .rows_affected()
             };
             if updated == 0 {
-                let res = query::<E>(&E::sql(
-                        "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
-                    ))
-                    .bind(&r.tenant)
-                    .bind(&r.domain)
-                    .bind(r.version)
-                    .bind(&r.state)
-                    .bind(&r.wrapped)
-                    .bind(&r.tag)
-                    .execute(&mut *tx)
-                    .await;
-                match res {
+                match Self::insert_domain_key_row(&mut tx, &r).await {
                     Ok(_) => {}
                     Err(e) if unique_violation(&e) => {
                         return Err(StoreError::AlreadyExists {
@@ -291,6 +280,26 @@ impl<E: Engine> SqlBackend<E> {
         Ok(out.into_values().collect())
     }
 
+    /// Inserts one domain key row inside `tx`.
+    async fn insert_domain_key_row(
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        r: &DomainKeyRow,
+    ) -> std::result::Result<(), sqlx::Error> {
+        let sql = E::sql(
+            "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
+        );
+        query::<E>(&sql)
+            .bind(&r.tenant)
+            .bind(&r.domain)
+            .bind(r.version)
+            .bind(&r.state)
+            .bind(&r.wrapped)
+            .bind(&r.tag)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     /// Rotation: applies `updates` (the old active version turned decrypt-only, every live row
     /// retagged) and inserts `new` (active), in one transaction; [`StoreError::KeyChanged`] if any
     /// updated row is no longer as read or `new`'s version exists.
@@ -303,18 +312,7 @@ impl<E: Engine> SqlBackend<E> {
         let mut tx = self.begin_write().await?;
         let log = Self::start_log(&mut tx, audit).await?;
         Self::update_key_rows(&mut tx, &updates).await?;
-        let res = query::<E>(&E::sql(
-                "INSERT INTO kluis_domain_keys (tenant, domain, version, state, wrapped, tag) VALUES (?, ?, ?, ?, ?, ?)",
-            ))
-            .bind(&new.tenant)
-            .bind(&new.domain)
-            .bind(new.version)
-            .bind(&new.state)
-            .bind(&new.wrapped)
-            .bind(&new.tag)
-            .execute(&mut *tx)
-            .await;
-        match res {
+        match Self::insert_domain_key_row(&mut tx, &new).await {
             Ok(_) => {}
             Err(e) if unique_violation(&e) => {
                 return Err(StoreError::KeyChanged {

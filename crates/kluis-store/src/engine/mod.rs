@@ -91,14 +91,21 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     #[doc(hidden)]
     fn clear_type(ty: FieldType) -> &'static str;
 
-    /// SQL written with `?` placeholders, in this engine's placeholders.
+    /// SQL written with `?` placeholders, in this engine's placeholders (as written, unless the
+    /// engine says otherwise).
     #[doc(hidden)]
-    fn sql(sql: &str) -> Cow<'_, str>;
+    fn sql(sql: &str) -> Cow<'_, str> {
+        Cow::Borrowed(sql)
+    }
 
     /// `INSERT INTO table (key, value) VALUES (?, ?)`, replacing the value of an existing key,
-    /// in one statement.
+    /// in one statement (`ON CONFLICT ... DO UPDATE`, unless the engine says otherwise).
     #[doc(hidden)]
-    fn upsert(table: &str, key: &str, value: &str) -> String;
+    fn upsert(table: &str, key: &str, value: &str) -> String {
+        format!(
+            "INSERT INTO {table} ({key}, {value}) VALUES (?, ?) ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
+        )
+    }
 
     /// A `COUNT(*)` of the rows of `from_where` (`table WHERE ...`) that holds a shared lock on
     /// each row counted until the transaction ends; `None` where the engine cannot lock rows

@@ -12,8 +12,6 @@
 //! - **Retry**: deadlock (1213, SQLSTATE 40001) and lock wait timeout (1205, HY000).
 //! - **Purge**: `OPTIMIZE TABLE` rebuilds each key table into a new tablespace file.
 
-use std::borrow::Cow;
-
 use sqlx::Database;
 
 use super::{Ddl, Engine, EngineKind, KEY_TABLES, Sealed};
@@ -64,10 +62,6 @@ impl Engine for MySql {
             FieldType::Date => "VARCHAR(10) CHARACTER SET ascii COLLATE ascii_bin",
             _ => "LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
         }
-    }
-
-    fn sql(sql: &str) -> Cow<'_, str> {
-        Cow::Borrowed(sql)
     }
 
     fn count_shared(_from_where: &str) -> Option<String> {

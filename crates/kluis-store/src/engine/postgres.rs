@@ -81,12 +81,6 @@ impl Engine for Postgres {
         Some(format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from_where} FOR SHARE) AS held"))
     }
 
-    fn upsert(table: &str, key: &str, value: &str) -> String {
-        format!(
-            "INSERT INTO {table} ({key}, {value}) VALUES (?, ?) ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
-        )
-    }
-
     fn null_safe_eq(column: &str) -> String {
         format!("{column} IS NOT DISTINCT FROM ?")
     }

@@ -13,8 +13,6 @@
 //! - **Purge**: `secure_delete` zeroes freed cells and pages, `VACUUM` rewrites the file without
 //!   free pages, and `wal_checkpoint(TRUNCATE)` empties the write-ahead log.
 
-use std::borrow::Cow;
-
 use sqlx::Database;
 
 use super::{Cols, Ddl, Engine, EngineKind, Sealed};
@@ -105,19 +103,9 @@ impl Engine for Sqlite {
         }
     }
 
-    fn sql(sql: &str) -> Cow<'_, str> {
-        Cow::Borrowed(sql)
-    }
-
     fn count_shared(from_where: &str) -> Option<String> {
         // Write transactions are serial: no row lock is needed.
         Some(format!("SELECT COUNT(*) FROM {from_where}"))
-    }
-
-    fn upsert(table: &str, key: &str, value: &str) -> String {
-        format!(
-            "INSERT INTO {table} ({key}, {value}) VALUES (?, ?) ON CONFLICT ({key}) DO UPDATE SET {value} = excluded.{value}"
-        )
     }
 
     fn null_safe_eq(column: &str) -> String {
