@@ -61,6 +61,10 @@ pub enum Command {
     Reencrypt(ReencryptArgs),
     /// Crypto-shred a data subject (honours retention).
     Shred(ShredArgs),
+    /// Make an anonymised copy for a test environment in a new data directory (medical data left
+    /// out, personal fields pseudonymised, new keys; the new keyring's passphrase comes from
+    /// KLUIS_TARGET_PASSPHRASE).
+    Anonymise(AnonymiseArgs),
     /// Import records from a JSONL file (resumable: already imported ids are skipped).
     Import(ImportArgs),
     /// Export a subject's records and document list as JSONL (for portability requests).
@@ -180,6 +184,20 @@ pub struct ShredArgs {
     /// shred starts, so a path that cannot be created stops the command with nothing shredded.
     #[arg(long, value_name = "FILE")]
     pub certificate: Option<PathBuf>,
+}
+
+/// `kluis anonymise`.
+#[derive(Debug, Args)]
+pub struct AnonymiseArgs {
+    /// The new data directory (must not exist or be empty).
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// The copy's database, if not a SQLite file in DIR (postgres://... or mysql://...).
+    #[arg(long, value_name = "URL")]
+    pub to_store: Option<String>,
+    /// Leave this domain out too (repeatable; medical is always left out).
+    #[arg(long, value_name = "DOMAIN")]
+    pub drop_domain: Vec<String>,
 }
 
 /// `kluis import`.

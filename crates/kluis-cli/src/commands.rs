@@ -72,6 +72,7 @@ impl Job for CommandJob {
             }
             Command::Backup(args) => crate::backup::backup(&env, &args.to).await,
             Command::Restore(args) => crate::backup::restore(&env, &actor, &args).await,
+            Command::Anonymise(args) => crate::anonymise::anonymise(&env, &actor, &args).await,
             Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
         }
     }

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod access;
+mod anonymise;
 pub mod backup;
 pub mod cli;
 mod commands;

@@ -33,7 +33,7 @@ mod value;
 pub use backend::DocumentRow;
 pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};
-pub use schema::{FieldDef, FieldType, Schema, field};
+pub use schema::{FieldDef, FieldType, Pseudonym, Schema, field};
 pub use store::{
     Access, AdoptReport, Changes, FieldValue, KeyUsage, LegalOverride, MigrationReport, NewRecord, Op, Page,
     Record, ReencryptProgress, Scope, ShredReport, Store, Written, check_id,

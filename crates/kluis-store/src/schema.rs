@@ -12,6 +12,10 @@
 //! hours_per_week  = { type = "integer", domain = "general", clear = true }
 //! doctor_notes    = { type = "text", domain = "medical" }
 //! ```
+//!
+//! A general field may name the kind of personal data it holds (`pseudonym = "name"`, `"bsn"`,
+//! `"email"`, `"address"`, `"date"` or `"text"`): an anonymised copy for a test environment
+//! (`kluis anonymise`) replaces its values with well-formed pseudonyms of that kind.
 
 use std::collections::BTreeMap;
 
@@ -74,6 +78,59 @@ impl FieldType {
     }
 }
 
+/// The kind of personal data a field holds, for an anonymised copy ([`FieldDef::pseudonym`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Pseudonym {
+    /// A person's name.
+    Name,
+    /// A Dutch citizen service number (BSN): nine digits that pass the eleven-test.
+    Bsn,
+    /// An e-mail address.
+    Email,
+    /// A postal address.
+    Address,
+    /// A date: shifted by one offset per subject, so durations stay true.
+    Date,
+    /// Free text.
+    Text,
+}
+
+impl Pseudonym {
+    /// The name used in TOML.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Bsn => "bsn",
+            Self::Email => "email",
+            Self::Address => "address",
+            Self::Date => "date",
+            Self::Text => "text",
+        }
+    }
+
+    /// Parses [`Pseudonym::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "name" => Self::Name,
+            "bsn" => Self::Bsn,
+            "email" => Self::Email,
+            "address" => Self::Address,
+            "date" => Self::Date,
+            "text" => Self::Text,
+            _ => return None,
+        })
+    }
+
+    /// The field type the kind needs.
+    pub const fn field_type(self) -> FieldType {
+        match self {
+            Self::Date => FieldType::Date,
+            _ => FieldType::Text,
+        }
+    }
+}
+
 /// One field of a collection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldDef {
@@ -91,6 +148,9 @@ pub struct FieldDef {
     /// (never a `medical` field; still covered by the row tag; outside crypto-shredding's reach
     /// in backups taken before a shred).
     pub clear: bool,
+    /// The kind of personal data it holds, replaced by pseudonyms in an anonymised copy (never a
+    /// `medical` field: the copy leaves those out altogether).
+    pub pseudonym: Option<Pseudonym>,
 }
 
 /// A collection: a named set of fields.
@@ -151,6 +211,54 @@ impl Schema {
         self.collections.values()
     }
 
+    /// The schema as TOML that [`Schema::from_toml`] reads back to an equal schema.
+    pub fn to_toml(&self) -> String {
+        let mut out = String::new();
+        for c in self.collections.values() {
+            out.push_str(&format!("[collections.{}.fields]\n", c.name));
+            for f in c.fields.values() {
+                out.push_str(&format!(
+                    "{} = {{ type = \"{}\", domain = \"{}\"",
+                    f.name,
+                    f.ty.as_str(),
+                    f.domain
+                ));
+                if f.blind_index {
+                    out.push_str(", blind_index = true");
+                }
+                if f.max_bytes != DEFAULT_MAX_BYTES {
+                    out.push_str(&format!(", max_bytes = {}", f.max_bytes));
+                }
+                if f.clear {
+                    out.push_str(", clear = true");
+                }
+                if let Some(p) = f.pseudonym {
+                    out.push_str(&format!(", pseudonym = \"{}\"", p.as_str()));
+                }
+                out.push_str(" }\n");
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The schema without the fields of `domains` (a collection left without fields is left out).
+    pub fn without_domains(&self, domains: &[DomainName]) -> Schema {
+        let mut collections = BTreeMap::new();
+        for c in self.collections.values() {
+            let fields: BTreeMap<String, FieldDef> = c
+                .fields
+                .iter()
+                .filter(|(_, f)| !domains.contains(&f.domain))
+                .map(|(k, f)| (k.clone(), f.clone()))
+                .collect();
+            if !fields.is_empty() {
+                collections.insert(c.name.clone(), Collection { name: c.name.clone(), fields });
+            }
+        }
+        Schema { collections }
+    }
+
     /// Parses a schema from TOML (see the module docs). A syntax error or an unknown key names
     /// the line and column.
     pub fn from_toml(text: &str) -> Result<Self> {
@@ -171,6 +279,14 @@ impl Schema {
                 let domain = DomainName::new(rf.domain.clone()).map_err(|e| {
                     StoreError::Schema(format!("field {cname}.{fname}: domain {:?}: {e}", rf.domain))
                 })?;
+                let pseudonym = match rf.pseudonym.as_deref() {
+                    None => None,
+                    Some(p) => Some(Pseudonym::parse(p).ok_or_else(|| {
+                        StoreError::Schema(format!(
+                            "field {cname}.{fname}: unknown pseudonym {p:?} (name, bsn, email, address, date, text)"
+                        ))
+                    })?),
+                };
                 fields.push(FieldDef {
                     name: fname,
                     ty,
@@ -178,6 +294,7 @@ impl Schema {
                     blind_index: rf.blind_index,
                     max_bytes: rf.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
                     clear: rf.clear,
+                    pseudonym,
                 });
             }
             b = b.collection_with(&cname, fields);
@@ -218,6 +335,7 @@ struct RawField {
     max_bytes: Option<usize>,
     #[serde(default)]
     clear: bool,
+    pseudonym: Option<String>,
 }
 
 /// Builds a [`Schema`] in code.
@@ -236,6 +354,7 @@ pub fn field(name: &str, ty: FieldType, domain: &str) -> FieldSpec {
         blind_index: false,
         max_bytes: DEFAULT_MAX_BYTES,
         clear: false,
+        pseudonym: None,
     }
 }
 
@@ -248,9 +367,16 @@ pub struct FieldSpec {
     blind_index: bool,
     max_bytes: usize,
     clear: bool,
+    pseudonym: Option<Pseudonym>,
 }
 
 impl FieldSpec {
+    /// Declares the kind of personal data it holds (see [`FieldDef::pseudonym`]).
+    pub fn pseudonym(mut self, kind: Pseudonym) -> Self {
+        self.pseudonym = Some(kind);
+        self
+    }
+
     /// Stores the field in clear (see [`FieldDef::clear`]).
     pub fn clear(mut self) -> Self {
         self.clear = true;
@@ -284,6 +410,7 @@ impl SchemaBuilder {
                     blind_index: f.blind_index,
                     max_bytes: f.max_bytes,
                     clear: f.clear,
+                    pseudonym: f.pseudonym,
                 }),
                 Err(e) => {
                     err.get_or_insert(StoreError::Schema(format!("field {name}.{}: {e}", f.name)));
@@ -341,6 +468,22 @@ impl SchemaBuilder {
                     "field {name}.{}: a clear field is searched in its own column, not through a blind index",
                     f.name
                 )));
+            }
+            if let Some(p) = f.pseudonym {
+                if f.domain == DomainName::medical() {
+                    return Err(StoreError::Schema(format!(
+                        "field {name}.{}: a medical field is left out of an anonymised copy, not pseudonymised",
+                        f.name
+                    )));
+                }
+                if f.ty != p.field_type() {
+                    return Err(StoreError::Schema(format!(
+                        "field {name}.{}: a {} pseudonym needs a {} field",
+                        f.name,
+                        p.as_str(),
+                        p.field_type().as_str()
+                    )));
+                }
             }
             if map.contains_key(&f.name) {
                 return Err(StoreError::Schema(format!("field {name}.{} is declared twice", f.name)));

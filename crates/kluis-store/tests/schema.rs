@@ -158,3 +158,41 @@ fn document_key_refs_name_versions_from_1() {
         assert_eq!(document_key_version(bad, "medical"), None, "{bad}");
     }
 }
+
+/// `pseudonym` names the kind of personal data a general field holds; a medical field cannot
+/// have one, the kind must fit the type, and `to_toml` reads back to the same schema.
+#[test]
+fn pseudonyms_and_to_toml() {
+    use kluis_store::Pseudonym;
+    let text = r#"
+[collections.employee.fields]
+name       = { type = "text", domain = "general", pseudonym = "name", max_bytes = 200 }
+bsn        = { type = "text", domain = "general", pseudonym = "bsn", blind_index = true }
+born       = { type = "date", domain = "general", pseudonym = "date" }
+hours      = { type = "integer", domain = "general", clear = true }
+diagnosis  = { type = "text", domain = "medical" }
+"#;
+    let s = Schema::from_toml(text).unwrap();
+    let c = s.collection("employee").unwrap();
+    assert_eq!(c.field("bsn").unwrap().pseudonym, Some(Pseudonym::Bsn));
+    assert_eq!(c.field("hours").unwrap().pseudonym, None);
+    assert_eq!(Schema::from_toml(&s.to_toml()).unwrap(), s);
+    let general = s.without_domains(&[kluis_core::DomainName::medical()]);
+    let g = general.collection("employee").unwrap();
+    assert!(g.field("diagnosis").is_none());
+    assert_eq!(g.fields().count(), 4);
+    for (bad, why) in [
+        (
+            r#"diagnosis = { type = "text", domain = "medical", pseudonym = "text" }"#,
+            "left out of an anonymised copy",
+        ),
+        (
+            r#"born = { type = "text", domain = "general", pseudonym = "date" }"#,
+            "a date pseudonym needs a date field",
+        ),
+        (r#"n = { type = "text", domain = "general", pseudonym = "nickname" }"#, "unknown pseudonym"),
+    ] {
+        let e = Schema::from_toml(&format!("[collections.c.fields]\n{bad}\n")).unwrap_err().to_string();
+        assert!(e.contains(why), "{e}");
+    }
+}
