@@ -361,6 +361,13 @@ async fn a_copy_needs_a_new_directory_and_its_own_passphrase() {
     let out = cli(&prod, &["anonymise", "--to", copy.to_str().unwrap(), "--drop-domain", "general"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(!copy.exists());
+    // A target that cannot be made (under a file): exit 1.
+    let under_file = tmp.path().join("schema.toml").join("copy");
+    let out = cli(&prod, &["anonymise", "--to", under_file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // None of these copies started: production's log has no anonymise entry.
+    let log = ok(&prod, &["audit", "export"]);
+    assert!(!String::from_utf8_lossy(&log.stdout).contains("\"anonymise\""), "no copy was made");
 }
 
 /// A fresh PostgreSQL database; `None` (skipped, outside CI) if the server does not answer.

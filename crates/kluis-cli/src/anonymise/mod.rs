@@ -85,8 +85,10 @@ pub(crate) async fn anonymise<B: Engine, O: BlobBackend + Clone>(
         ));
     }
     let tenants = env.tenants().await?;
+    let made = !to.exists();
+    std::fs::create_dir_all(to).map_err(io("create directory", to))?;
     // The copy leaves production: recorded before anything is read (no entry, no copy).
-    crate::commands::audit_admin(
+    let recorded = crate::commands::audit_admin(
         env,
         actor,
         AdminEvent::Other {
@@ -99,14 +101,18 @@ pub(crate) async fn anonymise<B: Engine, O: BlobBackend + Clone>(
             ),
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = recorded {
+        if made {
+            let _ = std::fs::remove_dir(to);
+        }
+        return Err(e);
+    }
     let mut accesses = Vec::new();
     for t in &tenants {
         accesses.push(env.admin_access(t).await?);
     }
     let documents = env.store.document_object_names().await?.len();
-
-    std::fs::create_dir_all(to).map_err(io("create directory", to))?;
     let file = FileConfig { root: None, store: args.to_store.clone(), blobs: None };
     let settings = Settings::resolve(to, &file, args.to_store.as_deref(), None, None, env.settings.json)?;
     let keyring_path = settings.keyring_path().ok_or(CliError::NotAvailable("a copy with a KMS root"))?;
