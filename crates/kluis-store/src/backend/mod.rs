@@ -403,16 +403,12 @@ enum Bind<'a> {
     I(i64),
 }
 
-fn is_concurrency_error(e: &StoreError) -> bool {
+/// Did a re-encryption step meet a concurrent change (the step is tried again later)?
+fn is_concurrency_error<E: Engine>(e: &StoreError) -> bool {
     match e {
         StoreError::Conflict { .. } | StoreError::KeyChanged { .. } => true,
-        StoreError::Database(sqlx::Error::Database(d)) => {
-            // Deadlock or serialization failure (PostgreSQL 40001/40P01, MariaDB 1213/1205 as
-            // 40001/HY000, SQLite busy): the transaction was rolled back; retry later.
-            matches!(d.code().as_deref(), Some("40001" | "40P01" | "5" | "517" | "261"))
-                || d.message().contains("Deadlock")
-                || d.message().contains("Lock wait timeout")
-        }
+        // Rolled back by the database: deadlock, serialization failure, busy.
+        StoreError::Database(sqlx::Error::Database(d)) => E::retryable(d.as_ref()),
         _ => false,
     }
 }

@@ -110,7 +110,7 @@ impl<E: Engine> SqlBackend<E> {
     pub async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
         match self.reencrypt_subject_tx(&plan).await {
             Ok(dropped) => Ok(ReencryptOutcome { applied: true, dropped }),
-            Err(e) if is_concurrency_error(&e) => {
+            Err(e) if is_concurrency_error::<E>(&e) => {
                 Ok(ReencryptOutcome { applied: false, dropped: Vec::new() })
             }
             Err(e) => Err(e),
