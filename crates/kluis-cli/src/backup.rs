@@ -847,8 +847,7 @@ pub async fn restore<B: Engine, O: BlobBackend + Clone>(
     let provider = env.provider().await?;
     // The check opens every record and document of the backup with this keyring: the live audit
     // log records it before anything is opened (no entry, no check).
-    crate::commands::audit_admin(
-        env,
+    env.audit_admin(
         actor,
         AdminEvent::Other {
             action: "restore_verify".into(),

@@ -80,18 +80,6 @@ impl Job for CommandJob {
 
 // ------------------------------------------------------------------ audit of admin events
 
-/// Records an administrative event in the audit log through the service facade
-/// ([`kluis_service::Service::record_admin`]; same hash chain as data access).
-pub async fn audit_admin<B: Engine, O: BlobBackend + Clone>(
-    env: &Env<B, O>,
-    actor: &str,
-    event: AdminEvent,
-) -> Result<()> {
-    let service = env.service().await?;
-    let who = AdminActor::new(actor, "kluis-cli", "administration");
-    service.record_admin(&who, event).await.map_err(|e| CliError::Service(e.to_string()))
-}
-
 // ------------------------------------------------------------------ init
 
 /// `kluis init`.
@@ -452,7 +440,7 @@ async fn keys_adopt<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>, actor: &
             rep.sets_tagged, rep.rewrapped, rep.generation_recorded
         ),
     };
-    audit_admin(env, actor, event).await?;
+    env.audit_admin(actor, event).await?;
     let mut r = Report::new(json!({
         "sets_tagged": rep.sets_tagged, "rewrapped": rep.rewrapped,
         "generation_recorded": rep.generation_recorded,
@@ -482,7 +470,7 @@ async fn record_generation<B: Engine, O: BlobBackend + Clone>(
         tenant: None,
         detail: format!("generation {g}"),
     };
-    audit_admin(env, actor, event).await?;
+    env.audit_admin(actor, event).await?;
     let mut r = Report::new(json!({ "generation": g }));
     r.line(format!("keyring generation {g} recorded in the database"));
     Ok(r)
@@ -528,7 +516,7 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
         moved: summary.subjects_moved + summary.documents_moved,
         remaining: 0,
     };
-    audit_admin(env, actor, event).await?;
+    env.audit_admin(actor, event).await?;
     let usage = env.store.key_usage(Some(&t)).await?;
     let retirable: Vec<u32> = usage
         .iter()
@@ -855,7 +843,7 @@ async fn import<B: Engine, O: BlobBackend + Clone>(
             what: format!("collection {} ({skipped} already present)", args.collection),
             count: 0,
         };
-        audit_admin(env, actor, event).await?;
+        env.audit_admin(actor, event).await?;
     }
     let mut r = Report::new(
         json!({ "tenant": t.as_str(), "collection": args.collection, "imported": imported, "skipped": skipped }),
@@ -919,7 +907,7 @@ async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
         what: format!("subject {}", args.subject),
         count: out.len() as u64,
     };
-    audit_admin(env, actor, event).await?;
+    env.audit_admin(actor, event).await?;
     match &args.output {
         Some(p) => std::fs::write(p, text.as_bytes()).map_err(io("write", p))?,
         None => {

@@ -141,6 +141,14 @@ impl<B: Engine, O: BlobBackend + Clone> Env<B, O> {
         ))
     }
 
+    /// Records an administrative event in the audit log through the service facade
+    /// ([`kluis_service::Service::record_admin`]; same hash chain as data access).
+    pub async fn audit_admin(&self, actor: &str, event: kluis_service::AdminEvent) -> Result<()> {
+        let service = self.service().await?;
+        let who = kluis_service::AdminActor::new(actor, "kluis-cli", "administration");
+        service.record_admin(&who, event).await.map_err(|e| CliError::Service(e.to_string()))
+    }
+
     /// The document vault over the blob backend.
     pub fn vault(&self) -> DocumentVault<O> {
         DocumentVault::new(self.blobs.clone())

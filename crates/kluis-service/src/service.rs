@@ -18,6 +18,7 @@ use kluis_store::{
 };
 
 mod documents;
+mod erasure;
 pub use documents::{DOCUMENTS, ServiceDocuments};
 
 use crate::audit::export_rows;

@@ -22,14 +22,13 @@
 //!
 //! The **row tag** is `0x01 || u32 BE key version || HMAC-SHA256` under a key derived from the
 //! tenant's `row_tags` domain key ([`ROW_TAG_DOMAIN`]); docs/FORMAT.md §10.1 gives the input byte
-//! by byte ([`tag_input`]). It covers every column except the blind index pair: a blind index only
+//! by byte (`tag_input` in the store's cells module). It covers every column except the blind index pair: a blind index only
 //! narrows a search, whose hits are opened and compared before they are returned.
 
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::backend::{FieldRow, RecordRow};
 use crate::engine::Engine;
 use crate::error::{Result, StoreError};
 use crate::schema::{Collection, FieldType, Schema};
@@ -255,45 +254,6 @@ impl Layout {
     pub fn tables(&self) -> &[Arc<Table>] {
         &self.tables
     }
-}
-
-fn put(out: &mut Vec<u8>, b: &[u8]) {
-    // Names and ids are at most 128 bytes and cells at most a few MiB: a u32 length is exact.
-    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(b);
-}
-
-/// The bytes a row tag covers (docs/FORMAT.md §10): the label, then tenant, collection, id and
-/// subject (each a u32 BE length and its bytes), version, created_at and updated_at (i64 BE),
-/// retain_until (`0x00`, or `0x01` and i64 BE), the number of present cells (u32 BE), and per
-/// present cell in field-name order: field name, subject key version (i64 BE) and sealed bytes.
-pub(crate) fn tag_input(r: &RecordRow, fields: &[FieldRow]) -> Vec<u8> {
-    let mut cells: Vec<&FieldRow> = fields.iter().collect();
-    cells.sort_by(|a, b| a.field.cmp(&b.field));
-    let size: usize = cells.iter().map(|c| c.field.len() + c.sealed.len() + 16).sum();
-    let mut out = Vec::with_capacity(ROW_TAG_LABEL.len() + 128 + size);
-    out.extend_from_slice(ROW_TAG_LABEL);
-    put(&mut out, r.tenant.as_bytes());
-    put(&mut out, r.collection.as_bytes());
-    put(&mut out, r.id.as_bytes());
-    put(&mut out, r.subject.as_bytes());
-    out.extend_from_slice(&r.version.to_be_bytes());
-    out.extend_from_slice(&r.created_at.to_be_bytes());
-    out.extend_from_slice(&r.updated_at.to_be_bytes());
-    match r.retain_until {
-        None => out.push(0),
-        Some(t) => {
-            out.push(1);
-            out.extend_from_slice(&t.to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&u32::try_from(cells.len()).unwrap_or(u32::MAX).to_be_bytes());
-    for c in cells {
-        put(&mut out, c.field.as_bytes());
-        out.extend_from_slice(&c.key_version.to_be_bytes());
-        put(&mut out, &c.sealed);
-    }
-    out
 }
 
 /// The key version a row tag names, if it is a well-formed format-1 tag.

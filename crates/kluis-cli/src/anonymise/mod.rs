@@ -88,20 +88,20 @@ pub(crate) async fn anonymise<B: Engine, O: BlobBackend + Clone>(
     let made = !to.exists();
     std::fs::create_dir_all(to).map_err(io("create directory", to))?;
     // The copy leaves production: recorded before anything is read (no entry, no copy).
-    let recorded = crate::commands::audit_admin(
-        env,
-        actor,
-        AdminEvent::Other {
-            action: "anonymise".into(),
-            tenant: None,
-            detail: format!(
-                "{} tenants to a test copy, domains left out: {}",
-                tenants.len(),
-                dropped.iter().map(DomainName::as_str).collect::<Vec<_>>().join(",")
-            ),
-        },
-    )
-    .await;
+    let recorded = env
+        .audit_admin(
+            actor,
+            AdminEvent::Other {
+                action: "anonymise".into(),
+                tenant: None,
+                detail: format!(
+                    "{} tenants to a test copy, domains left out: {}",
+                    tenants.len(),
+                    dropped.iter().map(DomainName::as_str).collect::<Vec<_>>().join(",")
+                ),
+            },
+        )
+        .await;
     if let Err(e) = recorded {
         if made {
             let _ = std::fs::remove_dir(to);

@@ -14,11 +14,14 @@ use crate::row_log::RowLogEntry;
 use crate::schema::FieldType;
 use crate::value::Value;
 
+mod access;
+mod audit;
 mod documents;
 mod keys;
 mod legacy;
 mod read;
 mod reencrypt;
+mod row_log;
 mod shred;
 mod write;
 

@@ -273,7 +273,7 @@ impl<E: Engine> Store<E> {
                 key: format!("{}/{ROW_TAG_DOMAIN} (no active version)", access.tenant),
             })
         })?;
-        let mac = Self::row_key(set, v, tags)?.index(&layout::tag_input(row, cells));
+        let mac = Self::row_key(set, v, tags)?.index(&tag_input(row, cells));
         let mut out = Vec::with_capacity(layout::ROW_TAG_LEN);
         out.push(layout::ROW_TAG_V1);
         out.extend_from_slice(&v.to_be_bytes());
@@ -295,7 +295,7 @@ impl<E: Engine> Store<E> {
             // No such version, or destroyed.
             return Err(bad());
         }
-        let mac = Self::row_key(set, v, tags)?.index(&layout::tag_input(r, &stored.fields));
+        let mac = Self::row_key(set, v, tags)?.index(&tag_input(r, &stored.fields));
         match r.tag.get(5..) {
             Some(stored_mac) if ct_eq(stored_mac, &mac) => Ok(()),
             _ => Err(bad()),
@@ -314,4 +314,43 @@ impl<E: Engine> Store<E> {
     }
 
     // ---------------------------------------------------------------- reads
+}
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    // Names and ids are at most 128 bytes and cells at most a few MiB: a u32 length is exact.
+    out.extend_from_slice(&u32::try_from(b.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The bytes a row tag covers (docs/FORMAT.md §10): the label, then tenant, collection, id and
+/// subject (each a u32 BE length and its bytes), version, created_at and updated_at (i64 BE),
+/// retain_until (`0x00`, or `0x01` and i64 BE), the number of present cells (u32 BE), and per
+/// present cell in field-name order: field name, subject key version (i64 BE) and sealed bytes.
+pub(super) fn tag_input(r: &RecordRow, fields: &[FieldRow]) -> Vec<u8> {
+    let mut cells: Vec<&FieldRow> = fields.iter().collect();
+    cells.sort_by(|a, b| a.field.cmp(&b.field));
+    let size: usize = cells.iter().map(|c| c.field.len() + c.sealed.len() + 16).sum();
+    let mut out = Vec::with_capacity(layout::ROW_TAG_LABEL.len() + 128 + size);
+    out.extend_from_slice(layout::ROW_TAG_LABEL);
+    put(&mut out, r.tenant.as_bytes());
+    put(&mut out, r.collection.as_bytes());
+    put(&mut out, r.id.as_bytes());
+    put(&mut out, r.subject.as_bytes());
+    out.extend_from_slice(&r.version.to_be_bytes());
+    out.extend_from_slice(&r.created_at.to_be_bytes());
+    out.extend_from_slice(&r.updated_at.to_be_bytes());
+    match r.retain_until {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&t.to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&u32::try_from(cells.len()).unwrap_or(u32::MAX).to_be_bytes());
+    for c in cells {
+        put(&mut out, c.field.as_bytes());
+        out.extend_from_slice(&c.key_version.to_be_bytes());
+        put(&mut out, &c.sealed);
+    }
+    out
 }

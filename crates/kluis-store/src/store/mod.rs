@@ -23,6 +23,8 @@ use crate::layout::{self, Layout, ROW_TAG_DOMAIN, Table};
 use crate::schema::{Collection, FieldDef, Schema};
 use crate::value::Value;
 
+mod access;
+mod audit;
 mod cells;
 mod documents;
 mod domain_keys;
@@ -31,6 +33,7 @@ mod key_cache;
 mod legacy;
 mod records;
 mod reencrypt;
+mod row_log;
 mod schema_migration;
 mod scope;
 mod shred;
@@ -613,7 +616,7 @@ mod tests {
                 key_version: c["key_version"].as_i64().unwrap(),
             })
             .collect();
-        assert_eq!(layout::tag_input(&row, &cells), hexf("input"));
+        assert_eq!(cells::tag_input(&row, &cells), hexf("input"));
         let tag = Store::<Sqlite>::row_tag(&access, &row, &cells, &mut Tags::new()).unwrap();
         assert_eq!(hex::encode(&tag), v["tag"].as_str().unwrap());
         let mut stored = StoredRecord { record: RecordRow { tag, ..row }, fields: cells };
