@@ -15,6 +15,18 @@ impl<E: Engine> SqlBackend<E> {
         })
     }
 
+    /// A row of `SELECT tenant, domain, version, state, wrapped, tag FROM kluis_domain_keys`.
+    fn domain_key_from(row: &RowOf<E>) -> Result<DomainKeyRow> {
+        Ok(DomainKeyRow {
+            tenant: text(row, 0)?,
+            domain: text(row, 1)?,
+            version: row.col(2)?,
+            state: text(row, 3)?,
+            wrapped: row.col(4)?,
+            tag: row.col(5)?,
+        })
+    }
+
     /// All versions of a domain key.
     pub async fn domain_keys(&self, tenant: &str, domain: &str) -> Result<Vec<DomainKeyRow>> {
         let rows = query::<E>(&E::sql(
@@ -25,18 +37,7 @@ impl<E: Engine> SqlBackend<E> {
         .bind(domain)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DomainKeyRow {
-                    tenant: text(r, 0)?,
-                    domain: text(r, 1)?,
-                    version: r.col(2)?,
-                    state: text(r, 3)?,
-                    wrapped: r.col(4)?,
-                    tag: r.col(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(Self::domain_key_from).collect()
     }
 
     /// Every domain key row of every tenant (for root key rotation).
@@ -46,18 +47,7 @@ impl<E: Engine> SqlBackend<E> {
             )
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DomainKeyRow {
-                    tenant: text(r, 0)?,
-                    domain: text(r, 1)?,
-                    version: r.col(2)?,
-                    state: text(r, 3)?,
-                    wrapped: r.col(4)?,
-                    tag: r.col(5)?,
-                })
-            })
-            .collect()
+        rows.iter().map(Self::domain_key_from).collect()
     }
 
     /// Inserts new domain key rows and updates existing ones (state, wrapped) in one transaction.
