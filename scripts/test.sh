@@ -19,6 +19,8 @@ cargo fmt --all -- --check
 
 step "cargo clippy (all targets, all features, -D warnings)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "kluis-service, kluis-blob and kluis-cli build without kluis-store's SQL layer (feature sql-layer off: they use Store's public methods only)"
+cargo check -p kluis-service -p kluis-blob -p kluis-cli --all-targets
 step "cargo clippy kluis-core without ring (pure Rust build)"
 cargo clippy -p kluis-core --no-default-features -- -D warnings
 

@@ -357,7 +357,7 @@ async fn canary<B: Engine>(h: H<B>) {
     let mut out = Vec::new();
     audit::export_jsonl(&h.store, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
-    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let rows = h.store.audit_page(None, 0, 1000).await.unwrap();
     debug.push_str(&format!("{rows:?} {:?}", h.svc));
     assert!(rows.len() >= 9, "{}", rows.len());
     assert!(text.contains("medical:diagnosis"), "names are logged");
@@ -424,7 +424,7 @@ where
         h.svc.erasure_certificates(h.acme.as_str(), None).await.unwrap().is_empty(),
         "no shred, no certificate"
     );
-    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let rows = h.store.audit_page(None, 0, 1000).await.unwrap();
     let shreds: Vec<_> = rows.iter().filter(|r| r.entry.action == "shred").collect();
     assert_eq!(shreds.len(), 1, "only the failure is logged: {shreds:?}");
     assert_eq!(shreds[0].entry.outcome, "error");
@@ -432,7 +432,7 @@ where
     assert_eq!(rec.get("diagnosis"), Some(&Value::from("flu")), "nothing was removed");
     // Unblocked, the shred and its one "allowed" entry commit together.
     h.svc.shred(&doctor, &c, "emp-1", None).await.unwrap();
-    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let rows = h.store.audit_page(None, 0, 1000).await.unwrap();
     let outcomes: Vec<&str> =
         rows.iter().filter(|r| r.entry.action == "shred").map(|r| r.entry.outcome.as_str()).collect();
     assert_eq!(outcomes, ["error", "allowed"], "{outcomes:?}");
@@ -529,7 +529,7 @@ where
 
     // 2. The row log entry of the update and the log head rewritten to match: the audit entries
     // appended after the update cover the old running hash.
-    let log = h.store.backend().row_log_page(0, 100).await.unwrap();
+    let log = h.store.row_log_page(0, 100).await.unwrap();
     assert_eq!(log.len(), 3);
     let old_tag = log[0].entry.tag.clone().unwrap();
     let mut running = GENESIS;
@@ -554,7 +554,7 @@ where
     assert!(problem.contains("differs from what audit entry"), "{r:?}");
 
     // 3. The audit entries from the update's on recomputed as well: the database alone agrees...
-    let entries = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let entries = h.store.audit_page(None, 0, 1000).await.unwrap();
     let mut prev = GENESIS;
     for e in &entries {
         let (rs, _) = e.rows.clone().unwrap();

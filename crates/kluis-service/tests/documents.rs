@@ -71,7 +71,7 @@ impl<S: Engine, D: BlobBackend> F<S, D> {
     }
 
     async fn rows(&self) -> Vec<AuditRow> {
-        self.h.store.backend().audit_page(None, 0, 100_000).await.unwrap()
+        self.h.store.audit_page(None, 0, 100_000).await.unwrap()
     }
 
     async fn last(&self) -> kluis_store::audit::AuditEntry {

@@ -61,7 +61,6 @@ fn visible(recs: &[Record], domain: &str) -> bool {
 
 async fn denials<B: Engine>(h: &H<B>) -> Vec<kluis_store::audit::AuditRow> {
     h.store
-        .backend()
         .audit_page(None, 0, 100_000)
         .await
         .unwrap()
@@ -241,7 +240,7 @@ async fn cross_tenant<B: Engine>(h: H<B>) {
         // A guessed id: not found, audited.
         let e = h.svc.get(&p, &c, "absence", "guess-0001").await.unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }));
-        let rows = h.store.backend().audit_page(None, 0, 100_000).await.unwrap();
+        let rows = h.store.audit_page(None, 0, 100_000).await.unwrap();
         let last = rows.last().unwrap();
         assert_eq!((last.entry.outcome.as_str(), last.entry.record.as_str()), ("not_found", "guess-0001"));
     }
@@ -280,7 +279,7 @@ async fn withheld_fields_and_keys_limited_to_the_decision() {
     let r = h.svc.get(&hr, &ctx(), "absence", "b-1").await.unwrap();
     assert_eq!(r.get("employee_number"), Some(&Value::from("E1")));
     assert_eq!(r.fields.get("diagnosis"), Some(&FieldValue::Withheld { domain: "medical".into() }));
-    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let rows = h.store.audit_page(None, 0, 1000).await.unwrap();
     assert_eq!(rows.last().unwrap().entry.fields, "general:employee_number", "only what was read is listed");
     // The keys a decision loads are exactly its domains.
     let domains = [DomainName::general()];
@@ -341,7 +340,7 @@ async fn break_glass_is_flagged_and_audited_with_its_reason() {
     let reason = "employee collapsed at work, ambulance called";
     let r = h.svc.get(&cm, &ctx().break_glass(reason), "absence", "m-1").await.unwrap();
     assert_eq!(r.get("diagnosis"), Some(&Value::from("v-medical")));
-    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let rows = h.store.audit_page(None, 0, 1000).await.unwrap();
     let last = &rows.last().unwrap().entry;
     assert_eq!(last.break_glass, reason);
     assert!(last.reason.starts_with("break_glass:case_manager"), "{}", last.reason);
@@ -377,7 +376,7 @@ async fn support_grant_uses_are_audited() {
     let c = ctx().in_tenant(h.acme.clone());
     let r = h.svc.get(&sup, &c, "absence", "g-1").await.unwrap();
     assert_eq!(r.get("employee_number"), Some(&Value::from("v-general")));
-    let rows = h.store.backend().audit_page(None, 0, 1000).await.unwrap();
+    let rows = h.store.audit_page(None, 0, 1000).await.unwrap();
     let last = &rows.last().unwrap().entry;
     assert_eq!(last.support_grant, g.id.to_string());
     assert_eq!(last.reason, format!("support_grant:{}", g.id));

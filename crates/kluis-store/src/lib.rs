@@ -19,9 +19,13 @@
 pub mod access;
 pub mod audit;
 /// The SQL layer under [`Store`]: rows already sealed, never a key or a plaintext value. Public
-/// only for this crate's tests and benches; not part of the API.
+/// only with the `sql-layer` feature, which this crate's own tests and benches turn on; not part
+/// of the API.
+#[cfg(feature = "sql-layer")]
 #[doc(hidden)]
 pub mod backend;
+#[cfg(not(feature = "sql-layer"))]
+mod backend;
 pub mod engine;
 mod error;
 pub mod layout;

@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use sqlx::migrate::Migrator;
 
+pub use crate::engine::Engine;
 use crate::engine::{Arg, Cols, RowOf, opt_text, placeholders, query, query_scalar, text, text_ref};
-pub use crate::engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 use crate::error::{Result, StoreError};
-pub use crate::layout::{CellColumns, Layout, Table};
+pub use crate::layout::{Layout, Table};
 use crate::row_log::RowLogEntry;
 use crate::schema::FieldType;
 use crate::value::Value;
@@ -465,14 +465,6 @@ impl<E: Engine> SqlBackend<E> {
                 }
             }
         }
-        Ok(())
-    }
-
-    /// Records a legal override.
-    pub async fn record_override(&self, row: OverrideRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        Self::insert_override(&mut tx, row).await?;
-        tx.commit().await?;
         Ok(())
     }
 

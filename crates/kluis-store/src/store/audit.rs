@@ -37,21 +37,21 @@ impl<E: Engine> Store<E> {
 
     /// Up to `limit` audit entries after `after`, in sequence order; only `tenant`'s if given.
     pub async fn audit_page(&self, tenant: Option<&str>, after: i64, limit: u32) -> Result<Vec<AuditRow>> {
-        self.backend().audit_page(tenant, after, limit).await
+        self.backend.audit_page(tenant, after, limit).await
     }
 
     /// The audit head row: (last sequence number, its hash).
     pub async fn audit_head(&self) -> Result<(i64, Vec<u8>)> {
-        self.backend().audit_head().await
+        self.backend.audit_head().await
     }
 
     /// Every audit checkpoint row, in sequence order.
     pub async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>> {
-        self.backend().audit_checkpoints().await
+        self.backend.audit_checkpoints().await
     }
 
     /// Appends one audit entry in its own transaction (for reads, denials and admin events).
     pub async fn append_audit(&self, audit: AuditAppend) -> Result<()> {
-        self.backend().apply(vec![WriteOp::Audit(audit)]).await
+        self.backend.apply(vec![WriteOp::Audit(audit)]).await
     }
 }

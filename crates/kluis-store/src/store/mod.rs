@@ -535,7 +535,9 @@ impl<E: Engine> Store<E> {
             .collect())
     }
 
-    /// The SQL layer: for this crate's tests and benches, not part of the API.
+    /// The SQL layer: for this crate's tests and benches (feature `sql-layer`), not part of the
+    /// API.
+    #[cfg(feature = "sql-layer")]
     #[doc(hidden)]
     pub fn backend(&self) -> &SqlBackend<E> {
         &self.backend

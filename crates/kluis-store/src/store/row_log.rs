@@ -40,6 +40,13 @@ fn check_claims(
 type Latest = HashMap<(String, String, String), Option<Vec<u8>>>;
 
 impl<E: Engine> Store<E> {
+    /// The row log from position `after` on, at most `limit` entries, in order.
+    pub async fn row_log_page(&self, after: i64, limit: u32) -> Result<Vec<RowLogRow>> {
+        self.backend.row_log_page(after, limit).await
+    }
+}
+
+impl<E: Engine> Store<E> {
     /// Compares every row of the collection tables with the row log (see the module
     /// documentation), after checking the log against `claims`: the positions and running hashes
     /// the audit entries cover, in audit order (from [`crate::audit::AuditRow::rows`]; the caller
@@ -49,7 +56,7 @@ impl<E: Engine> Store<E> {
     /// database can rewrite the rows, the log and the audit entries after the last checkpoint of
     /// the audit chain kept outside the database.
     pub async fn verify_rows(&self, claims: &[RowsClaim]) -> Result<RowsReport> {
-        let backend = self.backend();
+        let backend = &self.backend;
         let mut report = RowsReport::default();
         let mut latest: Latest = HashMap::new();
         let mut running = ROWS_GENESIS;
