@@ -407,7 +407,7 @@ impl<S: Engine, B: BlobBackend> Documents<S, B> {
         let d = domain.as_str();
         // Only a subject with more than one subject key version can have a document on an
         // older one (a version is deleted only once nothing uses it).
-        let mut newest: BTreeMap<String, (i64, usize)> = BTreeMap::new();
+        let mut newest: BTreeMap<String, (u32, usize)> = BTreeMap::new();
         for (subject, version) in self.store.subject_key_versions(access.tenant(), domain).await? {
             let e = newest.entry(subject).or_insert((version, 0));
             e.0 = e.0.max(version);
@@ -416,7 +416,7 @@ impl<S: Engine, B: BlobBackend> Documents<S, B> {
         let mut stale = Vec::new();
         for (subject, (version, _)) in newest.iter().filter(|(_, (_, n))| *n > 1) {
             for row in self.store.documents_of_subject(access, subject).await? {
-                if row.domain == d && i64::from(parse_key_ref(&row.key_ref, d)?) < *version {
+                if row.domain == d && parse_key_ref(&row.key_ref, d)? < *version {
                     stale.push(row);
                 }
             }

@@ -520,19 +520,22 @@ impl<E: Engine> Store<E> {
         Ok(out)
     }
 
-    /// Every subject key version of (`tenant`, `domain`): (subject, version), as stored.
+    /// Every subject key version of (`tenant`, `domain`): (subject, version). A stored version
+    /// outside `1..=u32::MAX` is [`StoreError::Corrupt`].
     pub async fn subject_key_versions(
         &self,
         tenant: &TenantId,
         domain: &DomainName,
-    ) -> Result<Vec<(String, i64)>> {
-        Ok(self
-            .backend
+    ) -> Result<Vec<(String, u32)>> {
+        self.backend
             .all_subject_keys(tenant.as_str(), domain.as_str())
             .await?
             .into_iter()
-            .map(|k| (k.subject, k.version))
-            .collect())
+            .map(|k| match u32::try_from(k.version) {
+                Ok(v) if v > 0 => Ok((k.subject, v)),
+                _ => Err(StoreError::Corrupt { what: "subject key version", reason: k.version.to_string() }),
+            })
+            .collect()
     }
 
     /// The SQL layer: for this crate's tests and benches (feature `sql-layer`), not part of the
