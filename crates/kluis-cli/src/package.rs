@@ -77,7 +77,12 @@ fn open_target(output: Option<&Path>) -> Result<Target> {
         .prefix(".kluis-export-")
         .suffix(".part")
         .tempfile_in(&dir)
-        .map_err(io("create", path))?;
+        // The OS error without tempfile's path (a random name the user never asked for).
+        .map_err(|e| CliError::Io {
+            op: "create",
+            path: path.to_owned(),
+            source: std::io::Error::from(e.kind()),
+        })?;
     Ok(Target::File { tmp, path: path.to_owned() })
 }
 
