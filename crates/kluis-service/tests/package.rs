@@ -231,6 +231,15 @@ where
     assert!(matches!(r, Err(Error::AuditUnavailable(_))), "{r:?}");
     assert!(out.is_empty(), "nothing written without the entry");
     f.h.store.mend_audit().await;
+    // A sink that fails part way: the error is returned and logged after the allowed entries.
+    let mut failing = Failing(0);
+    let r = f.h.svc.export_package(&dr, &ctx(), &f.docs, "emp-1", &recipients, &mut failing, |_| {}).await;
+    assert!(matches!(r, Err(Error::Io(_))), "{r:?}");
+    let last = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap().pop().unwrap().entry;
+    assert_eq!(
+        (last.action.as_str(), last.outcome.as_str(), last.reason.as_str()),
+        ("export", "error", "package_write")
+    );
     let case = principal("c.manager", &f.h.acme, "case_manager");
     let r = f.h.svc.export_package(&case, &ctx(), &f.docs, "emp-1", &recipients, &mut out, |_| {}).await;
     assert!(matches!(r, Err(Error::Denied(_))), "{r:?}");
@@ -238,6 +247,22 @@ where
     let last = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap().pop().unwrap().entry;
     assert_eq!((last.action.as_str(), last.outcome.as_str()), ("export", "denied"));
     f.h.cleanup().await;
+}
+
+/// Takes 1,000 bytes, then fails.
+struct Failing(usize);
+
+impl std::io::Write for Failing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0 + buf.len() > 1000 {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 macro_rules! engine {
