@@ -173,6 +173,10 @@ async fn roundtrip<S: Engine>(f: F<S>) {
     assert!(read_package_to_memory(&out2[..], &wrong).is_err());
     let other = PackageKey::Identity(age::x25519::Identity::generate());
     assert!(read_package_to_memory(&out[..], &other).is_err());
+    // An unknown subject: an empty package (the facade does not check existence).
+    let mut empty = Vec::new();
+    let s = f.h.svc.export_package(&dr, &ctx(), &f.docs, "nobody", &pass, &mut empty, |_| {}).await.unwrap();
+    assert_eq!((s.records, s.documents), (0, 0));
     // A truncated package does not read back.
     assert!(read_package_to_memory(&out[..out.len() - 100], &other).is_err());
     f.h.cleanup().await;
