@@ -506,7 +506,16 @@ where
 
     // Documents, chunk by chunk.
     let mut files = Vec::new();
-    let entries = match plan.documents {
+    // Decrypted metadata (file names, content types) is wiped however this function ends.
+    struct WipeEntries(Vec<kluis_blob::catalog::DocumentEntry>);
+    impl Drop for WipeEntries {
+        fn drop(&mut self) {
+            for m in self.0.iter_mut().filter_map(|e| e.metadata.as_mut()) {
+                zeroize::Zeroize::zeroize(m);
+            }
+        }
+    }
+    let entries = WipeEntries(match plan.documents {
         Some(access) => documents.list_by_subject(access, &plan.subject).await.map_err(blob_err)?,
         None => {
             let clear = Access::new(plan.tenant.clone());
@@ -515,11 +524,12 @@ where
             }
             Vec::new()
         }
-    };
+    });
+    let entries = &entries.0;
     state.documents_total = entries.iter().filter(|e| !e.is_withheld()).count() as u64;
     state.bytes_total = entries.iter().filter_map(|e| e.metadata.as_ref().and_then(|m| m.length)).sum();
     progress(&state);
-    for e in &entries {
+    for e in entries {
         let (Some(meta), Some(access)) = (&e.metadata, plan.documents) else {
             withheld.entry(e.domain.to_string()).or_default().documents += 1;
             continue;

@@ -104,6 +104,10 @@ async fn roundtrip<S: Engine>(f: F<S>) {
     let dr = principal("dr.jansen", &f.h.acme, "company_doctor");
     let identity = age::x25519::Identity::generate();
     let recipients = Recipients::x25519(&[identity.to_public().to_string()]).unwrap();
+    // A record id of 128 characters: its path is longer than a tar header holds (a GNU long name).
+    let long_id = "l".repeat(128);
+    let r = NewRecord::new("emp-1").id(&long_id).set("employee_number", "E-LONG");
+    f.h.svc.insert(&dr, &ctx(), "absence", r).await.unwrap();
     let before = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap().len();
     let mut out = Vec::new();
     let mut ticks = 0;
@@ -113,7 +117,7 @@ async fn roundtrip<S: Engine>(f: F<S>) {
             .await
             .unwrap();
     assert!(ticks > 0);
-    assert_eq!((s.records, s.documents), (2, 2));
+    assert_eq!((s.records, s.documents), (3, 2));
     assert!(s.withheld.is_empty(), "{:?}", s.withheld);
     assert_eq!(s.package_bytes, out.len() as u64);
     // No plaintext in the encrypted output.
@@ -135,7 +139,8 @@ async fn roundtrip<S: Engine>(f: F<S>) {
     // Read back: every record and document, byte for byte.
     let files = read_package_to_memory(&out[..], &PackageKey::Identity(identity)).unwrap();
     let names: Vec<&str> = files.keys().map(String::as_str).collect();
-    assert_eq!(names.len(), 5, "{names:?}");
+    assert_eq!(names.len(), 6, "{names:?}");
+    assert_eq!(record(&files, &long_id)["fields"]["employee_number"], "E-LONG");
     let r1 = record(&files, "ar-1");
     assert_eq!(r1["subject"], "emp-1");
     assert_eq!(r1["fields"]["diagnosis"], DIAGNOSIS);
@@ -151,7 +156,7 @@ async fn roundtrip<S: Engine>(f: F<S>) {
     let m = manifest(&files);
     assert_eq!(m["format"], "kluis-subject-package/1");
     assert_eq!(m["subject"], "emp-1");
-    assert_eq!(m["records"]["count"], 2);
+    assert_eq!(m["records"]["count"], 3);
     assert_eq!(m["documents"]["count"], 2);
     assert_eq!(m["withheld"], serde_json::json!([]));
     for file in m["documents"]["files"].as_array().unwrap() {
