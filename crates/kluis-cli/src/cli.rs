@@ -67,7 +67,7 @@ pub enum Command {
     Anonymise(AnonymiseArgs),
     /// Import records from a JSONL file (resumable: already imported ids are skipped).
     Import(ImportArgs),
-    /// Export a subject's records and document list as JSONL (for portability requests).
+    /// Export a subject's records and documents as one age-encrypted package (access and portability requests).
     Export(ExportArgs),
     /// The audit log.
     #[command(subcommand)]
@@ -225,9 +225,20 @@ pub struct ExportArgs {
     /// Subject id.
     #[arg(long)]
     pub subject: String,
-    /// Write to this file instead of standard output.
+    /// Write the package to this new file (mode 0600; never over an existing one) instead of
+    /// standard output.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// Encrypt for this age X25519 recipient (age1...); repeatable.
+    #[arg(long = "recipient", value_name = "AGE_RECIPIENT", conflicts_with = "passphrase_env")]
+    pub recipients: Vec<String>,
+    /// Encrypt with the passphrase in this environment variable (age scrypt).
+    #[arg(long, value_name = "VAR")]
+    pub passphrase_env: Option<String>,
+    /// Only these domains (repeatable or comma-separated); the others are withheld and listed in
+    /// the manifest. Default: every domain of the tenant.
+    #[arg(long = "domains", value_name = "DOMAIN", value_delimiter = ',')]
+    pub domains: Vec<String>,
 }
 
 /// `kluis backup`.

@@ -1,7 +1,7 @@
 //! The commands.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::Path;
 
 use kluis_blob::{BlobBackend, ObjectName};
@@ -9,12 +9,12 @@ use kluis_core::{DomainName, KeyState, TenantId};
 use kluis_keyring::KeyringFile;
 use kluis_service::{AdminActor, AdminEvent};
 use kluis_store::schema::FieldType;
-use kluis_store::{Access, Engine, FieldValue, LegalOverride, NewRecord, Op, Record, Value};
+use kluis_store::{Access, Engine, LegalOverride, NewRecord, Op, Value};
 use serde_json::{Value as Json, json};
 
 use crate::cli::{
-    AccessCmd, AuditCmd, Command, ExportArgs, Global, ImportArgs, InitArgs, KeysCmd, ReencryptArgs,
-    ShredArgs, TenantCmd, TenantDomain,
+    AccessCmd, AuditCmd, Command, Global, ImportArgs, InitArgs, KeysCmd, ReencryptArgs, ShredArgs, TenantCmd,
+    TenantDomain,
 };
 use crate::config::{self, FileConfig, Settings};
 use crate::env::{Env, Job, Root};
@@ -51,7 +51,7 @@ impl Job for CommandJob {
             Command::Reencrypt(args) => reencrypt_cmd(&env, &actor, &args).await,
             Command::Shred(args) => shred(&env, &actor, &args).await,
             Command::Import(args) => import(&env, &actor, &args).await,
-            Command::Export(args) => export(&env, &actor, &args).await,
+            Command::Export(args) => crate::package::export(&env, &actor, &args).await,
             Command::Audit(AuditCmd::Verify { against }) => audit_verify(&env, against.as_deref()).await,
             Command::Audit(AuditCmd::Export { output, .. }) => audit_export(&env, output.as_deref()).await,
             Command::Audit(AuditCmd::Certificates { tenant, subject, output }) => {
@@ -538,7 +538,7 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
 
 // ------------------------------------------------------------------ shred
 
-async fn subject_exists<B: Engine, O: BlobBackend + Clone>(
+pub(crate) async fn subject_exists<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     access: &Access,
     subject: &str,
@@ -679,16 +679,6 @@ fn hex_decode(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| s.get(i..i + 2).and_then(|p| u8::from_str_radix(p, 16).ok())).collect()
-}
-
-fn to_json(v: &Value) -> Json {
-    match v {
-        Value::Text(s) | Value::Decimal(s) | Value::Date(s) => Json::String(s.clone()),
-        Value::Integer(i) => json!(i),
-        Value::Bool(b) => json!(b),
-        Value::Bytes(b) => Json::String(b.iter().map(|x| format!("{x:02x}")).collect()),
-        _ => Json::Null,
-    }
 }
 
 /// One parsed import line.
@@ -850,98 +840,6 @@ async fn import<B: Engine, O: BlobBackend + Clone>(
     );
     r.line(format!("{imported} records imported into {t}/{}, {skipped} already present", args.collection));
     Ok(r)
-}
-
-fn record_json(r: &Record) -> Json {
-    let mut fields = serde_json::Map::new();
-    for (k, v) in &r.fields {
-        let j = match v {
-            FieldValue::Withheld { domain } => json!({ "withheld": domain.to_string() }),
-            other => other.value().map(to_json).unwrap_or(Json::Null),
-        };
-        fields.insert(k.clone(), j);
-    }
-    json!({
-        "type": "record", "collection": r.collection, "id": r.id, "subject": r.subject,
-        "version": r.version, "created_at": r.created_at, "updated_at": r.updated_at,
-        "retain_until": r.retain_until, "fields": fields,
-    })
-}
-
-async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
-    env: &Env<B, O>,
-    actor: &str,
-    args: &ExportArgs,
-) -> Result<Report> {
-    let t = env.tenant(&args.tenant).await?;
-    kluis_store::check_id("subject id", &args.subject)?;
-    let access = env.admin_access(&t).await?;
-    if !subject_exists(env, &access, &args.subject).await? {
-        return Err(CliError::UnknownSubject { tenant: t.to_string(), subject: args.subject.clone() });
-    }
-    let mut out: Vec<Json> = Vec::new();
-    for c in env.store.schema().collections() {
-        let mut after: Option<String> = None;
-        loop {
-            let page = env.store.list(&access, &c.name, Some(&args.subject), after.as_deref(), 500).await?;
-            out.extend(page.records.iter().map(record_json));
-            match page.next {
-                Some(n) => after = Some(n),
-                None => break,
-            }
-        }
-    }
-    let docs = env.documents();
-    for d in docs.list_by_subject(&access, &args.subject).await? {
-        out.push(document_json(&d));
-    }
-    let mut text = String::new();
-    for j in &out {
-        text.push_str(&j.to_string());
-        text.push('\n');
-    }
-    // Fail closed, as the facade's reads: the entry is written before any data leaves; if it
-    // cannot be, nothing is written out.
-    let event = AdminEvent::Export {
-        tenant: t.clone(),
-        what: format!("subject {}", args.subject),
-        count: out.len() as u64,
-    };
-    env.audit_admin(actor, event).await?;
-    match &args.output {
-        Some(p) => std::fs::write(p, text.as_bytes()).map_err(io("write", p))?,
-        None => {
-            let mut so = std::io::stdout().lock();
-            so.write_all(text.as_bytes()).map_err(CliError::Output)?;
-            so.flush().map_err(CliError::Output)?;
-        }
-    }
-    if args.output.is_some() {
-        let mut r = Report::new(json!({ "tenant": t.as_str(), "subject": args.subject, "items": out.len() }));
-        r.line(format!("{} items of subject {} written", out.len(), args.subject));
-        Ok(r)
-    } else {
-        Ok(Report::silent())
-    }
-}
-
-fn document_json(d: &kluis_blob::catalog::DocumentEntry) -> Json {
-    crate::commands::doc_entry_json(d)
-}
-
-/// JSON of a catalog entry (metadata when the caller holds its domain, else withheld).
-pub fn doc_entry_json(d: &kluis_blob::catalog::DocumentEntry) -> Json {
-    let meta = match &d.metadata {
-        Some(m) => json!({
-            "file_name": m.file_name, "extension": m.extension, "content_type": m.content_type,
-            "length": m.length, "created": m.created_unix, "uploaded_by": m.uploaded_by,
-        }),
-        None => json!({ "withheld": d.domain.as_str() }),
-    };
-    json!({
-        "type": "document", "document_id": d.document_id, "domain": d.domain.as_str(),
-        "subject": d.subject, "record": d.record, "created_at": d.created_at, "metadata": meta,
-    })
 }
 
 // ------------------------------------------------------------------ audit and access review

@@ -19,6 +19,7 @@ pub mod env;
 mod erasure;
 pub mod error;
 pub mod out;
+pub mod package;
 pub mod reencrypt;
 
 use std::path::PathBuf;

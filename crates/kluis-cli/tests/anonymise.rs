@@ -115,13 +115,18 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Every record of a subject of an export, by collection: field values.
 fn export(dir: &Path, subject: &str, copy: bool) -> Vec<(String, BTreeMap<String, serde_json::Value>)> {
-    let args = ["export", "--tenant", "acme", "--subject", subject];
+    // A subject access package for a fresh age identity (`kluis export` writes nothing else).
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let args = ["export", "--tenant", "acme", "--subject", subject, "--recipient", &recipient];
     let out = if copy { on_copy(dir, &args) } else { ok(dir, &args) };
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v.get("collection").is_some())
+    let key = kluis_service::package::PackageKey::Identity(identity);
+    kluis_service::package::read_package_to_memory(&out.stdout[..], &key)
+        .unwrap()
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("records/"))
+        .map(|(_, v)| serde_json::from_slice::<serde_json::Value>(&v).unwrap())
         .map(|v| {
             let fields: BTreeMap<String, serde_json::Value> =
                 v["fields"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -327,7 +332,8 @@ async fn an_anonymised_copy_holds_no_production_value_and_still_works() {
 
     // Production keys open nothing in the copy: its keyring replaced by production's.
     std::fs::copy(prod.join("keyring.kr"), copy.join("keyring.kr")).unwrap();
-    let out = kluis(&copy, &["export", "--tenant", "acme", "--subject", &subject])
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
+    let out = kluis(&copy, &["export", "--tenant", "acme", "--subject", &subject, "--recipient", &recipient])
         .env("KLUIS_PASSPHRASE", PASSPHRASE)
         .output()
         .unwrap();

@@ -266,11 +266,32 @@ async fn exports_and_root_rewraps_need_their_audit_entries() {
     };
     sql(&dir, "CREATE TRIGGER refuse_audit BEFORE INSERT ON kluis_audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END")
         .await;
-    let out_file = tmp.path().join("export.jsonl");
-    let export = ["export", "--tenant", "acme", "--subject", "emp-1", "-o", out_file.to_str().unwrap()];
+    let out_file = tmp.path().join("export.age");
+    let identity = age::x25519::Identity::generate();
+    let recipient = identity.to_public().to_string();
+    let export = [
+        "export",
+        "--tenant",
+        "acme",
+        "--subject",
+        "emp-1",
+        "--recipient",
+        &recipient,
+        "-o",
+        out_file.to_str().unwrap(),
+    ];
     assert!(!kluis_umask_000(&dir, &export).status.success());
     assert!(!out_file.exists(), "nothing written out without the entry");
-    let to_stdout = kluis_umask_000(&dir, &["export", "--tenant", "acme", "--subject", "emp-1"]);
+    let left = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".kluis-export-"))
+        .count();
+    assert_eq!(left, 0, "no partial file either");
+    let to_stdout = kluis_umask_000(
+        &dir,
+        &["export", "--tenant", "acme", "--subject", "emp-1", "--recipient", &recipient],
+    );
     assert!(!to_stdout.status.success());
     assert!(to_stdout.stdout.is_empty(), "nothing on standard output either");
     let before = wrapped(dir.clone()).await;
@@ -278,7 +299,13 @@ async fn exports_and_root_rewraps_need_their_audit_entries() {
     assert_eq!(wrapped(dir.clone()).await, before, "no row rewrapped without the entry");
     sql(&dir, "DROP TRIGGER refuse_audit").await;
     ok(&kluis_umask_000(&dir, &export));
-    assert!(std::fs::read_to_string(&out_file).unwrap().contains("griep"));
+    let package = std::fs::read(&out_file).unwrap();
+    let files = kluis_service::package::read_package_to_memory(
+        &package[..],
+        &kluis_service::package::PackageKey::Identity(identity),
+    )
+    .unwrap();
+    assert!(files.values().any(|v| v.windows(5).any(|w| w == b"griep")));
     ok(&kluis_umask_000(&dir, &["keys", "rotate-root"]));
     assert_ne!(wrapped(dir.clone()).await, before);
     let actions =

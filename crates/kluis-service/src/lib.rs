@@ -44,8 +44,9 @@ pub mod authz;
 pub mod clock;
 pub mod erasure;
 mod error;
+pub mod package;
 mod service;
 
 pub use error::{Error, Result};
 pub use service::{AdminActor, AdminEvent, RequestContext, Service, ServiceConfig};
-pub use service::{DOCUMENTS, ServiceDocuments};
+pub use service::{DOCUMENTS, NOT_ALLOWED, ServiceDocuments};

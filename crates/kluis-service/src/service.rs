@@ -19,7 +19,9 @@ use kluis_store::{
 
 mod documents;
 mod erasure;
+mod package;
 pub use documents::{DOCUMENTS, ServiceDocuments};
+pub use package::NOT_ALLOWED;
 
 use crate::audit::export_rows;
 use crate::authz::{AccessProof, Action, Authorizer, Basis, Decision, Principal, Request, Target, UserId};
