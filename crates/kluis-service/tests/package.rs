@@ -108,7 +108,7 @@ async fn roundtrip<S: Engine>(f: F<S>) {
     let long_id = "l".repeat(128);
     let r = NewRecord::new("emp-1").id(&long_id).set("employee_number", "E-LONG");
     f.h.svc.insert(&dr, &ctx(), "absence", r).await.unwrap();
-    let before = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap().len();
+    let before = f.h.store.audit_page(None, 0, 100_000).await.unwrap().len();
     let mut out = Vec::new();
     let mut ticks = 0;
     let s =
@@ -127,7 +127,7 @@ async fn roundtrip<S: Engine>(f: F<S>) {
         assert!(!contains(&out, canary), "{}", String::from_utf8_lossy(canary));
     }
     // The export's entries: the collection and the documents, both allowed.
-    let rows = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap();
+    let rows = f.h.store.audit_page(None, 0, 100_000).await.unwrap();
     let new: Vec<_> = rows[before..].iter().map(|r| &r.entry).collect();
     assert_eq!(new.len(), 2, "{new:?}");
     assert!(new.iter().all(|e| e.action == "export" && e.outcome == "allowed" && e.subject == "emp-1"));
@@ -219,7 +219,7 @@ async fn withheld<S: Engine>(f: F<S>) {
             "fields": ["absence.diagnosis", "absence.doctor_notes"], "records": 1, "documents": 1,
         }])
     );
-    let rows = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap();
+    let rows = f.h.store.audit_page(None, 0, 100_000).await.unwrap();
     let last: Vec<_> = rows.iter().rev().take(2).map(|r| &r.entry).collect();
     assert_eq!(last[1].fields, "general:*");
     assert_eq!(last[0].fields, "general:content");
@@ -244,7 +244,7 @@ where
     let mut failing = Failing(0);
     let r = f.h.svc.export_package(&dr, &ctx(), &f.docs, "emp-1", &recipients, &mut failing, |_| {}).await;
     assert!(matches!(r, Err(Error::Io(_))), "{r:?}");
-    let last = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap().pop().unwrap().entry;
+    let last = f.h.store.audit_page(None, 0, 100_000).await.unwrap().pop().unwrap().entry;
     assert_eq!(
         (last.action.as_str(), last.outcome.as_str(), last.reason.as_str()),
         ("export", "error", "package_write")
@@ -253,7 +253,7 @@ where
     let r = f.h.svc.export_package(&case, &ctx(), &f.docs, "emp-1", &recipients, &mut out, |_| {}).await;
     assert!(matches!(r, Err(Error::Denied(_))), "{r:?}");
     assert!(out.is_empty());
-    let last = f.h.store.backend().audit_page(None, 0, 100_000).await.unwrap().pop().unwrap().entry;
+    let last = f.h.store.audit_page(None, 0, 100_000).await.unwrap().pop().unwrap().entry;
     assert_eq!((last.action.as_str(), last.outcome.as_str()), ("export", "denied"));
     f.h.cleanup().await;
 }
