@@ -376,42 +376,13 @@ async fn a_copy_needs_a_new_directory_and_its_own_passphrase() {
     assert!(!String::from_utf8_lossy(&log.stdout).contains("\"anonymise\""), "no copy was made");
 }
 
-/// A fresh PostgreSQL database; `None` (skipped, outside CI) if the server does not answer.
-async fn postgres_db() -> Option<(String, String, String)> {
-    let admin = std::env::var("KLUIS_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let pool = match sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&admin)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            assert!(std::env::var("CI").is_err(), "postgres is required in CI: {e}");
-            eprintln!("SKIPPED: postgres ({e})");
-            return None;
-        }
-    };
-    let db = format!("kluis_anon_{:012x}", common::random_u64() & 0xffff_ffff_ffff);
-    sqlx::query(&format!("CREATE DATABASE {db}")).execute(&pool).await.unwrap();
-    pool.close().await;
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some((format!("{base}/{db}"), admin, db))
-}
-
-async fn drop_postgres(admin: &str, db: &str) {
-    let p = sqlx::PgPool::connect(admin).await.unwrap();
-    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).execute(&p).await;
-    p.close().await;
-}
-
 /// PostgreSQL to PostgreSQL: the copy's database (`--to-store`) holds no production value (a
 /// pg_dump of it is scanned), and the copy works through its kluis.toml.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_to_postgres() {
-    let Some((from_url, admin, from_db)) = postgres_db().await else { return };
-    let Some((to_url, _, to_db)) = postgres_db().await else { return };
+    let Some(from) = common::ServerDb::new("postgres", "kluis_anon").await else { return };
+    let Some(to) = common::ServerDb::new("postgres", "kluis_anon").await else { return };
+    let (from_url, to_url) = (from.url.clone(), to.url.clone());
     let tmp = tempfile::tempdir().unwrap();
     let prod = production(tmp.path(), Some(&from_url)).await;
     let copy = tmp.path().join("copy");
@@ -452,6 +423,6 @@ async fn postgres_to_postgres() {
     let recs = export(&copy, &subjects[0], true);
     let emp = &recs.iter().find(|(c, _)| c == "employee").unwrap().1;
     assert!(eleven_test(emp["bsn"].as_str().unwrap()), "{emp:?}");
-    drop_postgres(&admin, &from_db).await;
-    drop_postgres(&admin, &to_db).await;
+    from.drop_db().await;
+    to.drop_db().await;
 }

@@ -30,18 +30,6 @@ const DOC: &[u8] = b"CANARY-document-content-Zr4 %PDF-1.7";
 /// The tests share the servers and count scratch databases left behind: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-fn skipped(engine: &str, why: &str) {
-    if in_ci() {
-        panic!("{engine} is required in CI (CI=true) but is not reachable: {why}");
-    }
-    eprintln!("SKIPPED: {engine} ({why})");
-    println!("SKIPPED: {engine} ({why})");
-}
-
 #[derive(Clone, Debug)]
 enum Db {
     Sqlite,
@@ -49,56 +37,15 @@ enum Db {
     MySql { admin: String, url: String, db: String },
 }
 
-fn with_db(url: &str, db: &str) -> String {
-    let (base, _) = url.rsplit_once('/').unwrap();
-    format!("{base}/{db}")
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}_{:012x}", common::random_u64() & 0xffff_ffff_ffff)
-}
-
 impl Db {
     async fn postgres() -> Option<Self> {
-        let admin = std::env::var("KLUIS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let pool = match sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&admin)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                skipped("postgres", &format!("{admin}: {e}"));
-                return None;
-            }
-        };
-        let db = unique("kluis_bk");
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&pool).await.unwrap();
-        pool.close().await;
-        Some(Self::Postgres { url: with_db(&admin, &db), admin, db })
+        let d = common::ServerDb::new("postgres", "kluis_bk").await?;
+        Some(Self::Postgres { url: d.url, admin: d.admin, db: d.db })
     }
 
     async fn mysql() -> Option<Self> {
-        let admin = std::env::var("KLUIS_TEST_MYSQL_URL")
-            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-        let pool = match sqlx::mysql::MySqlPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&admin)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                skipped("mariadb", &format!("{admin}: {e}"));
-                return None;
-            }
-        };
-        let db = unique("kluis_bk");
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&pool).await.unwrap();
-        pool.close().await;
-        Some(Self::MySql { url: with_db(&admin, &db), admin, db })
+        let d = common::ServerDb::new("mariadb", "kluis_bk").await?;
+        Some(Self::MySql { url: d.url, admin: d.admin, db: d.db })
     }
 
     fn store_args(&self) -> Vec<String> {

@@ -31,14 +31,6 @@ const LETTER: &[u8] = b"CANARY-export-letter-content-9Kq %PDF-1.7 ";
 const PAYSLIP: &[u8] = b"CANARY-export-payslip-content-2Wd ";
 const OTHER: &str = "CANARY-other-subject-Hh8";
 
-fn skipped(engine: &str, why: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("{engine} is required in CI (CI=true) but is not reachable: {why}");
-    }
-    eprintln!("SKIPPED: {engine} ({why})");
-    println!("SKIPPED: {engine} ({why})");
-}
-
 #[derive(Clone, Debug)]
 enum Db {
     Sqlite,
@@ -47,25 +39,8 @@ enum Db {
 
 impl Db {
     async fn postgres() -> Option<Self> {
-        let admin = std::env::var("KLUIS_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let pool = match sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect(&admin)
-            .await
-        {
-            Ok(p) => p,
-            Err(e) => {
-                skipped("postgres", &format!("{admin}: {e}"));
-                return None;
-            }
-        };
-        let db = format!("kluis_ex_{:012x}", common::random_u64() & 0xffff_ffff_ffff);
-        sqlx::query(&format!("CREATE DATABASE {db}")).execute(&pool).await.unwrap();
-        pool.close().await;
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        Some(Self::Postgres { url: format!("{base}/{db}"), admin, db })
+        let d = common::ServerDb::new("postgres", "kluis_ex").await?;
+        Some(Self::Postgres { url: d.url, admin: d.admin, db: d.db })
     }
 
     fn store_args(&self) -> Vec<String> {

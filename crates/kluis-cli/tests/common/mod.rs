@@ -72,3 +72,86 @@ pub fn random_u64() -> u64 {
     getrandom::fill(&mut b).unwrap();
     u64::from_le_bytes(b)
 }
+
+/// Is this a CI run (`CI=true`), where a missing server fails the test instead of skipping it?
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Reports a server test as skipped (outside CI) or fails it (in CI).
+pub fn skipped(engine: &str, why: &str) {
+    if in_ci() {
+        panic!("{engine} is required in CI (CI=true) but is not reachable: {why}");
+    }
+    eprintln!("SKIPPED: {engine} ({why})");
+    println!("SKIPPED: {engine} ({why})");
+}
+
+/// A database made for one test on the PostgreSQL or MariaDB test server.
+#[derive(Clone, Debug)]
+pub struct ServerDb {
+    /// `postgres` or `mariadb`.
+    pub engine: &'static str,
+    /// The URL of the test's database.
+    pub url: String,
+    /// The URL it was made through (`KLUIS_TEST_POSTGRES_URL` / `KLUIS_TEST_MYSQL_URL`).
+    pub admin: String,
+    /// Its name.
+    pub db: String,
+}
+
+impl ServerDb {
+    /// A new database named `PREFIX_<random>`; `None` (after [`skipped`]) if the server does not
+    /// answer.
+    pub async fn new(engine: &'static str, prefix: &str) -> Option<Self> {
+        let (var, default) = match engine {
+            "postgres" => ("KLUIS_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/test"),
+            _ => ("KLUIS_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test"),
+        };
+        let admin = std::env::var(var).unwrap_or_else(|_| default.into());
+        let db = format!("{prefix}_{:012x}", random_u64() & 0xffff_ffff_ffff);
+        let create = format!("CREATE DATABASE {db}");
+        let made = if engine == "postgres" {
+            Self::run_pg(&admin, &create).await
+        } else {
+            Self::run_my(&admin, &create).await
+        };
+        if let Err(e) = made {
+            skipped(engine, &format!("{admin}: {e}"));
+            return None;
+        }
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Some(Self { engine, url: format!("{base}/{db}"), admin, db })
+    }
+
+    /// Drops the database (best effort).
+    pub async fn drop_db(&self) {
+        let _ = if self.engine == "postgres" {
+            Self::run_pg(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db)).await
+        } else {
+            Self::run_my(&self.admin, &format!("DROP DATABASE IF EXISTS {}", self.db)).await
+        };
+    }
+
+    async fn run_pg(admin: &str, sql: &str) -> Result<(), sqlx::Error> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(admin)
+            .await?;
+        sqlx::query(sql).execute(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+
+    async fn run_my(admin: &str, sql: &str) -> Result<(), sqlx::Error> {
+        let pool = sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(admin)
+            .await?;
+        sqlx::query(sql).execute(&pool).await?;
+        pool.close().await;
+        Ok(())
+    }
+}
