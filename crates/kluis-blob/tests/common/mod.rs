@@ -351,6 +351,27 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 /// Every path under `dir` whose file name contains `needle`, and every file that is not object
 /// content (not under Azurite's `__blobstorage__` extents nor the local `objects/` and `tmp/`)
 /// whose content contains it (case-insensitive ASCII).
+/// `b` with every quoted base64 token of 24 characters or more blanked out: the random ids a
+/// metadata file keeps (Azurite's block ids are base64 of random bytes), in which a short needle
+/// turns up by chance (a three-letter one, case-insensitive, about once in 32,768 positions).
+fn without_random_tokens(b: &[u8]) -> Vec<u8> {
+    let is_b64 = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=');
+    let mut out = b.to_vec();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'"' {
+            let end = b[i + 1..].iter().position(|c| !is_b64(*c)).map_or(b.len(), |n| i + 1 + n);
+            if end - (i + 1) >= 24 && b.get(end) == Some(&b'"') {
+                out[i + 1..end].fill(b' ');
+            }
+            i = end.max(i + 1);
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
 pub fn metadata_files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let needle: Vec<u8> = needle.to_ascii_lowercase();
     let has = |hay: &[u8]| hay.to_ascii_lowercase().windows(needle.len()).any(|w| w == needle.as_slice());
@@ -367,7 +388,7 @@ pub fn metadata_files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
             if p.is_dir() {
                 let content = content_dir || matches!(name.as_str(), "__blobstorage__" | "objects" | "tmp");
                 stack.push((p, content));
-            } else if !content_dir && std::fs::read(&p).is_ok_and(|b| has(&b)) {
+            } else if !content_dir && std::fs::read(&p).is_ok_and(|b| has(&without_random_tokens(&b))) {
                 hits.push(p);
             }
         }

@@ -275,7 +275,12 @@ impl<SB: Engine, SO: BlobBackend> CopyJob<'_, SB, SO> {
             after = last.seq;
             for row in &page {
                 let entry = self.anonymised_entry(&row.entry);
-                env.store.append_audit(AuditAppend { entry, checkpoint_every: 1000 }).await?;
+                env.store
+                    .append_audit(AuditAppend {
+                        entry,
+                        checkpoint_every: kluis_store::audit::DEFAULT_CHECKPOINT_EVERY,
+                    })
+                    .await?;
                 n += 1;
             }
         }
