@@ -46,19 +46,22 @@ impl Catalog {
         store.migrate().await.unwrap();
         let keyring = LocalKeyring::generate(0).unwrap();
         let tenant = TenantId::new("acme").unwrap();
-        let doctor =
-            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
-        let hr = store.unlock(&keyring, &tenant, &[DomainName::general()]).await.unwrap();
+        let doctor = store
+            .admin_access(&keyring, &tenant, &[DomainName::general(), DomainName::medical()])
+            .await
+            .unwrap();
+        let hr = store.admin_access(&keyring, &tenant, &[DomainName::general()]).await.unwrap();
         Self { store: Arc::new(store), keyring, tenant, doctor, hr, _tmp: tmp }
     }
 
     async fn refresh(&mut self) {
         self.doctor = self
             .store
-            .unlock(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
+            .admin_access(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
             .await
             .unwrap();
-        self.hr = self.store.unlock(&self.keyring, &self.tenant, &[DomainName::general()]).await.unwrap();
+        self.hr =
+            self.store.admin_access(&self.keyring, &self.tenant, &[DomainName::general()]).await.unwrap();
     }
 }
 
@@ -293,7 +296,7 @@ async fn put_list_get_range_delete_body<B: BlobBackend>(f: Fixture<B>) {
     let other_tenant = f
         .cat
         .store
-        .unlock(
+        .admin_access(
             &f.cat.keyring,
             &TenantId::new("globex").unwrap(),
             &[DomainName::general(), DomainName::medical()],

@@ -57,7 +57,8 @@ async fn reencryption(m: usize, subjects: usize) {
     let keyring = LocalKeyring::generate(0).unwrap();
     let tenant = TenantId::new("acme").unwrap();
     let medical = DomainName::medical();
-    let access = store.unlock(&keyring, &tenant, &[DomainName::general(), medical.clone()]).await.unwrap();
+    let access =
+        store.admin_access(&keyring, &tenant, &[DomainName::general(), medical.clone()]).await.unwrap();
     for chunk in (0..m).collect::<Vec<_>>().chunks(2_500) {
         let ops = chunk
             .iter()
@@ -105,7 +106,7 @@ async fn reencryption(m: usize, subjects: usize) {
     assert_eq!(touched, m);
 
     store.rotate_domain_key(&keyring, &tenant, &medical).await.unwrap();
-    let admin = store.unlock(&keyring, &tenant, std::slice::from_ref(&medical)).await.unwrap();
+    let admin = store.admin_access(&keyring, &tenant, std::slice::from_ref(&medical)).await.unwrap();
     let docs = Documents::new(
         Arc::clone(&store),
         DocumentVault::new(LocalDir::open(tmp.path().join("blobs")).await.unwrap()),

@@ -24,7 +24,8 @@ use crate::env::Env;
 use crate::error::{CliError, Result};
 use crate::out::{Report, table};
 
-fn svc(e: kluis_service::Error) -> CliError {
+fn svc(e: impl Into<kluis_service::Error>) -> CliError {
+    let e: kluis_service::Error = e.into();
     CliError::Service(e.to_string())
 }
 

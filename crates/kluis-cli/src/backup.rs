@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use kluis_blob::catalog::Documents;
 use kluis_blob::{BlobBackend, BlobError, DocumentVault, LocalDir, ObjectName, Upload};
-use kluis_core::{DomainName, RootKeyProvider, TenantId};
+use kluis_core::{RootKeyProvider, TenantId};
 use kluis_service::AdminEvent;
 use kluis_store::{Access, Engine, EngineKind, Sqlite, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -1247,13 +1247,8 @@ async fn admin_access<S: Engine>(
     provider: &dyn RootKeyProvider,
     tenant: &TenantId,
 ) -> Result<Access> {
-    store.move_legacy(provider).await?;
-    let mut access = Access::new(tenant.clone()).with(store.row_tag_set(provider, tenant).await?)?;
-    for d in store.tenant_domains(tenant).await? {
-        let d: DomainName = d;
-        access = access.with(store.key_set(provider, tenant, &d).await?)?;
-    }
-    Ok(access)
+    let domains = store.tenant_domains(tenant).await?;
+    Ok(store.admin_access(provider, tenant, &domains).await?)
 }
 
 #[cfg(test)]

@@ -486,10 +486,7 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     let t = env.tenant(&args.td.tenant).await?;
     let d = env.domain(&t, &args.td.domain).await?;
     let provider = env.provider().await?;
-    env.store.move_legacy(provider).await?;
-    let access = Access::new(t.clone())
-        .with(env.store.row_tag_set(provider, &t).await?)?
-        .with(env.store.key_set(provider, &t, &d).await?)?;
+    let access = env.store.admin_access(provider, &t, std::slice::from_ref(&d)).await?;
     let docs = env.documents();
     let show = !env.settings.json && std::io::stderr().is_terminal();
     let bar = indicatif::ProgressBar::hidden();

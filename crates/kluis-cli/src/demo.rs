@@ -205,7 +205,7 @@ impl Job for DemoJob {
         ));
 
         let v = env.store.rotate_domain_key(provider, &acme, &medical).await?;
-        let admin = env.store.unlock(provider, &acme, std::slice::from_ref(&medical)).await?;
+        let admin = env.store.admin_access(provider, &acme, std::slice::from_ref(&medical)).await?;
         let sum = crate::reencrypt::reencrypt(&env.store, &docs, &admin, &medical, 10, |_| {}).await?;
         env.store.retire_domain_version(provider, &acme, &medical, v - 1).await?;
         let actor = AdminActor::new("demo-operator", "kluis-demo", "key rotation");

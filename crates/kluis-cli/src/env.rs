@@ -191,12 +191,8 @@ impl<B: Engine, O: BlobBackend + Clone> Env<B, O> {
     /// key, which every record read and write needs); moves legacy rows first.
     pub async fn admin_access(&self, tenant: &TenantId) -> Result<Access> {
         let provider = self.provider().await?;
-        self.store.move_legacy(provider).await?;
-        let mut access = Access::new(tenant.clone()).with(self.store.row_tag_set(provider, tenant).await?)?;
-        for d in self.tenant_domains(tenant).await? {
-            access = access.with(self.store.key_set(provider, tenant, &d).await?)?;
-        }
-        Ok(access)
+        let domains = self.tenant_domains(tenant).await?;
+        Ok(self.store.admin_access(provider, tenant, &domains).await?)
     }
 }
 

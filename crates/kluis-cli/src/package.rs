@@ -121,13 +121,9 @@ pub async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
     }
     // The operator's keys, limited to the selected domains (and read-only).
     let provider = env.provider().await?;
-    let mut access = Access::new(t.clone()).with(env.store.row_tag_set(provider, &t).await?)?;
-    for d in &tenant_domains {
-        if selected.contains(d.as_str()) {
-            access = access.with(env.store.key_set(provider, &t, d).await?)?;
-        }
-    }
-    let access = access.read_only();
+    let chosen: Vec<kluis_core::DomainName> =
+        tenant_domains.iter().filter(|d| selected.contains(d.as_str())).cloned().collect();
+    let access = env.store.admin_access(provider, &t, &chosen).await?.read_only();
     drop(all);
     let withheld: Vec<String> =
         tenant_domains.iter().map(|d| d.to_string()).filter(|d| !selected.contains(d)).collect();
@@ -142,7 +138,7 @@ pub async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
     let target = open_target(args.output.as_deref())?;
 
     // Fail closed: the entry before anything (the age header included) is written out.
-    let docs_total = env.store.documents_of_subject(&Access::new(t.clone()), &args.subject).await?.len();
+    let docs_total = env.store.documents_of_subject(&Access::catalog(t.clone()), &args.subject).await?.len();
     let event = AdminEvent::Other {
         action: "export".into(),
         tenant: Some(t.clone()),

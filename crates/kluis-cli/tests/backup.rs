@@ -137,7 +137,8 @@ fn schema(dir: &Path) -> Schema {
 async fn fill_store<S: Engine>(store: Arc<Store<S>>, dir: &Path) {
     let kr = keyring(dir);
     let tenant = TenantId::new("acme").unwrap();
-    let access = store.unlock(&kr, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let access =
+        store.admin_access(&kr, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     for subject in ["emp-gone", "emp-stays"] {
         for i in 0..5 {
             let diag = if subject == "emp-gone" { GONE.to_owned() } else { format!("griep {i}") };
@@ -200,7 +201,8 @@ async fn write_until<S: Engine>(
     use std::sync::atomic::Ordering;
     let kr = keyring(&dir);
     let tenant = TenantId::new("acme").unwrap();
-    let access = store.unlock(&kr, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let access =
+        store.admin_access(&kr, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     let mut i = 0u64;
     while !stop.load(Ordering::Acquire) {
         let r = NewRecord::new("emp-busy").id(&format!("busy-{i}")).set("diagnosis", "druk");
@@ -590,7 +592,11 @@ async fn shred_guarantee(db: &Db) {
     if let Db::Sqlite = db {
         let (store, kr) = open_backup_sqlite(&old, &dir, &tmp.path().join("copy-1.sqlite")).await;
         let a = store
-            .unlock(&kr, &TenantId::new("acme").unwrap(), &[DomainName::general(), DomainName::medical()])
+            .admin_access(
+                &kr,
+                &TenantId::new("acme").unwrap(),
+                &[DomainName::general(), DomainName::medical()],
+            )
             .await
             .unwrap();
         let page = store.list(&a, "absence", Some("emp-gone"), None, 100).await.unwrap();
@@ -622,7 +628,7 @@ async fn shred_guarantee(db: &Db) {
     assert_eq!(db.scratch_left().await, 0);
     if let Db::Sqlite = db {
         let (store, kr) = open_backup_sqlite(&old, &dir, &tmp.path().join("copy-2.sqlite")).await;
-        let e = store.unlock(&kr, &TenantId::new("acme").unwrap(), &[DomainName::medical()]).await;
+        let e = store.admin_access(&kr, &TenantId::new("acme").unwrap(), &[DomainName::medical()]).await;
         assert!(e.is_err(), "the shredded subject's keys still unwrap: {e:?}");
         store.pool().close().await;
     }

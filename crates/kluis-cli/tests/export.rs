@@ -118,7 +118,8 @@ fn meta(name: &str, len: usize) -> DocumentMetadata {
 async fn fill_store<S: Engine>(store: Arc<Store<S>>, dir: &Path) {
     let kr = keyring(dir);
     let tenant = TenantId::new("acme").unwrap();
-    let access = store.unlock(&kr, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let access =
+        store.admin_access(&kr, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     for i in 0..3 {
         let mut r = NewRecord::new("emp-1")
             .id(&format!("ar-{i}"))

@@ -142,10 +142,10 @@ async fn a_wrap_built_from_the_public_key_is_refused() {
     {
         let dir = tempfile::tempdir().unwrap();
         let st = store(dir.path()).await;
-        st.unlock(&p, &t, std::slice::from_ref(&d)).await.unwrap();
+        st.admin_access(&p, &t, std::slice::from_ref(&d)).await.unwrap();
         let w = WrappedKey { root_key_id: root_key_id(), root_version: 1, ciphertext: envelope };
         plant(&st, w.to_bytes().unwrap()).await;
-        let e = st.unlock(&p, &t, std::slice::from_ref(&d)).await.unwrap_err();
+        let e = st.admin_access(&p, &t, std::slice::from_ref(&d)).await.unwrap_err();
         match &e {
             StoreError::KeyIntegrity { what } => assert!(what.contains("acme/medical v2"), "{name}: {what}"),
             other => panic!("{name}: expected a key integrity error, got {other:?}"),

@@ -43,8 +43,9 @@ fn run<B: Engine>(c: &mut Criterion, rt: &tokio::runtime::Runtime, engine: &str,
         [RoleName::new("company_doctor").unwrap()],
     );
     let ctx = RequestContext::new("bench", "throughput");
-    let access =
-        rt.block_on(store.unlock(&*keyring, &acme, &[DomainName::general(), DomainName::medical()])).unwrap();
+    let access = rt
+        .block_on(store.admin_access(&*keyring, &acme, &[DomainName::general(), DomainName::medical()]))
+        .unwrap();
     let n = AtomicU64::new(0);
     let mut g = c.benchmark_group(format!("audit/{engine}"));
     g.sampling_mode(SamplingMode::Flat).sample_size(10).throughput(Throughput::Elements(BATCH));

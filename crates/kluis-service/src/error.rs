@@ -1,22 +1,13 @@
 //! Errors of the service crate.
 //!
 //! Authorization decisions are **not** errors: [`crate::authz::Authorizer::check`] always returns
-//! a decision. Errors are for loading a policy, managing grants, and the auth helpers.
+//! a decision. Errors are for the auth helpers, the store, documents and the audit log; those of
+//! policies and grants come from `kluis_authz` as [`Error::Authz`].
 
 /// Everything that can go wrong in `kluis-service`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The TOML policy file does not parse or does not validate. `line` and `column` are 1-based.
-    #[error("policy line {line}, column {column}: {reason}")]
-    Policy {
-        /// 1-based line of the offending entry.
-        line: usize,
-        /// 1-based column (in characters).
-        column: usize,
-        /// What is wrong.
-        reason: String,
-    },
     /// The caller passed an invalid value.
     #[error("invalid {what}: {reason}")]
     Invalid {
@@ -25,27 +16,10 @@ pub enum Error {
         /// Why.
         reason: String,
     },
-    /// The caller lacks the right for an administrative call (for example granting support access).
-    #[error("not permitted: {0}")]
-    NotPermitted(String),
-    /// No support grant with this id exists in this tenant.
-    #[error("no support grant {0} in this tenant")]
-    UnknownGrant(String),
-    /// The grant registry failed (a persisted registry: its database).
-    #[error("grant registry failed: {0}")]
-    Registry(String),
-    /// A row of the persisted access registry failed its integrity check: inserted, edited or
-    /// copied from another tenant by someone without the application's keys. The tenant's registry
-    /// is not loaded, so its support grants and recorded roles deny until the row is removed.
-    #[error("access registry row {kind} {id} of tenant {tenant} failed its integrity check")]
-    RegistryTampered {
-        /// The tenant whose rows were being loaded.
-        tenant: String,
-        /// The row's kind (`grant`, `role`).
-        kind: String,
-        /// The row's id.
-        id: String,
-    },
+    /// An error of the authorization layer: a policy that does not load, an unknown support
+    /// grant, an administrative call the caller may not make, the access registry.
+    #[error(transparent)]
+    Authz(#[from] kluis_authz::Error),
     /// A stored password hash does not parse or has parameters outside the accepted bounds.
     #[error("malformed password hash: {0}")]
     MalformedHash(&'static str),

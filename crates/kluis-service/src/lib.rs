@@ -41,12 +41,13 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
-pub mod clock;
 pub mod erasure;
 mod error;
 pub mod package;
 mod service;
 
 pub use error::{Error, Result};
+/// The wall clock of [`kluis_authz`], which tests control.
+pub use kluis_authz::clock;
 pub use service::{AdminActor, AdminEvent, RequestContext, Service, ServiceConfig};
 pub use service::{DOCUMENTS, NOT_ALLOWED, ServiceDocuments};

@@ -518,7 +518,7 @@ where
     let entries = WipeEntries(match plan.documents {
         Some(access) => documents.list_by_subject(access, &plan.subject).await.map_err(blob_err)?,
         None => {
-            let clear = Access::new(plan.tenant.clone());
+            let clear = Access::catalog(plan.tenant.clone());
             for row in store.documents_of_subject(&clear, &plan.subject).await? {
                 withheld.entry(row.domain.clone()).or_default().documents += 1;
             }

@@ -24,7 +24,7 @@ pub use documents::{DOCUMENTS, ServiceDocuments};
 pub use package::NOT_ALLOWED;
 
 use crate::audit::export_rows;
-use crate::authz::{AccessProof, Action, Authorizer, Basis, Decision, Principal, Request, Target, UserId};
+use crate::authz::{AccessProof, Action, Authorizer, Decision, Principal, Request, Target, UserId};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 
@@ -247,18 +247,6 @@ fn join<I: IntoIterator<Item = S>, S: AsRef<str>>(items: I) -> String {
     out
 }
 
-fn basis_text(b: &Basis) -> String {
-    match b {
-        Basis::Roles(r) => format!("roles:{}", join(r.iter().map(|r| r.as_str()))),
-        Basis::BreakGlass { roles, domains, .. } => format!(
-            "break_glass:{} into {}",
-            join(roles.iter().map(|r| r.as_str())),
-            join(domains.iter().map(|d| d.as_str()))
-        ),
-        Basis::SupportGrant(g) => format!("support_grant:{g}"),
-    }
-}
-
 /// A short, value-free name for an error (for the audit log).
 fn error_kind(e: &StoreError) -> String {
     let s = match e {
@@ -310,29 +298,14 @@ impl<B: Engine> Service<B> {
 
     // ------------------------------------------------------------------ keys and audit helpers
 
-    /// Loads the domain key sets of exactly the proof's tenant and domains, limited to the
-    /// proof's target ([`kluis_store::Scope`]): the only way this crate loads keys. A proof for
-    /// `general` never loads the `medical` key, and a proof for one record (or one subject's
-    /// records) makes every store call on another record or subject fail with
-    /// `StoreError::OutOfScope` before anything is opened or written. The keys of a read, search
-    /// or export proof are read-only (`Access::read_only`).
+    /// The store's capability for one allowed decision ([`kluis_store::Store::access`]): exactly
+    /// the proof's tenant and domain keys, limited to its target and, for a read, search or
+    /// export, to reading only. The only way this crate loads keys for data: a proof for
+    /// `general` never loads the `medical` key, and a store call with these keys on another
+    /// record, subject or collection fails with `StoreError::OutOfScope` before anything is
+    /// opened or written.
     pub async fn keys(&self, proof: &AccessProof) -> Result<Access> {
-        let access = self.store.unlock(&*self.provider, proof.tenant(), proof.domains()).await?;
-        let own = |s: &Option<Arc<str>>| s.as_deref().map(str::to_owned);
-        let scope = match proof.target() {
-            Target::Tenant => kluis_store::Scope::Tenant,
-            Target::Collection { collection, subject } => {
-                kluis_store::Scope::Collection { collection: collection.to_string(), subject: own(subject) }
-            }
-            Target::Record { collection, record, subject } => kluis_store::Scope::Record {
-                collection: collection.to_string(),
-                record: record.to_string(),
-                subject: own(subject),
-            },
-        };
-        let access = access.narrow(scope)?;
-        // A read, search or export never writes with the keys it loaded.
-        Ok(if proof.action().reveals_plaintext() { access.read_only() } else { access })
+        Ok(self.store.access(&*self.provider, proof).await?)
     }
 
     /// The service clock's time, unix milliseconds (the time of its audit entries).
@@ -404,7 +377,7 @@ impl<B: Engine> Service<B> {
         match self.authz.check(p, &req) {
             Decision::Allow(a) => {
                 entry.outcome = "allowed".into();
-                entry.reason = basis_text(a.basis());
+                entry.reason = a.basis().to_string();
                 if entry.support_grant.is_empty()
                     && let Some(g) = a.proof().support_grant()
                 {
@@ -781,7 +754,7 @@ impl<B: Engine> Service<B> {
             let target = Target::collection(coll, Some(subject));
             let domains = self.domains_to_open(p, ctx, &tenant, Action::Export, &target, &present);
             match self.authz.check(p, &Request::new(&tenant, Action::Export, &domains, target)) {
-                Decision::Allow(a) => plan.push((coll.clone(), basis_text(a.basis()), a.into_proof())),
+                Decision::Allow(a) => plan.push((coll.clone(), a.basis().to_string(), a.into_proof())),
                 Decision::Deny(d) => {
                     if first_denial.is_none() {
                         first_denial = Some((coll.clone(), d));

@@ -257,7 +257,7 @@ where
     assert!(
         h.svc.update(&doctor, &c, "absence", "r-1", 1, Changes::new().set("diagnosis", "x")).await.is_err()
     );
-    let access = h.store.unlock(&*h.keyring, &h.acme, &[DomainName::medical()]).await.unwrap();
+    let access = h.store.admin_access(&*h.keyring, &h.acme, &[DomainName::medical()]).await.unwrap();
     let rec = h.store.get(&access, "absence", "r-1").await.unwrap().unwrap();
     assert_eq!(rec.version, 1, "the update was rolled back with its audit entry");
     h.cleanup().await;

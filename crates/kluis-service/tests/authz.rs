@@ -380,7 +380,7 @@ fn support_grant_is_granted_by_an_admin_scoped_and_recorded() {
     let hr = user_with("hr_manager", "acme");
     assert!(matches!(
         f.authz.grant_support(&hr, &acme, u("support-anna"), general_read_scope(), 7 * DAY),
-        Err(kluis_service::Error::NotPermitted(_))
+        Err(kluis_service::authz::Error::NotPermitted(_))
     ));
     let foreign_admin = Principal::new(u("admin"), Some(t("globex")), [r("tenant_admin")]);
     assert!(
@@ -493,7 +493,7 @@ fn sweep_disables_idle_grants_and_revoke_stops_a_grant() {
     assert_eq!(d.deny_reason(), Some(&DenyReason::GrantRevoked));
     assert!(matches!(
         f.authz.revoke_support(&admin(), &acme, &GrantId::generate().unwrap()),
-        Err(kluis_service::Error::UnknownGrant(_))
+        Err(kluis_service::authz::Error::UnknownGrant(_))
     ));
 }
 
@@ -559,38 +559,47 @@ fn access_review_lists_roles_and_grants_with_last_use() {
 struct Broken;
 
 impl AccessRegistry for Broken {
-    fn insert_grant(&self, _: SupportGrant) -> kluis_service::Result<()> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn insert_grant(&self, _: SupportGrant) -> kluis_service::authz::Result<()> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn grant(&self, _: &TenantId, _: &GrantId) -> kluis_service::Result<Option<SupportGrant>> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn grant(&self, _: &TenantId, _: &GrantId) -> kluis_service::authz::Result<Option<SupportGrant>> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn grants(&self, _: &TenantId) -> kluis_service::Result<Vec<SupportGrant>> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn grants(&self, _: &TenantId) -> kluis_service::authz::Result<Vec<SupportGrant>> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn update_grant(&self, _: &SupportGrant) -> kluis_service::Result<()> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn update_grant(&self, _: &SupportGrant) -> kluis_service::authz::Result<()> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn assign_role(&self, _: RoleAssignment) -> kluis_service::Result<()> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn assign_role(&self, _: RoleAssignment) -> kluis_service::authz::Result<()> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn remove_role(&self, _: &TenantId, _: &UserId, _: &RoleName) -> kluis_service::Result<bool> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn remove_role(&self, _: &TenantId, _: &UserId, _: &RoleName) -> kluis_service::authz::Result<bool> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn assignments(&self, _: &TenantId) -> kluis_service::Result<Vec<RoleAssignment>> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn assignments(&self, _: &TenantId) -> kluis_service::authz::Result<Vec<RoleAssignment>> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn touch_user(&self, _: &TenantId, _: &UserId, _: std::time::SystemTime) -> kluis_service::Result<()> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn touch_user(
+        &self,
+        _: &TenantId,
+        _: &UserId,
+        _: std::time::SystemTime,
+    ) -> kluis_service::authz::Result<()> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn last_seen(&self, _: &TenantId, _: &UserId) -> kluis_service::Result<Option<std::time::SystemTime>> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn last_seen(
+        &self,
+        _: &TenantId,
+        _: &UserId,
+    ) -> kluis_service::authz::Result<Option<std::time::SystemTime>> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn record_break_glass(&self, _: BreakGlassEvent) -> kluis_service::Result<()> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn record_break_glass(&self, _: BreakGlassEvent) -> kluis_service::authz::Result<()> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
-    fn break_glass_events(&self, _: &TenantId) -> kluis_service::Result<Vec<BreakGlassEvent>> {
-        Err(kluis_service::Error::Registry("down".into()))
+    fn break_glass_events(&self, _: &TenantId) -> kluis_service::authz::Result<Vec<BreakGlassEvent>> {
+        Err(kluis_service::authz::Error::Registry("down".into()))
     }
 }
 

@@ -115,7 +115,7 @@ impl<S: Engine, D: BlobBackend> F<S, D> {
     }
 
     async fn catalog_rows(&self, subject: &str) -> usize {
-        self.h.store.documents_of_subject(&Access::new(self.h.acme.clone()), subject).await.unwrap().len()
+        self.h.store.documents_of_subject(&Access::catalog(self.h.acme.clone()), subject).await.unwrap().len()
     }
 }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use kluis_core::{DomainName, TenantId};
-use kluis_service::Error;
+use kluis_service::authz::Error;
 use kluis_service::authz::{
     Action, Authorizer, DenyReason, MemoryRegistry, Policy, Principal, Request, RoleName, Target, UserId,
 };

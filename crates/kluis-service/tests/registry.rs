@@ -129,7 +129,7 @@ where
     // The sync trait path cannot make a change that would not be durable.
     assert!(matches!(
         p1.authz.grant_support(&a, &h.acme, bob(), general_read(), DAY),
-        Err(Error::Registry(_))
+        Err(kluis_service::authz::Error::Registry(_))
     ));
     let hr = principal("hr.henk", &h.acme, "hr_manager");
     p1.svc
@@ -277,7 +277,7 @@ const FORGED: &str = "sg_0000000000000000000000000000dba1";
 async fn refused<B: Reopen>(h: &H<B>, tenant: &TenantId, grant: &str) {
     let p = proc(h, B::reopen(h).await);
     match p.reg.load_tenant(tenant).await {
-        Err(Error::RegistryTampered { tenant: t, kind, .. }) => {
+        Err(Error::Authz(kluis_service::authz::Error::RegistryTampered { tenant: t, kind, .. })) => {
             assert_eq!(&t, tenant.as_str());
             assert_eq!(kind, "grant");
         }

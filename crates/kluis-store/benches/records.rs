@@ -332,7 +332,7 @@ async fn setup<B: PlainTable>(pool: sqlx::Pool<B::Db>, keyring: &LocalKeyring) -
     B::create_plain(store.pool()).await;
     let tenant = TenantId::new(TENANT).unwrap();
     let access =
-        store.unlock(keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        store.admin_access(keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     let b = Bench { store, access };
     // Untimed: one transaction creates the subject keys of all 200 subjects (each in its own
     // transaction), so every timed round writes for known employees, as an app mostly does.

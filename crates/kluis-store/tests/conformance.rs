@@ -242,8 +242,8 @@ async fn withheld_fields<B: Engine>(h: Harness<B>) -> Harness<B> {
     )
     .unwrap();
     // The real row tag key (the row verifies) with a medical key the database never wrapped.
-    let rows = s.row_tag_set(&h.keyring, &h.tenant).await.unwrap();
-    let bogus = kluis_store::Access::new(h.tenant.clone()).with(rows).unwrap().with(fake).unwrap();
+    let rows = s.admin_access(&h.keyring, &h.tenant, &[]).await.unwrap();
+    let bogus = rows.with_unchecked(fake).unwrap();
     let e = s.get(&bogus, "absence", "w1").await;
     assert!(matches!(e, Err(StoreError::KeyIntegrity { .. })), "{e:?}");
     h
@@ -262,8 +262,11 @@ where
         matches!(e, Err(StoreError::RetentionActive { ref record, retain_until, .. }) if record == "r1" && retain_until == far_future()),
         "{e:?}"
     );
-    let mut access =
-        h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let mut access = h
+        .store
+        .admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()])
+        .await
+        .unwrap();
     let e = s.shred_subject(&h.keyring, &mut access, "emp-r", None).await;
     assert!(matches!(e, Err(StoreError::RetentionActive { .. })), "{e:?}");
     assert!(s.get(&h.doctor, "absence", "r1").await.unwrap().is_some(), "nothing deleted");
@@ -349,7 +352,7 @@ where
 impl<B: Engine> Harness<B> {
     async fn doctor_clone(&self) -> kluis_store::Access {
         self.store
-            .unlock(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
+            .admin_access(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
             .await
             .unwrap()
     }
@@ -1109,7 +1112,7 @@ where
     let s = Store::new(h.store.pool().clone(), kluis_store::Schema::from_toml(CLEAR_SCHEMA).unwrap());
     s.migrate().await.unwrap();
     let both =
-        s.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        s.admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     for (i, day) in ["2025-03-01", "2025-01-15", "2025-06-30"].iter().enumerate() {
         let rec = NewRecord::new("emp-1")
             .id(&format!("l{i}"))
@@ -1139,7 +1142,7 @@ where
     let notes = s.raw_bytes("SELECT f_note FROM kluis_r_leave WHERE id = 'l2'", vec![]).await;
     assert!(!notes[0].windows(7).any(|w| w == b"private"), "a sealed field stays sealed");
     // Withheld without the domain, as a sealed field would be.
-    let med_only = s.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap();
+    let med_only = s.admin_access(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap();
     assert!(s.get(&med_only, "leave", "l2").await.unwrap().unwrap().fields["hours"].is_withheld());
     // The row tag covers the clear columns.
     s.raw_exec("UPDATE kluis_r_leave SET c_hours = 80 WHERE id = 'l1'", vec![]).await;
@@ -1179,8 +1182,10 @@ where
     let notes = s.raw_bytes("SELECT c_note FROM kluis_r_leave ORDER BY id", vec![]).await;
     assert_eq!(notes, vec![b"private remark".to_vec(); 3]);
     let new = Store::new(h.store.pool().clone(), target);
-    let both =
-        new.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let both = new
+        .admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()])
+        .await
+        .unwrap();
     let r = new.get(&both, "leave", "l0").await.unwrap().unwrap();
     assert_eq!(r.get("hours"), Some(&Value::Integer(4)));
     assert_eq!(r.get("note").and_then(Value::as_text), Some("private remark"));

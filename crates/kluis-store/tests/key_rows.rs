@@ -54,14 +54,17 @@ where
 
 /// Unlocking medical fails with a key integrity error that names `row` (`acme/medical vN`).
 async fn refused<B: Engine>(h: &Harness<B>, row: &str) {
-    let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
+    let e = h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
     match &e {
         StoreError::KeyIntegrity { what } => assert!(what.contains(row), "{what} should name {row}"),
         other => panic!("expected a key integrity error naming {row}, got {other:?}"),
     }
     // The tenant's other domain, and other tenants, keep working.
-    h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap();
-    h.store.unlock(&h.keyring, &TenantId::new("globex").unwrap(), &[DomainName::medical()]).await.unwrap();
+    h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap();
+    h.store
+        .admin_access(&h.keyring, &TenantId::new("globex").unwrap(), &[DomainName::medical()])
+        .await
+        .unwrap();
 }
 
 async fn rotated<B: Engine>(h: &mut Harness<B>)
@@ -88,7 +91,7 @@ where
     refused(&h, "acme/medical v").await;
     // Only promoting v1 (two active versions) is refused too.
     set_state(&h.store, 2, "active").await;
-    let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
+    let e = h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
     assert!(matches!(e, StoreError::KeyIntegrity { .. }), "{e:?}");
     // Put back: works again.
     set_state(&h.store, 1, "decrypt-only").await;
@@ -162,7 +165,10 @@ async fn tag_removed_or_copied<B: Engine>(h: Harness<B>) -> Harness<B>
 where
     Store<B>: Raw,
 {
-    h.store.unlock(&h.keyring, &TenantId::new("globex").unwrap(), &[DomainName::medical()]).await.unwrap();
+    h.store
+        .admin_access(&h.keyring, &TenantId::new("globex").unwrap(), &[DomainName::medical()])
+        .await
+        .unwrap();
     let (_, _, acme_tag) = row(&h.store, "acme", "medical", 1).await.unwrap();
     let (_, _, globex_tag) = row(&h.store, "globex", "medical", 1).await.unwrap();
     let upd =
@@ -173,7 +179,7 @@ where
     h.store.raw_exec(null, vec![]).await;
     refused(&h, "acme/medical v1").await;
     h.store.raw_exec(upd, vec![Bind::Bytes(acme_tag)]).await;
-    h.store.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap();
+    h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap();
     h
 }
 
@@ -188,7 +194,7 @@ where
     let g0 = h.store.raw_bytes(read, vec![]).await.pop().expect("recorded at first use");
     // The keyring moves on (as a root rotation writes it) and the change is recorded.
     h.keyring.set_generation(5);
-    let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
+    let e = h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::medical()]).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Core(CoreError::DatabaseBehindKeyring { keyring: 5, database: 0 })),
         "{e:?}"
@@ -199,7 +205,7 @@ where
     // An older keyring put back: refused at unlock, and by every other unwrapping operation.
     h.keyring.set_generation(4);
     for e in [
-        h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await.err(),
+        h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::general()]).await.err(),
         h.store.key_set(&h.keyring, &h.tenant, &DomainName::general()).await.err(),
         h.store.rotate_domain_key(&h.keyring, &h.tenant, &DomainName::general()).await.err(),
         h.store.rewrap_domain_keys(&h.keyring).await.err(),
@@ -215,13 +221,13 @@ where
     // The record deleted: refused (a database that holds keys must have one).
     let upd = "UPDATE kluis_meta SET value = ? WHERE name = 'keyring_generation'";
     h.store.raw_exec("DELETE FROM kluis_meta WHERE name = 'keyring_generation'", vec![]).await;
-    let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap_err();
+    let e = h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap_err();
     assert!(matches!(e, StoreError::MetadataMissing("keyring_generation")), "{e:?}");
     // An older record put back (with the keyring rolled back to match, the pair is consistent:
     // SECURITY.md); with the current keyring it is refused.
     let ins = "INSERT INTO kluis_meta (name, value) VALUES ('keyring_generation', ?)";
     h.store.raw_exec(ins, vec![Bind::Bytes(g0.clone())]).await;
-    let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap_err();
+    let e = h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Core(CoreError::DatabaseBehindKeyring { keyring: 5, database: 0 })),
         "{e:?}"
@@ -230,7 +236,7 @@ where
     let other = common::sqlite().await.unwrap();
     let foreign = other.store.raw_bytes(read, vec![]).await.pop().unwrap();
     h.store.raw_exec(upd, vec![Bind::Bytes(foreign)]).await;
-    let e = h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap_err();
+    let e = h.store.admin_access(&h.keyring, &h.tenant, &[DomainName::general()]).await.unwrap_err();
     assert!(matches!(e, StoreError::MetadataTampered("keyring_generation")), "{e:?}");
     // The right record back: works.
     h.store.raw_exec(upd, vec![Bind::Bytes(g5)]).await;

@@ -80,7 +80,7 @@ async fn check_reads<B: Engine>(engine: &str, store: &Store<B>, keyring: &LocalK
     let mut checked = 0;
     for tenant in exp["tenants"].as_array().unwrap() {
         let tenant = tenant.as_str().unwrap();
-        let access = store.unlock(keyring, &TenantId::new(tenant).unwrap(), &domains).await.unwrap();
+        let access = store.admin_access(keyring, &TenantId::new(tenant).unwrap(), &domains).await.unwrap();
         // Everything the tenant has, page by page.
         let mut got: BTreeMap<(String, String), Json> = BTreeMap::new();
         for c in store.schema().collections() {
@@ -197,7 +197,7 @@ async fn sqlite_legacy_move_is_all_or_nothing_and_resumes() {
     .await
     .unwrap();
     let keyring = keyring(tmp.path());
-    let e = store.unlock(&keyring, &TenantId::new(&t).unwrap(), &[DomainName::general()]).await;
+    let e = store.admin_access(&keyring, &TenantId::new(&t).unwrap(), &[DomainName::general()]).await;
     assert!(matches!(e, Err(kluis_store::StoreError::Schema(_))), "{e:?}");
     assert_eq!(count("SELECT COUNT(*) FROM kluis_records").await, legacy, "every legacy row kept");
     assert_eq!(count("SELECT COUNT(*) FROM kluis_r_absence").await, 0, "nothing moved");
@@ -263,7 +263,7 @@ async fn make_fixture_update_and_delete() {
     let keyring = keyring(&dir);
     let tenant = TenantId::new("acme-zorg").unwrap();
     let access =
-        store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        store.admin_access(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
     let r = store.get(&access, "absence", "ar-3").await.unwrap().unwrap();
     let changes = Changes::new()
         .set("end_date", Value::Date("2026-01-16".into()))

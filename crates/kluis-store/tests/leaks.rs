@@ -211,8 +211,11 @@ where
 }
 
 async fn shred<B: Engine>(h: &mut Harness<B>) {
-    let mut access =
-        h.store.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let mut access = h
+        .store
+        .admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()])
+        .await
+        .unwrap();
     let report = h.store.shred_subject(&h.keyring, &mut access, "emp-gone", None).await.unwrap();
     assert_eq!(report.records_removed, 10);
     h.refresh().await;
@@ -347,8 +350,10 @@ async fn older_backup_dies_with_the_root_version() {
     // With the root version still in the keyring, the backup would still open the shredded
     // subject's data: that is why the root version is retired next.
     let old = Store::new(Sqlite::open(&backup).await.unwrap(), common::schema());
-    let old_access =
-        old.unlock(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+    let old_access = old
+        .admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()])
+        .await
+        .unwrap();
     let page = old.list(&old_access, "absence", Some("emp-gone"), None, 100).await.unwrap();
     assert_eq!(page.records.len(), 10, "before root retirement the backup is readable");
     drop(old_access);
@@ -369,6 +374,6 @@ async fn older_backup_dies_with_the_root_version() {
     let old = Store::new(Sqlite::open(&backup).await.unwrap(), common::schema());
     let e = old.key_set(&h.keyring, &h.tenant, &DomainName::medical()).await;
     assert!(e.is_err(), "{e:?}");
-    let e = old.unlock(&h.keyring, &h.tenant, &[DomainName::general()]).await;
+    let e = old.admin_access(&h.keyring, &h.tenant, &[DomainName::general()]).await;
     assert!(matches!(e, Err(StoreError::Core(_) | StoreError::KeyIntegrity { .. })), "{e:?}");
 }

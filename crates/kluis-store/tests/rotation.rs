@@ -269,7 +269,7 @@ where
     for i in 0..30u64 {
         let killed = Store::new(B::reopen(&h.location).await, common::schema());
         let access =
-            killed.unlock(&h.keyring, &h.tenant, &[DomainName::general(), med.clone()]).await.unwrap();
+            killed.admin_access(&h.keyring, &h.tenant, &[DomainName::general(), med.clone()]).await.unwrap();
         let step = killed.reencrypt_step(&access, &med, 1);
         let _ = tokio::time::timeout(Duration::from_micros(400 * i), step).await;
         killed.pool().close().await;
@@ -279,7 +279,8 @@ where
     // A new process (empty caches) continues where the others stopped.
     let other = Store::new(h.store.pool().clone(), common::schema());
     other.migrate().await.unwrap();
-    let access = other.unlock(&h.keyring, &h.tenant, &[DomainName::general(), med.clone()]).await.unwrap();
+    let access =
+        other.admin_access(&h.keyring, &h.tenant, &[DomainName::general(), med.clone()]).await.unwrap();
     let total = run_to_done(&other, &access, &med).await;
     assert_eq!(total.remaining_subjects, 0, "{total:?}");
     assert_eq!(snapshot(&other, &access).await, expected);
@@ -301,7 +302,7 @@ where
     // Another process: its own subject key cache, warmed before the rotation, kept for an hour.
     let other =
         Store::new(h.store.pool().clone(), common::schema()).with_subject_key_ttl(Duration::from_secs(3600));
-    let stale = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
+    let stale = other.admin_access(&h.keyring, &h.tenant, &all).await.unwrap();
     assert!(other.get(&stale, "absence", "abs-9").await.unwrap().is_some());
 
     h.store.rotate_domain_key(&h.keyring, &h.tenant, &med).await.unwrap();
@@ -312,7 +313,7 @@ where
     // The other process unlocks again (fresh domain keys) but still has emp-9's old subject key
     // (now deleted from the database) cached as the newest: its write is refused by the
     // database and retried internally under the new subject key.
-    let fresh = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
+    let fresh = other.admin_access(&h.keyring, &h.tenant, &all).await.unwrap();
     let r = h.store.get(&h.doctor, "absence", "abs-9").await.unwrap().unwrap();
     let w = other
         .update(&fresh, "absence", "abs-9", r.version, Changes::new().set("diagnosis", "diag-9b"))
@@ -349,12 +350,12 @@ where
     // A second store over the same database, as another process: warm cache, long TTL.
     let other =
         Store::new(h.store.pool().clone(), common::schema()).with_subject_key_ttl(Duration::from_secs(3600));
-    let warm = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
+    let warm = other.admin_access(&h.keyring, &h.tenant, &all).await.unwrap();
     assert_eq!(snapshot(&other, &warm).await.len(), 8);
 
     h.store.rotate_domain_key(&h.keyring, &h.tenant, &med).await.unwrap();
     h.refresh().await;
-    let access_b = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
+    let access_b = other.admin_access(&h.keyring, &h.tenant, &all).await.unwrap();
     let done = AtomicUsize::new(0);
 
     // Writer A (this store): medical and general updates of abs-0..3.
@@ -439,7 +440,7 @@ where
         assert_eq!(f["diagnosis"], FieldValue::Value(Value::from(format!("new-{round}"))));
     }
     // The other process reads everything too (its cache is checked against the database).
-    let fresh = other.unlock(&h.keyring, &h.tenant, &all).await.unwrap();
+    let fresh = other.admin_access(&h.keyring, &h.tenant, &all).await.unwrap();
     assert_eq!(snapshot(&other, &fresh).await, snap);
     assert!(usage_of(&h.store.key_usage(None).await.unwrap(), &med, 1).is_unused());
     h.store.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();

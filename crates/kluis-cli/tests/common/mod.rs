@@ -60,7 +60,7 @@ impl Data {
 
     pub async fn access(&self) -> Access {
         self.store
-            .unlock(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
+            .admin_access(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
             .await
             .unwrap()
     }

@@ -23,7 +23,7 @@
 //!
 //! A tenant must be loaded ([`StoreRegistry::load_tenant`] or [`StoreRegistry::load_all`]) before
 //! its grants are checked; until then a grant check denies (`RegistryUnavailable`). A row that
-//! fails its check leaves the tenant unloaded ([`Error::RegistryTampered`]): fail closed.
+//! fails its check leaves the tenant unloaded ([`AuthzError::RegistryTampered`]): fail closed.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -38,12 +38,12 @@ use kluis_store::audit::{AuditAppend, AuditEntry, DEFAULT_CHECKPOINT_EVERY};
 use kluis_store::{Engine, Store};
 use serde::{Deserialize, Serialize};
 
-use super::Authorizer;
-use super::grants::{
-    AccessRegistry, BreakGlassEvent, GrantScope, GrantStatus, MemoryRegistry, RoleAssignment, SupportGrant,
-    TenantState,
+use kluis_authz::{
+    AccessRegistry, Action, ActionSet, Authorizer, BreakGlassEvent, Error as AuthzError, GrantId, GrantScope,
+    GrantStatus, MemoryRegistry, Principal, Result as AuthzResult, RoleAssignment, RoleName, SupportGrant,
+    TenantState, UserId,
 };
-use super::types::{Action, ActionSet, GrantId, Principal, RoleName, UserId};
+
 use crate::error::{Error, Result};
 
 /// The domain whose key the registry's MAC key is derived from: a key of its own per tenant
@@ -134,8 +134,8 @@ impl<B: Engine> StoreRegistry<B> {
         Self { store, provider, mem: MemoryRegistry::new(), loaded: Mutex::new(HashSet::new()) }
     }
 
-    fn loaded_guard(&self) -> Result<std::sync::MutexGuard<'_, HashSet<TenantId>>> {
-        self.loaded.lock().map_err(|_| Error::Registry("registry lock poisoned".into()))
+    fn loaded_guard(&self) -> AuthzResult<std::sync::MutexGuard<'_, HashSet<TenantId>>> {
+        self.loaded.lock().map_err(|_| AuthzError::Registry("registry lock poisoned".into()))
     }
 
     /// Is this tenant's state in memory?
@@ -143,11 +143,11 @@ impl<B: Engine> StoreRegistry<B> {
         self.loaded_guard().map(|l| l.contains(tenant)).unwrap_or(false)
     }
 
-    fn require_loaded(&self, tenant: &TenantId) -> Result<()> {
+    fn require_loaded(&self, tenant: &TenantId) -> AuthzResult<()> {
         if self.is_loaded(tenant) {
             Ok(())
         } else {
-            Err(Error::Registry(format!("the access registry of tenant {tenant} is not loaded")))
+            Err(AuthzError::Registry(format!("the access registry of tenant {tenant} is not loaded")))
         }
     }
 
@@ -161,9 +161,9 @@ impl<B: Engine> StoreRegistry<B> {
 
     async fn seal_row(&self, tenant: &TenantId, kind: &str, id: String, body: String) -> Result<AccessRow> {
         let set = self.registry_key_set(tenant, true).await?;
-        let version = set
-            .active_version()
-            .ok_or_else(|| Error::Registry("the access registry domain key has no active version".into()))?;
+        let version = set.active_version().ok_or_else(|| {
+            AuthzError::Registry("the access registry domain key has no active version".into())
+        })?;
         let key_version = i64::from(version);
         let mac = mac_key(&set, version)?.index(&mac_input(tenant.as_str(), kind, &id, &body, key_version));
         Ok(AccessRow { tenant: tenant.to_string(), kind: kind.to_owned(), id, body, key_version, mac })
@@ -208,7 +208,7 @@ impl<B: Engine> StoreRegistry<B> {
             return self.load_tenant(tenant).await;
         }
         match self.read_rows(tenant).await {
-            Ok((grants, roles)) => self.mem.replace_rows(tenant, grants, roles),
+            Ok((grants, roles)) => Ok(self.mem.replace_rows(tenant, grants, roles)?),
             Err(e) => {
                 self.loaded_guard()?.remove(tenant);
                 self.mem.forget_tenant(tenant)?;
@@ -226,7 +226,7 @@ impl<B: Engine> StoreRegistry<B> {
             let set = self.registry_key_set(tenant, false).await?;
             let mut keys: HashMap<u32, BlindIndexKey> = HashMap::new();
             for row in &rows {
-                let tampered = || Error::RegistryTampered {
+                let tampered = || AuthzError::RegistryTampered {
                     tenant: tenant.to_string(),
                     kind: row.kind.clone(),
                     id: row.id.clone(),
@@ -240,12 +240,12 @@ impl<B: Engine> StoreRegistry<B> {
                 };
                 let want = key.index(&mac_input(&row.tenant, &row.kind, &row.id, &row.body, row.key_version));
                 if row.tenant != tenant.as_str() || !kluis_core::ct_eq(&want, &row.mac) {
-                    return Err(tampered());
+                    return Err(tampered().into());
                 }
                 match row.kind.as_str() {
                     KIND_GRANT => grants.push(parse_grant(tenant, row).map_err(|_| tampered())?),
                     KIND_ROLE => assignments.push(parse_role(tenant, row).map_err(|_| tampered())?),
-                    _ => return Err(tampered()),
+                    _ => return Err(tampered().into()),
                 }
             }
         }
@@ -320,7 +320,7 @@ impl<B: Engine> StoreRegistry<B> {
         let mut roles: Vec<&str> = admin.roles().iter().map(|r| r.as_str()).collect();
         roles.sort_unstable();
         let entry = AuditEntry {
-            at_ms: to_ms(authz.clock.now()),
+            at_ms: to_ms(authz.clock().now()),
             actor: admin.user().to_string(),
             roles: roles.join(","),
             tenant: tenant.to_string(),
@@ -379,13 +379,13 @@ impl<B: Engine> StoreRegistry<B> {
     ) -> Result<()> {
         authz.require_admin(admin, tenant)?;
         self.ensure_loaded(tenant).await?;
-        let mut g = self.mem.grant(tenant, id)?.ok_or_else(|| Error::UnknownGrant(id.to_string()))?;
-        g.status = GrantStatus::Revoked { at: authz.clock.now(), by: admin.user().clone() };
+        let mut g = self.mem.grant(tenant, id)?.ok_or_else(|| AuthzError::UnknownGrant(id.to_string()))?;
+        g.status = GrantStatus::Revoked { at: authz.clock().now(), by: admin.user().clone() };
         self.audit(authz, admin, tenant, "revoke_support", format!("revoke {} of {}", g.id, g.support_user))
             .await?;
         let row = self.seal_row(tenant, KIND_GRANT, g.id.to_string(), grant_body(&g)?).await?;
         self.store.access_put(&row).await?;
-        self.mem.update_grant(&g)
+        Ok(self.mem.update_grant(&g)?)
     }
 
     /// [`Authorizer::assign_role`], stored in the database before it returns.
@@ -409,10 +409,10 @@ impl<B: Engine> StoreRegistry<B> {
             assigned_by: a.assigned_by.to_string(),
             assigned_ms: to_ms(a.assigned_at),
         })
-        .map_err(|e| Error::Registry(e.to_string()))?;
+        .map_err(|e| AuthzError::Registry(e.to_string()))?;
         let row = self.seal_row(tenant, KIND_ROLE, role_id(&a.user, &a.role), body).await?;
         self.store.access_put(&row).await?;
-        self.mem.assign_role(a)
+        Ok(self.mem.assign_role(a)?)
     }
 
     /// [`Authorizer::revoke_role`], deleted from the database before it returns; `true` if it
@@ -456,7 +456,7 @@ impl<B: Engine> StoreRegistry<B> {
     }
 }
 
-fn grant_body(g: &SupportGrant) -> Result<String> {
+fn grant_body(g: &SupportGrant) -> AuthzResult<String> {
     let (status, revoked_ms, revoked_by) = match &g.status {
         GrantStatus::Revoked { at, by } => ("revoked", Some(to_ms(*at)), Some(by.to_string())),
         // Idle-disabled is derived from the last use again on load: stored as active.
@@ -473,23 +473,23 @@ fn grant_body(g: &SupportGrant) -> Result<String> {
         revoked_ms,
         revoked_by,
     })
-    .map_err(|e| Error::Registry(e.to_string()))
+    .map_err(|e| AuthzError::Registry(e.to_string()))
 }
 
-fn parse_grant(tenant: &TenantId, row: &AccessRow) -> Result<SupportGrant> {
-    let b: GrantBody = serde_json::from_str(&row.body).map_err(|e| Error::Registry(e.to_string()))?;
+fn parse_grant(tenant: &TenantId, row: &AccessRow) -> AuthzResult<SupportGrant> {
+    let b: GrantBody = serde_json::from_str(&row.body).map_err(|e| AuthzError::Registry(e.to_string()))?;
     let mut domains = BTreeSet::new();
     for d in &b.domains {
         domains.insert(DomainName::new(d.clone())?);
     }
     let mut actions = ActionSet::default();
     for a in &b.actions {
-        actions.insert(Action::parse(a).ok_or_else(|| Error::Registry(format!("unknown action {a}")))?);
+        actions.insert(Action::parse(a).ok_or_else(|| AuthzError::Registry(format!("unknown action {a}")))?);
     }
     let status = match (b.status.as_str(), b.revoked_ms, b.revoked_by) {
         ("active", None, None) => GrantStatus::Active,
         ("revoked", Some(at), Some(by)) => GrantStatus::Revoked { at: from_ms(at), by: UserId::new(by)? },
-        _ => return Err(Error::Registry("bad grant status".into())),
+        _ => return Err(AuthzError::Registry("bad grant status".into())),
     };
     Ok(SupportGrant {
         id: GrantId::parse(&row.id)?,
@@ -505,8 +505,8 @@ fn parse_grant(tenant: &TenantId, row: &AccessRow) -> Result<SupportGrant> {
     })
 }
 
-fn parse_role(tenant: &TenantId, row: &AccessRow) -> Result<RoleAssignment> {
-    let b: RoleBody = serde_json::from_str(&row.body).map_err(|e| Error::Registry(e.to_string()))?;
+fn parse_role(tenant: &TenantId, row: &AccessRow) -> AuthzResult<RoleAssignment> {
+    let b: RoleBody = serde_json::from_str(&row.body).map_err(|e| AuthzError::Registry(e.to_string()))?;
     let a = RoleAssignment {
         tenant: tenant.clone(),
         user: UserId::new(b.user)?,
@@ -515,7 +515,7 @@ fn parse_role(tenant: &TenantId, row: &AccessRow) -> Result<RoleAssignment> {
         assigned_at: from_ms(b.assigned_ms),
     };
     if role_id(&a.user, &a.role) != row.id {
-        return Err(Error::Registry("role row id does not match its body".into()));
+        return Err(AuthzError::Registry("role row id does not match its body".into()));
     }
     Ok(a)
 }
@@ -527,69 +527,74 @@ impl<B: Engine> AccessRegistry for StoreRegistry<B> {
     fn refresh_grants<'a>(
         &'a self,
         tenant: &'a TenantId,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
-        Box::pin(self.refresh_tenant_grants(tenant))
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = AuthzResult<()>> + Send + 'a>> {
+        Box::pin(async move {
+            self.refresh_tenant_grants(tenant).await.map_err(|e| match e {
+                Error::Authz(e) => e,
+                e => AuthzError::Registry(e.to_string()),
+            })
+        })
     }
 
-    fn insert_grant(&self, _grant: SupportGrant) -> Result<()> {
-        Err(Error::Registry(DURABLE.into()))
+    fn insert_grant(&self, _grant: SupportGrant) -> AuthzResult<()> {
+        Err(AuthzError::Registry(DURABLE.into()))
     }
 
-    fn grant(&self, tenant: &TenantId, id: &GrantId) -> Result<Option<SupportGrant>> {
+    fn grant(&self, tenant: &TenantId, id: &GrantId) -> AuthzResult<Option<SupportGrant>> {
         self.require_loaded(tenant)?;
         self.mem.grant(tenant, id)
     }
 
-    fn grants(&self, tenant: &TenantId) -> Result<Vec<SupportGrant>> {
+    fn grants(&self, tenant: &TenantId) -> AuthzResult<Vec<SupportGrant>> {
         self.require_loaded(tenant)?;
         self.mem.grants(tenant)
     }
 
-    fn update_grant(&self, grant: &SupportGrant) -> Result<()> {
+    fn update_grant(&self, grant: &SupportGrant) -> AuthzResult<()> {
         // Only the idle disabling comes through here (from a check or a sweep); it is derived
         // again from the last use on load. A revocation must be durable: refused here.
         if !matches!(grant.status, GrantStatus::DisabledIdle { .. }) {
-            return Err(Error::Registry(DURABLE.into()));
+            return Err(AuthzError::Registry(DURABLE.into()));
         }
         self.require_loaded(&grant.tenant)?;
         self.mem.update_grant(grant)
     }
 
-    fn record_grant_use(&self, tenant: &TenantId, id: &GrantId, at: SystemTime) -> Result<()> {
+    fn record_grant_use(&self, tenant: &TenantId, id: &GrantId, at: SystemTime) -> AuthzResult<()> {
         self.require_loaded(tenant)?;
         self.mem.record_grant_use(tenant, id, at)
     }
 
-    fn assign_role(&self, _assignment: RoleAssignment) -> Result<()> {
-        Err(Error::Registry(DURABLE.into()))
+    fn assign_role(&self, _assignment: RoleAssignment) -> AuthzResult<()> {
+        Err(AuthzError::Registry(DURABLE.into()))
     }
 
-    fn remove_role(&self, _tenant: &TenantId, _user: &UserId, _role: &RoleName) -> Result<bool> {
-        Err(Error::Registry(DURABLE.into()))
+    fn remove_role(&self, _tenant: &TenantId, _user: &UserId, _role: &RoleName) -> AuthzResult<bool> {
+        Err(AuthzError::Registry(DURABLE.into()))
     }
 
-    fn assignments(&self, tenant: &TenantId) -> Result<Vec<RoleAssignment>> {
+    fn assignments(&self, tenant: &TenantId) -> AuthzResult<Vec<RoleAssignment>> {
         self.require_loaded(tenant)?;
         self.mem.assignments(tenant)
     }
 
-    fn touch_user(&self, tenant: &TenantId, user: &UserId, at: SystemTime) -> Result<()> {
+    fn touch_user(&self, tenant: &TenantId, user: &UserId, at: SystemTime) -> AuthzResult<()> {
         // Derived from the audit log on load; a tenant not loaded has nothing to update.
         if self.is_loaded(tenant) { self.mem.touch_user(tenant, user, at) } else { Ok(()) }
     }
 
-    fn last_seen(&self, tenant: &TenantId, user: &UserId) -> Result<Option<SystemTime>> {
+    fn last_seen(&self, tenant: &TenantId, user: &UserId) -> AuthzResult<Option<SystemTime>> {
         self.require_loaded(tenant)?;
         self.mem.last_seen(tenant, user)
     }
 
-    fn record_break_glass(&self, event: BreakGlassEvent) -> Result<()> {
+    fn record_break_glass(&self, event: BreakGlassEvent) -> AuthzResult<()> {
         // The Service's audit entry of the access is the durable record; memory serves reviews
         // until the next load.
         if self.is_loaded(&event.tenant) { self.mem.record_break_glass(event) } else { Ok(()) }
     }
 
-    fn break_glass_events(&self, tenant: &TenantId) -> Result<Vec<BreakGlassEvent>> {
+    fn break_glass_events(&self, tenant: &TenantId) -> AuthzResult<Vec<BreakGlassEvent>> {
         self.require_loaded(tenant)?;
         self.mem.break_glass_events(tenant)
     }

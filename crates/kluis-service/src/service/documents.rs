@@ -116,7 +116,7 @@ impl<B: Engine, D: BlobBackend> ServiceDocuments<'_, B, D> {
         let store = &self.svc.store;
         let home = Service::<B>::home_tenant(p, ctx);
         if let Some(h) = &home
-            && let Some(row) = store.document(&Access::new(h.clone()), document_id).await?
+            && let Some(row) = store.document(&Access::catalog(h.clone()), document_id).await?
         {
             e.subject = row.subject.clone();
             e.record = record_column(document_id, row.record_id.as_deref());
@@ -126,7 +126,7 @@ impl<B: Engine, D: BlobBackend> ServiceDocuments<'_, B, D> {
             if home.as_ref() == Some(&t) {
                 continue;
             }
-            if let Some(row) = store.document(&Access::new(t), document_id).await? {
+            if let Some(row) = store.document(&Access::catalog(t), document_id).await? {
                 return Ok(row);
             }
         }
@@ -320,7 +320,7 @@ impl<B: Engine, D: BlobBackend> ServiceDocuments<'_, B, D> {
             return Err(self.svc.denied(e, Deny::no_tenant()).await);
         };
         // The domains and subjects present, from clear catalog columns (nothing decrypted).
-        let clear = Access::new(tenant.clone());
+        let clear = Access::catalog(tenant.clone());
         let rows = match (subject, record) {
             (Some(s), _) => self.svc.store.documents_of_subject(&clear, s).await?,
             (None, Some(r)) => self.svc.store.documents_of_record(&clear, r).await?,

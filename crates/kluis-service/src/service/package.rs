@@ -11,7 +11,7 @@ use kluis_core::DomainName;
 use kluis_store::{Access, Engine};
 
 use super::documents::DOCUMENTS;
-use super::{RequestContext, Service, basis_text, join};
+use super::{RequestContext, Service, join};
 use crate::authz::{Action, Decision, Principal, Request, Target};
 use crate::error::{Error, Result};
 use crate::package::{PackagePlan, PackageProgress, PackageSummary, Recipients, write_package};
@@ -77,7 +77,7 @@ impl<B: Engine> Service<B> {
             match self.authz.check(p, &Request::new(&tenant, Action::Export, &domains, target)) {
                 Decision::Allow(a) => {
                     opened.extend(domains.iter().cloned());
-                    allowed.push((coll.clone(), basis_text(a.basis()), domains, a.into_proof()));
+                    allowed.push((coll.clone(), a.basis().to_string(), domains, a.into_proof()));
                 }
                 Decision::Deny(d) => {
                     denied.push((coll.clone(), NOT_ALLOWED.to_owned()));
@@ -88,7 +88,7 @@ impl<B: Engine> Service<B> {
             }
         }
         // The subject's documents, from clear catalog columns (nothing decrypted).
-        let rows = self.store.documents_of_subject(&Access::new(tenant.clone()), subject).await?;
+        let rows = self.store.documents_of_subject(&Access::catalog(tenant.clone()), subject).await?;
         let mut doc_plan = None;
         if !rows.is_empty() {
             let mut present = BTreeSet::from([DomainName::general()]);
@@ -112,7 +112,7 @@ impl<B: Engine> Service<B> {
                             .collect::<BTreeSet<_>>(),
                     );
                     opened.extend(domains.iter().cloned());
-                    doc_plan = Some((basis_text(a.basis()), join(ids), fields, a.into_proof()));
+                    doc_plan = Some((a.basis().to_string(), join(ids), fields, a.into_proof()));
                 }
                 Decision::Deny(d) => {
                     if first_denial.is_none() {

@@ -224,9 +224,13 @@ impl<E: Engine> Store<E> {
         Ok(self.verified_records(provider, tenant, domain).await?.2)
     }
 
-    /// Unlocks the named domains of a tenant (creating version 1 of missing domain keys), after
-    /// the rollback check ([`Store::check_rollback`]).
-    pub async fn unlock(
+    /// **The administrative capability**: the keys of the named domains of a tenant for the
+    /// whole tenant, reading and writing (creating version 1 of a missing domain key), after the
+    /// rollback check ([`Store::check_rollback`]) and moving legacy rows. This is the one way to
+    /// an [`Access`] without an authorization decision; it is for the administrative tools (the
+    /// CLI, re-encryption, shredding, backups, migrations). An application's requests go through
+    /// [`Store::access`] with the proof of an allowed decision.
+    pub async fn admin_access(
         &self,
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
@@ -242,9 +246,46 @@ impl<E: Engine> Store<E> {
         Ok(access)
     }
 
-    /// The tenant's [`ROW_TAG_DOMAIN`] key set (created at its first use), for an [`Access`]
-    /// assembled by hand with [`Access::with`]; [`Store::unlock`] adds it itself.
-    pub async fn row_tag_set(
+    /// **The capability of one allowed decision**: exactly the keys of the proof's tenant and
+    /// domains (a proof for `general` never loads the `medical` key), limited to the proof's
+    /// target ([`Scope`]: a record, a collection, optionally one subject's) and, for a read,
+    /// search or export, to reading only ([`Access::read_only`]). A write, delete or shred proof
+    /// gives reading and writing within the target. A proof for an action that neither reveals
+    /// nor changes data (`manage_keys`, `read_audit`, `manage_access`) gives no data keys:
+    /// [`StoreError::OutOfScope`].
+    ///
+    /// Only `kluis_authz::Authorizer::check` makes an [`AccessProof`], so outside
+    /// [`Store::admin_access`] every [`Access`] that opens or writes a value comes from here.
+    pub async fn access(&self, provider: &dyn RootKeyProvider, proof: &AccessProof) -> Result<Access> {
+        let writes = match proof.action() {
+            Action::Read | Action::Search | Action::Export => false,
+            Action::Write | Action::Delete | Action::Shred => true,
+            other => {
+                return Err(StoreError::OutOfScope {
+                    what: "data keys".into(),
+                    scope: format!("a {other} decision"),
+                });
+            }
+        };
+        let access = self.admin_access(provider, proof.tenant(), proof.domains()).await?;
+        let own = |s: &Option<std::sync::Arc<str>>| s.as_deref().map(str::to_owned);
+        let scope = match proof.target() {
+            Target::Tenant => Scope::Tenant,
+            Target::Collection { collection, subject } => {
+                Scope::Collection { collection: collection.to_string(), subject: own(subject) }
+            }
+            Target::Record { collection, record, subject } => Scope::Record {
+                collection: collection.to_string(),
+                record: record.to_string(),
+                subject: own(subject),
+            },
+        };
+        let access = access.narrow(scope)?;
+        Ok(if writes { access } else { access.read_only() })
+    }
+
+    /// The tenant's [`ROW_TAG_DOMAIN`] key set (created at its first use).
+    pub(crate) async fn row_tag_set(
         &self,
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,

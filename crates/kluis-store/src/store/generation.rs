@@ -21,7 +21,7 @@ impl<E: Engine> Store<E> {
         Context { tenant, domain, collection: "kluis_meta", field: META_GENERATION, record: "database" }
     }
 
-    /// The rollback check, run whenever keys are unlocked ([`Store::unlock`], [`Store::key_set`]
+    /// The rollback check, run whenever keys are unlocked ([`Store::admin_access`], [`Store::access`], [`Store::key_set`]
     /// and every operation that unwraps or rewraps domain keys). For a provider that keeps a
     /// generation (the local keyring) it compares that generation with the one this database
     /// recorded, sealed under the store's metadata key so it cannot be forged:

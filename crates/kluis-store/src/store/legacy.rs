@@ -9,7 +9,7 @@ impl<E: Engine> Store<E> {
     /// Moves records of the legacy layout (a row per field in `kluis_fields`) into their
     /// collection tables, 500 per transaction, without re-sealing a cell (a cell's context does
     /// not depend on the layout), each row with its tag. Resumable: a killed move leaves every
-    /// record either moved or not. [`Store::unlock`] runs it; returns how many records moved.
+    /// record either moved or not. [`Store::admin_access`] and [`Store::access`] run it; returns how many records moved.
     pub async fn move_legacy(&self, provider: &dyn RootKeyProvider) -> Result<u64> {
         use std::sync::atomic::Ordering;
         if self.legacy_moved.load(Ordering::Acquire) {

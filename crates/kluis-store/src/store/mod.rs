@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kluis_authz::{AccessProof, Action, Target};
 use kluis_core::blind::{BlindIndexKey, DEFAULT_INDEX_LEN};
 use kluis_core::keys::{self, GenerationStatus, RootKeyProvider};
 use kluis_core::{
@@ -652,8 +653,10 @@ employee_number = { type = "text", domain = "general", blind_index = true }
         store.migrate().await.unwrap();
         let keyring = kluis_core::LocalKeyring::generate(0).unwrap();
         let tenant = TenantId::new("acme").unwrap();
-        let access =
-            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        let access = store
+            .admin_access(&keyring, &tenant, &[DomainName::general(), DomainName::medical()])
+            .await
+            .unwrap();
         let ops: Vec<Op> = (0..200)
             .map(|i| Op::Insert {
                 collection: "absence".into(),
@@ -721,8 +724,10 @@ employee_number = { type = "text", domain = "general", blind_index = true }
         store.migrate().await.unwrap();
         let keyring = kluis_core::LocalKeyring::generate(0).unwrap();
         let tenant = TenantId::new("acme").unwrap();
-        let access =
-            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+        let access = store
+            .admin_access(&keyring, &tenant, &[DomainName::general(), DomainName::medical()])
+            .await
+            .unwrap();
         let ops: Vec<Op> = (0..300)
             .map(|i| Op::Insert {
                 collection: "absence".into(),

@@ -13,7 +13,8 @@ pub const DOCUMENTS_SCOPE: &str = "documents";
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Scope {
-    /// Everything in the tenant (the default of [`Access::new`] and [`Store::unlock`]).
+    /// Everything in the tenant (the scope of [`Store::admin_access`] and of a proof for the
+    /// whole tenant).
     #[default]
     Tenant,
     /// The records of one collection; of one subject only if `subject` is set.
@@ -88,9 +89,34 @@ impl Scope {
     }
 }
 
-/// The keys a caller holds for one tenant: one [`DomainKeySet`] per domain it may read and write,
-/// and the [`Scope`] of records it may touch. Fields of other domains are returned as
+/// The capability every store call that opens or writes a value takes: the keys a caller holds for
+/// one tenant (one [`DomainKeySet`] per domain it may read and write), the [`Scope`] of records it
+/// may touch, and whether it may write. Fields of other domains are returned as
 /// [`FieldValue::Withheld`] without any decryption attempt.
+///
+/// Three ways make one, and no other: [`Store::access`] from the [`AccessProof`] of an allowed
+/// authorization decision (exactly its tenant, domains and target); [`Store::admin_access`], the
+/// administrative path; and [`Access::catalog`], which holds no key. There is no public
+/// constructor and no way to add a key set:
+///
+/// ```compile_fail
+/// # fn f(t: kluis_core::TenantId) {
+/// let forged = kluis_store::Access::new(t);
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(a: kluis_store::Access, set: kluis_core::keys::DomainKeySet) {
+/// let widened = a.with(set);
+/// # }
+/// ```
+///
+/// ```compile_fail
+/// # fn f(t: kluis_core::TenantId) {
+/// let forged = kluis_store::Access { tenant: t, sets: Default::default(), rows: None,
+///     scope: kluis_store::Scope::Tenant, writes: true };
+/// # }
+/// ```
 pub struct Access {
     pub(super) tenant: TenantId,
     pub(super) sets: BTreeMap<String, Arc<DomainKeySet>>,
@@ -115,8 +141,16 @@ impl fmt::Debug for Access {
 
 impl Access {
     /// No keys yet.
-    pub fn new(tenant: TenantId) -> Self {
+    pub(crate) fn new(tenant: TenantId) -> Self {
         Self { tenant, sets: BTreeMap::new(), rows: None, scope: Scope::Tenant, writes: true }
+    }
+
+    /// No key at all, reading only: for the clear columns of the documents catalog (which
+    /// documents of a subject or record exist, in which domain) that a caller needs before it
+    /// can ask for a decision. Nothing it reaches is decrypted, and every record read fails for
+    /// want of the row tag key.
+    pub fn catalog(tenant: TenantId) -> Self {
+        Self::new(tenant).read_only()
     }
 
     /// The same keys for reading only: every call that writes fails with
@@ -202,8 +236,8 @@ impl Access {
     }
 
     /// Adds a domain key set of this tenant. The [`ROW_TAG_DOMAIN`] set (which every record
-    /// read and write needs; [`Store::unlock`] adds it) is kept apart from the data domains.
-    pub fn with(mut self, set: DomainKeySet) -> Result<Self> {
+    /// read and write needs) is kept apart from the data domains.
+    pub(crate) fn with(mut self, set: DomainKeySet) -> Result<Self> {
         if set.tenant() != &self.tenant {
             return Err(StoreError::Invalid("a key set of another tenant".into()));
         }
@@ -213,6 +247,14 @@ impl Access {
             self.sets.insert(set.domain().as_str().to_owned(), Arc::new(set));
         }
         Ok(self)
+    }
+
+    /// [`Access::with`] for kluis-store's own tests (a key set the database never wrapped). Only
+    /// with the `sql-layer` feature, which bypasses every check anyway.
+    #[cfg(feature = "sql-layer")]
+    #[doc(hidden)]
+    pub fn with_unchecked(self, set: DomainKeySet) -> Result<Self> {
+        self.with(set)
     }
 
     pub(super) fn rows(&self) -> Result<&DomainKeySet> {

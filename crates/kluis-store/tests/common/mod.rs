@@ -70,23 +70,26 @@ impl<B: Engine> Harness<B> {
         store.migrate().await.unwrap();
         let keyring = LocalKeyring::generate(0).unwrap();
         let tenant = TenantId::new("acme").unwrap();
-        let doctor =
-            store.unlock(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
-        let hr = store.unlock(&keyring, &tenant, &[DomainName::general()]).await.unwrap();
+        let doctor = store
+            .admin_access(&keyring, &tenant, &[DomainName::general(), DomainName::medical()])
+            .await
+            .unwrap();
+        let hr = store.admin_access(&keyring, &tenant, &[DomainName::general()]).await.unwrap();
         Self { store, keyring, tenant, doctor, hr, location, _tmp: tmp }
     }
 
     pub async fn access(&self, tenant: &str, domains: &[DomainName]) -> Access {
-        self.store.unlock(&self.keyring, &TenantId::new(tenant).unwrap(), domains).await.unwrap()
+        self.store.admin_access(&self.keyring, &TenantId::new(tenant).unwrap(), domains).await.unwrap()
     }
 
     pub async fn refresh(&mut self) {
         self.doctor = self
             .store
-            .unlock(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
+            .admin_access(&self.keyring, &self.tenant, &[DomainName::general(), DomainName::medical()])
             .await
             .unwrap();
-        self.hr = self.store.unlock(&self.keyring, &self.tenant, &[DomainName::general()]).await.unwrap();
+        self.hr =
+            self.store.admin_access(&self.keyring, &self.tenant, &[DomainName::general()]).await.unwrap();
     }
 }
 

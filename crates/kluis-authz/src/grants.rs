@@ -1,7 +1,7 @@
 //! Support access grants, role assignments, break-glass events, and the registry that keeps them.
 //!
 //! Two registries implement the small [`AccessRegistry`] trait: the in-process [`MemoryRegistry`]
-//! (lost when the process ends) and [`super::StoreRegistry`], kept in the store's own database
+//! (lost when the process ends) and `kluis_service::authz::StoreRegistry`, kept in the store's own database
 //! with every row authenticated, so grants, role assignments, last-use times and break-glass
 //! accesses survive restarts.
 
@@ -142,7 +142,7 @@ pub trait AccessRegistry: Send + Sync + fmt::Debug {
     /// Brings a tenant's support grants and role assignments up to date with durable storage
     /// before a decision that uses one, so that a revocation written by another process counts
     /// at once. The
-    /// [`crate::Service`] awaits it before every check of a principal with a support grant. On
+    /// `kluis_service::Service` awaits it before every check of a principal with a support grant. On
     /// an error the registry must make that tenant's grant checks deny. The default (an
     /// in-process registry, nothing else can change it) does nothing.
     fn refresh_grants<'a>(
@@ -181,16 +181,20 @@ impl MemoryRegistry {
 
 /// One tenant's state, as a persisted registry loads it.
 #[derive(Debug, Default)]
-pub(crate) struct TenantState {
-    pub(crate) grants: Vec<SupportGrant>,
-    pub(crate) assignments: Vec<RoleAssignment>,
-    pub(crate) last_seen: HashMap<UserId, SystemTime>,
-    pub(crate) break_glass: Vec<BreakGlassEvent>,
+pub struct TenantState {
+    /// Support grants.
+    pub grants: Vec<SupportGrant>,
+    /// Role assignments.
+    pub assignments: Vec<RoleAssignment>,
+    /// Each user's last allowed action.
+    pub last_seen: HashMap<UserId, SystemTime>,
+    /// Break-glass accesses, oldest first.
+    pub break_glass: Vec<BreakGlassEvent>,
 }
 
 impl MemoryRegistry {
     /// Replaces everything held for `tenant`.
-    pub(crate) fn replace_tenant(&self, tenant: &TenantId, state: TenantState) -> Result<()> {
+    pub fn replace_tenant(&self, tenant: &TenantId, state: TenantState) -> Result<()> {
         self.with(|i| {
             i.grants.insert(tenant.clone(), state.grants);
             i.assignments.insert(tenant.clone(), state.assignments);
@@ -203,7 +207,7 @@ impl MemoryRegistry {
     /// Replaces the grants and role assignments held for `tenant` with `fresh` and `roles` (as
     /// just read from durable storage), keeping the last use and use count already known for a
     /// grant that is still there.
-    pub(crate) fn replace_rows(
+    pub fn replace_rows(
         &self,
         tenant: &TenantId,
         fresh: Vec<SupportGrant>,
@@ -236,7 +240,7 @@ impl MemoryRegistry {
     }
 
     /// Forgets everything held for `tenant`.
-    pub(crate) fn forget_tenant(&self, tenant: &TenantId) -> Result<()> {
+    pub fn forget_tenant(&self, tenant: &TenantId) -> Result<()> {
         self.with(|i| {
             i.grants.remove(tenant);
             i.assignments.remove(tenant);

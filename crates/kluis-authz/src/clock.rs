@@ -82,11 +82,11 @@ impl Clock for ManualClock {
 
 /// Time elapsed from `earlier` to `later`, zero when `later` is not after `earlier` (a clock set
 /// back never yields a negative age).
-pub(crate) fn since(later: SystemTime, earlier: SystemTime) -> Duration {
+pub fn since(later: SystemTime, earlier: SystemTime) -> Duration {
     later.duration_since(earlier).unwrap_or(Duration::ZERO)
 }
 
 /// Seconds since the Unix epoch, zero before it.
-pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
