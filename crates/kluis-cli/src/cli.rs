@@ -81,6 +81,41 @@ pub enum Command {
     Restore(RestoreArgs),
     /// The main story end to end on a fresh temporary data directory (fixed demo passphrase).
     Demo,
+    /// The schema.
+    #[command(subcommand)]
+    Schema(SchemaCmd),
+}
+
+/// `kluis schema ...`.
+#[derive(Debug, Subcommand)]
+pub enum SchemaCmd {
+    /// Print the columns (and indexes) to add to the application's own tables that the schema
+    /// maps (`[tables.*]`), for the application's own migrations. Needs no keyring.
+    Sql(SchemaSqlArgs),
+}
+
+/// `kluis schema sql`.
+#[derive(Debug, Args)]
+pub struct SchemaSqlArgs {
+    /// SQL dialect.
+    #[arg(long, value_enum)]
+    pub engine: SqlEngine,
+    /// Schema TOML (default: schema.toml of the data directory).
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+}
+
+/// The dialects `kluis schema sql` writes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SqlEngine {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MariaDB and MySQL.
+    Mysql,
+    /// SQL Server and Azure SQL (not tested here: no SQL Server runs on the test machine).
+    Mssql,
 }
 
 /// `kluis init`.

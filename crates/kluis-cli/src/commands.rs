@@ -73,7 +73,9 @@ impl Job for CommandJob {
             Command::Backup(args) => crate::backup::backup(&env, &args.to).await,
             Command::Restore(args) => crate::backup::restore(&env, &actor, &args).await,
             Command::Anonymise(args) => crate::anonymise::anonymise(&env, &actor, &args).await,
-            Command::Init(_) | Command::Demo => Err(CliError::Usage("internal: dispatched twice".into())),
+            Command::Init(_) | Command::Demo | Command::Schema(_) => {
+                Err(CliError::Usage("internal: dispatched twice".into()))
+            }
         }
     }
 }
@@ -1109,4 +1111,32 @@ async fn doctor<B: Engine, O: BlobBackend + Clone + 'static>(env: &Env<B, O>) ->
         return Err(CliError::DoctorFailed(failed));
     }
     Ok(r)
+}
+
+/// `kluis schema sql`: the DDL of every mapped application table.
+pub fn schema_sql(dir: &std::path::Path, args: &crate::cli::SchemaSqlArgs) -> Result<Report> {
+    use crate::cli::SqlEngine;
+    use kluis_store::Dialect;
+    let path = args.schema.clone().unwrap_or_else(|| dir.join(crate::config::SCHEMA_FILE));
+    let schema = crate::env::load_schema(&path)?;
+    let (dialect, name) = match args.engine {
+        SqlEngine::Sqlite => (Dialect::Sqlite, "sqlite"),
+        SqlEngine::Postgres => (Dialect::Postgres, "postgres"),
+        SqlEngine::Mysql => (Dialect::MySql, "mysql"),
+        SqlEngine::Mssql => (Dialect::MsSql, "mssql"),
+    };
+    let mut report = Report::new(serde_json::Value::Null);
+    let mut tables = Vec::new();
+    for t in schema.app_tables() {
+        let sql = t.ddl(dialect);
+        for l in sql.lines() {
+            report.line(l);
+        }
+        tables.push(serde_json::json!({ "mapping": t.name, "table": t.table, "sql": sql }));
+    }
+    if tables.is_empty() {
+        report.line(format!("-- the schema {} maps no application table ([tables.*])", path.display()));
+    }
+    report.json = serde_json::json!({ "engine": name, "tables": tables });
+    Ok(report)
 }

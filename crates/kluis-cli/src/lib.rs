@@ -90,6 +90,7 @@ pub async fn run(cli: Cli) -> Result<Report> {
     match cli.command {
         Command::Init(args) => commands::init(&cli.global, &dir, args).await,
         Command::Demo => demo::run(&cli.global).await,
+        Command::Schema(cli::SchemaCmd::Sql(args)) => commands::schema_sql(&dir, &args),
         command => {
             if !dir.is_dir() {
                 return Err(CliError::NoDataDir(dir));

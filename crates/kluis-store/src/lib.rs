@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod app_table;
 pub mod audit;
 /// The SQL layer under [`Store`]: rows already sealed, never a key or a plaintext value. Public
 /// only with the `sql-layer` feature, which this crate's own tests and benches turn on; not part
@@ -34,6 +35,7 @@ pub mod schema;
 mod store;
 mod value;
 
+pub use app_table::{AppRow, AppTable, Dialect, OpenedRow, ProtectedColumn, SealedRow, TenantSource};
 pub use backend::DocumentRow;
 pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};

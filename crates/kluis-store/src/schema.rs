@@ -19,9 +19,10 @@
 
 use std::collections::BTreeMap;
 
-use kluis_core::DomainName;
+use kluis_core::{DomainName, TenantId};
 use serde::Deserialize;
 
+use crate::app_table::{AppTable, ProtectedColumn, TenantSource};
 use crate::error::{Result, StoreError};
 
 /// Default maximum size of a field value in bytes (64 KiB).
@@ -162,6 +163,11 @@ pub struct Collection {
 }
 
 impl Collection {
+    /// A collection of already checked fields.
+    pub(crate) fn from_parts(name: &str, fields: Vec<FieldDef>) -> Self {
+        Self { name: name.to_owned(), fields: fields.into_iter().map(|f| (f.name.clone(), f)).collect() }
+    }
+
     /// The field called `name`.
     pub fn field(&self, name: &str) -> Option<&FieldDef> {
         self.fields.get(name)
@@ -173,10 +179,12 @@ impl Collection {
     }
 }
 
-/// A schema: collections by name.
+/// A schema: collections by name, and the application's own tables it maps
+/// ([`crate::app_table`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Schema {
     collections: BTreeMap<String, Collection>,
+    tables: BTreeMap<String, AppTable>,
 }
 
 /// Checks a collection or field name: `[a-z][a-z0-9_]*`, 1 to 64 bytes. Names appear in SQL
@@ -211,6 +219,16 @@ impl Schema {
         self.collections.values()
     }
 
+    /// The mapping of the application's table called `name`.
+    pub fn app_table(&self, name: &str) -> Result<&AppTable> {
+        self.tables.get(name).ok_or_else(|| StoreError::UnknownCollection(name.to_owned()))
+    }
+
+    /// Every mapped application table.
+    pub fn app_tables(&self) -> impl Iterator<Item = &AppTable> {
+        self.tables.values()
+    }
+
     /// The schema as TOML that [`Schema::from_toml`] reads back to an equal schema.
     pub fn to_toml(&self) -> String {
         let mut out = String::new();
@@ -239,6 +257,35 @@ impl Schema {
             }
             out.push('\n');
         }
+        for t in self.tables.values() {
+            out.push_str(&format!("[tables.{}]\n", t.name));
+            out.push_str(&format!("table = \"{}\"\n", t.table));
+            let pk: Vec<String> = t.primary_key.iter().map(|k| format!("\"{k}\"")).collect();
+            out.push_str(&format!("primary_key = [{}]\n", pk.join(", ")));
+            match &t.tenant {
+                TenantSource::Column(c) => out.push_str(&format!("tenant_column = \"{c}\"\n")),
+                TenantSource::Fixed(x) => out.push_str(&format!("tenant = \"{x}\"\n")),
+            }
+            out.push_str(&format!("subject_column = \"{}\"\n", t.subject_column));
+            out.push_str(&format!("row_tag_column = \"{}\"\n\n", t.row_tag_column));
+            out.push_str(&format!("[tables.{}.columns]\n", t.name));
+            for c in t.protected_columns() {
+                out.push_str(&format!(
+                    "{} = {{ type = \"{}\", domain = \"{}\"",
+                    c.name,
+                    c.ty.as_str(),
+                    c.domain
+                ));
+                if c.max_bytes != DEFAULT_MAX_BYTES {
+                    out.push_str(&format!(", max_bytes = {}", c.max_bytes));
+                }
+                if let Some(i) = &c.blind_index_column {
+                    out.push_str(&format!(", blind_index_column = \"{i}\""));
+                }
+                out.push_str(" }\n");
+            }
+            out.push('\n');
+        }
         out
     }
 
@@ -256,7 +303,19 @@ impl Schema {
                 collections.insert(c.name.clone(), Collection { name: c.name.clone(), fields });
             }
         }
-        Schema { collections }
+        let tables = self
+            .tables
+            .values()
+            .filter_map(|t| {
+                let mut kept = t.without_columns();
+                for c in t.protected_columns().filter(|c| !domains.contains(&c.domain)) {
+                    kept = kept.column(c.clone());
+                }
+                let any = kept.protected_columns().next().is_some();
+                any.then(|| (t.name.clone(), kept))
+            })
+            .collect();
+        Schema { collections, tables }
     }
 
     /// Parses a schema from TOML (see the module docs). A syntax error or an unknown key names
@@ -299,6 +358,47 @@ impl Schema {
             }
             b = b.collection_with(&cname, fields);
         }
+        for (tname, rt) in raw.tables {
+            let tenant = match (rt.tenant_column, rt.tenant) {
+                (Some(c), None) => TenantSource::Column(c),
+                (None, Some(t)) => TenantSource::Fixed(
+                    TenantId::new(t.clone())
+                        .map_err(|e| StoreError::Schema(format!("table {tname}: tenant {t:?}: {e}")))?,
+                ),
+                _ => {
+                    return Err(StoreError::Schema(format!(
+                        "table {tname}: name exactly one of tenant_column and tenant"
+                    )));
+                }
+            };
+            let key: Vec<&str> = rt.primary_key.iter().map(String::as_str).collect();
+            let mut t = AppTable::new(&tname, &key, tenant, &rt.subject_column);
+            if let Some(sql) = &rt.table {
+                t = t.in_table(sql);
+            }
+            if let Some(c) = &rt.row_tag_column {
+                t = t.row_tag_column(c);
+            }
+            for (cname, rc) in rt.columns {
+                let ty = FieldType::parse(&rc.ty).ok_or_else(|| {
+                    StoreError::Schema(format!(
+                        "column {tname}.{cname}: unknown type {:?} (text, integer, decimal, percentage, date, bool, bytes)",
+                        rc.ty
+                    ))
+                })?;
+                let domain = DomainName::new(rc.domain.clone()).map_err(|e| {
+                    StoreError::Schema(format!("column {tname}.{cname}: domain {:?}: {e}", rc.domain))
+                })?;
+                t = t.column(ProtectedColumn {
+                    name: cname,
+                    ty,
+                    domain,
+                    max_bytes: rc.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+                    blind_index_column: rc.blind_index_column,
+                });
+            }
+            b = b.app_table(t);
+        }
         b.build()
     }
 }
@@ -315,6 +415,31 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 struct RawSchema {
     #[serde(default)]
     collections: BTreeMap<String, RawCollection>,
+    #[serde(default)]
+    tables: BTreeMap<String, RawTable>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    table: Option<String>,
+    primary_key: Vec<String>,
+    tenant_column: Option<String>,
+    tenant: Option<String>,
+    subject_column: String,
+    row_tag_column: Option<String>,
+    #[serde(default)]
+    columns: BTreeMap<String, RawColumn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    #[serde(rename = "type")]
+    ty: String,
+    domain: String,
+    max_bytes: Option<usize>,
+    blind_index_column: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -494,11 +619,30 @@ impl SchemaBuilder {
         Ok(())
     }
 
+    /// Adds a mapping of one of the application's own tables ([`crate::app_table`]).
+    pub fn app_table(mut self, table: AppTable) -> Self {
+        if self.error.is_some() {
+            return self;
+        }
+        if let Err(e) = table.check() {
+            self.error = Some(e);
+        } else if self.schema.tables.contains_key(&table.name) {
+            self.error = Some(StoreError::Schema(format!("table {:?} is mapped twice", table.name)));
+        } else {
+            self.schema.tables.insert(table.name.clone(), table);
+        }
+        self
+    }
+
     /// Finishes the schema, or returns the first error.
     pub fn build(self) -> Result<Schema> {
-        match self.error {
-            Some(e) => Err(e),
-            None => Ok(self.schema),
+        if let Some(e) = self.error {
+            return Err(e);
         }
+        // A mapping's name is bound into its cells as their collection: it must not be one.
+        if let Some(t) = self.schema.tables.keys().find(|t| self.schema.collections.contains_key(*t)) {
+            return Err(StoreError::Schema(format!("{t:?} is both a collection and a table mapping")));
+        }
+        Ok(self.schema)
     }
 }

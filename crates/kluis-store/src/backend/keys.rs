@@ -509,6 +509,55 @@ impl<E: Engine> SqlBackend<E> {
         Ok(())
     }
 
+    /// Inserts a subject key row inside the application's transaction `conn`, keeping a row of
+    /// the same key that exists (`false`) without an error; the wrapping domain key version must
+    /// be live (share-locked, as [`Self::insert_subject_key`] does).
+    pub(crate) async fn insert_subject_key_keep(
+        conn: &mut <E::Db as sqlx::Database>::Connection,
+        row: &SubjectKeyRow,
+    ) -> Result<bool> {
+        Self::require_live_domain_key(conn, &row.tenant, &row.domain, row.wrap_version).await?;
+        let sql = format!(
+            "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) VALUES (?, ?, ?, ?, ?, ?, ?){}",
+            E::keep_existing("version")
+        );
+        let res = query::<E>(&E::sql(&sql))
+            .bind(&row.tenant)
+            .bind(&row.domain)
+            .bind(&row.subject)
+            .bind(row.version)
+            .bind(&row.wrapped)
+            .bind(row.created_at)
+            .bind(row.wrap_version)
+            .execute(&mut *conn)
+            .await?;
+        Ok(res.rows_affected() == 1)
+    }
+
+    /// One subject key row read inside `conn` with a shared lock (so it sees the latest committed
+    /// row, on MariaDB too).
+    pub(crate) async fn subject_key_locked(
+        conn: &mut <E::Db as sqlx::Database>::Connection,
+        tenant: &str,
+        domain: &str,
+        subject: &str,
+        version: i64,
+    ) -> Result<Option<SubjectKeyRow>> {
+        let sql = format!(
+            "SELECT tenant, domain, subject, version, wrapped, created_at, wrap_version FROM kluis_subject_keys \
+             WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?{}",
+            E::SHARE_LOCK
+        );
+        let row = query::<E>(&E::sql(&sql))
+            .bind(tenant)
+            .bind(domain)
+            .bind(subject)
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+        row.as_ref().map(Self::subject_key_from).transpose()
+    }
+
     pub(super) async fn insert_subject_key_tx(
         tx: &mut sqlx::Transaction<'static, E::Db>,
         row: &SubjectKeyRow,

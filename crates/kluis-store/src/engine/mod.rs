@@ -107,6 +107,13 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
         )
     }
 
+    /// The end of an `INSERT` that keeps an existing row of the same key instead (no error, which
+    /// on PostgreSQL would abort the caller's transaction); `column` is any column of the table.
+    #[doc(hidden)]
+    fn keep_existing(_column: &str) -> String {
+        " ON CONFLICT DO NOTHING".to_owned()
+    }
+
     /// A `COUNT(*)` of the rows of `from_where` (`table WHERE ...`) that holds a shared lock on
     /// each row counted until the transaction ends; `None` where the engine cannot lock rows
     /// under an aggregate (the caller then reads the rows with [`Engine::SHARE_LOCK`]).

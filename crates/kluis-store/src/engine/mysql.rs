@@ -75,6 +75,11 @@ impl Engine for MySql {
         )
     }
 
+    fn keep_existing(column: &str) -> String {
+        // A no-op update: MariaDB's only way short of INSERT IGNORE, which would hide other errors.
+        format!(" ON DUPLICATE KEY UPDATE {column} = {column}")
+    }
+
     fn null_safe_eq(column: &str) -> String {
         format!("{column} <=> ?")
     }

@@ -25,6 +25,7 @@ use crate::schema::{Collection, FieldDef, Schema};
 use crate::value::Value;
 
 mod access;
+mod app_rows;
 mod audit;
 mod cells;
 mod documents;

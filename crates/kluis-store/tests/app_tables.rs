@@ -1,0 +1,663 @@
+//! Protected columns in the application's own tables, on SQLite, PostgreSQL and MariaDB: tables
+//! made by the test's own SQL (not by Kluis's migrations, which only make Kluis's own tables),
+//! Kluis's columns added with the statements `AppTable::ddl` prints, rows written and read by the
+//! application's own SQL in its own transactions, with a join to another table of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
+mod common;
+
+use common::{Harness, Location, contains};
+use kluis_core::{DomainName, TenantId};
+use kluis_store::audit::AuditEntry;
+use kluis_store::{
+    AppRow, Dialect, Engine, FieldValue, MySql, Postgres, Schema, Scope, Sqlite, Store, StoreError, Value,
+};
+
+const SCHEMA: &str = r#"
+[collections.absence.fields]
+diagnosis = { type = "text", domain = "medical" }
+
+[tables.notes]
+table = "absence_notes"
+primary_key = ["id"]
+tenant_column = "tenant_id"
+subject_column = "employee_id"
+
+[tables.notes.columns]
+diagnosis = { type = "text", domain = "medical", max_bytes = 2000 }
+bsn       = { type = "text", domain = "general", blind_index_column = "bsn_idx" }
+capacity  = { type = "percentage", domain = "general" }
+"#;
+
+const CANARY: &str = "canary-app-7f3a";
+
+/// The application's own SQL on each engine: its table types, placeholders and binds.
+trait AppSql: Engine {
+    const DIALECT: Dialect;
+    /// The application's own tables (its own columns only).
+    const CREATE: [&'static str; 2];
+    fn text_of(s: &str) -> String {
+        s.to_owned()
+    }
+    fn run(
+        tx: &mut sqlx::Transaction<'static, Self::Db>,
+        sql: &str,
+        binds: Vec<B>,
+    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>>;
+    fn run_pool(
+        pool: &sqlx::Pool<Self::Db>,
+        sql: &str,
+        binds: Vec<B>,
+    ) -> impl std::future::Future<Output = u64>;
+    /// Rows of `ncols` columns, each as bytes (text as its UTF-8), NULL as `None`.
+    fn rows(
+        pool: &sqlx::Pool<Self::Db>,
+        sql: &str,
+        binds: Vec<B>,
+        ncols: usize,
+    ) -> impl std::future::Future<Output = Vec<Vec<Option<Vec<u8>>>>>;
+}
+
+#[derive(Clone, Debug)]
+enum B {
+    T(String),
+    Y(Option<Vec<u8>>),
+}
+
+fn t(s: &str) -> B {
+    B::T(s.to_owned())
+}
+
+fn numbered(sql: &str) -> String {
+    let mut out = String::new();
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+macro_rules! app_sql {
+    ($ty:ty, $db:ty, $dialect:expr, $create:expr, $conv:expr) => {
+        impl AppSql for $ty {
+            const DIALECT: Dialect = $dialect;
+            const CREATE: [&'static str; 2] = $create;
+            fn text_of(s: &str) -> String {
+                $conv(s)
+            }
+            async fn run(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                sql: &str,
+                binds: Vec<B>,
+            ) -> Result<u64, sqlx::Error> {
+                let sql = <Self as AppSql>::text_of(sql);
+                let mut q = sqlx::query::<$db>(&sql);
+                for b in binds {
+                    q = match b {
+                        B::T(s) => q.bind(s),
+                        B::Y(v) => q.bind(v),
+                    };
+                }
+                Ok(q.execute(&mut **tx).await?.rows_affected())
+            }
+            async fn run_pool(pool: &sqlx::Pool<$db>, sql: &str, binds: Vec<B>) -> u64 {
+                let mut tx = pool.begin().await.unwrap();
+                let n = <Self as AppSql>::run(&mut tx, sql, binds).await.unwrap();
+                tx.commit().await.unwrap();
+                n
+            }
+            async fn rows(
+                pool: &sqlx::Pool<$db>,
+                sql: &str,
+                binds: Vec<B>,
+                ncols: usize,
+            ) -> Vec<Vec<Option<Vec<u8>>>> {
+                use sqlx::Row;
+                let sql = <Self as AppSql>::text_of(sql);
+                let mut q = sqlx::query::<$db>(&sql);
+                for b in binds {
+                    q = match b {
+                        B::T(s) => q.bind(s),
+                        B::Y(v) => q.bind(v),
+                    };
+                }
+                q.fetch_all(pool)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|r| {
+                        (0..ncols)
+                            .map(|i| {
+                                r.try_get::<Option<Vec<u8>>, _>(i)
+                                    .or_else(|_| {
+                                        r.try_get::<Option<String>, _>(i).map(|s| s.map(String::into_bytes))
+                                    })
+                                    .unwrap()
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
+app_sql!(
+    Sqlite,
+    sqlx::Sqlite,
+    Dialect::Sqlite,
+    [
+        "CREATE TABLE employees (tenant_id TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (tenant_id, id))",
+        "CREATE TABLE absence_notes (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, start_date TEXT NOT NULL)",
+    ],
+    |s: &str| s.to_owned()
+);
+app_sql!(
+    Postgres,
+    sqlx::Postgres,
+    Dialect::Postgres,
+    [
+        "CREATE TABLE employees (tenant_id TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (tenant_id, id))",
+        "CREATE TABLE absence_notes (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, start_date TEXT NOT NULL)",
+    ],
+    numbered
+);
+app_sql!(
+    MySql,
+    sqlx::MySql,
+    Dialect::MySql,
+    [
+        "CREATE TABLE employees (tenant_id VARCHAR(64) NOT NULL, id VARCHAR(64) NOT NULL, name VARCHAR(200) NOT NULL, PRIMARY KEY (tenant_id, id))",
+        "CREATE TABLE absence_notes (id VARCHAR(64) PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL, employee_id VARCHAR(64) NOT NULL, start_date VARCHAR(10) NOT NULL)",
+    ],
+    |s: &str| s.to_owned()
+);
+
+fn who() -> AuditEntry {
+    AuditEntry { actor: "dr.jansen".into(), roles: "company_doctor".into(), ..AuditEntry::default() }
+}
+
+struct App<E: Engine> {
+    h: Harness<E>,
+    store: Store<E>,
+}
+
+const SELECT_FULL: &str = "SELECT n.id, n.employee_id, n.diagnosis, n.bsn, n.capacity, n.kluis_row_tag, e.name \
+     FROM absence_notes n JOIN employees e ON e.tenant_id = n.tenant_id AND e.id = n.employee_id \
+     WHERE n.tenant_id = ? ORDER BY n.id";
+
+impl<E: AppSql> App<E> {
+    async fn new(h: Harness<E>) -> Self {
+        let pool = h.store.pool().clone();
+        let store = Store::new(pool.clone(), Schema::from_toml(SCHEMA).unwrap());
+        store.migrate().await.unwrap();
+        for s in E::CREATE {
+            E::run_pool(&pool, s, vec![]).await;
+        }
+        // Kluis's columns, as `kluis schema sql` prints them.
+        let ddl = store.app_table("notes").unwrap().ddl(E::DIALECT);
+        let ddl: String = ddl.lines().filter(|l| !l.starts_with("--")).collect::<Vec<_>>().join("\n");
+        for stmt in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            E::run_pool(&pool, stmt, vec![]).await;
+        }
+        for (id, name) in [("emp-1", "Jan Jansen"), ("emp-2", "Piet Pietersen"), ("emp-new", "Nieuw")] {
+            E::run_pool(
+                &pool,
+                "INSERT INTO employees (tenant_id, id, name) VALUES (?, ?, ?)",
+                vec![t("acme"), t(id), t(name)],
+            )
+            .await;
+        }
+        Self { h, store }
+    }
+
+    async fn doctor(&self) -> kluis_store::Access {
+        self.store
+            .admin_access(&self.h.keyring, &self.h.tenant, &[DomainName::general(), DomainName::medical()])
+            .await
+            .unwrap()
+    }
+
+    async fn hr(&self) -> kluis_store::Access {
+        self.store.admin_access(&self.h.keyring, &self.h.tenant, &[DomainName::general()]).await.unwrap()
+    }
+
+    /// The application's insert of one note, sealed in its own transaction.
+    async fn insert(
+        &self,
+        access: &kluis_store::Access,
+        id: &str,
+        subject: &str,
+        diagnosis: &str,
+        bsn: &str,
+    ) {
+        let mut tx = self.store.pool().begin().await.unwrap();
+        let sealed = self
+            .store
+            .seal_insert(
+                &mut tx,
+                access,
+                "notes",
+                &[id],
+                subject,
+                &[("diagnosis", Value::Text(diagnosis.into())), ("bsn", Value::Text(bsn.into()))],
+                &who(),
+            )
+            .await
+            .unwrap();
+        let cols: Vec<(&str, Option<&[u8]>)> = sealed.columns().collect();
+        let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
+        let sql = format!(
+            "INSERT INTO absence_notes (id, tenant_id, employee_id, start_date, {}) VALUES (?, ?, ?, ?, {})",
+            names.join(", "),
+            vec!["?"; names.len()].join(", ")
+        );
+        let mut binds = vec![t(id), t(access.tenant().as_str()), t(subject), t("2026-03-01")];
+        binds.extend(cols.iter().map(|(_, v)| B::Y(v.map(<[u8]>::to_vec))));
+        assert_eq!(E::run(&mut tx, &sql, binds).await.unwrap(), 1);
+        tx.commit().await.unwrap();
+    }
+
+    /// Every note of the tenant, read in full, joined with the employee's name.
+    async fn read_all(&self) -> Vec<(AppRow, String)> {
+        let rows = E::rows(self.store.pool(), SELECT_FULL, vec![t("acme")], 7).await;
+        rows.into_iter()
+            .map(|r| {
+                let s = |i: usize| String::from_utf8(r[i].clone().unwrap()).unwrap();
+                let row = AppRow::new(&[&s(0)], &s(1))
+                    .cell("diagnosis", r[2].clone())
+                    .cell("bsn", r[3].clone())
+                    .cell("capacity", r[4].clone())
+                    .row_tag(r[5].clone());
+                (row, s(6))
+            })
+            .collect()
+    }
+
+    async fn open(
+        &self,
+        access: &kluis_store::Access,
+        rows: &[AppRow],
+    ) -> Result<Vec<kluis_store::OpenedRow>, StoreError> {
+        self.store.open_app_rows(access, "notes", rows, &who()).await
+    }
+
+    async fn row(&self, id: &str) -> AppRow {
+        self.read_all().await.into_iter().map(|(r, _)| r).find(|r| r.key == [id]).unwrap()
+    }
+
+    /// A DBA's edit by raw SQL.
+    async fn dba(&self, sql: &str, binds: Vec<B>) {
+        E::run_pool(self.store.pool(), sql, binds).await;
+    }
+}
+
+fn text(v: &FieldValue) -> &str {
+    match v {
+        FieldValue::Value(Value::Text(s)) => s,
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+fn integrity<T: std::fmt::Debug>(r: Result<T, StoreError>, record: &str) {
+    match r {
+        Err(StoreError::RowIntegrity { collection, record: r })
+        | Err(StoreError::Integrity { collection, record: r, .. }) => {
+            assert_eq!(collection, "notes");
+            assert_eq!(r, record);
+        }
+        other => panic!("expected an integrity error naming {record}, got {other:?}"),
+    }
+}
+
+async fn round_trip<E: AppSql>(app: &App<E>) {
+    let doctor = app.doctor().await;
+    let diagnosis = format!("burn-out {CANARY}");
+    app.insert(&doctor, "n1", "emp-1", &diagnosis, "123456782").await;
+    app.insert(&doctor, "n2", "emp-2", "flu", "111222333").await;
+
+    // The application's own join; Kluis opens the protected columns it selected.
+    let read = app.read_all().await;
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[0].1, "Jan Jansen");
+    let rows: Vec<AppRow> = read.iter().map(|(r, _)| r.clone()).collect();
+    let opened = app.open(&doctor, &rows).await.unwrap();
+    assert!(opened.iter().all(|o| o.row_checked));
+    assert_eq!(text(&opened[0].values["diagnosis"]), diagnosis);
+    assert_eq!(text(&opened[0].values["bsn"]), "123456782");
+    assert!(!opened[0].values.contains_key("capacity"), "NULL stays absent");
+
+    // HR: general columns open, the medical one is withheld without a decryption attempt.
+    let hr = app.hr().await;
+    let opened = app.open(&hr, &rows).await.unwrap();
+    assert_eq!(opened[1].values["diagnosis"], FieldValue::Withheld { domain: "medical".into() });
+    assert_eq!(text(&opened[1].values["bsn"]), "111222333");
+    // HR cannot write the medical column.
+    let mut tx = app.store.pool().begin().await.unwrap();
+    let e = app
+        .store
+        .seal_insert(
+            &mut tx,
+            &hr,
+            "notes",
+            &["n9"],
+            "emp-1",
+            &[("diagnosis", Value::Text("x".into()))],
+            &who(),
+        )
+        .await;
+    assert!(matches!(e, Err(StoreError::AccessDenied { ref domain, .. }) if domain == "medical"), "{e:?}");
+    tx.rollback().await.unwrap();
+
+    // A subset of columns: opened, not row-checked.
+    let part = AppRow::new(&["n2"], "emp-2").cell("bsn", rows[1].cells[1].1.clone());
+    let opened = app.open(&hr, &[part]).await.unwrap();
+    assert!(!opened[0].row_checked);
+    assert_eq!(text(&opened[0].values["bsn"]), "111222333");
+
+    // The blind index finds the row by the application's own WHERE.
+    let idx = app.store.app_blind_index(&hr, "notes", "bsn", &Value::Text("111222333".into())).unwrap();
+    let placeholders = vec!["?"; idx.len()].join(", ");
+    let hits = E::rows(
+        app.store.pool(),
+        &format!("SELECT id FROM absence_notes WHERE tenant_id = ? AND bsn_idx IN ({placeholders})"),
+        std::iter::once(t("acme")).chain(idx.into_iter().map(|v| B::Y(Some(v)))).collect(),
+        1,
+    )
+    .await;
+    assert_eq!(hits, vec![vec![Some(b"n2".to_vec())]]);
+
+    // The writes were audited with names and ids, never a value.
+    let entries = app.store.audit_page(Some("acme"), 0, 1000).await.unwrap();
+    let created: Vec<_> =
+        entries.iter().filter(|e| e.entry.collection == "notes" && e.entry.action == "create").collect();
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[0].entry.fields, "general:bsn,medical:diagnosis");
+    assert_eq!(created[0].entry.record, "n1");
+    assert_eq!(created[0].entry.actor, "dr.jansen");
+    assert!(entries.iter().any(|e| e.entry.collection == "notes" && e.entry.action == "read"));
+    for e in &entries {
+        assert!(!format!("{:?}", e.entry).contains(CANARY));
+    }
+}
+
+async fn update_and_compare_and_swap<E: AppSql>(app: &App<E>) {
+    let doctor = app.doctor().await;
+    let before = app.row("n1").await;
+    let mut tx = app.store.pool().begin().await.unwrap();
+    let sealed = app
+        .store
+        .seal_update(
+            &mut tx,
+            &doctor,
+            "notes",
+            &before,
+            &[("diagnosis", Value::Text("recovered".into())), ("capacity", Value::Decimal("50".into()))],
+            &["bsn"],
+            &who(),
+        )
+        .await
+        .unwrap();
+    let cols: Vec<(&str, Option<&[u8]>)> = sealed.columns().collect();
+    let set: Vec<String> = cols.iter().map(|(c, _)| format!("{c} = ?")).collect();
+    let sql = format!("UPDATE absence_notes SET {} WHERE id = ? AND kluis_row_tag = ?", set.join(", "));
+    let mut binds: Vec<B> = cols.iter().map(|(_, v)| B::Y(v.map(<[u8]>::to_vec))).collect();
+    binds.push(t("n1"));
+    binds.push(B::Y(sealed.previous_row_tag().map(<[u8]>::to_vec)));
+    assert_eq!(E::run(&mut tx, &sql, binds.clone()).await.unwrap(), 1);
+    tx.commit().await.unwrap();
+    let after = app.row("n1").await;
+    let o = app.open(&doctor, std::slice::from_ref(&after)).await.unwrap();
+    assert_eq!(text(&o[0].values["diagnosis"]), "recovered");
+    assert_eq!(o[0].values["capacity"], FieldValue::Value(Value::Decimal("50".into())));
+    assert!(!o[0].values.contains_key("bsn"));
+    // The same update again, against the tag it read before: nothing changes (compare and swap).
+    let mut tx = app.store.pool().begin().await.unwrap();
+    assert_eq!(E::run(&mut tx, &sql, binds).await.unwrap(), 0);
+    tx.rollback().await.unwrap();
+
+    // An update from a row that was not read in full is refused.
+    let part = AppRow::new(&["n1"], "emp-1")
+        .cell("diagnosis", after.cells[0].1.clone())
+        .row_tag(after.row_tag.clone());
+    let mut tx = app.store.pool().begin().await.unwrap();
+    let e = app.store.seal_update(&mut tx, &doctor, "notes", &part, &[], &["diagnosis"], &who()).await;
+    assert!(matches!(e, Err(StoreError::Invalid(_))), "{e:?}");
+    tx.rollback().await.unwrap();
+
+    // A DBA puts back the older diagnosis (a value Kluis wrote for this very row and column):
+    // read alone it opens, read in full the row tag refuses it.
+    let old_diag = before.cells[0].1.clone();
+    app.dba("UPDATE absence_notes SET diagnosis = ? WHERE id = ?", vec![B::Y(old_diag.clone()), t("n1")])
+        .await;
+    integrity(app.open(&doctor, &[app.row("n1").await]).await, "n1");
+    let alone = AppRow::new(&["n1"], "emp-1").cell("diagnosis", old_diag);
+    assert!(app.open(&doctor, &[alone]).await.is_ok(), "a partial read checks each value's binding only");
+    // Put back the whole older row (every protected column and its tag): consistent on its own,
+    // so it opens; docs/APP_TABLES.md says so.
+    app.dba(
+        "UPDATE absence_notes SET diagnosis = ?, bsn = ?, capacity = ?, kluis_row_tag = ? WHERE id = ?",
+        vec![
+            B::Y(before.cells[0].1.clone()),
+            B::Y(before.cells[1].1.clone()),
+            B::Y(before.cells[2].1.clone()),
+            B::Y(before.row_tag.clone()),
+            t("n1"),
+        ],
+    )
+    .await;
+    assert!(app.open(&doctor, &[app.row("n1").await]).await.is_ok());
+}
+
+async fn tampering<E: AppSql>(app: &App<E>) {
+    let doctor = app.doctor().await;
+    app.insert(&doctor, "t1", "emp-1", "migraine", "222333444").await;
+    app.insert(&doctor, "t2", "emp-2", "sprain", "333444555").await;
+    let t1 = app.row("t1").await;
+    let t2 = app.row("t2").await;
+    let restore = |r: &AppRow| {
+        vec![
+            B::Y(r.cells[0].1.clone()),
+            B::Y(r.cells[1].1.clone()),
+            B::Y(r.cells[2].1.clone()),
+            B::Y(r.row_tag.clone()),
+            t(&r.subject),
+            t(&r.key[0]),
+        ]
+    };
+    let put_back = "UPDATE absence_notes SET diagnosis = ?, bsn = ?, capacity = ?, kluis_row_tag = ?, employee_id = ? WHERE id = ?";
+    // Each edit, then the row put back as it was.
+    let edits: Vec<(&str, Vec<B>)> = vec![
+        ("UPDATE absence_notes SET diagnosis = NULL WHERE id = ?", vec![t("t1")]),
+        ("UPDATE absence_notes SET bsn = NULL WHERE id = ?", vec![t("t1")]),
+        ("UPDATE absence_notes SET diagnosis = ? WHERE id = ?", vec![B::Y(t2.cells[0].1.clone()), t("t1")]),
+        ("UPDATE absence_notes SET kluis_row_tag = ? WHERE id = ?", vec![B::Y(t2.row_tag.clone()), t("t1")]),
+        ("UPDATE absence_notes SET kluis_row_tag = NULL WHERE id = ?", vec![t("t1")]),
+        ("UPDATE absence_notes SET employee_id = ? WHERE id = ?", vec![t("emp-2"), t("t1")]),
+        ("UPDATE absence_notes SET capacity = ? WHERE id = ?", vec![B::Y(t2.cells[1].1.clone()), t("t1")]),
+    ];
+    for (sql, binds) in edits {
+        app.dba(sql, binds).await;
+        integrity(app.open(&doctor, &[app.row("t1").await]).await, "t1");
+        app.dba(put_back, restore(&t1)).await;
+        app.open(&doctor, &[app.row("t1").await]).await.unwrap();
+    }
+    // The other row keeps working throughout.
+    app.open(&doctor, &[app.row("t2").await]).await.unwrap();
+    // A value copied from another row does not open even alone (its binding names the row).
+    let moved = AppRow::new(&["t1"], "emp-1").cell("diagnosis", t2.cells[0].1.clone());
+    integrity(app.open(&doctor, &[moved]).await, "t1");
+    // Another tenant's keys do not open acme's values.
+    let globex = app
+        .store
+        .admin_access(
+            &app.h.keyring,
+            &TenantId::new("globex").unwrap(),
+            &[DomainName::general(), DomainName::medical()],
+        )
+        .await
+        .unwrap();
+    assert!(app.open(&globex, &[app.row("t1").await]).await.is_err());
+}
+
+async fn scope_and_rollback<E: AppSql>(app: &App<E>) {
+    let doctor = app.doctor().await;
+    // Keys narrowed to one row open that row only; read-only keys seal nothing.
+    let one = app
+        .doctor()
+        .await
+        .narrow(Scope::Record { collection: "notes".into(), record: "n2".into(), subject: None })
+        .unwrap();
+    app.open(&one, &[app.row("n2").await]).await.unwrap();
+    let e = app.open(&one, &[app.row("t1").await]).await;
+    assert!(matches!(e, Err(StoreError::OutOfScope { .. })), "{e:?}");
+    let ro = app.doctor().await.read_only();
+    let mut tx = app.store.pool().begin().await.unwrap();
+    let e = app.store.seal_insert(&mut tx, &ro, "notes", &["r9"], "emp-9", &[], &who()).await;
+    assert!(matches!(e, Err(StoreError::OutOfScope { .. })), "{e:?}");
+    tx.rollback().await.unwrap();
+
+    // A transaction rolled back leaves no row, no audit entry and no subject key behind.
+    let audit_before = app.store.audit_head().await.unwrap().0;
+    let mut tx = app.store.pool().begin().await.unwrap();
+    let sealed = app
+        .store
+        .seal_insert(
+            &mut tx,
+            &doctor,
+            "notes",
+            &["r1"],
+            "emp-new",
+            &[("diagnosis", Value::Text("x".into()))],
+            &who(),
+        )
+        .await
+        .unwrap();
+    let names: Vec<&str> = sealed.columns().map(|(c, _)| c).collect();
+    let mut binds = vec![t("r1"), t("acme"), t("emp-new"), t("2026-01-01")];
+    binds.extend(sealed.columns().map(|(_, v)| B::Y(v.map(<[u8]>::to_vec))));
+    E::run(
+        &mut tx,
+        &format!(
+            "INSERT INTO absence_notes (id, tenant_id, employee_id, start_date, {}) VALUES (?, ?, ?, ?, {})",
+            names.join(", "),
+            vec!["?"; names.len()].join(", ")
+        ),
+        binds,
+    )
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(app.store.audit_head().await.unwrap().0, audit_before);
+    assert!(app.read_all().await.iter().all(|(r, _)| r.key != ["r1"]));
+    let keys = app.store.subject_key_versions(&app.h.tenant, &DomainName::medical()).await.unwrap();
+    assert!(keys.iter().all(|(s, _)| s != "emp-new"), "{keys:?}");
+    // The same insert again, committed, works (the subject key is made anew).
+    app.insert(&doctor, "r1", "emp-new", "x", "999888777").await;
+    app.open(&doctor, &[app.row("r1").await]).await.unwrap();
+}
+
+async fn canaries<E: AppSql>(app: &App<E>) {
+    let bytes = match &app.h.location {
+        Location::Sqlite { dir, .. } => {
+            // Everything on disk: the database, its WAL and shared memory.
+            app.store.pool().close().await;
+            common::read_tree(dir).into_iter().flat_map(|(_, b)| b).collect()
+        }
+        loc => common::dump(loc).await,
+    };
+    assert!(!bytes.is_empty());
+    assert!(!contains(&bytes, CANARY.as_bytes()), "the plaintext canary is in the database");
+    assert!(!contains(&bytes, b"123456782"), "a BSN is in the database");
+}
+
+async fn run<E: AppSql>(h: Harness<E>) {
+    let app = App::new(h).await;
+    round_trip(&app).await;
+    update_and_compare_and_swap(&app).await;
+    tampering(&app).await;
+    scope_and_rollback(&app).await;
+    canaries(&app).await;
+    if !matches!(app.h.location, Location::Sqlite { .. }) {
+        common::drop_db(app.h).await;
+    }
+}
+
+#[tokio::test]
+async fn app_tables_sqlite() {
+    run(common::sqlite().await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn app_tables_postgres() {
+    if let Some(h) = common::postgres().await {
+        run(h).await;
+    }
+}
+
+#[tokio::test]
+async fn app_tables_mysql() {
+    if let Some(h) = common::mysql().await {
+        run(h).await;
+    }
+}
+
+#[test]
+fn ddl_per_dialect() {
+    let s = Schema::from_toml(SCHEMA).unwrap();
+    let t = s.app_table("notes").unwrap();
+    let pg = t.ddl(Dialect::Postgres);
+    assert!(pg.contains("ALTER TABLE absence_notes ADD COLUMN diagnosis BYTEA NULL;"), "{pg}");
+    assert!(pg.contains("ALTER TABLE absence_notes ADD COLUMN kluis_row_tag BYTEA NULL;"), "{pg}");
+    assert!(pg.contains("ON absence_notes (tenant_id, bsn_idx);"), "{pg}");
+    let ms = t.ddl(Dialect::MsSql);
+    assert!(ms.contains("ALTER TABLE absence_notes ADD diagnosis VARBINARY(MAX) NULL;"), "{ms}");
+    assert!(ms.contains("ALTER TABLE absence_notes ADD bsn_idx VARBINARY(64) NULL;"), "{ms}");
+    // The schema reads back what it writes.
+    assert_eq!(Schema::from_toml(&s.to_toml()).unwrap(), s);
+}
+
+#[test]
+fn bad_mappings_are_refused() {
+    let bad = [
+        // a column with two roles
+        (
+            "[tables.x]\nprimary_key = [\"id\"]\ntenant_column = \"t\"\nsubject_column = \"id\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
+            "two roles",
+        ),
+        // both a tenant column and a fixed tenant
+        (
+            "[tables.x]\nprimary_key = [\"id\"]\ntenant_column = \"t\"\ntenant = \"acme\"\nsubject_column = \"s\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
+            "exactly one",
+        ),
+        // no protected column
+        (
+            "[tables.x]\nprimary_key = [\"id\"]\ntenant = \"acme\"\nsubject_column = \"s\"",
+            "no protected column",
+        ),
+        // an identifier that would need quoting
+        (
+            "[tables.x]\nprimary_key = [\"id; DROP TABLE y\"]\ntenant = \"acme\"\nsubject_column = \"s\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
+            "must be 1 to 63",
+        ),
+        // a blind index on a bool
+        (
+            "[tables.x]\nprimary_key = [\"id\"]\ntenant = \"acme\"\nsubject_column = \"s\"\n[tables.x.columns]\na = { type = \"bool\", domain = \"general\", blind_index_column = \"ai\" }",
+            "bool",
+        ),
+        // a mapping named like a collection
+        (
+            "[collections.x.fields]\nf = { type = \"text\", domain = \"general\" }\n[tables.x]\nprimary_key = [\"id\"]\ntenant = \"acme\"\nsubject_column = \"s\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
+            "both a collection",
+        ),
+    ];
+    for (toml, why) in bad {
+        let e = Schema::from_toml(toml).unwrap_err().to_string();
+        assert!(e.contains(why), "{why}: {e}");
+    }
+}
