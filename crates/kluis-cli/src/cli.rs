@@ -81,7 +81,7 @@ pub enum Command {
     Restore(RestoreArgs),
     /// The main story end to end on a fresh temporary data directory (fixed demo passphrase).
     Demo,
-    /// The schema.
+    /// The schema: the columns to add to the application's own tables it maps.
     #[command(subcommand)]
     Schema(SchemaCmd),
 }

@@ -513,7 +513,7 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
         tenant: t.clone(),
         domain: d.clone(),
         moved: summary.subjects_moved + summary.documents_moved,
-        remaining: 0,
+        remaining: summary.kept_for_app_tables,
     };
     env.audit_admin(actor, event).await?;
     let usage = env.store.key_usage(Some(&t)).await?;
@@ -525,10 +525,19 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "domain": d.as_str(), "summary": summary, "retirable_versions": retirable,
     }));
-    r.line(format!(
-        "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten; nothing left on older versions",
-        summary.subjects_moved, summary.records_resealed, summary.documents_moved
-    ));
+    if summary.kept_for_app_tables == 0 {
+        r.line(format!(
+            "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten; nothing left on older versions",
+            summary.subjects_moved, summary.records_resealed, summary.documents_moved
+        ));
+    } else {
+        r.line(format!(
+            "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten; {} subjects keep an older \
+             subject key for values in the application's own tables (re-encrypting those is not built; \
+             the older domain key version stays until then)",
+            summary.subjects_moved, summary.records_resealed, summary.documents_moved, summary.kept_for_app_tables
+        ));
+    }
     for v in retirable {
         r.line(format!("v{v} is unused: kluis keys retire --tenant {t} --domain {d} --version {v}"));
     }

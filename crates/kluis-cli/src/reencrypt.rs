@@ -32,6 +32,9 @@ pub struct Summary {
     pub retries: u64,
     /// Rounds (one store step plus one documents step).
     pub rounds: u64,
+    /// Subjects left on an older subject key version because values in the application's
+    /// mapped tables are sealed under it (re-encrypting those is not built).
+    pub kept_for_app_tables: u64,
 }
 
 /// Where a run stands, after each round.
@@ -90,6 +93,11 @@ pub async fn reencrypt<B: Engine, O: BlobBackend>(
         on_round(&progress);
         let idle = rec.subjects_moved == 0 && doc.moved == 0;
         if idle && rec.remaining_subjects == 0 && doc.remaining == 0 {
+            return Ok(sum);
+        }
+        if idle && doc.remaining == 0 && rec.remaining_subjects <= rec.kept_for_app_tables {
+            // Only subjects whose values in the application's tables keep an older key remain.
+            sum.kept_for_app_tables = rec.kept_for_app_tables;
             return Ok(sum);
         }
         if idle {

@@ -192,14 +192,26 @@ impl AppTable {
         if self.columns.is_empty() {
             return Err(StoreError::Schema(what("no protected column")));
         }
+        // The key columns, then the tenant and subject columns unless they are key columns too
+        // (a key of (tenant_id, id) is common); every other column has one role only.
         let mut all: Vec<(String, String)> = Vec::new();
         for k in &self.primary_key {
             all.push((k.clone(), "primary key column".into()));
         }
-        if let TenantSource::Column(c) = &self.tenant {
+        let in_key = |c: &str| self.primary_key.iter().any(|k| k.eq_ignore_ascii_case(c));
+        if let TenantSource::Column(c) = &self.tenant
+            && !in_key(c)
+        {
             all.push((c.clone(), "tenant column".into()));
         }
-        all.push((self.subject_column.clone(), "subject column".into()));
+        if !in_key(&self.subject_column) {
+            all.push((self.subject_column.clone(), "subject column".into()));
+        }
+        if let TenantSource::Column(c) = &self.tenant
+            && c.eq_ignore_ascii_case(&self.subject_column)
+        {
+            return Err(StoreError::Schema(what(&format!("column {c:?} has two roles"))));
+        }
         all.push((self.row_tag_column.clone(), "row tag column".into()));
         for (name, c) in &self.columns {
             if name != &c.name {

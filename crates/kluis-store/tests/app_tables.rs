@@ -10,7 +10,8 @@ use common::{Harness, Location, contains};
 use kluis_core::{DomainName, TenantId};
 use kluis_store::audit::AuditEntry;
 use kluis_store::{
-    AppRow, Dialect, Engine, FieldValue, MySql, Postgres, Schema, Scope, Sqlite, Store, StoreError, Value,
+    AppRow, Dialect, Engine, FieldValue, MySql, NewRecord, Postgres, Schema, Scope, Sqlite, Store,
+    StoreError, Value,
 };
 
 const SCHEMA: &str = r#"
@@ -562,6 +563,62 @@ async fn scope_and_rollback<E: AppSql>(app: &App<E>) {
     app.open(&doctor, &[app.row("r1").await]).await.unwrap();
 }
 
+/// A rotation of the medical key: Kluis's own records move to the new version; a subject whose
+/// values in the application's table are sealed under the older subject key keeps that key (and
+/// so the older domain key version), and those values keep opening. Then a shred: the subject's
+/// values in the application's table no longer open, the others do.
+async fn rotation_and_shred<E: AppSql>(app: &App<E>) {
+    let med = DomainName::medical();
+    let doctor = app.doctor().await;
+    // A record in Kluis's own collection too, so that the re-encryption has work of its own.
+    app.store.insert(&doctor, "absence", NewRecord::new("emp-1").set("diagnosis", "flu")).await.unwrap();
+    let before = app.read_all().await.len();
+    app.store.rotate_domain_key(&app.h.keyring, &app.h.tenant, &med).await.unwrap();
+    let access = app.doctor().await;
+    let mut last = None;
+    for _ in 0..20 {
+        let p = app.store.reencrypt_step(&access, &med, 100).await.unwrap();
+        let idle = p.subjects_moved == 0 && p.conflicts == 0;
+        last = Some(p);
+        if idle {
+            break;
+        }
+    }
+    let p = last.unwrap();
+    assert_eq!(p.subjects_moved, 0, "the steps came to rest: {p:?}");
+    assert!(p.kept_for_app_tables > 0, "{p:?}");
+    assert_eq!(p.remaining_subjects, p.kept_for_app_tables, "{p:?}");
+    // Every value in the application's table still opens.
+    let rows: Vec<AppRow> = app.read_all().await.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(rows.len(), before);
+    app.open(&access, &rows).await.unwrap();
+    // The older medical version still wraps those subject keys: it cannot be retired.
+    let e = app.store.retire_domain_version(&app.h.keyring, &app.h.tenant, &med, 1).await;
+    assert!(matches!(e, Err(StoreError::KeyInUse { .. })), "{e:?}");
+
+    // Shred emp-2: its values in the application's table no longer open; the others do.
+    let t2_bsn = Value::Text("333444555".into());
+    let mut all = app.doctor().await;
+    app.store.shred_subject(&app.h.keyring, &mut all, "emp-2", None).await.unwrap();
+    let fresh = app.doctor().await;
+    assert!(app.open(&fresh, &[app.row("n2").await]).await.is_err());
+    assert!(app.open(&fresh, &[app.row("t2").await]).await.is_err());
+    app.open(&fresh, &[app.row("t1").await]).await.unwrap();
+    // The shred destroyed the general key version the blind indexes of the application's table
+    // were made under: a search by value finds those rows no more (docs/APP_TABLES.md).
+    let idx = app.store.app_blind_index(&fresh, "notes", "bsn", &t2_bsn).unwrap();
+    let t1_idx = app.store.app_blind_index(&fresh, "notes", "bsn", &Value::Text("222333444".into())).unwrap();
+    assert_eq!(idx.len(), 1);
+    let hits = E::rows(
+        app.store.pool(),
+        "SELECT id FROM absence_notes WHERE tenant_id = ? AND bsn_idx = ?",
+        vec![t("acme"), B::Y(t1_idx.into_iter().next())],
+        1,
+    )
+    .await;
+    assert!(hits.is_empty(), "{hits:?}");
+}
+
 async fn canaries<E: AppSql>(app: &App<E>) {
     let bytes = match &app.h.location {
         Location::Sqlite { dir, .. } => {
@@ -582,6 +639,7 @@ async fn run<E: AppSql>(h: Harness<E>) {
     update_and_compare_and_swap(&app).await;
     tampering(&app).await;
     scope_and_rollback(&app).await;
+    rotation_and_shred(&app).await;
     canaries(&app).await;
     if !matches!(app.h.location, Location::Sqlite { .. }) {
         common::drop_db(app.h).await;
@@ -625,9 +683,14 @@ fn ddl_per_dialect() {
 #[test]
 fn bad_mappings_are_refused() {
     let bad = [
-        // a column with two roles
+        // a column with two roles (the subject column is protected too)
         (
-            "[tables.x]\nprimary_key = [\"id\"]\ntenant_column = \"t\"\nsubject_column = \"id\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
+            "[tables.x]\nprimary_key = [\"id\"]\ntenant_column = \"t\"\nsubject_column = \"a\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
+            "two roles",
+        ),
+        // the tenant column as the subject column (identifiers compare without case)
+        (
+            "[tables.x]\nprimary_key = [\"id\"]\ntenant_column = \"t\"\nsubject_column = \"T\"\n[tables.x.columns]\na = { type = \"text\", domain = \"general\" }",
             "two roles",
         ),
         // both a tenant column and a fixed tenant

@@ -279,6 +279,9 @@ pub struct ReencryptPlan {
     pub drop_versions: Vec<i64>,
     /// Every table of the store's schema (where cells of a dropped version are looked for).
     pub tables: Vec<Arc<Table>>,
+    /// The application's tables the schema maps: a value there sealed under a dropped version
+    /// keeps that version too.
+    pub app_tables: Vec<crate::app_table::AppTable>,
 }
 
 /// One record of a [`ReencryptPlan`].
@@ -307,6 +310,9 @@ pub struct ReencryptOutcome {
     pub applied: bool,
     /// Subject key versions deleted.
     pub dropped: Vec<i64>,
+    /// Was an older version kept because values in the application's mapped tables are sealed
+    /// under it?
+    pub kept_for_app: bool,
 }
 
 /// A documents catalog entry (the blob itself lives in blob storage, issue 4).
@@ -404,6 +410,7 @@ fn unique_violation(e: &sqlx::Error) -> bool {
 enum Bind<'a> {
     S(&'a str),
     I(i64),
+    B(&'a [u8]),
 }
 
 /// Did a re-encryption step meet a concurrent change (the step is tried again later)?
@@ -519,6 +526,7 @@ impl<E: Engine> SqlBackend<E> {
             q = match b {
                 Bind::S(s) => q.bind(*s),
                 Bind::I(i) => q.bind(*i),
+                Bind::B(b) => q.bind(*b),
             };
         }
         count_of(q.fetch_one(&mut *conn).await?)

@@ -109,15 +109,15 @@ impl<E: Engine> SqlBackend<E> {
     /// Applies one subject's re-encryption in one transaction (see [`ReencryptPlan`]).
     pub async fn reencrypt_subject(&self, plan: ReencryptPlan) -> Result<ReencryptOutcome> {
         match self.reencrypt_subject_tx(&plan).await {
-            Ok(dropped) => Ok(ReencryptOutcome { applied: true, dropped }),
+            Ok((dropped, kept_for_app)) => Ok(ReencryptOutcome { applied: true, dropped, kept_for_app }),
             Err(e) if is_concurrency_error::<E>(&e) => {
-                Ok(ReencryptOutcome { applied: false, dropped: Vec::new() })
+                Ok(ReencryptOutcome { applied: false, dropped: Vec::new(), kept_for_app: false })
             }
             Err(e) => Err(e),
         }
     }
 
-    pub(super) async fn reencrypt_subject_tx(&self, plan: &ReencryptPlan) -> Result<Vec<i64>> {
+    pub(super) async fn reencrypt_subject_tx(&self, plan: &ReencryptPlan) -> Result<(Vec<i64>, bool)> {
         use sqlx::Acquire;
         let mut tx = self.begin_write().await?;
         Self::lock_head(&mut tx).await?;
@@ -178,6 +178,7 @@ impl<E: Engine> SqlBackend<E> {
         }
         Self::log_rows(&mut tx, &rewritten).await?;
         let mut dropped = Vec::new();
+        let mut kept_for_app = false;
         for v in &plan.drop_versions {
             // Delete first (this waits for writers holding a share lock on the key row),
             // then look for users; keep the key (roll back to the savepoint) if any.
@@ -207,6 +208,9 @@ impl<E: Engine> SqlBackend<E> {
                 binds.extend(cols.iter().map(|_| Bind::I(*v)));
                 cells += Self::count(&mut sp, &sql, &binds).await?;
             }
+            let app = Self::app_cells_under(&mut sp, plan, *v).await?;
+            kept_for_app |= app > 0;
+            cells += app;
             let binds = [Bind::S(&plan.tenant), Bind::S(&plan.domain), Bind::S(&plan.subject), Bind::I(*v)];
             let docs = Self::count(
                     &mut sp,
@@ -225,7 +229,52 @@ impl<E: Engine> SqlBackend<E> {
             }
         }
         tx.commit().await?;
-        Ok(dropped)
+        Ok((dropped, kept_for_app))
+    }
+
+    /// The rows of the application's mapped tables holding a value of the plan's subject in the
+    /// plan's domain sealed under subject key version `version` (read from each sealed value's
+    /// header, bytes 4..8).
+    async fn app_cells_under(
+        conn: &mut <E::Db as sqlx::Database>::Connection,
+        plan: &ReencryptPlan,
+        version: i64,
+    ) -> Result<u64> {
+        use crate::app_table::TenantSource;
+        let v = u32::try_from(version).map_err(|_| StoreError::Invalid("subject key version".into()))?;
+        let header = v.to_be_bytes();
+        let mut n = 0u64;
+        for t in &plan.app_tables {
+            let cols: Vec<&str> = t
+                .protected_columns()
+                .filter(|c| c.domain.as_str() == plan.domain)
+                .map(|c| c.name.as_str())
+                .collect();
+            if cols.is_empty() {
+                continue;
+            }
+            let any =
+                cols.iter().map(|c| format!("{} = ?", E::bytes_at(c, 5, 4))).collect::<Vec<_>>().join(" OR ");
+            let (tenant_sql, tenant_bind) = match &t.tenant {
+                TenantSource::Column(c) => (format!("{c} = ? AND "), true),
+                TenantSource::Fixed(x) if x.as_str() == plan.tenant => (String::new(), false),
+                TenantSource::Fixed(_) => continue,
+            };
+            let sql = format!(
+                "SELECT COUNT(*) FROM {} WHERE {tenant_sql}{} = ? AND ({any}){}",
+                t.table,
+                t.subject_column,
+                E::COUNT_LOCK
+            );
+            let mut binds = Vec::new();
+            if tenant_bind {
+                binds.push(Bind::S(&plan.tenant));
+            }
+            binds.push(Bind::S(&plan.subject));
+            binds.extend(cols.iter().map(|_| Bind::B(&header)));
+            n += Self::count(conn, &sql, &binds).await?;
+        }
+        Ok(n)
     }
 
     /// Subjects with a blind index of a `domain` field under another version than `active`.

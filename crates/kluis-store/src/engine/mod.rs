@@ -107,6 +107,13 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
         )
     }
 
+    /// `len` bytes of binary column `column` from byte `from` (1-based), comparable with a bound
+    /// byte string.
+    #[doc(hidden)]
+    fn bytes_at(column: &str, from: u32, len: u32) -> String {
+        format!("substr({column}, {from}, {len})")
+    }
+
     /// The end of an `INSERT` that keeps an existing row of the same key instead (no error, which
     /// on PostgreSQL would abort the caller's transaction); `column` is any column of the table.
     #[doc(hidden)]

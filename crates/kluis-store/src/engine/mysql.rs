@@ -80,6 +80,10 @@ impl Engine for MySql {
         format!(" ON DUPLICATE KEY UPDATE {column} = {column}")
     }
 
+    fn bytes_at(column: &str, from: u32, len: u32) -> String {
+        format!("SUBSTRING({column}, {from}, {len})")
+    }
+
     fn null_safe_eq(column: &str) -> String {
         format!("{column} <=> ?")
     }

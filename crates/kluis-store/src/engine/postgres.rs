@@ -81,6 +81,10 @@ impl Engine for Postgres {
         Some(format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from_where} FOR SHARE) AS held"))
     }
 
+    fn bytes_at(column: &str, from: u32, len: u32) -> String {
+        format!("substring({column} from {from} for {len})")
+    }
+
     fn null_safe_eq(column: &str) -> String {
         format!("{column} IS NOT DISTINCT FROM ?")
     }

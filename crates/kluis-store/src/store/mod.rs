@@ -331,6 +331,10 @@ pub struct ReencryptProgress {
     pub remaining_subjects: u64,
     /// Subjects skipped because a record or key changed concurrently (the next step retries).
     pub conflicts: u64,
+    /// Subjects left with an older subject key version because values in the application's
+    /// mapped tables are sealed under it (docs/APP_TABLES.md: re-encrypting those is not built).
+    /// They stay in `remaining_subjects`, and the older domain key version cannot be retired.
+    pub kept_for_app_tables: u64,
 }
 
 /// Default lifetime of an unwrapped subject key in the store's cache.
@@ -633,6 +637,78 @@ mod tests {
         }
         let e = Store::<Sqlite>::check_row(&access, &stored, &mut Tags::new());
         assert!(matches!(e, Err(StoreError::RowIntegrity { .. })), "{e:?}");
+    }
+
+    /// The committed application row vector (tests/vectors/app_rows_v1.json, computed from
+    /// docs/FORMAT.md §10.2 by a script): the row tag the store makes and accepts, refused with
+    /// one byte changed, and the blind index column's value.
+    #[tokio::test]
+    async fn app_row_vector() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../tests/vectors/app_rows_v1.json")).unwrap();
+        let hexf = |x: &serde_json::Value| hex::decode(x.as_str().unwrap()).unwrap();
+        let tenant = TenantId::new("acme").unwrap();
+        let set = |domain: &str, version: u32, key: Vec<u8>| {
+            DomainKeySet::from_keys(
+                tenant.clone(),
+                DomainName::new(domain).unwrap(),
+                vec![(
+                    version,
+                    KeyState::Active,
+                    kluis_core::KeyMaterial::from_bytes(key.try_into().unwrap()),
+                )],
+                kluis_core::Suite::default(),
+                kluis_core::Backend::preferred(),
+            )
+            .unwrap()
+        };
+        let access = Access::new(tenant.clone())
+            .with(set(ROW_TAG_DOMAIN, 1, hexf(&v["row_tags_key"])))
+            .unwrap()
+            .with(set("general", 2, hexf(&v["blind_index"]["domain_key"])))
+            .unwrap();
+        let schema = Schema::from_toml(
+            r#"
+[tables.notes]
+primary_key = ["id"]
+tenant_column = "tenant_id"
+subject_column = "employee_id"
+[tables.notes.columns]
+diagnosis = { type = "text", domain = "medical" }
+bsn = { type = "text", domain = "general", blind_index_column = "bsn_idx" }
+"#,
+        )
+        .unwrap();
+        let t = schema.app_table("notes").unwrap();
+        let r = &v["row"];
+        let (record, subject) = (r["record"].as_str().unwrap(), r["subject"].as_str().unwrap());
+        let cells: Vec<(String, Vec<u8>)> = v["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["column"].as_str().unwrap().to_owned(), hexf(&c["sealed"])))
+            .collect();
+        let refs: Vec<(&str, &[u8])> = cells.iter().map(|(c, s)| (c.as_str(), s.as_slice())).collect();
+        assert_eq!(
+            crate::app_table::app_tag_input("acme", &t.name, record, subject, &refs),
+            hexf(&v["input"])
+        );
+        let tag = Store::<Sqlite>::app_row_tag(&access, t, record, subject, &refs).unwrap();
+        assert_eq!(hex::encode(&tag), v["tag"].as_str().unwrap());
+        Store::<Sqlite>::check_app_row(&access, t, record, subject, &refs, &tag).unwrap();
+        let mut flipped = cells.clone();
+        flipped[1].1[0] ^= 1;
+        let refs: Vec<(&str, &[u8])> = flipped.iter().map(|(c, s)| (c.as_str(), s.as_slice())).collect();
+        let e = Store::<Sqlite>::check_app_row(&access, t, record, subject, &refs, &tag);
+        assert!(matches!(e, Err(StoreError::RowIntegrity { .. })), "{e:?}");
+        // The blind index column's value: the domain key version, then the index.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(Sqlite::open(&dir.path().join("k.db")).await.unwrap(), schema.clone());
+        let b = &v["blind_index"];
+        let value = Value::Text(b["value_text"].as_str().unwrap().into());
+        assert_eq!(value.encode().to_vec(), hexf(&b["encoded_value"]));
+        let got = store.app_blind_index(&access, "notes", "bsn", &value).unwrap();
+        assert_eq!(got, vec![hexf(&b["column_value"])]);
     }
 
     /// An operation that fails while being sealed, after others were written: the channel closes

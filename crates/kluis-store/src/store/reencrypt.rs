@@ -122,11 +122,12 @@ impl<E: Engine> Store<E> {
         for subject in self.backend.reencrypt_candidates(&self.layout, t, d, i64::from(active), limit).await?
         {
             match self.reencrypt_subject(access, set, &subject, active, &mut tags).await? {
-                Some(resealed) => {
+                SubjectStep::Moved(resealed) => {
                     progress.subjects_moved += 1;
                     progress.records_resealed += resealed;
                 }
-                None => progress.conflicts += 1,
+                SubjectStep::Conflict => progress.conflicts += 1,
+                SubjectStep::KeptForAppTables => progress.kept_for_app_tables += 1,
             }
         }
         progress.remaining_subjects =
@@ -148,14 +149,14 @@ impl<E: Engine> Store<E> {
         subject: &str,
         active: u32,
         tags: &mut Tags,
-    ) -> Result<Option<u64>> {
+    ) -> Result<SubjectStep> {
         let (t, d) = (access.tenant.as_str(), set.domain().as_str());
         if let Ok(mut c) = self.subject_keys.lock() {
             c.forget_subject(t, Some(d), subject);
         }
         tags.forget_subject(subject);
         let rows = self.backend.subject_keys(t, d, subject).await?;
-        let Some(newest) = rows.last() else { return Ok(Some(0)) };
+        let Some(newest) = rows.last() else { return Ok(SubjectStep::Moved(0)) };
         let newest_wrap = kluis_core::SealedHeader::parse(&newest.wrapped).map(|h| h.key.version).ok();
         let (target, target_key, new_key) =
             if newest_wrap == Some(active) && newest.wrap_version == i64::from(active) {
@@ -247,12 +248,29 @@ impl<E: Engine> Store<E> {
             records: plan_records,
             drop_versions,
             tables: self.layout.tables().to_vec(),
+            app_tables: self.schema.app_tables().cloned().collect(),
         };
+        let idle = plan.new_key.is_none() && plan.records.is_empty();
         let outcome = self.backend.reencrypt_subject(plan).await?;
         if let Ok(mut c) = self.subject_keys.lock() {
             c.forget_subject(t, Some(d), subject);
         }
         tags.forget_subject(subject);
-        Ok(outcome.applied.then_some(resealed))
+        Ok(match outcome {
+            o if !o.applied => SubjectStep::Conflict,
+            o if idle && o.dropped.is_empty() && o.kept_for_app => SubjectStep::KeptForAppTables,
+            _ => SubjectStep::Moved(resealed),
+        })
     }
+}
+
+/// What [`Store::reencrypt_subject`] did with one subject.
+pub(super) enum SubjectStep {
+    /// Moved, with this many records re-sealed.
+    Moved(u64),
+    /// Nothing written: a record or key changed concurrently (the next step retries).
+    Conflict,
+    /// Nothing left to do but delete an older subject key version that values in the
+    /// application's mapped tables are still sealed under: kept.
+    KeptForAppTables,
 }
