@@ -59,6 +59,9 @@ pub enum Command {
     Keys(KeysCmd),
     /// Move every record and document of a domain off older key versions (resumable).
     Reencrypt(ReencryptArgs),
+    /// Seal the plaintext columns of a mapped application table into its protected columns, in
+    /// place and online, then clear the plaintext (resumable; --dry-run shows the plan).
+    EncryptColumns(EncryptColumnsArgs),
     /// Crypto-shred a data subject (honours retention).
     Shred(ShredArgs),
     /// Make an anonymised copy for a test environment in a new data directory (medical data left
@@ -198,6 +201,27 @@ pub struct ReencryptArgs {
     /// Subjects (and documents) per step; each subject is one transaction.
     #[arg(long, default_value_t = 50)]
     pub batch: usize,
+}
+
+/// `kluis encrypt-columns`.
+#[derive(Debug, Args)]
+pub struct EncryptColumnsArgs {
+    /// Tenant id.
+    #[arg(long)]
+    pub tenant: String,
+    /// The table mapping of the schema (`[tables.NAME]`).
+    #[arg(long)]
+    pub table: String,
+    /// Rows per batch; each batch is one transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch: u32,
+    /// Only show what is left to do.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not rewrite the table afterwards (its files may then keep old row versions with
+    /// plaintext: docs/APP_TABLES.md).
+    #[arg(long)]
+    pub no_purge: bool,
 }
 
 /// `kluis shred`.

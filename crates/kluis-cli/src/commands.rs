@@ -49,6 +49,7 @@ impl Job for CommandJob {
             Command::Keys(KeysCmd::Adopt) => keys_adopt(&env, &actor).await,
             Command::Keys(KeysCmd::RecordGeneration) => record_generation(&env, &actor).await,
             Command::Reencrypt(args) => reencrypt_cmd(&env, &actor, &args).await,
+            Command::EncryptColumns(args) => encrypt_columns_cmd(&env, &actor, &args).await,
             Command::Shred(args) => shred(&env, &actor, &args).await,
             Command::Import(args) => import(&env, &actor, &args).await,
             Command::Export(args) => crate::package::export(&env, &actor, &args).await,
@@ -475,6 +476,93 @@ async fn record_generation<B: Engine, O: BlobBackend + Clone>(
     env.audit_admin(actor, event).await?;
     let mut r = Report::new(json!({ "generation": g }));
     r.line(format!("keyring generation {g} recorded in the database"));
+    Ok(r)
+}
+
+// ------------------------------------------------------------------ encrypt-columns
+
+/// How many passes over the table a run makes at most: a pass seals what it meets in key order;
+/// a row given plaintext again behind it (an application still writing plaintext) needs another.
+const ENCRYPT_PASSES: u32 = 20;
+
+async fn encrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
+    env: &Env<B, O>,
+    actor: &str,
+    args: &crate::cli::EncryptColumnsArgs,
+) -> Result<Report> {
+    let t = env.tenant(&args.tenant).await?;
+    let access = env.admin_access(&t).await?;
+    let table = args.table.as_str();
+    let plan = env.store.encrypt_columns_plan(&access, table).await?;
+    let columns: Vec<serde_json::Value> = plan
+        .columns
+        .iter()
+        .map(|(c, p, n)| json!({ "column": c, "plaintext_column": p, "rows_with_plaintext": n }))
+        .collect();
+    if args.dry_run {
+        let mut r = Report::new(
+            json!({ "tenant": t.as_str(), "table": table, "rows": plan.rows, "columns": columns }),
+        );
+        r.line(format!("{t}/{table}: {} rows hold plaintext to seal", plan.rows));
+        for (c, p, n) in &plan.columns {
+            r.line(format!("  {p} -> {c}: {n} rows"));
+        }
+        return Ok(r);
+    }
+    let show = !env.settings.json && std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::hidden();
+    if show {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} rows, {per_sec}, eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("encrypting {t}/{table}"));
+        bar.set_length(plan.rows);
+    }
+    let who = kluis_store::audit::AuditEntry { actor: actor.to_owned(), ..Default::default() };
+    let mut refused: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let (mut encrypted, mut passes, mut conflicts) = (0u64, 0u32, 0u64);
+    loop {
+        passes += 1;
+        let mut after: Option<Vec<String>> = None;
+        let mut this_pass = 0u64;
+        loop {
+            let s =
+                env.store.encrypt_columns_step(&access, table, args.batch, after.as_deref(), &who).await?;
+            this_pass += s.rows_encrypted;
+            conflicts += s.conflicts;
+            refused.extend(s.rows_refused);
+            bar.inc(s.rows_encrypted);
+            match s.last_key {
+                Some(k) if s.rows_read > 0 => after = Some(k),
+                _ => break,
+            }
+        }
+        encrypted += this_pass;
+        if this_pass == 0 || passes >= ENCRYPT_PASSES {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    if !args.no_purge {
+        env.store.purge_app_table(table).await?;
+    }
+    let left = env.store.encrypt_columns_plan(&access, table).await?.rows;
+    let mut r = Report::new(json!({
+        "tenant": t.as_str(), "table": table, "rows_encrypted": encrypted, "passes": passes,
+        "conflicts": conflicts, "rows_left": left, "purged": !args.no_purge,
+        "refused": refused.iter().map(|(id, why)| json!({ "record": id, "reason": why })).collect::<Vec<_>>(),
+    }));
+    r.line(format!(
+        "{t}/{table}: {encrypted} rows sealed in {passes} passes; {left} rows still hold plaintext{}",
+        if args.no_purge { "" } else { "; the table was rewritten" }
+    ));
+    for (id, why) in &refused {
+        r.line(format!("  refused {id}: {why}"));
+    }
     Ok(r)
 }
 

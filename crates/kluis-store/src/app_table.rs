@@ -65,6 +65,9 @@ pub struct ProtectedColumn {
     pub max_bytes: usize,
     /// The column that holds its blind index, if it is searchable by equality.
     pub blind_index_column: Option<String>,
+    /// The application's column that holds the same values in clear today, which
+    /// [`crate::Store::encrypt_columns_step`] seals into this column and then clears.
+    pub plaintext_column: Option<String>,
 }
 
 /// A table of the application, as the schema maps it.
@@ -142,6 +145,7 @@ impl AppTable {
             domain,
             max_bytes: DEFAULT_MAX_BYTES,
             blind_index_column: None,
+            plaintext_column: None,
         }
     }
 
@@ -218,6 +222,9 @@ impl AppTable {
                 return Err(StoreError::Schema(what(&format!("column {name:?} is filed as {:?}", c.name))));
             }
             all.push((c.name.clone(), "protected column".into()));
+            if let Some(p) = &c.plaintext_column {
+                all.push((p.clone(), "plaintext column".into()));
+            }
             if let Some(i) = &c.blind_index_column {
                 all.push((i.clone(), "blind index column".into()));
                 if c.ty == FieldType::Bool {

@@ -41,7 +41,8 @@ pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Pseudonym, Schema, field};
 pub use store::{
-    Access, AdoptReport, Changes, FieldValue, KeyUsage, LegalOverride, MigrationReport, NewRecord, Op, Page,
-    Record, ReencryptProgress, Scope, ShredReport, Store, Written, check_id,
+    Access, AdoptReport, Changes, EncryptPlan, EncryptStep, FieldValue, KeyUsage, LegalOverride,
+    MigrationReport, NewRecord, Op, Page, Record, ReencryptProgress, Scope, ShredReport, Store, Written,
+    check_id,
 };
 pub use value::Value;

@@ -282,6 +282,9 @@ impl Schema {
                 if let Some(i) = &c.blind_index_column {
                     out.push_str(&format!(", blind_index_column = \"{i}\""));
                 }
+                if let Some(p) = &c.plaintext_column {
+                    out.push_str(&format!(", plaintext_column = \"{p}\""));
+                }
                 out.push_str(" }\n");
             }
             out.push('\n');
@@ -395,6 +398,7 @@ impl Schema {
                     domain,
                     max_bytes: rc.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
                     blind_index_column: rc.blind_index_column,
+                    plaintext_column: rc.plaintext_column,
                 });
             }
             b = b.app_table(t);
@@ -440,6 +444,7 @@ struct RawColumn {
     domain: String,
     max_bytes: Option<usize>,
     blind_index_column: Option<String>,
+    plaintext_column: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -508,7 +508,7 @@ impl<E: Engine> SqlBackend<E> {
 }
 
 impl<E: Engine> SqlBackend<E> {
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, E::Db>> {
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, E::Db>> {
         Ok(match E::BEGIN_WRITE {
             Some(begin) => self.pool.begin_with(begin).await?,
             None => self.pool.begin().await?,

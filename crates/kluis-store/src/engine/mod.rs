@@ -155,7 +155,32 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
 
     /// Rewrites the tables that held key bytes so that deleted rows leave no copy in the files.
     #[doc(hidden)]
-    fn purge(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = Result<()>> + Send;
+    fn purge(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = Result<()>> + Send {
+        Self::purge_tables(pool, &KEY_TABLES)
+    }
+
+    /// Rewrites `tables` so that older versions of their rows leave no copy in the files (on
+    /// SQLite: the whole database file and its write-ahead log).
+    #[doc(hidden)]
+    fn purge_tables(pool: &sqlx::Pool<Self::Db>, tables: &[&str]) -> impl Future<Output = Result<()>> + Send;
+
+    /// `column` read as text (for values of any type).
+    #[doc(hidden)]
+    fn cast_text(column: &str) -> String {
+        format!("CAST({column} AS TEXT)")
+    }
+
+    /// The catalog query for a column's SQL type (binds: table, column), where a text bind
+    /// compared with a column of another type needs a cast ([`Engine::param_as`]); `None` where
+    /// the engine converts a text bind itself.
+    #[doc(hidden)]
+    const COLUMN_TYPE_SQL: Option<&'static str> = None;
+
+    /// A bind compared with a column of SQL type `ty` (from [`Engine::COLUMN_TYPE_SQL`]).
+    #[doc(hidden)]
+    fn param_as(_ty: &str) -> String {
+        "?".to_owned()
+    }
 }
 
 /// The engine of a sqlx database: what lets [`crate::Store::new`] tell the engine from a pool.

@@ -14,7 +14,7 @@
 
 use sqlx::Database;
 
-use super::{Ddl, Engine, EngineKind, KEY_TABLES, Sealed};
+use super::{Ddl, Engine, EngineKind, Sealed};
 use crate::error::Result;
 use crate::schema::FieldType;
 
@@ -104,8 +104,12 @@ impl Engine for MySql {
         r.rows_affected()
     }
 
-    async fn purge(pool: &sqlx::Pool<Self::Db>) -> Result<()> {
-        for t in KEY_TABLES {
+    fn cast_text(column: &str) -> String {
+        format!("CAST({column} AS CHAR)")
+    }
+
+    async fn purge_tables(pool: &sqlx::Pool<Self::Db>, tables: &[&str]) -> Result<()> {
+        for t in tables {
             sqlx::query(&format!("OPTIMIZE TABLE {t}")).fetch_all(pool).await?;
         }
         Ok(())

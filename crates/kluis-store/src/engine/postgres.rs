@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 use sqlx::Database;
 
-use super::{Cols, Ddl, Engine, EngineKind, KEY_TABLES, Sealed};
+use super::{Cols, Ddl, Engine, EngineKind, Sealed};
 use crate::error::Result;
 use crate::schema::FieldType;
 
@@ -103,7 +103,18 @@ impl Engine for Postgres {
         r.rows_affected()
     }
 
-    async fn purge(pool: &sqlx::Pool<Self::Db>) -> Result<()> {
+    // A text bind compared with an integer (or uuid, ...) column is an error here ("operator
+    // does not exist"), so keys read as text are bound back cast to their column's type.
+    const COLUMN_TYPE_SQL: Option<&'static str> = Some(
+        "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+         WHERE a.attrelid = CAST(? AS regclass) AND a.attname = lower(?) AND NOT a.attisdropped",
+    );
+
+    fn param_as(ty: &str) -> String {
+        format!("CAST(? AS {ty})")
+    }
+
+    async fn purge_tables(pool: &sqlx::Pool<Self::Db>, tables: &[&str]) -> Result<()> {
         // A row version that another transaction of this database could still see ("recently
         // dead": any backend with an older snapshot, an autovacuum ANALYZE included) is copied
         // into the new file, so the rewrite waits until no other backend of the database holds a
@@ -125,7 +136,7 @@ impl Engine for Postgres {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-            for t in KEY_TABLES {
+            for t in tables {
                 sqlx::query(&format!("VACUUM (FULL) {t}")).execute(&mut *conn).await?;
             }
         }

@@ -126,7 +126,7 @@ impl Engine for Sqlite {
         r.rows_affected()
     }
 
-    async fn purge(pool: &sqlx::Pool<Self::Db>) -> Result<()> {
+    async fn purge_tables(pool: &sqlx::Pool<Self::Db>, _tables: &[&str]) -> Result<()> {
         use sqlx::Connection;
         let mut conn = pool.acquire().await?;
         // secure_delete zeroes freed cells and pages; VACUUM rewrites the file without free pages

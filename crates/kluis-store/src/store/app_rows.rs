@@ -258,7 +258,7 @@ impl<E: Engine> Store<E> {
     }
 
     /// A mapping of one fixed tenant is reached only with that tenant's keys.
-    fn app_tenant(&self, access: &Access, t: &AppTable) -> Result<()> {
+    pub(super) fn app_tenant(&self, access: &Access, t: &AppTable) -> Result<()> {
         match &t.tenant {
             TenantSource::Fixed(x) if x != &access.tenant => Err(StoreError::OutOfScope {
                 what: format!("table {} (tenant {x})", t.name),
@@ -269,7 +269,7 @@ impl<E: Engine> Store<E> {
     }
 
     /// Checks and seals `fields` of one row, the subject keys found or made in `tx`.
-    async fn app_seal(
+    pub(super) async fn app_seal(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
         access: &Access,
@@ -457,7 +457,7 @@ impl<E: Engine> Store<E> {
     }
 
     /// `who` with what was touched filled in: names and ids, never a value.
-    fn app_entry(
+    pub(super) fn app_entry(
         access: &Access,
         t: &AppTable,
         record: &str,
@@ -487,7 +487,7 @@ impl<E: Engine> Store<E> {
 
 /// A blind index column's value: the domain key version (u32 BE) and the index (docs/FORMAT.md
 /// §10.2).
-fn index_value(version: i64, idx: &[u8]) -> Result<Vec<u8>> {
+pub(super) fn index_value(version: i64, idx: &[u8]) -> Result<Vec<u8>> {
     let v = u32::try_from(version).map_err(|_| StoreError::Invalid("blind index key version".into()))?;
     let mut out = Vec::with_capacity(4 + idx.len());
     out.extend_from_slice(&v.to_be_bytes());

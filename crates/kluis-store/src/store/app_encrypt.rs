@@ -1,0 +1,541 @@
+//! Encrypting the application's plaintext columns in place (docs/APP_TABLES.md, "Encrypt a
+//! column that holds plaintext today"): batches of rows, each batch one transaction that locks
+//! its rows, seals each row's plaintext values into the protected columns (compare-and-swap
+//! against what it read), reads them back and opens them, and only then clears the plaintext.
+
+use super::app_rows::index_value;
+use super::*;
+use crate::app_table::{AppTable, ProtectedColumn, TenantSource};
+use crate::audit::{AuditAppend, AuditEntry, DEFAULT_CHECKPOINT_EVERY};
+use crate::engine::{Arg, Cols, opt_text, query};
+use crate::schema::FieldType;
+
+/// What encrypting a mapped table's plaintext columns has left to do.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncryptPlan {
+    /// The mapping.
+    pub table: String,
+    /// Per protected column with a plaintext column: (protected column, plaintext column, rows
+    /// of the tenant whose plaintext column is not NULL).
+    pub columns: Vec<(String, String, u64)>,
+    /// Rows of the tenant with at least one plaintext value: what a run will seal.
+    pub rows: u64,
+}
+
+/// What one [`Store::encrypt_columns_step`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncryptStep {
+    /// Rows read (with at least one plaintext value).
+    pub rows_read: u64,
+    /// Rows whose plaintext values were sealed and cleared.
+    pub rows_encrypted: u64,
+    /// Rows left as they were, with why (a value that is not one of the column's type, a row
+    /// that fails its row tag, a key that is not an id): the record id, or the primary key
+    /// values read, and the reason (never a value). Skip them in the next step (its `skip`).
+    pub rows_refused: Vec<(String, String)>,
+    /// Rows that changed between the read and the write (none while the batch holds its locks;
+    /// counted for safety): left for the next pass.
+    pub conflicts: u64,
+    /// The primary key values of the last row read: the next step's `after`. `None` when the
+    /// step read nothing (the pass is over).
+    pub last_key: Option<Vec<String>>,
+}
+
+/// One row as the batch read it.
+struct ReadRow {
+    key: Vec<String>,
+    subject: String,
+    plain: Vec<Option<Vec<u8>>>,
+    cells: Vec<Option<Vec<u8>>>,
+    tag: Option<Vec<u8>>,
+}
+
+impl<E: Engine> Store<E> {
+    /// How much of `table` (a mapping of the application's tables) still holds plaintext in the
+    /// tenant of `access`.
+    pub async fn encrypt_columns_plan(&self, access: &Access, table: &str) -> Result<EncryptPlan> {
+        let t = self.schema.app_table(table)?;
+        self.app_tenant(access, t)?;
+        let plain = plaintext_columns(t)?;
+        let (tenant_where, tenant_bind) = tenant_filter(t);
+        let mut columns = Vec::new();
+        for c in &plain {
+            let p = c.plaintext_column.as_deref().unwrap_or_default();
+            let sql = format!("SELECT COUNT(*) FROM {} WHERE {tenant_where}{p} IS NOT NULL", t.table);
+            let n = self.app_count(&sql, tenant_bind.then_some(access.tenant.as_str())).await?;
+            columns.push((c.name.clone(), p.to_owned(), n));
+        }
+        let any = any_plaintext(&plain);
+        let sql = format!("SELECT COUNT(*) FROM {} WHERE {tenant_where}({any})", t.table);
+        let rows = self.app_count(&sql, tenant_bind.then_some(access.tenant.as_str())).await?;
+        Ok(EncryptPlan { table: t.name.clone(), columns, rows })
+    }
+
+    /// Encrypts up to `batch` rows of `table` that still hold plaintext, in primary key order
+    /// after the row whose key is `after` (the previous step's [`EncryptStep::last_key`]; `None`
+    /// starts a pass from the first row), in one transaction:
+    /// the rows are locked (`FOR UPDATE`; SQLite's write lock), each row's plaintext values are
+    /// sealed into its protected columns with a new row tag by an `UPDATE` that compares the
+    /// plaintext and the row tag it read, the sealed values are read back and opened and
+    /// compared with the plaintext, and only then are the plaintext columns set to NULL. One
+    /// audit entry (`who` with `encrypt_columns`, the rows, subjects and columns) commits with
+    /// the batch. Killed at any point, a batch is either all done or not at all, and the next
+    /// step continues where the data stands: plaintext is the work list. A pass ends with a
+    /// step that reads nothing; a row given plaintext again behind the pass (by an application
+    /// still writing it) is taken by the next pass.
+    ///
+    /// `access` must hold the domain keys of the columns and cover the whole tenant, writing.
+    /// A plaintext value is taken as the newest: a row that holds both is sealed again from it.
+    pub async fn encrypt_columns_step(
+        &self,
+        access: &Access,
+        table: &str,
+        batch: u32,
+        after: Option<&[String]>,
+        who: &AuditEntry,
+    ) -> Result<EncryptStep> {
+        let t = self.schema.app_table(table)?;
+        self.app_tenant(access, t)?;
+        access.whole_tenant("encrypting a table's columns")?;
+        access.require_write("encrypting a table's columns")?;
+        let plain = plaintext_columns(t)?;
+        for c in &plain {
+            access.require(c.domain.as_str())?;
+        }
+        let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
+        let mut tx = self.backend.begin_write().await?;
+        // The audit head first, as every writer of Kluis's takes it.
+        SqlBackend::<E>::lock_head(&mut tx).await?;
+        let key_params = self.key_params(&mut tx, t).await?;
+        let rows = self
+            .read_plaintext_rows(&mut tx, access, t, &plain, &protected, batch, after, &key_params)
+            .await?;
+        let mut step = EncryptStep {
+            rows_read: rows.len() as u64,
+            last_key: rows.last().map(|r| r.key.clone()),
+            ..EncryptStep::default()
+        };
+        let mut done: Vec<(String, String)> = Vec::new();
+        for row in rows {
+            // An error once a row is written aborts the whole batch (the transaction rolls back).
+            match self.encrypt_row(&mut tx, access, t, &plain, &protected, &row, &key_params).await? {
+                RowOutcome::Done(record) => {
+                    step.rows_encrypted += 1;
+                    done.push((record, row.subject.clone()));
+                }
+                RowOutcome::Changed => step.conflicts += 1,
+                RowOutcome::Refused(why) => {
+                    let id = t.record_id(&row.key.iter().map(String::as_str).collect::<Vec<_>>());
+                    step.rows_refused.push((id.unwrap_or_else(|_| row.key.join("/")), why));
+                }
+            }
+        }
+        if !done.is_empty() {
+            let records: Vec<&str> = done.iter().map(|(r, _)| r.as_str()).collect();
+            let mut subjects: Vec<&str> = done.iter().map(|(_, s)| s.as_str()).collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            let columns: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
+            let entry = Self::app_entry(
+                access,
+                t,
+                &records.join(","),
+                &subjects.join(","),
+                &columns,
+                "encrypt_columns",
+                who,
+            );
+            SqlBackend::<E>::audit_append(
+                &mut tx,
+                AuditAppend { entry, checkpoint_every: DEFAULT_CHECKPOINT_EVERY },
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(step)
+    }
+
+    /// Rewrites the mapped table so that no older version of its rows (with the plaintext a run
+    /// cleared) is left in the database's files: SQLite: `VACUUM` and a truncating WAL
+    /// checkpoint of the whole file; PostgreSQL: `VACUUM (FULL)` of the table, twice, after
+    /// waiting for other transactions' snapshots; MariaDB: `OPTIMIZE TABLE`. What stays outside
+    /// the table's files (PostgreSQL's WAL, MariaDB's redo and undo logs and binary log,
+    /// backups) is in docs/APP_TABLES.md.
+    pub async fn purge_app_table(&self, table: &str) -> Result<()> {
+        let t = self.schema.app_table(table)?;
+        E::purge_tables(self.pool(), &[t.table.as_str()]).await
+    }
+
+    async fn app_count(&self, sql: &str, tenant: Option<&str>) -> Result<u64> {
+        let sql = E::sql(sql).into_owned();
+        let mut q = query::<E>(&sql);
+        if let Some(t) = tenant {
+            q = q.bind(t);
+        }
+        let row = q.fetch_one(self.pool()).await?;
+        let n: i64 = row.col(0)?;
+        u64::try_from(n).map_err(|_| StoreError::Corrupt { what: "row count", reason: n.to_string() })
+    }
+
+    /// The bind of each primary key column, as compared with the column (a cast on engines that
+    /// do not convert a text bind themselves).
+    async fn key_params(
+        &self,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        t: &AppTable,
+    ) -> Result<Vec<String>> {
+        let Some(sql) = E::COLUMN_TYPE_SQL else {
+            return Ok(t.primary_key.iter().map(|_| "?".to_owned()).collect());
+        };
+        let sql = E::sql(sql).into_owned();
+        let mut out = Vec::with_capacity(t.primary_key.len());
+        for k in &t.primary_key {
+            let row =
+                query::<E>(&sql).bind(t.table.as_str()).bind(k.as_str()).fetch_optional(&mut **tx).await?;
+            let ty = match row {
+                Some(r) => opt_text(&r, 0)?,
+                None => None,
+            }
+            .ok_or_else(|| StoreError::Schema(format!("table {}: no column {k} in {}", t.name, t.table)))?;
+            // A type name from the catalog, used in SQL text: letters, digits, spaces, parentheses,
+            // commas and underscores only.
+            if !ty.chars().all(|c| c.is_ascii_alphanumeric() || " (),_".contains(c)) {
+                return Err(StoreError::Schema(format!("table {}: column {k} has type {ty:?}", t.name)));
+            }
+            out.push(E::param_as(&ty));
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_plaintext_rows(
+        &self,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        access: &Access,
+        t: &AppTable,
+        plain: &[&ProtectedColumn],
+        protected: &[&ProtectedColumn],
+        batch: u32,
+        after: Option<&[String]>,
+        key_params: &[String],
+    ) -> Result<Vec<ReadRow>> {
+        let mut select: Vec<String> = Vec::new();
+        // Aliased: PostgreSQL would take `ORDER BY id` for the text of an output column `id`.
+        select.extend(
+            t.primary_key.iter().enumerate().map(|(i, k)| format!("{} AS kluis_k{i}", E::cast_text(k))),
+        );
+        select.push(format!("{} AS kluis_subject", E::cast_text(&t.subject_column)));
+        select.extend(
+            plain.iter().enumerate().map(|(i, c)| format!("{} AS kluis_p{i}", plaintext_expr::<E>(c))),
+        );
+        select.extend(protected.iter().map(|c| c.name.clone()));
+        select.push(t.row_tag_column.clone());
+        let (tenant_where, tenant_bind) = tenant_filter(t);
+        let cursor = match after {
+            Some(k) if k.len() == t.primary_key.len() => {
+                format!(" AND ({}) > ({})", t.primary_key.join(", "), key_params.join(", "))
+            }
+            Some(_) => {
+                return Err(StoreError::Invalid(format!("table {}: a cursor of the wrong length", t.name)));
+            }
+            None => String::new(),
+        };
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {tenant_where}({}){cursor} ORDER BY {} LIMIT ?{}",
+            select.join(", "),
+            t.table,
+            any_plaintext(plain),
+            t.primary_key.join(", "),
+            E::UPDATE_LOCK
+        );
+        let sql = E::sql(&sql).into_owned();
+        let mut q = query::<E>(&sql);
+        if tenant_bind {
+            q = q.bind(access.tenant.as_str());
+        }
+        for k in after.unwrap_or_default() {
+            q = q.bind(k.as_str());
+        }
+        let found = q.bind(i64::from(batch.max(1))).fetch_all(&mut **tx).await?;
+        let mut out = Vec::with_capacity(found.len());
+        let not_null = || StoreError::Corrupt {
+            what: "application table",
+            reason: "a key or subject column is NULL".into(),
+        };
+        for r in &found {
+            let mut i = 0usize;
+            let mut key = Vec::with_capacity(t.primary_key.len());
+            for _ in &t.primary_key {
+                key.push(opt_text(r, i)?.ok_or_else(not_null)?);
+                i += 1;
+            }
+            let subject = opt_text(r, i)?.ok_or_else(not_null)?;
+            i += 1;
+            let mut plain_vals = Vec::with_capacity(plain.len());
+            for c in plain {
+                plain_vals.push(if c.ty == FieldType::Bytes {
+                    r.col::<Option<Vec<u8>>>(i)?
+                } else {
+                    opt_text(r, i)?.map(String::into_bytes)
+                });
+                i += 1;
+            }
+            let mut cells = Vec::with_capacity(protected.len());
+            for _ in protected {
+                cells.push(r.col::<Option<Vec<u8>>>(i)?);
+                i += 1;
+            }
+            let tag = r.col::<Option<Vec<u8>>>(i)?;
+            out.push(ReadRow { key, subject, plain: plain_vals, cells, tag });
+        }
+        Ok(out)
+    }
+
+    /// One row. Everything that can refuse it comes before its first write; an error after
+    /// that is returned, and the caller's transaction (the whole batch) rolls back.
+    #[allow(clippy::too_many_arguments)]
+    async fn encrypt_row(
+        &self,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        access: &Access,
+        t: &AppTable,
+        plain: &[&ProtectedColumn],
+        protected: &[&ProtectedColumn],
+        row: &ReadRow,
+        key_params: &[String],
+    ) -> Result<RowOutcome> {
+        macro_rules! refuse {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Ok(RowOutcome::Refused(e.to_string())),
+                }
+            };
+        }
+        let key: Vec<&str> = row.key.iter().map(String::as_str).collect();
+        let record = refuse!(t.record_id(&key));
+        refuse!(check_id("subject id", &row.subject));
+        // The row as it stands must be one Kluis wrote (or hold no protected value yet).
+        let present: Vec<(&str, &[u8])> = protected
+            .iter()
+            .zip(&row.cells)
+            .filter_map(|(c, v)| v.as_deref().map(|v| (c.name.as_str(), v)))
+            .collect();
+        match &row.tag {
+            Some(tag) => refuse!(Self::check_app_row(access, t, &record, &row.subject, &present, tag)),
+            None if present.is_empty() => {}
+            None => return Ok(RowOutcome::Refused("a protected value without a row tag".into())),
+        }
+        // The plaintext values, as values of the columns' types.
+        let mut fields: Vec<(String, Value)> = Vec::new();
+        for (c, v) in plain.iter().zip(&row.plain) {
+            if let Some(v) = v {
+                match parse_plain(c, v) {
+                    Ok(v) => fields.push((c.name.clone(), v)),
+                    Err(why) => return Ok(RowOutcome::Refused(why)),
+                }
+            }
+        }
+        let (cells, indexes) = refuse!(self.app_seal(tx, access, t, &record, &row.subject, &fields).await);
+        let mut after: Vec<(&str, &[u8])> =
+            present.iter().filter(|(c, _)| !cells.iter().any(|f| f.field == *c)).copied().collect();
+        after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));
+        let tag = refuse!(Self::app_row_tag(access, t, &record, &row.subject, &after));
+        let index_values: Vec<(String, Vec<u8>)> = refuse!(
+            indexes
+                .iter()
+                .filter_map(|i| {
+                    let col = t.protected_column(&i.field)?.blind_index_column.clone()?;
+                    Some(index_value(i.key_version, &i.idx).map(|v| (col, v)))
+                })
+                .collect::<Result<Vec<_>>>()
+        );
+        let at = locator_where(t, key_params);
+        let key_args = || row.key.iter().map(|k| Arg::S(k.as_str()));
+        // 1. The sealed values and the new tag, if the row still holds what was read.
+        let mut sets: Vec<String> = Vec::new();
+        let mut args: Vec<Arg<'_>> = Vec::new();
+        for f in &cells {
+            sets.push(format!("{} = ?", f.field));
+            args.push(Arg::B(Some(f.sealed.as_slice())));
+        }
+        for (col, v) in &index_values {
+            sets.push(format!("{col} = ?"));
+            args.push(Arg::B(Some(v.as_slice())));
+        }
+        sets.push(format!("{} = ?", t.row_tag_column));
+        args.push(Arg::B(Some(tag.as_slice())));
+        let mut cond = vec![at.clone()];
+        args.extend(key_args());
+        for (c, v) in plain.iter().zip(&row.plain) {
+            cond.push(E::null_safe_eq(&plaintext_expr::<E>(c)));
+            args.push(if c.ty == FieldType::Bytes {
+                Arg::B(v.as_deref())
+            } else {
+                Arg::OptS(v.as_deref().and_then(|b| std::str::from_utf8(b).ok()))
+            });
+        }
+        cond.push(E::null_safe_eq(&t.row_tag_column));
+        args.push(Arg::B(row.tag.as_deref()));
+        let sql = format!("UPDATE {} SET {} WHERE {}", t.table, sets.join(", "), cond.join(" AND "));
+        let sql = E::sql(&sql).into_owned();
+        let done = query::<E>(&sql).bind_all(args).execute(&mut **tx).await?;
+        match done.rows_affected() {
+            1 => {}
+            0 => return Ok(RowOutcome::Changed),
+            n => {
+                return Err(StoreError::Schema(format!(
+                    "table {}: the primary key found {n} rows for one key",
+                    t.name
+                )));
+            }
+        }
+        // 2. Read back and opened: each sealed value gives the plaintext it replaces.
+        let integrity = |field: &str| StoreError::Integrity {
+            collection: t.name.clone(),
+            record: record.clone(),
+            field: field.to_owned(),
+        };
+        let cols: Vec<&str> = cells.iter().map(|f| f.field.as_str()).collect();
+        let sql = format!("SELECT {} FROM {} WHERE {at}", cols.join(", "), t.table);
+        let sql = E::sql(&sql).into_owned();
+        let back = query::<E>(&sql).bind_all(key_args()).fetch_one(&mut **tx).await?;
+        let mut ad = Vec::with_capacity(160);
+        for (i, (name, value)) in fields.iter().enumerate() {
+            let stored: Option<Vec<u8>> = back.col(i)?;
+            let stored = stored.ok_or_else(|| integrity(name))?;
+            let c = t.protected_column(name).ok_or_else(|| integrity(name))?;
+            let set = access.require(c.domain.as_str())?;
+            let v = stored
+                .get(4..8)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| integrity(name))?;
+            let mut tags = Tags::new();
+            let sk = self
+                .load_subject_key_in(tx, set, &row.subject, v, &mut tags)
+                .await?
+                .ok_or_else(|| integrity(name))?;
+            let ctx = Context {
+                tenant: &access.tenant,
+                domain: set.domain(),
+                collection: &t.name,
+                field: name,
+                record: &record,
+            };
+            let pt = sk.open_vec(&ctx, stored, &mut ad).map_err(|_| integrity(name))?;
+            if !ct_eq(pt.expose_secret(), value.encode().as_slice()) {
+                return Err(integrity(name));
+            }
+        }
+        // 3. Only now the plaintext goes.
+        let clears: Vec<String> = plain
+            .iter()
+            .map(|c| format!("{} = NULL", c.plaintext_column.as_deref().unwrap_or_default()))
+            .collect();
+        let sql = format!("UPDATE {} SET {} WHERE {at}", t.table, clears.join(", "));
+        let sql = E::sql(&sql).into_owned();
+        query::<E>(&sql).bind_all(key_args()).execute(&mut **tx).await?;
+        Ok(RowOutcome::Done(record))
+    }
+
+    /// A subject key version as this transaction sees it (made in it, or committed).
+    async fn load_subject_key_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        set: &DomainKeySet,
+        subject: &str,
+        version: u32,
+        tags: &mut Tags,
+    ) -> Result<Option<Arc<SubjectKey>>> {
+        if let Some((_, k)) = self.load_subject_key(set, subject, Some(version), tags).await? {
+            return Ok(Some(k));
+        }
+        let row = SqlBackend::<E>::subject_key_locked(
+            &mut **tx,
+            set.tenant().as_str(),
+            set.domain().as_str(),
+            subject,
+            i64::from(version),
+        )
+        .await?;
+        match row {
+            Some(r) => Ok(Some(self.open_subject_row(set, &r, tags)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// What became of one row.
+enum RowOutcome {
+    /// Sealed and cleared: its record id.
+    Done(String),
+    /// Changed since it was read: left for the next pass.
+    Changed,
+    /// Left as it was, and why (never a value).
+    Refused(String),
+}
+
+/// The protected columns that have a plaintext column; at least one.
+fn plaintext_columns(t: &AppTable) -> Result<Vec<&ProtectedColumn>> {
+    let plain: Vec<&ProtectedColumn> =
+        t.protected_columns().filter(|c| c.plaintext_column.is_some()).collect();
+    if plain.is_empty() {
+        return Err(StoreError::Invalid(format!(
+            "table {}: no protected column names a plaintext_column",
+            t.name
+        )));
+    }
+    Ok(plain)
+}
+
+fn tenant_filter(t: &AppTable) -> (String, bool) {
+    match &t.tenant {
+        TenantSource::Column(c) => (format!("{c} = ? AND "), true),
+        TenantSource::Fixed(_) => (String::new(), false),
+    }
+}
+
+fn any_plaintext(plain: &[&ProtectedColumn]) -> String {
+    plain
+        .iter()
+        .map(|c| format!("{} IS NOT NULL", c.plaintext_column.as_deref().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// A plaintext column as read: bytes as they are, anything else as text.
+fn plaintext_expr<E: Engine>(c: &ProtectedColumn) -> String {
+    let p = c.plaintext_column.as_deref().unwrap_or_default();
+    if c.ty == FieldType::Bytes { p.to_owned() } else { E::cast_text(p) }
+}
+
+/// The condition that finds a row by its primary key values (bound as text, each through its
+/// column's bind).
+fn locator_where(t: &AppTable, key_params: &[String]) -> String {
+    t.primary_key.iter().zip(key_params).map(|(k, p)| format!("{k} = {p}")).collect::<Vec<_>>().join(" AND ")
+}
+
+/// A plaintext column's value (as text, or bytes) as a value of the protected column's type.
+fn parse_plain(c: &ProtectedColumn, raw: &[u8]) -> std::result::Result<Value, String> {
+    let bad = |what: &str| format!("column {}: the plaintext is not {what}", c.name);
+    let text = || std::str::from_utf8(raw).map(str::trim).map_err(|_| bad("UTF-8 text"));
+    let v = match c.ty {
+        FieldType::Text => Value::Text(std::str::from_utf8(raw).map_err(|_| bad("UTF-8 text"))?.to_owned()),
+        FieldType::Integer => Value::Integer(text()?.parse().map_err(|_| bad("an integer"))?),
+        FieldType::Decimal | FieldType::Percentage => Value::Decimal(text()?.to_owned()),
+        FieldType::Date => Value::Date(text()?.to_owned()),
+        FieldType::Bool => Value::Bool(match text()?.to_ascii_lowercase().as_str() {
+            "1" | "t" | "true" => true,
+            "0" | "f" | "false" => false,
+            _ => return Err(bad("a boolean")),
+        }),
+        FieldType::Bytes => Value::Bytes(raw.to_vec()),
+    };
+    // The column's own checks (type, size) on the value, never echoing it.
+    v.check(c.ty).map_err(|why| format!("column {}: {why}", c.name))?;
+    if v.payload_len() > c.max_bytes {
+        return Err(format!("column {}: larger than {} bytes", c.name, c.max_bytes));
+    }
+    Ok(v)
+}
