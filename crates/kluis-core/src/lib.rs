@@ -52,7 +52,7 @@ pub use document::{
     DocumentContext, DocumentHeader, DocumentMetadata, DocumentOpener, DocumentOptions, DocumentSealer,
 };
 pub use error::{Error, ProviderErrorKind, Result};
-pub use ids::{Context, DomainName, TenantId};
+pub use ids::{Context, DomainName, KeyVersion, TenantId};
 pub use keyring::{KdfParams, KeyringSecret, LocalKeyring};
 pub use keys::{
     CacheConfig, CachingProvider, DomainKeyRecord, DomainKeySet, FieldToSeal, KeyState, RootKeyProvider,
