@@ -353,7 +353,7 @@ impl<E: Engine> SqlBackend<E> {
             .bind(version)
             .fetch_optional(&mut *tx)
             .await?;
-        let v32 = u32::try_from(version)
+        let key_version = kluis_core::KeyVersion::from_stored(version)
             .map_err(|_| StoreError::Invalid(format!("domain key version {version} out of range")))?;
         let state = match &row {
             Some(r) => text(r, 0)?,
@@ -369,7 +369,7 @@ impl<E: Engine> SqlBackend<E> {
                 return Err(StoreError::ActiveKey {
                     tenant: tenant.into(),
                     domain: domain.into(),
-                    version: v32,
+                    version: key_version,
                 });
             }
             Ok(kluis_core::KeyState::Destroyed) => return Ok(()),
@@ -385,7 +385,7 @@ impl<E: Engine> SqlBackend<E> {
             return Err(StoreError::KeyInUse {
                 tenant: tenant.into(),
                 domain: domain.into(),
-                version: v32,
+                version: key_version,
                 subject_keys,
                 records: records.max(indexes.min(1)),
                 documents,

@@ -547,12 +547,15 @@ impl<E: Engine> SqlBackend<E> {
         let mut tx = self.pool.begin().await?;
         for r in &keys {
             let wrapped: Vec<u8> = r.col(4)?;
-            // A row whose header does not parse was altered: it stays 0 and fails to open.
-            let Ok(h) = kluis_core::SealedHeader::parse(&wrapped) else { continue };
+            // A row whose header does not parse, or names no version, was altered: it stays 0
+            // and fails to open.
+            let Some(v) = kluis_core::SealedHeader::parse(&wrapped).ok().and_then(|h| h.key.version) else {
+                continue;
+            };
             query::<E>(&E::sql(
                     "UPDATE kluis_subject_keys SET wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
                 ))
-                .bind(i64::from(h.key.version))
+                .bind(v.to_stored())
                 .bind(text(r, 0)?)
                 .bind(text(r, 1)?)
                 .bind(text(r, 2)?)
