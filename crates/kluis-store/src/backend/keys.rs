@@ -181,7 +181,13 @@ impl<E: Engine> SqlBackend<E> {
             let state = text(&r, 3)?;
             out.insert(
                 (t.clone(), d.clone(), v),
-                KeyUsageRow { tenant: t, domain: d, version: v, state, ..KeyUsageRow::default() },
+                KeyUsageRow {
+                    tenant: t,
+                    domain: d,
+                    version: v,
+                    state: Some(state),
+                    ..KeyUsageRow::default()
+                },
             );
         }
         // (statement, which count)
@@ -226,7 +232,7 @@ impl<E: Engine> SqlBackend<E> {
                     tenant: t,
                     domain: d,
                     version: v,
-                    state: "missing".into(),
+                    state: None,
                     ..KeyUsageRow::default()
                 });
                 match which {
@@ -260,7 +266,7 @@ impl<E: Engine> SqlBackend<E> {
                         tenant: tn,
                         domain: d.to_owned(),
                         version: v,
-                        state: "missing".into(),
+                        state: None,
                         ..KeyUsageRow::default()
                     });
                     e.records += n;

@@ -251,8 +251,9 @@ pub struct KeyUsageRow {
     pub domain: String,
     /// Domain key version.
     pub version: i64,
-    /// State name of that version.
-    pub state: String,
+    /// State name of that version; `None` when no domain key row has it (subject keys name a
+    /// version that is gone).
+    pub state: Option<String>,
     /// Subject keys wrapped under it.
     pub subject_keys: u64,
     /// Records with at least one cell sealed by such a subject key.

@@ -431,8 +431,11 @@ impl<E: Engine> Store<E> {
                 tenant: TenantId::new(r.tenant.clone())?,
                 domain: DomainName::new(r.domain.clone())?,
                 version: KeyVersion::from_stored(r.version).map_err(|_| what())?,
-                // A version used by subject keys but without a row of its own: gone.
-                state: KeyState::parse(&r.state).unwrap_or(KeyState::Destroyed),
+                state: match &r.state {
+                    Some(s) => KeyState::parse(s).map_err(|_| what())?,
+                    // A version used by subject keys but without a row of its own: gone.
+                    None => KeyState::Destroyed,
+                },
                 subject_keys: r.subject_keys,
                 records: r.records,
                 documents: r.documents,
