@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 
 use kluis_core::keys::WrappedKey;
 use kluis_core::{
-    KdfParams, KeyKind, KeyMaterial, KeyRef, KeyringSecret, LocalKeyring, Passphrase, SealKey, Suite,
+    KdfParams, KeyKind, KeyMaterial, KeyRef, KeyVersion, KeyringSecret, LocalKeyring, Passphrase, SealKey,
+    Suite,
 };
 use kluis_fuzz::{DOCUMENT_ID, content, fixture, make_documents, must};
 
@@ -46,10 +47,16 @@ fn main() {
     let long = content(200, 1);
     let sealed_long = must(f.seal_key.seal(Suite::XChaCha20Poly1305, &ctx, &long));
     write(sealed_dir, "sealed-xchacha-200", &sealed_long);
-    let subject =
-        must(SealKey::new(KeyMaterial::from_bytes([8u8; 32]), KeyRef { kind: KeyKind::Subject, version: 2 }));
+    let subject = must(SealKey::new(
+        KeyMaterial::from_bytes([8u8; 32]),
+        KeyRef::new(KeyKind::Subject, must(KeyVersion::new(2))),
+    ));
     write(sealed_dir, "sealed-other-key", &must(subject.seal(Suite::Aes256Gcm, &ctx, b"burn-out")));
-    let wrapped = WrappedKey { root_key_id: "keyring".to_owned(), root_version: 1, ciphertext: sealed_long };
+    let wrapped = WrappedKey {
+        root_key_id: "keyring".to_owned(),
+        root_version: KeyVersion::FIRST,
+        ciphertext: sealed_long,
+    };
     write(sealed_dir, "wrapped-key", &must(wrapped.to_bytes()));
     write(sealed_dir, "plain-burn-out", b"burn-out");
 
@@ -115,7 +122,7 @@ fn main() {
     );
     must(k.rotate(1_700_000_100));
     must(k.rotate(1_700_000_200));
-    must(k.remove_version(1));
+    must(k.remove_version(KeyVersion::FIRST));
     k.set_generation(41);
     write(
         keyring_dir,

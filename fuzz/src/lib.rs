@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use kluis_core::document::StreamSealer;
 use kluis_core::{
     Context, DocumentContext, DocumentMetadata, DocumentOptions, DocumentSealer, DomainName, KeyKind,
-    KeyMaterial, KeyRef, KeyringSecret, SealKey, Suite, TenantId,
+    KeyMaterial, KeyRef, KeyVersion, KeyringSecret, SealKey, Suite, TenantId,
 };
 
 /// The fixed sealing key of every target: 32 bytes of 0x07, domain key version 1.
@@ -63,7 +63,7 @@ pub fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let seal_key = must(SealKey::new(
             KeyMaterial::from_bytes(SEAL_KEY_BYTES),
-            KeyRef { kind: KeyKind::Domain, version: 1 },
+            KeyRef::new(KeyKind::Domain, KeyVersion::FIRST),
         ));
         Fixture {
             seal_key,

@@ -49,7 +49,7 @@ async fn debug_output_never_holds_secrets() {
     assert_clean("Plaintext", &format!("{:?}", Plaintext::new(CANARY.as_bytes().to_vec())));
     let sk = kluis_core::SealKey::new(
         km.clone(),
-        kluis_core::KeyRef { kind: kluis_core::KeyKind::Domain, version: 1 },
+        kluis_core::KeyRef { kind: kluis_core::KeyKind::Domain, version: Some(kv(1)) },
     )
     .unwrap();
     assert_clean("SealKey", &format!("{sk:?}"));
@@ -64,13 +64,13 @@ async fn debug_output_never_holds_secrets() {
     let set = DomainKeySet::from_keys(
         t.clone(),
         d.clone(),
-        vec![(1, KeyState::Active, km.clone())],
+        vec![(kv(1), KeyState::Active, km.clone())],
         Suite::default(),
         Backend::preferred(),
     )
     .unwrap();
     assert_clean("DomainKeySet", &format!("{set:#?}"));
-    let (srec, skey) = set.new_subject_key("emp-1", 1).unwrap();
+    let (srec, skey) = set.new_subject_key("emp-1", kv(1)).unwrap();
     assert_clean("SubjectKey", &format!("{skey:#?}"));
     assert_clean("SubjectKeyRecord", &format!("{srec:?}").replace(&format!("{:?}", srec.wrapped), ""));
     let bik = BlindIndexKey::derive(&sk, &t, &d, "c", "f", 16).unwrap();
@@ -80,7 +80,7 @@ async fn debug_output_never_holds_secrets() {
     }
 
     let root = LocalKeyring::generate(0).unwrap();
-    let (rec, _) = new_domain_key(&root, &t, &d, 1).await.unwrap();
+    let (rec, _) = new_domain_key(&root, &t, &d, kv(1)).await.unwrap();
     assert_clean("LocalKeyring", &format!("{root:#?}"));
     assert_clean("DomainKeyRecord", &format!("{rec:#?}"));
     let cache = CachingProvider::new(root, CacheConfig::default());

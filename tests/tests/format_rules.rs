@@ -12,8 +12,8 @@ use kluis_core::document::{
 use kluis_core::keyring::{KdfParams, inspect, parse_key_file};
 use kluis_core::keys::{new_domain_key, validate_versions};
 use kluis_core::{
-    Backend, DocumentSealer, DomainKeySet, Error, KeyKind, KeyMaterial, KeyRef, KeyState, KeyringSecret,
-    LocalKeyring, Passphrase, SealKey, SealedHeader, SubjectKeyRecord, Suite, WrappedKey,
+    Backend, DocumentSealer, DomainKeySet, Error, KeyKind, KeyMaterial, KeyRef, KeyVersion, KeyringSecret,
+    LocalKeyring, Passphrase, SealKey, SealedHeader, Suite, WrappedKey,
 };
 
 fn malformed(r: Result<impl std::fmt::Debug, Error>) -> (&'static str, &'static str) {
@@ -59,9 +59,9 @@ fn sealed_values_of_key_version_0_are_refused() {
         assert_eq!(malformed(SealedHeader::parse(&header(kind, 0, 80))), ("sealed value", "key version 0"));
         assert!(SealedHeader::parse(&header(kind, 1, 80)).is_ok());
     }
-    // The keyring body's key-encryption key has no versions: it is always 0.
+    // The keyring body's key-encryption key has no versions: it is always 0 (`None`).
     let h = SealedHeader::parse(&header(4, 0, 80)).unwrap();
-    assert_eq!(h.key, KeyRef { kind: KeyKind::KeyringKek, version: 0 });
+    assert_eq!(h.key, KeyRef { kind: KeyKind::KeyringKek, version: None });
     // An unknown kind is reported first (step 5 before the version).
     assert_eq!(malformed(SealedHeader::parse(&header(9, 0, 80))), ("sealed value", "unknown key kind"));
     // Length before kind and version: a short value is "too short" whatever it names.
@@ -73,26 +73,24 @@ fn sealed_values_of_key_version_0_are_refused() {
     let mut v = set.seal(&c.get(), b"burn-out").unwrap();
     v[4..8].copy_from_slice(&[0, 0, 0, 0]);
     assert_eq!(malformed(set.open(&c.get(), &v)), ("sealed value", "key version 0"));
-    assert_eq!(malformed(set.key(2).unwrap().open(&c.get(), &v)), ("sealed value", "key version 0"));
+    assert_eq!(malformed(set.key(kv(2)).unwrap().open(&c.get(), &v)), ("sealed value", "key version 0"));
 
-    // No key of a versioned kind can be made with version 0, so nothing writes one.
+    // No key of a versioned kind can be made without a version, so nothing writes version 0.
     for kind in [KeyKind::Domain, KeyKind::Subject, KeyKind::Root] {
-        let r = SealKey::new(key(1), KeyRef { kind, version: 0 });
+        let r = SealKey::new(key(1), KeyRef { kind, version: None });
         assert!(matches!(r, Err(Error::Invalid { what: "key version", .. })), "{kind:?}");
     }
-    SealKey::new(key(1), KeyRef { kind: KeyKind::KeyringKek, version: 0 }).unwrap();
+    SealKey::new(key(1), KeyRef { kind: KeyKind::KeyringKek, version: None }).unwrap();
 }
 
 #[test]
 fn wrapped_keys_of_root_version_0_are_refused() {
-    let w = WrappedKey { root_key_id: "keyring".into(), root_version: 1, ciphertext: vec![1, 2, 3] };
+    let w = WrappedKey { root_key_id: "keyring".into(), root_version: kv(1), ciphertext: vec![1, 2, 3] };
     let mut bytes = w.to_bytes().unwrap();
     assert_eq!(WrappedKey::from_bytes(&bytes).unwrap(), w);
     // Layout: version (1) | p16("keyring") (9) | root version (4) | p32(ciphertext).
     bytes[10..14].copy_from_slice(&0u32.to_be_bytes());
     assert_eq!(malformed(WrappedKey::from_bytes(&bytes)), ("wrapped key", "root key version 0"));
-    let zero = WrappedKey { root_version: 0, ..w.clone() };
-    assert!(matches!(zero.to_bytes(), Err(Error::Invalid { what: "root key version", .. })));
     // Invalid UTF-8 in the root key id, short input, trailing bytes, another version (§7.1).
     let good = w.to_bytes().unwrap();
     let mut bad = good.clone();
@@ -110,32 +108,36 @@ fn wrapped_keys_of_root_version_0_are_refused() {
     ));
 }
 
+/// Records, keys and wraps hold a `KeyVersion`, which is never 0: the version 0 of a record or a
+/// call cannot be written down, and every way to a `KeyVersion` from a number refuses 0.
 #[tokio::test]
-async fn domain_and_subject_key_records_of_version_0_are_refused() {
+async fn key_version_0_cannot_be_named() {
+    assert!(matches!(KeyVersion::new(0), Err(Error::Invalid { what: "key version", .. })));
+    assert!(matches!("0".parse::<KeyVersion>(), Err(Error::Invalid { what: "key version", .. })));
+    for stored in [0, -1, i64::from(u32::MAX) + 1, i64::MIN, i64::MAX] {
+        assert!(
+            matches!(KeyVersion::from_stored(stored), Err(Error::Invalid { what: "stored key version", .. })),
+            "{stored}"
+        );
+    }
+    assert_eq!(KeyVersion::from_stored(1).unwrap(), KeyVersion::FIRST);
+    assert_eq!(KeyVersion::from_stored(i64::from(u32::MAX)).unwrap().get(), u32::MAX);
+    assert!(matches!(kv(u32::MAX).next(), Err(Error::LimitReached(_))));
+    assert_eq!(kv(7).next().unwrap(), kv(8));
+    // Shown and parsed as the bare number.
+    assert_eq!(kv(7).to_string(), "7");
+    assert_eq!("7".parse::<KeyVersion>().unwrap(), kv(7));
+    assert_eq!(kv(7).to_stored(), 7);
+
+    // Version 1 of a new domain or subject key is what the first version is.
     let root = LocalKeyring::generate(0).unwrap();
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (mut rec, _) = new_domain_key(&root, &t, &d, 1).await.unwrap();
-    rec.version = 0;
-    assert_eq!(malformed(validate_versions(std::slice::from_ref(&rec))), ("domain key record", "version 0"));
-    assert_eq!(
-        malformed(DomainKeySet::unwrap(&root, std::slice::from_ref(&rec)).await),
-        ("domain key record", "version 0")
-    );
-    // A destroyed version 0 (no wrapped key) is refused as well.
-    rec.state = KeyState::Destroyed;
-    rec.wrapped = None;
-    assert_eq!(malformed(validate_versions(&[rec])), ("domain key record", "version 0"));
-
+    let (rec, _) = new_domain_key(&root, &t, &d, KeyVersion::FIRST).await.unwrap();
+    assert_eq!(validate_versions(std::slice::from_ref(&rec)).unwrap(), Some(KeyVersion::FIRST));
+    DomainKeySet::unwrap(&root, std::slice::from_ref(&rec)).await.unwrap();
     let set = keyset(&t, &d, Suite::default(), Backend::preferred());
-    let (good, _) = set.new_subject_key("emp-1", 1).unwrap();
-    set.open_subject_key(&good).unwrap();
-    let zero = SubjectKeyRecord { version: 0, ..good };
-    assert_eq!(malformed(set.open_subject_key(&zero)), ("subject key record", "version 0"));
-    assert!(matches!(set.new_subject_key("emp-1", 0), Err(Error::Invalid { what: "key version", .. })));
-    assert!(matches!(
-        new_domain_key(&root, &t, &d, 0).await,
-        Err(Error::Invalid { what: "key version", .. })
-    ));
+    let (good, _) = set.new_subject_key("emp-1", KeyVersion::FIRST).unwrap();
+    assert_eq!(set.open_subject_key(&good).unwrap().version(), KeyVersion::FIRST);
 }
 
 #[test]

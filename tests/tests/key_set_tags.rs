@@ -10,11 +10,16 @@ use std::path::PathBuf;
 
 use hmac::{KeyInit, Mac};
 use kluis_core::{
-    Backend, DomainKeyRecord, DomainKeySet, DomainName, KeyMaterial, KeyState, Suite, TenantId, WrappedKey,
+    Backend, DomainKeyRecord, DomainKeySet, DomainName, KeyMaterial, KeyState, KeyVersion, Suite, TenantId,
+    WrappedKey,
 };
 use serde_json::{Value, json};
 
 const FILE: &str = "key_set_tags_v1.json";
+
+fn kv(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
 
 fn path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vectors").join(FILE)
@@ -61,11 +66,11 @@ fn records(
         .map(|(v, s, k)| DomainKeyRecord {
             tenant: TenantId::new(tenant).unwrap(),
             domain: DomainName::new(domain).unwrap(),
-            version: *v,
+            version: kv(*v),
             state: *s,
             wrapped: k.map(|_| WrappedKey {
                 root_key_id: "keyring".into(),
-                root_version: 1,
+                root_version: kv(1),
                 ciphertext: vec![0],
             }),
             tag: None,
@@ -79,8 +84,10 @@ fn library_tags(
     domain: &str,
     versions: &[(u32, KeyState, Option<[u8; 32]>)],
 ) -> Vec<Option<[u8; 32]>> {
-    let keys =
-        versions.iter().map(|(v, s, k)| (*v, *s, KeyMaterial::from_bytes(k.unwrap_or([0; 32])))).collect();
+    let keys = versions
+        .iter()
+        .map(|(v, s, k)| (kv(*v), *s, KeyMaterial::from_bytes(k.unwrap_or([0; 32]))))
+        .collect();
     let set = DomainKeySet::from_keys(
         TenantId::new(tenant).unwrap(),
         DomainName::new(domain).unwrap(),

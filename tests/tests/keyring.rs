@@ -31,7 +31,7 @@ fn raw_secret() -> KeyringSecret {
 fn opens_with_the_right_passphrase_only() {
     let k = LocalKeyring::from_file_bytes(file(), &pass("correct horse battery staple")).unwrap();
     assert_eq!(k.versions().len(), 2);
-    assert_eq!(k.primary(), 2);
+    assert_eq!(k.primary(), common::kv(2));
     assert_eq!(k.generation(), 1);
     assert!(matches!(
         LocalKeyring::from_file_bytes(file(), &pass("correct horse battery stapl")),

@@ -21,32 +21,32 @@ use kluis_core::{
 async fn domain_keys_are_wrapped_and_bound_to_tenant_domain_version() {
     let root = LocalKeyring::generate(0).unwrap();
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, key) = new_domain_key(&root, &t, &d, 1).await.unwrap();
+    let (rec, key) = new_domain_key(&root, &t, &d, kv(1)).await.unwrap();
     assert_eq!(rec.state, KeyState::Active);
     let w = rec.wrapped.clone().unwrap();
     assert!(!contains(&w.ciphertext, key.expose_secret()));
     // Round trip through the serialised form.
     let w2 = WrappedKey::from_bytes(&w.to_bytes().unwrap()).unwrap();
     assert_eq!(w, w2);
-    let back = unwrap_one(&root, &domain_key_ad(&t, &d, 1).unwrap(), &w2).await.unwrap();
+    let back = unwrap_one(&root, &domain_key_ad(&t, &d, kv(1)).unwrap(), &w2).await.unwrap();
     assert_eq!(back, key);
     // Any other tenant, domain or version: refused.
     for aad in [
-        domain_key_ad(&tenant("globex"), &d, 1).unwrap(),
-        domain_key_ad(&t, &domain("general"), 1).unwrap(),
-        domain_key_ad(&t, &d, 2).unwrap(),
+        domain_key_ad(&tenant("globex"), &d, kv(1)).unwrap(),
+        domain_key_ad(&t, &domain("general"), kv(1)).unwrap(),
+        domain_key_ad(&t, &d, kv(2)).unwrap(),
     ] {
         assert!(matches!(unwrap_one(&root, &aad, &w).await, Err(Error::Decrypt)));
     }
     // Another keyring's root key: refused.
     let other_root = LocalKeyring::generate(0).unwrap();
-    assert!(unwrap_one(&other_root, &domain_key_ad(&t, &d, 1).unwrap(), &w).await.is_err());
+    assert!(unwrap_one(&other_root, &domain_key_ad(&t, &d, kv(1)).unwrap(), &w).await.is_err());
     // An edited wrapped key (as a DBA could do with raw SQL): refused.
     let mut edited = w.clone();
     let last = edited.ciphertext.len() - 1;
     edited.ciphertext[last] ^= 1;
     assert!(matches!(
-        unwrap_one(&root, &domain_key_ad(&t, &d, 1).unwrap(), &edited).await,
+        unwrap_one(&root, &domain_key_ad(&t, &d, kv(1)).unwrap(), &edited).await,
         Err(Error::Decrypt)
     ));
     assert!(WrappedKey::from_bytes(&[9, 9]).is_err());
@@ -56,22 +56,22 @@ async fn domain_keys_are_wrapped_and_bound_to_tenant_domain_version() {
 async fn rotation_keeps_exactly_one_active_version() {
     let root = LocalKeyring::generate(0).unwrap();
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (r1, _) = new_domain_key(&root, &t, &d, 1).await.unwrap();
+    let (r1, _) = new_domain_key(&root, &t, &d, kv(1)).await.unwrap();
     let mut recs = vec![r1];
     let c = Ctx::new("acme", "medical", "absence", "diagnosis", "r1");
     let set1 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
     let old = set1.seal(&c.get(), b"migraine").unwrap();
 
     let (r2, _) = rotate_domain_key(&root, &set1, &mut recs).await.unwrap();
-    assert_eq!(r2.version, 2);
-    assert_eq!(validate_versions(&recs).unwrap(), Some(2));
+    assert_eq!(r2.version, kv(2));
+    assert_eq!(validate_versions(&recs).unwrap(), Some(kv(2)));
     assert_eq!(recs[0].state, KeyState::DecryptOnly);
     let set2 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
-    assert_eq!(set2.active_version(), Some(2));
+    assert_eq!(set2.active_version(), Some(kv(2)));
     // Old data still opens; new data uses v2.
     assert_eq!(set2.open(&c.get(), &old).unwrap().expose_secret(), b"migraine");
     let new = set2.seal(&c.get(), b"migraine").unwrap();
-    assert_eq!(kluis_core::SealedHeader::parse(&new).unwrap().key.version, 2);
+    assert_eq!(kluis_core::SealedHeader::parse(&new).unwrap().key.version, Some(kv(2)));
 
     // The active version cannot be destroyed; v1 can, and then its data is gone.
     assert!(destroy_domain_key(&mut recs[1]).is_err());
@@ -90,7 +90,7 @@ async fn rotation_keeps_exactly_one_active_version() {
     two_active[0].wrapped = recs[1].wrapped.clone();
     assert!(validate_versions(&two_active).is_err());
     let mut dup = recs.clone();
-    dup[0].version = 2;
+    dup[0].version = kv(2);
     assert!(validate_versions(&dup).is_err());
 }
 
@@ -98,32 +98,33 @@ async fn rotation_keeps_exactly_one_active_version() {
 async fn root_rotation_rewraps_without_touching_data() {
     let mut root = LocalKeyring::generate(0).unwrap();
     let (t, d) = (tenant("acme"), domain("general"));
-    let (r1, k1) = new_domain_key(&root, &t, &d, 1).await.unwrap();
-    assert_eq!(r1.wrapped.as_ref().unwrap().root_version, 1);
+    let (r1, k1) = new_domain_key(&root, &t, &d, kv(1)).await.unwrap();
+    assert_eq!(r1.wrapped.as_ref().unwrap().root_version, kv(1));
     let v2 = root.rotate(0).unwrap();
-    assert_eq!(v2, 2);
+    assert_eq!(v2, kv(2));
     let r1b = rewrap_domain_key(&root, &root, &r1).await.unwrap();
-    assert_eq!(r1b.wrapped.as_ref().unwrap().root_version, 2);
-    let k1b =
-        unwrap_one(&root, &domain_key_ad(&t, &d, 1).unwrap(), r1b.wrapped.as_ref().unwrap()).await.unwrap();
+    assert_eq!(r1b.wrapped.as_ref().unwrap().root_version, kv(2));
+    let k1b = unwrap_one(&root, &domain_key_ad(&t, &d, kv(1)).unwrap(), r1b.wrapped.as_ref().unwrap())
+        .await
+        .unwrap();
     assert_eq!(k1, k1b);
     // After removing root v1, the old wrap no longer opens, the new one does.
-    root.remove_version(1).unwrap();
+    root.remove_version(kv(1)).unwrap();
     assert!(matches!(
-        unwrap_one(&root, &domain_key_ad(&t, &d, 1).unwrap(), r1.wrapped.as_ref().unwrap()).await,
+        unwrap_one(&root, &domain_key_ad(&t, &d, kv(1)).unwrap(), r1.wrapped.as_ref().unwrap()).await,
         Err(Error::UnknownKey { .. })
     ));
-    assert!(root.remove_version(2).is_err(), "the primary root version cannot be removed");
+    assert!(root.remove_version(kv(2)).is_err(), "the primary root version cannot be removed");
 }
 
 #[tokio::test]
 async fn subject_keys_shred_one_subject_only() {
     let root = LocalKeyring::generate(0).unwrap();
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (r1, _) = new_domain_key(&root, &t, &d, 1).await.unwrap();
+    let (r1, _) = new_domain_key(&root, &t, &d, kv(1)).await.unwrap();
     let set = DomainKeySet::unwrap(&root, &[r1]).await.unwrap();
-    let (rec_jan, jan) = set.new_subject_key("emp-jan", 1).unwrap();
-    let (rec_piet, piet) = set.new_subject_key("emp-piet", 1).unwrap();
+    let (rec_jan, jan) = set.new_subject_key("emp-jan", kv(1)).unwrap();
+    let (rec_piet, piet) = set.new_subject_key("emp-piet", kv(1)).unwrap();
     let c = Ctx::new("acme", "medical", "absence", "diagnosis", "r1");
     let sealed_jan = jan.seal(&c.get(), b"depression").unwrap();
     let sealed_piet = piet.seal(&c.get(), b"fracture").unwrap();
@@ -149,16 +150,16 @@ async fn subject_keys_shred_one_subject_only() {
 async fn subject_keys_follow_domain_key_rotation() {
     let root = LocalKeyring::generate(0).unwrap();
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (r1, _) = new_domain_key(&root, &t, &d, 1).await.unwrap();
+    let (r1, _) = new_domain_key(&root, &t, &d, kv(1)).await.unwrap();
     let mut recs = vec![r1];
     let set1 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
-    let (srec, skey) = set1.new_subject_key("emp-jan", 1).unwrap();
+    let (srec, skey) = set1.new_subject_key("emp-jan", kv(1)).unwrap();
     let c = Ctx::new("acme", "medical", "absence", "notes", "r1");
     let sealed = skey.seal(&c.get(), b"bedrust").unwrap();
     rotate_domain_key(&root, &set1, &mut recs).await.unwrap();
     let set2 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
     let srec2 = set2.rewrap_subject_key(&srec).unwrap();
-    assert_eq!(DomainKeySet::subject_key_wrapping_version(&srec2).unwrap(), 2);
+    assert_eq!(DomainKeySet::subject_key_wrapping_version(&srec2).unwrap(), kv(2));
     destroy_domain_key(&mut recs[0]).unwrap();
     set2.tag_records(&mut recs, None).unwrap();
     let set3 = DomainKeySet::unwrap(&root, &recs).await.unwrap();
@@ -179,7 +180,7 @@ impl RootKeyProvider for Counting {
     fn root_key_id(&self) -> &str {
         self.inner.root_key_id()
     }
-    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<kluis_core::KeyVersion>> {
         self.inner.primary_version()
     }
     fn wrap<'a>(
@@ -218,7 +219,7 @@ async fn cache_serves_hot_keys_and_expires_them() {
     let (t, d) = (tenant("acme"), domain("medical"));
     let mut recs = Vec::new();
     for v in 1..=3 {
-        let (mut r, _) = new_domain_key(&counting, &t, &d, v).await.unwrap();
+        let (mut r, _) = new_domain_key(&counting, &t, &d, kv(v)).await.unwrap();
         if v < 3 {
             r.state = KeyState::DecryptOnly;
         }
@@ -295,7 +296,7 @@ fn key_set_without_active_version_cannot_seal() {
     let set = DomainKeySet::from_keys(
         t.clone(),
         d.clone(),
-        vec![(1, KeyState::DecryptOnly, key(1))],
+        vec![(kv(1), KeyState::DecryptOnly, key(1))],
         Suite::default(),
         kluis_core::Backend::preferred(),
     )

@@ -20,7 +20,7 @@ proptest! {
         prop_assert_eq!(sealed.len(), pt.len() + OVERHEAD);
         let h = SealedHeader::parse(&sealed).unwrap();
         prop_assert_eq!(h.suite, suite);
-        prop_assert_eq!(h.key, KeyRef { kind: KeyKind::Domain, version: 3 });
+        prop_assert_eq!(h.key, KeyRef { kind: KeyKind::Domain, version: Some(kv(3)) });
         let opened = k.open(&c.get(), &sealed).unwrap();
         prop_assert_eq!(opened.expose_secret(), &pt[..]);
     }
@@ -98,7 +98,7 @@ fn wrong_key_version_or_tenant_keys_fail() {
     let other_tenant = Ctx::new("globex", "medical", "absence", "diagnosis", "r-1");
     let acme = keyset(&c.tenant, &c.domain, Suite::default(), Backend::preferred());
     let sealed = acme.seal(&c.get(), b"hernia").unwrap();
-    assert_eq!(SealedHeader::parse(&sealed).unwrap().key.version, 2);
+    assert_eq!(SealedHeader::parse(&sealed).unwrap().key.version, Some(kv(2)));
 
     // Presented as version 1 (header edited): the version-1 key does not open it.
     let mut as_v1 = sealed.clone();
@@ -112,7 +112,7 @@ fn wrong_key_version_or_tenant_keys_fail() {
     let globex = kluis_core::DomainKeySet::from_keys(
         other_tenant.tenant.clone(),
         other_tenant.domain.clone(),
-        vec![(2, kluis_core::KeyState::Active, key(42))],
+        vec![(kv(2), kluis_core::KeyState::Active, key(42))],
         Suite::default(),
         Backend::preferred(),
     )
@@ -209,8 +209,9 @@ fn unknown_version_and_suite_are_reported() {
 #[test]
 fn seal_key_with_any_backend_reports_it() {
     for &b in backends() {
-        let k = SealKey::with_backend(key(1), KeyRef { kind: KeyKind::Subject, version: 4 }, b).unwrap();
+        let k = SealKey::with_backend(key(1), KeyRef { kind: KeyKind::Subject, version: Some(kv(4)) }, b)
+            .unwrap();
         assert_eq!(k.backend(), b);
-        assert_eq!(k.key_ref().version, 4);
+        assert_eq!(k.key_ref().version, Some(kv(4)));
     }
 }

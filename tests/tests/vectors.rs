@@ -93,8 +93,7 @@ fn sealed_value_vectors_open_in(file: &str, format_version: u8) {
     assert!(vectors.len() >= 6);
     for t in vectors {
         let key = KeyMaterial::from_slice(&h(&t["key"])).unwrap();
-        let kref =
-            KeyRef { kind: kind(s(&t["key_kind"])), version: t["key_version"].as_u64().unwrap() as u32 };
+        let kref = KeyRef::new(kind(s(&t["key_kind"])), kv(t["key_version"].as_u64().unwrap() as u32));
         let c =
             Ctx::new(s(&t["tenant"]), s(&t["domain"]), s(&t["collection"]), s(&t["field"]), s(&t["record"]));
         let sealed = h(&t["sealed"]);
@@ -127,10 +126,10 @@ fn document_vectors_open_in(file: &str, sealed_version: u8) {
     for t in vectors {
         let name = format!("{file}: {}", s(&t["name"]));
         let key = KeyMaterial::from_slice(&h(&t["wrapping_key"])).unwrap();
-        let kref = KeyRef {
-            kind: kind(s(&t["wrapping_key_kind"])),
-            version: t["wrapping_key_version"].as_u64().unwrap() as u32,
-        };
+        let kref = KeyRef::new(
+            kind(s(&t["wrapping_key_kind"])),
+            kv(t["wrapping_key_version"].as_u64().unwrap() as u32),
+        );
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
         let ctx = DocumentContext { tenant: &tn, domain: &dn, document_id: s(&t["document_id"]) };
         let obj = h(&t["object"]);
@@ -189,7 +188,7 @@ fn keyring_vectors_open_in(file: &str, sealed_version: u8) {
         assert_eq!(sealed_version_at(&wrapped.ciphertext, 0), sealed_version, "{file}: domain key wrap");
         assert_eq!(wrapped.root_version, kr.primary(), "{file}");
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
-        let aad = domain_key_ad(&tn, &dn, t["domain_key_version"].as_u64().unwrap() as u32).unwrap();
+        let aad = domain_key_ad(&tn, &dn, kv(t["domain_key_version"].as_u64().unwrap() as u32)).unwrap();
         let dk = futures_block_on(unwrap_one(&kr, &aad, &wrapped)).unwrap();
         assert_eq!(dk.expose_secret().as_slice(), h(&t["domain_key"]).as_slice(), "{}", s(&t["name"]));
     }
@@ -207,7 +206,7 @@ fn subject_key_and_blind_index_vectors_in(file: &str, sealed_version: u8) {
     for t in v["subject_keys"].as_array().unwrap() {
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
         // keys_v1.json was written with domain key version 1 and does not name it.
-        let dk_version = t.get("domain_key_version").map_or(1, |v| v.as_u64().unwrap() as u32);
+        let dk_version = kv(t.get("domain_key_version").map_or(1, |v| v.as_u64().unwrap() as u32));
         let set = DomainKeySet::from_keys(
             tn.clone(),
             dn.clone(),
@@ -224,7 +223,7 @@ fn subject_key_and_blind_index_vectors_in(file: &str, sealed_version: u8) {
             tenant: tn.clone(),
             domain: dn.clone(),
             subject: s(&t["subject"]).into(),
-            version: t["subject_key_version"].as_u64().unwrap() as u32,
+            version: kv(t["subject_key_version"].as_u64().unwrap() as u32),
             wrapped: record,
         };
         assert_eq!(DomainKeySet::subject_key_wrapping_version(&rec).unwrap(), dk_version, "{file}");
@@ -232,7 +231,7 @@ fn subject_key_and_blind_index_vectors_in(file: &str, sealed_version: u8) {
         // The record is bound to its subject and version.
         let moved = SubjectKeyRecord { subject: "someone-else".into(), ..rec.clone() };
         assert!(matches!(set.open_subject_key(&moved), Err(Error::Decrypt)), "{file}");
-        let other = SubjectKeyRecord { version: rec.version + 1, ..rec.clone() };
+        let other = SubjectKeyRecord { version: rec.version.next().unwrap(), ..rec.clone() };
         assert!(matches!(set.open_subject_key(&other), Err(Error::Decrypt)), "{file}");
         let ctx = Context {
             tenant: &tn,
@@ -242,7 +241,7 @@ fn subject_key_and_blind_index_vectors_in(file: &str, sealed_version: u8) {
             record: s(&t["record"]),
         };
         assert_eq!(sk.open(&ctx, &sealed).unwrap().expose_secret(), h(&t["plaintext"]));
-        assert_eq!(SealedHeader::parse(&sealed).unwrap().key.version, rec.version, "{file}");
+        assert_eq!(SealedHeader::parse(&sealed).unwrap().key.version, Some(rec.version), "{file}");
     }
     for t in v["blind_indexes"].as_array().unwrap() {
         let (tn, dn) = (tenant(s(&t["tenant"])), domain(s(&t["domain"])));
@@ -250,7 +249,7 @@ fn subject_key_and_blind_index_vectors_in(file: &str, sealed_version: u8) {
         for &b in backends() {
             let k = SealKey::with_backend(
                 KeyMaterial::from_slice(&h(&t["domain_key"])).unwrap(),
-                KeyRef { kind: KeyKind::Domain, version: 1 },
+                KeyRef::new(KeyKind::Domain, kv(1)),
                 b,
             )
             .unwrap();
@@ -344,7 +343,7 @@ fn generate() {
     let mut out = Vec::new();
     for (i, (name, su, kk, ver, [t, d, c, f, r], pt)) in cases.iter().enumerate() {
         let key = KeyMaterial::from_bytes([0x10 + i as u8; 32]);
-        let k = SealKey::new(key.clone(), KeyRef { kind: *kk, version: *ver }).unwrap();
+        let k = SealKey::new(key.clone(), KeyRef::new(*kk, kv(*ver))).unwrap();
         let cx = Ctx::new(t, d, c, f, r);
         let sealed = k.seal(*su, &cx.get(), pt).unwrap();
         out.push(json!({
@@ -374,7 +373,7 @@ fn generate() {
     let mut docs = Vec::new();
     for (name, su, pad, kk, ver, content_len, length) in doc_cases {
         let key = KeyMaterial::from_bytes([0x33; 32]);
-        let k = SealKey::new(key.clone(), KeyRef { kind: kk, version: ver }).unwrap();
+        let k = SealKey::new(key.clone(), KeyRef::new(kk, kv(ver))).unwrap();
         let (tn, dn) = (tenant("acme"), domain("medical"));
         let ctx = DocumentContext { tenant: &tn, domain: &dn, document_id: "doc-0001" };
         let meta = DocumentMetadata {
@@ -427,7 +426,7 @@ fn generate() {
         let (bytes, generation) = kr.to_file_bytes(&secret, Suite::default()).unwrap();
         kr.set_generation(generation);
         let (tn, dn) = (tenant("acme"), domain("medical"));
-        let (rec, dk) = futures_block_on(new_domain_key(&kr, &tn, &dn, 3)).unwrap();
+        let (rec, dk) = futures_block_on(new_domain_key(&kr, &tn, &dn, kv(3))).unwrap();
         krs.push(json!({
             "name": name, "secret_kind": secret_kind, "key_file": hex::encode(key_file),
             "passphrase": "correct horse battery staple", "keyring_file": hex::encode(&bytes), "generation": generation,
@@ -451,12 +450,12 @@ fn generate() {
         let set = DomainKeySet::from_keys(
             tn.clone(),
             dn.clone(),
-            vec![(dk_version, KeyState::Active, dkey.clone())],
+            vec![(kv(dk_version), KeyState::Active, dkey.clone())],
             Suite::default(),
             Backend::preferred(),
         )
         .unwrap();
-        let (rec, sk) = set.new_subject_key(subject_id, sk_version).unwrap();
+        let (rec, sk) = set.new_subject_key(subject_id, kv(sk_version)).unwrap();
         let ctx = Context { tenant: &tn, domain: &dn, collection: "absence", field: "diagnosis", record };
         let sealed = sk.seal(&ctx, plaintext.as_bytes()).unwrap();
         subject.push(
@@ -471,7 +470,7 @@ fn generate() {
     for (field, value, len) in
         [("bsn", "123456782", 16usize), ("last_name", "Jansen", 8), ("email", "jan@example.nl", 32)]
     {
-        let k = SealKey::new(dkey.clone(), KeyRef { kind: KeyKind::Domain, version: 1 }).unwrap();
+        let k = SealKey::new(dkey.clone(), KeyRef::new(KeyKind::Domain, kv(1))).unwrap();
         let i = BlindIndexKey::derive(&k, &tn, &dn, "employee", field, len).unwrap().index(value.as_bytes());
         bidx.push(
             json!({ "tenant": "acme", "domain": "medical", "domain_key": hex::encode(dkey.expose_secret()),

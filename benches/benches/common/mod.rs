@@ -1,7 +1,7 @@
 //! Shared fixtures for the Kluis benches. Keys are fixed (benches only).
 #![allow(dead_code)]
 
-use kluis_core::{Backend, DomainName, KeyKind, KeyMaterial, KeyRef, SealKey, TenantId};
+use kluis_core::{Backend, DomainName, KeyKind, KeyMaterial, KeyRef, KeyVersion, SealKey, TenantId};
 
 /// A fixed 256-bit key for the bare-primitive baselines.
 pub const BARE_KEY: [u8; 32] = [0x42; 32];
@@ -10,7 +10,7 @@ pub const BARE_KEY: [u8; 32] = [0x42; 32];
 pub fn domain_key(backend: Backend) -> SealKey {
     SealKey::with_backend(
         KeyMaterial::from_bytes([0x17; 32]),
-        KeyRef { kind: KeyKind::Domain, version: 1 },
+        KeyRef::new(KeyKind::Domain, KeyVersion::FIRST),
         backend,
     )
     .expect("seal key")

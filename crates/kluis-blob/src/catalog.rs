@@ -18,7 +18,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kluis_core::{DocumentMetadata, DomainKeySet, DomainName, KeyKind, KeyRef, Plaintext, SubjectKey};
+use kluis_core::{
+    DocumentMetadata, DomainKeySet, DomainName, KeyKind, KeyRef, KeyVersion, Plaintext, SubjectKey,
+};
 use kluis_store::Engine;
 use kluis_store::audit::AuditAppend;
 use kluis_store::{Access, DocumentRow, Store, StoreError};
@@ -94,19 +96,19 @@ impl<S: Engine, B: BlobBackend> fmt::Debug for Documents<S, B> {
 }
 
 /// The catalog `key_ref` of a document sealed under subject key `version` of `domain`.
-fn key_ref(domain: &DomainName, version: u32) -> String {
+fn key_ref(domain: &DomainName, version: KeyVersion) -> String {
     format!("subject:{domain}:v{version}")
 }
 
 /// The subject key version named by a catalog `key_ref` of `domain`: decimal, from 1, without
 /// leading zeros (as [`key_ref`] writes it).
-fn parse_key_ref(key_ref: &str, domain: &str) -> Result<u32> {
+fn parse_key_ref(key_ref: &str, domain: &str) -> Result<KeyVersion> {
     key_ref
         .strip_prefix("subject:")
         .and_then(|r| r.strip_prefix(domain))
         .and_then(|r| r.strip_prefix(":v"))
         .filter(|v| !v.is_empty() && !v.starts_with('0') && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse::<u32>().ok())
+        .and_then(|v| v.parse::<KeyVersion>().ok())
         .ok_or(BlobError::Catalog("key reference is not a subject key of the document's domain"))
 }
 
@@ -117,7 +119,7 @@ fn now_unix() -> i64 {
 }
 
 /// A catalog row as the vault's descriptor, with the subject key version it names.
-fn descriptor(access: &Access, row: &DocumentRow) -> Result<(DocumentDescriptor, u32)> {
+fn descriptor(access: &Access, row: &DocumentRow) -> Result<(DocumentDescriptor, KeyVersion)> {
     let version = parse_key_ref(&row.key_ref, &row.domain)?;
     let object = ObjectName::parse(&row.object_name).map_err(|_| BlobError::Catalog("object name"))?;
     let object_len = u64::try_from(row.padded_size).map_err(|_| BlobError::Catalog("object length"))?;
@@ -127,7 +129,7 @@ fn descriptor(access: &Access, row: &DocumentRow) -> Result<(DocumentDescriptor,
         domain: DomainName::new(row.domain.clone()).map_err(|_| BlobError::Catalog("domain"))?,
         subject: row.subject.clone(),
         record: row.record_id.clone(),
-        wrapping_key: KeyRef { kind: KeyKind::Subject, version },
+        wrapping_key: KeyRef::new(KeyKind::Subject, version),
         object_len,
     };
     Ok((desc, version))
@@ -313,7 +315,7 @@ impl<S: Engine, B: BlobBackend> Documents<S, B> {
 
     async fn entries(&self, access: &Access, mut rows: Vec<DocumentRow>) -> Result<Vec<DocumentEntry>> {
         rows.sort_by(|a, b| (a.created_at, &a.document_id).cmp(&(b.created_at, &b.document_id)));
-        let mut keys: HashMap<(String, String, u32), SubjectKey> = HashMap::new();
+        let mut keys: HashMap<(String, String, KeyVersion), SubjectKey> = HashMap::new();
         // Decrypted metadata of the entries so far is wiped if a later row fails (or the future
         // is dropped); `out` never grows, so no entry is moved by a reallocation.
         let mut out = WipeEntries(Vec::with_capacity(rows.len()));
@@ -407,7 +409,7 @@ impl<S: Engine, B: BlobBackend> Documents<S, B> {
         let d = domain.as_str();
         // Only a subject with more than one subject key version can have a document on an
         // older one (a version is deleted only once nothing uses it).
-        let mut newest: BTreeMap<String, (u32, usize)> = BTreeMap::new();
+        let mut newest: BTreeMap<String, (KeyVersion, usize)> = BTreeMap::new();
         for (subject, version) in self.store.subject_key_versions(access.tenant(), domain).await? {
             let e = newest.entry(subject).or_insert((version, 0));
             e.0 = e.0.max(version);
@@ -511,7 +513,8 @@ mod tests {
     #[test]
     fn key_refs_round_trip_and_reject_others() {
         let d = DomainName::medical();
-        assert_eq!(parse_key_ref(&key_ref(&d, 7), "medical").unwrap(), 7);
+        let v7 = KeyVersion::new(7).unwrap();
+        assert_eq!(parse_key_ref(&key_ref(&d, v7), "medical").unwrap(), v7);
         for bad in [
             "subject:general:v7",
             "domain:medical:v7",

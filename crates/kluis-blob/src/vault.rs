@@ -491,11 +491,20 @@ fn wrapping_for_read<'k>(
     key: KeyRef,
 ) -> Result<&'k SealKey> {
     match key.kind {
-        KeyKind::Domain => Ok(keys.domain.key(key.version)?),
+        // A header of any kind but the keyring's key-encryption key names a version.
+        KeyKind::Domain => match key.version {
+            Some(v) => Ok(keys.domain.key(v)?),
+            None => {
+                Err(kluis_core::Error::Malformed { what: "document header", reason: "key version 0" }.into())
+            }
+        },
         KeyKind::Subject => match keys.subject {
             Some(sk) if sk.subject() == desc.subject && sk.seal_key().key_ref() == key => Ok(sk.seal_key()),
             _ => Err(kluis_core::Error::UnknownKey {
-                key: format!("subject key v{} of this document", key.version),
+                key: match key.version {
+                    Some(v) => format!("subject key v{v} of this document"),
+                    None => "subject key of this document".to_owned(),
+                },
             }
             .into()),
         },

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{content, grace_zero, meta, test_options};
+use common::{content, grace_zero, kv, meta, test_options};
 use kluis_blob::catalog::Documents;
 use kluis_blob::{
     BlobBackend, BlobError, DocumentDescriptor, DocumentKeys, DocumentVault, GcReport, NewDocument,
@@ -324,7 +324,7 @@ fn descriptor(access: &Access, row: &DocumentRow, version: u32) -> DocumentDescr
         domain: DomainName::new(row.domain.clone()).unwrap(),
         subject: row.subject.clone(),
         record: row.record_id.clone(),
-        wrapping_key: KeyRef { kind: KeyKind::Subject, version },
+        wrapping_key: KeyRef::new(KeyKind::Subject, kv(version)),
         object_len: row.padded_size as u64,
     }
 }
@@ -337,7 +337,7 @@ async fn shredding_body<B: BlobBackend>(mut f: Fixture<B>) {
     let keep = f.put(&f.cat.doctor, DomainName::medical(), "emp-10", None, "other.pdf", &body).await;
     // Before: readable with the subject key the catalog names.
     let sk =
-        f.cat.store.subject_key_version(&f.cat.doctor, &DomainName::medical(), "emp-9", 1).await.unwrap();
+        f.cat.store.subject_key_version(&f.cat.doctor, &DomainName::medical(), "emp-9", kv(1)).await.unwrap();
     let set = f.cat.doctor.set("medical").unwrap();
     let mut out = Vec::new();
     f.docs
@@ -358,11 +358,12 @@ async fn shredding_body<B: BlobBackend>(mut f: Fixture<B>) {
     // The objects are still in storage (until GC), but no key opens them: the old subject key
     // version is gone, and a new subject key of the same subject (version 1 again) does not fit.
     assert!(f.objects().await.contains(&med.object_name));
-    let gone = f.cat.store.subject_key_version(doctor, &DomainName::medical(), "emp-9", 1).await.unwrap_err();
+    let gone =
+        f.cat.store.subject_key_version(doctor, &DomainName::medical(), "emp-9", kv(1)).await.unwrap_err();
     assert!(matches!(gone, StoreError::Shredded { .. }), "{gone:?}");
     for (row, domain) in [(&med, DomainName::medical()), (&general_doc, DomainName::general())] {
         let (v, fresh) = f.cat.store.subject_key(doctor, &domain, "emp-9").await.unwrap();
-        assert_eq!(v, 1);
+        assert_eq!(v, kv(1));
         let set = doctor.set(domain.as_str()).unwrap();
         let mut out = Vec::new();
         let e = f
@@ -423,7 +424,7 @@ async fn medical_usage(cat: &Catalog) -> Vec<(u32, u64, u64)> {
         .unwrap()
         .into_iter()
         .filter(|u| u.domain == DomainName::medical())
-        .map(|u| (u.version, u.subject_keys, u.documents))
+        .map(|u| (u.version.get(), u.subject_keys, u.documents))
         .collect();
     v.sort();
     v
@@ -438,7 +439,7 @@ async fn rotate_and_move_subjects<B: BlobBackend>(f: &mut Fixture<B>) -> u32 {
         // Subjects whose old subject key version documents still use stay counted as
         // remaining until the documents move; a step that moves nothing is the end.
         if p.remaining_subjects == 0 || p.subjects_moved == 0 {
-            return v;
+            return v.get();
         }
         eprintln!("store re-encryption step: {p:?}");
     }

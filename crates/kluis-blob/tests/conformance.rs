@@ -200,7 +200,7 @@ pub async fn padded_and_declared_lengths<B: BlobBackend>(h: Harness<B>) {
 
 pub async fn subject_keys_and_shredding<B: BlobBackend>(h: Harness<B>) {
     let keys = medical();
-    let (_rec, sk) = keys.new_subject_key("emp-9", 1).unwrap();
+    let (_rec, sk) = keys.new_subject_key("emp-9", kv(1)).unwrap();
     let ks = DocumentKeys::with_subject(&keys, &sk);
     let body = content(3 * CS, 3);
     let d =
@@ -212,7 +212,7 @@ pub async fn subject_keys_and_shredding<B: BlobBackend>(h: Harness<B>) {
     assert!(matches!(get_all(&h, &d, &kd).await, Err((BlobError::Core(CoreError::UnknownKey { .. }), _))));
     assert!(h.vault.metadata(&d, &kd).await.is_err());
     // A new subject key (after shredding) of the same version does not open it either.
-    let (_r2, sk2) = keys.new_subject_key("emp-9", 1).unwrap();
+    let (_r2, sk2) = keys.new_subject_key("emp-9", kv(1)).unwrap();
     let ks2 = DocumentKeys::with_subject(&keys, &sk2);
     let e = get_all(&h, &d, &ks2).await.unwrap_err().0;
     assert!(matches!(e, BlobError::Core(CoreError::Decrypt)), "{e:?}");
@@ -453,7 +453,7 @@ pub async fn gc_removes_orphans<B: BlobBackend>(h: Harness<B>) {
 
 pub async fn canary<B: BlobBackend>(h: Harness<B>) {
     let keys = medical();
-    let (_rec, sk) = keys.new_subject_key("emp-canary-4711", 1).unwrap();
+    let (_rec, sk) = keys.new_subject_key("emp-canary-4711", kv(1)).unwrap();
     let canary_text = b"CANARY-burn-out-diagnose-JJ-0xC0FFEE ";
     let body: Vec<u8> = canary_text.iter().copied().cycle().take(6 * CS + 17).collect();
     let mut nd = doc("emp-canary-4711", Some("verzuim-canary-2026"), "diagnose-jan-jansen.pdf");

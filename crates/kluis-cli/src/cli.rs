@@ -160,9 +160,9 @@ pub enum KeysCmd {
         /// Tenant and domain.
         #[command(flatten)]
         td: TenantDomain,
-        /// The version to destroy.
+        /// The version to destroy (from 1).
         #[arg(long)]
-        version: u32,
+        version: kluis_core::KeyVersion,
     },
     /// New root key version; every domain key rewrapped in one transaction.
     RotateRoot,

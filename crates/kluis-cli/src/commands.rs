@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use kluis_blob::{BlobBackend, ObjectName};
-use kluis_core::{DomainName, KeyState, TenantId};
+use kluis_core::{DomainName, KeyState, KeyVersion, TenantId};
 use kluis_keyring::KeyringFile;
 use kluis_service::{AdminActor, AdminEvent};
 use kluis_store::schema::FieldType;
@@ -272,7 +272,7 @@ async fn keys_list<B: Engine, O: BlobBackend + Clone>(
         .iter()
         .map(|u| {
             json!({
-                "tenant": u.tenant.as_str(), "domain": u.domain.as_str(), "version": u.version,
+                "tenant": u.tenant.as_str(), "domain": u.domain.as_str(), "version": u.version.get(),
                 "state": u.state.as_str(), "subject_keys": u.subject_keys, "records": u.records,
                 "documents": u.documents,
             })
@@ -301,11 +301,11 @@ async fn keys_rotate<B: Engine, O: BlobBackend + Clone>(
     let service = env.service().await?;
     let who = AdminActor::new(actor, "kluis-cli", "administration");
     // The new key row and its audit entry commit together.
-    let entry = |version: u32| {
+    let entry = |version: KeyVersion| {
         service.admin_entry(&who, AdminEvent::KeyRotation { tenant: t.clone(), domain: d.clone(), version })
     };
     let v = env.store.rotate_domain_key_audited(provider, &t, &d, &entry).await?;
-    let mut r = Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "active_version": v }));
+    let mut r = Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "active_version": v.get() }));
     r.line(format!("{t}/{d}: v{v} is active; older versions are decrypt-only"));
     r.line(format!("next: kluis reencrypt --tenant {t} --domain {d}"));
     Ok(r)
@@ -315,7 +315,7 @@ async fn keys_retire<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
     td: &TenantDomain,
-    version: u32,
+    version: KeyVersion,
 ) -> Result<Report> {
     let t = env.tenant(&td.tenant).await?;
     let d = env.domain(&t, &td.domain).await?;
@@ -330,7 +330,7 @@ async fn keys_retire<B: Engine, O: BlobBackend + Clone>(
         service.admin_entry(&who, AdminEvent::Retire { tenant: t.clone(), domain: d.clone(), version });
     env.store.retire_domain_version_audited(provider, &t, &d, version, entry).await?;
     let mut r =
-        Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "retired_version": version }));
+        Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "retired_version": version.get() }));
     r.line(format!("{t}/{d} v{version} destroyed"));
     Ok(r)
 }
@@ -352,7 +352,7 @@ async fn rotate_root<B: Engine, O: BlobBackend + Clone>(env: &mut Env<B, O>, act
     let n = env.store.rewrap_domain_keys_audited(provider, &entry).await?;
     let primary = provider.primary_version().await?;
     let mut r = Report::new(
-        json!({ "root_version": primary, "domain_keys_rewrapped": n, "new_version_created": version.is_some() }),
+        json!({ "root_version": primary.get(), "domain_keys_rewrapped": n, "new_version_created": version.is_some() }),
     );
     match version {
         Some(v) => r.line(format!("root key v{v} created in the keyring; {n} domain keys rewrapped in one transaction")),
@@ -608,7 +608,7 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     let retirable: Vec<u32> = usage
         .iter()
         .filter(|u| u.domain == d && u.state == KeyState::DecryptOnly && u.is_unused())
-        .map(|u| u.version)
+        .map(|u| u.version.get())
         .collect();
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "domain": d.as_str(), "summary": summary, "retirable_versions": retirable,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use kluis_blob::{BlobBackend, NewDocument};
-use kluis_core::{DocumentMetadata, DomainName, TenantId};
+use kluis_core::{DocumentMetadata, DomainName, KeyVersion, TenantId};
 use kluis_keyring::KeyringFile;
 use kluis_service::authz::{
     Action, ActionSet, Authorizer, GrantScope, Policy, Principal, RoleName, StoreRegistry, UserId,
@@ -205,9 +205,11 @@ impl Job for DemoJob {
         ));
 
         let v = env.store.rotate_domain_key(provider, &acme, &medical).await?;
+        // The version before it (a rotation makes version 2 or later).
+        let old = KeyVersion::new(v.get() - 1)?;
         let admin = env.store.admin_access(provider, &acme, std::slice::from_ref(&medical)).await?;
         let sum = crate::reencrypt::reencrypt(&env.store, &docs, &admin, &medical, 10, |_| {}).await?;
-        env.store.retire_domain_version(provider, &acme, &medical, v - 1).await?;
+        env.store.retire_domain_version(provider, &acme, &medical, old).await?;
         let actor = AdminActor::new("demo-operator", "kluis-demo", "key rotation");
         let rec = |e| service.record_admin(&actor, e);
         rec(AdminEvent::KeyRotation { tenant: acme.clone(), domain: medical.clone(), version: v })
@@ -221,7 +223,7 @@ impl Job for DemoJob {
         })
         .await
         .map_err(svc_err)?;
-        rec(AdminEvent::Retire { tenant: acme.clone(), domain: medical.clone(), version: v - 1 })
+        rec(AdminEvent::Retire { tenant: acme.clone(), domain: medical.clone(), version: old })
             .await
             .map_err(svc_err)?;
         let again = service.get(&doctor, &ctx, "absence", "ar-1").await.map_err(svc_err)?;
@@ -230,7 +232,7 @@ impl Job for DemoJob {
             sum.subjects_moved,
             sum.records_resealed,
             sum.documents_moved,
-            v - 1,
+            old,
             shown(&again, "diagnosis")
         ));
 

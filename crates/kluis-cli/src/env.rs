@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kluis_blob::{BlobBackend, DocumentVault, LocalDir};
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
-use kluis_core::{DomainName, KeyMaterial, RootKeyProvider, TenantId, WrappedKey};
+use kluis_core::{DomainName, KeyMaterial, KeyVersion, RootKeyProvider, TenantId, WrappedKey};
 use kluis_keyring::KeyringFile;
 use kluis_kms::AnyProvider;
 use kluis_store::{Access, Engine, Schema, Store};
@@ -56,7 +56,7 @@ impl RootKeyProvider for Root {
         self.provider().root_key_id()
     }
 
-    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<KeyVersion>> {
         self.provider().primary_version()
     }
 

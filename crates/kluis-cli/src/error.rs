@@ -125,7 +125,7 @@ pub enum CliError {
         /// Domain.
         domain: String,
         /// Version.
-        version: u32,
+        version: kluis_core::KeyVersion,
     },
     /// An unknown subject.
     #[error("tenant {tenant:?} has no records or documents of subject {subject:?}")]

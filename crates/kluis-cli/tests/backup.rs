@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 
-use common::{PASSPHRASE, kluis};
+use common::{PASSPHRASE, kluis, kv};
 use kluis_blob::catalog::Documents;
 use kluis_blob::{DocumentVault, LocalDir, NewDocument};
 use kluis_core::{DocumentMetadata, DomainName, LocalKeyring, TenantId};
@@ -615,7 +615,7 @@ async fn shred_guarantee(db: &Db) {
     assert!(g.contains("a keyring change since the backup"), "{g}");
     let secret = kluis_cli::config::keyring_secret(&zeroize::Zeroizing::new(PASSPHRASE.to_owned()));
     let mut file = kluis_keyring::KeyringFile::open(dir.join("keyring.kr"), secret).unwrap();
-    file.remove_version(1).unwrap();
+    file.remove_version(kv(1)).unwrap();
     drop(file);
     cli_ok(&dir, db, &["keys", "record-generation"]);
     // The older backup is intact but opens nothing any more: exit 8, not 6.

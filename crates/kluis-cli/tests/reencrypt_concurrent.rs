@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Data, run_ok};
+use common::{Data, kv, run_ok};
 use kluis_core::DomainName;
 use kluis_store::{Changes, NewRecord, Op, StoreError};
 
@@ -115,9 +115,9 @@ async fn reencrypt_while_the_app_writes_loses_nothing() {
         assert_eq!(rec.get("diagnosis").and_then(|v| v.as_text()), Some(want.as_str()), "{id}");
     }
     let usage = fresh.store.key_usage(Some(&fresh.tenant)).await.unwrap();
-    let v1 = usage.iter().find(|u| u.domain == medical && u.version == 1).unwrap();
+    let v1 = usage.iter().find(|u| u.domain == medical && u.version == kv(1)).unwrap();
     assert!(v1.is_unused(), "{v1:?}");
-    fresh.store.retire_domain_version(&fresh.keyring, &fresh.tenant, &medical, 1).await.unwrap();
+    fresh.store.retire_domain_version(&fresh.keyring, &fresh.tenant, &medical, kv(1)).await.unwrap();
     // The app's writes and the re-encryption's interleaved: every row is the one logged last.
     let rows = fresh.store.verify_rows(&[]).await.unwrap();
     assert!(rows.is_ok(), "{rows:?}");

@@ -47,7 +47,7 @@ async fn medical_usage(data: &Data) -> BTreeMap<u32, (u64, u64, u64)> {
         .unwrap()
         .into_iter()
         .filter(|u| u.domain == DomainName::medical())
-        .map(|u| (u.version, (u.subject_keys, u.records, u.documents)))
+        .map(|u| (u.version.get(), (u.subject_keys, u.records, u.documents)))
         .collect()
 }
 

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{Backend, Prk};
 use crate::error::{Error, Result};
-use crate::ids::{DomainName, TenantId, labelled_ad};
+use crate::ids::{DomainName, KeyVersion, TenantId, labelled_ad};
 use crate::seal::SealKey;
 
 /// Default index length in bytes.
@@ -35,7 +35,7 @@ pub const MIN_INDEX_LEN: usize = 4;
 pub struct BlindIndexKey {
     mac: Box<Hmac<Sha256>>,
     len: usize,
-    key_version: u32,
+    key_version: KeyVersion,
     backend: Backend,
 }
 
@@ -51,7 +51,8 @@ impl fmt::Debug for BlindIndexKey {
 
 impl BlindIndexKey {
     /// Derives the index key of (tenant, domain, collection, field) from a domain key version.
-    /// `len` is the index length in bytes (4 to 32).
+    /// `len` is the index length in bytes (4 to 32). A key without a version (the keyring's
+    /// key-encryption key) is refused (`Error::ApiMisuse`).
     pub fn derive(
         domain_key: &SealKey,
         tenant: &TenantId,
@@ -63,6 +64,10 @@ impl BlindIndexKey {
         if !(MIN_INDEX_LEN..=32).contains(&len) {
             return Err(Error::invalid("blind index length", "must be 4 to 32 bytes"));
         }
+        let key_version = domain_key
+            .key_ref()
+            .version
+            .ok_or(Error::ApiMisuse("a blind index key is derived from a versioned key"))?;
         let info = labelled_ad(
             b"kluis/bidx/v1",
             &[
@@ -77,16 +82,11 @@ impl BlindIndexKey {
         prk.expand(&[&info], key.as_mut_slice())?;
         let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_slice())
             .map_err(|_| Error::ApiMisuse("blind index key length"))?;
-        Ok(Self {
-            mac: Box::new(mac),
-            len,
-            key_version: domain_key.key_ref().version,
-            backend: domain_key.backend(),
-        })
+        Ok(Self { mac: Box::new(mac), len, key_version, backend: domain_key.backend() })
     }
 
     /// The domain key version this index key comes from (store it beside the index).
-    pub fn key_version(&self) -> u32 {
+    pub fn key_version(&self) -> KeyVersion {
         self.key_version
     }
 

@@ -9,7 +9,8 @@ const CS_LOG2: u8 = 12;
 const CS: usize = 1 << CS_LOG2;
 
 fn wrapping() -> SealKey {
-    SealKey::new(KeyMaterial::from_bytes([3; 32]), KeyRef { kind: KeyKind::Domain, version: 1 }).unwrap()
+    SealKey::new(KeyMaterial::from_bytes([3; 32]), KeyRef::new(KeyKind::Domain, crate::KeyVersion::FIRST))
+        .unwrap()
 }
 
 fn meta(name_len: usize) -> DocumentMetadata {

@@ -3,6 +3,7 @@
 //! Names are validated when constructed so that every encoding of them is canonical.
 
 use std::fmt;
+use std::num::NonZeroU32;
 
 use crate::error::{Error, Result};
 use crate::wire::put_bytes16;
@@ -83,6 +84,73 @@ impl DomainName {
 impl fmt::Display for DomainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// A key version: of a domain key, a subject key or a root key. Versions start at 1, so 0 is
+/// not a `KeyVersion` (where "no version" means something, the type is `Option<KeyVersion>`).
+/// Its `Display` is the bare number.
+///
+/// In a database a version is an `i64` column: [`KeyVersion::from_stored`] and
+/// [`KeyVersion::to_stored`] are the conversions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyVersion(NonZeroU32);
+
+impl KeyVersion {
+    /// Version 1, the first of every key.
+    pub const FIRST: Self = Self(NonZeroU32::MIN);
+
+    /// The version `v`. 0 is refused (`Error::Invalid { "key version", .. }`): versions start at 1.
+    pub fn new(v: u32) -> Result<Self> {
+        NonZeroU32::new(v).map(Self).ok_or_else(|| Error::invalid("key version", "versions start at 1"))
+    }
+
+    /// The number.
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+
+    /// The version after this one; `Error::LimitReached("key versions exhausted")` after
+    /// `u32::MAX`.
+    pub fn next(self) -> Result<Self> {
+        self.0.checked_add(1).map(Self).ok_or(Error::LimitReached("key versions exhausted"))
+    }
+
+    /// The version stored in a database column. 0, a negative number or one above `u32::MAX` is
+    /// refused (`Error::Invalid { "stored key version", .. }`), never clamped.
+    pub fn from_stored(v: i64) -> Result<Self> {
+        u32::try_from(v)
+            .ok()
+            .and_then(NonZeroU32::new)
+            .map(Self)
+            .ok_or_else(|| Error::invalid("stored key version", format!("{v} is not in 1..={}", u32::MAX)))
+    }
+
+    /// The version as stored in a database column.
+    pub fn to_stored(self) -> i64 {
+        i64::from(self.get())
+    }
+
+    /// The four bytes of the version, big-endian, as formats encode it.
+    pub const fn to_be_bytes(self) -> [u8; 4] {
+        self.get().to_be_bytes()
+    }
+}
+
+impl fmt::Display for KeyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::str::FromStr for KeyVersion {
+    type Err = Error;
+
+    /// Parses a decimal version from 1 (as `Display` prints it).
+    fn from_str(s: &str) -> Result<Self> {
+        let v =
+            s.parse::<u32>().map_err(|_| Error::invalid("key version", format!("{s:?} is not a number")))?;
+        Self::new(v)
     }
 }
 

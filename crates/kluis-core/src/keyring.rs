@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::{Backend, Suite, sha256};
 use crate::error::{Error, Result};
+use crate::ids::KeyVersion;
 use crate::keys::{BoxFuture, RootKeyProvider, UnwrapRequest, WrappedKey};
 use crate::seal::{KeyKind, KeyRef, OpenFailure, SealKey};
 use crate::secret::{KEY_LEN, KeyMaterial, Passphrase, ct_eq};
@@ -126,8 +127,8 @@ struct RootVersion {
 
 /// A decrypted keyring: root key versions, the primary one, and the generation.
 pub struct LocalKeyring {
-    versions: BTreeMap<u32, RootVersion>,
-    primary: u32,
+    versions: BTreeMap<KeyVersion, RootVersion>,
+    primary: KeyVersion,
     generation: u64,
     backend: Backend,
 }
@@ -146,26 +147,27 @@ impl fmt::Debug for LocalKeyring {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RootVersionInfo {
     /// Version number.
-    pub version: u32,
+    pub version: KeyVersion,
     /// Whether new wraps use it.
     pub primary: bool,
     /// Creation time (seconds since the Unix epoch).
     pub created_unix: i64,
 }
 
-fn root_ref(version: u32) -> KeyRef {
-    KeyRef { kind: KeyKind::Root, version }
+fn root_ref(version: KeyVersion) -> KeyRef {
+    KeyRef::new(KeyKind::Root, version)
 }
 
 impl LocalKeyring {
     /// A new keyring with one fresh root key version (1). Its generation is 0 until it is first
     /// written (the first file has generation 1).
     pub fn generate(created_unix: i64) -> Result<Self> {
+        let first = KeyVersion::FIRST;
         let mut k =
-            Self { versions: BTreeMap::new(), primary: 1, generation: 0, backend: Backend::preferred() };
+            Self { versions: BTreeMap::new(), primary: first, generation: 0, backend: Backend::preferred() };
         k.versions.insert(
-            1,
-            RootVersion { key: SealKey::new(KeyMaterial::generate()?, root_ref(1))?, created_unix },
+            first,
+            RootVersion { key: SealKey::new(KeyMaterial::generate()?, root_ref(first))?, created_unix },
         );
         Ok(k)
     }
@@ -176,7 +178,7 @@ impl LocalKeyring {
     }
 
     /// The primary version.
-    pub fn primary(&self) -> u32 {
+    pub fn primary(&self) -> KeyVersion {
         self.primary
     }
 
@@ -194,15 +196,12 @@ impl LocalKeyring {
 
     /// Adds a new root key version and makes it primary. Returns the new version. The caller
     /// persists the keyring (which bumps the generation) and then rewraps the domain keys.
-    pub fn rotate(&mut self, created_unix: i64) -> Result<u32> {
-        let next = self
-            .versions
-            .keys()
-            .max()
-            .copied()
-            .unwrap_or(0)
-            .checked_add(1)
-            .ok_or_else(|| Error::LimitReached("root key versions exhausted"))?;
+    pub fn rotate(&mut self, created_unix: i64) -> Result<KeyVersion> {
+        // No version yet (never the case of a keyring made here or read from a file): version 1.
+        let next = match self.versions.keys().max() {
+            Some(v) => v.next().map_err(|_| Error::LimitReached("root key versions exhausted"))?,
+            None => KeyVersion::FIRST,
+        };
         self.versions.insert(
             next,
             RootVersion { key: SealKey::new(KeyMaterial::generate()?, root_ref(next))?, created_unix },
@@ -212,7 +211,7 @@ impl LocalKeyring {
     }
 
     /// Removes a non-primary version (after every domain key was rewrapped off it).
-    pub fn remove_version(&mut self, version: u32) -> Result<()> {
+    pub fn remove_version(&mut self, version: KeyVersion) -> Result<()> {
         if version == self.primary {
             return Err(Error::invalid("root key version", "the primary version cannot be removed"));
         }
@@ -311,10 +310,8 @@ impl LocalKeyring {
             let v = r.u32()?;
             let created_unix = i64::from_be_bytes(r.array()?);
             let key = KeyMaterial::from_bytes(r.array::<KEY_LEN>()?);
-            if v == 0 {
-                // Root key versions start at 1 (docs/FORMAT.md §8.1).
-                return Err(Error::KeyringCorrupt("root key version 0"));
-            }
+            // Root key versions start at 1 (docs/FORMAT.md §8.1).
+            let v = KeyVersion::new(v).map_err(|_| Error::KeyringCorrupt("root key version 0"))?;
             if versions
                 .insert(v, RootVersion { key: SealKey::new(key, root_ref(v))?, created_unix })
                 .is_some()
@@ -323,9 +320,10 @@ impl LocalKeyring {
             }
         }
         r.finish()?;
-        if !versions.contains_key(&primary) {
-            return Err(Error::KeyringCorrupt("primary root key version missing"));
-        }
+        let primary = KeyVersion::new(primary)
+            .ok()
+            .filter(|p| versions.contains_key(p))
+            .ok_or(Error::KeyringCorrupt("primary root key version missing"))?;
         Ok(Self { versions, primary, generation: parsed.generation, backend: Backend::preferred() })
     }
 
@@ -365,7 +363,7 @@ impl RootKeyProvider for LocalKeyring {
         ROOT_KEY_ID
     }
 
-    fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, Result<KeyVersion>> {
         let v = self.primary;
         Box::pin(async move { Ok(v) })
     }
@@ -475,7 +473,7 @@ pub fn inspect(bytes: &[u8]) -> Result<KeyringFileInfo> {
 }
 
 fn derive_kek(secret: &KeyringSecret, params: &KdfParams, salt: &[u8; 16]) -> Result<SealKey> {
-    let kek_ref = KeyRef { kind: KeyKind::KeyringKek, version: 0 };
+    let kek_ref = KeyRef { kind: KeyKind::KeyringKek, version: None };
     match secret {
         KeyringSecret::Passphrase(pass, _) => {
             params.check()?;

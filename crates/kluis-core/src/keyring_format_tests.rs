@@ -45,7 +45,7 @@ fn payload(primary: u32, versions: &[u32]) -> Vec<u8> {
 #[test]
 fn a_hand_sealed_payload_opens() {
     let k = LocalKeyring::from_file_bytes(&file_with_payload(&payload(2, &[1, 2])), &secret()).unwrap();
-    assert_eq!(k.primary(), 2);
+    assert_eq!(k.primary().get(), 2);
     assert_eq!(k.versions().len(), 2);
 }
 

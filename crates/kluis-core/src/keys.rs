@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::crypto::{Backend, Suite};
 use crate::error::{Error, Result};
-use crate::ids::{Context, DomainName, TenantId, labelled_ad};
+use crate::ids::{Context, DomainName, KeyVersion, TenantId, labelled_ad};
 use crate::seal::{FRESH_MAX, Fresh, KeyKind, KeyRef, SealKey, SealedHeader};
 use crate::secret::{KeyMaterial, Plaintext};
 use crate::wire::{Reader, put_bytes16, put_bytes32};
@@ -37,7 +37,7 @@ pub struct WrappedKey {
     /// Which provider and root key (e.g. `keyring`, or a KMS key URL).
     pub root_key_id: String,
     /// Root key version that wrapped it.
-    pub root_version: u32,
+    pub root_version: KeyVersion,
     /// Provider-specific ciphertext.
     pub ciphertext: Vec<u8>,
 }
@@ -56,12 +56,8 @@ impl fmt::Debug for WrappedKey {
 const WRAPPED_KEY_VERSION: u8 = 1;
 
 impl WrappedKey {
-    /// Serialises: `0x01 | u16-len root key id | u32 root version | u32-len ciphertext`. Root
-    /// version 0 is refused (`Error::Invalid`): versions start at 1.
+    /// Serialises: `0x01 | u16-len root key id | u32 root version | u32-len ciphertext`.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        if self.root_version == 0 {
-            return Err(Error::invalid("root key version", "versions start at 1"));
-        }
         let mut out = Vec::with_capacity(11 + self.root_key_id.len() + self.ciphertext.len());
         out.push(WRAPPED_KEY_VERSION);
         put_bytes16(&mut out, "root key id", self.root_key_id.as_bytes())?;
@@ -79,10 +75,8 @@ impl WrappedKey {
             return Err(Error::UnsupportedVersion { what: "wrapped key", version: u16::from(v) });
         }
         let root_key_id = r.str16()?.to_owned();
-        let root_version = r.u32()?;
-        if root_version == 0 {
-            return Err(Error::malformed("wrapped key", "root key version 0"));
-        }
+        let root_version =
+            KeyVersion::new(r.u32()?).map_err(|_| Error::malformed("wrapped key", "root key version 0"))?;
         let ciphertext = r.bytes32()?.to_vec();
         r.finish()?;
         Ok(Self { root_key_id, root_version, ciphertext })
@@ -111,7 +105,7 @@ pub trait RootKeyProvider: Send + Sync + fmt::Debug {
     fn root_key_id(&self) -> &str;
 
     /// The root key version used for new wraps.
-    fn primary_version(&self) -> BoxFuture<'_, Result<u32>>;
+    fn primary_version(&self) -> BoxFuture<'_, Result<KeyVersion>>;
 
     /// Wraps `key` under the primary root key version, binding `aad`.
     fn wrap<'a>(&'a self, aad: &'a [u8], key: &'a KeyMaterial) -> BoxFuture<'a, Result<WrappedKey>>;
@@ -197,7 +191,7 @@ impl KeyState {
 }
 
 /// Associated data binding a domain key's wrap to its tenant, domain and version.
-pub fn domain_key_ad(tenant: &TenantId, domain: &DomainName, version: u32) -> Result<Vec<u8>> {
+pub fn domain_key_ad(tenant: &TenantId, domain: &DomainName, version: KeyVersion) -> Result<Vec<u8>> {
     labelled_ad(
         b"kluis/domain-key/v1",
         &[tenant.as_str().as_bytes(), domain.as_str().as_bytes(), &version.to_be_bytes()],
@@ -209,7 +203,7 @@ pub fn subject_key_ad(
     tenant: &TenantId,
     domain: &DomainName,
     subject: &str,
-    version: u32,
+    version: KeyVersion,
 ) -> Result<Vec<u8>> {
     labelled_ad(
         b"kluis/subject-key/v1",
@@ -225,7 +219,7 @@ pub struct DomainKeyRecord {
     /// Domain.
     pub domain: DomainName,
     /// Version, starting at 1.
-    pub version: u32,
+    pub version: KeyVersion,
     /// State.
     pub state: KeyState,
     /// The wrapped key; `None` once destroyed.
@@ -257,7 +251,7 @@ const fn state_byte(s: KeyState) -> u8 {
 /// (u32 version || u8 state)*` in version order (docs/FORMAT.md §7.5).
 fn key_set_manifest(records: &[DomainKeyRecord]) -> Result<Vec<u8>> {
     let first = records.first().ok_or_else(|| Error::invalid("domain key set", "no versions"))?;
-    let mut versions: Vec<(u32, KeyState)> = records.iter().map(|r| (r.version, r.state)).collect();
+    let mut versions: Vec<(KeyVersion, KeyState)> = records.iter().map(|r| (r.version, r.state)).collect();
     versions.sort_unstable_by_key(|(v, _)| *v);
     let count = u32::try_from(versions.len()).map_err(|_| Error::LimitReached("domain key versions"))?;
     let mut out =
@@ -271,7 +265,12 @@ fn key_set_manifest(records: &[DomainKeyRecord]) -> Result<Vec<u8>> {
 }
 
 /// The state tag of `version` over `manifest`, under a key derived from that version's material.
-fn key_set_tag(material: &KeyMaterial, backend: Backend, manifest: &[u8], version: u32) -> Result<[u8; 32]> {
+fn key_set_tag(
+    material: &KeyMaterial,
+    backend: Backend,
+    manifest: &[u8],
+    version: KeyVersion,
+) -> Result<[u8; 32]> {
     let prk = crate::crypto::Prk::new(backend, material)?;
     let mut k = zeroize::Zeroizing::new([0u8; 32]);
     prk.expand(&[KEY_SET_TAG_INFO], k.as_mut_slice())?;
@@ -283,7 +282,7 @@ fn key_set_tag(material: &KeyMaterial, backend: Backend, manifest: &[u8], versio
 fn tag_records_with<'k>(
     records: &mut [DomainKeyRecord],
     backend: Backend,
-    key_of: impl Fn(u32) -> Option<&'k KeyMaterial>,
+    key_of: impl Fn(KeyVersion) -> Option<&'k KeyMaterial>,
 ) -> Result<()> {
     validate_versions(records)?;
     let manifest = key_set_manifest(records)?;
@@ -307,11 +306,8 @@ pub async fn new_domain_key(
     provider: &dyn RootKeyProvider,
     tenant: &TenantId,
     domain: &DomainName,
-    version: u32,
+    version: KeyVersion,
 ) -> Result<(DomainKeyRecord, KeyMaterial)> {
-    if version == 0 {
-        return Err(Error::invalid("key version", "versions start at 1"));
-    }
     let key = KeyMaterial::generate()?;
     let aad = domain_key_ad(tenant, domain, version)?;
     let wrapped = provider.wrap(&aad, &key).await?;
@@ -328,11 +324,10 @@ pub async fn new_domain_key(
     Ok((rec, key))
 }
 
-/// Checks the invariants of all versions of one (tenant, domain): same tenant and domain, versions
-/// from 1 (version 0 is `Malformed { "domain key record", "version 0" }`), unique versions, at most
-/// one active, destroyed versions hold no wrapped key, live ones do. Returns the active version,
-/// if any.
-pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<u32>> {
+/// Checks the invariants of all versions of one (tenant, domain): same tenant and domain, unique
+/// versions, at most one active, destroyed versions hold no wrapped key, live ones do. Returns the
+/// active version, if any.
+pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<KeyVersion>> {
     let mut active = None;
     let mut seen = std::collections::BTreeSet::new();
     let first = records.first();
@@ -341,9 +336,6 @@ pub fn validate_versions(records: &[DomainKeyRecord]) -> Result<Option<u32>> {
             && (r.tenant != f.tenant || r.domain != f.domain)
         {
             return Err(Error::invalid("domain key set", "records of several tenants or domains"));
-        }
-        if r.version == 0 {
-            return Err(Error::malformed("domain key record", "version 0"));
         }
         if !seen.insert(r.version) {
             return Err(Error::invalid("domain key set", format!("version {} appears twice", r.version)));
@@ -382,13 +374,11 @@ pub async fn rotate_domain_key(
 ) -> Result<(DomainKeyRecord, KeyMaterial)> {
     validate_versions(records)?;
     set.check_matches(records)?;
-    let next = records
-        .iter()
-        .map(|r| r.version)
-        .max()
-        .unwrap_or(0)
-        .checked_add(1)
-        .ok_or_else(|| Error::LimitReached("domain key versions exhausted"))?;
+    // `records` are the versions of `set` (checked above); none at all would make version 1.
+    let next = match records.iter().map(|r| r.version).max() {
+        Some(v) => v.next().map_err(|_| Error::LimitReached("domain key versions exhausted"))?,
+        None => KeyVersion::FIRST,
+    };
     let (rec, key) = new_domain_key(provider, &set.tenant, &set.domain, next).await?;
     for r in records.iter_mut() {
         if r.state == KeyState::Active {
@@ -436,13 +426,13 @@ pub struct DomainKeySet {
     tenant: TenantId,
     domain: DomainName,
     suite: Suite,
-    keys: BTreeMap<u32, (KeyState, Option<SealKey>)>,
-    active: Option<u32>,
+    keys: BTreeMap<KeyVersion, (KeyState, Option<SealKey>)>,
+    active: Option<KeyVersion>,
 }
 
 impl fmt::Debug for DomainKeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let versions: Vec<(u32, KeyState)> = self.keys.iter().map(|(v, (s, _))| (*v, *s)).collect();
+        let versions: Vec<(KeyVersion, KeyState)> = self.keys.iter().map(|(v, (s, _))| (*v, *s)).collect();
         f.debug_struct("DomainKeySet")
             .field("tenant", &self.tenant)
             .field("domain", &self.domain)
@@ -533,7 +523,7 @@ impl DomainKeySet {
     pub fn tag_records(
         &self,
         records: &mut [DomainKeyRecord],
-        fresh: Option<(u32, &KeyMaterial)>,
+        fresh: Option<(KeyVersion, &KeyMaterial)>,
     ) -> Result<()> {
         if records.iter().any(|r| r.tenant != self.tenant || r.domain != self.domain) {
             return Err(Error::ApiMisuse("tagging records of another tenant or domain"));
@@ -548,8 +538,8 @@ impl DomainKeySet {
     /// Checks that `records` are the versions this set was unwrapped from, in the same states.
     fn check_matches(&self, records: &[DomainKeyRecord]) -> Result<()> {
         let mine = self.versions();
-        let theirs: Vec<(u32, KeyState)> = {
-            let mut v: Vec<(u32, KeyState)> = records.iter().map(|r| (r.version, r.state)).collect();
+        let theirs: Vec<(KeyVersion, KeyState)> = {
+            let mut v: Vec<(KeyVersion, KeyState)> = records.iter().map(|r| (r.version, r.state)).collect();
             v.sort_unstable_by_key(|(v, _)| *v);
             v
         };
@@ -585,11 +575,7 @@ impl DomainKeySet {
         let mut keys = BTreeMap::new();
         for ((r, _), res) in live.into_iter().zip(results) {
             let material = res?;
-            let sk = SealKey::with_backend(
-                material,
-                KeyRef { kind: KeyKind::Domain, version: r.version },
-                backend,
-            )?;
+            let sk = SealKey::with_backend(material, KeyRef::new(KeyKind::Domain, r.version), backend)?;
             keys.insert(r.version, (r.state, Some(sk)));
         }
         for r in records.iter().filter(|r| r.wrapped.is_none()) {
@@ -602,18 +588,15 @@ impl DomainKeySet {
     pub fn from_keys(
         tenant: TenantId,
         domain: DomainName,
-        keys: Vec<(u32, KeyState, KeyMaterial)>,
+        keys: Vec<(KeyVersion, KeyState, KeyMaterial)>,
         suite: Suite,
         backend: Backend,
     ) -> Result<Self> {
         let mut map = BTreeMap::new();
         let mut active = None;
         for (v, state, k) in keys {
-            if v == 0 || map.contains_key(&v) {
-                return Err(Error::invalid(
-                    "domain key set",
-                    format!("version {v} is zero or appears twice"),
-                ));
+            if map.contains_key(&v) {
+                return Err(Error::invalid("domain key set", format!("version {v} appears twice")));
             }
             if state == KeyState::Active {
                 if active.is_some() {
@@ -624,7 +607,7 @@ impl DomainKeySet {
             let sk = if state == KeyState::Destroyed {
                 None
             } else {
-                Some(SealKey::with_backend(k, KeyRef { kind: KeyKind::Domain, version: v }, backend)?)
+                Some(SealKey::with_backend(k, KeyRef::new(KeyKind::Domain, v), backend)?)
             };
             map.insert(v, (state, sk));
         }
@@ -642,16 +625,16 @@ impl DomainKeySet {
     }
 
     /// Active version, if any.
-    pub fn active_version(&self) -> Option<u32> {
+    pub fn active_version(&self) -> Option<KeyVersion> {
         self.active
     }
 
     /// Versions and their states.
-    pub fn versions(&self) -> Vec<(u32, KeyState)> {
+    pub fn versions(&self) -> Vec<(KeyVersion, KeyState)> {
         self.keys.iter().map(|(v, (s, _))| (*v, *s)).collect()
     }
 
-    fn key_label(&self, version: u32) -> String {
+    fn key_label(&self, version: KeyVersion) -> String {
         format!("{}/{} v{}", self.tenant, self.domain, version)
     }
 
@@ -664,7 +647,7 @@ impl DomainKeySet {
     }
 
     /// The key of `version`, for reading (active or decrypt-only).
-    pub fn key(&self, version: u32) -> Result<&SealKey> {
+    pub fn key(&self, version: KeyVersion) -> Result<&SealKey> {
         match self.keys.get(&version) {
             None => Err(Error::UnknownKey { key: self.key_label(version) }),
             Some((KeyState::Destroyed, _)) | Some((_, None)) => {
@@ -698,15 +681,16 @@ impl DomainKeySet {
                 "value was sealed with a subject key; open it with the subject key",
             ));
         }
-        self.key(h.key.version)?.open(ctx, sealed)
+        self.key(versioned(h.key)?)?.open(ctx, sealed)
     }
 
     /// Creates version `version` (from 1) of a subject key, sealed under the active domain key.
-    pub fn new_subject_key(&self, subject: &str, version: u32) -> Result<(SubjectKeyRecord, SubjectKey)> {
+    pub fn new_subject_key(
+        &self,
+        subject: &str,
+        version: KeyVersion,
+    ) -> Result<(SubjectKeyRecord, SubjectKey)> {
         check_subject(subject)?;
-        if version == 0 {
-            return Err(Error::invalid("key version", "versions start at 1"));
-        }
         let material = KeyMaterial::generate()?;
         let ad = subject_key_ad(&self.tenant, &self.domain, subject, version)?;
         let dk = self.active_key()?;
@@ -723,14 +707,10 @@ impl DomainKeySet {
     }
 
     /// Opens a subject key record. Fails with [`Error::Decrypt`] if the record was altered or
-    /// moved to another tenant, domain or subject. A record of version 0 is
-    /// `Malformed { "subject key record", "version 0" }` (versions start at 1).
+    /// moved to another tenant, domain or subject.
     pub fn open_subject_key(&self, rec: &SubjectKeyRecord) -> Result<SubjectKey> {
         if rec.tenant != self.tenant || rec.domain != self.domain {
             return Err(Error::ApiMisuse("subject key record of another tenant or domain"));
-        }
-        if rec.version == 0 {
-            return Err(Error::malformed("subject key record", "version 0"));
         }
         let h = SealedHeader::parse(&rec.wrapped)?;
         if h.key.kind != KeyKind::Domain {
@@ -738,7 +718,7 @@ impl DomainKeySet {
         }
         let ad = subject_key_ad(&self.tenant, &self.domain, &rec.subject, rec.version)?;
         let pt = self
-            .key(h.key.version)?
+            .key(versioned(h.key)?)?
             .open_ad(&ad, &rec.wrapped, "subject key")
             .map_err(crate::seal::OpenFailure::into_error)?;
         let material = KeyMaterial::from_slice(pt.expose_secret())?;
@@ -755,8 +735,8 @@ impl DomainKeySet {
     }
 
     /// The version of the domain key that wraps a subject key record.
-    pub fn subject_key_wrapping_version(rec: &SubjectKeyRecord) -> Result<u32> {
-        Ok(SealedHeader::parse(&rec.wrapped)?.key.version)
+    pub fn subject_key_wrapping_version(rec: &SubjectKeyRecord) -> Result<KeyVersion> {
+        versioned(SealedHeader::parse(&rec.wrapped)?.key)
     }
 
     /// Suite used for new writes.
@@ -767,6 +747,12 @@ impl DomainKeySet {
     pub(crate) fn backend_of_active(&self) -> Backend {
         self.active_key().map(SealKey::backend).unwrap_or_default()
     }
+}
+
+/// The version a sealed value's header names. Only the keyring's key-encryption key has none, and
+/// [`SealedHeader::parse`] refuses a header of any other kind without one.
+fn versioned(key: KeyRef) -> Result<KeyVersion> {
+    key.version.ok_or_else(|| Error::malformed("sealed value", "key version 0"))
 }
 
 /// A key belongs to one tenant and domain: refuse a context of any other before touching keys.
@@ -796,7 +782,7 @@ pub struct SubjectKeyRecord {
     /// Data subject (e.g. an employee id).
     pub subject: String,
     /// Subject key version.
-    pub version: u32,
+    pub version: KeyVersion,
     /// Sealed value (key kind domain) holding the 32-byte subject key.
     pub wrapped: Vec<u8>,
 }
@@ -806,6 +792,7 @@ pub struct SubjectKey {
     tenant: TenantId,
     domain: DomainName,
     subject: String,
+    version: KeyVersion,
     suite: Suite,
     key: SealKey,
 }
@@ -822,16 +809,14 @@ impl fmt::Debug for SubjectKey {
 }
 
 impl SubjectKey {
-    fn new(set: &DomainKeySet, subject: &str, version: u32, material: KeyMaterial) -> Result<Self> {
-        let key = SealKey::with_backend(
-            material,
-            KeyRef { kind: KeyKind::Subject, version },
-            set.backend_of_active(),
-        )?;
+    fn new(set: &DomainKeySet, subject: &str, version: KeyVersion, material: KeyMaterial) -> Result<Self> {
+        let key =
+            SealKey::with_backend(material, KeyRef::new(KeyKind::Subject, version), set.backend_of_active())?;
         Ok(Self {
             tenant: set.tenant.clone(),
             domain: set.domain.clone(),
             subject: subject.to_owned(),
+            version,
             suite: set.suite,
             key,
         })
@@ -840,6 +825,11 @@ impl SubjectKey {
     /// The subject.
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// The subject key's version.
+    pub fn version(&self) -> KeyVersion {
+        self.version
     }
 
     /// The prepared key.
@@ -1185,7 +1175,7 @@ impl<P: RootKeyProvider> RootKeyProvider for CachingProvider<P> {
         self.inner.root_key_id()
     }
 
-    fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, Result<KeyVersion>> {
         self.inner.primary_version()
     }
 

@@ -23,7 +23,7 @@ fn wrapped(ring: &LocalKeyring, n: u32) -> Vec<(Vec<u8>, WrappedKey)> {
     let (t, d) = (TenantId::new("acme").unwrap(), DomainName::medical());
     (1..=n)
         .map(|v| {
-            let aad = domain_key_ad(&t, &d, v).unwrap();
+            let aad = domain_key_ad(&t, &d, KeyVersion::new(v).unwrap()).unwrap();
             let w = ready(ring.wrap(&aad, &KeyMaterial::generate().unwrap())).unwrap();
             (aad, w)
         })
@@ -115,15 +115,15 @@ fn seal_fields_seals_as_one_by_one_with_a_salt_per_value() {
         DomainKeySet::from_keys(
             t.clone(),
             d.clone(),
-            vec![(1, KeyState::Active, KeyMaterial::generate().unwrap())],
+            vec![(KeyVersion::FIRST, KeyState::Active, KeyMaterial::generate().unwrap())],
             Suite::default(),
             Backend::preferred(),
         )
         .unwrap()
     };
     let (gs, ms) = (set(&g), set(&m));
-    let (_, gk) = gs.new_subject_key("emp-1", 1).unwrap();
-    let (_, mk) = ms.new_subject_key("emp-1", 1).unwrap();
+    let (_, gk) = gs.new_subject_key("emp-1", KeyVersion::FIRST).unwrap();
+    let (_, mk) = ms.new_subject_key("emp-1", KeyVersion::FIRST).unwrap();
     // 40 values over two subject keys: more than one draw (16 values each).
     let names: Vec<String> = (0..40).map(|i| format!("f{i}")).collect();
     let plain: Vec<Vec<u8>> = (0..40).map(|i| format!("value {i}").into_bytes()).collect();

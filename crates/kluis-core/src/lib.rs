@@ -15,12 +15,12 @@
 //!
 //! ```
 //! # fn main() -> Result<(), kluis_core::Error> {
-//! use kluis_core::{Context, DomainKeySet, DomainName, KeyMaterial, KeyState, Suite, TenantId, Backend};
+//! use kluis_core::{Context, DomainKeySet, DomainName, KeyMaterial, KeyState, KeyVersion, Suite, TenantId, Backend};
 //! let tenant = TenantId::new("acme")?;
 //! let medical = DomainName::medical();
 //! let keys = DomainKeySet::from_keys(
 //!     tenant.clone(), medical.clone(),
-//!     vec![(1, KeyState::Active, KeyMaterial::generate()?)],
+//!     vec![(KeyVersion::FIRST, KeyState::Active, KeyMaterial::generate()?)],
 //!     Suite::default(), Backend::preferred())?;
 //! let ctx = Context { tenant: &tenant, domain: &medical, collection: "absence", field: "diagnosis", record: "r1" };
 //! let sealed = keys.seal(&ctx, b"burn-out")?;
@@ -52,7 +52,7 @@ pub use document::{
     DocumentContext, DocumentHeader, DocumentMetadata, DocumentOpener, DocumentOptions, DocumentSealer,
 };
 pub use error::{Error, ProviderErrorKind, Result};
-pub use ids::{Context, DomainName, TenantId};
+pub use ids::{Context, DomainName, KeyVersion, TenantId};
 pub use keyring::{KdfParams, KeyringSecret, LocalKeyring};
 pub use keys::{
     CacheConfig, CachingProvider, DomainKeyRecord, DomainKeySet, FieldToSeal, KeyState, RootKeyProvider,

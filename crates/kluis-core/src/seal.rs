@@ -39,7 +39,7 @@ use crate::crypto::{
     AeadKey, Backend, Prk, Suite, TAG_LEN, XaesKdf, derive_keys, xchacha_open, xchacha_seal,
 };
 use crate::error::{Error, Result};
-use crate::ids::Context;
+use crate::ids::{Context, KeyVersion};
 use crate::metrics;
 use crate::random;
 use crate::secret::{KeyMaterial, Plaintext, ct_eq};
@@ -110,21 +110,34 @@ impl KeyKind {
 pub struct KeyRef {
     /// Kind of key.
     pub kind: KeyKind,
-    /// Version of that key.
-    pub version: u32,
+    /// Version of that key; `None` for the keyring's key-encryption key, which has no versions
+    /// (0 in the header).
+    pub version: Option<KeyVersion>,
+}
+
+impl KeyRef {
+    /// A reference to version `version` of a key of `kind`.
+    pub const fn new(kind: KeyKind, version: KeyVersion) -> Self {
+        Self { kind, version: Some(version) }
+    }
+
+    /// The header's u32: the version, 0 for none.
+    fn version_number(self) -> u32 {
+        self.version.map_or(0, KeyVersion::get)
+    }
 }
 
 impl fmt::Display for KeyRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?} key v{}", self.kind, self.version)
+        write!(f, "{:?} key v{}", self.kind, self.version_number())
     }
 }
 
 /// Key versions start at 1 (docs/FORMAT.md §3.2); only the keyring's key-encryption key, which
-/// has no versions, is always 0. Readers refuse version 0 of a versioned kind, and no writer makes
-/// one (a [`SealKey`] for it cannot be built).
-fn check_key_version(kind: KeyKind, version: u32) -> Result<()> {
-    if version == 0 && kind != KeyKind::KeyringKek {
+/// has no versions, is always 0 (`None`). Readers refuse version 0 of a versioned kind, and no
+/// writer makes one (a [`SealKey`] for it cannot be built).
+fn check_key_version(kind: KeyKind, version: Option<KeyVersion>) -> Result<()> {
+    if version.is_none() && kind != KeyKind::KeyringKek {
         return Err(Error::malformed("sealed value", "key version 0"));
     }
     Ok(())
@@ -162,7 +175,8 @@ impl SealedHeader {
         }
         let suite = Suite::from_id(r.u8()?)?;
         let kind = KeyKind::from_id(r.u8()?)?;
-        let version = r.u32()?;
+        // 0 is no version: the keyring's key-encryption key's, refused for any other kind.
+        let version = KeyVersion::new(r.u32()?).ok();
         check_key_version(kind, version)?;
         Ok(Self { format_version, suite, key: KeyRef { kind, version } })
     }
@@ -681,7 +695,7 @@ impl OpenFailure {
 
 fn write_header(out: &mut [u8; HEADER_LEN], format: u8, suite: Suite, key: KeyRef, salt: &[u8; SALT_LEN]) {
     let (fixed, rest) = out.split_at_mut(8);
-    let v = key.version.to_be_bytes();
+    let v = key.version_number().to_be_bytes();
     fixed.copy_from_slice(&[MAGIC, format, suite.id(), key.kind.id(), v[0], v[1], v[2], v[3]]);
     rest.copy_from_slice(salt);
 }
@@ -723,7 +737,7 @@ mod tests {
     fn key(backend: Backend) -> SealKey {
         SealKey::with_backend(
             KeyMaterial::from_bytes([9; 32]),
-            KeyRef { kind: KeyKind::Domain, version: 1 },
+            KeyRef::new(KeyKind::Domain, KeyVersion::FIRST),
             backend,
         )
         .unwrap()

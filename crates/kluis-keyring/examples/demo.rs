@@ -10,7 +10,9 @@ use kluis_core::document::{
     DocumentContext, DocumentHeader, DocumentMetadata, DocumentOptions, DocumentSealer, StreamSealer,
 };
 use kluis_core::keys::{new_domain_key, rotate_domain_key};
-use kluis_core::{Context, DomainKeySet, DomainName, KdfParams, KeyringSecret, Passphrase, TenantId};
+use kluis_core::{
+    Context, DomainKeySet, DomainName, KdfParams, KeyVersion, KeyringSecret, Passphrase, TenantId,
+};
 use kluis_keyring::KeyringFile;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -37,8 +39,8 @@ async fn main() -> Res<()> {
 
     let acme = TenantId::new("acme-zorg")?;
     let (general, medical) = (DomainName::general(), DomainName::medical());
-    let (g1, _) = new_domain_key(&root, &acme, &general, 1).await?;
-    let (m1, _) = new_domain_key(&root, &acme, &medical, 1).await?;
+    let (g1, _) = new_domain_key(&root, &acme, &general, KeyVersion::FIRST).await?;
+    let (m1, _) = new_domain_key(&root, &acme, &medical, KeyVersion::FIRST).await?;
     println!(
         "2. domain keys for tenant {acme}: general v1, medical v1 (stored only wrapped by the root key)"
     );
@@ -120,14 +122,14 @@ async fn main() -> Res<()> {
     );
 
     // Crypto-shredding with a subject key.
-    let (jan_record, jan) = rotated.new_subject_key("emp-jan", 1)?;
+    let (jan_record, jan) = rotated.new_subject_key("emp-jan", KeyVersion::FIRST)?;
     let jan_note = jan.seal(&ctx(medical_s, "doctor_notes", "ar-19"), b"terugval, opnieuw 0%")?;
     drop(jan);
     // The store deletes the subject key row (and, per docs, every copy of the domain key version
     // that wrapped it): no key that opens Jan's data exists any more. Even a new key for the same
     // subject does not.
     drop(jan_record);
-    let (_, fresh) = rotated.new_subject_key("emp-jan", 1)?;
+    let (_, fresh) = rotated.new_subject_key("emp-jan", KeyVersion::FIRST)?;
     let after = fresh.open(&ctx(medical_s, "doctor_notes", "ar-19"), &jan_note);
     println!(
         "8. emp-jan crypto-shredded (subject key deleted); their note with a fresh key for the same subject: {}",

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use kluis_core::keyring::{KdfParams, KeyringFileInfo};
-use kluis_core::{KeyringSecret, LocalKeyring, Suite};
+use kluis_core::{KeyVersion, KeyringSecret, LocalKeyring, Suite};
 
 /// Errors of the keyring file layer.
 #[derive(Debug, thiserror::Error)]
@@ -129,12 +129,12 @@ impl KeyringFile {
     }
 
     /// Adds a root key version, makes it primary and writes the file. Returns the new version.
-    pub fn rotate(&mut self) -> Result<u32> {
+    pub fn rotate(&mut self) -> Result<KeyVersion> {
         self.update(&mut |_| Ok(()), &mut |k| Ok(k.rotate(unix_now())?))
     }
 
     /// Removes a non-primary root key version (after every domain key was rewrapped) and writes.
-    pub fn remove_version(&mut self, version: u32) -> Result<()> {
+    pub fn remove_version(&mut self, version: KeyVersion) -> Result<()> {
         self.update(&mut |_| Ok(()), &mut |k| Ok(k.remove_version(version)?))
     }
 
@@ -321,7 +321,7 @@ mod tests {
         // The file still opens with the old contents, and the handle still works.
         let again = KeyringFile::open(&path, pass("correct horse battery staple")).unwrap();
         assert_eq!(again.keyring().versions().len(), 1);
-        assert_eq!(kf.rotate().unwrap(), 2);
+        assert_eq!(kf.rotate().unwrap().get(), 2);
     }
 
     #[test]
@@ -331,7 +331,7 @@ mod tests {
         let secret = || KeyringSecret::RawKey(kluis_core::KeyMaterial::from_bytes([3; 32]));
         let mut a = KeyringFile::create(&path, secret()).unwrap();
         let mut b = KeyringFile::open(&path, secret()).unwrap();
-        assert_eq!(a.rotate().unwrap(), 2);
+        assert_eq!(a.rotate().unwrap().get(), 2);
         // b still holds generation 1: its write would drop root version 2.
         let err = b.rotate().unwrap_err();
         assert!(matches!(err, KeyringError::Changed { on_disk: 2, in_memory: 1, .. }), "{err}");

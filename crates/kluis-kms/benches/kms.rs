@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::*;
 use criterion::{Criterion, criterion_group, criterion_main};
 use kluis_core::keys::{CacheConfig, CachingProvider, UnwrapRequest, domain_key_ad, new_domain_key};
-use kluis_core::{Context, DomainKeyRecord, DomainKeySet, LocalKeyring, RootKeyProvider};
+use kluis_core::{Context, DomainKeyRecord, DomainKeySet, KeyVersion, LocalKeyring, RootKeyProvider};
 use kluis_kms::RetryConfig;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -42,7 +42,7 @@ async fn many_keys(p: &dyn RootKeyProvider, n: usize) -> Vec<DomainKeyRecord> {
     for chunk in specs.chunks(32) {
         let futs = chunk.iter().map(|(t, d)| {
             let (t, d) = (tenant(t), domain(d));
-            async move { new_domain_key(p, &t, &d, 1).await.unwrap().0 }
+            async move { new_domain_key(p, &t, &d, KeyVersion::FIRST).await.unwrap().0 }
         });
         out.extend(futures_util::future::join_all(futs).await);
     }
@@ -73,13 +73,13 @@ fn warm(c: &mut Criterion) {
 
     // The local keyring without a cache: every request unwraps (one AEAD open) in process.
     let direct = LocalKeyring::generate(0).unwrap();
-    let drecs = vec![rt.block_on(new_domain_key(&direct, &t, &d, 1)).unwrap().0];
+    let drecs = vec![rt.block_on(new_domain_key(&direct, &t, &d, KeyVersion::FIRST)).unwrap().0];
     let dsealed =
         rt.block_on(DomainKeySet::unwrap(&direct, &drecs)).unwrap().seal(&ctx, b"burn-out").unwrap();
     g.bench_function("keyring_direct", |b| b.iter(|| sealed_read(&rt, &direct, &drecs, &dsealed)));
 
     let keyring = CachingProvider::new(Counting::new(LocalKeyring::generate(0).unwrap()), cfg);
-    let krecs = vec![rt.block_on(new_domain_key(&keyring, &t, &d, 1)).unwrap().0];
+    let krecs = vec![rt.block_on(new_domain_key(&keyring, &t, &d, KeyVersion::FIRST)).unwrap().0];
     let ksealed =
         rt.block_on(DomainKeySet::unwrap(&keyring, &krecs)).unwrap().seal(&ctx, b"burn-out").unwrap();
     sealed_read(&rt, &keyring, &krecs, &ksealed);
@@ -88,7 +88,7 @@ fn warm(c: &mut Criterion) {
     if let Some(url) = moto_url() {
         let arn = rt.block_on(moto_key(&url));
         let aws = CachingProvider::new(Counting::new(aws_provider_at(&url, &arn, bench_retry())), cfg);
-        let recs = vec![rt.block_on(new_domain_key(&aws, &t, &d, 1)).unwrap().0];
+        let recs = vec![rt.block_on(new_domain_key(&aws, &t, &d, KeyVersion::FIRST)).unwrap().0];
         let sealed = rt.block_on(DomainKeySet::unwrap(&aws, &recs)).unwrap().seal(&ctx, b"burn-out").unwrap();
         sealed_read(&rt, &aws, &recs, &sealed);
         let before = aws.inner().calls();
@@ -99,7 +99,7 @@ fn warm(c: &mut Criterion) {
 
     let (p, _s) = rt.block_on(azure_provider(false));
     let azure = CachingProvider::new(Counting::new(p), cfg);
-    let recs = vec![rt.block_on(new_domain_key(&azure, &t, &d, 1)).unwrap().0];
+    let recs = vec![rt.block_on(new_domain_key(&azure, &t, &d, KeyVersion::FIRST)).unwrap().0];
     let sealed = rt.block_on(DomainKeySet::unwrap(&azure, &recs)).unwrap().seal(&ctx, b"burn-out").unwrap();
     sealed_read(&rt, &azure, &recs, &sealed);
     let before = azure.inner().calls();

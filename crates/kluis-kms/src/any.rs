@@ -3,7 +3,7 @@
 use std::fmt;
 
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
-use kluis_core::{KeyMaterial, KeyringSecret, LocalKeyring, Result, RootKeyProvider, WrappedKey};
+use kluis_core::{KeyMaterial, KeyVersion, KeyringSecret, LocalKeyring, Result, RootKeyProvider, WrappedKey};
 
 use crate::RetryConfig;
 use crate::aws::AwsKmsProvider;
@@ -94,7 +94,7 @@ impl RootKeyProvider for AnyProvider {
         self.inner().root_key_id()
     }
 
-    fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, Result<KeyVersion>> {
         self.inner().primary_version()
     }
 

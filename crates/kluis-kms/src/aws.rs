@@ -18,7 +18,7 @@ use aws_sdk_kms::config::http::HttpResponse;
 use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
-use kluis_core::{Error, KeyMaterial, ProviderErrorKind, Result, RootKeyProvider, WrappedKey};
+use kluis_core::{Error, KeyMaterial, KeyVersion, ProviderErrorKind, Result, RootKeyProvider, WrappedKey};
 use zeroize::Zeroizing;
 
 use crate::RetryConfig;
@@ -28,7 +28,7 @@ use crate::util::{hex, provider_error, provider_error_from, unwrap_in_chunks};
 /// Encryption context key under which the associated data is bound.
 pub const CONTEXT_KEY: &str = "kluis-ad";
 /// The root key version recorded for AWS KMS wraps (see the module documentation).
-pub const AWS_ROOT_VERSION: u32 = 1;
+pub const AWS_ROOT_VERSION: KeyVersion = KeyVersion::FIRST;
 /// KMS limits an encryption context; Kluis's associated data is far below this.
 const MAX_AD: usize = 2048;
 
@@ -233,7 +233,7 @@ impl RootKeyProvider for AwsKmsProvider {
         &self.root_key_id
     }
 
-    fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, Result<KeyVersion>> {
         Box::pin(async { Ok(AWS_ROOT_VERSION) })
     }
 

@@ -42,7 +42,7 @@ use azure_security_keyvault_keys::{KeyClient, KeyClientOptions, ResourceId};
 use futures_util::TryStreamExt;
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
 use kluis_core::{
-    Error, KEY_LEN, KeyMaterial, ProviderErrorKind, Result, RootKeyProvider, WrappedKey, ct_eq,
+    Error, KEY_LEN, KeyMaterial, KeyVersion, ProviderErrorKind, Result, RootKeyProvider, WrappedKey, ct_eq,
 };
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
@@ -72,7 +72,7 @@ pub struct AzureKeyVaultProvider {
     /// without a cap; this bounds it).
     deadline: std::time::Duration,
     /// Key Vault version id → position (root key version), learnt from the versions list.
-    versions: Mutex<HashMap<String, u32>>,
+    versions: Mutex<HashMap<String, KeyVersion>>,
     /// Key Vault version id → RSA public key (modulus, exponent), for verifying wrap signatures.
     public_keys: Mutex<HashMap<String, Arc<RsaPublic>>>,
 }
@@ -191,7 +191,7 @@ impl AzureKeyVaultProvider {
     }
 
     /// The position (root key version) of a Key Vault version id.
-    async fn position(&self, id: &str) -> Result<u32> {
+    async fn position(&self, id: &str) -> Result<KeyVersion> {
         if let Some(p) = self.versions.lock().await.get(id) {
             return Ok(*p);
         }
@@ -208,7 +208,10 @@ impl AzureKeyVaultProvider {
         let mut map = self.versions.lock().await;
         map.clear();
         for (i, (_, v)) in all.into_iter().enumerate() {
-            let pos = u32::try_from(i + 1).map_err(|_| Error::LimitReached("key vault versions"))?;
+            let pos = u32::try_from(i + 1)
+                .ok()
+                .and_then(|p| KeyVersion::new(p).ok())
+                .ok_or(Error::LimitReached("key vault versions"))?;
             map.insert(v, pos);
         }
         map.get(id)
@@ -485,7 +488,7 @@ impl RootKeyProvider for AzureKeyVaultProvider {
         &self.root_key_id
     }
 
-    fn primary_version(&self) -> BoxFuture<'_, Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, Result<KeyVersion>> {
         Box::pin(async move {
             self.bounded(async {
                 let cur = self.current().await?;

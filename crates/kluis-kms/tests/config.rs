@@ -98,7 +98,7 @@ async fn keyring_url_opens_the_keyring_file() {
     let url = format!("keyring://{}", path.display());
     let p = AnyProvider::connect(&url, Some(secret()), RetryConfig::default()).await.unwrap();
     assert_eq!(p.root_key_id(), "keyring");
-    assert_eq!(p.primary_version().await.unwrap(), 1);
+    assert_eq!(p.primary_version().await.unwrap(), kluis_core::KeyVersion::FIRST);
     assert!(matches!(p, AnyProvider::Keyring(_)));
     // No secret: a clear error, not a panic.
     let e = AnyProvider::connect(&url, None, RetryConfig::default()).await.unwrap_err();

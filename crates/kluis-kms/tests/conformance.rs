@@ -27,18 +27,18 @@ const CANARY: &[u8] = b"CANARY-burn-out-diagnosis-7731";
 /// Wrap and unwrap; the wrap is bound to tenant, domain and version; no key bytes in the wrap.
 pub async fn round_trip_and_binding(p: &dyn RootKeyProvider) {
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, key) = new_domain_key(p, &t, &d, 1).await.unwrap();
+    let (rec, key) = new_domain_key(p, &t, &d, kv(1)).await.unwrap();
     let w = rec.wrapped.clone().unwrap();
     assert_eq!(w.root_key_id, p.root_key_id());
     assert_eq!(w.root_version, p.primary_version().await.unwrap());
     assert!(!contains(&w.ciphertext, key.expose_secret()));
     let w2 = WrappedKey::from_bytes(&w.to_bytes().unwrap()).unwrap();
-    let back = unwrap_one(p, &domain_key_ad(&t, &d, 1).unwrap(), &w2).await.unwrap();
+    let back = unwrap_one(p, &domain_key_ad(&t, &d, kv(1)).unwrap(), &w2).await.unwrap();
     assert_eq!(back, key);
     for aad in [
-        domain_key_ad(&tenant("globex"), &d, 1).unwrap(),
-        domain_key_ad(&t, &domain("general"), 1).unwrap(),
-        domain_key_ad(&t, &d, 2).unwrap(),
+        domain_key_ad(&tenant("globex"), &d, kv(1)).unwrap(),
+        domain_key_ad(&t, &domain("general"), kv(1)).unwrap(),
+        domain_key_ad(&t, &d, kv(2)).unwrap(),
     ] {
         let e = unwrap_one(p, &aad, &w).await.unwrap_err();
         assert!(is_refusal(&e), "moved wrap must be refused: {e:?}");
@@ -48,8 +48,8 @@ pub async fn round_trip_and_binding(p: &dyn RootKeyProvider) {
 /// Edited wrapped keys (as a DBA could do) and wraps of another root key id are refused.
 pub async fn tampering_refused(p: &dyn RootKeyProvider) {
     let (t, d) = (tenant("acme"), domain("general"));
-    let (rec, _) = new_domain_key(p, &t, &d, 1).await.unwrap();
-    let aad = domain_key_ad(&t, &d, 1).unwrap();
+    let (rec, _) = new_domain_key(p, &t, &d, kv(1)).await.unwrap();
+    let aad = domain_key_ad(&t, &d, kv(1)).unwrap();
     let w = rec.wrapped.unwrap();
     let n = w.ciphertext.len();
     for i in [n - 1, n / 2, n - 17] {
@@ -74,12 +74,12 @@ pub async fn batch_is_per_item(p: &dyn RootKeyProvider) {
     let mut recs = Vec::new();
     let mut keys = Vec::new();
     for v in 1..=3 {
-        let (r, k) = new_domain_key(p, &t, &d, v).await.unwrap();
+        let (r, k) = new_domain_key(p, &t, &d, kv(v)).await.unwrap();
         recs.push(r);
         keys.push(k);
     }
-    let aads: Vec<Vec<u8>> = (1..=3).map(|v| domain_key_ad(&t, &d, v).unwrap()).collect();
-    let wrong = domain_key_ad(&t, &d, 9).unwrap();
+    let aads: Vec<Vec<u8>> = (1..=3).map(|v| domain_key_ad(&t, &d, kv(v)).unwrap()).collect();
+    let wrong = domain_key_ad(&t, &d, kv(9)).unwrap();
     let ws: Vec<WrappedKey> = recs.iter().map(|r| r.wrapped.clone().unwrap()).collect();
     let items = [
         UnwrapRequest { aad: &aads[0], wrapped: &ws[0] },
@@ -98,14 +98,14 @@ pub async fn batch_is_per_item(p: &dyn RootKeyProvider) {
 /// never appears in what a store would persist.
 pub async fn domain_keys_seal_and_rotate(p: &dyn RootKeyProvider) {
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (r1, _) = new_domain_key(p, &t, &d, 1).await.unwrap();
+    let (r1, _) = new_domain_key(p, &t, &d, kv(1)).await.unwrap();
     let mut recs = vec![r1];
     let set = DomainKeySet::unwrap(p, &recs).await.unwrap();
     let ctx = Context { tenant: &t, domain: &d, collection: "absence", field: "diagnosis", record: "r1" };
     let sealed = set.seal(&ctx, CANARY).unwrap();
     rotate_domain_key(p, &set, &mut recs).await.unwrap();
     let set2 = DomainKeySet::unwrap(p, &recs).await.unwrap();
-    assert_eq!(set2.active_version(), Some(2));
+    assert_eq!(set2.active_version(), Some(kv(2)));
     assert_eq!(set2.open(&ctx, &sealed).unwrap().expose_secret(), CANARY);
     assert_eq!(recs[0].state, KeyState::DecryptOnly);
     for r in &recs {
@@ -125,7 +125,7 @@ pub async fn cache_warm_and_expiry<P: RootKeyProvider + 'static>(p: P) {
         clock.clone(),
     );
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (r1, _) = new_domain_key(&cache, &t, &d, 1).await.unwrap();
+    let (r1, _) = new_domain_key(&cache, &t, &d, kv(1)).await.unwrap();
     let recs = vec![r1];
     DomainKeySet::unwrap(&cache, &recs).await.unwrap();
     let cold = cache.inner().calls();
@@ -213,7 +213,7 @@ impl RootKeyProvider for StandInProvider {
     fn root_key_id(&self) -> &str {
         self.p.root_key_id()
     }
-    fn primary_version(&self) -> kluis_core::keys::BoxFuture<'_, kluis_core::Result<u32>> {
+    fn primary_version(&self) -> kluis_core::keys::BoxFuture<'_, kluis_core::Result<kluis_core::KeyVersion>> {
         self.p.primary_version()
     }
     fn wrap<'a>(

@@ -35,9 +35,9 @@ fn closed_port() -> u16 {
 async fn azure_sdk_answers_the_bearer_challenge_and_sends_no_body_before_it() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, key) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, key) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     assert_eq!(
-        unwrap_one(&p, &domain_key_ad(&t, &d, 1).unwrap(), rec.wrapped.as_ref().unwrap()).await.unwrap(),
+        unwrap_one(&p, &domain_key_ad(&t, &d, kv(1)).unwrap(), rec.wrapped.as_ref().unwrap()).await.unwrap(),
         key
     );
     s.with(|st| {
@@ -53,12 +53,12 @@ async fn azure_sdk_answers_the_bearer_challenge_and_sends_no_body_before_it() {
 async fn azure_throttled_request_waits_for_retry_after_then_succeeds() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, key) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, key) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     s.with(|st| {
         st.throttle = 1;
         st.retry_after = "1".into();
     });
-    let aad = domain_key_ad(&t, &d, 1).unwrap();
+    let aad = domain_key_ad(&t, &d, kv(1)).unwrap();
     assert_eq!(unwrap_one(&p, &aad, rec.wrapped.as_ref().unwrap()).await.unwrap(), key);
     s.with(|st| {
         let i = st.log.iter().position(|e| e.status == 429).unwrap();
@@ -72,25 +72,25 @@ async fn azure_throttled_request_waits_for_retry_after_then_succeeds() {
 async fn azure_throttled_past_the_retries_is_a_typed_error() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, _) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, _) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     s.with(|st| {
         st.throttle = 1000;
         st.retry_after = "0".into();
     });
-    let aad = domain_key_ad(&t, &d, 1).unwrap();
+    let aad = domain_key_ad(&t, &d, kv(1)).unwrap();
     let e = unwrap_one(&p, &aad, rec.wrapped.as_ref().unwrap()).await.unwrap_err();
     assert_eq!(kind_of(&e), Some(K::Throttled), "{e:?}");
     let attempts = s.with(|st| st.log.iter().filter(|e| e.status == 429).count());
     assert_eq!(attempts, 3, "first attempt and fast_retry()'s two retries");
     // Wraps too: nothing is handed back for storing.
-    assert_eq!(kind_of(&new_domain_key(&p, &t, &d, 2).await.unwrap_err()), Some(K::Throttled));
+    assert_eq!(kind_of(&new_domain_key(&p, &t, &d, kv(2)).await.unwrap_err()), Some(K::Throttled));
 }
 
 #[tokio::test]
 async fn azure_long_retry_after_is_bounded_by_the_deadline() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, _) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, _) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     let short = kluis_kms::RetryConfig { max_total: Duration::from_millis(1500), ..fast_retry() };
     let p = azure_provider_for(&s, None, short);
     s.with(|st| {
@@ -98,8 +98,9 @@ async fn azure_long_retry_after_is_bounded_by_the_deadline() {
         st.retry_after = "3600".into();
     });
     let started = std::time::Instant::now();
-    let e =
-        unwrap_one(&p, &domain_key_ad(&t, &d, 1).unwrap(), rec.wrapped.as_ref().unwrap()).await.unwrap_err();
+    let e = unwrap_one(&p, &domain_key_ad(&t, &d, kv(1)).unwrap(), rec.wrapped.as_ref().unwrap())
+        .await
+        .unwrap_err();
     assert_eq!(kind_of(&e), Some(K::Unavailable), "{e:?}");
     assert!(started.elapsed() < Duration::from_secs(10), "an hour's Retry-After must not block");
 }
@@ -108,12 +109,12 @@ async fn azure_long_retry_after_is_bounded_by_the_deadline() {
 async fn azure_server_errors_are_retried() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, key) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, key) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     s.with(|st| {
         st.throttle = 2;
         st.throttle_status = 503;
     });
-    let aad = domain_key_ad(&t, &d, 1).unwrap();
+    let aad = domain_key_ad(&t, &d, kv(1)).unwrap();
     assert_eq!(unwrap_one(&p, &aad, rec.wrapped.as_ref().unwrap()).await.unwrap(), key);
     s.with(|st| {
         st.throttle = 1000;
@@ -134,14 +135,14 @@ async fn azure_credentials_revoked_are_typed_never_cached_and_no_key_outlives_th
             clock.clone(),
         );
         let (t, d) = (tenant("acme"), domain("medical"));
-        let (rec, _) = new_domain_key(&cache, &t, &d, 1).await.unwrap();
+        let (rec, _) = new_domain_key(&cache, &t, &d, kv(1)).await.unwrap();
         let recs = vec![rec];
         DomainKeySet::unwrap(&cache, &recs).await.unwrap();
         s.with(|st| st.revoked = Some(status));
         // Within its lifetime the cached key is still served (no KMS call)...
         DomainKeySet::unwrap(&cache, &recs).await.unwrap();
         // ...a new domain key cannot be made (nothing to store)...
-        let e = new_domain_key(&cache, &t, &d, 2).await.unwrap_err();
+        let e = new_domain_key(&cache, &t, &d, kv(2)).await.unwrap_err();
         assert_eq!(kind_of(&e), Some(K::Unauthorized), "{status}: {e:?}");
         // ...and after the lifetime the key is gone: a typed error, not a stale key.
         clock.advance(Duration::from_secs(61));
@@ -162,11 +163,11 @@ async fn azure_credentials_revoked_are_typed_never_cached_and_no_key_outlives_th
 async fn azure_disabled_key_version_refuses_wraps_and_unwraps_typed() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, _) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, _) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     let v1 = s.with(|st| st.latest_id(KV_KEY));
     s.with(|st| st.version_mut(KV_KEY, &v1).enabled = false);
     let wraps_before = s.with(|st| st.count("POST", "/wrapkey"));
-    let e = new_domain_key(&p, &t, &d, 2).await.unwrap_err();
+    let e = new_domain_key(&p, &t, &d, kv(2)).await.unwrap_err();
     assert_eq!(kind_of(&e), Some(K::KeyUnavailable), "{e:?}");
     assert_eq!(s.with(|st| st.count("POST", "/wrapkey")), wraps_before, "no wrap under a disabled version");
     let e = DomainKeySet::unwrap(&p, std::slice::from_ref(&rec)).await.unwrap_err();
@@ -181,7 +182,7 @@ async fn azure_version_that_cannot_unwrap_gets_nothing_written_under_it() {
     let v1 = s.with(|st| st.latest_id(KV_KEY));
     s.with(|st| st.version_mut(KV_KEY, &v1).unwrap_allowed = false);
     let (t, d) = (tenant("acme"), domain("medical"));
-    let e = new_domain_key(&p, &t, &d, 1).await.unwrap_err();
+    let e = new_domain_key(&p, &t, &d, kv(1)).await.unwrap_err();
     assert_eq!(kind_of(&e), Some(K::KeyUnavailable), "{e:?}");
     // Key Vault did wrap; the provider's check refused to hand that wrap back for storing.
     assert_eq!(s.with(|st| st.count("POST", "/wrapkey")), 1);
@@ -196,7 +197,7 @@ async fn azure_unreachable_is_a_typed_error() {
         fast_retry(),
     );
     let (t, d) = (tenant("acme"), domain("medical"));
-    let e = new_domain_key(&p, &t, &d, 1).await.unwrap_err();
+    let e = new_domain_key(&p, &t, &d, kv(1)).await.unwrap_err();
     assert_eq!(kind_of(&e), Some(K::Unavailable), "{e:?}");
 }
 
@@ -204,21 +205,21 @@ async fn azure_unreachable_is_a_typed_error() {
 async fn azure_key_vault_version_is_the_root_version_and_rotation_rewraps() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
-    let mut recs = vec![new_domain_key(&p, &t, &d, 1).await.unwrap().0];
+    let mut recs = vec![new_domain_key(&p, &t, &d, kv(1)).await.unwrap().0];
     for _ in 2..=3 {
         let set = DomainKeySet::unwrap(&p, &recs).await.unwrap();
         kluis_core::keys::rotate_domain_key(&p, &set, &mut recs).await.unwrap();
     }
     let old = DomainKeySet::unwrap(&p, &recs).await.unwrap();
-    assert_eq!(p.primary_version().await.unwrap(), 1);
-    assert!(recs.iter().all(|r| r.wrapped.as_ref().unwrap().root_version == 1));
+    assert_eq!(p.primary_version().await.unwrap(), kv(1));
+    assert!(recs.iter().all(|r| r.wrapped.as_ref().unwrap().root_version == kv(1)));
     // Rotate the key in Key Vault: a new version becomes current.
     s.with(|st| st.add_version(KV_KEY, false));
-    assert_eq!(p.primary_version().await.unwrap(), 2);
+    assert_eq!(p.primary_version().await.unwrap(), kv(2));
     // Old wraps name their version and still unwrap.
     DomainKeySet::unwrap(&p, &recs).await.unwrap();
-    let (r4, _) = new_domain_key(&p, &t, &d, 4).await.unwrap();
-    assert_eq!(r4.wrapped.as_ref().unwrap().root_version, 2);
+    let (r4, _) = new_domain_key(&p, &t, &d, kv(4)).await.unwrap();
+    assert_eq!(r4.wrapped.as_ref().unwrap().root_version, kv(2));
     // Rewrap everything onto version 2; a second run does nothing.
     let mut stored = recs.clone();
     let report = kluis_kms::migrate_root(&p, &p, &recs, |r| {
@@ -231,7 +232,7 @@ async fn azure_key_vault_version_is_the_root_version_and_rotation_rewraps() {
     assert_eq!((report.rewrapped, report.already_done), (3, 0));
     let again = kluis_kms::migrate_root(&p, &p, &stored, |_| panic!("nothing to do")).await.unwrap();
     assert_eq!((again.rewrapped, again.already_done), (0, 3));
-    assert!(stored.iter().all(|r| r.wrapped.as_ref().unwrap().root_version == 2));
+    assert!(stored.iter().all(|r| r.wrapped.as_ref().unwrap().root_version == kv(2)));
     // Same keys: data sealed before opens after.
     let ctx = kluis_core::Context { tenant: &t, domain: &d, collection: "c", field: "f", record: "r" };
     let sealed = old.seal(&ctx, b"x").unwrap();
@@ -245,10 +246,10 @@ async fn azure_key_vault_version_is_the_root_version_and_rotation_rewraps() {
 async fn aws_wrong_encryption_context_is_refused() {
     let Some((p, url, arn)) = aws_provider().await else { return };
     let (t, d) = (tenant("acme"), domain("medical"));
-    let (rec, _) = new_domain_key(&p, &t, &d, 1).await.unwrap();
+    let (rec, _) = new_domain_key(&p, &t, &d, kv(1)).await.unwrap();
     let w = rec.wrapped.unwrap();
     // Through the provider: another tenant's context.
-    let e = unwrap_one(&p, &domain_key_ad(&tenant("globex"), &d, 1).unwrap(), &w).await.unwrap_err();
+    let e = unwrap_one(&p, &domain_key_ad(&tenant("globex"), &d, kv(1)).unwrap(), &w).await.unwrap_err();
     assert_eq!(kind_of(&e), Some(K::UnwrapRefused), "{e:?}");
     // Straight at KMS: no context, or a different one, is refused by KMS itself.
     let raw = moto_client(&url);
@@ -275,7 +276,7 @@ async fn aws_wrong_encryption_context_is_refused() {
 async fn aws_unreachable_is_a_typed_error() {
     let arn = "arn:aws:kms:eu-west-1:123456789012:key/00000000-0000-0000-0000-000000000000";
     let p = aws_provider_at(&format!("http://127.0.0.1:{}", closed_port()), arn, fast_retry());
-    let e = new_domain_key(&p, &tenant("acme"), &domain("medical"), 1).await.unwrap_err();
+    let e = new_domain_key(&p, &tenant("acme"), &domain("medical"), kv(1)).await.unwrap_err();
     assert_eq!(kind_of(&e), Some(K::Unavailable), "{e:?}");
 }
 
@@ -317,7 +318,7 @@ async fn aws_throttling_credentials_refused_and_server_errors_are_typed() {
     ] {
         let (url, hits) = aws_fault_server(status, ty).await;
         let p = aws_provider_at(&url, arn, fast_retry());
-        let e = new_domain_key(&p, &tenant("acme"), &domain("medical"), 1).await.unwrap_err();
+        let e = new_domain_key(&p, &tenant("acme"), &domain("medical"), kv(1)).await.unwrap_err();
         assert_eq!(kind_of(&e), Some(kind), "{ty}: {e:?}");
         assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), attempts, "{ty}: attempts");
     }

@@ -128,10 +128,10 @@ async fn a_wrap_built_from_the_public_key_is_refused() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
     let (public, id) = public_key(&s).await;
-    let aad = domain_key_ad(&t, &d, 2).unwrap();
+    let aad = domain_key_ad(&t, &d, kv(2)).unwrap();
     let ct = oaep(&public, &CHOSEN, &aad);
     let legacy =
-        WrappedKey { root_key_id: root_key_id(), root_version: 1, ciphertext: legacy_envelope(&id, &ct) };
+        WrappedKey { root_key_id: root_key_id(), root_version: kv(1), ciphertext: legacy_envelope(&id, &ct) };
     // The forgery is real: Key Vault itself unwraps it to the attacker's key (only the legacy
     // path, which trusts the row, asks it to).
     assert!(p.is_legacy(&legacy));
@@ -143,7 +143,7 @@ async fn a_wrap_built_from_the_public_key_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let st = store(dir.path()).await;
         st.admin_access(&p, &t, std::slice::from_ref(&d)).await.unwrap();
-        let w = WrappedKey { root_key_id: root_key_id(), root_version: 1, ciphertext: envelope };
+        let w = WrappedKey { root_key_id: root_key_id(), root_version: kv(1), ciphertext: envelope };
         plant(&st, w.to_bytes().unwrap()).await;
         let e = st.admin_access(&p, &t, std::slice::from_ref(&d)).await.unwrap_err();
         match &e {
@@ -170,7 +170,7 @@ async fn signed_wraps_bind_the_row() {
     let (p, s) = azure_provider(false).await;
     let (t, d) = (tenant("acme"), domain("medical"));
     let k = KeyMaterial::generate().unwrap();
-    let aad1 = domain_key_ad(&t, &d, 1).unwrap();
+    let aad1 = domain_key_ad(&t, &d, kv(1)).unwrap();
     let w = p.wrap(&aad1, &k).await.unwrap();
     assert_eq!(w.ciphertext[0], 2, "envelope 2");
     assert!(!p.is_legacy(&w));
@@ -181,7 +181,7 @@ async fn signed_wraps_bind_the_row() {
     };
     assert_eq!(one(aad1.clone(), w.clone()).await.unwrap(), k);
     // Moved to version 2 of the same domain: the signature covers the associated data.
-    assert!(one(domain_key_ad(&t, &d, 2).unwrap(), w.clone()).await.is_err());
+    assert!(one(domain_key_ad(&t, &d, kv(2)).unwrap(), w.clone()).await.is_err());
     // A byte of the ciphertext flipped under the valid signature.
     let mut bad = w.clone();
     let i = 3 + 32 + 2 + 5;
@@ -202,17 +202,17 @@ async fn legacy_rows_open_after_adoption() {
     let (t, d) = (tenant("acme"), domain("medical"));
     let (public, id) = public_key(&s).await;
     let real = KeyMaterial::generate().unwrap();
-    let aad = domain_key_ad(&t, &d, 1).unwrap();
+    let aad = domain_key_ad(&t, &d, kv(1)).unwrap();
     let legacy = WrappedKey {
         root_key_id: root_key_id(),
-        root_version: 1,
+        root_version: kv(1),
         ciphertext: legacy_envelope(&id, &oaep(&public, real.expose_secret(), &aad)),
     };
     // A value sealed under that key by Kluis 0.1.
     let old = DomainKeySet::from_keys(
         t.clone(),
         d.clone(),
-        vec![(1, KeyState::Active, real.clone())],
+        vec![(kv(1), KeyState::Active, real.clone())],
         Suite::default(),
         CryptoBackend::preferred(),
     )

@@ -20,7 +20,7 @@ async fn records(p: &dyn RootKeyProvider) -> Vec<DomainKeyRecord> {
     let mut out = Vec::new();
     for tn in ["acme", "globex"] {
         for dn in ["medical", "general"] {
-            let mut recs = vec![new_domain_key(p, &tenant(tn), &domain(dn), 1).await.unwrap().0];
+            let mut recs = vec![new_domain_key(p, &tenant(tn), &domain(dn), kv(1)).await.unwrap().0];
             let set = DomainKeySet::unwrap(p, &recs).await.unwrap();
             rotate_domain_key(p, &set, &mut recs).await.unwrap();
             assert_eq!(recs[0].state, KeyState::DecryptOnly);
@@ -166,5 +166,5 @@ async fn records_under_an_older_version_of_the_target_are_moved_by_the_target() 
     .await
     .unwrap();
     assert_eq!((report.rewrapped, report.already_done), (7, 0));
-    assert!(store.iter().filter_map(|r| r.wrapped.as_ref()).all(|w| w.root_version == 2));
+    assert!(store.iter().filter_map(|r| r.wrapped.as_ref()).all(|w| w.root_version == kv(2)));
 }

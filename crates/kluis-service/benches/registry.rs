@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use kluis_core::{DomainName, LocalKeyring, TenantId};
+use kluis_core::{DomainName, KeyVersion, LocalKeyring, TenantId};
 use kluis_service::authz::{
     Action, ActionSet, Authorizer, GrantScope, MemoryRegistry, Policy, Principal, Request, RoleName,
     StoreRegistry, Target, UserId,
@@ -72,8 +72,11 @@ fn bench(c: &mut Criterion) {
         let svc = Service::new(s_authz.clone(), store.clone(), keyring.clone());
         let actor = AdminActor::new("ops.bench", "bench", "fill");
         for _ in 0..2000 {
-            let e =
-                AdminEvent::KeyRotation { tenant: acme.clone(), domain: DomainName::general(), version: 1 };
+            let e = AdminEvent::KeyRotation {
+                tenant: acme.clone(),
+                domain: DomainName::general(),
+                version: KeyVersion::FIRST,
+            };
             svc.record_admin(&actor, e).await.unwrap();
         }
     });

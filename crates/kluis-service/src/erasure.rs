@@ -9,6 +9,7 @@
 //! The certificate names the subject id (as the shred's own entry does) and counts and key
 //! versions; it never holds a value.
 
+use kluis_core::KeyVersion;
 use kluis_store::{LegalOverride, ShredReport};
 use serde::{Deserialize, Serialize};
 
@@ -56,8 +57,23 @@ pub struct ErasureCertificate {
 pub struct KeyVersionRef {
     /// Domain.
     pub domain: String,
-    /// Version.
-    pub version: u32,
+    /// Version (a JSON number, from 1).
+    #[serde(with = "version_number")]
+    pub version: KeyVersion,
+}
+
+/// A [`KeyVersion`] in JSON: its number; 0 is refused.
+mod version_number {
+    use kluis_core::KeyVersion;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &KeyVersion, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(v.get())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KeyVersion, D::Error> {
+        KeyVersion::new(u32::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The purge that ran.
@@ -90,7 +106,7 @@ impl ErasureCertificate {
         blobs_deleted: Option<u64>,
         legal_override: Option<&LegalOverride>,
     ) -> Self {
-        let refs = |v: &[(String, u32)]| {
+        let refs = |v: &[(String, KeyVersion)]| {
             v.iter().map(|(d, v)| KeyVersionRef { domain: d.clone(), version: *v }).collect()
         };
         let engine = match report.purge.0 {
@@ -185,7 +201,10 @@ mod tests {
         let first = ErasureCertificate::from_json(vectors[0]["json"].as_str().unwrap()).unwrap();
         assert_eq!(first.records_removed, 2);
         assert_eq!(first.blobs_deleted, Some(1));
-        assert_eq!(first.subject_keys_destroyed[1], KeyVersionRef { domain: "medical".into(), version: 1 });
+        assert_eq!(
+            first.subject_keys_destroyed[1],
+            KeyVersionRef { domain: "medical".into(), version: KeyVersion::FIRST }
+        );
         assert_eq!(first.legal_override.as_ref().map(|o| o.authorised_by.as_str()), Some("legal.officer"));
         let second = ErasureCertificate::from_json(vectors[1]["json"].as_str().unwrap()).unwrap();
         assert_eq!(second.blobs_deleted, None);
@@ -202,6 +221,7 @@ mod tests {
             json.replace("\"tenant\":\"acme\",", ""),
             json.replacen('{', "{\"extra\":1,", 1),
             json.replace("\"records_removed\":2", "\"records_removed\":-2"),
+            json.replacen("\"version\":1", "\"version\":0", 1),
             json[..json.len() - 1].to_owned(),
         ] {
             assert!(matches!(ErasureCertificate::from_json(&bad), Err(Error::Invalid { .. })), "{bad}");

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use kluis_core::DomainName;
+use kluis_core::KeyVersion;
 use kluis_core::TenantId;
 use kluis_core::keys::RootKeyProvider;
 use kluis_store::audit::{AuditAppend, AuditEntry, AuditRow, DEFAULT_CHECKPOINT_EVERY};
@@ -100,7 +101,7 @@ pub enum AdminEvent {
         /// Domain.
         domain: DomainName,
         /// The new active version.
-        version: u32,
+        version: KeyVersion,
     },
     /// A re-encryption step ran.
     Reencrypt {
@@ -120,7 +121,7 @@ pub enum AdminEvent {
         /// Domain.
         domain: DomainName,
         /// The destroyed version.
-        version: u32,
+        version: KeyVersion,
     },
     /// The domain keys were rewrapped under a new root key version.
     RootRewrap {

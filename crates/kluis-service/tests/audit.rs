@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{H, Raw, ctx, principal};
+use common::{H, Raw, ctx, kv, principal};
 use kluis_core::DomainName;
 use kluis_service::audit::{self, Checkpoint};
 use kluis_service::erasure::{CertificateCheck, KeyVersionRef};
@@ -23,7 +23,7 @@ async fn fill<B: Engine>(h: &H<B>) {
                 AdminEvent::KeyRotation {
                     tenant: h.acme.clone(),
                     domain: DomainName::general(),
-                    version: i as u32 + 2,
+                    version: kv(i as u32 + 2),
                 },
             )
             .await
@@ -444,7 +444,7 @@ where
     let c = &cert.certificate;
     assert_eq!((c.tenant.as_str(), c.subject.as_str()), ("acme", "emp-1"));
     assert_eq!((c.records_removed, c.catalog_documents_removed, c.blobs_deleted), (1, 0, None));
-    let medical_v1 = KeyVersionRef { domain: "medical".into(), version: 1 };
+    let medical_v1 = KeyVersionRef { domain: "medical".into(), version: kv(1) };
     assert_eq!(c.subject_keys_destroyed, std::slice::from_ref(&medical_v1));
     assert!(c.domain_key_versions_destroyed.contains(&medical_v1), "{c:?}");
     let engine = match h.store.engine() {

@@ -209,7 +209,7 @@ pub enum StoreError {
         /// Domain.
         domain: String,
         /// Domain key version.
-        version: u32,
+        version: kluis_core::KeyVersion,
         /// Subject keys wrapped under it.
         subject_keys: u64,
         /// Records with a cell sealed by such a subject key.
@@ -225,7 +225,7 @@ pub enum StoreError {
         /// Domain.
         domain: String,
         /// Domain key version.
-        version: u32,
+        version: kluis_core::KeyVersion,
     },
     /// Retryable: a key changed concurrently (a subject key was re-encrypted or shredded, or a
     /// domain key rotated or retired) while this operation used an older one. Nothing was

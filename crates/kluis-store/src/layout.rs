@@ -256,13 +256,13 @@ impl Layout {
     }
 }
 
-/// The key version a row tag names, if it is a well-formed format-1 tag.
-pub(crate) fn tag_version(tag: &[u8]) -> Option<u32> {
+/// The key version a row tag names, if it is a well-formed format-1 tag (version 0 is none).
+pub(crate) fn tag_version(tag: &[u8]) -> Option<kluis_core::KeyVersion> {
     if tag.len() != ROW_TAG_LEN || tag.first() != Some(&ROW_TAG_V1) {
         return None;
     }
     let b: [u8; 4] = tag.get(1..5)?.try_into().ok()?;
-    Some(u32::from_be_bytes(b))
+    kluis_core::KeyVersion::new(u32::from_be_bytes(b)).ok()
 }
 
 #[cfg(test)]
@@ -283,7 +283,7 @@ mod tests {
     fn tag_versions_parse_only_well_formed_tags() {
         let mut t = vec![ROW_TAG_V1, 0, 0, 0, 7];
         t.extend_from_slice(&[0u8; 32]);
-        assert_eq!(tag_version(&t), Some(7));
+        assert_eq!(tag_version(&t), Some(kluis_core::KeyVersion::new(7).unwrap()));
         assert_eq!(tag_version(&t[..36]), None);
         t[0] = 2;
         assert_eq!(tag_version(&t), None);

@@ -593,7 +593,10 @@ async fn rotation_and_shred<E: AppSql>(app: &App<E>) {
     assert_eq!(rows.len(), before);
     app.open(&access, &rows).await.unwrap();
     // The older medical version still wraps those subject keys: it cannot be retired.
-    let e = app.store.retire_domain_version(&app.h.keyring, &app.h.tenant, &med, 1).await;
+    let e = app
+        .store
+        .retire_domain_version(&app.h.keyring, &app.h.tenant, &med, kluis_core::KeyVersion::FIRST)
+        .await;
     assert!(matches!(e, Err(StoreError::KeyInUse { .. })), "{e:?}");
 
     // Shred emp-2: its values in the application's table no longer open; the others do.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Bind, Harness, Raw, t};
+use common::{Bind, Harness, Raw, kv, t};
 use kluis_core::{DomainName, TenantId};
 use std::sync::Arc;
 
@@ -236,7 +236,7 @@ async fn withheld_fields<B: Engine>(h: Harness<B>) -> Harness<B> {
     let fake = kluis_core::DomainKeySet::from_keys(
         h.tenant.clone(),
         DomainName::medical(),
-        vec![(1, kluis_core::KeyState::Active, kluis_core::KeyMaterial::generate().unwrap())],
+        vec![(kv(1), kluis_core::KeyState::Active, kluis_core::KeyMaterial::generate().unwrap())],
         kluis_core::Suite::default(),
         kluis_core::Backend::preferred(),
     )
@@ -315,7 +315,7 @@ where
     assert_eq!(report.records_removed, 1);
     let mut destroyed = report.destroyed_versions.clone();
     destroyed.sort();
-    assert_eq!(destroyed, vec![("general".to_string(), 1), ("medical".to_string(), 1)]);
+    assert_eq!(destroyed, vec![("general".to_string(), kv(1)), ("medical".to_string(), kv(1))]);
     assert!(s.get(&access, "absence", "s1").await.unwrap().is_none());
     assert!(s.documents_of_subject(&access, "emp-gone").await.unwrap().is_empty());
     let left =

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Bind, Harness, Raw, t};
+use common::{Bind, Harness, Raw, kv, t};
 use kluis_core::{DomainName, Error as CoreError, TenantId};
 use kluis_store::Engine;
 use kluis_store::{NewRecord, Store, StoreError, Value};
@@ -121,7 +121,7 @@ where
     h.store.rotate_domain_key(&h.keyring, &h.tenant, &med).await.unwrap();
     let (state, wrapped, tag) = row(&h.store, "acme", "medical", 1).await.unwrap();
     assert_eq!(state, "decrypt-only");
-    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
+    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await.unwrap();
     assert_eq!(row(&h.store, "acme", "medical", 1).await.unwrap().0, "destroyed");
     h.refresh().await;
     let n = h

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use common::{Harness, Location, Raw, contains, read_tree, t};
+use common::{Harness, Location, Raw, contains, kv, read_tree, t};
 use kluis_core::{DomainName, RootKeyProvider};
 use kluis_store::Engine;
 use kluis_store::{Changes, NewRecord, Sqlite, Store, StoreError, Value};
@@ -362,8 +362,8 @@ async fn older_backup_dies_with_the_root_version() {
     h.keyring.rotate(1).unwrap();
     let n = h.store.rewrap_domain_keys(&h.keyring).await.unwrap();
     assert_eq!(n, 4, "the two live domain keys of acme, its row tag key and the store's metadata key");
-    h.keyring.remove_version(1).unwrap();
-    assert_eq!(h.keyring.primary_version().await.unwrap(), 2);
+    h.keyring.remove_version(kv(1)).unwrap();
+    assert_eq!(h.keyring.primary_version().await.unwrap(), kv(2));
     // The live database works.
     h.refresh().await;
     assert_eq!(

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Harness, Location, Raw, t};
+use common::{Harness, Location, Raw, kv, t};
 use kluis_core::keys::{BoxFuture, RootKeyProvider, UnwrapRequest};
 use kluis_core::{DomainName, KeyMaterial, KeyState, WrappedKey};
 use kluis_store::Engine;
@@ -50,7 +50,7 @@ async fn snapshot<B: Engine>(s: &Store<B>, access: &Access) -> Snapshot {
 }
 
 fn usage_of(usage: &[KeyUsage], domain: &DomainName, version: u32) -> KeyUsage {
-    usage.iter().find(|u| &u.domain == domain && u.version == version).cloned().unwrap()
+    usage.iter().find(|u| &u.domain == domain && u.version == kv(version)).cloned().unwrap()
 }
 
 /// Steps until nothing is left (or only documents block, when `docs_pending`).
@@ -96,7 +96,7 @@ where
     }
     // A catalog document of emp-1, wrapped by its medical subject key (as kluis-blob does).
     let (v, _key) = s.subject_key(&h.doctor, &med, "emp-1").await.unwrap();
-    assert_eq!(v, 1);
+    assert_eq!(v.get(), 1);
     let doc = DocumentRow {
         tenant: "acme".into(),
         document_id: "doc-1".into(),
@@ -120,18 +120,18 @@ where
     assert_eq!((g1.subject_keys, g1.records, g1.documents), (3, 6, 0));
     assert_eq!(s.tenants().await.unwrap(), vec![h.tenant.clone()]);
 
-    assert_eq!(s.rotate_domain_key(&h.keyring, &h.tenant, &med).await.unwrap(), 2);
+    assert_eq!(s.rotate_domain_key(&h.keyring, &h.tenant, &med).await.unwrap(), kv(2));
     // The caller's keys predate the rotation: re-encrypting with them is refused.
     let e = s.reencrypt_step(&h.doctor, &med, 10).await;
     assert!(matches!(&e, Err(err @ StoreError::KeyChanged { .. }) if err.is_retryable()), "{e:?}");
     // Nothing re-encrypted yet: retiring v1 is refused, and the active version never retires.
-    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await;
+    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await;
     assert!(
-        matches!(e, Err(StoreError::KeyInUse { version: 1, subject_keys: 3, records: 6, documents: 1, .. })),
+        matches!(e, Err(StoreError::KeyInUse { version, subject_keys: 3, records: 6, documents: 1, .. }) if version == kv(1)),
         "{e:?}"
     );
-    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, 2).await;
-    assert!(matches!(e, Err(StoreError::ActiveKey { version: 2, .. })), "{e:?}");
+    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, kv(2)).await;
+    assert!(matches!(e, Err(StoreError::ActiveKey { version, .. }) if version == kv(2)), "{e:?}");
 
     h.refresh().await;
     let s = &h.store;
@@ -141,7 +141,7 @@ where
     // Half-way: everything still opens, retiring is still refused.
     assert_eq!(snapshot(s, &h.doctor).await, before);
     assert!(matches!(
-        s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await,
+        s.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await,
         Err(StoreError::KeyInUse { .. })
     ));
     let total = run_to_done(s, &h.doctor, &med).await;
@@ -149,14 +149,14 @@ where
     assert_eq!(total.remaining_subjects, 1, "{total:?}");
     let m1 = usage_of(&s.key_usage(None).await.unwrap(), &med, 1);
     assert_eq!((m1.subject_keys, m1.records, m1.documents), (1, 0, 1), "{m1:?}");
-    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await;
+    let e = s.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await;
     assert!(matches!(e, Err(StoreError::KeyInUse { subject_keys: 1, documents: 1, .. })), "{e:?}");
 
     // What the documents' re-encryption does: new object under the newest subject key, then a
     // compare-and-swap of the catalog row.
     let (v, _key) = s.subject_key(&h.doctor, &med, "emp-1").await.unwrap();
-    assert_eq!(v, 2);
-    let old_key = s.subject_key_version(&h.doctor, &med, "emp-1", 1).await;
+    assert_eq!(v.get(), 2);
+    let old_key = s.subject_key_version(&h.doctor, &med, "emp-1", kv(1)).await;
     assert!(old_key.is_ok(), "the old version stays while the document uses it");
     let moved =
         DocumentRow { object_name: "obj-b".into(), key_ref: format!("subject:medical:v{v}"), ..doc.clone() };
@@ -169,7 +169,7 @@ where
     assert_eq!(total.remaining_subjects, 0, "{total:?}");
     let m1 = usage_of(&s.key_usage(Some(&h.tenant)).await.unwrap(), &med, 1);
     assert!(m1.is_unused(), "{m1:?}");
-    let e = s.subject_key_version(&h.doctor, &med, "emp-1", 1).await;
+    let e = s.subject_key_version(&h.doctor, &med, "emp-1", kv(1)).await;
     assert!(matches!(e, Err(StoreError::Core(kluis_core::Error::UnknownKey { .. }))), "{e:?}");
     // No subject key row is wrapped under v1 any more, not even in the raw table.
     let left = s
@@ -179,8 +179,8 @@ where
         )
         .await;
     assert!(left.is_empty());
-    s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
-    s.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap(); // idempotent
+    s.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await.unwrap();
+    s.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await.unwrap(); // idempotent
     let m1 = usage_of(&s.key_usage(None).await.unwrap(), &med, 1);
     assert_eq!(m1.state, KeyState::Destroyed);
     let wrapped = s
@@ -286,7 +286,7 @@ where
     assert_eq!(snapshot(&other, &access).await, expected);
     assert_eq!(snapshot(&h.store, &h.doctor).await, expected);
     assert!(usage_of(&other.key_usage(None).await.unwrap(), &med, 1).is_unused());
-    other.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
+    other.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await.unwrap();
     h.refresh().await;
     assert_eq!(snapshot(&h.store, &h.doctor).await, expected);
     h
@@ -331,7 +331,7 @@ where
     assert!(matches!(&e, Err(err @ StoreError::KeyChanged { .. }) if err.is_retryable()), "{e:?}");
     let mine = h.store.get(&h.doctor, "absence", "abs-9").await.unwrap().unwrap();
     assert_eq!((mine.version, mine.get("diagnosis")), (w.version, Some(&Value::from("diag-9b"))));
-    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
+    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await.unwrap();
     h
 }
 
@@ -443,7 +443,7 @@ where
     let fresh = other.admin_access(&h.keyring, &h.tenant, &all).await.unwrap();
     assert_eq!(snapshot(&other, &fresh).await, snap);
     assert!(usage_of(&h.store.key_usage(None).await.unwrap(), &med, 1).is_unused());
-    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, 1).await.unwrap();
+    h.store.retire_domain_version(&h.keyring, &h.tenant, &med, kv(1)).await.unwrap();
     h.refresh().await;
     assert_eq!(snapshot(&h.store, &h.doctor).await, snap);
     h
@@ -462,7 +462,7 @@ impl RootKeyProvider for FailingAfter<'_> {
     fn root_key_id(&self) -> &str {
         self.inner.root_key_id()
     }
-    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<kluis_core::KeyVersion>> {
         self.inner.primary_version()
     }
     fn wrap<'a>(

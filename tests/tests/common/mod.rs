@@ -2,9 +2,14 @@
 //! Helpers shared by the integration tests.
 
 use kluis_core::{
-    Backend, Context, DomainKeySet, DomainName, KeyKind, KeyMaterial, KeyRef, KeyState, SealKey, Suite,
-    TenantId,
+    Backend, Context, DomainKeySet, DomainName, KeyKind, KeyMaterial, KeyRef, KeyState, KeyVersion, SealKey,
+    Suite, TenantId,
 };
+
+/// Key version `n` (from 1).
+pub fn kv(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
 
 pub fn tenant(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -19,7 +24,7 @@ pub fn key(byte: u8) -> KeyMaterial {
 }
 
 pub fn domain_key(byte: u8, version: u32, backend: Backend) -> SealKey {
-    SealKey::with_backend(key(byte), KeyRef { kind: KeyKind::Domain, version }, backend).unwrap()
+    SealKey::with_backend(key(byte), KeyRef::new(KeyKind::Domain, kv(version)), backend).unwrap()
 }
 
 pub const SUITES: [Suite; 2] = [Suite::Aes256Gcm, Suite::XChaCha20Poly1305];
@@ -33,7 +38,7 @@ pub fn keyset(t: &TenantId, d: &DomainName, suite: Suite, backend: Backend) -> D
     DomainKeySet::from_keys(
         t.clone(),
         d.clone(),
-        vec![(1, KeyState::DecryptOnly, key(1)), (2, KeyState::Active, key(2))],
+        vec![(kv(1), KeyState::DecryptOnly, key(1)), (kv(2), KeyState::Active, key(2))],
         suite,
         backend,
     )

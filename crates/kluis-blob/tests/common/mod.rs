@@ -17,6 +17,11 @@ use kluis_core::{
     Backend, DocumentMetadata, DomainKeySet, DomainName, KeyMaterial, KeyState, Suite, TenantId,
 };
 
+/// Key version `n` (from 1).
+pub fn kv(n: u32) -> kluis_core::KeyVersion {
+    kluis_core::KeyVersion::new(n).unwrap()
+}
+
 /// The Azurite account and its well-known key (public, emulator only).
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
 pub const AZURITE_KEY: &str =
@@ -26,7 +31,7 @@ pub fn keys(tenant: &str, domain: DomainName) -> DomainKeySet {
     DomainKeySet::from_keys(
         TenantId::new(tenant).unwrap(),
         domain,
-        vec![(1, KeyState::Active, KeyMaterial::generate().unwrap())],
+        vec![(kv(1), KeyState::Active, KeyMaterial::generate().unwrap())],
         Suite::default(),
         Backend::preferred(),
     )

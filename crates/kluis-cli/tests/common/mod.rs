@@ -11,6 +11,11 @@ use kluis_blob::{DocumentVault, LocalDir};
 use kluis_core::{DomainName, LocalKeyring, TenantId};
 use kluis_store::{Access, Schema, Sqlite, Store};
 
+/// Key version `n` (from 1).
+pub fn kv(n: u32) -> kluis_core::KeyVersion {
+    kluis_core::KeyVersion::new(n).unwrap()
+}
+
 pub const PASSPHRASE: &str = "crash test passphrase, not secret";
 
 pub fn kluis(dir: &Path, args: &[&str]) -> Command {

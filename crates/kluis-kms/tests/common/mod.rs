@@ -11,8 +11,15 @@ use std::time::Duration;
 use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
 use azure_core::http::{ClientOptions, Transport};
 use kluis_core::keys::{BoxFuture, UnwrapRequest};
-use kluis_core::{DomainName, Error, KeyMaterial, ProviderErrorKind, RootKeyProvider, TenantId, WrappedKey};
+use kluis_core::{
+    DomainName, Error, KeyMaterial, KeyVersion, ProviderErrorKind, RootKeyProvider, TenantId, WrappedKey,
+};
 use kluis_kms::{AwsKmsConfig, AwsKmsProvider, AzureKeyVaultConfig, AzureKeyVaultProvider, RetryConfig};
+
+/// Key version `n` (from 1).
+pub fn kv(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
 
 pub fn tenant(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
@@ -182,7 +189,7 @@ impl<P: RootKeyProvider> RootKeyProvider for Counting<P> {
     fn root_key_id(&self) -> &str {
         self.inner.root_key_id()
     }
-    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<u32>> {
+    fn primary_version(&self) -> BoxFuture<'_, kluis_core::Result<KeyVersion>> {
         self.inner.primary_version()
     }
     fn wrap<'a>(

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kluis_core::blind::BlindIndexKey;
 use kluis_core::keys::{DomainKeySet, RootKeyProvider};
-use kluis_core::{DomainName, TenantId};
+use kluis_core::{DomainName, KeyVersion, TenantId};
 use kluis_store::access::AccessRow;
 use kluis_store::audit::{AuditAppend, AuditEntry, DEFAULT_CHECKPOINT_EVERY};
 use kluis_store::{Engine, Store};
@@ -108,7 +108,7 @@ fn mac_input(tenant: &str, kind: &str, id: &str, body: &str, key_version: i64) -
     out
 }
 
-fn mac_key(set: &DomainKeySet, version: u32) -> Result<BlindIndexKey> {
+fn mac_key(set: &DomainKeySet, version: KeyVersion) -> Result<BlindIndexKey> {
     Ok(BlindIndexKey::derive(set.key(version)?, set.tenant(), set.domain(), "kluis-access", "mac", 32)?)
 }
 
@@ -164,7 +164,7 @@ impl<B: Engine> StoreRegistry<B> {
         let version = set.active_version().ok_or_else(|| {
             AuthzError::Registry("the access registry domain key has no active version".into())
         })?;
-        let key_version = i64::from(version);
+        let key_version = version.to_stored();
         let mac = mac_key(&set, version)?.index(&mac_input(tenant.as_str(), kind, &id, &body, key_version));
         Ok(AccessRow { tenant: tenant.to_string(), kind: kind.to_owned(), id, body, key_version, mac })
     }
@@ -224,14 +224,14 @@ impl<B: Engine> StoreRegistry<B> {
         let mut assignments = Vec::new();
         if !rows.is_empty() {
             let set = self.registry_key_set(tenant, false).await?;
-            let mut keys: HashMap<u32, BlindIndexKey> = HashMap::new();
+            let mut keys: HashMap<KeyVersion, BlindIndexKey> = HashMap::new();
             for row in &rows {
                 let tampered = || AuthzError::RegistryTampered {
                     tenant: tenant.to_string(),
                     kind: row.kind.clone(),
                     id: row.id.clone(),
                 };
-                let version = u32::try_from(row.key_version).map_err(|_| tampered())?;
+                let version = KeyVersion::from_stored(row.key_version).map_err(|_| tampered())?;
                 let key = match keys.entry(version) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {

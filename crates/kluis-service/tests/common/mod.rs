@@ -11,6 +11,11 @@ use kluis_service::clock::ManualClock;
 use kluis_service::{RequestContext, Service, ServiceConfig};
 use kluis_store::{Engine, MySql, Postgres, Schema, Sqlite, Store};
 
+/// Key version `n` (from 1).
+pub fn kv(n: u32) -> kluis_core::KeyVersion {
+    kluis_core::KeyVersion::new(n).unwrap()
+}
+
 pub const SCHEMA_TOML: &str = r#"
 [collections.absence.fields]
 start_date      = { type = "date", domain = "general" }

@@ -10,7 +10,7 @@ pub fn document_key_version(key_ref: &str, domain: &str) -> Option<i64> {
     if rest.starts_with('0') || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    rest.parse::<u32>().ok().map(i64::from)
+    rest.parse::<kluis_core::KeyVersion>().ok().map(kluis_core::KeyVersion::to_stored)
 }
 
 impl<E: Engine> SqlBackend<E> {

@@ -181,7 +181,13 @@ impl<E: Engine> SqlBackend<E> {
             let state = text(&r, 3)?;
             out.insert(
                 (t.clone(), d.clone(), v),
-                KeyUsageRow { tenant: t, domain: d, version: v, state, ..KeyUsageRow::default() },
+                KeyUsageRow {
+                    tenant: t,
+                    domain: d,
+                    version: v,
+                    state: Some(state),
+                    ..KeyUsageRow::default()
+                },
             );
         }
         // (statement, which count)
@@ -226,7 +232,7 @@ impl<E: Engine> SqlBackend<E> {
                     tenant: t,
                     domain: d,
                     version: v,
-                    state: "missing".into(),
+                    state: None,
                     ..KeyUsageRow::default()
                 });
                 match which {
@@ -260,7 +266,7 @@ impl<E: Engine> SqlBackend<E> {
                         tenant: tn,
                         domain: d.to_owned(),
                         version: v,
-                        state: "missing".into(),
+                        state: None,
                         ..KeyUsageRow::default()
                     });
                     e.records += n;
@@ -353,7 +359,7 @@ impl<E: Engine> SqlBackend<E> {
             .bind(version)
             .fetch_optional(&mut *tx)
             .await?;
-        let v32 = u32::try_from(version)
+        let key_version = kluis_core::KeyVersion::from_stored(version)
             .map_err(|_| StoreError::Invalid(format!("domain key version {version} out of range")))?;
         let state = match &row {
             Some(r) => text(r, 0)?,
@@ -369,7 +375,7 @@ impl<E: Engine> SqlBackend<E> {
                 return Err(StoreError::ActiveKey {
                     tenant: tenant.into(),
                     domain: domain.into(),
-                    version: v32,
+                    version: key_version,
                 });
             }
             Ok(kluis_core::KeyState::Destroyed) => return Ok(()),
@@ -385,7 +391,7 @@ impl<E: Engine> SqlBackend<E> {
             return Err(StoreError::KeyInUse {
                 tenant: tenant.into(),
                 domain: domain.into(),
-                version: v32,
+                version: key_version,
                 subject_keys,
                 records: records.max(indexes.min(1)),
                 documents,

@@ -251,8 +251,9 @@ pub struct KeyUsageRow {
     pub domain: String,
     /// Domain key version.
     pub version: i64,
-    /// State name of that version.
-    pub state: String,
+    /// State name of that version; `None` when no domain key row has it (subject keys name a
+    /// version that is gone).
+    pub state: Option<String>,
     /// Subject keys wrapped under it.
     pub subject_keys: u64,
     /// Records with at least one cell sealed by such a subject key.
@@ -555,12 +556,15 @@ impl<E: Engine> SqlBackend<E> {
         let mut tx = self.pool.begin().await?;
         for r in &keys {
             let wrapped: Vec<u8> = r.col(4)?;
-            // A row whose header does not parse was altered: it stays 0 and fails to open.
-            let Ok(h) = kluis_core::SealedHeader::parse(&wrapped) else { continue };
+            // A row whose header does not parse, or names no version, was altered: it stays 0
+            // and fails to open.
+            let Some(v) = kluis_core::SealedHeader::parse(&wrapped).ok().and_then(|h| h.key.version) else {
+                continue;
+            };
             query::<E>(&E::sql(
                     "UPDATE kluis_subject_keys SET wrap_version = ? WHERE tenant = ? AND domain = ? AND subject = ? AND version = ?",
                 ))
-                .bind(i64::from(h.key.version))
+                .bind(v.to_stored())
                 .bind(text(r, 0)?)
                 .bind(text(r, 1)?)
                 .bind(text(r, 2)?)

@@ -241,8 +241,9 @@ impl<E: Engine> SqlBackend<E> {
         version: i64,
     ) -> Result<u64> {
         use crate::app_table::TenantSource;
-        let v = u32::try_from(version).map_err(|_| StoreError::Invalid("subject key version".into()))?;
-        let header = v.to_be_bytes();
+        let header = kluis_core::KeyVersion::from_stored(version)
+            .map_err(|_| StoreError::Invalid("subject key version".into()))?
+            .to_be_bytes();
         let mut n = 0u64;
         for t in &plan.app_tables {
             let cols: Vec<&str> = t

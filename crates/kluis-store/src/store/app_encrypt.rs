@@ -406,10 +406,9 @@ impl<E: Engine> Store<E> {
             let stored = stored.ok_or_else(|| integrity(name))?;
             let c = t.protected_column(name).ok_or_else(|| integrity(name))?;
             let set = access.require(c.domain.as_str())?;
-            let v = stored
-                .get(4..8)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(u32::from_be_bytes)
+            let v = kluis_core::SealedHeader::parse(&stored)
+                .ok()
+                .and_then(|h| h.key.version)
                 .ok_or_else(|| integrity(name))?;
             let mut tags = Tags::new();
             let sk = self
@@ -445,7 +444,7 @@ impl<E: Engine> Store<E> {
         tx: &mut sqlx::Transaction<'static, E::Db>,
         set: &DomainKeySet,
         subject: &str,
-        version: u32,
+        version: KeyVersion,
         tags: &mut Tags,
     ) -> Result<Option<Arc<SubjectKey>>> {
         if let Some((_, k)) = self.load_subject_key(set, subject, Some(version), tags).await? {
@@ -456,7 +455,7 @@ impl<E: Engine> Store<E> {
             set.tenant().as_str(),
             set.domain().as_str(),
             subject,
-            i64::from(version),
+            version.to_stored(),
         )
         .await?;
         match row {

@@ -239,7 +239,7 @@ impl<E: Engine> Store<E> {
         for (v, state) in set.versions() {
             if matches!(state, KeyState::Active | KeyState::DecryptOnly) {
                 let idx = Self::blind_index(set, v, &t.name, column, &encoded)?;
-                out.push(index_value(i64::from(v), &idx)?);
+                out.push(index_value(v.to_stored(), &idx)?);
             }
         }
         Ok(out)
@@ -311,20 +311,26 @@ impl<E: Engine> Store<E> {
             tags.remember_newest(subject, domain, v);
             return Ok(());
         }
-        let (row, key) = Self::new_subject_key_pair(set, subject, 1)?;
+        let (row, key) = Self::new_subject_key_pair(set, subject, KeyVersion::FIRST)?;
         let key = if SqlBackend::<E>::insert_subject_key_keep(&mut **tx, &row).await? {
             Arc::new(key)
         } else {
             // Another transaction (committed since) or this one made it first.
-            let stored = SqlBackend::<E>::subject_key_locked(&mut **tx, &row.tenant, &row.domain, subject, 1)
-                .await?
-                .ok_or_else(|| StoreError::KeyChanged {
-                    what: format!("subject key {}/{domain}/{subject}", set.tenant()),
-                })?;
+            let stored = SqlBackend::<E>::subject_key_locked(
+                &mut **tx,
+                &row.tenant,
+                &row.domain,
+                subject,
+                row.version,
+            )
+            .await?
+            .ok_or_else(|| StoreError::KeyChanged {
+                what: format!("subject key {}/{domain}/{subject}", set.tenant()),
+            })?;
             self.open_subject_row(set, &stored, tags)?
         };
-        tags.remember(subject, domain, 1, &key);
-        tags.remember_newest(subject, domain, 1);
+        tags.remember(subject, domain, KeyVersion::FIRST, &key);
+        tags.remember_newest(subject, domain, KeyVersion::FIRST);
         Ok(())
     }
 
@@ -411,11 +417,10 @@ impl<E: Engine> Store<E> {
                 values.insert(column.to_owned(), FieldValue::Withheld { domain: c.domain.to_string() });
                 continue;
             };
-            // The subject key version is in the sealed value's header (bytes 4..8).
-            let v = sealed
-                .get(4..8)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(u32::from_be_bytes)
+            // The subject key version is in the sealed value's header.
+            let v = kluis_core::SealedHeader::parse(sealed)
+                .ok()
+                .and_then(|h| h.key.version)
                 .ok_or_else(integrity)?;
             let sk = match tags.key(subject, c.domain.as_str(), v) {
                 Some(k) => k.clone(),
@@ -488,7 +493,8 @@ impl<E: Engine> Store<E> {
 /// A blind index column's value: the domain key version (u32 BE) and the index (docs/FORMAT.md
 /// §10.2).
 pub(super) fn index_value(version: i64, idx: &[u8]) -> Result<Vec<u8>> {
-    let v = u32::try_from(version).map_err(|_| StoreError::Invalid("blind index key version".into()))?;
+    let v = KeyVersion::from_stored(version)
+        .map_err(|_| StoreError::Invalid("blind index key version".into()))?;
     let mut out = Vec::with_capacity(4 + idx.len());
     out.extend_from_slice(&v.to_be_bytes());
     out.extend_from_slice(idx);

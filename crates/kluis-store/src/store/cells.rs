@@ -5,7 +5,7 @@ use super::*;
 impl<E: Engine> Store<E> {
     pub(super) fn blind_index(
         set: &DomainKeySet,
-        version: u32,
+        version: KeyVersion,
         coll: &str,
         field: &str,
         encoded: &[u8],
@@ -24,7 +24,7 @@ impl<E: Engine> Store<E> {
     /// [`Self::blind_index`] with the index key derived once per call.
     pub(super) fn blind_index_cached(
         set: &DomainKeySet,
-        version: u32,
+        version: KeyVersion,
         coll: &str,
         field: &str,
         encoded: &[u8],
@@ -112,7 +112,7 @@ impl<E: Engine> Store<E> {
             name: &'f str,
             def: &'f FieldDef,
             set: &'f DomainKeySet,
-            key: Option<(u32, Arc<SubjectKey>)>,
+            key: Option<(KeyVersion, Arc<SubjectKey>)>,
             at: std::ops::Range<usize>,
         }
         let total = fields.iter().map(|(_, v)| v.encoded_len()).sum();
@@ -177,7 +177,7 @@ impl<E: Engine> Store<E> {
                 field: c.name.to_owned(),
                 domain: c.def.domain.as_str().to_owned(),
                 sealed: sealed.next().ok_or_else(|| StoreError::Invalid("sealed field".into()))?,
-                key_version: i64::from(*skv),
+                key_version: skv.to_stored(),
             });
             if c.def.blind_index {
                 let active = c.set.active_version().ok_or_else(|| {
@@ -187,7 +187,7 @@ impl<E: Engine> Store<E> {
                 })?;
                 indexes.push(IndexRow {
                     field: c.name.to_owned(),
-                    key_version: i64::from(active),
+                    key_version: active.to_stored(),
                     idx: Self::blind_index_cached(c.set, active, &coll.name, c.name, bytes(&c.at)?, tags)?,
                 });
             }
@@ -237,7 +237,7 @@ impl<E: Engine> Store<E> {
     /// The row tag key of `version` of the tenant's row_tags domain key, derived once per call.
     pub(super) fn row_key<'c>(
         set: &DomainKeySet,
-        version: u32,
+        version: KeyVersion,
         tags: &'c mut Tags,
     ) -> Result<&'c BlindIndexKey> {
         let tenant = set.tenant().as_str();

@@ -22,8 +22,8 @@ impl<E: Engine> Store<E> {
         rows.iter()
             .map(|r| {
                 let what = || format!("domain key {tenant}/{domain} v{}", r.version);
-                let version =
-                    u32::try_from(r.version).map_err(|_| StoreError::KeyIntegrity { what: what() })?;
+                let version = KeyVersion::from_stored(r.version)
+                    .map_err(|_| StoreError::KeyIntegrity { what: what() })?;
                 let state =
                     KeyState::parse(&r.state).map_err(|_| StoreError::KeyIntegrity { what: what() })?;
                 let wrapped = match &r.wrapped {
@@ -59,7 +59,7 @@ impl<E: Engine> Store<E> {
                 Ok(DomainKeyRow {
                     tenant: r.tenant.to_string(),
                     domain: r.domain.to_string(),
-                    version: i64::from(r.version),
+                    version: r.version.to_stored(),
                     state: r.state.as_str().to_owned(),
                     wrapped: r.wrapped.as_ref().map(WrappedKey::to_bytes).transpose()?,
                     tag: r.tag.map(|t| t.to_vec()),
@@ -154,7 +154,7 @@ impl<E: Engine> Store<E> {
         if !self.backend.domain_keys(tenant.as_str(), domain.as_str()).await?.is_empty() {
             return Ok(());
         }
-        let (rec, _key) = keys::new_domain_key(provider, tenant, domain, 1).await?;
+        let (rec, _key) = keys::new_domain_key(provider, tenant, domain, KeyVersion::FIRST).await?;
         match self.backend.put_domain_keys(Self::rows_from_records(&[rec])?, true, None).await {
             Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -180,7 +180,7 @@ impl<E: Engine> Store<E> {
             {
                 continue;
             }
-            let (rec, _key) = keys::new_domain_key(provider, tenant, d, 1).await?;
+            let (rec, _key) = keys::new_domain_key(provider, tenant, d, KeyVersion::FIRST).await?;
             records.push(rec);
             created.push(d.clone());
         }
@@ -430,9 +430,12 @@ impl<E: Engine> Store<E> {
             out.push(KeyUsage {
                 tenant: TenantId::new(r.tenant.clone())?,
                 domain: DomainName::new(r.domain.clone())?,
-                version: u32::try_from(r.version).map_err(|_| what())?,
-                // A version used by subject keys but without a row of its own: gone.
-                state: KeyState::parse(&r.state).unwrap_or(KeyState::Destroyed),
+                version: KeyVersion::from_stored(r.version).map_err(|_| what())?,
+                state: match &r.state {
+                    Some(s) => KeyState::parse(s).map_err(|_| what())?,
+                    // A version used by subject keys but without a row of its own: gone.
+                    None => KeyState::Destroyed,
+                },
                 subject_keys: r.subject_keys,
                 records: r.records,
                 documents: r.documents,
@@ -451,7 +454,7 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-    ) -> Result<u32> {
+    ) -> Result<KeyVersion> {
         self.rotate_domain_key_with(provider, tenant, domain, None).await
     }
 
@@ -462,8 +465,8 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        audit: &(dyn Fn(u32) -> AuditAppend + Send + Sync),
-    ) -> Result<u32> {
+        audit: &(dyn Fn(KeyVersion) -> AuditAppend + Send + Sync),
+    ) -> Result<KeyVersion> {
         self.rotate_domain_key_with(provider, tenant, domain, Some(audit)).await
     }
 
@@ -472,11 +475,11 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        audit: Option<&(dyn Fn(u32) -> AuditAppend + Send + Sync)>,
-    ) -> Result<u32> {
+        audit: Option<&(dyn Fn(KeyVersion) -> AuditAppend + Send + Sync)>,
+    ) -> Result<KeyVersion> {
         self.check_rollback(provider).await?;
         let new_rec = self.rotate_verified(provider, tenant, domain, audit).await?;
-        tracing::info!(tenant = %tenant, domain = %domain, version = new_rec.version, "kluis-store domain key rotated");
+        tracing::info!(tenant = %tenant, domain = %domain, version = new_rec.version.get(), "kluis-store domain key rotated");
         Ok(new_rec.version)
     }
 
@@ -487,7 +490,7 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        audit: Option<&(dyn Fn(u32) -> AuditAppend + Send + Sync)>,
+        audit: Option<&(dyn Fn(KeyVersion) -> AuditAppend + Send + Sync)>,
     ) -> Result<DomainKeyRecord> {
         Self::not_row_tags(domain)?;
         let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
@@ -517,7 +520,7 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        version: u32,
+        version: KeyVersion,
         audit: Option<AuditAppend>,
     ) -> Result<()> {
         Self::not_row_tags(domain)?;
@@ -546,7 +549,7 @@ impl<E: Engine> Store<E> {
                 &self.layout,
                 tenant.as_str(),
                 domain.as_str(),
-                i64::from(version),
+                version.to_stored(),
                 updates,
                 audit,
             )
@@ -562,7 +565,7 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        version: u32,
+        version: KeyVersion,
     ) -> Result<()> {
         self.retire_domain_version_with(provider, tenant, domain, version, None).await
     }
@@ -575,7 +578,7 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        version: u32,
+        version: KeyVersion,
         audit: AuditAppend,
     ) -> Result<()> {
         self.retire_domain_version_with(provider, tenant, domain, version, Some(audit)).await
@@ -586,12 +589,12 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         tenant: &TenantId,
         domain: &DomainName,
-        version: u32,
+        version: KeyVersion,
         audit: Option<AuditAppend>,
     ) -> Result<()> {
         self.check_rollback(provider).await?;
         self.destroy_verified(provider, tenant, domain, version, audit).await?;
-        tracing::info!(tenant = %tenant, domain = %domain, version, "kluis-store domain key version retired");
+        tracing::info!(tenant = %tenant, domain = %domain, version = version.get(), "kluis-store domain key version retired");
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 use super::*;
 
 /// (tenant, domain, subject, subject key version).
-pub(super) type SubjectCacheKey = (String, String, String, u32);
+pub(super) type SubjectCacheKey = (String, String, String, KeyVersion);
 
 /// (tenant, domain, subject).
 pub(super) type NewestKey = (String, String, String);
@@ -21,18 +21,18 @@ pub(super) type Tags = CallCache;
 /// from a new `CallCache`.
 #[derive(Default)]
 pub(super) struct CallCache {
-    pub(super) tags: Vec<(String, u32, [u8; 32])>,
-    pub(super) keys: HashMap<String, Vec<(String, u32, Arc<SubjectKey>)>>,
-    pub(super) newest: HashMap<String, Vec<(String, u32)>>,
+    pub(super) tags: Vec<(String, KeyVersion, [u8; 32])>,
+    pub(super) keys: HashMap<String, Vec<(String, KeyVersion, Arc<SubjectKey>)>>,
+    pub(super) newest: HashMap<String, Vec<(String, KeyVersion)>>,
     pub(super) index_keys: Vec<IndexKeyEntry>,
     /// Row tag keys derived during the call, by tenant and row_tags key version.
-    pub(super) row_keys: Vec<(String, u32, BlindIndexKey)>,
+    pub(super) row_keys: Vec<(String, KeyVersion, BlindIndexKey)>,
 }
 
 /// A blind index key derived during one call: (domain, domain key version, collection, field).
 pub(super) struct IndexKeyEntry {
     pub(super) domain: String,
-    pub(super) version: u32,
+    pub(super) version: KeyVersion,
     pub(super) collection: String,
     pub(super) field: String,
     pub(super) key: BlindIndexKey,
@@ -43,15 +43,21 @@ impl CallCache {
         Self::default()
     }
 
-    pub(super) fn tag(&self, domain: &str, version: u32) -> Option<[u8; 32]> {
+    pub(super) fn tag(&self, domain: &str, version: KeyVersion) -> Option<[u8; 32]> {
         self.tags.iter().find(|(d, v, _)| d == domain && *v == version).map(|e| e.2)
     }
 
-    pub(super) fn key(&self, subject: &str, domain: &str, version: u32) -> Option<&Arc<SubjectKey>> {
+    pub(super) fn key(&self, subject: &str, domain: &str, version: KeyVersion) -> Option<&Arc<SubjectKey>> {
         self.keys.get(subject)?.iter().find(|(d, v, _)| d == domain && *v == version).map(|e| &e.2)
     }
 
-    pub(super) fn remember(&mut self, subject: &str, domain: &str, version: u32, key: &Arc<SubjectKey>) {
+    pub(super) fn remember(
+        &mut self,
+        subject: &str,
+        domain: &str,
+        version: KeyVersion,
+        key: &Arc<SubjectKey>,
+    ) {
         match self.keys.get_mut(subject) {
             Some(list) => list.push((domain.to_owned(), version, key.clone())),
             None => {
@@ -66,12 +72,12 @@ impl CallCache {
     }
 
     /// The newest subject key version found during this call for (subject, domain), with its key.
-    pub(super) fn newest_key(&self, subject: &str, domain: &str) -> Option<(u32, Arc<SubjectKey>)> {
+    pub(super) fn newest_key(&self, subject: &str, domain: &str) -> Option<(KeyVersion, Arc<SubjectKey>)> {
         let v = self.newest.get(subject)?.iter().find(|(d, _)| d == domain)?.1;
         self.key(subject, domain, v).map(|k| (v, k.clone()))
     }
 
-    pub(super) fn remember_newest(&mut self, subject: &str, domain: &str, version: u32) {
+    pub(super) fn remember_newest(&mut self, subject: &str, domain: &str, version: KeyVersion) {
         match self.newest.get_mut(subject) {
             Some(list) => match list.iter_mut().find(|(d, _)| d == domain) {
                 Some(e) => e.1 = version,
@@ -86,7 +92,7 @@ impl CallCache {
 
 pub(super) struct CachedSubjectKey {
     pub(super) key: Arc<SubjectKey>,
-    pub(super) wrapping: u32,
+    pub(super) wrapping: KeyVersion,
     pub(super) tag: [u8; 32],
     pub(super) expires: Instant,
 }
@@ -97,7 +103,7 @@ pub(super) const SUBJECT_CACHE_MAX: usize = 100_000;
 pub(super) struct SubjectCache {
     pub(super) keys: HashMap<SubjectCacheKey, CachedSubjectKey>,
     /// The newest subject key version seen per subject, for writes.
-    pub(super) newest: HashMap<NewestKey, (u32, Instant)>,
+    pub(super) newest: HashMap<NewestKey, (KeyVersion, Instant)>,
 }
 
 impl SubjectCache {
@@ -123,7 +129,7 @@ impl<E: Engine> Store<E> {
         tenant: &TenantId,
         set: &DomainKeySet,
     ) -> Result<SubjectKeyRecord> {
-        let version = u32::try_from(row.version).map_err(|_| StoreError::KeyIntegrity {
+        let version = KeyVersion::from_stored(row.version).map_err(|_| StoreError::KeyIntegrity {
             what: format!("subject key {}/{}/{}", tenant, set.domain(), row.subject),
         })?;
         Ok(SubjectKeyRecord {
@@ -139,7 +145,7 @@ impl<E: Engine> Store<E> {
     /// without keeping a copy of that key: a 256-bit HMAC under a key derived from it.
     pub(super) fn cache_tag(
         set: &DomainKeySet,
-        version: u32,
+        version: KeyVersion,
         tags: &mut Tags,
     ) -> kluis_core::Result<[u8; 32]> {
         if let Some(t) = tags.tag(set.domain().as_str(), version) {
@@ -194,7 +200,7 @@ impl<E: Engine> Store<E> {
         Ok(key)
     }
 
-    pub(super) fn note_newest(&self, set: &DomainKeySet, subject: &str, version: u32) {
+    pub(super) fn note_newest(&self, set: &DomainKeySet, subject: &str, version: KeyVersion) {
         if let Ok(mut c) = self.subject_keys.lock() {
             let k = (set.tenant().as_str().to_owned(), set.domain().as_str().to_owned(), subject.to_owned());
             c.newest.insert(k, (version, Instant::now() + self.subject_key_ttl));
@@ -205,7 +211,7 @@ impl<E: Engine> Store<E> {
         &self,
         set: &DomainKeySet,
         subject: &str,
-        version: u32,
+        version: KeyVersion,
         tags: &mut Tags,
     ) -> Option<Arc<SubjectKey>> {
         let ck =
@@ -227,9 +233,9 @@ impl<E: Engine> Store<E> {
         &self,
         set: &DomainKeySet,
         subject: &str,
-        version: Option<u32>,
+        version: Option<KeyVersion>,
         tags: &mut Tags,
-    ) -> Result<Option<(u32, Arc<SubjectKey>)>> {
+    ) -> Result<Option<(KeyVersion, Arc<SubjectKey>)>> {
         let want = match version {
             Some(v) => Some(v),
             None => self.subject_keys.lock().ok().and_then(|c| {
@@ -249,19 +255,19 @@ impl<E: Engine> Store<E> {
         }
         let rows = self.backend.subject_keys(set.tenant().as_str(), set.domain().as_str(), subject).await?;
         if let Some(last) = rows.last()
-            && let Ok(v) = u32::try_from(last.version)
+            && let Ok(v) = KeyVersion::from_stored(last.version)
         {
             self.note_newest(set, subject, v);
         }
         let row = match version {
-            Some(v) => rows.iter().find(|r| r.version == i64::from(v)),
+            Some(v) => rows.iter().find(|r| r.version == v.to_stored()),
             None => rows.last(),
         };
         match row {
             None => Ok(None),
             Some(row) => {
                 let key = self.open_subject_row(set, row, tags)?;
-                let v = key.seal_key().key_ref().version;
+                let v = key.version();
                 tags.remember(subject, set.domain().as_str(), v, &key);
                 Ok(Some((v, key)))
             }
@@ -273,14 +279,14 @@ impl<E: Engine> Store<E> {
         set: &DomainKeySet,
         subject: &str,
         tags: &mut Tags,
-    ) -> Result<(u32, Arc<SubjectKey>)> {
+    ) -> Result<(KeyVersion, Arc<SubjectKey>)> {
         if let Some(k) = tags.newest_key(subject, set.domain().as_str()) {
             return Ok(k);
         }
         let found = match self.load_subject_key(set, subject, None, tags).await? {
             Some(k) => k,
             None => {
-                let row = Self::new_subject_key_row(set, subject, 1)?;
+                let row = Self::new_subject_key_row(set, subject, KeyVersion::FIRST)?;
                 // Inserted, or another writer won the race: either way read back the stored one.
                 self.backend.insert_subject_key(row).await?;
                 self.load_subject_key(set, subject, None, tags).await?.ok_or_else(|| {
@@ -297,7 +303,7 @@ impl<E: Engine> Store<E> {
     pub(super) fn new_subject_key_row(
         set: &DomainKeySet,
         subject: &str,
-        version: u32,
+        version: KeyVersion,
     ) -> Result<SubjectKeyRow> {
         Ok(Self::new_subject_key_pair(set, subject, version)?.0)
     }
@@ -305,7 +311,7 @@ impl<E: Engine> Store<E> {
     pub(super) fn new_subject_key_pair(
         set: &DomainKeySet,
         subject: &str,
-        version: u32,
+        version: KeyVersion,
     ) -> Result<(SubjectKeyRow, SubjectKey)> {
         let wrap = set.active_version().ok_or_else(|| {
             StoreError::Core(kluis_core::Error::UnknownKey {
@@ -317,10 +323,10 @@ impl<E: Engine> Store<E> {
             tenant: rec.tenant.to_string(),
             domain: rec.domain.to_string(),
             subject: rec.subject.clone(),
-            version: i64::from(rec.version),
+            version: rec.version.to_stored(),
             wrapped: rec.wrapped,
             created_at: now_unix(),
-            wrap_version: i64::from(wrap),
+            wrap_version: wrap.to_stored(),
         };
         Ok((row, key))
     }
@@ -337,7 +343,7 @@ impl<E: Engine> Store<E> {
 
     /// A subject key wrapped under a domain key version newer than any the caller holds: the
     /// domain key was rotated after the caller unlocked (retryable after unlocking again).
-    pub(super) fn require_version(set: &DomainKeySet, wrap_version: u32) -> Result<()> {
+    pub(super) fn require_version(set: &DomainKeySet, wrap_version: KeyVersion) -> Result<()> {
         let newest = set.versions().iter().map(|(v, _)| *v).max();
         if newest.is_none_or(|n| wrap_version > n) {
             return Err(StoreError::KeyChanged {
@@ -351,7 +357,10 @@ impl<E: Engine> Store<E> {
         Ok(())
     }
 
-    pub(super) fn open_row_owned(set: &DomainKeySet, row: &SubjectKeyRow) -> Result<(u32, SubjectKey)> {
+    pub(super) fn open_row_owned(
+        set: &DomainKeySet,
+        row: &SubjectKeyRow,
+    ) -> Result<(KeyVersion, SubjectKey)> {
         let tenant = set.tenant();
         let what = || format!("subject key {}/{}/{} v{}", tenant, set.domain(), row.subject, row.version);
         let rec = Self::subject_record(row, tenant, set)?;
@@ -369,13 +378,15 @@ impl<E: Engine> Store<E> {
         access: &Access,
         domain: &DomainName,
         subject: &str,
-    ) -> Result<(u32, SubjectKey)> {
+    ) -> Result<(KeyVersion, SubjectKey)> {
         check_id("subject id", subject)?;
         let set = access.require(domain.as_str())?;
         let (t, d) = (access.tenant.as_str(), domain.as_str());
         let mut rows = self.backend.subject_keys(t, d, subject).await?;
         if rows.is_empty() {
-            self.backend.insert_subject_key(Self::new_subject_key_row(set, subject, 1)?).await?;
+            self.backend
+                .insert_subject_key(Self::new_subject_key_row(set, subject, KeyVersion::FIRST)?)
+                .await?;
             rows = self.backend.subject_keys(t, d, subject).await?;
         }
         let row = rows
@@ -392,7 +403,7 @@ impl<E: Engine> Store<E> {
         access: &Access,
         domain: &DomainName,
         subject: &str,
-        version: u32,
+        version: KeyVersion,
     ) -> Result<SubjectKey> {
         check_id("subject id", subject)?;
         let set = access.require(domain.as_str())?;
@@ -401,7 +412,7 @@ impl<E: Engine> Store<E> {
         if rows.is_empty() {
             return Err(StoreError::Shredded { tenant: t.to_owned(), subject: subject.to_owned() });
         }
-        let row = rows.iter().find(|r| r.version == i64::from(version)).ok_or_else(|| {
+        let row = rows.iter().find(|r| r.version == version.to_stored()).ok_or_else(|| {
             StoreError::Core(kluis_core::Error::UnknownKey {
                 key: format!("subject key {t}/{d}/{subject} v{version}"),
             })

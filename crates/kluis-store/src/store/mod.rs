@@ -9,8 +9,8 @@ use kluis_authz::{AccessProof, Action, Target};
 use kluis_core::blind::{BlindIndexKey, DEFAULT_INDEX_LEN};
 use kluis_core::keys::{self, GenerationStatus, RootKeyProvider};
 use kluis_core::{
-    Context, DomainKeyRecord, DomainKeySet, DomainName, KeyState, SubjectKey, SubjectKeyRecord, TenantId,
-    WrappedKey, ct_eq,
+    Context, DomainKeyRecord, DomainKeySet, DomainName, KeyState, KeyVersion, SubjectKey, SubjectKeyRecord,
+    TenantId, WrappedKey, ct_eq,
 };
 
 use crate::audit::AuditAppend;
@@ -283,9 +283,9 @@ pub struct ShredReport {
     /// Document catalog entries removed (their blobs are unreadable: their keys are destroyed).
     pub documents_removed: u64,
     /// The subject's keys destroyed (domain, subject key version).
-    pub subject_keys_destroyed: Vec<(String, u32)>,
+    pub subject_keys_destroyed: Vec<(String, KeyVersion)>,
     /// Domain key versions destroyed (domain, version) after rotating.
-    pub destroyed_versions: Vec<(String, u32)>,
+    pub destroyed_versions: Vec<(String, KeyVersion)>,
     /// The engine the purge ran on, and what it did to the database files.
     pub purge: (EngineKind, &'static str),
 }
@@ -302,7 +302,7 @@ pub struct KeyUsage {
     /// Domain.
     pub domain: DomainName,
     /// Domain key version.
-    pub version: u32,
+    pub version: KeyVersion,
     /// Its state.
     pub state: KeyState,
     /// Subject keys wrapped under this version.
@@ -534,14 +534,16 @@ impl<E: Engine> Store<E> {
         &self,
         tenant: &TenantId,
         domain: &DomainName,
-    ) -> Result<Vec<(String, u32)>> {
+    ) -> Result<Vec<(String, KeyVersion)>> {
         self.backend
             .all_subject_keys(tenant.as_str(), domain.as_str())
             .await?
             .into_iter()
-            .map(|k| match u32::try_from(k.version) {
-                Ok(v) if v > 0 => Ok((k.subject, v)),
-                _ => Err(StoreError::Corrupt { what: "subject key version", reason: k.version.to_string() }),
+            .map(|k| match KeyVersion::from_stored(k.version) {
+                Ok(v) => Ok((k.subject, v)),
+                Err(_) => {
+                    Err(StoreError::Corrupt { what: "subject key version", reason: k.version.to_string() })
+                }
             })
             .collect()
     }
@@ -598,7 +600,7 @@ mod tests {
         let set = DomainKeySet::from_keys(
             tenant.clone(),
             DomainName::new(ROW_TAG_DOMAIN).unwrap(),
-            vec![(1, KeyState::Active, kluis_core::KeyMaterial::from_bytes(key))],
+            vec![(KeyVersion::FIRST, KeyState::Active, kluis_core::KeyMaterial::from_bytes(key))],
             kluis_core::Suite::default(),
             kluis_core::Backend::preferred(),
         )
@@ -655,7 +657,7 @@ mod tests {
                 tenant.clone(),
                 DomainName::new(domain).unwrap(),
                 vec![(
-                    version,
+                    KeyVersion::new(version).unwrap(),
                     KeyState::Active,
                     kluis_core::KeyMaterial::from_bytes(key.try_into().unwrap()),
                 )],

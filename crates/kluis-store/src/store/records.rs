@@ -16,7 +16,7 @@ impl<E: Engine> Store<E> {
         let mut fields = BTreeMap::new();
         // The associated data of each cell in turn (public bytes).
         let mut ad = Vec::with_capacity(160);
-        let mut last: Option<(String, u32, Arc<SubjectKey>)> = None;
+        let mut last: Option<(String, KeyVersion, Arc<SubjectKey>)> = None;
         for cell in stored.fields {
             let integrity = || StoreError::Integrity {
                 collection: r.collection.clone(),
@@ -34,7 +34,7 @@ impl<E: Engine> Store<E> {
                 fields.insert(cell.field, FieldValue::Value(value));
                 continue;
             }
-            let v = u32::try_from(cell.key_version).map_err(|_| integrity())?;
+            let v = KeyVersion::from_stored(cell.key_version).map_err(|_| integrity())?;
             // The previous cell's key when it is the same (cells of a domain share one).
             let sk = match &last {
                 Some((d, lv, k)) if *lv == v && *d == cell.domain => k.clone(),
@@ -209,7 +209,7 @@ impl<E: Engine> Store<E> {
         let mut candidates = Vec::new();
         for (v, state) in set.versions() {
             if state != KeyState::Destroyed {
-                candidates.push((i64::from(v), Self::blind_index(set, v, collection, field, &encoded)?));
+                candidates.push((v.to_stored(), Self::blind_index(set, v, collection, field, &encoded)?));
             }
         }
         let table = self.layout.table(collection)?;

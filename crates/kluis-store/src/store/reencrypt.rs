@@ -10,7 +10,7 @@ impl<E: Engine> Store<E> {
         provider: &dyn RootKeyProvider,
         access: &mut Access,
         domain: &DomainName,
-    ) -> Result<Vec<u32>> {
+    ) -> Result<Vec<KeyVersion>> {
         let mut tags = Tags::new();
         let tenant = access.tenant.clone();
         let new_rec = self.rotate_verified(provider, &tenant, domain, None).await?;
@@ -25,7 +25,7 @@ impl<E: Engine> Store<E> {
             let new = set.rewrap_subject_key(&rec).map_err(|e| key_integrity(what, e))?;
             rewrapped.push(SubjectKeyRow {
                 wrapped: new.wrapped,
-                wrap_version: i64::from(new_rec.version),
+                wrap_version: new_rec.version.to_stored(),
                 ..row.clone()
             });
         }
@@ -38,7 +38,7 @@ impl<E: Engine> Store<E> {
         {
             let Ok(coll) = self.schema.collection(&collection) else { continue };
             let Some(def) = coll.field(&field) else { continue };
-            if def.domain != *domain || kv == i64::from(new_rec.version) {
+            if def.domain != *domain || kv == new_rec.version.to_stored() {
                 continue;
             }
             let table = self.layout.table(&collection)?.clone();
@@ -53,7 +53,7 @@ impl<E: Engine> Store<E> {
                 table,
                 tenant: tenant.to_string(),
                 record_id: record_id.clone(),
-                index: IndexRow { field: field.clone(), key_version: i64::from(new_rec.version), idx },
+                index: IndexRow { field: field.clone(), key_version: new_rec.version.to_stored(), idx },
             });
         }
         self.backend.apply(ops).await?;
@@ -67,7 +67,7 @@ impl<E: Engine> Store<E> {
             match self.destroy_verified(provider, &tenant, domain, r.version, None).await {
                 Ok(()) => destroyed.push(r.version),
                 Err(StoreError::KeyInUse { .. }) => tracing::warn!(
-                    tenant = %tenant, domain = %domain, version = r.version,
+                    tenant = %tenant, domain = %domain, version = r.version.get(),
                     "kluis-store: domain key version still in use after rotation; kept (re-encrypt, then retire it)"
                 ),
                 Err(e) => return Err(e),
@@ -119,7 +119,8 @@ impl<E: Engine> Store<E> {
         let limit = u32::try_from(max_subjects.max(1)).unwrap_or(u32::MAX);
         let mut tags = Tags::new();
         let mut progress = ReencryptProgress::default();
-        for subject in self.backend.reencrypt_candidates(&self.layout, t, d, i64::from(active), limit).await?
+        for subject in
+            self.backend.reencrypt_candidates(&self.layout, t, d, active.to_stored(), limit).await?
         {
             match self.reencrypt_subject(access, set, &subject, active, &mut tags).await? {
                 SubjectStep::Moved(resealed) => {
@@ -131,7 +132,7 @@ impl<E: Engine> Store<E> {
             }
         }
         progress.remaining_subjects =
-            self.backend.count_stale_subjects(&self.layout, t, d, i64::from(active)).await?;
+            self.backend.count_stale_subjects(&self.layout, t, d, active.to_stored()).await?;
         tracing::info!(
             tenant = %access.tenant, domain = %domain, moved = progress.subjects_moved,
             remaining = progress.remaining_subjects, conflicts = progress.conflicts,
@@ -147,7 +148,7 @@ impl<E: Engine> Store<E> {
         access: &Access,
         set: &DomainKeySet,
         subject: &str,
-        active: u32,
+        active: KeyVersion,
         tags: &mut Tags,
     ) -> Result<SubjectStep> {
         let (t, d) = (access.tenant.as_str(), set.domain().as_str());
@@ -157,16 +158,15 @@ impl<E: Engine> Store<E> {
         tags.forget_subject(subject);
         let rows = self.backend.subject_keys(t, d, subject).await?;
         let Some(newest) = rows.last() else { return Ok(SubjectStep::Moved(0)) };
-        let newest_wrap = kluis_core::SealedHeader::parse(&newest.wrapped).map(|h| h.key.version).ok();
+        let newest_wrap = kluis_core::SealedHeader::parse(&newest.wrapped).ok().and_then(|h| h.key.version);
         let (target, target_key, new_key) =
-            if newest_wrap == Some(active) && newest.wrap_version == i64::from(active) {
+            if newest_wrap == Some(active) && newest.wrap_version == active.to_stored() {
                 let (v, k) = Self::open_row_owned(set, newest)?;
                 (v, k, None)
             } else {
-                let next = u32::try_from(newest.version)
-                    .ok()
-                    .and_then(|v| v.checked_add(1))
-                    .ok_or_else(|| StoreError::Invalid("subject key versions exhausted".into()))?;
+                let next = KeyVersion::from_stored(newest.version)
+                    .and_then(KeyVersion::next)
+                    .map_err(|_| StoreError::Invalid("subject key versions exhausted".into()))?;
                 let (row, key) = Self::new_subject_key_pair(set, subject, next)?;
                 (next, key, Some(row))
             };
@@ -188,10 +188,13 @@ impl<E: Engine> Store<E> {
                     field: cell.field.clone(),
                 };
                 // The header's version is the one the cell really needs (authenticated on open).
-                let hv = kluis_core::SealedHeader::parse(&cell.sealed).map_err(|_| integrity())?.key.version;
+                let hv = kluis_core::SealedHeader::parse(&cell.sealed)
+                    .ok()
+                    .and_then(|h| h.key.version)
+                    .ok_or_else(integrity)?;
                 let def = coll.and_then(|c| c.field(&cell.field));
                 let indexed = def.is_some_and(|f| f.blind_index && f.domain == *set.domain());
-                let needs_reseal = hv != target || cell.key_version != i64::from(target);
+                let needs_reseal = hv != target || cell.key_version != target.to_stored();
                 if !needs_reseal && !indexed {
                     continue;
                 }
@@ -210,13 +213,13 @@ impl<E: Engine> Store<E> {
                         field: cell.field.clone(),
                         domain: cell.domain.clone(),
                         sealed: target_key.seal(&ctx, pt.expose_secret())?,
-                        key_version: i64::from(target),
+                        key_version: target.to_stored(),
                     });
                 }
                 if indexed {
                     indexes.push(IndexRow {
                         field: cell.field.clone(),
-                        key_version: i64::from(active),
+                        key_version: active.to_stored(),
                         idx: Self::blind_index(set, active, &r.collection, &cell.field, pt.expose_secret())?,
                     });
                 }
@@ -239,7 +242,7 @@ impl<E: Engine> Store<E> {
             }
         }
         let drop_versions: Vec<i64> =
-            rows.iter().map(|r| r.version).filter(|v| *v != i64::from(target)).collect();
+            rows.iter().map(|r| r.version).filter(|v| *v != target.to_stored()).collect();
         let plan = ReencryptPlan {
             tenant: t.to_owned(),
             domain: d.to_owned(),

@@ -113,10 +113,15 @@ impl<E: Engine> Store<E> {
                 // Sealed in the right domain with the right index: moved by an earlier run.
                 continue;
             }
-            let cell_version = u32::try_from(cell.key_version).map_err(|_| integrity())?;
+            // The subject key version of a sealed cell (a clear one has none).
+            let cell_version = if was_clear {
+                None
+            } else {
+                Some(KeyVersion::from_stored(cell.key_version).map_err(|_| integrity())?)
+            };
             // The table says which domain a field's cells are in by the schema: a sealed cell an
             // earlier run already moved opens under the target domain, and is done.
-            if !was_clear
+            if let Some(cell_version) = cell_version
                 && !def.clear
                 && cell.domain != def.domain.as_str()
                 && let Some(set) = access.set(def.domain.as_str())
@@ -135,23 +140,24 @@ impl<E: Engine> Store<E> {
                 }
             }
             // The value's encoding, opened if it was sealed.
-            let plain: zeroize::Zeroizing<Vec<u8>> = if was_clear {
-                zeroize::Zeroizing::new(cell.sealed.clone())
-            } else {
-                let old_set = access.require(&cell.domain)?;
-                let (_, old_key) = self
-                    .load_subject_key(old_set, &r.subject, Some(cell_version), tags)
-                    .await?
-                    .ok_or_else(integrity)?;
-                let old_ctx = Context {
-                    tenant: &access.tenant,
-                    domain: old_set.domain(),
-                    collection: &r.collection,
-                    field: &cell.field,
-                    record: &r.id,
-                };
-                let pt = old_key.open(&old_ctx, &cell.sealed).map_err(|_| integrity())?;
-                zeroize::Zeroizing::new(pt.expose_secret().to_vec())
+            let plain: zeroize::Zeroizing<Vec<u8>> = match cell_version {
+                None => zeroize::Zeroizing::new(cell.sealed.clone()),
+                Some(cell_version) => {
+                    let old_set = access.require(&cell.domain)?;
+                    let (_, old_key) = self
+                        .load_subject_key(old_set, &r.subject, Some(cell_version), tags)
+                        .await?
+                        .ok_or_else(integrity)?;
+                    let old_ctx = Context {
+                        tenant: &access.tenant,
+                        domain: old_set.domain(),
+                        collection: &r.collection,
+                        field: &cell.field,
+                        record: &r.id,
+                    };
+                    let pt = old_key.open(&old_ctx, &cell.sealed).map_err(|_| integrity())?;
+                    zeroize::Zeroizing::new(pt.expose_secret().to_vec())
+                }
             };
             let new_set = access.require(def.domain.as_str())?;
             let index = |set: &DomainKeySet| -> Result<IndexRow> {
@@ -159,7 +165,7 @@ impl<E: Engine> Store<E> {
                     set.active_version().ok_or_else(|| StoreError::Invalid("no active domain key".into()))?;
                 Ok(IndexRow {
                     field: def.name.clone(),
-                    key_version: i64::from(v),
+                    key_version: v.to_stored(),
                     idx: Self::blind_index(set, v, &tcoll.name, &def.name, &plain)?,
                 })
             };
@@ -199,7 +205,7 @@ impl<E: Engine> Store<E> {
                     field: def.name.clone(),
                     domain: def.domain.to_string(),
                     sealed: new_key.seal(&ctx, &plain)?,
-                    key_version: i64::from(new_version),
+                    key_version: new_version.to_stored(),
                 });
                 if was_clear {
                     // The plaintext column is emptied in the same statement.

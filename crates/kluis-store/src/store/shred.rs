@@ -88,7 +88,7 @@ impl<E: Engine> Store<E> {
         let subject_keys_destroyed = deleted
             .subject_keys
             .into_iter()
-            .map(|(d, v)| match u32::try_from(v) {
+            .map(|(d, v)| match KeyVersion::from_stored(v) {
                 Ok(v) => Ok((d, v)),
                 Err(_) => Err(StoreError::Corrupt { what: "subject key version", reason: v.to_string() }),
             })

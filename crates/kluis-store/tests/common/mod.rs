@@ -1,10 +1,15 @@
 //! Test harness: a fresh database per test on each engine, a keyring, two callers.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
-use kluis_core::{DomainName, LocalKeyring, TenantId};
+use kluis_core::{DomainName, KeyVersion, LocalKeyring, TenantId};
 use kluis_store::Engine;
 use kluis_store::{Access, MySql, Postgres, Schema, Sqlite, Store};
 use sqlx::Row;
+
+/// Key version `n` (from 1).
+pub fn kv(n: u32) -> KeyVersion {
+    KeyVersion::new(n).unwrap()
+}
 
 pub const SCHEMA_TOML: &str = r#"
 [collections.absence.fields]
