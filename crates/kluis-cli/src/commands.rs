@@ -1,7 +1,6 @@
 //! The commands.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::IsTerminal;
 use std::path::Path;
 
 use kluis_blob::{BlobBackend, ObjectName};
@@ -509,19 +508,12 @@ async fn encrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
         }
         return Ok(r);
     }
-    let show = !env.settings.json && std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::hidden();
-    if show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} rows, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("encrypting {t}/{table}"));
-        bar.set_length(plan.rows);
-    }
+    let bar = crate::out::progress_bar(
+        env.settings.json,
+        "{spinner} {msg} [{bar:30}] {pos}/{len} rows, {per_sec}, eta {eta}",
+        format!("encrypting {t}/{table}"),
+    );
+    bar.set_length(plan.rows);
     let who = kluis_store::audit::AuditEntry { actor: actor.to_owned(), ..Default::default() };
     let mut refused: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     let (mut encrypted, mut passes, mut conflicts) = (0u64, 0u32, 0u64);
@@ -578,18 +570,11 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     let provider = env.provider().await?;
     let access = env.store.admin_access(provider, &t, std::slice::from_ref(&d)).await?;
     let docs = env.documents();
-    let show = !env.settings.json && std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::hidden();
-    if show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} subjects+documents, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("re-encrypting {t}/{d}"));
-    }
+    let bar = crate::out::progress_bar(
+        env.settings.json,
+        "{spinner} {msg} [{bar:30}] {pos}/{len} subjects+documents, {per_sec}, eta {eta}",
+        format!("re-encrypting {t}/{d}"),
+    );
     let summary = reencrypt::reencrypt(&env.store, &docs, &access, &d, args.batch, |p| {
         let done = p.done.subjects_moved + p.done.documents_moved;
         bar.set_length(done + p.remaining_subjects + p.remaining_documents);

@@ -73,3 +73,19 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> Vec<String> {
     out.extend(rows.iter().map(|r| fmt(r.clone())));
     out
 }
+
+/// A progress bar on standard error with `template` (indicatif's syntax) and message `msg`,
+/// hidden unless standard error is a terminal and the output is not JSON.
+pub fn progress_bar(json: bool, template: &str, msg: String) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let bar = indicatif::ProgressBar::hidden();
+    if !json && std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(msg);
+    }
+    bar
+}

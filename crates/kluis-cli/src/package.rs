@@ -153,18 +153,11 @@ pub async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
     };
     env.audit_admin(actor, event).await?;
 
-    let show = !env.settings.json && std::io::stderr().is_terminal();
-    let bar = indicatif::ProgressBar::hidden();
-    if show {
-        bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes}, {bytes_per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar.set_message(format!("exporting {}", args.subject));
-    }
+    let bar = crate::out::progress_bar(
+        env.settings.json,
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes}, {bytes_per_sec}, eta {eta}",
+        format!("exporting {}", args.subject),
+    );
     let tick = |p: &PackageProgress| {
         bar.set_length(p.bytes_total);
         bar.set_position(p.bytes);

@@ -10,6 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::app_sql::{AppSql, B};
 use common::{Harness, Location, contains, read_tree};
 use kluis_core::DomainName;
 use kluis_store::audit::AuditEntry;
@@ -36,135 +37,24 @@ const ROWS: i64 = 60;
 /// The row whose BSN is too long for the column's `max_bytes`: refused, left as it is.
 const BAD_ROW: i64 = 17;
 
-trait LegacySql: Engine {
+/// The application's table on each engine, its own columns only.
+trait LegacySql: AppSql {
     const CREATE: &'static str;
-    const DIALECT: kluis_store::Dialect;
-    fn run(
-        pool: &sqlx::Pool<Self::Db>,
-        sql: &str,
-        binds: Vec<B>,
-    ) -> impl std::future::Future<Output = u64> + Send;
-    fn rows(
-        pool: &sqlx::Pool<Self::Db>,
-        sql: &str,
-        binds: Vec<B>,
-        n: usize,
-    ) -> impl std::future::Future<Output = Vec<Vec<Option<Vec<u8>>>>>;
-    /// The table's files and the database's files, flushed, as a DBA's copy would find them;
-    /// `None` if this process cannot read them (outside CI only).
-    fn files(h: &Harness<Self>) -> impl std::future::Future<Output = Option<Vec<u8>>>;
 }
 
-#[derive(Clone, Debug)]
-enum B {
-    T(String),
-    I(i64),
-    Y(Vec<u8>),
+impl LegacySql for Sqlite {
+    const CREATE: &'static str = "CREATE TABLE legacy_notes (id INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, \
+        employee_id TEXT NOT NULL, diagnosis_text TEXT, hours_plain INTEGER, bsn_text TEXT)";
 }
 
-fn numbered(sql: &str) -> String {
-    let mut out = String::new();
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+impl LegacySql for Postgres {
+    const CREATE: &'static str = <Sqlite as LegacySql>::CREATE;
 }
 
-macro_rules! legacy_sql {
-    ($ty:ty, $db:ty, $dialect:expr, $create:expr, $conv:expr) => {
-        impl LegacySql for $ty {
-            const CREATE: &'static str = $create;
-            const DIALECT: kluis_store::Dialect = $dialect;
-            async fn run(pool: &sqlx::Pool<$db>, sql: &str, binds: Vec<B>) -> u64 {
-                let sql: String = $conv(sql);
-                let mut q = sqlx::query::<$db>(&sql);
-                for b in binds {
-                    q = match b {
-                        B::T(s) => q.bind(s),
-                        B::I(i) => q.bind(i),
-                        B::Y(v) => q.bind(v),
-                    };
-                }
-                q.execute(pool).await.unwrap().rows_affected()
-            }
-            async fn rows(
-                pool: &sqlx::Pool<$db>,
-                sql: &str,
-                binds: Vec<B>,
-                n: usize,
-            ) -> Vec<Vec<Option<Vec<u8>>>> {
-                use sqlx::Row;
-                let sql: String = $conv(sql);
-                let mut q = sqlx::query::<$db>(&sql);
-                for b in binds {
-                    q = match b {
-                        B::T(s) => q.bind(s),
-                        B::I(i) => q.bind(i),
-                        B::Y(v) => q.bind(v),
-                    };
-                }
-                q.fetch_all(pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| {
-                        (0..n)
-                            .map(|i| {
-                                r.try_get::<Option<Vec<u8>>, _>(i)
-                                    .or_else(|_| {
-                                        r.try_get::<Option<String>, _>(i).map(|s| s.map(String::into_bytes))
-                                    })
-                                    .or_else(|_| {
-                                        r.try_get::<Option<i64>, _>(i)
-                                            .map(|s| s.map(|v| v.to_string().into_bytes()))
-                                    })
-                                    .or_else(|_| {
-                                        r.try_get::<Option<i32>, _>(i)
-                                            .map(|s| s.map(|v| v.to_string().into_bytes()))
-                                    })
-                                    .unwrap()
-                            })
-                            .collect()
-                    })
-                    .collect()
-            }
-            async fn files(h: &Harness<Self>) -> Option<Vec<u8>> {
-                files_of(h).await
-            }
-        }
-    };
+impl LegacySql for MySql {
+    const CREATE: &'static str = "CREATE TABLE legacy_notes (id INTEGER PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL, \
+        employee_id VARCHAR(64) NOT NULL, diagnosis_text TEXT, hours_plain INTEGER, bsn_text VARCHAR(64))";
 }
-
-legacy_sql!(
-    Sqlite,
-    sqlx::Sqlite,
-    kluis_store::Dialect::Sqlite,
-    "CREATE TABLE legacy_notes (id INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, \
-     diagnosis_text TEXT, hours_plain INTEGER, bsn_text TEXT)",
-    |s: &str| s.to_owned()
-);
-legacy_sql!(
-    Postgres,
-    sqlx::Postgres,
-    kluis_store::Dialect::Postgres,
-    "CREATE TABLE legacy_notes (id INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, \
-     diagnosis_text TEXT, hours_plain INTEGER, bsn_text TEXT)",
-    numbered
-);
-legacy_sql!(
-    MySql,
-    sqlx::MySql,
-    kluis_store::Dialect::MySql,
-    "CREATE TABLE legacy_notes (id INTEGER PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL, employee_id VARCHAR(64) NOT NULL, \
-     diagnosis_text TEXT, hours_plain INTEGER, bsn_text VARCHAR(64))",
-    |s: &str| s.to_owned()
-);
 
 /// The files a DBA's copy of the database would hold, flushed first.
 async fn files_of<E: Engine>(h: &Harness<E>) -> Option<Vec<u8>> {
@@ -214,14 +104,14 @@ async fn run<E: LegacySql>(h: Harness<E>) {
     let pool = h.store.pool().clone();
     let store = Arc::new(Store::new(pool.clone(), Schema::from_toml(SCHEMA).unwrap()));
     store.migrate().await.unwrap();
-    E::run(&pool, E::CREATE, vec![]).await;
+    E::run_pool(&pool, E::CREATE, vec![]).await;
     // Kluis's columns, as `kluis schema sql` prints them.
     let ddl = store.app_table("notes").unwrap().ddl(E::DIALECT);
     for stmt in ddl.lines().filter(|l| !l.starts_with("--")) {
-        E::run(&pool, stmt.trim_end_matches(';'), vec![]).await;
+        E::run_pool(&pool, stmt.trim_end_matches(';'), vec![]).await;
     }
     for i in 1..=ROWS {
-        E::run(
+        E::run_pool(
             &pool,
             "INSERT INTO legacy_notes (id, tenant_id, employee_id, diagnosis_text, hours_plain, bsn_text) VALUES (?, ?, ?, ?, ?, ?)",
             vec![
@@ -239,7 +129,7 @@ async fn run<E: LegacySql>(h: Harness<E>) {
         .admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()])
         .await
         .unwrap();
-    if let Some(before) = E::files(&h).await {
+    if let Some(before) = files_of(&h).await {
         assert!(contains(&before, CANARY.as_bytes()), "control: the plaintext is in the files before");
     }
 
@@ -260,7 +150,7 @@ async fn run<E: LegacySql>(h: Harness<E>) {
                 n += 1;
                 let id = (n * 7) % ROWS + 1;
                 let hours = 1000 + n;
-                E::run(
+                E::run_pool(
                     &pool,
                     "UPDATE legacy_notes SET hours_plain = ? WHERE id = ?",
                     vec![B::I(hours), B::I(id)],
@@ -354,7 +244,8 @@ async fn run<E: LegacySql>(h: Harness<E>) {
     // Searchable by the blind index the run wrote.
     let idx = store.app_blind_index(&access, "notes", "bsn", &Value::Text(bsn(5))).unwrap();
     let hits =
-        E::rows(&pool, "SELECT id FROM legacy_notes WHERE bsn_idx = ?", vec![B::Y(idx[0].clone())], 1).await;
+        E::rows(&pool, "SELECT id FROM legacy_notes WHERE bsn_idx = ?", vec![B::Y(Some(idx[0].clone()))], 1)
+            .await;
     assert_eq!(hits, vec![vec![Some(b"5".to_vec())]]);
     // The run is in the audit log, with ids and column names only.
     let audit = store.audit_page(Some("acme"), 0, 10_000).await.unwrap();
@@ -364,9 +255,9 @@ async fn run<E: LegacySql>(h: Harness<E>) {
     assert!(audit.iter().all(|e| !format!("{:?}", e.entry).contains(CANARY)));
 
     // The refused row still holds its canary; clear it the application's way, then purge.
-    E::run(&pool, "DELETE FROM legacy_notes WHERE id = ?", vec![B::I(BAD_ROW)]).await;
+    E::run_pool(&pool, "DELETE FROM legacy_notes WHERE id = ?", vec![B::I(BAD_ROW)]).await;
     store.purge_app_table("notes").await.unwrap();
-    if let Some(after) = E::files(&h).await {
+    if let Some(after) = files_of(&h).await {
         assert!(!contains(&after, CANARY.as_bytes()), "the plaintext is still in the database's files");
     }
     let dump = match &h.location {

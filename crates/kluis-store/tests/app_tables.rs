@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::app_sql::{AppSql, B, t};
 use common::{Harness, Location, contains};
 use kluis_core::{DomainName, TenantId};
 use kluis_store::audit::AuditEntry;
@@ -32,152 +33,28 @@ capacity  = { type = "percentage", domain = "general" }
 
 const CANARY: &str = "canary-app-7f3a";
 
-/// The application's own SQL on each engine: its table types, placeholders and binds.
-trait AppSql: Engine {
-    const DIALECT: Dialect;
-    /// The application's own tables (its own columns only).
+/// The application's own tables on each engine (its own columns only).
+trait AppTables: AppSql {
     const CREATE: [&'static str; 2];
-    fn text_of(s: &str) -> String {
-        s.to_owned()
-    }
-    fn run(
-        tx: &mut sqlx::Transaction<'static, Self::Db>,
-        sql: &str,
-        binds: Vec<B>,
-    ) -> impl std::future::Future<Output = Result<u64, sqlx::Error>>;
-    fn run_pool(
-        pool: &sqlx::Pool<Self::Db>,
-        sql: &str,
-        binds: Vec<B>,
-    ) -> impl std::future::Future<Output = u64>;
-    /// Rows of `ncols` columns, each as bytes (text as its UTF-8), NULL as `None`.
-    fn rows(
-        pool: &sqlx::Pool<Self::Db>,
-        sql: &str,
-        binds: Vec<B>,
-        ncols: usize,
-    ) -> impl std::future::Future<Output = Vec<Vec<Option<Vec<u8>>>>>;
 }
 
-#[derive(Clone, Debug)]
-enum B {
-    T(String),
-    Y(Option<Vec<u8>>),
-}
-
-fn t(s: &str) -> B {
-    B::T(s.to_owned())
-}
-
-fn numbered(sql: &str) -> String {
-    let mut out = String::new();
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-macro_rules! app_sql {
-    ($ty:ty, $db:ty, $dialect:expr, $create:expr, $conv:expr) => {
-        impl AppSql for $ty {
-            const DIALECT: Dialect = $dialect;
-            const CREATE: [&'static str; 2] = $create;
-            fn text_of(s: &str) -> String {
-                $conv(s)
-            }
-            async fn run(
-                tx: &mut sqlx::Transaction<'static, $db>,
-                sql: &str,
-                binds: Vec<B>,
-            ) -> Result<u64, sqlx::Error> {
-                let sql = <Self as AppSql>::text_of(sql);
-                let mut q = sqlx::query::<$db>(&sql);
-                for b in binds {
-                    q = match b {
-                        B::T(s) => q.bind(s),
-                        B::Y(v) => q.bind(v),
-                    };
-                }
-                Ok(q.execute(&mut **tx).await?.rows_affected())
-            }
-            async fn run_pool(pool: &sqlx::Pool<$db>, sql: &str, binds: Vec<B>) -> u64 {
-                let mut tx = pool.begin().await.unwrap();
-                let n = <Self as AppSql>::run(&mut tx, sql, binds).await.unwrap();
-                tx.commit().await.unwrap();
-                n
-            }
-            async fn rows(
-                pool: &sqlx::Pool<$db>,
-                sql: &str,
-                binds: Vec<B>,
-                ncols: usize,
-            ) -> Vec<Vec<Option<Vec<u8>>>> {
-                use sqlx::Row;
-                let sql = <Self as AppSql>::text_of(sql);
-                let mut q = sqlx::query::<$db>(&sql);
-                for b in binds {
-                    q = match b {
-                        B::T(s) => q.bind(s),
-                        B::Y(v) => q.bind(v),
-                    };
-                }
-                q.fetch_all(pool)
-                    .await
-                    .unwrap()
-                    .iter()
-                    .map(|r| {
-                        (0..ncols)
-                            .map(|i| {
-                                r.try_get::<Option<Vec<u8>>, _>(i)
-                                    .or_else(|_| {
-                                        r.try_get::<Option<String>, _>(i).map(|s| s.map(String::into_bytes))
-                                    })
-                                    .unwrap()
-                            })
-                            .collect()
-                    })
-                    .collect()
-            }
-        }
-    };
-}
-
-app_sql!(
-    Sqlite,
-    sqlx::Sqlite,
-    Dialect::Sqlite,
-    [
+impl AppTables for Sqlite {
+    const CREATE: [&'static str; 2] = [
         "CREATE TABLE employees (tenant_id TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (tenant_id, id))",
         "CREATE TABLE absence_notes (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, start_date TEXT NOT NULL)",
-    ],
-    |s: &str| s.to_owned()
-);
-app_sql!(
-    Postgres,
-    sqlx::Postgres,
-    Dialect::Postgres,
-    [
-        "CREATE TABLE employees (tenant_id TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (tenant_id, id))",
-        "CREATE TABLE absence_notes (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, start_date TEXT NOT NULL)",
-    ],
-    numbered
-);
-app_sql!(
-    MySql,
-    sqlx::MySql,
-    Dialect::MySql,
-    [
+    ];
+}
+
+impl AppTables for Postgres {
+    const CREATE: [&'static str; 2] = <Sqlite as AppTables>::CREATE;
+}
+
+impl AppTables for MySql {
+    const CREATE: [&'static str; 2] = [
         "CREATE TABLE employees (tenant_id VARCHAR(64) NOT NULL, id VARCHAR(64) NOT NULL, name VARCHAR(200) NOT NULL, PRIMARY KEY (tenant_id, id))",
         "CREATE TABLE absence_notes (id VARCHAR(64) PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL, employee_id VARCHAR(64) NOT NULL, start_date VARCHAR(10) NOT NULL)",
-    ],
-    |s: &str| s.to_owned()
-);
+    ];
+}
 
 fn who() -> AuditEntry {
     AuditEntry { actor: "dr.jansen".into(), roles: "company_doctor".into(), ..AuditEntry::default() }
@@ -192,7 +69,7 @@ const SELECT_FULL: &str = "SELECT n.id, n.employee_id, n.diagnosis, n.bsn, n.cap
      FROM absence_notes n JOIN employees e ON e.tenant_id = n.tenant_id AND e.id = n.employee_id \
      WHERE n.tenant_id = ? ORDER BY n.id";
 
-impl<E: AppSql> App<E> {
+impl<E: AppTables> App<E> {
     async fn new(h: Harness<E>) -> Self {
         let pool = h.store.pool().clone();
         let store = Store::new(pool.clone(), Schema::from_toml(SCHEMA).unwrap());
@@ -316,7 +193,7 @@ fn integrity<T: std::fmt::Debug>(r: Result<T, StoreError>, record: &str) {
     }
 }
 
-async fn round_trip<E: AppSql>(app: &App<E>) {
+async fn round_trip<E: AppTables>(app: &App<E>) {
     let doctor = app.doctor().await;
     let diagnosis = format!("burn-out {CANARY}");
     app.insert(&doctor, "n1", "emp-1", &diagnosis, "123456782").await;
@@ -387,7 +264,7 @@ async fn round_trip<E: AppSql>(app: &App<E>) {
     }
 }
 
-async fn update_and_compare_and_swap<E: AppSql>(app: &App<E>) {
+async fn update_and_compare_and_swap<E: AppTables>(app: &App<E>) {
     let doctor = app.doctor().await;
     let before = app.row("n1").await;
     let mut tx = app.store.pool().begin().await.unwrap();
@@ -455,7 +332,7 @@ async fn update_and_compare_and_swap<E: AppSql>(app: &App<E>) {
     assert!(app.open(&doctor, &[app.row("n1").await]).await.is_ok());
 }
 
-async fn tampering<E: AppSql>(app: &App<E>) {
+async fn tampering<E: AppTables>(app: &App<E>) {
     let doctor = app.doctor().await;
     app.insert(&doctor, "t1", "emp-1", "migraine", "222333444").await;
     app.insert(&doctor, "t2", "emp-2", "sprain", "333444555").await;
@@ -506,7 +383,7 @@ async fn tampering<E: AppSql>(app: &App<E>) {
     assert!(app.open(&globex, &[app.row("t1").await]).await.is_err());
 }
 
-async fn scope_and_rollback<E: AppSql>(app: &App<E>) {
+async fn scope_and_rollback<E: AppTables>(app: &App<E>) {
     let doctor = app.doctor().await;
     // Keys narrowed to one row open that row only; read-only keys seal nothing.
     let one = app
@@ -567,7 +444,7 @@ async fn scope_and_rollback<E: AppSql>(app: &App<E>) {
 /// values in the application's table are sealed under the older subject key keeps that key (and
 /// so the older domain key version), and those values keep opening. Then a shred: the subject's
 /// values in the application's table no longer open, the others do.
-async fn rotation_and_shred<E: AppSql>(app: &App<E>) {
+async fn rotation_and_shred<E: AppTables>(app: &App<E>) {
     let med = DomainName::medical();
     let doctor = app.doctor().await;
     // A record in Kluis's own collection too, so that the re-encryption has work of its own.
@@ -622,7 +499,7 @@ async fn rotation_and_shred<E: AppSql>(app: &App<E>) {
     assert!(hits.is_empty(), "{hits:?}");
 }
 
-async fn canaries<E: AppSql>(app: &App<E>) {
+async fn canaries<E: AppTables>(app: &App<E>) {
     let bytes = match &app.h.location {
         Location::Sqlite { dir, .. } => {
             // Everything on disk: the database, its WAL and shared memory.
@@ -636,7 +513,7 @@ async fn canaries<E: AppSql>(app: &App<E>) {
     assert!(!contains(&bytes, b"123456782"), "a BSN is in the database");
 }
 
-async fn run<E: AppSql>(h: Harness<E>) {
+async fn run<E: AppTables>(h: Harness<E>) {
     let app = App::new(h).await;
     round_trip(&app).await;
     update_and_compare_and_swap(&app).await;

@@ -523,20 +523,8 @@ impl<E: Engine> SqlBackend<E> {
         row: &SubjectKeyRow,
     ) -> Result<bool> {
         Self::require_live_domain_key(conn, &row.tenant, &row.domain, row.wrap_version).await?;
-        let sql = format!(
-            "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) VALUES (?, ?, ?, ?, ?, ?, ?){}",
-            E::keep_existing("version")
-        );
-        let res = query::<E>(&E::sql(&sql))
-            .bind(&row.tenant)
-            .bind(&row.domain)
-            .bind(&row.subject)
-            .bind(row.version)
-            .bind(&row.wrapped)
-            .bind(row.created_at)
-            .bind(row.wrap_version)
-            .execute(&mut *conn)
-            .await?;
+        let sql = E::sql(&format!("{INSERT_SUBJECT_KEY}{}", E::keep_existing("version"))).into_owned();
+        let res = insert_subject_key_stmt::<E>(&sql, row).execute(&mut *conn).await?;
         Ok(res.rows_affected() == 1)
     }
 
@@ -568,18 +556,8 @@ impl<E: Engine> SqlBackend<E> {
         tx: &mut sqlx::Transaction<'static, E::Db>,
         row: &SubjectKeyRow,
     ) -> Result<bool> {
-        let res = query::<E>(&E::sql(
-                "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            ))
-            .bind(&row.tenant)
-            .bind(&row.domain)
-            .bind(&row.subject)
-            .bind(row.version)
-            .bind(&row.wrapped)
-            .bind(row.created_at)
-            .bind(row.wrap_version)
-            .execute(&mut **tx)
-            .await;
+        let sql = E::sql(INSERT_SUBJECT_KEY);
+        let res = insert_subject_key_stmt::<E>(&sql, row).execute(&mut **tx).await;
         match res {
             Ok(_) => Ok(true),
             Err(e) if unique_violation(&e) => Ok(false),
@@ -647,4 +625,22 @@ impl<E: Engine> SqlBackend<E> {
         .await?;
         Ok((keys, records, documents, indexes))
     }
+}
+
+const INSERT_SUBJECT_KEY: &str = "INSERT INTO kluis_subject_keys (tenant, domain, subject, version, wrapped, created_at, wrap_version) \
+     VALUES (?, ?, ?, ?, ?, ?, ?)";
+
+/// [`INSERT_SUBJECT_KEY`] (and what follows it in `sql`) with `row`'s binds.
+fn insert_subject_key_stmt<'q, E: Engine>(
+    sql: &'q str,
+    row: &'q SubjectKeyRow,
+) -> crate::engine::Stmt<'q, E> {
+    query::<E>(sql)
+        .bind(&row.tenant)
+        .bind(&row.domain)
+        .bind(&row.subject)
+        .bind(row.version)
+        .bind(&row.wrapped)
+        .bind(row.created_at)
+        .bind(row.wrap_version)
 }

@@ -343,19 +343,8 @@ impl<E: Engine> Store<E> {
         subject: &str,
         cells: &[(&str, &[u8])],
     ) -> Result<Vec<u8>> {
-        let set = access.rows()?;
-        let v = set.active_version().ok_or_else(|| {
-            StoreError::Core(kluis_core::Error::UnknownKey {
-                key: format!("{}/{ROW_TAG_DOMAIN} (no active version)", access.tenant),
-            })
-        })?;
         let input = app_tag_input(access.tenant.as_str(), &t.name, record, subject, cells);
-        let mac = Self::row_key(set, v, &mut Tags::new())?.index(&input);
-        let mut out = Vec::with_capacity(layout::ROW_TAG_LEN);
-        out.push(layout::ROW_TAG_V1);
-        out.extend_from_slice(&v.to_be_bytes());
-        out.extend_from_slice(&mac);
-        Ok(out)
+        Self::tag_over(access, &input, &mut Tags::new())
     }
 
     /// Checks an application row against its tag.
@@ -367,17 +356,11 @@ impl<E: Engine> Store<E> {
         cells: &[(&str, &[u8])],
         tag: &[u8],
     ) -> Result<()> {
-        let bad = || StoreError::RowIntegrity { collection: t.name.clone(), record: record.to_owned() };
-        let v = layout::tag_version(tag).ok_or_else(bad)?;
-        let set = access.rows()?;
-        if set.key(v).is_err() {
-            return Err(bad());
-        }
         let input = app_tag_input(access.tenant.as_str(), &t.name, record, subject, cells);
-        let mac = Self::row_key(set, v, &mut Tags::new())?.index(&input);
-        match tag.get(5..) {
-            Some(stored) if ct_eq(stored, &mac) => Ok(()),
-            _ => Err(bad()),
+        if Self::tag_matches(access, tag, &input, &mut Tags::new())? {
+            Ok(())
+        } else {
+            Err(StoreError::RowIntegrity { collection: t.name.clone(), record: record.to_owned() })
         }
     }
 

@@ -267,13 +267,19 @@ impl<E: Engine> Store<E> {
         cells: &[FieldRow],
         tags: &mut Tags,
     ) -> Result<Vec<u8>> {
+        Self::tag_over(access, &tag_input(row, cells), tags)
+    }
+
+    /// A row tag over `input` (a row's tag input, of either kind) under the active version of the
+    /// tenant's row_tags key: `0x01 || u32 BE version || HMAC-SHA256`.
+    pub(super) fn tag_over(access: &Access, input: &[u8], tags: &mut Tags) -> Result<Vec<u8>> {
         let set = access.rows()?;
         let v = set.active_version().ok_or_else(|| {
             StoreError::Core(kluis_core::Error::UnknownKey {
                 key: format!("{}/{ROW_TAG_DOMAIN} (no active version)", access.tenant),
             })
         })?;
-        let mac = Self::row_key(set, v, tags)?.index(&tag_input(row, cells));
+        let mac = Self::row_key(set, v, tags)?.index(input);
         let mut out = Vec::with_capacity(layout::ROW_TAG_LEN);
         out.push(layout::ROW_TAG_V1);
         out.extend_from_slice(&v.to_be_bytes());
@@ -281,24 +287,30 @@ impl<E: Engine> Store<E> {
         Ok(out)
     }
 
+    /// Does `tag` hold a live version of the tenant's row_tags key and the MAC of `input` under
+    /// it?
+    pub(super) fn tag_matches(access: &Access, tag: &[u8], input: &[u8], tags: &mut Tags) -> Result<bool> {
+        let Some(v) = layout::tag_version(tag) else { return Ok(false) };
+        let set = access.rows()?;
+        if set.key(v).is_err() {
+            // No such version, or destroyed.
+            return Ok(false);
+        }
+        let mac = Self::row_key(set, v, tags)?.index(input);
+        Ok(tag.get(5..).is_some_and(|stored| ct_eq(stored, &mac)))
+    }
+
     /// Checks a row against its tag ([`StoreError::RowIntegrity`] naming the record if it does
     /// not match).
     pub(super) fn check_row(access: &Access, stored: &StoredRecord, tags: &mut Tags) -> Result<()> {
         let r = &stored.record;
         let bad = || StoreError::RowIntegrity { collection: r.collection.clone(), record: r.id.clone() };
-        if r.tenant != access.tenant.as_str() {
-            return Err(bad());
-        }
-        let v = layout::tag_version(&r.tag).ok_or_else(bad)?;
-        let set = access.rows()?;
-        if set.key(v).is_err() {
-            // No such version, or destroyed.
-            return Err(bad());
-        }
-        let mac = Self::row_key(set, v, tags)?.index(&tag_input(r, &stored.fields));
-        match r.tag.get(5..) {
-            Some(stored_mac) if ct_eq(stored_mac, &mac) => Ok(()),
-            _ => Err(bad()),
+        if r.tenant == access.tenant.as_str()
+            && Self::tag_matches(access, &r.tag, &tag_input(r, &stored.fields), tags)?
+        {
+            Ok(())
+        } else {
+            Err(bad())
         }
     }
 

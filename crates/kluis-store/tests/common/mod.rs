@@ -6,6 +6,8 @@ use kluis_store::Engine;
 use kluis_store::{Access, MySql, Postgres, Schema, Sqlite, Store};
 use sqlx::Row;
 
+pub mod app_sql;
+
 /// Key version `n` (from 1).
 pub fn kv(n: u32) -> KeyVersion {
     KeyVersion::new(n).unwrap()
@@ -170,7 +172,7 @@ pub fn t(s: &str) -> Bind {
     Bind::Text(s.to_owned())
 }
 
-fn numbered(sql: &str) -> String {
+pub fn numbered(sql: &str) -> String {
     let mut out = String::new();
     let mut n = 0;
     for c in sql.chars() {
