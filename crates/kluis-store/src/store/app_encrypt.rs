@@ -45,7 +45,8 @@ pub struct EncryptStep {
 struct ReadRow {
     key: Vec<String>,
     subject: String,
-    plain: Vec<Option<Vec<u8>>>,
+    /// The plaintext values read (wiped when the row is dropped).
+    plain: Vec<Option<zeroize::Zeroizing<Vec<u8>>>>,
     cells: Vec<Option<Vec<u8>>>,
     tag: Option<Vec<u8>>,
 }
@@ -273,11 +274,14 @@ impl<E: Engine> Store<E> {
             i += 1;
             let mut plain_vals = Vec::with_capacity(plain.len());
             for c in plain {
-                plain_vals.push(if c.ty == FieldType::Bytes {
-                    r.col::<Option<Vec<u8>>>(i)?
-                } else {
-                    opt_text(r, i)?.map(String::into_bytes)
-                });
+                plain_vals.push(
+                    if c.ty == FieldType::Bytes {
+                        r.col::<Option<Vec<u8>>>(i)?
+                    } else {
+                        opt_text(r, i)?.map(String::into_bytes)
+                    }
+                    .map(zeroize::Zeroizing::new),
+                );
                 i += 1;
             }
             let mut cells = Vec::with_capacity(protected.len());
@@ -369,10 +373,11 @@ impl<E: Engine> Store<E> {
         args.extend(key_args());
         for (c, v) in plain.iter().zip(&row.plain) {
             cond.push(E::null_safe_eq(&plaintext_expr::<E>(c)));
+            let v: Option<&[u8]> = v.as_ref().map(|b| b.as_slice());
             args.push(if c.ty == FieldType::Bytes {
-                Arg::B(v.as_deref())
+                Arg::B(v)
             } else {
-                Arg::OptS(v.as_deref().and_then(|b| std::str::from_utf8(b).ok()))
+                Arg::OptS(v.and_then(|b| std::str::from_utf8(b).ok()))
             });
         }
         cond.push(E::null_safe_eq(&t.row_tag_column));
