@@ -340,7 +340,8 @@ impl<E: Engine> Store<E> {
                 }
             }
         }
-        let (cells, indexes) = refuse!(self.app_seal(tx, access, t, &record, &row.subject, &fields).await);
+        let (cells, indexes) =
+            refuse!(self.app_seal(&mut Some(&mut *tx), access, t, &record, &row.subject, &fields).await);
         let mut after: Vec<(&str, &[u8])> =
             present.iter().filter(|(c, _)| !cells.iter().any(|f| f.field == *c)).copied().collect();
         after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));

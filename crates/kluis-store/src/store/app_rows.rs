@@ -6,6 +6,11 @@ use super::*;
 use crate::app_table::{AppRow, AppTable, OpenedRow, SealedRow, TenantSource, app_tag_input};
 use crate::audit::{AuditAppend, AuditEntry, DEFAULT_CHECKPOINT_EVERY};
 
+/// Where a write's new subject keys and its audit entry go: the application's transaction, or
+/// (`None`: an application whose tables Kluis's pool does not reach) Kluis's own database, each
+/// committed before the values are returned.
+type Via<'a, 'b, E> = &'a mut Option<&'b mut sqlx::Transaction<'static, <E as Engine>::Db>>;
+
 /// What a write does, for its audit entry.
 enum WriteKind {
     Insert,
@@ -34,6 +39,37 @@ impl<E: Engine> Store<E> {
     pub async fn seal_insert(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
+        access: &Access,
+        table: &str,
+        key: &[&str],
+        subject: &str,
+        values: &[(&str, Value)],
+        who: &AuditEntry,
+    ) -> Result<SealedRow> {
+        self.seal_insert_in(&mut Some(tx), access, table, key, subject, values, who).await
+    }
+
+    /// [`Store::seal_insert`] for an application whose table is in another database than
+    /// Kluis's (another driver: tokio-postgres, tiberius for SQL Server): a new subject key and
+    /// the audit entry are committed in Kluis's own database **before** the values are returned.
+    /// The entry then records that the values were sealed for this write; whether the
+    /// application's own statement commits is the application's (docs/APP_TABLES.md).
+    pub async fn seal_insert_apart(
+        &self,
+        access: &Access,
+        table: &str,
+        key: &[&str],
+        subject: &str,
+        values: &[(&str, Value)],
+        who: &AuditEntry,
+    ) -> Result<SealedRow> {
+        self.seal_insert_in(&mut None, access, table, key, subject, values, who).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn seal_insert_in(
+        &self,
+        tx: Via<'_, '_, E>,
         access: &Access,
         table: &str,
         key: &[&str],
@@ -82,6 +118,34 @@ impl<E: Engine> Store<E> {
     pub async fn seal_update(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
+        access: &Access,
+        table: &str,
+        current: &AppRow,
+        set: &[(&str, Value)],
+        remove: &[&str],
+        who: &AuditEntry,
+    ) -> Result<SealedRow> {
+        self.seal_update_in(&mut Some(tx), access, table, current, set, remove, who).await
+    }
+
+    /// [`Store::seal_update`] for an application whose table is in another database, as
+    /// [`Store::seal_insert_apart`] is.
+    pub async fn seal_update_apart(
+        &self,
+        access: &Access,
+        table: &str,
+        current: &AppRow,
+        set: &[(&str, Value)],
+        remove: &[&str],
+        who: &AuditEntry,
+    ) -> Result<SealedRow> {
+        self.seal_update_in(&mut None, access, table, current, set, remove, who).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn seal_update_in(
+        &self,
+        tx: Via<'_, '_, E>,
         access: &Access,
         table: &str,
         current: &AppRow,
@@ -271,7 +335,7 @@ impl<E: Engine> Store<E> {
     /// Checks and seals `fields` of one row, the subject keys found or made in `tx`.
     pub(super) async fn app_seal(
         &self,
-        tx: &mut sqlx::Transaction<'static, E::Db>,
+        tx: Via<'_, '_, E>,
         access: &Access,
         t: &AppTable,
         record: &str,
@@ -286,7 +350,12 @@ impl<E: Engine> Store<E> {
             let def = field_def(&coll, name)?;
             if !done.contains(&&def.domain) {
                 let set = access.require(def.domain.as_str())?;
-                self.subject_key_in_tx(tx, set, subject, &mut tags).await?;
+                match tx {
+                    Some(tx) => self.subject_key_in_tx(tx, set, subject, &mut tags).await?,
+                    None => {
+                        self.subject_key_for_write(set, subject, &mut tags).await?;
+                    }
+                }
                 done.push(&def.domain);
             }
         }
@@ -426,7 +495,7 @@ impl<E: Engine> Store<E> {
     #[allow(clippy::too_many_arguments)]
     async fn app_audit(
         &self,
-        tx: &mut sqlx::Transaction<'static, E::Db>,
+        tx: Via<'_, '_, E>,
         access: &Access,
         t: &AppTable,
         record: &str,
@@ -440,8 +509,11 @@ impl<E: Engine> Store<E> {
             WriteKind::Update => "update",
         };
         let entry = Self::app_entry(access, t, record, subject, columns, action, who);
-        SqlBackend::<E>::audit_append(tx, AuditAppend { entry, checkpoint_every: DEFAULT_CHECKPOINT_EVERY })
-            .await
+        let append = AuditAppend { entry, checkpoint_every: DEFAULT_CHECKPOINT_EVERY };
+        match tx {
+            Some(tx) => SqlBackend::<E>::audit_append(tx, append).await,
+            None => self.append_audit(append).await,
+        }
     }
 
     /// `who` with what was touched filled in: names and ids, never a value.
