@@ -22,7 +22,6 @@ use std::collections::BTreeMap;
 use kluis_core::{DomainName, TenantId};
 use serde::Deserialize;
 
-use crate::app_table::{AppTable, ProtectedColumn, TenantSource};
 use crate::error::{Result, StoreError};
 
 /// Default maximum size of a field value in bytes (64 KiB).
@@ -466,6 +465,262 @@ struct RawField {
     #[serde(default)]
     clear: bool,
     pseudonym: Option<String>,
+}
+
+// ------------------------------------------------------------------ the application's tables
+
+/// The default name of the row tag column.
+pub const DEFAULT_ROW_TAG_COLUMN: &str = "kluis_row_tag";
+
+/// The largest number of primary key columns.
+const MAX_KEY_COLUMNS: usize = 8;
+
+/// Where a row's tenant comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TenantSource {
+    /// A column of the table holds it (the application binds the tenant of the caller's keys).
+    Column(String),
+    /// Every row belongs to this tenant (a table of a single-tenant application).
+    Fixed(TenantId),
+}
+
+/// One protected column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProtectedColumn {
+    /// The column's name in the table (an SQL identifier, as the application spells it).
+    pub name: String,
+    /// The type of the values it holds.
+    pub ty: FieldType,
+    /// The domain whose keys seal it.
+    pub domain: DomainName,
+    /// Maximum size of a value's encoding in bytes.
+    pub max_bytes: usize,
+    /// The column that holds its blind index, if it is searchable by equality.
+    pub blind_index_column: Option<String>,
+    /// The application's column that holds the same values in clear today, which
+    /// [`crate::Store::encrypt_columns_step`] seals into this column and then clears.
+    pub plaintext_column: Option<String>,
+}
+
+/// A table of the application, as the schema maps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppTable {
+    /// The mapping's name (`[a-z][a-z0-9_]*`): bound into every cell as its collection.
+    pub name: String,
+    /// The SQL table (`name` or `schema.name`).
+    pub table: String,
+    /// The primary key columns, in order.
+    pub primary_key: Vec<String>,
+    /// Where a row's tenant comes from.
+    pub tenant: TenantSource,
+    /// The column that holds the data subject (an employee id).
+    pub subject_column: String,
+    /// The column that holds the row tag.
+    pub row_tag_column: String,
+    columns: BTreeMap<String, ProtectedColumn>,
+}
+
+/// Checks an SQL identifier of the application's: `[A-Za-z_][A-Za-z0-9_]*`, 1 to 63 bytes (so it
+/// is never quoted, and is the same name on every engine).
+pub(crate) fn check_ident(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Schema(format!(
+            "{what} {s:?} must be 1 to 63 characters of A-Z, a-z, 0-9 and _, not starting with a digit"
+        )))
+    }
+}
+
+impl AppTable {
+    /// A mapping of table `name` (also the SQL table), with the given key, tenant and subject
+    /// columns, the default row tag column and no protected column yet.
+    pub fn new(name: &str, primary_key: &[&str], tenant: TenantSource, subject_column: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            table: name.to_owned(),
+            primary_key: primary_key.iter().map(|s| (*s).to_owned()).collect(),
+            tenant,
+            subject_column: subject_column.to_owned(),
+            row_tag_column: DEFAULT_ROW_TAG_COLUMN.to_owned(),
+            columns: BTreeMap::new(),
+        }
+    }
+
+    /// The same mapping over SQL table `table` (`name` or `schema.name`).
+    pub fn in_table(mut self, table: &str) -> Self {
+        self.table = table.to_owned();
+        self
+    }
+
+    /// The same mapping with its row tag in column `column`.
+    pub fn row_tag_column(mut self, column: &str) -> Self {
+        self.row_tag_column = column.to_owned();
+        self
+    }
+
+    /// Adds a protected column (checked by [`AppTable::check`], which the schema runs).
+    pub fn column(mut self, column: ProtectedColumn) -> Self {
+        self.columns.insert(column.name.clone(), column);
+        self
+    }
+
+    /// A protected column of `ty` in `domain`, with the default size limit and no blind index.
+    pub fn protected(name: &str, ty: FieldType, domain: DomainName) -> ProtectedColumn {
+        ProtectedColumn {
+            name: name.to_owned(),
+            ty,
+            domain,
+            max_bytes: DEFAULT_MAX_BYTES,
+            blind_index_column: None,
+            plaintext_column: None,
+        }
+    }
+
+    /// The same mapping without protected columns.
+    pub(crate) fn without_columns(&self) -> Self {
+        Self { columns: BTreeMap::new(), ..self.clone() }
+    }
+
+    /// The protected column called `name`.
+    pub fn protected_column(&self, name: &str) -> Option<&ProtectedColumn> {
+        self.columns.get(name)
+    }
+
+    /// Every protected column, by name.
+    pub fn protected_columns(&self) -> impl Iterator<Item = &ProtectedColumn> {
+        self.columns.values()
+    }
+
+    /// The domains of its protected columns.
+    pub fn domains(&self) -> Vec<DomainName> {
+        let mut out: Vec<DomainName> = Vec::new();
+        for c in self.columns.values() {
+            if !out.contains(&c.domain) {
+                out.push(c.domain.clone());
+            }
+        }
+        out
+    }
+
+    /// Checks the mapping: names, at least one protected column, no column used twice, size
+    /// limits, no blind index on a bool.
+    pub fn check(&self) -> Result<()> {
+        check_name("table mapping", &self.name)?;
+        let what = |s: &str| format!("table {}: {s}", self.name);
+        let (schema, table) = match self.table.split_once('.') {
+            Some((s, t)) => (Some(s), t),
+            None => (None, self.table.as_str()),
+        };
+        if let Some(s) = schema {
+            check_ident(&what("SQL schema"), s)?;
+        }
+        check_ident(&what("SQL table"), table)?;
+        if self.primary_key.is_empty() || self.primary_key.len() > MAX_KEY_COLUMNS {
+            return Err(StoreError::Schema(what(&format!(
+                "primary_key must name 1 to {MAX_KEY_COLUMNS} columns"
+            ))));
+        }
+        if self.columns.is_empty() {
+            return Err(StoreError::Schema(what("no protected column")));
+        }
+        // The key columns, then the tenant and subject columns unless they are key columns too
+        // (a key of (tenant_id, id) is common); every other column has one role only.
+        let mut all: Vec<(String, String)> = Vec::new();
+        for k in &self.primary_key {
+            all.push((k.clone(), "primary key column".into()));
+        }
+        let in_key = |c: &str| self.primary_key.iter().any(|k| k.eq_ignore_ascii_case(c));
+        if let TenantSource::Column(c) = &self.tenant
+            && !in_key(c)
+        {
+            all.push((c.clone(), "tenant column".into()));
+        }
+        if !in_key(&self.subject_column) {
+            all.push((self.subject_column.clone(), "subject column".into()));
+        }
+        if let TenantSource::Column(c) = &self.tenant
+            && c.eq_ignore_ascii_case(&self.subject_column)
+        {
+            return Err(StoreError::Schema(what(&format!("column {c:?} has two roles"))));
+        }
+        all.push((self.row_tag_column.clone(), "row tag column".into()));
+        for (name, c) in &self.columns {
+            if name != &c.name {
+                return Err(StoreError::Schema(what(&format!("column {name:?} is filed as {:?}", c.name))));
+            }
+            all.push((c.name.clone(), "protected column".into()));
+            if let Some(p) = &c.plaintext_column {
+                all.push((p.clone(), "plaintext column".into()));
+            }
+            if let Some(i) = &c.blind_index_column {
+                all.push((i.clone(), "blind index column".into()));
+                if c.ty == FieldType::Bool {
+                    return Err(StoreError::Schema(what(&format!(
+                        "column {}: a bool has two values; a blind index on it reveals them",
+                        c.name
+                    ))));
+                }
+            }
+            if c.max_bytes == 0 || c.max_bytes > LIMIT_MAX_BYTES {
+                return Err(StoreError::Schema(what(&format!(
+                    "column {}: max_bytes must be 1 to {LIMIT_MAX_BYTES}",
+                    c.name
+                ))));
+            }
+        }
+        let mut used: Vec<&str> = Vec::new();
+        for (c, role) in &all {
+            check_ident(&what(role), c)?;
+            // Identifiers compare without case: PostgreSQL folds them, MariaDB and SQLite ignore it.
+            if used.iter().any(|u| u.eq_ignore_ascii_case(c)) {
+                return Err(StoreError::Schema(what(&format!("column {c:?} has two roles"))));
+            }
+            used.push(c);
+        }
+        Ok(())
+    }
+
+    /// The row's key as bound into its cells: the primary key values, each an id
+    /// (`[A-Za-z0-9._:-]`, 1 to 128 characters), joined with `/`.
+    pub fn record_id(&self, key: &[&str]) -> Result<String> {
+        if key.len() != self.primary_key.len() {
+            return Err(StoreError::Invalid(format!(
+                "table {}: a key of {} values for {} primary key columns",
+                self.name,
+                key.len(),
+                self.primary_key.len()
+            )));
+        }
+        for k in key {
+            crate::check_id("primary key value", k)?;
+        }
+        Ok(key.join("/"))
+    }
+
+    /// The protected columns as a collection of sealed fields (what the write and read paths of
+    /// Kluis's own tables take).
+    pub(crate) fn as_collection(&self) -> Collection {
+        Collection::from_parts(
+            &self.name,
+            self.columns
+                .values()
+                .map(|c| FieldDef {
+                    name: c.name.clone(),
+                    ty: c.ty,
+                    domain: c.domain.clone(),
+                    blind_index: c.blind_index_column.is_some(),
+                    max_bytes: c.max_bytes,
+                    clear: false,
+                    pseudonym: None,
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Builds a [`Schema`] in code.
