@@ -3,7 +3,7 @@
 //! its rows, seals each row's plaintext values into the protected columns (compare-and-swap
 //! against what it read), reads them back and opens them, and only then clears the plaintext.
 
-use super::app_rows::index_value;
+use super::app_rows::index_columns;
 use super::*;
 use crate::app_table::{AppTable, ProtectedColumn, TenantSource};
 use crate::audit::{AuditAppend, AuditEntry, DEFAULT_CHECKPOINT_EVERY};
@@ -117,9 +117,14 @@ impl<E: Engine> Store<E> {
             ..EncryptStep::default()
         };
         let mut done: Vec<(String, String)> = Vec::new();
+        // One cache for the batch: the subject keys it finds or makes, the row tag key.
+        let mut tags = Tags::new();
         for row in rows {
             // An error once a row is written aborts the whole batch (the transaction rolls back).
-            match self.encrypt_row(&mut tx, access, t, &plain, &protected, &row, &key_params).await? {
+            match self
+                .encrypt_row(&mut tx, access, t, &plain, &protected, &row, &key_params, &mut tags)
+                .await?
+            {
                 RowOutcome::Done(record) => {
                     step.rows_encrypted += 1;
                     done.push((record, row.subject.clone()));
@@ -307,6 +312,7 @@ impl<E: Engine> Store<E> {
         protected: &[&ProtectedColumn],
         row: &ReadRow,
         key_params: &[String],
+        tags: &mut Tags,
     ) -> Result<RowOutcome> {
         macro_rules! refuse {
             ($e:expr) => {
@@ -326,7 +332,7 @@ impl<E: Engine> Store<E> {
             .filter_map(|(c, v)| v.as_deref().map(|v| (c.name.as_str(), v)))
             .collect();
         match &row.tag {
-            Some(tag) => refuse!(Self::check_app_row(access, t, &record, &row.subject, &present, tag)),
+            Some(tag) => refuse!(Self::check_app_row(access, t, &record, &row.subject, &present, tag, tags)),
             None if present.is_empty() => {}
             None => return Ok(RowOutcome::Refused("a protected value without a row tag".into())),
         }
@@ -340,21 +346,14 @@ impl<E: Engine> Store<E> {
                 }
             }
         }
-        let (cells, indexes) =
-            refuse!(self.app_seal(&mut Some(&mut *tx), access, t, &record, &row.subject, &fields).await);
+        let (cells, indexes) = refuse!(
+            self.app_seal(&mut Some(&mut *tx), access, t, &record, &row.subject, &fields, tags).await
+        );
         let mut after: Vec<(&str, &[u8])> =
             present.iter().filter(|(c, _)| !cells.iter().any(|f| f.field == *c)).copied().collect();
         after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));
-        let tag = refuse!(Self::app_row_tag(access, t, &record, &row.subject, &after));
-        let index_values: Vec<(String, Vec<u8>)> = refuse!(
-            indexes
-                .iter()
-                .filter_map(|i| {
-                    let col = t.protected_column(&i.field)?.blind_index_column.clone()?;
-                    Some(index_value(i.key_version, &i.idx).map(|v| (col, v)))
-                })
-                .collect::<Result<Vec<_>>>()
-        );
+        let tag = refuse!(Self::app_row_tag(access, t, &record, &row.subject, &after, tags));
+        let index_values = refuse!(index_columns(t, &indexes));
         let at = locator_where(t, key_params);
         let key_args = || row.key.iter().map(|k| Arg::S(k.as_str()));
         // 1. The sealed values and the new tag, if the row still holds what was read.
@@ -416,9 +415,8 @@ impl<E: Engine> Store<E> {
                 .ok()
                 .and_then(|h| h.key.version)
                 .ok_or_else(|| integrity(name))?;
-            let mut tags = Tags::new();
             let sk = self
-                .load_subject_key_in(tx, set, &row.subject, v, &mut tags)
+                .load_subject_key_in(tx, set, &row.subject, v, tags)
                 .await?
                 .ok_or_else(|| integrity(name))?;
             let ctx = Context {

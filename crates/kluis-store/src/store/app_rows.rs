@@ -80,7 +80,9 @@ impl<E: Engine> Store<E> {
         let t = self.schema.app_table(table)?;
         let record = self.app_write_checks(access, t, key, subject)?;
         let fields: Vec<(String, Value)> = values.iter().map(|(c, v)| ((*c).to_owned(), v.clone())).collect();
-        let (cells, indexes) = self.app_seal(tx, access, t, &record, subject, &fields).await?;
+        let mut tags = Tags::new();
+        let (cells, indexes) = self.app_seal(tx, access, t, &record, subject, &fields, &mut tags).await?;
+        let index_values = index_columns(t, &indexes)?;
         // Every protected column: the sealed ones, NULL for the others.
         let mut all: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         let mut present: Vec<(&str, &[u8])> = Vec::new();
@@ -93,14 +95,11 @@ impl<E: Engine> Store<E> {
                 None => all.push((c.name.clone(), None)),
             }
         }
-        for c in t.protected_columns() {
-            if let Some(col) = &c.blind_index_column {
-                let idx =
-                    indexes.iter().find(|i| i.field == c.name).map(|i| index_value(i.key_version, &i.idx));
-                all.push((col.clone(), idx.transpose()?));
-            }
+        for col in t.protected_columns().filter_map(|c| c.blind_index_column.as_ref()) {
+            let idx = index_values.iter().find(|(c, _)| c == col).map(|(_, v)| v.clone());
+            all.push((col.clone(), idx));
         }
-        let tag = Self::app_row_tag(access, t, &record, subject, &present)?;
+        let tag = Self::app_row_tag(access, t, &record, subject, &present, &mut tags)?;
         all.push((t.row_tag_column.clone(), Some(tag)));
         let names: Vec<&str> = values.iter().map(|(c, _)| *c).collect();
         self.app_audit(tx, access, t, &record, subject, &names, WriteKind::Insert, who).await?;
@@ -171,10 +170,11 @@ impl<E: Engine> Store<E> {
                 }
             }
         }
+        let mut tags = Tags::new();
         let stored_tag = current.row_tag.as_deref();
         let refs: Vec<(&str, &[u8])> = now.iter().map(|(c, v)| (c.as_str(), v.as_slice())).collect();
         match stored_tag {
-            Some(tag) => Self::check_app_row(access, t, &record, subject, &refs, tag)?,
+            Some(tag) => Self::check_app_row(access, t, &record, subject, &refs, tag, &mut tags)?,
             // A row that holds no protected value and no tag: one Kluis has not written yet.
             None if now.is_empty() => {}
             None => return Err(bad()),
@@ -190,14 +190,14 @@ impl<E: Engine> Store<E> {
             access.require(domain)?;
         }
         let fields: Vec<(String, Value)> = set.iter().map(|(c, v)| ((*c).to_owned(), v.clone())).collect();
-        let (cells, indexes) = self.app_seal(tx, access, t, &record, subject, &fields).await?;
+        let (cells, indexes) = self.app_seal(tx, access, t, &record, subject, &fields, &mut tags).await?;
         let mut after: Vec<(&str, &[u8])> = refs
             .iter()
             .filter(|(c, _)| !remove.contains(c) && !cells.iter().any(|f| f.field == *c))
             .copied()
             .collect();
         after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));
-        let tag = Self::app_row_tag(access, t, &record, subject, &after)?;
+        let tag = Self::app_row_tag(access, t, &record, subject, &after, &mut tags)?;
         let mut columns: Vec<(String, Option<Vec<u8>>)> = Vec::new();
         for f in &cells {
             columns.push((f.field.clone(), Some(f.sealed.clone())));
@@ -205,11 +205,9 @@ impl<E: Engine> Store<E> {
         for r in remove {
             columns.push(((*r).to_owned(), None));
         }
-        for c in t.protected_columns() {
-            let Some(col) = &c.blind_index_column else { continue };
-            if let Some(i) = indexes.iter().find(|i| i.field == c.name) {
-                columns.push((col.clone(), Some(index_value(i.key_version, &i.idx)?)));
-            } else if remove.contains(&c.name.as_str()) {
+        columns.extend(index_columns(t, &indexes)?.into_iter().map(|(c, v)| (c, Some(v))));
+        for c in t.protected_columns().filter(|c| remove.contains(&c.name.as_str())) {
+            if let Some(col) = &c.blind_index_column {
                 columns.push((col.clone(), None));
             }
         }
@@ -332,7 +330,9 @@ impl<E: Engine> Store<E> {
         }
     }
 
-    /// Checks and seals `fields` of one row, the subject keys found or made in `tx`.
+    /// Checks and seals `fields` of one row, the subject keys found or made in `tx` (and kept in
+    /// `tags`, the call's cache).
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn app_seal(
         &self,
         tx: Via<'_, '_, E>,
@@ -341,25 +341,25 @@ impl<E: Engine> Store<E> {
         record: &str,
         subject: &str,
         fields: &[(String, Value)],
+        tags: &mut Tags,
     ) -> Result<(Vec<FieldRow>, Vec<IndexRow>)> {
         let coll = t.as_collection();
         check_fields(&coll, fields, |def| access.require(def.domain.as_str()).map(|_| ()))?;
-        let mut tags = Tags::new();
         let mut done: Vec<&DomainName> = Vec::new();
         for (name, _) in fields {
             let def = field_def(&coll, name)?;
             if !done.contains(&&def.domain) {
                 let set = access.require(def.domain.as_str())?;
                 match tx {
-                    Some(tx) => self.subject_key_in_tx(tx, set, subject, &mut tags).await?,
+                    Some(tx) => self.subject_key_in_tx(tx, set, subject, tags).await?,
                     None => {
-                        self.subject_key_for_write(set, subject, &mut tags).await?;
+                        self.subject_key_for_write(set, subject, tags).await?;
                     }
                 }
                 done.push(&def.domain);
             }
         }
-        Self::seal_fields_now(access, &coll, record, subject, fields, &mut tags)
+        Self::seal_fields_now(access, &coll, record, subject, fields, tags)
     }
 
     /// The subject's newest key of `set`'s domain for a write inside the application's
@@ -411,9 +411,10 @@ impl<E: Engine> Store<E> {
         record: &str,
         subject: &str,
         cells: &[(&str, &[u8])],
+        tags: &mut Tags,
     ) -> Result<Vec<u8>> {
         let input = app_tag_input(access.tenant.as_str(), &t.name, record, subject, cells);
-        Self::tag_over(access, &input, &mut Tags::new())
+        Self::tag_over(access, &input, tags)
     }
 
     /// Checks an application row against its tag.
@@ -424,9 +425,10 @@ impl<E: Engine> Store<E> {
         subject: &str,
         cells: &[(&str, &[u8])],
         tag: &[u8],
+        tags: &mut Tags,
     ) -> Result<()> {
         let input = app_tag_input(access.tenant.as_str(), &t.name, record, subject, cells);
-        if Self::tag_matches(access, tag, &input, &mut Tags::new())? {
+        if Self::tag_matches(access, tag, &input, tags)? {
             Ok(())
         } else {
             Err(StoreError::RowIntegrity { collection: t.name.clone(), record: record.to_owned() })
@@ -447,7 +449,7 @@ impl<E: Engine> Store<E> {
             r.cells.iter().filter_map(|(c, v)| v.as_deref().map(|v| (c.as_str(), v))).collect();
         let row_checked = match (&r.row_tag, full) {
             (Some(tag), true) => {
-                Self::check_app_row(access, t, &record, subject, &present, tag)?;
+                Self::check_app_row(access, t, &record, subject, &present, tag, tags)?;
                 true
             }
             // Read in full without a tag: only a row holding nothing may lack one.
@@ -543,6 +545,17 @@ impl<E: Engine> Store<E> {
             ..who.clone()
         }
     }
+}
+
+/// The blind index columns of `t` that `indexes` (of sealed fields) fill, with their values.
+pub(super) fn index_columns(t: &AppTable, indexes: &[IndexRow]) -> Result<Vec<(String, Vec<u8>)>> {
+    indexes
+        .iter()
+        .filter_map(|i| {
+            let col = t.protected_column(&i.field)?.blind_index_column.clone()?;
+            Some(index_value(i.key_version, &i.idx).map(|v| (col, v)))
+        })
+        .collect()
 }
 
 /// A blind index column's value: the domain key version (u32 BE) and the index (docs/FORMAT.md

@@ -697,13 +697,13 @@ bsn = { type = "text", domain = "general", blind_index_column = "bsn_idx" }
             crate::app_table::app_tag_input("acme", &t.name, record, subject, &refs),
             hexf(&v["input"])
         );
-        let tag = Store::<Sqlite>::app_row_tag(&access, t, record, subject, &refs).unwrap();
+        let tag = Store::<Sqlite>::app_row_tag(&access, t, record, subject, &refs, &mut Tags::new()).unwrap();
         assert_eq!(hex::encode(&tag), v["tag"].as_str().unwrap());
-        Store::<Sqlite>::check_app_row(&access, t, record, subject, &refs, &tag).unwrap();
+        Store::<Sqlite>::check_app_row(&access, t, record, subject, &refs, &tag, &mut Tags::new()).unwrap();
         let mut flipped = cells.clone();
         flipped[1].1[0] ^= 1;
         let refs: Vec<(&str, &[u8])> = flipped.iter().map(|(c, s)| (c.as_str(), s.as_slice())).collect();
-        let e = Store::<Sqlite>::check_app_row(&access, t, record, subject, &refs, &tag);
+        let e = Store::<Sqlite>::check_app_row(&access, t, record, subject, &refs, &tag, &mut Tags::new());
         assert!(matches!(e, Err(StoreError::RowIntegrity { .. })), "{e:?}");
         // The blind index column's value: the domain key version, then the index.
         let dir = tempfile::tempdir().unwrap();
