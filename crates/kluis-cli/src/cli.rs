@@ -62,6 +62,9 @@ pub enum Command {
     /// Seal the plaintext columns of a mapped application table into its protected columns, in
     /// place and online, then clear the plaintext (resumable; --dry-run shows the plan).
     EncryptColumns(EncryptColumnsArgs),
+    /// Seal a mapped application table's values of a domain again under the newest keys after a
+    /// rotation (resumable; several may run at once on PostgreSQL and MariaDB).
+    ReencryptColumns(ReencryptColumnsArgs),
     /// Crypto-shred a data subject (honours retention).
     Shred(ShredArgs),
     /// Make an anonymised copy for a test environment in a new data directory (medical data left
@@ -215,6 +218,10 @@ pub struct EncryptColumnsArgs {
     /// Rows per batch; each batch is one transaction.
     #[arg(long, default_value_t = 500)]
     pub batch: u32,
+    /// Seconds the database waits for this worker inside a batch before it ends the batch and
+    /// releases its rows to other workers (PostgreSQL and MariaDB).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub lease: u64,
     /// Only show what is left to do.
     #[arg(long)]
     pub dry_run: bool,
@@ -222,6 +229,27 @@ pub struct EncryptColumnsArgs {
     /// plaintext: docs/APP_TABLES.md).
     #[arg(long)]
     pub no_purge: bool,
+}
+
+/// `kluis reencrypt-columns`.
+#[derive(Debug, Args)]
+pub struct ReencryptColumnsArgs {
+    /// Tenant and domain.
+    #[command(flatten)]
+    pub td: TenantDomain,
+    /// The table mapping of the schema (`[tables.NAME]`).
+    #[arg(long)]
+    pub table: String,
+    /// Rows per batch; each batch is one transaction.
+    #[arg(long, default_value_t = 500)]
+    pub batch: u32,
+    /// Seconds the database waits for this worker inside a batch before it ends the batch and
+    /// releases its rows to other workers (PostgreSQL and MariaDB).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub lease: u64,
+    /// Only show what is left to do.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `kluis shred`.

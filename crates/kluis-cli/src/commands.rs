@@ -49,6 +49,7 @@ impl Job for CommandJob {
             Command::Keys(KeysCmd::RecordGeneration) => record_generation(&env, &actor).await,
             Command::Reencrypt(args) => reencrypt_cmd(&env, &actor, &args).await,
             Command::EncryptColumns(args) => encrypt_columns_cmd(&env, &actor, &args).await,
+            Command::ReencryptColumns(args) => reencrypt_columns_cmd(&env, &actor, &args).await,
             Command::Shred(args) => shred(&env, &actor, &args).await,
             Command::Import(args) => import(&env, &actor, &args).await,
             Command::Export(args) => crate::package::export(&env, &actor, &args).await,
@@ -480,9 +481,21 @@ async fn record_generation<B: Engine, O: BlobBackend + Clone>(
 
 // ------------------------------------------------------------------ encrypt-columns
 
-/// How many passes over the table a run makes at most: a pass seals what it meets in key order;
-/// a row given plaintext again behind it (an application still writing plaintext) needs another.
-const ENCRYPT_PASSES: u32 = 20;
+/// How long a worker waits for rows other workers' batches hold, counted from its last progress:
+/// twice the lease (a dead worker's batch is released within one), and half a minute more.
+fn worker_wait(lease_secs: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(lease_secs.saturating_mul(2).saturating_add(30))
+}
+
+fn batch_limits(rows: u32, lease_secs: u64) -> kluis_store::BatchLimits {
+    kluis_store::BatchLimits { rows, lease: std::time::Duration::from_secs(lease_secs) }
+}
+
+/// On SQLite, what a run says about several workers.
+fn one_writer_note<B: Engine>() -> Option<&'static str> {
+    (B::KIND == kluis_store::EngineKind::Sqlite)
+        .then_some("SQLite runs one worker: batches of several processes run one after another")
+}
 
 async fn encrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     env: &Env<B, O>,
@@ -515,47 +528,106 @@ async fn encrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     );
     bar.set_length(plan.rows);
     let who = kluis_store::audit::AuditEntry { actor: actor.to_owned(), ..Default::default() };
-    let mut refused: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    let (mut encrypted, mut passes, mut conflicts) = (0u64, 0u32, 0u64);
-    loop {
-        passes += 1;
-        let mut after: Option<Vec<String>> = None;
-        let mut this_pass = 0u64;
-        loop {
-            let s =
-                env.store.encrypt_columns_step(&access, table, args.batch, after.as_deref(), &who).await?;
-            this_pass += s.rows_encrypted;
-            conflicts += s.conflicts;
-            refused.extend(s.rows_refused);
-            bar.inc(s.rows_encrypted);
-            match s.last_key {
-                Some(k) if s.rows_read > 0 => after = Some(k),
-                _ => break,
-            }
-        }
-        encrypted += this_pass;
-        if this_pass == 0 || passes >= ENCRYPT_PASSES {
-            break;
-        }
-    }
+    let limits = batch_limits(args.batch, args.lease);
+    let run = crate::columns::run(
+        async |after| env.store.encrypt_columns_step(&access, table, &limits, after.as_deref(), &who).await,
+        async || Ok(env.store.encrypt_columns_plan(&access, table).await?.rows),
+        worker_wait(args.lease),
+        |s| bar.inc(s.rows_written),
+    )
+    .await?;
     bar.finish_and_clear();
     if !args.no_purge {
         env.store.purge_app_table(table).await?;
     }
     let left = env.store.encrypt_columns_plan(&access, table).await?.rows;
     let mut r = Report::new(json!({
-        "tenant": t.as_str(), "table": table, "rows_encrypted": encrypted, "passes": passes,
-        "conflicts": conflicts, "rows_left": left, "purged": !args.no_purge,
-        "refused": refused.iter().map(|(id, why)| json!({ "record": id, "reason": why })).collect::<Vec<_>>(),
+        "tenant": t.as_str(), "table": table, "rows_encrypted": run.written, "passes": run.passes,
+        "conflicts": run.conflicts, "retries": run.retries, "rows_left": left, "purged": !args.no_purge,
+        "refused": run.refused.iter().map(|(id, why)| json!({ "record": id, "reason": why })).collect::<Vec<_>>(),
     }));
     r.line(format!(
-        "{t}/{table}: {encrypted} rows sealed in {passes} passes; {left} rows still hold plaintext{}",
+        "{t}/{table}: {} rows sealed in {} passes; {left} rows still hold plaintext{}",
+        run.written,
+        run.passes,
         if args.no_purge { "" } else { "; the table was rewritten" }
     ));
-    for (id, why) in &refused {
+    for (id, why) in &run.refused {
         r.line(format!("  refused {id}: {why}"));
     }
+    if let Some(note) = one_writer_note::<B>() {
+        r.line(note);
+    }
     Ok(r)
+}
+
+// ------------------------------------------------------------------ reencrypt-columns
+
+async fn reencrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
+    env: &Env<B, O>,
+    actor: &str,
+    args: &crate::cli::ReencryptColumnsArgs,
+) -> Result<Report> {
+    let t = env.tenant(&args.td.tenant).await?;
+    let d = env.domain(&t, &args.td.domain).await?;
+    let provider = env.provider().await?;
+    let access = env.store.admin_access(provider, &t, std::slice::from_ref(&d)).await?;
+    let table = args.table.as_str();
+    let todo = env.store.reencrypt_columns_plan(&access, table, &d).await?;
+    if args.dry_run {
+        let mut r =
+            Report::new(json!({ "tenant": t.as_str(), "domain": d.as_str(), "table": table, "rows": todo }));
+        r.line(format!("{t}/{d} {table}: {todo} rows hold values to seal again"));
+        return Ok(r);
+    }
+    let run = reencrypt_table(env, actor, &access, &d, table, batch_limits(args.batch, args.lease)).await?;
+    let left = env.store.reencrypt_columns_plan(&access, table, &d).await?;
+    let mut r = Report::new(json!({
+        "tenant": t.as_str(), "domain": d.as_str(), "table": table, "rows_resealed": run.written,
+        "passes": run.passes, "conflicts": run.conflicts, "retries": run.retries, "rows_left": left,
+        "refused": run.refused.iter().map(|(id, why)| json!({ "record": id, "reason": why })).collect::<Vec<_>>(),
+    }));
+    r.line(format!(
+        "{t}/{d} {table}: {} rows sealed again in {} passes; {left} rows left on older keys",
+        run.written, run.passes
+    ));
+    for (id, why) in &run.refused {
+        r.line(format!("  refused {id}: {why}"));
+    }
+    if let Some(note) = one_writer_note::<B>() {
+        r.line(note);
+    }
+    Ok(r)
+}
+
+/// One worker's re-encryption of a mapped table's values of `d`.
+async fn reencrypt_table<B: Engine, O: BlobBackend + Clone + 'static>(
+    env: &Env<B, O>,
+    actor: &str,
+    access: &Access,
+    d: &DomainName,
+    table: &str,
+    limits: kluis_store::BatchLimits,
+) -> Result<crate::columns::ColumnsRun> {
+    let todo = env.store.reencrypt_columns_plan(access, table, d).await?;
+    let bar = crate::out::progress_bar(
+        env.settings.json,
+        "{spinner} {msg} [{bar:30}] {pos}/{len} rows, {per_sec}, eta {eta}",
+        format!("re-encrypting {}/{d} {table}", access.tenant()),
+    );
+    bar.set_length(todo);
+    let who = kluis_store::audit::AuditEntry { actor: actor.to_owned(), ..Default::default() };
+    let run = crate::columns::run(
+        async |after| {
+            env.store.reencrypt_columns_step(access, table, d, &limits, after.as_deref(), &who).await
+        },
+        async || env.store.reencrypt_columns_plan(access, table, d).await,
+        worker_wait(limits.lease.as_secs()),
+        |s| bar.inc(s.rows_written),
+    )
+    .await?;
+    bar.finish_and_clear();
+    Ok(run)
 }
 
 // ------------------------------------------------------------------ reencrypt
@@ -575,13 +647,37 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
         "{spinner} {msg} [{bar:30}] {pos}/{len} subjects+documents, {per_sec}, eta {eta}",
         format!("re-encrypting {t}/{d}"),
     );
-    let summary = reencrypt::reencrypt(&env.store, &docs, &access, &d, args.batch, |p| {
+    let on_round = |p: &reencrypt::Progress| {
         let done = p.done.subjects_moved + p.done.documents_moved;
         bar.set_length(done + p.remaining_subjects + p.remaining_documents);
         bar.set_position(done);
-    })
-    .await?;
+    };
+    let mut summary = reencrypt::reencrypt(&env.store, &docs, &access, &d, args.batch, on_round).await?;
     bar.finish_and_clear();
+    // Values in the application's mapped tables keep older subject key versions alive: seal them
+    // again under the new ones, then let the store's steps delete the old versions.
+    let mut app_rows = 0u64;
+    let mut app_refused: BTreeMap<String, String> = BTreeMap::new();
+    if summary.kept_for_app_tables > 0 {
+        let tables: Vec<String> = env
+            .store
+            .schema()
+            .app_tables()
+            .filter(|t| t.protected_columns().any(|c| c.domain == d))
+            .map(|t| t.name.clone())
+            .collect();
+        for table in &tables {
+            let limits = kluis_store::BatchLimits::rows(u32::try_from(args.batch).unwrap_or(u32::MAX).max(1));
+            let run = reencrypt_table(env, actor, &access, &d, table, limits).await?;
+            app_rows += run.written;
+            app_refused.extend(run.refused.into_iter().map(|(id, why)| (format!("{table}/{id}"), why)));
+        }
+        let again = reencrypt::reencrypt(&env.store, &docs, &access, &d, args.batch, |_| {}).await?;
+        summary.rounds += again.rounds;
+        summary.retries += again.retries;
+        summary.conflicts += again.conflicts;
+        summary.kept_for_app_tables = again.kept_for_app_tables;
+    }
     let event = AdminEvent::Reencrypt {
         tenant: t.clone(),
         domain: d.clone(),
@@ -597,19 +693,26 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
         .collect();
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "domain": d.as_str(), "summary": summary, "retirable_versions": retirable,
+        "app_rows_resealed": app_rows,
+        "app_rows_refused": app_refused.iter().map(|(id, why)| json!({ "row": id, "reason": why })).collect::<Vec<_>>(),
     }));
+    let app =
+        if app_rows > 0 { format!(", {app_rows} rows of mapped tables sealed again") } else { String::new() };
     if summary.kept_for_app_tables == 0 {
         r.line(format!(
-            "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten; nothing left on older versions",
+            "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten{app}; nothing left on older versions",
             summary.subjects_moved, summary.records_resealed, summary.documents_moved
         ));
     } else {
         r.line(format!(
-            "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten; {} subjects keep an older \
-             subject key for values in the application's own tables (re-encrypting those is not built; \
-             the older domain key version stays until then)",
+            "{t}/{d}: {} subjects moved, {} records re-sealed, {} documents rewritten{app}; {} subjects keep an older \
+             subject key for values in mapped tables that could not be sealed again (refused rows below, or rows \
+             an application changed meanwhile: run kluis reencrypt again)",
             summary.subjects_moved, summary.records_resealed, summary.documents_moved, summary.kept_for_app_tables
         ));
+    }
+    for (id, why) in &app_refused {
+        r.line(format!("  refused {id}: {why}"));
     }
     for v in retirable {
         r.line(format!("v{v} is unused: kluis keys retire --tenant {t} --domain {d} --version {v}"));

@@ -12,6 +12,7 @@ mod access;
 mod anonymise;
 pub mod backup;
 pub mod cli;
+mod columns;
 mod commands;
 pub mod config;
 mod demo;

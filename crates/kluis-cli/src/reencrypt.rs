@@ -33,7 +33,8 @@ pub struct Summary {
     /// Rounds (one store step plus one documents step).
     pub rounds: u64,
     /// Subjects left on an older subject key version because values in the application's
-    /// mapped tables are sealed under it (re-encrypting those is not built).
+    /// mapped tables are sealed under it (`kluis reencrypt` then seals those again and runs
+    /// these steps once more).
     pub kept_for_app_tables: u64,
 }
 

@@ -122,8 +122,8 @@ macro_rules! engine_bench {
                 let mut after: Option<Vec<String>> = None;
                 let mut done = 0u64;
                 loop {
-                    let s = store.encrypt_columns_step(&access, "notes", BATCH, after.as_deref(), &who).await.unwrap();
-                    done += s.rows_encrypted;
+                    let s = store.encrypt_columns_step(&access, "notes", &kluis_store::BatchLimits::rows(BATCH), after.as_deref(), &who).await.unwrap();
+                    done += s.rows_written;
                     if s.rows_read == 0 {
                         break;
                     }

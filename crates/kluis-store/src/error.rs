@@ -235,13 +235,21 @@ pub enum StoreError {
         /// Which key.
         what: String,
     },
+    /// Retryable: a worker's batch did not get the audit head lock in time while holding its
+    /// rows (another transaction held it, perhaps waiting for one of those rows); the batch was
+    /// rolled back whole so that the other could go on. Nothing was written; retry.
+    #[error("busy: {what}; nothing was written, retry")]
+    Busy {
+        /// What was held.
+        what: String,
+    },
 }
 
 impl StoreError {
     /// Is it worth retrying the same call unchanged (a key changed concurrently)? A
     /// [`StoreError::Conflict`] is not: read the record again first.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::KeyChanged { .. }) || self.is_deadlock()
+        matches!(self, Self::KeyChanged { .. } | Self::Busy { .. }) || self.is_deadlock()
     }
 
     /// The database chose this transaction as a deadlock victim (or failed it for

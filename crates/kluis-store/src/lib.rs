@@ -41,7 +41,7 @@ pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Pseudonym, Schema, field};
 pub use store::{
-    Access, AdoptReport, Changes, EncryptPlan, EncryptStep, FieldValue, KeyUsage, LegalOverride,
+    Access, AdoptReport, BatchLimits, Changes, ColumnsStep, EncryptPlan, FieldValue, KeyUsage, LegalOverride,
     MigrationReport, NewRecord, Op, Page, Record, ReencryptProgress, Scope, ShredReport, Store, Written,
     check_id,
 };

@@ -173,11 +173,17 @@ async fn run<E: LegacySql>(h: Harness<E>) {
             let mut encrypted = 0;
             loop {
                 let s = store
-                    .encrypt_columns_step(access, "notes", batch, after.as_deref(), &who())
+                    .encrypt_columns_step(
+                        access,
+                        "notes",
+                        &kluis_store::BatchLimits::rows(batch),
+                        after.as_deref(),
+                        &who(),
+                    )
                     .await
                     .unwrap();
                 refused.extend(s.rows_refused);
-                encrypted += s.rows_encrypted;
+                encrypted += s.rows_written;
                 if s.rows_read == 0 {
                     return (encrypted, refused);
                 }

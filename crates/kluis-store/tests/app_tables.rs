@@ -11,8 +11,8 @@ use common::{Harness, Location, contains};
 use kluis_core::{DomainName, TenantId};
 use kluis_store::audit::AuditEntry;
 use kluis_store::{
-    AppRow, Dialect, Engine, FieldValue, MySql, NewRecord, Postgres, Schema, Scope, Sqlite, Store,
-    StoreError, Value,
+    AppRow, BatchLimits, Dialect, Engine, FieldValue, MySql, NewRecord, Postgres, Schema, Scope, Sqlite,
+    Store, StoreError, Value,
 };
 
 const SCHEMA: &str = r#"
@@ -476,6 +476,72 @@ async fn rotation_and_shred<E: AppTables>(app: &App<E>) {
         .await;
     assert!(matches!(e, Err(StoreError::KeyInUse { .. })), "{e:?}");
 
+    // The general domain rotates too (the blind index column is of it).
+    let general = DomainName::general();
+    let opened_before: Vec<_> =
+        app.open(&access, &rows).await.unwrap().into_iter().map(|o| o.values).collect();
+    app.store.rotate_domain_key(&app.h.keyring, &app.h.tenant, &general).await.unwrap();
+    let access = app.doctor().await;
+    settle(app, &access, &general).await;
+    // Re-encrypting the mapped table, domain by domain, in batches of 2 rows.
+    for d in [&med, &general] {
+        let todo = app.store.reencrypt_columns_plan(&access, "notes", d).await.unwrap();
+        assert_eq!(todo, rows.len() as u64, "every row holds a value of {d} under an older key");
+        let (mut after, mut written, mut steps) = (None, 0u64, 0);
+        loop {
+            let s = app
+                .store
+                .reencrypt_columns_step(&access, "notes", d, &BatchLimits::rows(2), after.as_deref(), &who())
+                .await
+                .unwrap();
+            assert!(s.rows_refused.is_empty(), "{s:?}");
+            written += s.rows_written;
+            steps += 1;
+            match s.last_key {
+                Some(k) if s.rows_read > 0 => after = Some(k),
+                _ => break,
+            }
+        }
+        assert_eq!(written, todo);
+        assert!(steps > 2, "batches of 2 rows");
+        assert_eq!(app.store.reencrypt_columns_plan(&access, "notes", d).await.unwrap(), 0);
+        // A second pass finds every row current.
+        let s = app
+            .store
+            .reencrypt_columns_step(&access, "notes", d, &BatchLimits::rows(100), None, &who())
+            .await
+            .unwrap();
+        assert_eq!((s.rows_written, s.rows_current), (0, rows.len() as u64), "{s:?}");
+    }
+    // The same values, each row checked against its new tag; the blind index under the new
+    // general version finds the row.
+    let rows: Vec<AppRow> = app.read_all().await.into_iter().map(|(r, _)| r).collect();
+    let opened: Vec<_> = app.open(&access, &rows).await.unwrap();
+    assert!(opened.iter().all(|o| o.row_checked));
+    assert_eq!(opened.into_iter().map(|o| o.values).collect::<Vec<_>>(), opened_before);
+    let new_idx =
+        app.store.app_blind_index(&access, "notes", "bsn", &Value::Text("222333444".into())).unwrap();
+    let hits = E::rows(
+        app.store.pool(),
+        "SELECT id FROM absence_notes WHERE tenant_id = ? AND bsn_idx = ?",
+        vec![t("acme"), B::Y(new_idx.last().cloned())],
+        1,
+    )
+    .await;
+    assert_eq!(hits.len(), 1, "found under the new version");
+    // The store's steps now delete the older subject key versions, and the older domain key
+    // versions can go.
+    for d in [&med, &general] {
+        let p = settle(app, &access, d).await;
+        assert_eq!((p.kept_for_app_tables, p.remaining_subjects), (0, 0), "{p:?}");
+        app.store
+            .retire_domain_version(&app.h.keyring, &app.h.tenant, d, kluis_core::KeyVersion::FIRST)
+            .await
+            .unwrap();
+    }
+    let rows: Vec<AppRow> = app.read_all().await.into_iter().map(|(r, _)| r).collect();
+    app.open(&app.doctor().await, &rows).await.unwrap();
+
     // Shred emp-2: its values in the application's table no longer open; the others do.
     let t2_bsn = Value::Text("333444555".into());
     let mut all = app.doctor().await;
@@ -497,6 +563,21 @@ async fn rotation_and_shred<E: AppTables>(app: &App<E>) {
     )
     .await;
     assert!(hits.is_empty(), "{hits:?}");
+}
+
+/// Re-encryption steps of `d` until one moves nothing; the last step's progress.
+async fn settle<E: AppTables>(
+    app: &App<E>,
+    access: &kluis_store::Access,
+    d: &DomainName,
+) -> kluis_store::ReencryptProgress {
+    for _ in 0..20 {
+        let p = app.store.reencrypt_step(access, d, 100).await.unwrap();
+        if p.subjects_moved == 0 && p.conflicts == 0 {
+            return p;
+        }
+    }
+    panic!("re-encryption of {d} did not come to rest");
 }
 
 async fn canaries<E: AppTables>(app: &App<E>) {

@@ -68,6 +68,28 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     #[doc(hidden)]
     const UPDATE_LOCK: &'static str;
 
+    /// The lock a worker takes on the rows of its batch in an application's table: exclusive,
+    /// skipping rows another worker's open batch holds (none on SQLite, whose writers take the
+    /// database one at a time).
+    #[doc(hidden)]
+    const CLAIM_LOCK: &'static str;
+
+    /// The audit head lock without waiting (an error at once if another transaction holds it),
+    /// for a worker that already holds row locks of an application's table; `None` where
+    /// [`Engine::LOCK_HEAD`] is taken first anyway (SQLite's database write lock).
+    #[doc(hidden)]
+    const HEAD_NOWAIT: Option<&'static str>;
+
+    /// Did a lock request without waiting ([`Engine::HEAD_NOWAIT`]) find the lock taken?
+    #[doc(hidden)]
+    fn lock_unavailable(e: &dyn sqlx::error::DatabaseError) -> bool;
+
+    /// The statement that makes the server end the current transaction (rolling it back and
+    /// releasing its locks) once it has waited `secs` seconds for its client: the lease of a
+    /// worker's batch. `None` where the engine has no such limit.
+    #[doc(hidden)]
+    fn lease_sql(secs: u32) -> Option<String>;
+
     /// The statement that begins a transaction that reads and then writes, if not a plain
     /// `BEGIN`.
     #[doc(hidden)]

@@ -40,6 +40,9 @@ impl Engine for MySql {
     ];
     const SHARE_LOCK: &'static str = " LOCK IN SHARE MODE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
+    const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    const HEAD_NOWAIT: Option<&'static str> =
+        Some("SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE NOWAIT");
     const BEGIN_WRITE: Option<&'static str> = None;
     const PURGE_STEPS: &'static str =
         "OPTIMIZE TABLE of kluis_subject_keys and kluis_domain_keys (rebuilt into new tablespace files)";
@@ -86,6 +89,19 @@ impl Engine for MySql {
 
     fn null_safe_eq(column: &str) -> String {
         format!("{column} <=> ?")
+    }
+
+    /// MariaDB answers `NOWAIT` on a held lock with error 1205, "Lock wait timeout exceeded"
+    /// (rolling back the statement only); MySQL 8 with 3572, "... NOWAIT is set".
+    fn lock_unavailable(e: &dyn sqlx::error::DatabaseError) -> bool {
+        e.message().contains("Lock wait timeout") || e.message().contains("NOWAIT")
+    }
+
+    /// MariaDB's `idle_transaction_timeout` (the session's: MariaDB has no per-transaction
+    /// setting; no Kluis transaction waits that long for its client). MySQL has no such
+    /// variable and answers with an error, which the worker reports.
+    fn lease_sql(secs: u32) -> Option<String> {
+        Some(format!("SET SESSION idle_transaction_timeout = {secs}"))
     }
 
     fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {

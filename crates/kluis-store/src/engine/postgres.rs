@@ -44,6 +44,9 @@ impl Engine for Postgres {
     ];
     const SHARE_LOCK: &'static str = " FOR SHARE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
+    const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    const HEAD_NOWAIT: Option<&'static str> =
+        Some("SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE NOWAIT");
     const BEGIN_WRITE: Option<&'static str> = None;
     const PURGE_STEPS: &'static str = "VACUUM (FULL) of kluis_subject_keys and kluis_domain_keys, twice (each after waiting up to 10 s for other transactions' snapshots to end)";
     const LOCK_HEAD: &'static str = "SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE";
@@ -87,6 +90,17 @@ impl Engine for Postgres {
 
     fn null_safe_eq(column: &str) -> String {
         format!("{column} IS NOT DISTINCT FROM ?")
+    }
+
+    /// `55P03` lock_not_available.
+    fn lock_unavailable(e: &dyn sqlx::error::DatabaseError) -> bool {
+        e.code().as_deref() == Some("55P03")
+    }
+
+    /// `idle_in_transaction_session_timeout`, for this transaction only (`SET LOCAL`): the server
+    /// ends the session of a worker that stops answering, and with it the batch's row locks.
+    fn lease_sql(secs: u32) -> Option<String> {
+        Some(format!("SET LOCAL idle_in_transaction_session_timeout = '{secs}s'"))
     }
 
     fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {

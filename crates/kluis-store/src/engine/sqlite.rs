@@ -87,6 +87,10 @@ impl Engine for Sqlite {
     ];
     const SHARE_LOCK: &'static str = "";
     const UPDATE_LOCK: &'static str = "";
+    /// Nothing to claim: a batch's `BEGIN IMMEDIATE` holds the database's write lock, so batches
+    /// of several workers run one after another.
+    const CLAIM_LOCK: &'static str = "";
+    const HEAD_NOWAIT: Option<&'static str> = None;
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const PURGE_STEPS: &'static str =
         "secure_delete on, VACUUM of the database file, wal_checkpoint(TRUNCATE) of its write-ahead log";
@@ -110,6 +114,15 @@ impl Engine for Sqlite {
 
     fn null_safe_eq(column: &str) -> String {
         format!("{column} IS ?")
+    }
+
+    fn lock_unavailable(_e: &dyn sqlx::error::DatabaseError) -> bool {
+        false
+    }
+
+    /// An embedded database has no client to wait for.
+    fn lease_sql(_secs: u32) -> Option<String> {
+        None
     }
 
     fn retryable(e: &dyn sqlx::error::DatabaseError) -> bool {

@@ -2,6 +2,18 @@
 //! column that holds plaintext today"): batches of rows, each batch one transaction that locks
 //! its rows, seals each row's plaintext values into the protected columns (compare-and-swap
 //! against what it read), reads them back and opens them, and only then clears the plaintext.
+//!
+//! The batch machinery here is shared with re-encryption ([`super::app_reencrypt`]): several
+//! workers (processes) may run steps on one PostgreSQL or MariaDB database at once. A batch
+//! claims its rows with `FOR UPDATE SKIP LOCKED` (rows another worker's open batch holds are
+//! left to it), under a lease: the server ends a batch whose worker stops answering for
+//! [`BatchLimits::lease`] (and at once one whose connection closes, a killed worker's), rolling
+//! it back and releasing its rows. The work list is the data itself (plaintext left, values
+//! under older keys), so a rolled-back batch's rows are simply taken again. A batch takes the
+//! audit head last, without waiting: holding rows, it never waits for a lock an application's
+//! transaction may hold while waiting for one of those rows; after [`HEAD_TRIES`] refusals it
+//! rolls back whole ([`StoreError::Busy`], retryable). On SQLite a batch takes the database's
+//! write lock first, so workers' batches run one after another.
 
 use super::app_rows::index_columns;
 use super::*;
@@ -22,13 +34,48 @@ pub struct EncryptPlan {
     pub rows: u64,
 }
 
-/// What one [`Store::encrypt_columns_step`] did.
+/// The size of a worker's batch and its lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Rows per batch (one transaction); at least 1.
+    pub rows: u32,
+    /// How long the server waits for a batch's worker before it ends the batch (rolled back,
+    /// its rows released for other workers): PostgreSQL's `idle_in_transaction_session_timeout`,
+    /// MariaDB's `idle_transaction_timeout`; whole seconds, at least 1. Not used on SQLite.
+    pub lease: std::time::Duration,
+}
+
+impl Default for BatchLimits {
+    /// 500 rows, a lease of 60 s.
+    fn default() -> Self {
+        Self { rows: 500, lease: std::time::Duration::from_secs(60) }
+    }
+}
+
+impl BatchLimits {
+    /// `rows` per batch, the default lease.
+    pub fn rows(rows: u32) -> Self {
+        Self { rows, ..Self::default() }
+    }
+
+    fn lease_secs(&self) -> u32 {
+        u32::try_from(self.lease.as_secs().max(1)).unwrap_or(u32::MAX)
+    }
+}
+
+/// How many times a batch holding its rows asks for the audit head without waiting before it
+/// rolls back ([`StoreError::Busy`]); about 1.5 s in all.
+pub const HEAD_TRIES: u32 = 100;
+
+/// What one step over a mapped table did ([`Store::encrypt_columns_step`],
+/// [`Store::reencrypt_columns_step`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EncryptStep {
-    /// Rows read (with at least one plaintext value).
+pub struct ColumnsStep {
+    /// Rows read: with at least one plaintext value (encrypting), with at least one protected
+    /// value (re-encrypting).
     pub rows_read: u64,
-    /// Rows whose plaintext values were sealed and cleared.
-    pub rows_encrypted: u64,
+    /// Rows written: plaintext values sealed and cleared, or values re-sealed.
+    pub rows_written: u64,
     /// Rows left as they were, with why (a value that is not one of the column's type, a row
     /// that fails its row tag, a key that is not an id): the record id, or the primary key
     /// values read, and the reason (never a value). Skip them in the next step (its `skip`).
@@ -36,19 +83,36 @@ pub struct EncryptStep {
     /// Rows that changed between the read and the write (none while the batch holds its locks;
     /// counted for safety): left for the next pass.
     pub conflicts: u64,
+    /// Rows read that needed nothing (re-encrypting: every value already under the newest keys).
+    pub rows_current: u64,
     /// The primary key values of the last row read: the next step's `after`. `None` when the
     /// step read nothing (the pass is over).
     pub last_key: Option<Vec<String>>,
 }
 
 /// One row as the batch read it.
-struct ReadRow {
-    key: Vec<String>,
-    subject: String,
+pub(super) struct ReadRow {
+    pub(super) key: Vec<String>,
+    pub(super) subject: String,
     /// The plaintext values read (wiped when the row is dropped).
-    plain: Vec<Option<zeroize::Zeroizing<Vec<u8>>>>,
-    cells: Vec<Option<Vec<u8>>>,
-    tag: Option<Vec<u8>>,
+    pub(super) plain: Vec<Option<zeroize::Zeroizing<Vec<u8>>>>,
+    /// Every protected column's value.
+    pub(super) cells: Vec<Option<Vec<u8>>>,
+    /// Every protected column's blind index column's value (`None` without one).
+    pub(super) indexes: Vec<Option<Vec<u8>>>,
+    pub(super) tag: Option<Vec<u8>>,
+}
+
+/// What a batch reads: which rows, and with which lock.
+pub(super) struct BatchRead<'a> {
+    pub(super) plain: &'a [&'a ProtectedColumn],
+    pub(super) protected: &'a [&'a ProtectedColumn],
+    /// The SQL condition a row needs to be read (the work list).
+    pub(super) work: String,
+    pub(super) rows: u32,
+    pub(super) after: Option<&'a [String]>,
+    /// [`Engine::CLAIM_LOCK`], or nothing for a read that only counts.
+    pub(super) lock: &'static str,
 }
 
 impl<E: Engine> Store<E> {
@@ -72,10 +136,11 @@ impl<E: Engine> Store<E> {
         Ok(EncryptPlan { table: t.name.clone(), columns, rows })
     }
 
-    /// Encrypts up to `batch` rows of `table` that still hold plaintext, in primary key order
-    /// after the row whose key is `after` (the previous step's [`EncryptStep::last_key`]; `None`
-    /// starts a pass from the first row), in one transaction:
-    /// the rows are locked (`FOR UPDATE`; SQLite's write lock), each row's plaintext values are
+    /// Encrypts up to `limits.rows` rows of `table` that still hold plaintext, in primary key
+    /// order after the row whose key is `after` (the previous step's [`ColumnsStep::last_key`];
+    /// `None` starts a pass from the first row), in one transaction:
+    /// the rows are claimed (`FOR UPDATE SKIP LOCKED` under a lease; SQLite's write lock: see the
+    /// module documentation for several workers), each row's plaintext values are
     /// sealed into its protected columns with a new row tag by an `UPDATE` that compares the
     /// plaintext and the row tag it read, the sealed values are read back and opened and
     /// compared with the plaintext, and only then are the plaintext columns set to NULL. One
@@ -91,10 +156,10 @@ impl<E: Engine> Store<E> {
         &self,
         access: &Access,
         table: &str,
-        batch: u32,
+        limits: &BatchLimits,
         after: Option<&[String]>,
         who: &AuditEntry,
-    ) -> Result<EncryptStep> {
+    ) -> Result<ColumnsStep> {
         let t = self.schema.app_table(table)?;
         self.app_tenant(access, t)?;
         access.whole_tenant("encrypting a table's columns")?;
@@ -104,53 +169,76 @@ impl<E: Engine> Store<E> {
             access.require(c.domain.as_str())?;
         }
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
-        let mut tx = self.backend.begin_write().await?;
-        // The audit head first, as every writer of Kluis's takes it.
-        SqlBackend::<E>::lock_head(&mut tx).await?;
+        let mut tx = self.begin_batch(limits).await?;
         let key_params = self.key_params(&mut tx, t).await?;
-        let rows = self
-            .read_plaintext_rows(&mut tx, access, t, &plain, &protected, batch, after, &key_params)
-            .await?;
-        let mut step = EncryptStep {
+        let read = BatchRead {
+            plain: &plain,
+            protected: &protected,
+            work: any_plaintext(&plain),
+            rows: limits.rows,
+            after,
+            lock: E::CLAIM_LOCK,
+        };
+        let rows = self.read_batch_rows(&mut tx, access, t, &read, &key_params).await?;
+        let mut step = ColumnsStep {
             rows_read: rows.len() as u64,
             last_key: rows.last().map(|r| r.key.clone()),
-            ..EncryptStep::default()
+            ..ColumnsStep::default()
         };
         let mut done: Vec<(String, String)> = Vec::new();
         // One cache for the batch: the subject keys it finds or makes, the row tag key.
         let mut tags = Tags::new();
         for row in rows {
             // An error once a row is written aborts the whole batch (the transaction rolls back).
-            match self
+            let outcome = self
                 .encrypt_row(&mut tx, access, t, &plain, &protected, &row, &key_params, &mut tags)
-                .await?
-            {
-                RowOutcome::Done(record) => {
-                    step.rows_encrypted += 1;
-                    done.push((record, row.subject.clone()));
-                }
-                RowOutcome::Changed => step.conflicts += 1,
-                RowOutcome::Refused(why) => {
-                    let id = t.record_id(&row.key.iter().map(String::as_str).collect::<Vec<_>>());
-                    step.rows_refused.push((id.unwrap_or_else(|_| row.key.join("/")), why));
-                }
-            }
+                .await?;
+            step.count(t, &row, outcome, &mut done);
         }
+        let columns: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
+        self.finish_batch(tx, access, t, &done, &columns, "encrypt_columns", who).await?;
+        Ok(step)
+    }
+
+    /// Begins a worker's batch: SQLite's write lock and audit head first; elsewhere the lease.
+    pub(super) async fn begin_batch(
+        &self,
+        limits: &BatchLimits,
+    ) -> Result<sqlx::Transaction<'static, E::Db>> {
+        let mut tx = self.backend.begin_write().await?;
+        if E::HEAD_NOWAIT.is_none() {
+            // The audit head first, as every writer of Kluis's takes it.
+            SqlBackend::<E>::lock_head(&mut tx).await?;
+        }
+        if let Some(sql) = E::lease_sql(limits.lease_secs()) {
+            query::<E>(&sql).execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
+    /// Ends a worker's batch: the audit head (without waiting, where the batch took it last),
+    /// one audit entry for the rows written (`done`: record id and subject), the commit.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn finish_batch(
+        &self,
+        mut tx: sqlx::Transaction<'static, E::Db>,
+        access: &Access,
+        t: &AppTable,
+        done: &[(String, String)],
+        columns: &[&str],
+        action: &str,
+        who: &AuditEntry,
+    ) -> Result<()> {
         if !done.is_empty() {
+            if let Some(nowait) = E::HEAD_NOWAIT {
+                Self::head_nowait(&mut tx, nowait).await?;
+            }
             let records: Vec<&str> = done.iter().map(|(r, _)| r.as_str()).collect();
             let mut subjects: Vec<&str> = done.iter().map(|(_, s)| s.as_str()).collect();
             subjects.sort_unstable();
             subjects.dedup();
-            let columns: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
-            let entry = Self::app_entry(
-                access,
-                t,
-                &records.join(","),
-                &subjects.join(","),
-                &columns,
-                "encrypt_columns",
-                who,
-            );
+            let entry =
+                Self::app_entry(access, t, &records.join(","), &subjects.join(","), columns, action, who);
             SqlBackend::<E>::audit_append(
                 &mut tx,
                 AuditAppend { entry, checkpoint_every: DEFAULT_CHECKPOINT_EVERY },
@@ -158,7 +246,27 @@ impl<E: Engine> Store<E> {
             .await?;
         }
         tx.commit().await?;
-        Ok(step)
+        Ok(())
+    }
+
+    /// The audit head for a batch that holds row locks: asked for without waiting, in a
+    /// savepoint, up to [`HEAD_TRIES`] times with short pauses; never a wait in the lock
+    /// manager, so never part of a deadlock.
+    async fn head_nowait(tx: &mut sqlx::Transaction<'static, E::Db>, sql: &str) -> Result<()> {
+        use sqlx::Acquire;
+        for i in 0..HEAD_TRIES {
+            let mut sp = (&mut *tx).begin().await?;
+            match query::<E>(sql).execute(&mut *sp).await {
+                Ok(_) => {
+                    sp.commit().await?;
+                    return Ok(());
+                }
+                Err(sqlx::Error::Database(e)) if E::lock_unavailable(&*e) => sp.rollback().await?,
+                Err(e) => return Err(e.into()),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(u64::from(1 + i.min(24)))).await;
+        }
+        Err(StoreError::Busy { what: "the audit head, while the batch held its rows".into() })
     }
 
     /// Rewrites the mapped table so that no older version of its rows (with the plaintext a run
@@ -185,7 +293,7 @@ impl<E: Engine> Store<E> {
 
     /// The bind of each primary key column, as compared with the column (a cast on engines that
     /// do not convert a text bind themselves).
-    async fn key_params(
+    pub(super) async fn key_params(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
         t: &AppTable,
@@ -213,18 +321,17 @@ impl<E: Engine> Store<E> {
         Ok(out)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn read_plaintext_rows(
+    /// The rows of one batch ([`BatchRead`]): key, subject, plaintext values, protected
+    /// values, blind index values, row tag.
+    pub(super) async fn read_batch_rows(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
         access: &Access,
         t: &AppTable,
-        plain: &[&ProtectedColumn],
-        protected: &[&ProtectedColumn],
-        batch: u32,
-        after: Option<&[String]>,
+        read: &BatchRead<'_>,
         key_params: &[String],
     ) -> Result<Vec<ReadRow>> {
+        let BatchRead { plain, protected, after, .. } = *read;
         let mut select: Vec<String> = Vec::new();
         // Aliased: PostgreSQL would take `ORDER BY id` for the text of an output column `id`.
         select.extend(
@@ -235,6 +342,7 @@ impl<E: Engine> Store<E> {
             plain.iter().enumerate().map(|(i, c)| format!("{} AS kluis_p{i}", plaintext_expr::<E>(c))),
         );
         select.extend(protected.iter().map(|c| c.name.clone()));
+        select.extend(protected.iter().filter_map(|c| c.blind_index_column.as_ref()).map(ToOwned::to_owned));
         select.push(t.row_tag_column.clone());
         let (tenant_where, tenant_bind) = tenant_filter(t);
         let cursor = match after {
@@ -250,9 +358,9 @@ impl<E: Engine> Store<E> {
             "SELECT {} FROM {} WHERE {tenant_where}({}){cursor} ORDER BY {} LIMIT ?{}",
             select.join(", "),
             t.table,
-            any_plaintext(plain),
+            read.work,
             t.primary_key.join(", "),
-            E::UPDATE_LOCK
+            read.lock
         );
         let sql = E::sql(&sql).into_owned();
         let mut q = query::<E>(&sql);
@@ -262,7 +370,7 @@ impl<E: Engine> Store<E> {
         for k in after.unwrap_or_default() {
             q = q.bind(k.as_str());
         }
-        let found = q.bind(i64::from(batch.max(1))).fetch_all(&mut **tx).await?;
+        let found = q.bind(i64::from(read.rows.max(1))).fetch_all(&mut **tx).await?;
         let mut out = Vec::with_capacity(found.len());
         let not_null = || StoreError::Corrupt {
             what: "application table",
@@ -294,8 +402,17 @@ impl<E: Engine> Store<E> {
                 cells.push(r.col::<Option<Vec<u8>>>(i)?);
                 i += 1;
             }
+            let mut indexes = Vec::with_capacity(protected.len());
+            for c in protected {
+                indexes.push(if c.blind_index_column.is_some() {
+                    i += 1;
+                    r.col::<Option<Vec<u8>>>(i - 1)?
+                } else {
+                    None
+                });
+            }
             let tag = r.col::<Option<Vec<u8>>>(i)?;
-            out.push(ReadRow { key, subject, plain: plain_vals, cells, tag });
+            out.push(ReadRow { key, subject, plain: plain_vals, cells, indexes, tag });
         }
         Ok(out)
     }
@@ -443,7 +560,7 @@ impl<E: Engine> Store<E> {
     }
 
     /// A subject key version as this transaction sees it (made in it, or committed).
-    async fn load_subject_key_in(
+    pub(super) async fn load_subject_key_in(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
         set: &DomainKeySet,
@@ -470,13 +587,39 @@ impl<E: Engine> Store<E> {
 }
 
 /// What became of one row.
-enum RowOutcome {
-    /// Sealed and cleared: its record id.
+pub(super) enum RowOutcome {
+    /// Written: its record id.
     Done(String),
     /// Changed since it was read: left for the next pass.
     Changed,
+    /// Nothing to do.
+    Current,
     /// Left as it was, and why (never a value).
     Refused(String),
+}
+
+impl ColumnsStep {
+    /// Counts one row's outcome; a written row goes to `done` (record id, subject).
+    pub(super) fn count(
+        &mut self,
+        t: &AppTable,
+        row: &ReadRow,
+        outcome: RowOutcome,
+        done: &mut Vec<(String, String)>,
+    ) {
+        match outcome {
+            RowOutcome::Done(record) => {
+                self.rows_written += 1;
+                done.push((record, row.subject.clone()));
+            }
+            RowOutcome::Changed => self.conflicts += 1,
+            RowOutcome::Current => self.rows_current += 1,
+            RowOutcome::Refused(why) => {
+                let id = t.record_id(&row.key.iter().map(String::as_str).collect::<Vec<_>>());
+                self.rows_refused.push((id.unwrap_or_else(|_| row.key.join("/")), why));
+            }
+        }
+    }
 }
 
 /// The protected columns that have a plaintext column; at least one.
@@ -492,7 +635,7 @@ fn plaintext_columns(t: &AppTable) -> Result<Vec<&ProtectedColumn>> {
     Ok(plain)
 }
 
-fn tenant_filter(t: &AppTable) -> (String, bool) {
+pub(super) fn tenant_filter(t: &AppTable) -> (String, bool) {
     match &t.tenant {
         TenantSource::Column(c) => (format!("{c} = ? AND "), true),
         TenantSource::Fixed(_) => (String::new(), false),
@@ -515,7 +658,7 @@ fn plaintext_expr<E: Engine>(c: &ProtectedColumn) -> String {
 
 /// The condition that finds a row by its primary key values (bound as text, each through its
 /// column's bind).
-fn locator_where(t: &AppTable, key_params: &[String]) -> String {
+pub(super) fn locator_where(t: &AppTable, key_params: &[String]) -> String {
     t.primary_key.iter().zip(key_params).map(|(k, p)| format!("{k} = {p}")).collect::<Vec<_>>().join(" AND ")
 }
 

@@ -365,7 +365,7 @@ impl<E: Engine> Store<E> {
     /// The subject's newest key of `set`'s domain for a write inside the application's
     /// transaction: the newest committed one, or else version 1 inserted in `tx` (kept out of the
     /// store's cache until it is committed: the transaction may still roll back).
-    async fn subject_key_in_tx(
+    pub(super) async fn subject_key_in_tx(
         &self,
         tx: &mut sqlx::Transaction<'static, E::Db>,
         set: &DomainKeySet,

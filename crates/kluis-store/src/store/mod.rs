@@ -26,6 +26,7 @@ use crate::value::Value;
 
 mod access;
 mod app_encrypt;
+mod app_reencrypt;
 mod app_rows;
 mod audit;
 mod cells;
@@ -42,7 +43,7 @@ mod scope;
 mod shred;
 mod write;
 
-pub use self::app_encrypt::{EncryptPlan, EncryptStep};
+pub use self::app_encrypt::{BatchLimits, ColumnsStep, EncryptPlan};
 pub use self::scope::{Access, DOCUMENTS_SCOPE, Scope};
 // Items of one use case that others use too (each child module sees the rest through `super::*`).
 use self::{domain_keys::*, generation::*, key_cache::*, write::*};

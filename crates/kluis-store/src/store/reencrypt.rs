@@ -98,23 +98,7 @@ impl<E: Engine> Store<E> {
     ) -> Result<ReencryptProgress> {
         access.whole_tenant("a re-encryption")?;
         access.require_write("a re-encryption")?;
-        let set = access.require(domain.as_str())?;
-        let records = self.domain_records(&access.tenant, domain).await?;
-        let db_active = keys::validate_versions(&records)
-            .map_err(|e| key_integrity(format!("domain key {}/{domain}", access.tenant), e))?;
-        let Some(active) = db_active else {
-            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
-                key: format!("{}/{domain} (no active version)", access.tenant),
-            }));
-        };
-        if set.active_version() != Some(active) {
-            return Err(StoreError::KeyChanged {
-                what: format!(
-                    "the caller's keys of {}/{domain} are older than the database's (active v{active}): unlock again",
-                    access.tenant
-                ),
-            });
-        }
+        let (set, active) = self.current_keys(access, domain).await?;
         let (t, d) = (access.tenant.as_str(), domain.as_str());
         let limit = u32::try_from(max_subjects.max(1)).unwrap_or(u32::MAX);
         let mut tags = Tags::new();
@@ -139,6 +123,33 @@ impl<E: Engine> Store<E> {
             "kluis-store re-encryption step"
         );
         Ok(progress)
+    }
+
+    /// The key set of `domain` in `access` and its active version, which must be the database's
+    /// ([`StoreError::KeyChanged`] if the caller's keys are older).
+    pub(super) async fn current_keys<'a>(
+        &self,
+        access: &'a Access,
+        domain: &DomainName,
+    ) -> Result<(&'a DomainKeySet, KeyVersion)> {
+        let set = access.require(domain.as_str())?;
+        let records = self.domain_records(&access.tenant, domain).await?;
+        let db_active = keys::validate_versions(&records)
+            .map_err(|e| key_integrity(format!("domain key {}/{domain}", access.tenant), e))?;
+        let Some(active) = db_active else {
+            return Err(StoreError::Core(kluis_core::Error::UnknownKey {
+                key: format!("{}/{domain} (no active version)", access.tenant),
+            }));
+        };
+        if set.active_version() != Some(active) {
+            return Err(StoreError::KeyChanged {
+                what: format!(
+                    "the caller's keys of {}/{domain} are older than the database's (active v{active}): unlock again",
+                    access.tenant
+                ),
+            });
+        }
+        Ok((set, active))
     }
 
     /// One subject of [`Store::reencrypt_step`]: `Some(records re-sealed)`, or `None` on a
