@@ -92,13 +92,10 @@ pub async fn reencrypt<B: Engine, O: BlobBackend>(
             remaining_documents: doc.remaining,
         };
         on_round(&progress);
+        // Subjects whose older keys only values in the application's mapped tables still use.
+        sum.kept_for_app_tables = rec.kept_for_app_tables;
         let idle = rec.subjects_moved == 0 && doc.moved == 0;
         if idle && rec.remaining_subjects == 0 && doc.remaining == 0 {
-            return Ok(sum);
-        }
-        if idle && doc.remaining == 0 && rec.remaining_subjects <= rec.kept_for_app_tables {
-            // Only subjects whose values in the application's tables keep an older key remain.
-            sum.kept_for_app_tables = rec.kept_for_app_tables;
             return Ok(sum);
         }
         if idle {

@@ -1,18 +1,22 @@
-//! Encrypting an application's plaintext columns in place (`Store::encrypt_columns_step`) versus
-//! what a migration without Kluis would do to the same rows in the same run: move the values into
-//! the new columns and clear the old ones, batch by batch in key order under row locks, one
-//! `UPDATE` per row. SQLite and PostgreSQL (`KLUIS_TEST_POSTGRES_URL`, default the local server;
-//! skipped with a message if unreachable). One worker.
+//! Encrypting an application's plaintext columns in place (`Store::encrypt_columns_step`) and
+//! re-encrypting them after a rotation (`Store::reencrypt_columns_step`), with one and with two
+//! workers, versus what a migration without Kluis would do to the same rows in the same run:
+//! batches in key order under row locks (`FOR UPDATE`, `SKIP LOCKED` with two workers), one
+//! `UPDATE` per row that moves the values into the new columns and clears the old ones
+//! (backfill), or writes the values read back into their columns (re-encryption). SQLite (one
+//! worker: one writer) and PostgreSQL (`KLUIS_TEST_POSTGRES_URL`, default the local server;
+//! skipped with a message if unreachable, failing in CI).
 //!
 //! cargo bench -p kluis-store --bench app_encrypt
 //!
 //! 5,000 rows (500 under `--test`, the smoke run) of a text (30 bytes, medical) and an integer
-//! (general) column; batches of 500. `KLUIS_BENCH_ROUNDS` rounds (default 5; 1 under `--test`),
-//! the two sides taking turns and alternating which goes first; each side starts from the same
-//! freshly written plaintext. Standard error gets each round, standard output the median:
+//! (general) column, 200 subjects; batches of 500. `KLUIS_BENCH_ROUNDS` rounds (default 5; 1 under
+//! `--test`), the two sides taking turns and alternating which goes first; each side starts from
+//! the same rows. Standard error gets each round, standard output the medians:
 //!
 //! ```text
-//! app_encrypt sqlite backfill vs plain move: NN.N %   (Kluis rows/s, plain rows/s)
+//! app_encrypt ENGINE backfill, W workers vs plain move: NN.N %   (Kluis rows/s, plain rows/s)
+//! app_encrypt ENGINE re-encryption, W workers vs plain rewrite: NN.N %   (Kluis rows/s, plain rows/s)
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing, missing_docs)]
 
@@ -71,17 +75,33 @@ fn numbered(sql: &str) -> String {
     out
 }
 
+/// Per job and number of workers: (Kluis rows/s, plain rows/s) of each round.
+type Rates = std::collections::BTreeMap<(&'static str, usize), Vec<(f64, f64)>>;
+
+fn report(label: &str, rates: &Rates) {
+    for ((job, workers), v) in rates {
+        let ratio = median(v.iter().map(|(k, p)| k / p * 100.0).collect());
+        let base = if *job == "backfill" { "plain move" } else { "plain rewrite" };
+        println!(
+            "app_encrypt {label} {job}, {workers} worker{} vs {base}: {ratio:.1} %   ({:.0} rows/s, {:.0} rows/s)",
+            if *workers == 1 { "" } else { "s" },
+            median(v.iter().map(|r| r.0).collect()),
+            median(v.iter().map(|r| r.1).collect()),
+        );
+    }
+}
+
 macro_rules! engine_bench {
-    ($name:ident, $db:ty, $blob:expr, $conv:expr, $lock:expr) => {
+    ($name:ident, $db:ty, $blob:expr, $conv:expr, $lock:expr, $skip:expr, $max_workers:expr) => {
         async fn $name(pool: sqlx::Pool<$db>, label: &str) {
             let conv = $conv;
             let store = Store::new(pool.clone(), Schema::from_toml(SCHEMA).unwrap());
             store.migrate().await.unwrap();
             let keyring = LocalKeyring::generate(0).unwrap();
             let tenant = TenantId::new("bench").unwrap();
-            let access =
-                store.admin_access(&keyring, &tenant, &[DomainName::general(), DomainName::medical()]).await.unwrap();
+            let domains = [DomainName::general(), DomainName::medical()];
             let who = AuditEntry { actor: "bench".into(), ..AuditEntry::default() };
+            let limits = kluis_store::BatchLimits::rows(BATCH);
             sqlx::query("DROP TABLE IF EXISTS bench_notes").execute(&pool).await.unwrap();
             sqlx::query(&format!(
                 "CREATE TABLE bench_notes (id INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, \
@@ -92,7 +112,7 @@ macro_rules! engine_bench {
             .await
             .unwrap();
             let n = rows();
-            // The same plaintext before each side's turn.
+            // The same plaintext before each backfill.
             let reset = || async {
                 sqlx::query("DELETE FROM bench_notes").execute(&pool).await.unwrap();
                 let mut tx = pool.begin().await.unwrap();
@@ -117,96 +137,174 @@ macro_rules! engine_bench {
                 }
                 tx.commit().await.unwrap();
             };
-            let kluis = || async {
-                let t0 = Instant::now();
-                let mut after: Option<Vec<String>> = None;
-                let mut done = 0u64;
-                loop {
-                    let s = store.encrypt_columns_step(&access, "notes", &kluis_store::BatchLimits::rows(BATCH), after.as_deref(), &who).await.unwrap();
-                    done += s.rows_written;
-                    if s.rows_read == 0 {
-                        break;
+            // One worker's passes of Kluis steps until a pass writes nothing; rows written.
+            let kluis_worker = |reencrypt: bool| {
+                let (store, who, keyring, tenant, domains) = (&store, &who, &keyring, &tenant, &domains);
+                async move {
+                    let access = store.admin_access(keyring, tenant, domains).await.unwrap();
+                    let mut done = 0u64;
+                    loop {
+                        let mut after: Option<Vec<String>> = None;
+                        let mut wrote = 0u64;
+                        loop {
+                            let s = if reencrypt {
+                                store
+                                    .reencrypt_columns_step(&access, "notes", &domains[1], &limits, after.as_deref(), who)
+                                    .await
+                            } else {
+                                store.encrypt_columns_step(&access, "notes", &limits, after.as_deref(), who).await
+                            };
+                            let s = match s {
+                                Ok(s) => s,
+                                Err(e) if e.is_retryable() => continue,
+                                Err(e) => panic!("{e}"),
+                            };
+                            wrote += s.rows_written;
+                            if s.rows_read == 0 {
+                                break;
+                            }
+                            after = s.last_key;
+                        }
+                        done += wrote;
+                        if wrote == 0 {
+                            return done;
+                        }
                     }
-                    after = s.last_key;
                 }
+            };
+            let kluis = |reencrypt: bool, workers: usize| async move {
+                let t0 = Instant::now();
+                let done = if workers == 1 {
+                    kluis_worker(reencrypt).await
+                } else {
+                    let (a, b) = tokio::join!(kluis_worker(reencrypt), kluis_worker(reencrypt));
+                    a + b
+                };
                 assert_eq!(done, n as u64);
                 t0.elapsed().as_secs_f64()
             };
-            let plain = || async {
-                let t0 = Instant::now();
-                let select = conv(&format!(
-                    "SELECT id, diagnosis_text, hours_plain FROM bench_notes WHERE tenant_id = ? \
-                     AND (diagnosis_text IS NOT NULL OR hours_plain IS NOT NULL) ORDER BY id LIMIT ?{}",
-                    $lock
-                ));
-                let update = conv(
-                    "UPDATE bench_notes SET diagnosis = ?, hours = ?, diagnosis_text = NULL, hours_plain = NULL WHERE id = ?",
-                );
-                let mut done = 0u64;
-                loop {
-                    use sqlx::Row;
-                    let mut tx = pool.begin().await.unwrap();
-                    let batch = sqlx::query(&select)
-                        .bind("bench")
-                        .bind(i64::from(BATCH))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .unwrap();
-                    if batch.is_empty() {
-                        break;
-                    }
-                    for r in &batch {
-                        let id: i64 = r.try_get::<i64, _>(0).or_else(|_| r.try_get::<i32, _>(0).map(i64::from)).unwrap();
-                        let text: String = r.get(1);
-                        let hours: i64 =
-                            r.try_get::<i64, _>(2).or_else(|_| r.try_get::<i32, _>(2).map(i64::from)).unwrap();
-                        sqlx::query(&update)
-                            .bind(text.into_bytes())
-                            .bind(hours.to_be_bytes().to_vec())
-                            .bind(id)
-                            .execute(&mut *tx)
+            // The plain side: one worker's batches until one reads nothing. A rewrite has no work
+            // list to claim from, so each of several workers takes its own range of keys.
+            let plain_worker = |rewrite: bool, workers: usize, index: usize| {
+                let pool = &pool;
+                async move {
+                    let lock = if workers == 1 { $lock } else { $skip };
+                    let select = if rewrite {
+                        conv(&format!(
+                            "SELECT id, diagnosis, hours FROM bench_notes WHERE tenant_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?{lock}"
+                        ))
+                    } else {
+                        conv(&format!(
+                            "SELECT id, diagnosis_text, hours_plain FROM bench_notes WHERE tenant_id = ? AND id > ? AND id <= ? \
+                             AND (diagnosis_text IS NOT NULL OR hours_plain IS NOT NULL) ORDER BY id LIMIT ?{lock}"
+                        ))
+                    };
+                    let update = conv(if rewrite {
+                        "UPDATE bench_notes SET diagnosis = ?, hours = ? WHERE id = ?"
+                    } else {
+                        "UPDATE bench_notes SET diagnosis = ?, hours = ?, diagnosis_text = NULL, hours_plain = NULL WHERE id = ?"
+                    });
+                    let (lo, hi) = if rewrite {
+                        (n * index as i64 / workers as i64, n * (index as i64 + 1) / workers as i64)
+                    } else {
+                        (0, n)
+                    };
+                    let (mut done, mut after) = (0u64, lo);
+                    loop {
+                        use sqlx::Row;
+                        let mut tx = pool.begin().await.unwrap();
+                        let batch = sqlx::query(&select)
+                            .bind("bench")
+                            .bind(after)
+                            .bind(hi)
+                            .bind(i64::from(BATCH))
+                            .fetch_all(&mut *tx)
                             .await
                             .unwrap();
-                        done += 1;
+                        if batch.is_empty() {
+                            return done;
+                        }
+                        for r in &batch {
+                            let id: i64 =
+                                r.try_get::<i64, _>(0).or_else(|_| r.try_get::<i32, _>(0).map(i64::from)).unwrap();
+                            let (d, h): (Vec<u8>, Vec<u8>) = if rewrite {
+                                (r.get(1), r.get(2))
+                            } else {
+                                let text: String = r.get(1);
+                                let hours: i64 =
+                                    r.try_get::<i64, _>(2).or_else(|_| r.try_get::<i32, _>(2).map(i64::from)).unwrap();
+                                (text.into_bytes(), hours.to_be_bytes().to_vec())
+                            };
+                            sqlx::query(&update).bind(d).bind(h).bind(id).execute(&mut *tx).await.unwrap();
+                            done += 1;
+                            after = id;
+                        }
+                        tx.commit().await.unwrap();
                     }
-                    tx.commit().await.unwrap();
                 }
+            };
+            let plain = |rewrite: bool, workers: usize| async move {
+                let t0 = Instant::now();
+                let done = if workers == 1 {
+                    plain_worker(rewrite, 1, 0).await
+                } else {
+                    let (a, b) = tokio::join!(plain_worker(rewrite, workers, 0), plain_worker(rewrite, workers, 1));
+                    a + b
+                };
                 assert_eq!(done, n as u64);
                 t0.elapsed().as_secs_f64()
             };
-            let mut ratios = Vec::new();
-            let (mut k_rates, mut p_rates) = (Vec::new(), Vec::new());
+            // Before each re-encryption: a rotation of the medical key and the store's steps, which
+            // give the subjects their new key versions (not timed).
+            let rotate = || async {
+                store.rotate_domain_key(&keyring, &tenant, &domains[1]).await.unwrap();
+                let access = store.admin_access(&keyring, &tenant, &domains).await.unwrap();
+                while store.reencrypt_step(&access, &domains[1], 1000).await.unwrap().subjects_moved > 0 {}
+            };
+            let mut rates = Rates::new();
             for round in 0..rounds() {
-                let (k, p) = if round % 2 == 0 {
+                for workers in 1..=$max_workers {
+                    // Backfill.
                     reset().await;
-                    let k = kluis().await;
-                    reset().await;
-                    (k, plain().await)
-                } else {
-                    reset().await;
-                    let p = plain().await;
-                    reset().await;
-                    (kluis().await, p)
-                };
-                let (kr, pr) = (n as f64 / k, n as f64 / p);
-                eprintln!("app_encrypt {label} round {round}: Kluis {kr:.0} rows/s, plain {pr:.0} rows/s");
-                ratios.push(kr / pr * 100.0);
-                k_rates.push(kr);
-                p_rates.push(pr);
+                    let (k, p) = if round % 2 == 0 {
+                        let k = kluis(false, workers).await;
+                        reset().await;
+                        let p = plain(false, workers).await;
+                        // The re-encryption below needs the rows as Kluis sealed them.
+                        reset().await;
+                        kluis(false, 1).await;
+                        (k, p)
+                    } else {
+                        let p = plain(false, workers).await;
+                        reset().await;
+                        (kluis(false, workers).await, p)
+                    };
+                    let (kr, pr) = (n as f64 / k, n as f64 / p);
+                    eprintln!("app_encrypt {label} round {round} backfill, {workers} workers: Kluis {kr:.0} rows/s, plain {pr:.0} rows/s");
+                    rates.entry(("backfill", workers)).or_default().push((kr, pr));
+                    // Re-encryption of the sealed rows (the plain rewrite goes first or second in
+                    // turn; it writes the sealed bytes back as they are).
+                    rotate().await;
+                    let (k, p) = if round % 2 == 0 {
+                        let k = kluis(true, workers).await;
+                        (k, plain(true, workers).await)
+                    } else {
+                        let p = plain(true, workers).await;
+                        (kluis(true, workers).await, p)
+                    };
+                    let (kr, pr) = (n as f64 / k, n as f64 / p);
+                    eprintln!("app_encrypt {label} round {round} re-encryption, {workers} workers: Kluis {kr:.0} rows/s, plain {pr:.0} rows/s");
+                    rates.entry(("re-encryption", workers)).or_default().push((kr, pr));
+                }
             }
-            println!(
-                "app_encrypt {label} backfill vs plain move: {:.1} %   ({:.0} rows/s, {:.0} rows/s)",
-                median(ratios),
-                median(k_rates),
-                median(p_rates)
-            );
+            report(label, &rates);
             sqlx::query("DROP TABLE bench_notes").execute(&pool).await.unwrap();
         }
     };
 }
 
-engine_bench!(sqlite_bench, sqlx::Sqlite, "BLOB", |s: &str| s.to_owned(), "");
-engine_bench!(postgres_bench, sqlx::Postgres, "BYTEA", numbered, " FOR UPDATE");
+engine_bench!(sqlite_bench, sqlx::Sqlite, "BLOB", |s: &str| s.to_owned(), "", "", 1);
+engine_bench!(postgres_bench, sqlx::Postgres, "BYTEA", numbered, " FOR UPDATE", " FOR UPDATE SKIP LOCKED", 2);
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

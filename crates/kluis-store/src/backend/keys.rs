@@ -518,14 +518,20 @@ impl<E: Engine> SqlBackend<E> {
     /// Inserts a subject key row inside the application's transaction `conn`, keeping a row of
     /// the same key that exists (`false`) without an error; the wrapping domain key version must
     /// be live (share-locked, as [`Self::insert_subject_key`] does).
+    ///
+    /// Whether the row is this one is read back, not taken from the count of rows the statement
+    /// changed: MariaDB counts a duplicate key's no-op update as a row found (sqlx connects with
+    /// `CLIENT_FOUND_ROWS`), so the count cannot tell a row kept from a row inserted.
     pub(crate) async fn insert_subject_key_keep(
         conn: &mut <E::Db as sqlx::Database>::Connection,
         row: &SubjectKeyRow,
     ) -> Result<bool> {
         Self::require_live_domain_key(conn, &row.tenant, &row.domain, row.wrap_version).await?;
         let sql = E::sql(&format!("{INSERT_SUBJECT_KEY}{}", E::keep_existing("version"))).into_owned();
-        let res = insert_subject_key_stmt::<E>(&sql, row).execute(&mut *conn).await?;
-        Ok(res.rows_affected() == 1)
+        insert_subject_key_stmt::<E>(&sql, row).execute(&mut *conn).await?;
+        let stored =
+            Self::subject_key_locked(conn, &row.tenant, &row.domain, &row.subject, row.version).await?;
+        Ok(stored.is_some_and(|s| s.wrapped == row.wrapped))
     }
 
     /// One subject key row read inside `conn` with a shared lock (so it sees the latest committed

@@ -1,42 +1,94 @@
 //! Re-encryption: the subjects and rows still on an older key version, and one subject moved in one transaction.
 
 use super::*;
+use crate::app_table::{AppTable, TenantSource};
 
 pub(super) fn versions_in(table: &Table, domain: &str) -> String {
     let cols: Vec<String> = table.cells_in(domain).map(|c| format!("r.{}", c.version)).collect();
     if cols.is_empty() { "1 = 0".to_owned() } else { format!("s.version IN ({})", cols.join(", ")) }
 }
 
+/// The SQL conditions on one stale subject key `s` (a row of `kluis_subject_keys`) that decide
+/// whether a re-encryption step has work with it.
+struct KeyConditions {
+    /// `s` is the subject's newest version.
+    newest: String,
+    /// A cell of Kluis's own tables is sealed under `s`.
+    sealing: String,
+    /// No catalog document is sealed under `s`.
+    docs_free: String,
+    /// `s` is not the newest, seals no cell of Kluis's own tables, and a value in a mapped table
+    /// of the application is sealed under it: it waits for the mapped tables' re-encryption
+    /// (`Store::reencrypt_columns_step`), not for a step of the store's.
+    app_wait: String,
+}
+
+impl KeyConditions {
+    fn new<E: Engine>(layout: &Layout, app_tables: &[AppTable], tenant: &str, domain: &str) -> Self {
+        let newest = "NOT EXISTS (SELECT 1 FROM kluis_subject_keys n WHERE n.tenant = s.tenant AND n.domain = s.domain AND n.subject = s.subject AND n.version > s.version)".to_owned();
+        let mut sealing = vec!["1 = 0".to_owned()];
+        for t in layout.tables() {
+            if t.cells_in(domain).next().is_some() {
+                sealing.push(format!(
+                    "EXISTS (SELECT 1 FROM {} r WHERE r.tenant = s.tenant AND r.subject = s.subject AND {})",
+                    t.name,
+                    versions_in(t, domain)
+                ));
+            }
+        }
+        let sealing = format!("({})", sealing.join(" OR "));
+        let docs_free = "NOT EXISTS (SELECT 1 FROM kluis_documents d WHERE d.tenant = s.tenant AND d.domain = s.domain AND d.subject = s.subject AND d.key_version = s.version)".to_owned();
+        let mut app = vec!["1 = 0".to_owned()];
+        for t in app_tables {
+            let cols: Vec<String> = t
+                .protected_columns()
+                .filter(|c| c.domain.as_str() == domain)
+                .map(|c| {
+                    format!("{} = {}", E::bytes_at(&format!("a.{}", c.name), 5, 4), E::be_u32("s.version"))
+                })
+                .collect();
+            if cols.is_empty() {
+                continue;
+            }
+            let tenant_sql = match &t.tenant {
+                TenantSource::Column(c) => format!("{} = s.tenant AND ", E::cast_text(&format!("a.{c}"))),
+                TenantSource::Fixed(x) if x.as_str() == tenant => String::new(),
+                TenantSource::Fixed(_) => continue,
+            };
+            app.push(format!(
+                "EXISTS (SELECT 1 FROM {} a WHERE {tenant_sql}{} = s.subject AND ({}))",
+                t.table,
+                E::cast_text(&format!("a.{}", t.subject_column)),
+                cols.join(" OR ")
+            ));
+        }
+        let app_wait = format!("(NOT {newest} AND NOT {sealing} AND ({}))", app.join(" OR "));
+        Self { newest, sealing, docs_free, app_wait }
+    }
+}
+
 impl<E: Engine> SqlBackend<E> {
     /// Subjects of (tenant, domain) with work for a re-encryption step (a subject key wrapped
-    /// under another version than `active` that is the newest, or still seals a cell, or is used
-    /// by no document), sorted, at most `limit`.
+    /// under another version than `active` that does not wait for the mapped tables'
+    /// re-encryption and is the newest, or still seals a cell, or is used by no document),
+    /// sorted, at most `limit`.
     pub async fn reencrypt_candidates(
         &self,
         layout: &Layout,
+        app_tables: &[AppTable],
         tenant: &str,
         domain: &str,
         active: i64,
         limit: u32,
     ) -> Result<Vec<String>> {
         // A stale key that is not the newest, seals no cell and is used by a document is
-        // waiting for the documents' re-encryption: not a candidate (it would block others).
-        let mut sealing = String::new();
-        for t in layout.tables() {
-            if t.cells_in(domain).next().is_some() {
-                sealing.push_str(&format!(
-                        " OR EXISTS (SELECT 1 FROM {} r WHERE r.tenant = s.tenant AND r.subject = s.subject AND {})",
-                        t.name,
-                        versions_in(t, domain)
-                    ));
-            }
-        }
+        // waiting for the documents' re-encryption: not a candidate (it would block others);
+        // one that seals a value in a mapped table waits for that table's.
+        let k = KeyConditions::new::<E>(layout, app_tables, tenant, domain);
         let sql = format!(
-            "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? AND ( \
-                 NOT EXISTS (SELECT 1 FROM kluis_subject_keys n WHERE n.tenant = s.tenant AND n.domain = s.domain AND n.subject = s.subject AND n.version > s.version) \
-                 {sealing} \
-                 OR NOT EXISTS (SELECT 1 FROM kluis_documents d WHERE d.tenant = s.tenant AND d.domain = s.domain AND d.subject = s.subject AND d.key_version = s.version)) \
-                 ORDER BY s.subject LIMIT ?"
+            "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? \
+                 AND NOT {} AND ({} OR {} OR {}) ORDER BY s.subject LIMIT ?",
+            k.app_wait, k.newest, k.sealing, k.docs_free
         );
         let keys = query::<E>(&E::sql(&sql))
             .bind(tenant)
@@ -53,26 +105,32 @@ impl<E: Engine> SqlBackend<E> {
         Ok(out.into_iter().take(limit as usize).collect())
     }
 
-    /// How many subjects of (tenant, domain) still have a subject key wrapped under another
-    /// version than `active`.
+    /// Subjects of (tenant, domain) with a subject key wrapped under another version than
+    /// `active` (or a blind index under one): those a re-encryption step still has to move
+    /// (`waiting_for_app = false`), or those whose older keys wait only for the re-encryption of
+    /// the application's mapped tables (`true`).
     pub async fn count_stale_subjects(
         &self,
         layout: &Layout,
+        app_tables: &[AppTable],
         tenant: &str,
         domain: &str,
         active: i64,
+        waiting_for_app: bool,
     ) -> Result<u64> {
-        let rows = query::<E>(&E::sql(
-                "SELECT DISTINCT subject FROM kluis_subject_keys WHERE tenant = ? AND domain = ? AND wrap_version <> ?",
-            ))
-            .bind(tenant)
-            .bind(domain)
-            .bind(active)
-            .fetch_all(&self.pool)
-            .await?;
+        let k = KeyConditions::new::<E>(layout, app_tables, tenant, domain);
+        let cond = if waiting_for_app { k.app_wait } else { format!("NOT {}", k.app_wait) };
+        let sql = format!(
+            "SELECT DISTINCT s.subject FROM kluis_subject_keys s WHERE s.tenant = ? AND s.domain = ? AND s.wrap_version <> ? AND {cond}"
+        );
+        let rows =
+            query::<E>(&E::sql(&sql)).bind(tenant).bind(domain).bind(active).fetch_all(&self.pool).await?;
         let mut subjects = std::collections::BTreeSet::new();
         for r in &rows {
             subjects.insert(text(r, 0)?);
+        }
+        if waiting_for_app {
+            return Ok(subjects.len() as u64);
         }
         subjects.extend(self.stale_index_subjects(layout, tenant, domain, active, None).await?);
         Ok(subjects.len() as u64)

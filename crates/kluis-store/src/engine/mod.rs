@@ -136,6 +136,11 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
         format!("substr({column}, {from}, {len})")
     }
 
+    /// The integer expression `expr` as 4 bytes, big-endian (comparable with
+    /// [`Engine::bytes_at`] of a sealed value's key version).
+    #[doc(hidden)]
+    fn be_u32(expr: &str) -> String;
+
     /// The end of an `INSERT` that keeps an existing row of the same key instead (no error, which
     /// on PostgreSQL would abort the caller's transaction); `column` is any column of the table.
     #[doc(hidden)]

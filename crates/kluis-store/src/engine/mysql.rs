@@ -91,6 +91,10 @@ impl Engine for MySql {
         format!("{column} <=> ?")
     }
 
+    fn be_u32(expr: &str) -> String {
+        format!("UNHEX(LPAD(HEX({expr}), 8, '0'))")
+    }
+
     /// MariaDB answers `NOWAIT` on a held lock with error 1205, "Lock wait timeout exceeded"
     /// (rolling back the statement only); MySQL 8 with 3572, "... NOWAIT is set".
     fn lock_unavailable(e: &dyn sqlx::error::DatabaseError) -> bool {

@@ -92,6 +92,10 @@ impl Engine for Postgres {
         format!("{column} IS NOT DISTINCT FROM ?")
     }
 
+    fn be_u32(expr: &str) -> String {
+        format!("int4send(CAST({expr} AS INTEGER))")
+    }
+
     /// `55P03` lock_not_available.
     fn lock_unavailable(e: &dyn sqlx::error::DatabaseError) -> bool {
         e.code().as_deref() == Some("55P03")

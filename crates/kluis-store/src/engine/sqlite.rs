@@ -116,6 +116,10 @@ impl Engine for Sqlite {
         format!("{column} IS ?")
     }
 
+    fn be_u32(expr: &str) -> String {
+        format!("unhex(printf('%08X', {expr}))")
+    }
+
     fn lock_unavailable(_e: &dyn sqlx::error::DatabaseError) -> bool {
         false
     }

@@ -330,13 +330,15 @@ pub struct ReencryptProgress {
     /// Cells re-sealed.
     pub records_resealed: u64,
     /// Subjects that still have a subject key wrapped under an older version (or a blind index
-    /// under one) after this step; 0 when the domain is done (documents included).
+    /// under one) for these steps to move after this step, documents included; 0 when they are
+    /// done (`kept_for_app_tables` may still be more than 0).
     pub remaining_subjects: u64,
     /// Subjects skipped because a record or key changed concurrently (the next step retries).
     pub conflicts: u64,
     /// Subjects left with an older subject key version because values in the application's
-    /// mapped tables are sealed under it (docs/APP_TABLES.md: re-encrypting those is not built).
-    /// They stay in `remaining_subjects`, and the older domain key version cannot be retired.
+    /// mapped tables are sealed under it: [`Store::reencrypt_columns_step`] seals those again,
+    /// and the next step deletes the older version. Until then the older domain key version
+    /// cannot be retired.
     pub kept_for_app_tables: u64,
 }
 

@@ -103,8 +103,11 @@ impl<E: Engine> Store<E> {
         let limit = u32::try_from(max_subjects.max(1)).unwrap_or(u32::MAX);
         let mut tags = Tags::new();
         let mut progress = ReencryptProgress::default();
-        for subject in
-            self.backend.reencrypt_candidates(&self.layout, t, d, active.to_stored(), limit).await?
+        let app_tables: Vec<crate::app_table::AppTable> = self.schema.app_tables().cloned().collect();
+        for subject in self
+            .backend
+            .reencrypt_candidates(&self.layout, &app_tables, t, d, active.to_stored(), limit)
+            .await?
         {
             match self.reencrypt_subject(access, set, &subject, active, &mut tags).await? {
                 SubjectStep::Moved(resealed) => {
@@ -115,8 +118,15 @@ impl<E: Engine> Store<E> {
                 SubjectStep::KeptForAppTables => progress.kept_for_app_tables += 1,
             }
         }
-        progress.remaining_subjects =
-            self.backend.count_stale_subjects(&self.layout, t, d, active.to_stored()).await?;
+        progress.remaining_subjects = self
+            .backend
+            .count_stale_subjects(&self.layout, &app_tables, t, d, active.to_stored(), false)
+            .await?;
+        progress.kept_for_app_tables = progress.kept_for_app_tables.max(
+            self.backend
+                .count_stale_subjects(&self.layout, &app_tables, t, d, active.to_stored(), true)
+                .await?,
+        );
         tracing::info!(
             tenant = %access.tenant, domain = %domain, moved = progress.subjects_moved,
             remaining = progress.remaining_subjects, conflicts = progress.conflicts,
