@@ -663,7 +663,7 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
             .store
             .schema()
             .app_tables()
-            .filter(|t| t.protected_columns().any(|c| c.domain == d))
+            .filter(|t| !t.external && t.protected_columns().any(|c| c.domain == d))
             .map(|t| t.name.clone())
             .collect();
         for table in &tables {
@@ -747,7 +747,10 @@ async fn shred<B: Engine, O: BlobBackend + Clone>(
     let t = env.tenant(&args.tenant).await?;
     kluis_store::check_id("subject id", &args.subject)?;
     let mut access = env.admin_access(&t).await?;
-    if !subject_exists(env, &access, &args.subject).await? {
+    // A subject with keys and no record may have values in the application's mapped tables.
+    if !subject_exists(env, &access, &args.subject).await?
+        && !env.store.subject_has_keys(&access, &args.subject).await?
+    {
         return Err(CliError::UnknownSubject { tenant: t.to_string(), subject: args.subject.clone() });
     }
     let objects: Vec<String> = env
@@ -811,6 +814,7 @@ async fn shred<B: Engine, O: BlobBackend + Clone>(
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "subject": args.subject, "records_removed": rep.records_removed,
         "documents_removed": deleted, "destroyed_versions": destroyed,
+        "mapped_rows_cleared": rep.app_rows_cleared, "mapped_rows_reindexed": rep.app_rows_reindexed,
         "certificate": { "audit_seq": certified.audit_seq, "entry_hash": certified.entry_hash, "file": args.certificate },
     }));
     r.line(format!(
@@ -819,6 +823,12 @@ async fn shred<B: Engine, O: BlobBackend + Clone>(
         rep.records_removed,
         if destroyed.is_empty() { "none".to_owned() } else { destroyed.join(", ") }
     ));
+    if let Some(n) = rep.app_rows_cleared {
+        r.line(format!(
+            "mapped tables: the subject's values cleared in {n} rows; {} rows of other subjects re-indexed",
+            rep.app_rows_reindexed
+        ));
+    }
     r.line(format!(
         "erasure certificate: audit entry {}{}",
         certified.audit_seq,

@@ -116,6 +116,27 @@ fn encrypt_columns_seals_in_place_and_leaves_no_plaintext() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("\"encrypt_columns\""), "{stdout}");
     assert!(!stdout.contains(CANARY));
+    // A shred clears the subject's protected values in the mapped table too, and says so in the
+    // erasure certificate.
+    let out = run_ok(&dir, &["--json", "shred", "--tenant", "acme", "--subject", "emp-1"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["mapped_rows_cleared"], 8, "{v}");
+    let left = sql(
+        &dir,
+        &["SELECT COUNT(*) FROM app_notes WHERE employee_id = 'emp-1' AND (diagnosis IS NOT NULL OR kluis_row_tag IS NOT NULL)".to_owned()],
+    );
+    assert_eq!(left[0][0].as_deref(), Some("0"));
+    let kept = sql(
+        &dir,
+        &["SELECT COUNT(*) FROM app_notes WHERE employee_id <> 'emp-1' AND diagnosis IS NOT NULL".to_owned()],
+    );
+    assert_eq!(kept[0][0].as_deref(), Some("22"));
+    let out = run_ok(&dir, &["audit", "certificates", "--tenant", "acme"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"mapped_rows_cleared\": 8"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // An unknown mapping is a usage error naming it.
     let out = kluis(&dir, &["encrypt-columns", "--tenant", "acme", "--table", "nope"]).output().unwrap();
     assert!(!out.status.success());

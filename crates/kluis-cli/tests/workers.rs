@@ -415,6 +415,9 @@ async fn run<E: TestDb>(db: ServerDb, pool: sqlx::Pool<E::Db>) {
                 )
                 .await;
             let Ok(sealed) = sealed else {
+                // Rolled back now, not when the pool next uses the connection: a dropped
+                // transaction would keep its locks (the audit head's among them) until then.
+                tx.rollback().await.unwrap();
                 refused_cas += 1;
                 continue;
             };
@@ -426,10 +429,12 @@ async fn run<E: TestDb>(db: ServerDb, pool: sqlx::Pool<E::Db>) {
                 sealed.previous_row_tag(),
             )
             .await;
-            if done.is_ok_and(|n| n == 1) && tx.commit().await.is_ok() {
+            if done.is_ok_and(|n| n == 1) {
+                tx.commit().await.unwrap();
                 last.insert(id.to_string(), d);
                 *updated.entry(id.to_string()).or_default() += 1;
             } else {
+                tx.rollback().await.unwrap();
                 refused_cas += 1;
             }
         }

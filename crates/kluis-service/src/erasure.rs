@@ -49,6 +49,10 @@ pub struct ErasureCertificate {
     pub purge: PurgeRef,
     /// The legal override that allowed a shred under retention, if any.
     pub legal_override: Option<OverrideRef>,
+    /// Rows of the application's mapped tables whose protected values were cleared (absent when
+    /// the schema maps no table in Kluis's database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapped_rows_cleared: Option<u64>,
 }
 
 /// A key version of a domain.
@@ -128,6 +132,7 @@ impl ErasureCertificate {
             purge: PurgeRef { engine: engine.to_owned(), steps: report.purge.1.to_owned() },
             legal_override: legal_override
                 .map(|o| OverrideRef { reason: o.reason.clone(), authorised_by: o.authorised_by.clone() }),
+            mapped_rows_cleared: report.app_rows_cleared,
         }
     }
 
@@ -192,7 +197,7 @@ mod tests {
         let doc: serde_json::Value =
             serde_json::from_str(include_str!("../../../tests/vectors/erasure_certificate_v1.json")).unwrap();
         let vectors = doc["vectors"].as_array().unwrap();
-        assert_eq!(vectors.len(), 2);
+        assert_eq!(vectors.len(), 3);
         for v in vectors {
             let json = v["json"].as_str().unwrap();
             let c = ErasureCertificate::from_json(json).unwrap();
@@ -209,6 +214,9 @@ mod tests {
         let second = ErasureCertificate::from_json(vectors[1]["json"].as_str().unwrap()).unwrap();
         assert_eq!(second.blobs_deleted, None);
         assert!(second.legal_override.is_none());
+        assert_eq!(second.mapped_rows_cleared, None);
+        let third = ErasureCertificate::from_json(vectors[2]["json"].as_str().unwrap()).unwrap();
+        assert_eq!(third.mapped_rows_cleared, Some(3));
     }
 
     #[test]

@@ -266,6 +266,12 @@ impl Schema {
                 TenantSource::Fixed(x) => out.push_str(&format!("tenant = \"{x}\"\n")),
             }
             out.push_str(&format!("subject_column = \"{}\"\n", t.subject_column));
+            if let Some(c) = &t.retain_until_column {
+                out.push_str(&format!("retain_until_column = \"{c}\"\n"));
+            }
+            if t.external {
+                out.push_str("external = true\n");
+            }
             out.push_str(&format!("row_tag_column = \"{}\"\n\n", t.row_tag_column));
             out.push_str(&format!("[tables.{}.columns]\n", t.name));
             for c in t.protected_columns() {
@@ -381,6 +387,12 @@ impl Schema {
             if let Some(c) = &rt.row_tag_column {
                 t = t.row_tag_column(c);
             }
+            if let Some(c) = &rt.retain_until_column {
+                t = t.retain_until_column(c);
+            }
+            if rt.external {
+                t = t.external();
+            }
             for (cname, rc) in rt.columns {
                 let ty = FieldType::parse(&rc.ty).ok_or_else(|| {
                     StoreError::Schema(format!(
@@ -431,6 +443,9 @@ struct RawTable {
     tenant: Option<String>,
     subject_column: String,
     row_tag_column: Option<String>,
+    retain_until_column: Option<String>,
+    #[serde(default)]
+    external: bool,
     #[serde(default)]
     columns: BTreeMap<String, RawColumn>,
 }
@@ -517,6 +532,14 @@ pub struct AppTable {
     pub subject_column: String,
     /// The column that holds the row tag.
     pub row_tag_column: String,
+    /// The column that holds the date (`YYYY-MM-DD...`) or unix time (seconds) until which a row
+    /// must be kept: a shred of the row's subject is refused before it (unless a legal override
+    /// is given), as for Kluis's own records.
+    pub retain_until_column: Option<String>,
+    /// The table is in another database than Kluis's (an application on another driver,
+    /// docs/APP_TABLES.md section 7): Kluis runs no SQL on it, so it cannot encrypt, re-encrypt
+    /// or clear its values, nor see which subject key versions they use (it keeps them all).
+    pub external: bool,
     columns: BTreeMap<String, ProtectedColumn>,
 }
 
@@ -547,8 +570,33 @@ impl AppTable {
             tenant,
             subject_column: subject_column.to_owned(),
             row_tag_column: DEFAULT_ROW_TAG_COLUMN.to_owned(),
+            retain_until_column: None,
+            external: false,
             columns: BTreeMap::new(),
         }
+    }
+
+    /// The same mapping with the retention date of a row in column `column`.
+    pub fn retain_until_column(mut self, column: &str) -> Self {
+        self.retain_until_column = Some(column.to_owned());
+        self
+    }
+
+    /// The same mapping of a table in another database than Kluis's.
+    pub fn external(mut self) -> Self {
+        self.external = true;
+        self
+    }
+
+    /// Refuses an operation that runs SQL on the table when it is in another database.
+    pub(crate) fn require_reachable(&self, what: &str) -> Result<()> {
+        if self.external {
+            return Err(StoreError::Invalid(format!(
+                "table {} is in another database (external = true): {what} runs SQL on the table itself",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// The same mapping over SQL table `table` (`name` or `schema.name`).
@@ -649,6 +697,9 @@ impl AppTable {
             return Err(StoreError::Schema(what(&format!("column {c:?} has two roles"))));
         }
         all.push((self.row_tag_column.clone(), "row tag column".into()));
+        if let Some(c) = &self.retain_until_column {
+            all.push((c.clone(), "retention column".into()));
+        }
         for (name, c) in &self.columns {
             if name != &c.name {
                 return Err(StoreError::Schema(what(&format!("column {name:?} is filed as {:?}", c.name))));

@@ -16,6 +16,7 @@ table = "other_driver_notes"
 primary_key = ["id"]
 tenant = "acme"
 subject_column = "employee"
+external = true
 
 [tables.notes.columns]
 diagnosis = { type = "text", domain = "medical" }
@@ -132,6 +133,63 @@ async fn another_driver_seals_and_opens_through_the_apart_calls() {
     let actions: Vec<&str> = audit.iter().map(|e| e.entry.action.as_str()).collect();
     assert_eq!(actions, ["create", "read", "read", "update", "read", "read"]);
     assert!(audit.iter().all(|e| !format!("{:?}", e.entry).contains("canary-od")));
+
+    // The table is out of Kluis's reach (`external = true`): the calls that run SQL on it
+    // refuse, and a re-encryption keeps every older subject key version of the subject, since
+    // Kluis cannot see which of them the table's values use.
+    let e = store.encrypt_columns_plan(&access, "notes").await;
+    assert!(matches!(e, Err(StoreError::Invalid(ref m)) if m.contains("another database")), "{e:?}");
+    let medical = DomainName::medical();
+    let s2 = store
+        .seal_insert_apart(
+            &access,
+            "notes",
+            &["n2"],
+            "emp-42",
+            &[("diagnosis", Value::Text("flu".into()))],
+            &who(),
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &insert,
+            &[
+                &"n2",
+                &"emp-42",
+                &s2.get("diagnosis").unwrap(),
+                &None::<&[u8]>,
+                &s2.get("kluis_row_tag").unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    let e = store.reencrypt_columns_plan(&access, "notes", &medical).await;
+    assert!(matches!(e, Err(StoreError::Invalid(_))), "{e:?}");
+    store.rotate_domain_key(&keyring, &acme, &medical).await.unwrap();
+    let access =
+        store.admin_access(&keyring, &acme, &[DomainName::general(), medical.clone()]).await.unwrap();
+    let mut last = None;
+    for _ in 0..10 {
+        let p = store.reencrypt_step(&access, &medical, 100).await.unwrap();
+        let done = p.subjects_moved == 0;
+        last = Some(p);
+        if done {
+            break;
+        }
+    }
+    let p = last.unwrap();
+    assert_eq!((p.remaining_subjects, p.kept_for_app_tables), (0, 1), "{p:?}");
+    let e = store.retire_domain_version(&keyring, &acme, &medical, kluis_core::KeyVersion::FIRST).await;
+    assert!(matches!(e, Err(StoreError::KeyInUse { .. })), "{e:?}");
+    let sql = format!("SELECT id, employee, diagnosis, capacity, kluis_row_tag FROM {table} WHERE id = 'n2'");
+    let r = client.query_one(&sql, &[]).await.unwrap();
+    let row = AppRow::new(&["n2"], "emp-42")
+        .cell("diagnosis", r.get(2))
+        .cell("capacity", r.get(3))
+        .row_tag(r.get(4));
+    let o = store.open_app_rows(&access, "notes", &[row], &who()).await.unwrap();
+    assert_eq!(o[0].values["diagnosis"], FieldValue::Value(Value::Text("flu".into())));
     client.batch_execute(&format!("DROP TABLE {table}")).await.unwrap();
     drop(client);
     conn.await.unwrap().unwrap();

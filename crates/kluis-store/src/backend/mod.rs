@@ -37,6 +37,8 @@ pub struct SubjectDeleted {
     pub documents: u64,
     /// Subject keys, as (domain, version).
     pub subject_keys: Vec<(String, i64)>,
+    /// Rows of the application's mapped tables whose protected values were cleared.
+    pub app_rows: u64,
 }
 
 /// A record's clear columns.

@@ -12,6 +12,7 @@ impl<E: Engine> SqlBackend<E> {
         subject: &str,
         audit: Option<OverrideRow>,
         entry: Option<crate::audit::AuditAppend>,
+        app_tables: &[crate::app_table::AppTable],
     ) -> Result<SubjectDeleted> {
         let mut tx = self.pool.begin().await?;
         // The head lock first: on SQLite it takes the write lock up front.
@@ -78,12 +79,47 @@ impl<E: Engine> SqlBackend<E> {
                 documents = n;
             }
         }
+        // The subject's protected values in the application's mapped tables (in this database):
+        // every protected column, blind index and row tag of its rows set to NULL. The rows and
+        // their clear columns are the application's, and stay.
+        let mut app_rows = 0u64;
+        for t in app_tables.iter().filter(|t| !t.external) {
+            use crate::app_table::TenantSource;
+            let (tenant_sql, tenant_bind) = match &t.tenant {
+                TenantSource::Column(c) => (format!("{c} = ? AND "), true),
+                TenantSource::Fixed(x) if x.as_str() == tenant => (String::new(), false),
+                TenantSource::Fixed(_) => continue,
+            };
+            let mut cols: Vec<&str> = Vec::new();
+            for c in t.protected_columns() {
+                cols.push(&c.name);
+                if let Some(i) = &c.blind_index_column {
+                    cols.push(i);
+                }
+            }
+            cols.push(&t.row_tag_column);
+            let sets: Vec<String> = cols.iter().map(|c| format!("{c} = NULL")).collect();
+            let any: Vec<String> = cols.iter().map(|c| format!("{c} IS NOT NULL")).collect();
+            let sql = format!(
+                "UPDATE {} SET {} WHERE {tenant_sql}{} = ? AND ({})",
+                t.table,
+                sets.join(", "),
+                t.subject_column,
+                any.join(" OR ")
+            );
+            let sql = E::sql(&sql).into_owned();
+            let mut q = query::<E>(&sql);
+            if tenant_bind {
+                q = q.bind(tenant);
+            }
+            app_rows += q.bind(subject).execute(&mut *tx).await?.rows_affected();
+        }
         if let Some(a) = audit {
             Self::insert_override(&mut tx, a).await?;
         }
         Self::finish_log(&mut tx, TxLog { locked: true, rows: gone, audits: entry.into_iter().collect() })
             .await?;
         tx.commit().await?;
-        Ok(SubjectDeleted { records: removed, documents, subject_keys: keys })
+        Ok(SubjectDeleted { records: removed, documents, subject_keys: keys, app_rows })
     }
 }

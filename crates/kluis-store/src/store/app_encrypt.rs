@@ -71,8 +71,8 @@ pub const HEAD_TRIES: u32 = 100;
 /// [`Store::reencrypt_columns_step`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ColumnsStep {
-    /// Rows read: with at least one plaintext value (encrypting), with at least one protected
-    /// value (re-encrypting).
+    /// Rows read: with at least one plaintext value (encrypting), with a value or blind index of
+    /// the domain under an older key version (re-encrypting).
     pub rows_read: u64,
     /// Rows written: plaintext values sealed and cleared, or values re-sealed.
     pub rows_written: u64,
@@ -83,7 +83,7 @@ pub struct ColumnsStep {
     /// Rows that changed between the read and the write (none while the batch holds its locks;
     /// counted for safety): left for the next pass.
     pub conflicts: u64,
-    /// Rows read that needed nothing (re-encrypting: every value already under the newest keys).
+    /// Rows read that needed nothing after all (re-encrypting: the subject has no key left).
     pub rows_current: u64,
     /// The primary key values of the last row read: the next step's `after`. `None` when the
     /// step read nothing (the pass is over).
@@ -120,6 +120,7 @@ impl<E: Engine> Store<E> {
     /// tenant of `access`.
     pub async fn encrypt_columns_plan(&self, access: &Access, table: &str) -> Result<EncryptPlan> {
         let t = self.schema.app_table(table)?;
+        t.require_reachable("encrypting its columns")?;
         self.app_tenant(access, t)?;
         let plain = plaintext_columns(t)?;
         let (tenant_where, tenant_bind) = tenant_filter(t);
@@ -161,6 +162,7 @@ impl<E: Engine> Store<E> {
         who: &AuditEntry,
     ) -> Result<ColumnsStep> {
         let t = self.schema.app_table(table)?;
+        t.require_reachable("encrypting its columns")?;
         self.app_tenant(access, t)?;
         access.whole_tenant("encrypting a table's columns")?;
         access.require_write("encrypting a table's columns")?;
@@ -230,8 +232,15 @@ impl<E: Engine> Store<E> {
         who: &AuditEntry,
     ) -> Result<()> {
         if !done.is_empty() {
-            if let Some(nowait) = E::HEAD_NOWAIT {
-                Self::head_nowait(&mut tx, nowait).await?;
+            if let Some(nowait) = E::HEAD_NOWAIT
+                && let Err(e) = Self::head_nowait(&mut tx, nowait).await
+            {
+                // Rolled back now (releasing the rows for whoever waits for them), not when the
+                // pool next uses this connection.
+                if let Err(r) = tx.rollback().await {
+                    tracing::warn!(error = %r, "kluis-store: rolling back a batch that did not get the audit head failed");
+                }
+                return Err(e);
             }
             let records: Vec<&str> = done.iter().map(|(r, _)| r.as_str()).collect();
             let mut subjects: Vec<&str> = done.iter().map(|(_, s)| s.as_str()).collect();
@@ -277,6 +286,7 @@ impl<E: Engine> Store<E> {
     /// backups) is in docs/APP_TABLES.md.
     pub async fn purge_app_table(&self, table: &str) -> Result<()> {
         let t = self.schema.app_table(table)?;
+        t.require_reachable("purging it")?;
         E::purge_tables(self.pool(), &[t.table.as_str()]).await
     }
 

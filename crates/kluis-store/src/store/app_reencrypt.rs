@@ -28,11 +28,12 @@ impl<E: Engine> Store<E> {
         domain: &DomainName,
     ) -> Result<u64> {
         let t = self.schema.app_table(table)?;
+        t.require_reachable("re-encrypting its columns")?;
         self.app_tenant(access, t)?;
         let set = access.require(domain.as_str())?;
         let active = active_of(set)?;
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
-        let work = domain_work(t, domain)?;
+        let work = domain_work::<E>(t, &access.tenant, domain, active)?;
         let mut tx = self.pool().begin().await?;
         let key_params = self.key_params(&mut tx, t).await?;
         let mut tags = Tags::new();
@@ -84,12 +85,13 @@ impl<E: Engine> Store<E> {
         who: &AuditEntry,
     ) -> Result<ColumnsStep> {
         let t = self.schema.app_table(table)?;
+        t.require_reachable("re-encrypting its columns")?;
         self.app_tenant(access, t)?;
         access.whole_tenant("re-encrypting a table's columns")?;
         access.require_write("re-encrypting a table's columns")?;
         let (set, active) = self.current_keys(access, domain).await?;
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
-        let work = domain_work(t, domain)?;
+        let work = domain_work::<E>(t, &access.tenant, domain, active)?;
         let mut tx = self.begin_batch(limits).await?;
         let key_params = self.key_params(&mut tx, t).await?;
         let read = BatchRead {
@@ -259,17 +261,46 @@ fn active_of(set: &DomainKeySet) -> Result<KeyVersion> {
     })
 }
 
-/// The rows a re-encryption of `domain` reads: those with a value of the domain.
-fn domain_work(t: &AppTable, domain: &DomainName) -> Result<String> {
-    let cols: Vec<String> = t
-        .protected_columns()
-        .filter(|c| c.domain == *domain)
-        .map(|c| format!("{} IS NOT NULL", c.name))
-        .collect();
-    if cols.is_empty() {
+/// The rows a re-encryption of `domain` reads: those with a value of the domain under another
+/// subject key version than the subject's newest (the header's version, bytes 5..8, against the
+/// newest in `kluis_subject_keys`), or a blind index under another domain key version than
+/// `active` (its first 4 bytes). The step checks each row read again ([`stale`]): this only
+/// keeps a pass from reading rows that are done.
+fn domain_work<E: Engine>(
+    t: &AppTable,
+    tenant: &TenantId,
+    domain: &DomainName,
+    active: KeyVersion,
+) -> Result<String> {
+    // Tenant ids and domain names are of letters, digits, '.', '_' and '-' only (their types
+    // refuse anything else), so they can stand in the SQL text as literals.
+    let newest = format!(
+        "(SELECT MAX(k.version) FROM kluis_subject_keys k WHERE k.tenant = '{tenant}' AND k.domain = '{domain}' \
+         AND k.subject = {})",
+        E::cast_text(&format!("{}.{}", t.table, t.subject_column))
+    );
+    let active_bytes = E::be_u32(&active.get().to_string());
+    let mut any = Vec::new();
+    for c in t.protected_columns().filter(|c| c.domain == *domain) {
+        any.push(format!(
+            "({0} IS NOT NULL AND {1} <> {2})",
+            c.name,
+            E::bytes_at(&c.name, 5, 4),
+            E::be_u32(&newest)
+        ));
+        if let Some(i) = &c.blind_index_column {
+            any.push(format!(
+                "({0} IS NOT NULL AND ({1} IS NULL OR {2} <> {active_bytes}))",
+                c.name,
+                i,
+                E::bytes_at(i, 1, 4)
+            ));
+        }
+    }
+    if any.is_empty() {
         return Err(StoreError::Invalid(format!("table {}: no protected column of domain {domain}", t.name)));
     }
-    Ok(cols.join(" OR "))
+    Ok(any.join(" OR "))
 }
 
 /// Does `row` hold a value of `domain` under another subject key version than `newest`, or a

@@ -395,6 +395,18 @@ impl<E: Engine> Store<E> {
         Self::open_row_owned(set, row)
     }
 
+    /// Does `subject` have a subject key in any domain `access` holds (values sealed for it may
+    /// exist, in Kluis's records or in the application's mapped tables)?
+    pub async fn subject_has_keys(&self, access: &Access, subject: &str) -> Result<bool> {
+        check_id("subject id", subject)?;
+        for d in access.domains() {
+            if !self.backend.subject_keys(access.tenant.as_str(), d, subject).await?.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Version `version` of the subject key of (caller's tenant, `domain`, `subject`).
     /// [`StoreError::Shredded`] if the subject has no key at all in this domain,
     /// [`kluis_core::Error::UnknownKey`] if only that version is gone (re-encrypted away).

@@ -281,6 +281,12 @@ pub struct MigrationReport {
 pub struct ShredReport {
     /// Records removed.
     pub records_removed: u64,
+    /// Rows of the application's mapped tables (in Kluis's database) whose protected values,
+    /// blind indexes and row tags were cleared; `None` when the schema maps no such table.
+    pub app_rows_cleared: Option<u64>,
+    /// Rows of the mapped tables sealed again to derive their blind indexes under the rotated
+    /// domain keys.
+    pub app_rows_reindexed: u64,
     /// Document catalog entries removed (their blobs are unreadable: their keys are destroyed).
     pub documents_removed: u64,
     /// The subject's keys destroyed (domain, subject key version).
