@@ -6,7 +6,8 @@
 //! row opens to the last value the application committed to it; the audit log names every row
 //! the application did not touch exactly once per job (none twice, none missed) and a touched
 //! row at most once in the re-encryption; the older key version can be retired; the canary is in
-//! no worker's output and in no dump of the database.
+//! no worker's output, in no dump of the database and (after the table is rewritten) in none of
+//! the database's files.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
 
 mod common;
@@ -51,6 +52,9 @@ trait TestDb: kluis_store::Engine {
     async fn texts(pool: &sqlx::Pool<Self::Db>, sql: &str) -> Vec<String>;
     /// `SELECT id, employee_id, diagnosis, bsn, kluis_row_tag`, as an application reads a row.
     async fn notes(pool: &sqlx::Pool<Self::Db>, filter: &str) -> Vec<AppRow>;
+    /// The database's own files (the directory a DBA or a backup of the server's disk copies),
+    /// flushed first; `None` outside CI if this process cannot read them.
+    async fn files(pool: &sqlx::Pool<Self::Db>) -> Option<Vec<u8>>;
     /// The application's compare-and-swap `UPDATE` of the diagnosis, in its transaction.
     async fn cas(
         tx: &mut sqlx::Transaction<'static, Self::Db>,
@@ -62,10 +66,21 @@ trait TestDb: kluis_store::Engine {
 }
 
 macro_rules! test_db {
-    ($engine:ty, $db:ty, $create:expr, $dialect:expr, $id_text:expr, $p:expr) => {
+    ($engine:ty, $db:ty, $create:expr, $dialect:expr, $id_text:expr, $p:expr, $files:expr) => {
         impl TestDb for $engine {
             const CREATE: &'static str = $create;
             const DIALECT: &'static str = $dialect;
+            async fn files(pool: &sqlx::Pool<$db>) -> Option<Vec<u8>> {
+                let dir: PathBuf = $files(pool).await;
+                if std::fs::read_dir(&dir).is_err() {
+                    assert!(!common::in_ci(), "cannot read the database files in {}", dir.display());
+                    println!("SKIPPED: database file scan (cannot read {})", dir.display());
+                    return None;
+                }
+                let mut out = Vec::new();
+                read_tree(&dir, &mut out);
+                Some(out)
+            }
             async fn run_sql(pool: &sqlx::Pool<$db>, sql: &str) -> u64 {
                 sqlx::query(sql).execute(pool).await.unwrap().rows_affected()
             }
@@ -123,7 +138,17 @@ test_db!(
     "CREATE TABLE app_notes (id BIGINT PRIMARY KEY, tenant_id TEXT NOT NULL, employee_id TEXT NOT NULL, diagnosis_text TEXT, bsn_text TEXT)",
     "postgres",
     "id::text",
-    ["$1", "$2", "$3", "$4"]
+    ["$1", "$2", "$3", "$4"],
+    async |pool: &sqlx::PgPool| {
+        sqlx::query("CHECKPOINT").execute(pool).await.unwrap();
+        let data: String = sqlx::query_scalar("SHOW data_directory").fetch_one(pool).await.unwrap();
+        let oid: i64 =
+            sqlx::query_scalar("SELECT oid::bigint FROM pg_database WHERE datname = current_database()")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        Path::new(&data).join("base").join(oid.to_string())
+    }
 );
 test_db!(
     MySql,
@@ -131,8 +156,27 @@ test_db!(
     "CREATE TABLE app_notes (id BIGINT PRIMARY KEY, tenant_id VARCHAR(64) NOT NULL, employee_id VARCHAR(64) NOT NULL, diagnosis_text VARCHAR(200), bsn_text VARCHAR(20))",
     "mysql",
     "CAST(id AS CHAR)",
-    ["?", "?", "?", "?"]
+    ["?", "?", "?", "?"],
+    async |pool: &sqlx::MySqlPool| {
+        let mut c = pool.acquire().await.unwrap();
+        sqlx::query("FLUSH TABLES app_notes FOR EXPORT").execute(&mut *c).await.unwrap();
+        sqlx::query("UNLOCK TABLES").execute(&mut *c).await.unwrap();
+        let data: String = sqlx::query_scalar("SELECT @@datadir").fetch_one(&mut *c).await.unwrap();
+        let db: String = sqlx::query_scalar("SELECT DATABASE()").fetch_one(&mut *c).await.unwrap();
+        Path::new(&data).join(db)
+    }
 );
+
+fn read_tree(dir: &Path, out: &mut Vec<u8>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            read_tree(&p, out);
+        } else if let Ok(b) = std::fs::read(&p) {
+            out.extend(b);
+        }
+    }
+}
 
 fn who() -> AuditEntry {
     AuditEntry { actor: "app".into(), roles: "company_doctor".into(), ..AuditEntry::default() }
@@ -171,7 +215,7 @@ async fn chaos(dir: &Path, url: &str, args: &[String], calm: &AtomicBool) -> Cha
         let Some(mut c) = kids[i].take() else { continue };
         if c.try_wait().unwrap().is_some() {
             // Ran to the end already: nothing is left; do not start it again.
-            finish(c, &mut out);
+            finish(c, &mut out).await;
             continue;
         }
         c.kill().unwrap();
@@ -183,12 +227,17 @@ async fn chaos(dir: &Path, url: &str, args: &[String], calm: &AtomicBool) -> Cha
     }
     calm.store(true, Ordering::SeqCst);
     for c in kids.into_iter().flatten() {
-        finish(c, &mut out);
+        finish(c, &mut out).await;
     }
     out
 }
 
-fn finish(c: Child, out: &mut Chaos) {
+/// Waits for a worker to end without blocking the thread: the application's writer runs in the
+/// same task (`tokio::join!`) and may be inside a transaction the worker waits for.
+async fn finish(mut c: Child, out: &mut Chaos) {
+    while c.try_wait().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let o = c.wait_with_output().unwrap();
     assert!(
         o.status.success(),
@@ -337,6 +386,10 @@ async fn run<E: TestDb>(db: ServerDb, pool: sqlx::Pool<E::Db>) {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["rows_left"].as_u64(), Some(0), "{v}");
     eprintln!("{}: the last run sealed {} rows", db.engine, v["rows_encrypted"]);
+    // The last run rewrote the table: no file of the database holds the plaintext any more.
+    if let Some(files) = E::files(&pool).await {
+        assert!(!contains(&files, CANARY.as_bytes()), "the canary is in the database's files");
+    }
     let clear = E::texts(
         &pool,
         "SELECT CAST(id AS CHAR(20)) FROM app_notes WHERE diagnosis_text IS NOT NULL OR bsn_text IS NOT NULL OR diagnosis IS NULL",
@@ -469,6 +522,9 @@ async fn run<E: TestDb>(db: ServerDb, pool: sqlx::Pool<E::Db>) {
     // No worker printed the plaintext, and no dump of the database holds it.
     assert!(!contains(&c.logs, CANARY.as_bytes()));
     assert!(!contains(&dump(&db).await, CANARY.as_bytes()), "the canary is in a dump");
+    if let Some(files) = E::files(&pool).await {
+        assert!(!contains(&files, CANARY.as_bytes()), "the canary is in the database's files");
+    }
     eprintln!("{}: {phase1} + {} workers killed", db.engine, c.kills);
     pool.close().await;
     db.drop_db().await;

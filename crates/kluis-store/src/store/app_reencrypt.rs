@@ -11,7 +11,8 @@ use super::app_rows::index_columns;
 use super::*;
 use crate::app_table::{AppTable, ProtectedColumn};
 use crate::audit::AuditEntry;
-use crate::engine::{Arg, query};
+use crate::engine::{Arg, Cols, query, text};
+use std::collections::HashMap;
 
 /// Rows per page of [`Store::reencrypt_columns_plan`].
 const PLAN_PAGE: u32 = 1000;
@@ -36,7 +37,6 @@ impl<E: Engine> Store<E> {
         let work = domain_work::<E>(t, &access.tenant, domain, active)?;
         let mut tx = self.pool().begin().await?;
         let key_params = self.key_params(&mut tx, t).await?;
-        let mut tags = Tags::new();
         let (mut n, mut after): (u64, Option<Vec<String>>) = (0, None);
         loop {
             let read = BatchRead {
@@ -50,9 +50,9 @@ impl<E: Engine> Store<E> {
             let rows = self.read_batch_rows(&mut tx, access, t, &read, &key_params).await?;
             let Some(last) = rows.last() else { break };
             after = Some(last.key.clone());
+            let newest = self.newest_versions(set, &rows).await?;
             for row in &rows {
-                let newest = self.newest_version(set, &row.subject, &mut tags).await?;
-                if stale(domain, &protected, row, newest, active) {
+                if stale(domain, &protected, row, newest.get(&row.subject).copied(), active) {
                     n += 1;
                 }
             }
@@ -110,9 +110,20 @@ impl<E: Engine> Store<E> {
         };
         let mut done: Vec<(String, String)> = Vec::new();
         let mut tags = Tags::new();
+        let newest = self.newest_versions(set, &rows).await?;
         for row in rows {
+            let newest = newest.get(&row.subject).copied();
             let outcome = self
-                .reencrypt_row(&mut tx, access, t, set, active, &protected, &row, &key_params, &mut tags)
+                .reencrypt_row(
+                    &mut tx,
+                    access,
+                    t,
+                    (set, active, newest),
+                    &protected,
+                    &row,
+                    &key_params,
+                    &mut tags,
+                )
                 .await?;
             step.count(t, &row, outcome, &mut done);
         }
@@ -122,28 +133,39 @@ impl<E: Engine> Store<E> {
         Ok(step)
     }
 
-    /// The subject's newest key version of `set`'s domain, as the database has it now (not as a
-    /// cache of this process remembers it: another process may have made a newer one).
-    async fn newest_version(
+    /// The newest key version of `set`'s domain of every subject of `rows`, as the database has
+    /// it now (one query per 500 subjects; not as a cache of this process remembers it: another
+    /// process may have made a newer one). A subject without a key is absent.
+    async fn newest_versions(
         &self,
         set: &DomainKeySet,
-        subject: &str,
-        tags: &mut Tags,
-    ) -> Result<Option<KeyVersion>> {
-        let d = set.domain().as_str();
-        if let Some((v, _)) = tags.newest_key(subject, d) {
-            return Ok(Some(v));
-        }
-        if let Ok(mut c) = self.subject_keys.lock() {
-            c.forget_subject(set.tenant().as_str(), Some(d), subject);
-        }
-        Ok(match self.load_subject_key(set, subject, None, tags).await? {
-            Some((v, _)) => {
-                tags.remember_newest(subject, d, v);
-                Some(v)
+        rows: &[ReadRow],
+    ) -> Result<HashMap<String, KeyVersion>> {
+        let mut subjects: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut out = HashMap::with_capacity(subjects.len());
+        for chunk in subjects.chunks(500) {
+            let sql = format!(
+                "SELECT subject, MAX(version) FROM kluis_subject_keys WHERE tenant = ? AND domain = ? \
+                 AND subject IN ({}) GROUP BY subject",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let sql = E::sql(&sql).into_owned();
+            let mut q = query::<E>(&sql).bind(set.tenant().as_str()).bind(set.domain().as_str());
+            for s in chunk {
+                q = q.bind(*s);
             }
-            None => None,
-        })
+            for r in q.fetch_all(self.pool()).await? {
+                let v: i64 = r.col(1)?;
+                let v = KeyVersion::from_stored(v).map_err(|_| StoreError::Corrupt {
+                    what: "subject key version",
+                    reason: v.to_string(),
+                })?;
+                out.insert(text(&r, 0)?, v);
+            }
+        }
+        Ok(out)
     }
 
     /// One row of [`Store::reencrypt_columns_step`]. Everything that can refuse it comes before
@@ -154,8 +176,7 @@ impl<E: Engine> Store<E> {
         tx: &mut sqlx::Transaction<'static, E::Db>,
         access: &Access,
         t: &AppTable,
-        set: &DomainKeySet,
-        active: KeyVersion,
+        (set, active, newest): (&DomainKeySet, KeyVersion, Option<KeyVersion>),
         protected: &[&ProtectedColumn],
         row: &ReadRow,
         key_params: &[String],
@@ -182,10 +203,16 @@ impl<E: Engine> Store<E> {
             return Ok(RowOutcome::Refused("a protected value without a row tag".into()));
         };
         refuse!(Self::check_app_row(access, t, &record, &row.subject, &present, old_tag, tags));
-        let newest = self.newest_version(set, &row.subject, tags).await?;
-        if !stale(domain, protected, row, newest, active) {
+        let Some(newest) = newest.filter(|_| stale(domain, protected, row, newest, active)) else {
             return Ok(RowOutcome::Current);
+        };
+        // The newest key, for the sealing below.
+        if self.load_subject_key(set, &row.subject, Some(newest), tags).await?.is_none() {
+            return Err(StoreError::KeyChanged {
+                what: format!("subject key {}/{domain}/{} v{newest}", access.tenant, row.subject),
+            });
         }
+        tags.remember_newest(&row.subject, domain.as_str(), newest);
         // Every value of the domain, opened under the version its header names.
         let mut fields: Vec<(String, Value)> = Vec::new();
         let mut ad = Vec::with_capacity(160);
