@@ -215,13 +215,9 @@ pub struct EncryptColumnsArgs {
     /// The table mapping of the schema (`[tables.NAME]`).
     #[arg(long)]
     pub table: String,
-    /// Rows per batch; each batch is one transaction.
-    #[arg(long, default_value_t = 500)]
-    pub batch: u32,
-    /// Seconds the database waits for this worker inside a batch before it ends the batch and
-    /// releases its rows to other workers (PostgreSQL and MariaDB).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub lease: u64,
+    /// Batch size and lease.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
     /// Only show what is left to do.
     #[arg(long)]
     pub dry_run: bool,
@@ -240,6 +236,17 @@ pub struct ReencryptColumnsArgs {
     /// The table mapping of the schema (`[tables.NAME]`).
     #[arg(long)]
     pub table: String,
+    /// Batch size and lease.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Only show what is left to do.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The batches of a worker over a mapped table.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
     /// Rows per batch; each batch is one transaction.
     #[arg(long, default_value_t = 500)]
     pub batch: u32,
@@ -247,9 +254,6 @@ pub struct ReencryptColumnsArgs {
     /// releases its rows to other workers (PostgreSQL and MariaDB).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub lease: u64,
-    /// Only show what is left to do.
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 /// `kluis shred`.

@@ -528,11 +528,11 @@ async fn encrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
     );
     bar.set_length(plan.rows);
     let who = kluis_store::audit::AuditEntry { actor: actor.to_owned(), ..Default::default() };
-    let limits = batch_limits(args.batch, args.lease);
+    let limits = batch_limits(args.worker.batch, args.worker.lease);
     let run = crate::columns::run(
         async |after| env.store.encrypt_columns_step(&access, table, &limits, after.as_deref(), &who).await,
         async || Ok(env.store.encrypt_columns_plan(&access, table).await?.rows),
-        worker_wait(args.lease),
+        worker_wait(args.worker.lease),
         |s| bar.inc(s.rows_written),
     )
     .await?;
@@ -580,7 +580,9 @@ async fn reencrypt_columns_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
         r.line(format!("{t}/{d} {table}: {todo} rows hold values to seal again"));
         return Ok(r);
     }
-    let run = reencrypt_table(env, actor, &access, &d, table, batch_limits(args.batch, args.lease)).await?;
+    let run =
+        reencrypt_table(env, actor, &access, &d, table, batch_limits(args.worker.batch, args.worker.lease))
+            .await?;
     let left = env.store.reencrypt_columns_plan(&access, table, &d).await?;
     let mut r = Report::new(json!({
         "tenant": t.as_str(), "domain": d.as_str(), "table": table, "rows_resealed": run.written,
@@ -667,7 +669,10 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
             .map(|t| t.name.clone())
             .collect();
         for table in &tables {
-            let limits = kluis_store::BatchLimits::rows(u32::try_from(args.batch).unwrap_or(u32::MAX).max(1));
+            let rows = u32::try_from(args.batch).map_err(|_| {
+                CliError::Usage(format!("--batch {} is more rows than a batch can hold", args.batch))
+            })?;
+            let limits = kluis_store::BatchLimits::rows(rows.max(1));
             let run = reencrypt_table(env, actor, &access, &d, table, limits).await?;
             app_rows += run.written;
             app_refused.extend(run.refused.into_iter().map(|(id, why)| (format!("{table}/{id}"), why)));

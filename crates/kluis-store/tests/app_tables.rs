@@ -129,6 +129,18 @@ impl<E: AppTables> App<E> {
             )
             .await
             .unwrap();
+        Self::insert_sealed(&mut tx, id, access.tenant().as_str(), subject, &sealed).await;
+        tx.commit().await.unwrap();
+    }
+
+    /// The application's own `INSERT` of a row, binding what `seal_insert` returned.
+    async fn insert_sealed(
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        id: &str,
+        tenant: &str,
+        subject: &str,
+        sealed: &kluis_store::SealedRow,
+    ) {
         let cols: Vec<(&str, Option<&[u8]>)> = sealed.columns().collect();
         let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
         let sql = format!(
@@ -136,10 +148,9 @@ impl<E: AppTables> App<E> {
             names.join(", "),
             vec!["?"; names.len()].join(", ")
         );
-        let mut binds = vec![t(id), t(access.tenant().as_str()), t(subject), t("2026-03-01")];
+        let mut binds = vec![t(id), t(tenant), t(subject), t("2026-03-01")];
         binds.extend(cols.iter().map(|(_, v)| B::Y(v.map(<[u8]>::to_vec))));
-        assert_eq!(E::run(&mut tx, &sql, binds).await.unwrap(), 1);
-        tx.commit().await.unwrap();
+        assert_eq!(E::run(tx, &sql, binds).await.unwrap(), 1);
     }
 
     /// Every note of the tenant, read in full, joined with the employee's name.
@@ -484,6 +495,12 @@ async fn rotation_and_shred<E: AppTables>(app: &App<E>) {
     app.store.rotate_domain_key(&app.h.keyring, &app.h.tenant, &general).await.unwrap();
     let access = app.doctor().await;
     settle(app, &access, &general).await;
+    // A lease out of range is refused before anything is read.
+    for lease in [0, 86_401] {
+        let limits = BatchLimits { rows: 2, lease: std::time::Duration::from_secs(lease) };
+        let e = app.store.reencrypt_columns_step(&access, "notes", &med, &limits, None, &who()).await;
+        assert!(matches!(e, Err(StoreError::Invalid(ref m)) if m.contains("lease")), "{e:?}");
+    }
     // Re-encrypting the mapped table, domain by domain, in batches of 2 rows.
     for d in [&med, &general] {
         let todo = app.store.reencrypt_columns_plan(&access, "notes", d).await.unwrap();
@@ -622,16 +639,7 @@ async fn new_subject_race<E: AppTables>(app: &App<E>) {
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let cols: Vec<(&str, Option<&[u8]>)> = sealed.columns().collect();
-        let names: Vec<&str> = cols.iter().map(|(c, _)| *c).collect();
-        let sql = format!(
-            "INSERT INTO absence_notes (id, tenant_id, employee_id, start_date, {}) VALUES (?, ?, ?, ?, {})",
-            names.join(", "),
-            vec!["?"; names.len()].join(", ")
-        );
-        let mut binds = vec![t("race-1"), t("acme"), t("emp-race"), t("2026-03-01")];
-        binds.extend(cols.iter().map(|(_, v)| B::Y(v.map(<[u8]>::to_vec))));
-        E::run(&mut tx, &sql, binds).await.unwrap();
+        App::<E>::insert_sealed(&mut tx, "race-1", "acme", "emp-race", &sealed).await;
         tx.commit().await.unwrap();
     };
     let second = async {

@@ -41,7 +41,8 @@ pub struct BatchLimits {
     pub rows: u32,
     /// How long the server waits for a batch's worker before it ends the batch (rolled back,
     /// its rows released for other workers): PostgreSQL's `idle_in_transaction_session_timeout`,
-    /// MariaDB's `idle_transaction_timeout`; whole seconds, at least 1. Not used on SQLite.
+    /// MariaDB's `idle_transaction_timeout`; whole seconds, 1 to 86,400 ([`StoreError::Invalid`]
+    /// otherwise). Not used on SQLite.
     pub lease: std::time::Duration,
 }
 
@@ -58,8 +59,15 @@ impl BatchLimits {
         Self { rows, ..Self::default() }
     }
 
-    fn lease_secs(&self) -> u32 {
-        u32::try_from(self.lease.as_secs().max(1)).unwrap_or(u32::MAX)
+    /// The lease in whole seconds, checked.
+    fn lease_secs(&self) -> Result<u32> {
+        match u32::try_from(self.lease.as_secs()) {
+            Ok(s @ 1..=86_400) => Ok(s),
+            _ => Err(StoreError::Invalid(format!(
+                "a batch's lease must be 1 to 86,400 seconds, not {:?}",
+                self.lease
+            ))),
+        }
     }
 }
 
@@ -171,8 +179,6 @@ impl<E: Engine> Store<E> {
             access.require(c.domain.as_str())?;
         }
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
-        let mut tx = self.begin_batch(limits).await?;
-        let key_params = self.key_params(&mut tx, t).await?;
         let read = BatchRead {
             plain: &plain,
             protected: &protected,
@@ -181,12 +187,7 @@ impl<E: Engine> Store<E> {
             after,
             lock: E::CLAIM_LOCK,
         };
-        let rows = self.read_batch_rows(&mut tx, access, t, &read, &key_params).await?;
-        let mut step = ColumnsStep {
-            rows_read: rows.len() as u64,
-            last_key: rows.last().map(|r| r.key.clone()),
-            ..ColumnsStep::default()
-        };
+        let (mut tx, key_params, rows, mut step) = self.start_batch(access, t, &read, limits).await?;
         let mut done: Vec<(String, String)> = Vec::new();
         // One cache for the batch: the subject keys it finds or makes, the row tag key.
         let mut tags = Tags::new();
@@ -202,17 +203,36 @@ impl<E: Engine> Store<E> {
         Ok(step)
     }
 
-    /// Begins a worker's batch: SQLite's write lock and audit head first; elsewhere the lease.
-    pub(super) async fn begin_batch(
+    /// Begins a worker's batch ([`Store::begin_batch`]) and claims its rows: the transaction, the
+    /// binds of the key columns, the rows, and the step's counts so far.
+    #[allow(clippy::type_complexity)]
+    pub(super) async fn start_batch(
         &self,
+        access: &Access,
+        t: &AppTable,
+        read: &BatchRead<'_>,
         limits: &BatchLimits,
-    ) -> Result<sqlx::Transaction<'static, E::Db>> {
+    ) -> Result<(sqlx::Transaction<'static, E::Db>, Vec<String>, Vec<ReadRow>, ColumnsStep)> {
+        let mut tx = self.begin_batch(limits).await?;
+        let key_params = self.key_params(&mut tx, t).await?;
+        let rows = self.read_batch_rows(&mut tx, access, t, read, &key_params).await?;
+        let step = ColumnsStep {
+            rows_read: rows.len() as u64,
+            last_key: rows.last().map(|r| r.key.clone()),
+            ..ColumnsStep::default()
+        };
+        Ok((tx, key_params, rows, step))
+    }
+
+    /// Begins a worker's batch: SQLite's write lock and audit head first; elsewhere the lease.
+    async fn begin_batch(&self, limits: &BatchLimits) -> Result<sqlx::Transaction<'static, E::Db>> {
+        let lease = limits.lease_secs()?;
         let mut tx = self.backend.begin_write().await?;
         if E::HEAD_NOWAIT.is_none() {
             // The audit head first, as every writer of Kluis's takes it.
             SqlBackend::<E>::lock_head(&mut tx).await?;
         }
-        if let Some(sql) = E::lease_sql(limits.lease_secs()) {
+        if let Some(sql) = E::lease_sql(lease) {
             query::<E>(&sql).execute(&mut *tx).await?;
         }
         Ok(tx)

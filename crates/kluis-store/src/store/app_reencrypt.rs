@@ -91,23 +91,15 @@ impl<E: Engine> Store<E> {
         access.require_write("re-encrypting a table's columns")?;
         let (set, active) = self.current_keys(access, domain).await?;
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
-        let work = domain_work::<E>(t, &access.tenant, domain, active)?;
-        let mut tx = self.begin_batch(limits).await?;
-        let key_params = self.key_params(&mut tx, t).await?;
         let read = BatchRead {
             plain: &[],
             protected: &protected,
-            work,
+            work: domain_work::<E>(t, &access.tenant, domain, active)?,
             rows: limits.rows,
             after,
             lock: E::CLAIM_LOCK,
         };
-        let rows = self.read_batch_rows(&mut tx, access, t, &read, &key_params).await?;
-        let mut step = ColumnsStep {
-            rows_read: rows.len() as u64,
-            last_key: rows.last().map(|r| r.key.clone()),
-            ..ColumnsStep::default()
-        };
+        let (mut tx, key_params, rows, mut step) = self.start_batch(access, t, &read, limits).await?;
         let mut done: Vec<(String, String)> = Vec::new();
         let mut tags = Tags::new();
         let newest = self.newest_versions(set, &rows).await?;
