@@ -496,26 +496,12 @@ impl<E: Engine> Store<E> {
         let (cells, indexes) = refuse!(
             self.app_seal(&mut Some(&mut *tx), access, t, &record, &row.subject, &fields, tags).await
         );
-        let mut after: Vec<(&str, &[u8])> =
-            present.iter().filter(|(c, _)| !cells.iter().any(|f| f.field == *c)).copied().collect();
-        after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));
-        let tag = refuse!(Self::app_row_tag(access, t, &record, &row.subject, &after, tags));
-        let index_values = refuse!(index_columns(t, &indexes));
+        let (sets, values) =
+            refuse!(Self::sealed_sets(access, t, (&record, &row.subject), &present, &cells, &indexes, tags));
         let at = locator_where(t, key_params);
         let key_args = || row.key.iter().map(|k| Arg::S(k.as_str()));
         // 1. The sealed values and the new tag, if the row still holds what was read.
-        let mut sets: Vec<String> = Vec::new();
-        let mut args: Vec<Arg<'_>> = Vec::new();
-        for f in &cells {
-            sets.push(format!("{} = ?", f.field));
-            args.push(Arg::B(Some(f.sealed.as_slice())));
-        }
-        for (col, v) in &index_values {
-            sets.push(format!("{col} = ?"));
-            args.push(Arg::B(Some(v.as_slice())));
-        }
-        sets.push(format!("{} = ?", t.row_tag_column));
-        args.push(Arg::B(Some(tag.as_slice())));
+        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::B(Some(v.as_slice()))).collect();
         let mut cond = vec![at.clone()];
         args.extend(key_args());
         for (c, v) in plain.iter().zip(&row.plain) {
@@ -587,6 +573,38 @@ impl<E: Engine> Store<E> {
         let sql = E::sql(&sql).into_owned();
         query::<E>(&sql).bind_all(key_args()).execute(&mut **tx).await?;
         Ok(RowOutcome::Done(record))
+    }
+
+    /// The `SET` of a row written with newly sealed `cells` (and their `indexes`): the cells, their
+    /// blind index columns and the row tag over every cell the row holds afterwards (`present`,
+    /// the cells read, with the new ones in their place); the clauses and their values, in order.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn sealed_sets(
+        access: &Access,
+        t: &AppTable,
+        (record, subject): (&str, &str),
+        present: &[(&str, &[u8])],
+        cells: &[FieldRow],
+        indexes: &[IndexRow],
+        tags: &mut Tags,
+    ) -> Result<(Vec<String>, Vec<Vec<u8>>)> {
+        let mut after: Vec<(&str, &[u8])> =
+            present.iter().filter(|(c, _)| !cells.iter().any(|f| f.field == *c)).copied().collect();
+        after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));
+        let tag = Self::app_row_tag(access, t, record, subject, &after, tags)?;
+        let mut sets = Vec::new();
+        let mut values = Vec::new();
+        for f in cells {
+            sets.push(format!("{} = ?", f.field));
+            values.push(f.sealed.clone());
+        }
+        for (col, v) in index_columns(t, indexes)? {
+            sets.push(format!("{col} = ?"));
+            values.push(v);
+        }
+        sets.push(format!("{} = ?", t.row_tag_column));
+        values.push(tag);
+        Ok((sets, values))
     }
 
     /// A subject key version as this transaction sees it (made in it, or committed).

@@ -7,7 +7,6 @@
 //! keys, with a new row tag, by an `UPDATE` that compares the row tag it read.
 
 use super::app_encrypt::{BatchLimits, BatchRead, ColumnsStep, ReadRow, RowOutcome, locator_where};
-use super::app_rows::index_columns;
 use super::*;
 use crate::app_table::{AppTable, ProtectedColumn};
 use crate::audit::AuditEntry;
@@ -232,23 +231,9 @@ impl<E: Engine> Store<E> {
         let coll = t.as_collection();
         let (cells, indexes) =
             refuse!(Self::seal_fields_now(access, &coll, &record, &row.subject, &fields, tags));
-        let mut after: Vec<(&str, &[u8])> =
-            present.iter().filter(|(c, _)| !cells.iter().any(|f| f.field == *c)).copied().collect();
-        after.extend(cells.iter().map(|f| (f.field.as_str(), f.sealed.as_slice())));
-        let tag = refuse!(Self::app_row_tag(access, t, &record, &row.subject, &after, tags));
-        let index_values = refuse!(index_columns(t, &indexes));
-        let mut sets: Vec<String> = Vec::new();
-        let mut args: Vec<Arg<'_>> = Vec::new();
-        for f in &cells {
-            sets.push(format!("{} = ?", f.field));
-            args.push(Arg::B(Some(f.sealed.as_slice())));
-        }
-        for (col, v) in &index_values {
-            sets.push(format!("{col} = ?"));
-            args.push(Arg::B(Some(v.as_slice())));
-        }
-        sets.push(format!("{} = ?", t.row_tag_column));
-        args.push(Arg::B(Some(tag.as_slice())));
+        let (sets, values) =
+            refuse!(Self::sealed_sets(access, t, (&record, &row.subject), &present, &cells, &indexes, tags));
+        let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::B(Some(v.as_slice()))).collect();
         args.extend(row.key.iter().map(|k| Arg::S(k.as_str())));
         args.push(Arg::B(Some(old_tag.as_slice())));
         let sql = format!(
