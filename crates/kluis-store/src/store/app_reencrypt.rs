@@ -20,7 +20,8 @@ impl<E: Engine> Store<E> {
     /// How many rows of `table` (a mapping of the application's tables) in the tenant of `access`
     /// hold a value of `domain` that [`Store::reencrypt_columns_step`] would seal again: under
     /// an older subject key version than the subject's newest, or with a blind index under an
-    /// older domain key version than the active one. Reads the whole table (no locks).
+    /// older domain key version than the active one. Reads (without locks) the rows whose headers
+    /// SQL finds under other versions, and checks each as the step does.
     pub async fn reencrypt_columns_plan(
         &self,
         access: &Access,
@@ -320,9 +321,10 @@ fn stale(
     let Some(newest) = newest else { return false };
     protected.iter().zip(row.cells.iter().zip(&row.indexes)).any(|(c, (cell, index))| {
         let Some(sealed) = cell.as_deref().filter(|_| c.domain == *domain) else { return false };
+        // A value under a newer version than `newest` (made after `newest` was read) is left.
         let under = kluis_core::SealedHeader::parse(sealed).ok().and_then(|h| h.key.version);
         let index_stale = c.blind_index_column.is_some()
             && index.as_deref().and_then(|i| i.get(..4)) != Some(active.to_be_bytes().as_slice());
-        under != Some(newest) || index_stale
+        under.is_none_or(|u| u < newest) || index_stale
     })
 }
