@@ -295,3 +295,59 @@ async fn encrypt_columns_mysql() {
         run(h).await;
     }
 }
+
+/// A value the table does not give back as written (here a trigger of the database's that
+/// spoils it after the write) fails the read-back check, naming the row: the batch rolls back
+/// whole, so every row keeps its plaintext and holds no sealed value.
+#[tokio::test]
+async fn a_value_that_does_not_read_back_keeps_its_plaintext() {
+    let h = common::sqlite().await.unwrap();
+    let pool = h.store.pool().clone();
+    let store = Store::new(pool.clone(), Schema::from_toml(SCHEMA).unwrap());
+    store.migrate().await.unwrap();
+    <Sqlite as AppSql>::run_pool(&pool, <Sqlite as LegacySql>::CREATE, vec![]).await;
+    for stmt in store
+        .app_table("notes")
+        .unwrap()
+        .ddl(<Sqlite as AppSql>::DIALECT)
+        .lines()
+        .filter(|l| !l.starts_with("--"))
+    {
+        <Sqlite as AppSql>::run_pool(&pool, stmt.trim_end_matches(';'), vec![]).await;
+    }
+    for i in 1..=3 {
+        <Sqlite as AppSql>::run_pool(
+            &pool,
+            "INSERT INTO legacy_notes (id, tenant_id, employee_id, diagnosis_text) VALUES (?, 'acme', 'emp-1', ?)",
+            vec![B::I(i), B::T(format!("diagnosis {i}"))],
+        )
+        .await;
+    }
+    <Sqlite as AppSql>::run_pool(
+        &pool,
+        "CREATE TRIGGER spoil AFTER UPDATE OF diagnosis ON legacy_notes WHEN NEW.id = 2 AND NEW.diagnosis IS NOT NULL \
+         BEGIN UPDATE legacy_notes SET diagnosis = substr(NEW.diagnosis, 1, length(NEW.diagnosis) - 1) || X'00' WHERE id = 2; END",
+        vec![],
+    )
+    .await;
+    let access = store
+        .admin_access(&h.keyring, &h.tenant, &[DomainName::general(), DomainName::medical()])
+        .await
+        .unwrap();
+    let e =
+        store.encrypt_columns_step(&access, "notes", &kluis_store::BatchLimits::rows(10), None, &who()).await;
+    match e {
+        Err(kluis_store::StoreError::Integrity { collection, record, field }) => {
+            assert_eq!((collection.as_str(), record.as_str(), field.as_str()), ("notes", "2", "diagnosis"));
+        }
+        other => panic!("expected an integrity error naming row 2, got {other:?}"),
+    }
+    let left = <Sqlite as AppSql>::rows(
+        &pool,
+        "SELECT id FROM legacy_notes WHERE diagnosis_text IS NOT NULL AND diagnosis IS NULL AND kluis_row_tag IS NULL",
+        vec![],
+        1,
+    )
+    .await;
+    assert_eq!(left.len(), 3, "the batch rolled back whole");
+}

@@ -15,6 +15,8 @@
 //! rolls back whole ([`StoreError::Busy`], retryable). On SQLite a batch takes the database's
 //! write lock first, so workers' batches run one after another.
 
+use std::collections::HashMap;
+
 use super::app_rows::index_columns;
 use super::*;
 use crate::app_table::{AppTable, ProtectedColumn, TenantSource};
@@ -151,8 +153,9 @@ impl<E: Engine> Store<E> {
     /// the rows are claimed (`FOR UPDATE SKIP LOCKED` under a lease; SQLite's write lock: see the
     /// module documentation for several workers), each row's plaintext values are
     /// sealed into its protected columns with a new row tag by an `UPDATE` that compares the
-    /// plaintext and the row tag it read, the sealed values are read back and opened and
-    /// compared with the plaintext, and only then are the plaintext columns set to NULL. One
+    /// plaintext and the row tag it read, then the sealed values of the rows written are read
+    /// back from the table (a `SELECT` per 200 rows) and opened and compared with the plaintext,
+    /// and only then are their plaintext columns set to NULL (an `UPDATE` per 200 rows). One
     /// audit entry (`who` with `encrypt_columns`, the rows, subjects and columns) commits with
     /// the batch. Killed at any point, a batch is either all done or not at all, and the next
     /// step continues where the data stands: plaintext is the work list. A pass ends with a
@@ -191,13 +194,25 @@ impl<E: Engine> Store<E> {
         let mut done: Vec<(String, String)> = Vec::new();
         // One cache for the batch: the subject keys it finds or makes, the row tag key.
         let mut tags = Tags::new();
+        let mut written: Vec<Written> = Vec::new();
         for row in rows {
             // An error once a row is written aborts the whole batch (the transaction rolls back).
             let outcome = self
-                .encrypt_row(&mut tx, access, t, &plain, &protected, &row, &key_params, &mut tags)
+                .encrypt_row(
+                    &mut tx,
+                    access,
+                    t,
+                    &plain,
+                    &protected,
+                    &row,
+                    &key_params,
+                    &mut tags,
+                    &mut written,
+                )
                 .await?;
             step.count(t, &row, outcome, &mut done);
         }
+        self.verify_and_clear(&mut tx, access, t, &plain, &written, &key_params, &mut tags).await?;
         let columns: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
         self.finish_batch(tx, access, t, &done, &columns, "encrypt_columns", who).await?;
         Ok(step)
@@ -447,8 +462,11 @@ impl<E: Engine> Store<E> {
         Ok(out)
     }
 
-    /// One row. Everything that can refuse it comes before its first write; an error after
-    /// that is returned, and the caller's transaction (the whole batch) rolls back.
+    /// Step 1 of one row: its sealed values, blind indexes and new row tag written by an `UPDATE`
+    /// that compares the plaintext and the row tag read; the row goes to `written` for steps 2
+    /// and 3 ([`Store::verify_and_clear`]). Everything that can refuse it comes before its
+    /// write; an error after that is returned, and the caller's transaction (the whole batch)
+    /// rolls back.
     #[allow(clippy::too_many_arguments)]
     async fn encrypt_row(
         &self,
@@ -460,6 +478,7 @@ impl<E: Engine> Store<E> {
         row: &ReadRow,
         key_params: &[String],
         tags: &mut Tags,
+        written: &mut Vec<Written>,
     ) -> Result<RowOutcome> {
         macro_rules! refuse {
             ($e:expr) => {
@@ -498,12 +517,10 @@ impl<E: Engine> Store<E> {
         );
         let (sets, values) =
             refuse!(Self::sealed_sets(access, t, (&record, &row.subject), &present, &cells, &indexes, tags));
-        let at = locator_where(t, key_params);
-        let key_args = || row.key.iter().map(|k| Arg::S(k.as_str()));
         // 1. The sealed values and the new tag, if the row still holds what was read.
         let mut args: Vec<Arg<'_>> = values.iter().map(|v| Arg::B(Some(v.as_slice()))).collect();
-        let mut cond = vec![at.clone()];
-        args.extend(key_args());
+        let mut cond = vec![locator_where(t, key_params)];
+        args.extend(row.key.iter().map(|k| Arg::S(k.as_str())));
         for (c, v) in plain.iter().zip(&row.plain) {
             cond.push(E::null_safe_eq(&plaintext_expr::<E>(c)));
             let v: Option<&[u8]> = v.as_ref().map(|b| b.as_slice());
@@ -528,51 +545,119 @@ impl<E: Engine> Store<E> {
                 )));
             }
         }
-        // 2. Read back and opened: each sealed value gives the plaintext it replaces.
-        let integrity = |field: &str| StoreError::Integrity {
-            collection: t.name.clone(),
+        written.push(Written {
+            key: row.key.clone(),
             record: record.clone(),
-            field: field.to_owned(),
-        };
-        let cols: Vec<&str> = cells.iter().map(|f| f.field.as_str()).collect();
-        let sql = format!("SELECT {} FROM {} WHERE {at}", cols.join(", "), t.table);
-        let sql = E::sql(&sql).into_owned();
-        let back = query::<E>(&sql).bind_all(key_args()).fetch_one(&mut **tx).await?;
+            subject: row.subject.clone(),
+            fields,
+        });
+        Ok(RowOutcome::Done(record))
+    }
+
+    /// Steps 2 and 3 of a batch, for the rows `written` in it: their sealed values are read back
+    /// from the table (one `SELECT` per 200 rows) and opened, each must give the plaintext it
+    /// replaces ([`StoreError::Integrity`] otherwise, and the whole batch rolls back), and only
+    /// then are their plaintext columns set to NULL (one `UPDATE` per 200 rows).
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_and_clear(
+        &self,
+        tx: &mut sqlx::Transaction<'static, E::Db>,
+        access: &Access,
+        t: &AppTable,
+        plain: &[&ProtectedColumn],
+        written: &[Written],
+        key_params: &[String],
+        tags: &mut Tags,
+    ) -> Result<()> {
+        let keys_sql: Vec<String> = t
+            .primary_key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} AS kluis_k{i}", E::cast_text(k)))
+            .collect();
+        let one_key = format!("({})", key_params.join(", "));
         let mut ad = Vec::with_capacity(160);
-        for (i, (name, value)) in fields.iter().enumerate() {
-            let stored: Option<Vec<u8>> = back.col(i)?;
-            let stored = stored.ok_or_else(|| integrity(name))?;
-            let c = t.protected_column(name).ok_or_else(|| integrity(name))?;
-            let set = access.require(c.domain.as_str())?;
-            let v = kluis_core::SealedHeader::parse(&stored)
-                .ok()
-                .and_then(|h| h.key.version)
-                .ok_or_else(|| integrity(name))?;
-            let sk = self
-                .load_subject_key_in(tx, set, &row.subject, v, tags)
-                .await?
-                .ok_or_else(|| integrity(name))?;
-            let ctx = Context {
-                tenant: &access.tenant,
-                domain: set.domain(),
-                collection: &t.name,
-                field: name,
-                record: &record,
-            };
-            let pt = sk.open_vec(&ctx, stored, &mut ad).map_err(|_| integrity(name))?;
-            if !ct_eq(pt.expose_secret(), value.encode().as_slice()) {
-                return Err(integrity(name));
+        for chunk in written.chunks(VERIFY_ROWS) {
+            let keys_in = format!(
+                "({}) IN ({})",
+                t.primary_key.join(", "),
+                vec![one_key.as_str(); chunk.len()].join(", ")
+            );
+            let key_args = || chunk.iter().flat_map(|w| w.key.iter().map(|k| Arg::S(k.as_str())));
+            // 2. Read back and opened: each sealed value gives the plaintext it replaces.
+            let cols: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
+            let sql = format!(
+                "SELECT {}, {} FROM {} WHERE {keys_in}",
+                keys_sql.join(", "),
+                cols.join(", "),
+                t.table
+            );
+            let sql = E::sql(&sql).into_owned();
+            let back = query::<E>(&sql).bind_all(key_args()).fetch_all(&mut **tx).await?;
+            let mut stored: HashMap<Vec<String>, Vec<Option<Vec<u8>>>> = HashMap::with_capacity(back.len());
+            let n = t.primary_key.len();
+            for r in &back {
+                let mut key = Vec::with_capacity(n);
+                for i in 0..n {
+                    key.push(opt_text(r, i)?.unwrap_or_default());
+                }
+                let mut values = Vec::with_capacity(cols.len());
+                for i in 0..cols.len() {
+                    values.push(r.col::<Option<Vec<u8>>>(n + i)?);
+                }
+                stored.insert(key, values);
+            }
+            for w in chunk {
+                let integrity = |field: &str| StoreError::Integrity {
+                    collection: t.name.clone(),
+                    record: w.record.clone(),
+                    field: field.to_owned(),
+                };
+                let Some(row) = stored.get(&w.key) else { return Err(integrity(&t.row_tag_column)) };
+                for (name, value) in &w.fields {
+                    let i = cols.iter().position(|c| c == name).ok_or_else(|| integrity(name))?;
+                    let sealed = row.get(i).cloned().flatten().ok_or_else(|| integrity(name))?;
+                    let c = t.protected_column(name).ok_or_else(|| integrity(name))?;
+                    let set = access.require(c.domain.as_str())?;
+                    let v = kluis_core::SealedHeader::parse(&sealed)
+                        .ok()
+                        .and_then(|h| h.key.version)
+                        .ok_or_else(|| integrity(name))?;
+                    let sk = self
+                        .load_subject_key_in(tx, set, &w.subject, v, tags)
+                        .await?
+                        .ok_or_else(|| integrity(name))?;
+                    let ctx = Context {
+                        tenant: &access.tenant,
+                        domain: set.domain(),
+                        collection: &t.name,
+                        field: name,
+                        record: &w.record,
+                    };
+                    let pt = sk.open_vec(&ctx, sealed, &mut ad).map_err(|_| integrity(name))?;
+                    if !ct_eq(pt.expose_secret(), value.encode().as_slice()) {
+                        return Err(integrity(name));
+                    }
+                }
+            }
+            // 3. Only now the plaintext goes.
+            let clears: Vec<String> = plain
+                .iter()
+                .map(|c| format!("{} = NULL", c.plaintext_column.as_deref().unwrap_or_default()))
+                .collect();
+            let sql = format!("UPDATE {} SET {} WHERE {keys_in}", t.table, clears.join(", "));
+            let sql = E::sql(&sql).into_owned();
+            let cleared = query::<E>(&sql).bind_all(key_args()).execute(&mut **tx).await?;
+            if cleared.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Schema(format!(
+                    "table {}: clearing {} rows by their primary keys changed {}",
+                    t.name,
+                    chunk.len(),
+                    cleared.rows_affected()
+                )));
             }
         }
-        // 3. Only now the plaintext goes.
-        let clears: Vec<String> = plain
-            .iter()
-            .map(|c| format!("{} = NULL", c.plaintext_column.as_deref().unwrap_or_default()))
-            .collect();
-        let sql = format!("UPDATE {} SET {} WHERE {at}", t.table, clears.join(", "));
-        let sql = E::sql(&sql).into_owned();
-        query::<E>(&sql).bind_all(key_args()).execute(&mut **tx).await?;
-        Ok(RowOutcome::Done(record))
+        Ok(())
     }
 
     /// The `SET` of a row written with newly sealed `cells` (and their `indexes`): the cells, their
@@ -632,6 +717,18 @@ impl<E: Engine> Store<E> {
             None => Ok(None),
         }
     }
+}
+
+/// Rows per read-back `SELECT` and per clearing `UPDATE` of a batch.
+const VERIFY_ROWS: usize = 200;
+
+/// A row whose sealed values step 1 of a batch wrote: what steps 2 and 3 check and clear.
+struct Written {
+    key: Vec<String>,
+    record: String,
+    subject: String,
+    /// The values sealed (wiped when dropped: `Value` holds plaintext).
+    fields: Vec<(String, Value)>,
 }
 
 /// What became of one row.
