@@ -4,8 +4,8 @@
 //! batches in key order under row locks (`FOR UPDATE`, `SKIP LOCKED` with two workers), one
 //! `UPDATE` per row that moves the values into the new columns and clears the old ones
 //! (backfill), or writes the values read back into their columns (re-encryption). SQLite (one
-//! worker: one writer) and PostgreSQL (`KLUIS_TEST_POSTGRES_URL`, default the local server;
-//! skipped with a message if unreachable, failing in CI).
+//! worker: one writer), PostgreSQL (`KLUIS_TEST_POSTGRES_URL`) and MariaDB (`KLUIS_TEST_MYSQL_URL`),
+//! default the local servers; skipped with a message if unreachable, failing in CI.
 //!
 //! cargo bench -p kluis-store --bench app_encrypt
 //!
@@ -137,7 +137,9 @@ macro_rules! engine_bench {
                 }
                 tx.commit().await.unwrap();
             };
-            // One worker's passes of Kluis steps until a pass writes nothing; rows written.
+            // One worker's passes of Kluis steps until a pass writes nothing and nothing is left
+            // (as `kluis encrypt-columns` does: rows another worker's batch held are skipped by a
+            // pass, and on MariaDB so are rows whose subject key rows it held); rows written.
             let kluis_worker = |reencrypt: bool| {
                 let (store, who, keyring, tenant, domains) = (&store, &who, &keyring, &tenant, &domains);
                 async move {
@@ -167,7 +169,15 @@ macro_rules! engine_bench {
                         }
                         done += wrote;
                         if wrote == 0 {
-                            return done;
+                            let left = if reencrypt {
+                                store.reencrypt_columns_plan(&access, "notes", &domains[1]).await.unwrap()
+                            } else {
+                                store.encrypt_columns_plan(&access, "notes").await.unwrap().rows
+                            };
+                            if left == 0 {
+                                return done;
+                            }
+                            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                         }
                     }
                 }
@@ -180,7 +190,7 @@ macro_rules! engine_bench {
                     let (a, b) = tokio::join!(kluis_worker(reencrypt), kluis_worker(reencrypt));
                     a + b
                 };
-                assert_eq!(done, n as u64);
+                assert_eq!(done, n as u64, "Kluis, re-encryption {reencrypt}, {workers} workers");
                 t0.elapsed().as_secs_f64()
             };
             // The plain side: one worker's batches until one reads nothing. A rewrite has no work
@@ -188,7 +198,10 @@ macro_rules! engine_bench {
             let plain_worker = |rewrite: bool, workers: usize, index: usize| {
                 let pool = &pool;
                 async move {
-                    let lock = if workers == 1 { $lock } else { $skip };
+                    // Workers of a rewrite take disjoint key ranges and lock without skipping (on
+                    // MariaDB a range scan also locks the next key, which a neighbour's SKIP
+                    // LOCKED would then leave undone).
+                    let lock = if workers == 1 || rewrite { $lock } else { $skip };
                     let select = if rewrite {
                         conv(&format!(
                             "SELECT id, diagnosis, hours FROM bench_notes WHERE tenant_id = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?{lock}"
@@ -251,7 +264,7 @@ macro_rules! engine_bench {
                     let (a, b) = tokio::join!(plain_worker(rewrite, workers, 0), plain_worker(rewrite, workers, 1));
                     a + b
                 };
-                assert_eq!(done, n as u64);
+                assert_eq!(done, n as u64, "plain, rewrite {rewrite}, {workers} workers");
                 t0.elapsed().as_secs_f64()
             };
             // Before each re-encryption: a rotation of the medical key and the store's steps, which
@@ -305,6 +318,15 @@ macro_rules! engine_bench {
 
 engine_bench!(sqlite_bench, sqlx::Sqlite, "BLOB", |s: &str| s.to_owned(), "", "", 1);
 engine_bench!(postgres_bench, sqlx::Postgres, "BYTEA", numbered, " FOR UPDATE", " FOR UPDATE SKIP LOCKED", 2);
+engine_bench!(
+    mysql_bench,
+    sqlx::MySql,
+    "LONGBLOB",
+    |s: &str| s.to_owned(),
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED",
+    2
+);
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -341,6 +363,33 @@ fn main() {
             Err(e) => {
                 assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "PostgreSQL is needed in CI: {e}");
                 println!("SKIPPED: app_encrypt postgres ({e})");
+            }
+        }
+        let url = std::env::var("KLUIS_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+        let pool = async {
+            let admin = sqlx::MySqlPool::connect(&url).await?;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&admin).await;
+            sqlx::query(&format!("CREATE DATABASE {db}")).execute(&admin).await?;
+            admin.close().await;
+            let db_url = match url.rfind('/') {
+                Some(i) if i > url.find("://").map_or(0, |j| j + 2) => format!("{}/{db}", &url[..i]),
+                _ => format!("{url}/{db}"),
+            };
+            sqlx::mysql::MySqlPoolOptions::new().max_connections(4).connect(&db_url).await
+        }
+        .await;
+        match pool {
+            Ok(pool) => {
+                mysql_bench(pool.clone(), "mariadb").await;
+                pool.close().await;
+                if let Ok(admin) = sqlx::MySqlPool::connect(&url).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db}")).execute(&admin).await;
+                }
+            }
+            Err(e) => {
+                assert!(!std::env::var("CI").is_ok_and(|v| v == "true"), "MariaDB is needed in CI: {e}");
+                println!("SKIPPED: app_encrypt mariadb ({e})");
             }
         }
     });
