@@ -81,8 +81,8 @@ pub const HEAD_TRIES: u32 = 100;
 /// [`Store::reencrypt_columns_step`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ColumnsStep {
-    /// Rows read: with at least one plaintext value (encrypting), with a value or blind index of
-    /// the domain under an older key version (re-encrypting).
+    /// Rows read: with at least one plaintext value (encrypting), with a value of the domain
+    /// (re-encrypting).
     pub rows_read: u64,
     /// Rows written: plaintext values sealed and cleared, or values re-sealed.
     pub rows_written: u64,
@@ -93,7 +93,8 @@ pub struct ColumnsStep {
     /// Rows that changed between the read and the write (none while the batch holds its locks;
     /// counted for safety): left for the next pass.
     pub conflicts: u64,
-    /// Rows read that needed nothing after all (re-encrypting: the subject has no key left).
+    /// Rows read that needed nothing (re-encrypting: every value of the domain already under the
+    /// subject's newest key and the active domain key version, or a subject without keys).
     pub rows_current: u64,
     /// The primary key values of the last row read: the next step's `after`. `None` when the
     /// step read nothing (the pass is over).
