@@ -468,8 +468,8 @@ async fn run<E: TestDb>(db: ServerDb, pool: sqlx::Pool<E::Db>) {
                 )
                 .await;
             let Ok(sealed) = sealed else {
-                // Rolled back now, not when the pool next uses the connection: a dropped
-                // transaction would keep its locks (the audit head's among them) until then.
+                // Rolled back here rather than left to the drop (the pool's rollback of a
+                // dropped transaction runs in a task of its own, later).
                 tx.rollback().await.unwrap();
                 refused_cas += 1;
                 continue;

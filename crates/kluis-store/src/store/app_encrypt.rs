@@ -271,8 +271,8 @@ impl<E: Engine> Store<E> {
             if let Some(nowait) = E::HEAD_NOWAIT
                 && let Err(e) = Self::head_nowait(&mut tx, nowait).await
             {
-                // Rolled back now (releasing the rows for whoever waits for them), not when the
-                // pool next uses this connection.
+                // Rolled back here, releasing the rows for whoever waits for them, before the
+                // error goes up (not left to the pool, which rolls a dropped one back later).
                 if let Err(r) = tx.rollback().await {
                     tracing::warn!(error = %r, "kluis-store: rolling back a batch that did not get the audit head failed");
                 }
