@@ -61,18 +61,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn numbered(sql: &str) -> String {
-    let mut out = String::new();
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
+/// SQL with `?` placeholders in engine `E`'s placeholders (the store's own conversion).
+fn placeholders<E: kluis_store::Engine>(sql: &str) -> String {
+    E::sql(sql).into_owned()
 }
 
 /// Per job and number of workers: (Kluis rows/s, plain rows/s) of each round.
@@ -316,13 +307,21 @@ macro_rules! engine_bench {
     };
 }
 
-engine_bench!(sqlite_bench, sqlx::Sqlite, "BLOB", |s: &str| s.to_owned(), "", "", 1);
-engine_bench!(postgres_bench, sqlx::Postgres, "BYTEA", numbered, " FOR UPDATE", " FOR UPDATE SKIP LOCKED", 2);
+engine_bench!(sqlite_bench, sqlx::Sqlite, "BLOB", placeholders::<Sqlite>, "", "", 1);
+engine_bench!(
+    postgres_bench,
+    sqlx::Postgres,
+    "BYTEA",
+    placeholders::<kluis_store::Postgres>,
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED",
+    2
+);
 engine_bench!(
     mysql_bench,
     sqlx::MySql,
     "LONGBLOB",
-    |s: &str| s.to_owned(),
+    placeholders::<kluis_store::MySql>,
     " FOR UPDATE",
     " FOR UPDATE SKIP LOCKED",
     2

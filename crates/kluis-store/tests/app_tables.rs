@@ -181,6 +181,17 @@ impl<E: AppTables> App<E> {
         self.read_all().await.into_iter().map(|(r, _)| r).find(|r| r.key == [id]).unwrap()
     }
 
+    /// The ids of the rows whose BSN blind index is `index`.
+    async fn bsn_hits(&self, index: Option<Vec<u8>>) -> Vec<Vec<Option<Vec<u8>>>> {
+        E::rows(
+            self.store.pool(),
+            "SELECT id FROM absence_notes WHERE tenant_id = ? AND bsn_idx = ?",
+            vec![t("acme"), B::Y(index)],
+            1,
+        )
+        .await
+    }
+
     /// A DBA's edit by raw SQL.
     async fn dba(&self, sql: &str, binds: Vec<B>) {
         E::run_pool(self.store.pool(), sql, binds).await;
@@ -428,20 +439,7 @@ async fn scope_and_rollback<E: AppTables>(app: &App<E>) {
         )
         .await
         .unwrap();
-    let names: Vec<&str> = sealed.columns().map(|(c, _)| c).collect();
-    let mut binds = vec![t("r1"), t("acme"), t("emp-new"), t("2026-01-01")];
-    binds.extend(sealed.columns().map(|(_, v)| B::Y(v.map(<[u8]>::to_vec))));
-    E::run(
-        &mut tx,
-        &format!(
-            "INSERT INTO absence_notes (id, tenant_id, employee_id, start_date, {}) VALUES (?, ?, ?, ?, {})",
-            names.join(", "),
-            vec!["?"; names.len()].join(", ")
-        ),
-        binds,
-    )
-    .await
-    .unwrap();
+    App::<E>::insert_sealed(&mut tx, "r1", "acme", "emp-new", &sealed).await;
     tx.rollback().await.unwrap();
     assert_eq!(app.store.audit_head().await.unwrap().0, audit_before);
     assert!(app.read_all().await.iter().all(|(r, _)| r.key != ["r1"]));
@@ -539,13 +537,7 @@ async fn rotation_and_shred<E: AppTables>(app: &App<E>) {
     assert_eq!(opened.into_iter().map(|o| o.values).collect::<Vec<_>>(), opened_before);
     let new_idx =
         app.store.app_blind_index(&access, "notes", "bsn", &Value::Text("222333444".into())).unwrap();
-    let hits = E::rows(
-        app.store.pool(),
-        "SELECT id FROM absence_notes WHERE tenant_id = ? AND bsn_idx = ?",
-        vec![t("acme"), B::Y(new_idx.last().cloned())],
-        1,
-    )
-    .await;
+    let hits = app.bsn_hits(new_idx.last().cloned()).await;
     assert_eq!(hits.len(), 1, "found under the new version");
     // The store's steps now delete the older subject key versions, and the older domain key
     // versions can go.
@@ -597,13 +589,7 @@ async fn rotation_and_shred<E: AppTables>(app: &App<E>) {
     assert_eq!(app.store.reencrypt_columns_plan(&fresh, "notes", &general).await.unwrap(), 0);
     let t1_idx = app.store.app_blind_index(&fresh, "notes", "bsn", &Value::Text("222333444".into())).unwrap();
     assert_eq!(t1_idx.len(), 1, "one live general version");
-    let hits = E::rows(
-        app.store.pool(),
-        "SELECT id FROM absence_notes WHERE tenant_id = ? AND bsn_idx = ?",
-        vec![t("acme"), B::Y(t1_idx.into_iter().next())],
-        1,
-    )
-    .await;
+    let hits = app.bsn_hits(t1_idx.into_iter().next()).await;
     assert_eq!(hits.len(), 1, "{hits:?}");
 }
 

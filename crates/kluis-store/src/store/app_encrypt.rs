@@ -130,9 +130,7 @@ impl<E: Engine> Store<E> {
     /// How much of `table` (a mapping of the application's tables) still holds plaintext in the
     /// tenant of `access`.
     pub async fn encrypt_columns_plan(&self, access: &Access, table: &str) -> Result<EncryptPlan> {
-        let t = self.schema.app_table(table)?;
-        t.require_reachable("encrypting its columns")?;
-        self.app_tenant(access, t)?;
+        let t = self.reachable_table(access, table, "encrypting its columns")?;
         let plain = plaintext_columns(t)?;
         let (tenant_where, tenant_bind) = tenant_filter(t);
         let mut columns = Vec::new();
@@ -173,11 +171,7 @@ impl<E: Engine> Store<E> {
         after: Option<&[String]>,
         who: &AuditEntry,
     ) -> Result<ColumnsStep> {
-        let t = self.schema.app_table(table)?;
-        t.require_reachable("encrypting its columns")?;
-        self.app_tenant(access, t)?;
-        access.whole_tenant("encrypting a table's columns")?;
-        access.require_write("encrypting a table's columns")?;
+        let t = self.job_table(access, table, "encrypting its columns", "encrypting a table's columns")?;
         let plain = plaintext_columns(t)?;
         for c in &plain {
             access.require(c.domain.as_str())?;
@@ -217,6 +211,24 @@ impl<E: Engine> Store<E> {
         let columns: Vec<&str> = plain.iter().map(|c| c.name.as_str()).collect();
         self.finish_batch(tx, access, t, &done, &columns, "encrypt_columns", who).await?;
         Ok(step)
+    }
+
+    /// The mapping `table`, if its table is in Kluis's database ([`AppTable::require_reachable`],
+    /// `what` runs SQL on it) and of the tenant of `access`.
+    pub(super) fn reachable_table(&self, access: &Access, table: &str, what: &str) -> Result<&AppTable> {
+        let t = self.schema.app_table(table)?;
+        t.require_reachable(what)?;
+        self.app_tenant(access, t)?;
+        Ok(t)
+    }
+
+    /// [`Store::reachable_table`] for a step of a job over the table (`job`), which writes and
+    /// needs `access` to cover the whole tenant.
+    pub(super) fn job_table(&self, access: &Access, table: &str, what: &str, job: &str) -> Result<&AppTable> {
+        let t = self.reachable_table(access, table, what)?;
+        access.whole_tenant(job)?;
+        access.require_write(job)?;
+        Ok(t)
     }
 
     /// Begins a worker's batch ([`Store::begin_batch`]) and claims its rows: the transaction, the
@@ -481,23 +493,8 @@ impl<E: Engine> Store<E> {
         tags: &mut Tags,
         written: &mut Vec<Written>,
     ) -> Result<RowOutcome> {
-        macro_rules! refuse {
-            ($e:expr) => {
-                match $e {
-                    Ok(v) => v,
-                    Err(e) => return Ok(RowOutcome::Refused(e.to_string())),
-                }
-            };
-        }
-        let key: Vec<&str> = row.key.iter().map(String::as_str).collect();
-        let record = refuse!(t.record_id(&key));
-        refuse!(check_id("subject id", &row.subject));
+        let (record, present) = refuse!(row.identity(t, protected));
         // The row as it stands must be one Kluis wrote (or hold no protected value yet).
-        let present: Vec<(&str, &[u8])> = protected
-            .iter()
-            .zip(&row.cells)
-            .filter_map(|(c, v)| v.as_deref().map(|v| (c.name.as_str(), v)))
-            .collect();
         match &row.tag {
             Some(tag) => refuse!(Self::check_app_row(access, t, &record, &row.subject, &present, tag, tags)),
             None if present.is_empty() => {}
@@ -717,6 +714,40 @@ impl<E: Engine> Store<E> {
             Some(r) => Ok(Some(self.open_subject_row(set, &r, tags)?)),
             None => Ok(None),
         }
+    }
+}
+
+/// Inside a row's function: on an error, the row is refused (left as it is, with the reason).
+macro_rules! refuse {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => return Ok(RowOutcome::Refused(e.to_string())),
+        }
+    };
+}
+pub(super) use refuse;
+
+/// A row's protected values, by column.
+pub(super) type Cells<'a> = Vec<(&'a str, &'a [u8])>;
+
+impl ReadRow {
+    /// The row's record id (its key values and subject checked as ids) and the protected values
+    /// it holds, by column.
+    pub(super) fn identity<'a>(
+        &'a self,
+        t: &AppTable,
+        protected: &'a [&'a ProtectedColumn],
+    ) -> Result<(String, Cells<'a>)> {
+        let key: Vec<&str> = self.key.iter().map(String::as_str).collect();
+        let record = t.record_id(&key)?;
+        check_id("subject id", &self.subject)?;
+        let present = protected
+            .iter()
+            .zip(&self.cells)
+            .filter_map(|(c, v)| v.as_deref().map(|v| (c.name.as_str(), v)))
+            .collect();
+        Ok((record, present))
     }
 }
 

@@ -6,7 +6,7 @@
 //! than the active one, has every value of the domain opened and sealed again under the newest
 //! keys, with a new row tag, by an `UPDATE` that compares the row tag it read.
 
-use super::app_encrypt::{BatchLimits, BatchRead, ColumnsStep, ReadRow, RowOutcome, locator_where};
+use super::app_encrypt::{BatchLimits, BatchRead, ColumnsStep, ReadRow, RowOutcome, locator_where, refuse};
 use super::*;
 use crate::app_table::{AppTable, ProtectedColumn};
 use crate::audit::AuditEntry;
@@ -28,9 +28,7 @@ impl<E: Engine> Store<E> {
         table: &str,
         domain: &DomainName,
     ) -> Result<u64> {
-        let t = self.schema.app_table(table)?;
-        t.require_reachable("re-encrypting its columns")?;
-        self.app_tenant(access, t)?;
+        let t = self.reachable_table(access, table, "re-encrypting its columns")?;
         let set = access.require(domain.as_str())?;
         let active = active_of(set)?;
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
@@ -84,11 +82,8 @@ impl<E: Engine> Store<E> {
         after: Option<&[String]>,
         who: &AuditEntry,
     ) -> Result<ColumnsStep> {
-        let t = self.schema.app_table(table)?;
-        t.require_reachable("re-encrypting its columns")?;
-        self.app_tenant(access, t)?;
-        access.whole_tenant("re-encrypting a table's columns")?;
-        access.require_write("re-encrypting a table's columns")?;
+        let t =
+            self.job_table(access, table, "re-encrypting its columns", "re-encrypting a table's columns")?;
         let (set, active) = self.current_keys(access, domain).await?;
         let protected: Vec<&ProtectedColumn> = t.protected_columns().collect();
         let read = BatchRead {
@@ -174,23 +169,8 @@ impl<E: Engine> Store<E> {
         key_params: &[String],
         tags: &mut Tags,
     ) -> Result<RowOutcome> {
-        macro_rules! refuse {
-            ($e:expr) => {
-                match $e {
-                    Ok(v) => v,
-                    Err(e) => return Ok(RowOutcome::Refused(e.to_string())),
-                }
-            };
-        }
         let domain = set.domain();
-        let key: Vec<&str> = row.key.iter().map(String::as_str).collect();
-        let record = refuse!(t.record_id(&key));
-        refuse!(check_id("subject id", &row.subject));
-        let present: Vec<(&str, &[u8])> = protected
-            .iter()
-            .zip(&row.cells)
-            .filter_map(|(c, v)| v.as_deref().map(|v| (c.name.as_str(), v)))
-            .collect();
+        let (record, present) = refuse!(row.identity(t, protected));
         // A row with nothing to do costs no more than its read; one to write is checked first.
         let Some(newest) = newest.filter(|_| stale(domain, protected, row, newest, active)) else {
             return Ok(RowOutcome::Current);
