@@ -39,6 +39,7 @@ async fn root_rotation(n: usize) {
             .unwrap();
     }
     keyring.rotate(1).unwrap();
+    store.activate_root_version(&keyring, kluis_store::DEFAULT_INSTANCE_WINDOW).await.unwrap();
     let t = Instant::now();
     let rewrapped = store.rewrap_domain_keys(&keyring).await.unwrap();
     let el = t.elapsed();

@@ -167,8 +167,20 @@ pub enum KeysCmd {
         #[arg(long)]
         version: kluis_core::KeyVersion,
     },
-    /// New root key version; every domain key rewrapped in one transaction.
-    RotateRoot,
+    /// New root key version, activated once every running instance holds it; then every domain
+    /// key rewrapped in one transaction. While an instance lacks it, the version stays staged in
+    /// the keyring file: give the instances that file and run this again.
+    RotateRoot {
+        /// Instances that reported within this many seconds count as running.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        window: u64,
+    },
+    /// The running instances' reports: the root key versions and keyring generation each holds.
+    Instances {
+        /// Instances that reported within this many seconds.
+        #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        window: u64,
+    },
     /// Move the root key to another provider (keyring://PATH, aws-kms://..., azure-kv://...).
     MigrateRoot {
         /// Target root key URL.

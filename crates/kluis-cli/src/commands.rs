@@ -2,13 +2,14 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use kluis_blob::{BlobBackend, ObjectName};
 use kluis_core::{DomainName, KeyState, KeyVersion, TenantId};
 use kluis_keyring::KeyringFile;
 use kluis_service::{AdminActor, AdminEvent};
 use kluis_store::schema::FieldType;
-use kluis_store::{Access, Engine, LegalOverride, NewRecord, Op, Value};
+use kluis_store::{Access, Engine, LegalOverride, NewRecord, Op, StoreError, Value};
 use serde_json::{Value as Json, json};
 
 use crate::cli::{
@@ -43,7 +44,12 @@ impl Job for CommandJob {
             Command::Keys(KeysCmd::List { tenant }) => keys_list(&env, tenant.as_deref()).await,
             Command::Keys(KeysCmd::Rotate(td)) => keys_rotate(&env, &actor, &td).await,
             Command::Keys(KeysCmd::Retire { td, version }) => keys_retire(&env, &actor, &td, version).await,
-            Command::Keys(KeysCmd::RotateRoot) => rotate_root(&mut env, &actor).await,
+            Command::Keys(KeysCmd::RotateRoot { window }) => {
+                rotate_root(&mut env, &actor, Duration::from_secs(window)).await
+            }
+            Command::Keys(KeysCmd::Instances { window }) => {
+                instances(&env, Duration::from_secs(window)).await
+            }
             Command::Keys(KeysCmd::MigrateRoot { to }) => migrate_root(&env, &actor, &to).await,
             Command::Keys(KeysCmd::Adopt) => keys_adopt(&env, &actor).await,
             Command::Keys(KeysCmd::RecordGeneration) => record_generation(&env, &actor).await,
@@ -335,31 +341,105 @@ async fn keys_retire<B: Engine, O: BlobBackend + Clone>(
     Ok(r)
 }
 
-async fn rotate_root<B: Engine, O: BlobBackend + Clone>(env: &mut Env<B, O>, actor: &str) -> Result<Report> {
-    let root = env.root_mut().await?;
-    let version = match root {
-        Root::Keyring(file) => Some(file.rotate()?),
-        Root::Other(_) => None,
+async fn rotate_root<B: Engine, O: BlobBackend + Clone>(
+    env: &mut Env<B, O>,
+    actor: &str,
+    window: Duration,
+) -> Result<Report> {
+    // A keyring whose primary version is the active one gets a new version (staged: primary in
+    // the file, not yet active in the database); one whose primary is newer already has one.
+    let record = env.store.keyring_record(env.provider().await?).await?;
+    let primary = env.provider().await?.primary_version().await?;
+    let staged_before = record.and_then(|r| r.active).is_some_and(|a| a < primary);
+    let created = match env.root_mut().await? {
+        Root::Keyring(file) if !staged_before => Some(file.rotate()?),
+        _ => None,
     };
     let root = env.root().await?;
     let provider = root.provider();
-    // The keyring just moved to a new generation: record it first (the rewrap checks it).
+    // The keyring moved to a new generation: record it (the active version stays).
     env.store.record_keyring_generation(provider).await?;
+    let version = match env.store.activate_root_version(provider, window).await {
+        Ok(v) => v,
+        Err(StoreError::RootVersionNotHeld { version, instances }) => {
+            return Err(CliError::Refused(format!(
+                "root key v{version} is {} in the keyring file but not active: {} running instance(s) do not hold it: {}. Give every instance the new keyring file (an instance reports within a minute of unlocking keys), then run `kluis keys rotate-root` again; until then new keys stay under the active version",
+                if created.is_some() { "new" } else { "staged" },
+                instances.len(),
+                instances.join("; ")
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let service = env.service().await?;
     let who = AdminActor::new(actor, "kluis-cli", "administration");
     // The rewrapped rows and their audit entry commit together.
     let entry = |n: usize| service.admin_entry(&who, AdminEvent::RootRewrap { keys: n as u64 });
     let n = env.store.rewrap_domain_keys_audited(provider, &entry).await?;
-    let primary = provider.primary_version().await?;
-    let mut r = Report::new(
-        json!({ "root_version": primary.get(), "domain_keys_rewrapped": n, "new_version_created": version.is_some() }),
-    );
-    match version {
-        Some(v) => r.line(format!("root key v{v} created in the keyring; {n} domain keys rewrapped in one transaction")),
-        None => r.line(format!(
-            "root key is in a KMS: rotate it there; {n} domain keys rewrapped under its primary version v{primary}"
+    let mut r = Report::new(json!({
+        "root_version": version.get(),
+        "domain_keys_rewrapped": n,
+        "new_version_created": created.is_some(),
+    }));
+    match (provider.generation(), created) {
+        (None, _) => r.line(format!(
+            "root key is in a KMS: rotate it there; {n} domain keys rewrapped under its primary version v{version}"
+        )),
+        (Some(_), Some(v)) => {
+            r.line(format!("root key v{v} created in the keyring and activated; {n} domain keys rewrapped in one transaction"))
+        }
+        (Some(_), None) => r.line(format!(
+            "staged root key v{version} activated (every running instance holds it); {n} domain keys rewrapped in one transaction"
         )),
     };
+    Ok(r)
+}
+
+async fn instances<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>, window: Duration) -> Result<Report> {
+    let provider = env.provider().await?;
+    let record = env.store.keyring_record(provider).await?;
+    let list = env.store.instances(window).await?;
+    let held = |i: &kluis_store::InstanceReport| match &i.held {
+        kluis_store::Held::Every => "every".to_owned(),
+        kluis_store::Held::Versions(vs) => vs.iter().map(|v| format!("v{v}")).collect::<Vec<_>>().join(","),
+        kluis_store::Held::Unreadable => "unreadable".to_owned(),
+    };
+    let json_list: Vec<_> = list
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.id, "label": i.label, "root_key_id": i.root_key_id,
+                "generation": i.generation, "holds": held(i), "seen_at": i.seen_at,
+            })
+        })
+        .collect();
+    let mut r = Report::new(json!({
+        "active_root_version": record.and_then(|r| r.active).map(|v| v.get()),
+        "generation_floor": record.map(|r| r.floor),
+        "generation_newest": record.map(|r| r.newest),
+        "instances": json_list,
+    }));
+    if let Some(rec) = record {
+        let active = rec.active.map_or("not recorded".to_owned(), |v| format!("v{v}"));
+        r.line(format!(
+            "active root key version {active}; keyring generations {}..={} accepted",
+            rec.floor, rec.newest
+        ));
+    }
+    if list.is_empty() {
+        r.line(format!("no instance reported in the last {} s", window.as_secs()));
+    }
+    for i in &list {
+        let generation = i.generation.map_or("-".to_owned(), |g| g.to_string());
+        r.line(format!(
+            "{}  {}  root {}  generation {generation}  holds {}  seen {}",
+            i.id,
+            i.label,
+            i.root_key_id,
+            held(i),
+            i.seen_at
+        ));
+    }
     Ok(r)
 }
 

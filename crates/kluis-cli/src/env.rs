@@ -79,6 +79,10 @@ impl RootKeyProvider for Root {
         self.provider().generation()
     }
 
+    fn held_versions(&self) -> Option<Vec<KeyVersion>> {
+        self.provider().held_versions()
+    }
+
     fn is_legacy(&self, wrapped: &WrappedKey) -> bool {
         self.provider().is_legacy(wrapped)
     }

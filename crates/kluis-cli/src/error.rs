@@ -299,6 +299,8 @@ fn store_code(e: &StoreError) -> ExitCode {
         StoreError::KeyInUse { .. }
         | StoreError::ActiveKey { .. }
         | StoreError::RetentionActive { .. }
+        | StoreError::RootVersionNotHeld { .. }
+        | StoreError::RootVersionNotActive { .. }
         | StoreError::AccessDenied { .. } => ExitCode::Refused,
         StoreError::NotFound { .. } | StoreError::UnknownCollection(_) => ExitCode::NotFound,
         StoreError::Integrity { .. }

@@ -382,6 +382,10 @@ impl RootKeyProvider for LocalKeyring {
     fn generation(&self) -> Option<u64> {
         Some(self.generation)
     }
+
+    fn held_versions(&self) -> Option<Vec<KeyVersion>> {
+        Some(self.versions.keys().copied().collect())
+    }
 }
 
 /// The public part of a keyring file (readable without the secret).

@@ -122,6 +122,14 @@ pub trait RootKeyProvider: Send + Sync + fmt::Debug {
         None
     }
 
+    /// The root key versions this provider can unwrap with, as this process holds them: the
+    /// local keyring's versions. `None` for a provider that reaches every version of its key
+    /// when asked (a KMS). Instances report it so that a new root key version is activated only
+    /// once every running instance holds it (`kluis-store`'s instance reports).
+    fn held_versions(&self) -> Option<Vec<KeyVersion>> {
+        None
+    }
+
     /// Is `wrapped` in an older envelope that [`RootKeyProvider::unwrap_batch`] refuses because
     /// it can be forged (Azure Key Vault RSA wraps of Kluis 0.1, without a signature)? Such a key
     /// opens only through [`RootKeyProvider::unwrap_legacy`], in an explicit adoption run by an
@@ -935,6 +943,20 @@ pub fn check_generation(keyring: u64, database: u64) -> Result<GenerationStatus>
     }
 }
 
+/// Rollback check against a range: a keyring older than `floor` (the oldest generation the
+/// database still accepts) is an error ([`Error::KeyringRollback`] naming `floor`); one newer
+/// than `newest` (the newest the database recorded) is reported; anything between is in sync.
+/// With `floor == newest` this is [`check_generation`].
+pub fn check_generation_range(keyring: u64, floor: u64, newest: u64) -> Result<GenerationStatus> {
+    if keyring < floor {
+        return Err(Error::KeyringRollback { keyring, database: floor });
+    }
+    if keyring > newest {
+        return Ok(GenerationStatus::DatabaseBehind { keyring, database: newest });
+    }
+    Ok(GenerationStatus::InSync)
+}
+
 /// A source of time for the cache (tests use a manual clock).
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Now.
@@ -1192,6 +1214,10 @@ impl<P: RootKeyProvider> RootKeyProvider for CachingProvider<P> {
 
     fn generation(&self) -> Option<u64> {
         self.inner.generation()
+    }
+
+    fn held_versions(&self) -> Option<Vec<KeyVersion>> {
+        self.inner.held_versions()
     }
 
     fn is_legacy(&self, wrapped: &WrappedKey) -> bool {

@@ -113,6 +113,10 @@ impl RootKeyProvider for AnyProvider {
         self.inner().generation()
     }
 
+    fn held_versions(&self) -> Option<Vec<KeyVersion>> {
+        self.inner().held_versions()
+    }
+
     fn is_legacy(&self, wrapped: &kluis_core::WrappedKey) -> bool {
         self.inner().is_legacy(wrapped)
     }

@@ -297,6 +297,14 @@ impl<B: Engine> Service<B> {
         &self.store
     }
 
+    /// Reports this instance's root key versions now ([`Store::report_instance`]; the store must
+    /// have been made with [`Store::with_instance_reports`]). Every request that unlocks keys
+    /// already reports at most once a minute; call this from a timer so that an idle instance
+    /// stays counted when a new root key version is activated.
+    pub async fn report_instance(&self) -> Result<()> {
+        Ok(self.store.report_instance(self.provider.as_ref()).await?)
+    }
+
     // ------------------------------------------------------------------ keys and audit helpers
 
     /// The store's capability for one allowed decision ([`kluis_store::Store::access`]): exactly

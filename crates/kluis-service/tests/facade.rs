@@ -409,6 +409,41 @@ async fn reading_the_audit_log_is_audited() {
     assert_eq!(d.last().unwrap().entry.action, "read_audit");
 }
 
+/// An application instance's facade reports the root key versions it holds: once when a request
+/// unlocks keys, and on demand (its timer); a facade over a store without reports refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_facade_reports_its_instance() {
+    let h = common::sqlite(1000).await.unwrap();
+    let file = h.file.clone().unwrap();
+    let schema = h.store.schema().clone();
+    let store = std::sync::Arc::new(
+        kluis_store::Store::new(kluis_store::Sqlite::open(&file).await.unwrap(), schema)
+            .with_instance_reports("verzuim-app vm-3")
+            .unwrap(),
+    );
+    let authz = kluis_service::authz::Authorizer::new(
+        kluis_service::authz::Policy::builtin(),
+        std::sync::Arc::new(kluis_service::authz::MemoryRegistry::new()),
+        h.clock.clone(),
+    );
+    let svc =
+        kluis_service::Service::new(authz, store.clone(), h.keyring.clone()).with_clock(h.clock.clone());
+    assert!(h.store.instances(kluis_store::DEFAULT_INSTANCE_WINDOW).await.unwrap().is_empty());
+    svc.insert(&seeder(&h), &ctx(), "absence", NewRecord::new("emp-1").id("r-1").set("diagnosis", "flu"))
+        .await
+        .unwrap();
+    let seen = h.store.instances(kluis_store::DEFAULT_INSTANCE_WINDOW).await.unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        (seen[0].label.as_str(), seen[0].id.as_str()),
+        ("verzuim-app vm-3", store.instance_id().unwrap())
+    );
+    assert_eq!(seen[0].held, kluis_store::Held::Versions(vec![kluis_core::KeyVersion::FIRST]));
+    svc.report_instance().await.unwrap();
+    assert!(matches!(h.svc.report_instance().await, Err(Error::Store(kluis_store::StoreError::Invalid(_)))));
+    store.pool().close().await;
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;

@@ -243,6 +243,31 @@ pub enum StoreError {
         /// What was held.
         what: String,
     },
+    /// A root key version cannot be activated yet: running instances that reported recently do
+    /// not hold it (docs/STORE.md, "Instances and root key activation"). Nothing was changed.
+    #[error(
+        "root key v{version} is not held by every running instance yet: {}; give them the new keyring file and let them report (or wait until an instance that is gone drops out), then run this again",
+        instances.join(", ")
+    )]
+    RootVersionNotHeld {
+        /// The version to activate.
+        version: kluis_core::KeyVersion,
+        /// The instances that lack it: `label (id, generation G, holds vA,vB)`.
+        instances: Vec<String>,
+    },
+    /// This keyring's primary root key version is not the one the database has activated: a
+    /// staged version not activated yet, or a keyring file older than the activation. New keys
+    /// are not wrapped under it (other instances might not open them); reading works.
+    #[error(
+        "this keyring's primary root key version v{primary} is not the active one (v{active}): {}",
+        if primary > active { "activate it first (`kluis keys rotate-root`, once every instance holds it)" } else { "load the current keyring file" }
+    )]
+    RootVersionNotActive {
+        /// The keyring's primary version.
+        primary: kluis_core::KeyVersion,
+        /// The version the database recorded as active.
+        active: kluis_core::KeyVersion,
+    },
 }
 
 impl StoreError {

@@ -41,8 +41,8 @@ pub use engine::{Engine, EngineKind, MySql, Postgres, Sqlite};
 pub use error::{Result, StoreError};
 pub use schema::{FieldDef, FieldType, Pseudonym, Schema, field};
 pub use store::{
-    Access, AdoptReport, BatchLimits, Changes, ColumnsStep, EncryptPlan, FieldValue, KeyUsage, LegalOverride,
-    MigrationReport, NewRecord, Op, Page, Record, ReencryptProgress, Scope, ShredReport, Store, Written,
-    check_id,
+    Access, AdoptReport, BatchLimits, Changes, ColumnsStep, DEFAULT_INSTANCE_WINDOW, EncryptPlan, FieldValue,
+    Held, INSTANCE_REPORT_EVERY, InstanceReport, KeyUsage, KeyringRecord, LegalOverride, MigrationReport,
+    NewRecord, Op, Page, Record, ReencryptProgress, Scope, ShredReport, Store, Written, check_id,
 };
 pub use value::Value;

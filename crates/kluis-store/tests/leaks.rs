@@ -360,6 +360,7 @@ async fn older_backup_dies_with_the_root_version() {
     old.pool().close().await;
     // Root rotation: rotate the keyring, rewrap the live database's domain keys, remove v1.
     h.keyring.rotate(1).unwrap();
+    h.store.activate_root_version(&h.keyring, kluis_store::DEFAULT_INSTANCE_WINDOW).await.unwrap();
     let n = h.store.rewrap_domain_keys(&h.keyring).await.unwrap();
     assert_eq!(n, 4, "the two live domain keys of acme, its row tag key and the store's metadata key");
     h.keyring.remove_version(kv(1)).unwrap();

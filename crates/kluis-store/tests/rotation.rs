@@ -511,6 +511,7 @@ where
     let before = domain_key_rows(&h.store).await;
     assert!(before.len() >= 3, "general v1, medical v1 and v2");
     h.keyring.rotate(1).unwrap();
+    h.store.activate_root_version(&h.keyring, kluis_store::DEFAULT_INSTANCE_WINDOW).await.unwrap();
     let failing = FailingAfter { inner: &h.keyring, ok: 1, wraps: AtomicUsize::new(0) };
     let e = h.store.rewrap_domain_keys(&failing).await;
     assert!(matches!(e, Err(StoreError::Core(kluis_core::Error::Provider { .. }))), "{e:?}");

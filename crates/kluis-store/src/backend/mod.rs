@@ -17,6 +17,7 @@ use crate::value::Value;
 mod access;
 mod audit;
 mod documents;
+mod instances;
 mod keys;
 mod legacy;
 mod read;
@@ -26,6 +27,7 @@ mod shred;
 mod write;
 
 pub use self::documents::document_key_version;
+pub use self::instances::InstanceRow;
 use self::{read::*, reencrypt::*, write::*};
 
 /// What [`SqlBackend::delete_subject`] removed.

@@ -41,6 +41,7 @@ impl Engine for Postgres {
         (5, "key_tags", include_str!("../../migrations/postgres/0005_key_tags.sql")),
         (6, "tables", include_str!("../../migrations/postgres/0006_tables.sql")),
         (7, "row_log", include_str!("../../migrations/postgres/0007_row_log.sql")),
+        (8, "instances", include_str!("../../migrations/postgres/0008_instances.sql")),
     ];
     const SHARE_LOCK: &'static str = " FOR SHARE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";

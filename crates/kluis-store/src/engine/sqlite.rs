@@ -84,6 +84,7 @@ impl Engine for Sqlite {
         (5, "key_tags", include_str!("../../migrations/sqlite/0005_key_tags.sql")),
         (6, "tables", include_str!("../../migrations/sqlite/0006_tables.sql")),
         (7, "row_log", include_str!("../../migrations/sqlite/0007_row_log.sql")),
+        (8, "instances", include_str!("../../migrations/sqlite/0008_instances.sql")),
     ];
     const SHARE_LOCK: &'static str = "";
     const UPDATE_LOCK: &'static str = "";

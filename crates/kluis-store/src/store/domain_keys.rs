@@ -154,6 +154,7 @@ impl<E: Engine> Store<E> {
         if !self.backend.domain_keys(tenant.as_str(), domain.as_str()).await?.is_empty() {
             return Ok(());
         }
+        self.require_active_root(provider).await?;
         let (rec, _key) = keys::new_domain_key(provider, tenant, domain, KeyVersion::FIRST).await?;
         match self.backend.put_domain_keys(Self::rows_from_records(&[rec])?, true, None).await {
             Ok(()) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
@@ -180,6 +181,7 @@ impl<E: Engine> Store<E> {
             {
                 continue;
             }
+            self.require_active_root(provider).await?;
             let (rec, _key) = keys::new_domain_key(provider, tenant, d, KeyVersion::FIRST).await?;
             records.push(rec);
             created.push(d.clone());
@@ -296,7 +298,9 @@ impl<E: Engine> Store<E> {
     }
 
     /// Root key rotation, database side: rewraps every live domain key of every tenant under the
-    /// provider's primary root version (call after rotating the keyring or KMS key). Once this is
+    /// provider's primary root version (call after rotating the keyring or KMS key; for a local
+    /// keyring, after [`Store::activate_root_version`] made that version active, else
+    /// [`StoreError::RootVersionNotActive`]). Once this is
     /// done and recorded, the old root version can be removed from the keyring, which makes every
     /// older database backup unreadable, including the copies of shredded subject keys in it.
     /// Returns how many keys were rewrapped.
@@ -321,6 +325,7 @@ impl<E: Engine> Store<E> {
         audit: Option<&(dyn Fn(usize) -> AuditAppend + Send + Sync)>,
     ) -> Result<usize> {
         self.check_rollback(provider).await?;
+        self.require_active_root(provider).await?;
         let primary = provider.primary_version().await?;
         let rows = self.backend.all_domain_keys().await?;
         let mut out = Vec::new();
@@ -493,6 +498,7 @@ impl<E: Engine> Store<E> {
         audit: Option<&(dyn Fn(KeyVersion) -> AuditAppend + Send + Sync)>,
     ) -> Result<DomainKeyRecord> {
         Self::not_row_tags(domain)?;
+        self.require_active_root(provider).await?;
         let (old_rows, mut records, set) = self.verified_records(provider, tenant, domain).await?;
         let (new_rec, _) = keys::rotate_domain_key(provider, &set, &mut records).await?;
         let mut rows = Self::rows_from_records(&records)?;

@@ -33,6 +33,7 @@ mod cells;
 mod documents;
 mod domain_keys;
 mod generation;
+mod instances;
 mod key_cache;
 mod legacy;
 mod records;
@@ -44,9 +45,11 @@ mod shred;
 mod write;
 
 pub use self::app_encrypt::{BatchLimits, ColumnsStep, EncryptPlan};
+pub use self::generation::KeyringRecord;
+pub use self::instances::{DEFAULT_INSTANCE_WINDOW, Held, INSTANCE_REPORT_EVERY, InstanceReport};
 pub use self::scope::{Access, DOCUMENTS_SCOPE, Scope};
 // Items of one use case that others use too (each child module sees the rest through `super::*`).
-use self::{domain_keys::*, generation::*, key_cache::*, write::*};
+use self::{domain_keys::*, generation::*, instances::*, key_cache::*, write::*};
 
 /// A field as read: the value, or withheld because the caller holds no key for its domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -360,7 +363,9 @@ pub struct Store<E: Engine> {
     subject_key_ttl: Duration,
     /// The keyring generation record last opened (value, sealed bytes), so the rollback check at
     /// every unlock reads one row and opens it only when its bytes changed.
-    generation_seen: Mutex<Option<(u64, Vec<u8>)>>,
+    generation_seen: Mutex<Option<(KeyringRecord, Vec<u8>)>>,
+    /// This instance's reports of the root key versions it holds, if enabled.
+    reporter: Option<Reporter>,
     /// Set once [`Store::move_legacy`] found no legacy row: later unlocks skip the lookup (only
     /// code from before the row layout writes legacy rows).
     legacy_moved: std::sync::atomic::AtomicBool,
@@ -497,6 +502,7 @@ impl<E: Engine> Store<E> {
             subject_keys: Mutex::new(SubjectCache::default()),
             subject_key_ttl: DEFAULT_SUBJECT_KEY_TTL,
             generation_seen: Mutex::new(None),
+            reporter: None,
             legacy_moved: std::sync::atomic::AtomicBool::new(false),
         }
     }
