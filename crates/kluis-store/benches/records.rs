@@ -25,6 +25,17 @@
 //! records sqlite read vs plain table: NN.N %
 //! ```
 //!
+//! With `KLUIS_BENCH_BOUND=1` the paired rounds also time the plain table against two tables
+//! that hold what the store stores, written and read by plain SQL with no Kluis work: the store's
+//! own rows copied column for column, and the same rows with one sealed value per domain instead
+//! of one per field (same indexes). Those ratios are the most any code storing such rows could
+//! reach (BENCHMARKS.md):
+//!
+//! ```text
+//! records sqlite insert, the store's rows by plain SQL, vs plain table: NN.N %
+//! records sqlite insert, one sealed value per domain by plain SQL, vs plain table: NN.N %
+//! ```
+//!
 //! `KLUIS_BENCH_PROFILE=<case>` (one of `insert_encrypted`, `insert_plaintext`, `read_encrypted`,
 //! `read_plaintext`, `none`) runs the same setup and then that case once, for instruction counts
 //! under callgrind (subtract `none`). Under `--test` (the smoke run) the plain table's records are
@@ -144,9 +155,48 @@ fn plain_record(
     }
 }
 
+/// A column of a stored row, read back as bytes, text or integer without opening anything (the
+/// bound cases of `KLUIS_BENCH_BOUND`).
+#[derive(Clone, Debug)]
+enum Cell {
+    Int(Option<i64>),
+    Text(String),
+    Blob(Option<Vec<u8>>),
+}
+
+/// The kind of a row-layout column, by its name.
+fn cell_kind(col: &str) -> u8 {
+    match col {
+        "tenant" | "id" | "subject" => b't',
+        "row_tag" => b'b',
+        c if c.starts_with("f_") || c.starts_with("i_") => b'b',
+        _ => b'i',
+    }
+}
+
 /// The table an application would write instead of the store, per engine, through the store's
 /// pool.
 trait PlainTable: Engine {
+    /// SQL types (integer, binary) for the bound tables.
+    const BOUND_TYPES: (&'static str, &'static str);
+    /// Runs one statement without parameters.
+    fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) -> impl Future<Output = ()>;
+    /// The columns of `kluis_r_absence`, in order.
+    fn row_columns(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = Vec<String>>;
+    /// Rows as stored, in pages: `(tenant = TENANT, id > after)` ordered by id.
+    fn read_cells_page(
+        pool: &sqlx::Pool<Self::Db>,
+        table: &str,
+        cols: &[String],
+        after: &str,
+    ) -> impl Future<Output = Vec<Vec<Cell>>>;
+    /// One multi-row INSERT of `rows` in one transaction.
+    fn insert_cells(
+        pool: &sqlx::Pool<Self::Db>,
+        table: &str,
+        cols: &[String],
+        rows: Vec<Vec<Cell>>,
+    ) -> impl Future<Output = ()>;
     fn create_plain(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = ()>;
     /// Untimed between iterations: empty the table.
     fn clear_plain(pool: &sqlx::Pool<Self::Db>) -> impl Future<Output = ()>;
@@ -159,6 +209,60 @@ trait PlainTable: Engine {
 }
 
 impl PlainTable for Sqlite {
+    const BOUND_TYPES: (&'static str, &'static str) = ("INTEGER", "BLOB");
+
+    async fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+
+    async fn row_columns(pool: &sqlx::Pool<Self::Db>) -> Vec<String> {
+        let rows = sqlx::query("SELECT name FROM pragma_table_info('kluis_r_absence') ORDER BY cid")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    async fn read_cells_page(
+        pool: &sqlx::Pool<Self::Db>,
+        table: &str,
+        cols: &[String],
+        after: &str,
+    ) -> Vec<Vec<Cell>> {
+        let sql = format!(
+            "SELECT {} FROM {table} WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
+            cols.join(", ")
+        );
+        let rows =
+            sqlx::query(&sql).bind(TENANT).bind(after).bind(PAGE as i64).fetch_all(pool).await.unwrap();
+        rows.iter()
+            .map(|r| {
+                cells_of(cols, |i, k| match k {
+                    b't' => Cell::Text(r.get(i)),
+                    b'b' => Cell::Blob(r.get(i)),
+                    _ => Cell::Int(r.get(i)),
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_cells(pool: &sqlx::Pool<Self::Db>, table: &str, cols: &[String], rows: Vec<Vec<Cell>>) {
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("INSERT INTO {table} ({}) ", cols.join(", ")));
+        q.push_values(rows, |mut b, row| {
+            for c in row {
+                match c {
+                    Cell::Int(v) => b.push_bind(v),
+                    Cell::Text(v) => b.push_bind(v),
+                    Cell::Blob(v) => b.push_bind(v),
+                };
+            }
+        });
+        let mut tx = pool.begin().await.unwrap();
+        q.build().execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
     async fn create_plain(pool: &sqlx::Pool<Self::Db>) {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS bench_plain_absence (
@@ -235,6 +339,63 @@ impl PlainTable for Sqlite {
 }
 
 impl PlainTable for Postgres {
+    const BOUND_TYPES: (&'static str, &'static str) = ("BIGINT", "BYTEA");
+
+    async fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    }
+
+    async fn row_columns(pool: &sqlx::Pool<Self::Db>) -> Vec<String> {
+        let rows = sqlx::query(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'kluis_r_absence' \
+             AND table_schema = current_schema() ORDER BY ordinal_position",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    async fn read_cells_page(
+        pool: &sqlx::Pool<Self::Db>,
+        table: &str,
+        cols: &[String],
+        after: &str,
+    ) -> Vec<Vec<Cell>> {
+        let sql = format!(
+            "SELECT {} FROM {table} WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3",
+            cols.join(", ")
+        );
+        let rows =
+            sqlx::query(&sql).bind(TENANT).bind(after).bind(PAGE as i64).fetch_all(pool).await.unwrap();
+        rows.iter()
+            .map(|r| {
+                cells_of(cols, |i, k| match k {
+                    b't' => Cell::Text(r.get(i)),
+                    b'b' => Cell::Blob(r.get(i)),
+                    _ => Cell::Int(r.get(i)),
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_cells(pool: &sqlx::Pool<Self::Db>, table: &str, cols: &[String], rows: Vec<Vec<Cell>>) {
+        let mut q =
+            sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("INSERT INTO {table} ({}) ", cols.join(", ")));
+        q.push_values(rows, |mut b, row| {
+            for c in row {
+                match c {
+                    Cell::Int(v) => b.push_bind(v),
+                    Cell::Text(v) => b.push_bind(v),
+                    Cell::Blob(v) => b.push_bind(v),
+                };
+            }
+        });
+        let mut tx = pool.begin().await.unwrap();
+        q.build().execute(&mut *tx).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+
     async fn create_plain(pool: &sqlx::Pool<Self::Db>) {
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS bench_plain_absence (
@@ -319,6 +480,105 @@ impl PlainTable for Postgres {
             })
             .collect()
     }
+}
+
+fn cells_of(cols: &[String], mut get: impl FnMut(usize, u8) -> Cell) -> Vec<Cell> {
+    cols.iter().enumerate().map(|(i, c)| get(i, cell_kind(c))).collect()
+}
+
+/// The bound cases of `KLUIS_BENCH_BOUND`: tables that hold what the store stores, written and
+/// read by plain SQL with no key, seal, tag or audit work. `rows`: the store's own rows, column
+/// for column; `domain`: the same rows with one sealed value per domain instead of one per field
+/// (the general fields' plaintexts and the medical ones each under one 80-byte overhead, plus a
+/// 2-byte length per field). Same indexes as the store's table.
+struct Bound {
+    tables: Vec<BoundTable>,
+}
+
+/// (table, columns, rows as captured, index of the `id` column).
+type BoundTable = (String, Vec<String>, Vec<Vec<Cell>>, usize);
+
+const GENERAL_FIELDS: [&str; 4] = ["start_date", "end_date", "work_capacity", "employee_number"];
+const MEDICAL_FIELDS: [&str; 2] = ["diagnosis", "doctor_notes"];
+
+async fn make_bound<B: PlainTable>(b: &Bench<B>) -> Bound {
+    let pool = b.store.pool();
+    let cols = B::row_columns(pool).await;
+    let mut rows = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = B::read_cells_page(pool, "kluis_r_absence", &cols, &after).await;
+        let id_at = cols.iter().position(|c| c == "id").unwrap();
+        let last = page.last().map(|r| match &r[id_at] {
+            Cell::Text(s) => s.clone(),
+            _ => unreachable!(),
+        });
+        rows.extend(page);
+        match last {
+            Some(l) if rows.len() % PAGE == 0 => after = l,
+            _ => break,
+        }
+    }
+    assert_eq!(rows.len(), n_records());
+    let at = |name: &str| cols.iter().position(|c| c == name).unwrap();
+    let blob_len = |r: &[Cell], name: &str| match &r[at(name)] {
+        Cell::Blob(Some(v)) => v.len(),
+        _ => 0,
+    };
+    let keep = ["tenant", "id", "subject", "version", "created_at", "updated_at", "retain_until", "row_tag"];
+    let index_cols: Vec<String> =
+        cols.iter().filter(|c| c.starts_with("i_") || c.starts_with("j_")).cloned().collect();
+    let mut dcols: Vec<String> = keep.iter().map(|c| (*c).to_owned()).collect();
+    dcols.extend(["f_general", "k_general", "f_medical", "k_medical"].map(str::to_owned));
+    dcols.extend(index_cols.iter().cloned());
+    let drows: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(|r| {
+            let mut out: Vec<Cell> = keep.iter().map(|c| r[at(c)].clone()).collect();
+            for fields in [&GENERAL_FIELDS[..], &MEDICAL_FIELDS[..]] {
+                let len = 80 + fields.iter().map(|f| blob_len(r, &format!("f_{f}")) - 80 + 2).sum::<usize>();
+                out.push(Cell::Blob(Some((0..len).map(|i| (i * 131 + 7) as u8).collect())));
+                out.push(Cell::Int(Some(1)));
+            }
+            out.extend(index_cols.iter().map(|c| r[at(c)].clone()));
+            out
+        })
+        .collect();
+    let (int, blob) = B::BOUND_TYPES;
+    let mut tables = Vec::new();
+    for (name, cs, rs) in [("bench_bound_rows", cols.clone(), rows), ("bench_bound_domain", dcols, drows)] {
+        let defs: Vec<String> = cs
+            .iter()
+            .map(|c| {
+                let ty = match cell_kind(c) {
+                    b't' => "TEXT",
+                    b'b' => blob,
+                    _ => int,
+                };
+                let null = if ["tenant", "id", "subject", "version", "created_at", "updated_at", "row_tag"]
+                    .contains(&c.as_str())
+                {
+                    " NOT NULL"
+                } else {
+                    ""
+                };
+                format!("{c} {ty}{null}")
+            })
+            .collect();
+        let index = cs.iter().find(|c| c.starts_with("i_")).unwrap();
+        for sql in [
+            format!("DROP TABLE IF EXISTS {name}"),
+            format!("CREATE TABLE {name} ({}, PRIMARY KEY (tenant, id))", defs.join(", ")),
+            format!("CREATE INDEX {name}_s ON {name} (tenant, subject)"),
+            format!("CREATE INDEX {name}_i ON {name} (id)"),
+            format!("CREATE INDEX {name}_x ON {name} (tenant, {index})"),
+        ] {
+            B::run_sql(pool, &sql).await;
+        }
+        let id_at = cs.iter().position(|c| c == "id").unwrap();
+        tables.push((name.to_owned(), cs, rs, id_at));
+    }
+    Bound { tables }
 }
 
 struct Bench<B: Engine> {
@@ -582,7 +842,113 @@ fn run_paired<B: PlainTable>(rt: &tokio::runtime::Runtime, engine: &str, b: &Ben
             reads.push((t[0], t[1]));
         }
         report("read", &reads);
+        if std::env::var("KLUIS_BENCH_BOUND").is_ok_and(|v| v == "1") {
+            run_bound(b, engine, rounds).await;
+        }
     });
+}
+
+/// `KLUIS_BENCH_BOUND=1`: the plain table against the store's rows (and against rows with one
+/// sealed value per domain) written and read by plain SQL, paired the same way. The ratios are
+/// the most any code that stores those rows could reach.
+async fn run_bound<B: PlainTable>(b: &Bench<B>, engine: &str, rounds: usize) {
+    let bound = make_bound(b).await;
+    let pool = b.store.pool();
+    let names = ["the store's rows", "one sealed value per domain"];
+    let mut ins = vec![Vec::new(); 2];
+    for r in 0..rounds {
+        clear(b).await;
+        for (t, ..) in &bound.tables {
+            B::run_sql(pool, &format!("DELETE FROM {t}")).await;
+        }
+        B::settle(pool).await;
+        let mut t = [Duration::ZERO; 3];
+        for chunk in 0..n_records() / BATCH {
+            let mut order = [0usize, 1, 2];
+            order.rotate_left((r + chunk) % 3);
+            for side in order {
+                let start = Instant::now();
+                if side == 0 {
+                    B::insert_plain_chunk(pool, "w", chunk * BATCH).await;
+                } else {
+                    let (name, cols, rows, id_at) = &bound.tables[side - 1];
+                    let part: Vec<Vec<Cell>> = (chunk * BATCH..(chunk + 1) * BATCH)
+                        .map(|i| {
+                            let mut row = rows[i].clone();
+                            row[*id_at] = Cell::Text(id("w", i));
+                            row
+                        })
+                        .collect();
+                    B::insert_cells(pool, name, cols, part).await;
+                }
+                t[side] += start.elapsed();
+            }
+        }
+        for k in 0..2 {
+            ins[k].push((t[k + 1], t[0]));
+        }
+    }
+    // Reads: each bound table holds the captured rows (ids `e-...`), the plain table its own.
+    clear(b).await;
+    insert_plain(b, "e").await;
+    for (name, cols, rows, _) in &bound.tables {
+        B::run_sql(pool, &format!("DELETE FROM {name}")).await;
+        for part in rows.chunks(BATCH) {
+            B::insert_cells(pool, name, cols, part.to_vec()).await;
+        }
+    }
+    B::settle(pool).await;
+    let mut reads = vec![Vec::new(); 2];
+    for r in 0..rounds * 3 {
+        let mut t = [Duration::ZERO; 3];
+        let mut after = [String::new(), String::new(), String::new()];
+        let mut done = [false; 3];
+        let mut page = 0;
+        while done.iter().any(|d| !d) {
+            let mut order = [0usize, 1, 2];
+            order.rotate_left((r + page) % 3);
+            for side in order {
+                if done[side] {
+                    continue;
+                }
+                let start = Instant::now();
+                let (n, last) = if side == 0 {
+                    let recs = B::read_plain_page(pool, &after[0]).await;
+                    (recs.len(), recs.last().map(|r| r.id.clone()))
+                } else {
+                    let (name, cols, _, id_at) = &bound.tables[side - 1];
+                    let rows = B::read_cells_page(pool, name, cols, &after[side]).await;
+                    let last = rows.last().map(|r| match &r[*id_at] {
+                        Cell::Text(s) => s.clone(),
+                        _ => unreachable!(),
+                    });
+                    (std::hint::black_box(rows).len(), last)
+                };
+                t[side] += start.elapsed();
+                match last {
+                    Some(l) if n == PAGE => after[side] = l,
+                    _ => done[side] = true,
+                }
+            }
+            page += 1;
+        }
+        for k in 0..2 {
+            reads[k].push((t[k + 1], t[0]));
+        }
+    }
+    for (k, name) in names.iter().enumerate() {
+        for (op, pairs) in [("insert", &ins[k]), ("read", &reads[k])] {
+            let ratio = median(pairs.iter().map(|(e, p)| p.as_secs_f64() / e.as_secs_f64()).collect());
+            let side = median(pairs.iter().map(|(e, _)| e.as_secs_f64()).collect());
+            let plain = median(pairs.iter().map(|(_, p)| p.as_secs_f64()).collect());
+            eprintln!(
+                "bound {engine} {op}, {name} by plain SQL: {:.1} ms, plain table {:.1} ms",
+                side * 1e3,
+                plain * 1e3
+            );
+            println!("records {engine} {op}, {name} by plain SQL, vs plain table: {:.1} %", 100.0 * ratio);
+        }
+    }
 }
 
 /// One case once after the same setup (for callgrind).
