@@ -179,6 +179,8 @@ fn cell_kind(col: &str) -> u8 {
 trait PlainTable: Engine {
     /// SQL types (integer, binary) for the bound tables.
     const BOUND_TYPES: (&'static str, &'static str);
+    /// The end of a page query: `tenant` and `id` after the cursor, ordered, limited.
+    const PAGE_SQL: &'static str;
     /// Runs one statement without parameters.
     fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) -> impl Future<Output = ()>;
     /// The columns of `kluis_r_absence`, in order.
@@ -208,12 +210,59 @@ trait PlainTable: Engine {
     fn read_plain_page(pool: &sqlx::Pool<Self::Db>, after: &str) -> impl Future<Output = Vec<Record>>;
 }
 
+/// The bound cases' statements, the same on both engines but for the database type.
+macro_rules! bound_methods {
+    ($db:ty) => {
+        async fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) {
+            sqlx::query(sql).execute(pool).await.unwrap();
+        }
+
+        async fn read_cells_page(
+            pool: &sqlx::Pool<Self::Db>,
+            table: &str,
+            cols: &[String],
+            after: &str,
+        ) -> Vec<Vec<Cell>> {
+            let sql = format!("SELECT {} FROM {table} {}", cols.join(", "), Self::PAGE_SQL);
+            let rows =
+                sqlx::query(&sql).bind(TENANT).bind(after).bind(PAGE as i64).fetch_all(pool).await.unwrap();
+            rows.iter()
+                .map(|r| {
+                    cells_of(cols, |i, k| match k {
+                        b't' => Cell::Text(r.get(i)),
+                        b'b' => Cell::Blob(r.get(i)),
+                        _ => Cell::Int(r.get(i)),
+                    })
+                })
+                .collect()
+        }
+
+        async fn insert_cells(
+            pool: &sqlx::Pool<Self::Db>,
+            table: &str,
+            cols: &[String],
+            rows: Vec<Vec<Cell>>,
+        ) {
+            let mut q = sqlx::QueryBuilder::<$db>::new(format!("INSERT INTO {table} ({}) ", cols.join(", ")));
+            q.push_values(rows, |mut b, row| {
+                for c in row {
+                    match c {
+                        Cell::Int(v) => b.push_bind(v),
+                        Cell::Text(v) => b.push_bind(v),
+                        Cell::Blob(v) => b.push_bind(v),
+                    };
+                }
+            });
+            let mut tx = pool.begin().await.unwrap();
+            q.build().execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+}
+
 impl PlainTable for Sqlite {
     const BOUND_TYPES: (&'static str, &'static str) = ("INTEGER", "BLOB");
-
-    async fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) {
-        sqlx::query(sql).execute(pool).await.unwrap();
-    }
+    const PAGE_SQL: &'static str = "WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?";
 
     async fn row_columns(pool: &sqlx::Pool<Self::Db>) -> Vec<String> {
         let rows = sqlx::query("SELECT name FROM pragma_table_info('kluis_r_absence') ORDER BY cid")
@@ -223,45 +272,7 @@ impl PlainTable for Sqlite {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
-    async fn read_cells_page(
-        pool: &sqlx::Pool<Self::Db>,
-        table: &str,
-        cols: &[String],
-        after: &str,
-    ) -> Vec<Vec<Cell>> {
-        let sql = format!(
-            "SELECT {} FROM {table} WHERE tenant = ? AND id > ? ORDER BY id LIMIT ?",
-            cols.join(", ")
-        );
-        let rows =
-            sqlx::query(&sql).bind(TENANT).bind(after).bind(PAGE as i64).fetch_all(pool).await.unwrap();
-        rows.iter()
-            .map(|r| {
-                cells_of(cols, |i, k| match k {
-                    b't' => Cell::Text(r.get(i)),
-                    b'b' => Cell::Blob(r.get(i)),
-                    _ => Cell::Int(r.get(i)),
-                })
-            })
-            .collect()
-    }
-
-    async fn insert_cells(pool: &sqlx::Pool<Self::Db>, table: &str, cols: &[String], rows: Vec<Vec<Cell>>) {
-        let mut q =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!("INSERT INTO {table} ({}) ", cols.join(", ")));
-        q.push_values(rows, |mut b, row| {
-            for c in row {
-                match c {
-                    Cell::Int(v) => b.push_bind(v),
-                    Cell::Text(v) => b.push_bind(v),
-                    Cell::Blob(v) => b.push_bind(v),
-                };
-            }
-        });
-        let mut tx = pool.begin().await.unwrap();
-        q.build().execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
-    }
+    bound_methods!(sqlx::Sqlite);
 
     async fn create_plain(pool: &sqlx::Pool<Self::Db>) {
         sqlx::query(
@@ -340,10 +351,7 @@ impl PlainTable for Sqlite {
 
 impl PlainTable for Postgres {
     const BOUND_TYPES: (&'static str, &'static str) = ("BIGINT", "BYTEA");
-
-    async fn run_sql(pool: &sqlx::Pool<Self::Db>, sql: &str) {
-        sqlx::query(sql).execute(pool).await.unwrap();
-    }
+    const PAGE_SQL: &'static str = "WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3";
 
     async fn row_columns(pool: &sqlx::Pool<Self::Db>) -> Vec<String> {
         let rows = sqlx::query(
@@ -356,45 +364,7 @@ impl PlainTable for Postgres {
         rows.iter().map(|r| r.get(0)).collect()
     }
 
-    async fn read_cells_page(
-        pool: &sqlx::Pool<Self::Db>,
-        table: &str,
-        cols: &[String],
-        after: &str,
-    ) -> Vec<Vec<Cell>> {
-        let sql = format!(
-            "SELECT {} FROM {table} WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3",
-            cols.join(", ")
-        );
-        let rows =
-            sqlx::query(&sql).bind(TENANT).bind(after).bind(PAGE as i64).fetch_all(pool).await.unwrap();
-        rows.iter()
-            .map(|r| {
-                cells_of(cols, |i, k| match k {
-                    b't' => Cell::Text(r.get(i)),
-                    b'b' => Cell::Blob(r.get(i)),
-                    _ => Cell::Int(r.get(i)),
-                })
-            })
-            .collect()
-    }
-
-    async fn insert_cells(pool: &sqlx::Pool<Self::Db>, table: &str, cols: &[String], rows: Vec<Vec<Cell>>) {
-        let mut q =
-            sqlx::QueryBuilder::<sqlx::Postgres>::new(format!("INSERT INTO {table} ({}) ", cols.join(", ")));
-        q.push_values(rows, |mut b, row| {
-            for c in row {
-                match c {
-                    Cell::Int(v) => b.push_bind(v),
-                    Cell::Text(v) => b.push_bind(v),
-                    Cell::Blob(v) => b.push_bind(v),
-                };
-            }
-        });
-        let mut tx = pool.begin().await.unwrap();
-        q.build().execute(&mut *tx).await.unwrap();
-        tx.commit().await.unwrap();
-    }
+    bound_methods!(sqlx::Postgres);
 
     async fn create_plain(pool: &sqlx::Pool<Self::Db>) {
         sqlx::query(

@@ -286,18 +286,7 @@ mod tests {
     use crate::Sqlite;
 
     fn meta_set(key: Vec<u8>, version: u32) -> DomainKeySet {
-        DomainKeySet::from_keys(
-            TenantId::new(META_TENANT).unwrap(),
-            DomainName::new(META_DOMAIN).unwrap(),
-            vec![(
-                KeyVersion::new(version).unwrap(),
-                KeyState::Active,
-                kluis_core::KeyMaterial::from_bytes(key.try_into().unwrap()),
-            )],
-            kluis_core::Suite::default(),
-            kluis_core::Backend::preferred(),
-        )
-        .unwrap()
+        crate::store::tests::set_of(META_TENANT, META_DOMAIN, version, key)
     }
 
     /// Prints a new vector (run by hand with `--ignored --nocapture` when the format changes).

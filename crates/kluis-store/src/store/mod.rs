@@ -602,6 +602,22 @@ mod tests {
     use super::*;
     use crate::Sqlite;
 
+    /// A key set of one active version from raw key bytes (the vectors' keys).
+    pub(crate) fn set_of(tenant: &str, domain: &str, version: u32, key: Vec<u8>) -> DomainKeySet {
+        DomainKeySet::from_keys(
+            TenantId::new(tenant).unwrap(),
+            DomainName::new(domain).unwrap(),
+            vec![(
+                KeyVersion::new(version).unwrap(),
+                KeyState::Active,
+                kluis_core::KeyMaterial::from_bytes(key.try_into().unwrap()),
+            )],
+            kluis_core::Suite::default(),
+            kluis_core::Backend::preferred(),
+        )
+        .unwrap()
+    }
+
     /// The committed row tag vector (tests/vectors/row_tags_v1.json, computed from
     /// docs/FORMAT.md §10.1 by a script, not by this code) is what the store makes and accepts;
     /// one byte changed anywhere in the row is refused.
@@ -610,16 +626,8 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(include_str!("../../../../tests/vectors/row_tags_v1.json")).unwrap();
         let hexf = |k: &str| hex::decode(v[k].as_str().unwrap()).unwrap();
-        let key: [u8; 32] = hexf("row_tags_key").try_into().unwrap();
         let tenant = TenantId::new("acme").unwrap();
-        let set = DomainKeySet::from_keys(
-            tenant.clone(),
-            DomainName::new(ROW_TAG_DOMAIN).unwrap(),
-            vec![(KeyVersion::FIRST, KeyState::Active, kluis_core::KeyMaterial::from_bytes(key))],
-            kluis_core::Suite::default(),
-            kluis_core::Backend::preferred(),
-        )
-        .unwrap();
+        let set = set_of("acme", ROW_TAG_DOMAIN, 1, hexf("row_tags_key"));
         let access = Access::new(tenant).with(set).unwrap();
         let r = &v["record"];
         let row = RecordRow {
@@ -667,20 +675,7 @@ mod tests {
             serde_json::from_str(include_str!("../../../../tests/vectors/app_rows_v1.json")).unwrap();
         let hexf = |x: &serde_json::Value| hex::decode(x.as_str().unwrap()).unwrap();
         let tenant = TenantId::new("acme").unwrap();
-        let set = |domain: &str, version: u32, key: Vec<u8>| {
-            DomainKeySet::from_keys(
-                tenant.clone(),
-                DomainName::new(domain).unwrap(),
-                vec![(
-                    KeyVersion::new(version).unwrap(),
-                    KeyState::Active,
-                    kluis_core::KeyMaterial::from_bytes(key.try_into().unwrap()),
-                )],
-                kluis_core::Suite::default(),
-                kluis_core::Backend::preferred(),
-            )
-            .unwrap()
-        };
+        let set = |domain: &str, version: u32, key: Vec<u8>| set_of("acme", domain, version, key);
         let access = Access::new(tenant.clone())
             .with(set(ROW_TAG_DOMAIN, 1, hexf(&v["row_tags_key"])))
             .unwrap()
