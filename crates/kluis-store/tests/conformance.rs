@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Bind, Harness, Raw, kv, t};
+use common::{Bind, Harness, Raw, all_engines, kv, t};
 use kluis_core::{DomainName, TenantId};
 use std::sync::Arc;
 
@@ -1347,30 +1347,6 @@ async fn scoped_access<B: Engine>(h: Harness<B>) -> Harness<B> {
     out(s.delete_document(&ro, "doc-1").await.map(|_| ()), "read-only document delete");
     assert_eq!(s.get(&h.doctor, "absence", "b").await.unwrap().unwrap().version, 1, "b unchanged");
     h
-}
-
-macro_rules! conformance {
-    ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
-        mod $engine {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let Some(h) = $setup().await else { return };
-                    let h = super::$test(h).await;
-                    common::drop_db(h).await;
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! all_engines {
-    ($($test:ident),* $(,)?) => {
-        conformance!(sqlite, common::sqlite, [$($test),*]);
-        conformance!(postgres, common::postgres, [$($test),*]);
-        conformance!(mariadb, common::mysql, [$($test),*]);
-    };
 }
 
 all_engines!(

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Bind, Harness, Raw, kv, t};
+use common::{Bind, Harness, Raw, all_engines, kv, t};
 use kluis_core::keys::RootKeyProvider;
 use kluis_core::{DomainName, Error as CoreError, KeyringSecret, LocalKeyring, Suite, TenantId};
 use kluis_store::{DEFAULT_INSTANCE_WINDOW, Engine, Held, NewRecord, Store, StoreError, Value};
@@ -239,22 +239,4 @@ async fn diagnosis<B: Engine>(s: &Store<B>, a: &kluis_store::Access, id: &str) -
     }
 }
 
-macro_rules! conformance {
-    ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
-        mod $engine {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let Some(h) = $setup().await else { return };
-                    let h = super::$test(h).await;
-                    common::drop_db(h).await;
-                }
-            )*
-        }
-    };
-}
-
-conformance!(sqlite, common::sqlite, [activation, reports]);
-conformance!(postgres, common::postgres, [activation, reports]);
-conformance!(mariadb, common::mysql, [activation, reports]);
+all_engines!(activation, reports);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Bind, Harness, Raw, kv, t};
+use common::{Bind, Harness, Raw, all_engines, kv, t};
 use kluis_core::{DomainName, Error as CoreError, TenantId};
 use kluis_store::Engine;
 use kluis_store::{NewRecord, Store, StoreError, Value};
@@ -243,30 +243,6 @@ where
     h.refresh().await;
     common::drop_db(other).await;
     h
-}
-
-macro_rules! conformance {
-    ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
-        mod $engine {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let Some(h) = $setup().await else { return };
-                    let h = super::$test(h).await;
-                    common::drop_db(h).await;
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! all_engines {
-    ($($test:ident),* $(,)?) => {
-        conformance!(sqlite, common::sqlite, [$($test),*]);
-        conformance!(postgres, common::postgres, [$($test),*]);
-        conformance!(mariadb, common::mysql, [$($test),*]);
-    };
 }
 
 all_engines!(

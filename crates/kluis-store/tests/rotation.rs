@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{Harness, Location, Raw, kv, t};
+use common::{Harness, Location, Raw, all_engines, kv, t};
 use kluis_core::keys::{BoxFuture, RootKeyProvider, UnwrapRequest};
 use kluis_core::{DomainName, KeyMaterial, KeyState, WrappedKey};
 use kluis_store::Engine;
@@ -526,30 +526,6 @@ where
     let r = h.store.get(&h.doctor, "absence", "abs-1").await.unwrap().unwrap();
     assert_eq!(r.get("diagnosis"), Some(&Value::from("diag-1")));
     h
-}
-
-macro_rules! conformance {
-    ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
-        mod $engine {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let Some(h) = $setup().await else { return };
-                    let h = super::$test(h).await;
-                    common::drop_db(h).await;
-                }
-            )*
-        }
-    };
-}
-
-macro_rules! all_engines {
-    ($($test:ident),* $(,)?) => {
-        conformance!(sqlite, common::sqlite, [$($test),*]);
-        conformance!(postgres, common::postgres, [$($test),*]);
-        conformance!(mariadb, common::mysql, [$($test),*]);
-    };
 }
 
 all_engines!(

@@ -343,3 +343,36 @@ pub async fn drop_location(loc: &Location) {
         }
     }
 }
+
+/// `conformance!(engine, setup, [tests])`: a module `engine` with one `#[tokio::test]` per test
+/// function `async fn test(h: Harness<B>) -> Harness<B>`, run on a fresh database from `setup`
+/// and dropped afterwards.
+#[allow(unused_macros)]
+macro_rules! conformance {
+    ($engine:ident, $setup:path, [$($test:ident),* $(,)?]) => {
+        mod $engine {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let Some(h) = $setup().await else { return };
+                    let h = super::$test(h).await;
+                    common::drop_db(h).await;
+                }
+            )*
+        }
+    };
+}
+
+/// `all_engines!(tests)`: [`conformance!`] on SQLite, PostgreSQL and MariaDB.
+#[allow(unused_macros)]
+macro_rules! all_engines {
+    ($($test:ident),* $(,)?) => {
+        common::conformance!(sqlite, common::sqlite, [$($test),*]);
+        common::conformance!(postgres, common::postgres, [$($test),*]);
+        common::conformance!(mariadb, common::mysql, [$($test),*]);
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use {all_engines, conformance};
