@@ -350,7 +350,12 @@ async fn rotate_root<B: Engine, O: BlobBackend + Clone>(
     // the file, not yet active in the database); one whose primary is newer already has one.
     let record = env.store.keyring_record(env.provider().await?).await?;
     let primary = env.provider().await?.primary_version().await?;
-    let staged_before = record.and_then(|r| r.active).is_some_and(|a| a < primary);
+    let active = record.and_then(|r| r.active);
+    if let Some(active) = active.filter(|a| primary < *a) {
+        // An older copy of the keyring file: a version made from it would fork the file's line.
+        return Err(StoreError::RootVersionNotActive { primary, active }.into());
+    }
+    let staged_before = active.is_some_and(|a| a < primary);
     let created = match env.root_mut().await? {
         Root::Keyring(file) if !staged_before => Some(file.rotate()?),
         _ => None,

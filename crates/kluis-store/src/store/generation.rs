@@ -68,17 +68,20 @@ impl<E: Engine> Store<E> {
 
     /// The rollback check, run whenever keys are unlocked ([`Store::admin_access`], [`Store::access`], [`Store::key_set`]
     /// and every operation that unwraps or rewraps domain keys). For a provider that keeps a
-    /// generation (the local keyring) it compares that generation with the one this database
-    /// recorded, sealed under the store's metadata key so it cannot be forged:
-    /// - a keyring older than the record: [`kluis_core::Error::KeyringRollback`];
-    /// - a keyring newer than the record (an older record put back, an older database restored,
-    ///   or a keyring change not recorded): [`kluis_core::Error::DatabaseBehindKeyring`];
+    /// generation (the local keyring) it compares that generation with the [`KeyringRecord`] this
+    /// database keeps, sealed under the store's metadata key so it cannot be forged:
+    /// - a keyring older than the record's floor: [`kluis_core::Error::KeyringRollback`];
+    /// - a keyring newer than the record's newest generation (an older record put back, an older
+    ///   database restored, or a keyring change not recorded):
+    ///   [`kluis_core::Error::DatabaseBehindKeyring`];
     /// - no record while the database holds tenants' domain keys (the record was deleted, or the
     ///   database predates it): [`StoreError::MetadataMissing`]; on a database without any the
     ///   generation is recorded now (first use).
     ///
     /// A keyring and a database rolled back together to a matching older pair are not detected
-    /// here (SECURITY.md). Providers without a generation (KMS) pass.
+    /// here (SECURITY.md). Providers without a generation (KMS) pass. A store with instance
+    /// reports enabled ([`Store::with_instance_reports`]) first renews its report when one is
+    /// due.
     pub async fn check_rollback(&self, provider: &dyn RootKeyProvider) -> Result<()> {
         self.report_if_due(provider).await?;
         match self.check_keyring_generation(provider).await? {
@@ -92,7 +95,7 @@ impl<E: Engine> Store<E> {
     /// Compares the provider's keyring generation with the one this database recorded (sealed, so
     /// an edit by a DBA is detected) and reports the outcome: [`GenerationStatus::InSync`], or
     /// [`GenerationStatus::DatabaseBehind`] (which [`Store::check_rollback`] refuses). A keyring
-    /// older than the record is [`kluis_core::Error::KeyringRollback`]; a missing record on a
+    /// older than the record's floor is [`kluis_core::Error::KeyringRollback`]; a missing record on a
     /// database that holds domain keys is [`StoreError::MetadataMissing`]. On a database without
     /// domain keys the generation is recorded (first use).
     pub async fn check_keyring_generation(&self, provider: &dyn RootKeyProvider) -> Result<GenerationStatus> {
