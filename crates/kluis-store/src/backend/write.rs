@@ -599,6 +599,10 @@ impl<E: Engine> SqlBackend<E> {
     ) -> Result<()> {
         let all: Vec<(&str, &str, &str, i64)> = used.iter().collect();
         for chunk in all.chunks(KEY_USES_PER_STATEMENT) {
+            let counted = E::count_subject_keys(&mut **tx, chunk).await?;
+            if counted.is_some_and(|n| usize::try_from(n).is_ok_and(|n| n == chunk.len())) {
+                continue;
+            }
             let mut cond = String::with_capacity(chunk.len() * 64);
             for i in 0..chunk.len() {
                 if i > 0 {

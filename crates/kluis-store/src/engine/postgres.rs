@@ -85,6 +85,33 @@ impl Engine for Postgres {
         Some(format!("SELECT COUNT(*) FROM (SELECT 1 FROM {from_where} FOR SHARE) AS held"))
     }
 
+    async fn count_subject_keys(
+        c: &mut <Self::Db as Database>::Connection,
+        keys: &[(&str, &str, &str, i64)],
+    ) -> Result<Option<i64>> {
+        // Four arrays joined as a table: one plan whatever the number of keys.
+        let mut cols: (Vec<&str>, Vec<&str>, Vec<&str>, Vec<i64>) = Default::default();
+        for (t, d, s, v) in keys {
+            cols.0.push(t);
+            cols.1.push(d);
+            cols.2.push(s);
+            cols.3.push(*v);
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM kluis_subject_keys k \
+             JOIN unnest($1::text[], $2::text[], $3::text[], $4::int8[]) AS u(tenant, domain, subject, version) \
+             ON k.tenant = u.tenant AND k.domain = u.domain AND k.subject = u.subject AND k.version = u.version \
+             FOR SHARE OF k) AS held",
+        )
+        .bind(cols.0)
+        .bind(cols.1)
+        .bind(cols.2)
+        .bind(cols.3)
+        .fetch_one(&mut *c)
+        .await?;
+        Ok(Some(n))
+    }
+
     fn bytes_at(column: &str, from: u32, len: u32) -> String {
         format!("substring({column} from {from} for {len})")
     }
