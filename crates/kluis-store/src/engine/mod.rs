@@ -73,6 +73,13 @@ pub trait Engine: Sealed + Clone + Copy + std::fmt::Debug + Default + Send + Syn
     /// database one at a time).
     #[doc(hidden)]
     const CLAIM_LOCK: &'static str;
+    /// Does a page of records open each record as its row arrives (`true`: a server keeps
+    /// reading the next rows meanwhile), or read the whole page first (`false`: SQLite, whose rows
+    /// come from sqlx's worker thread in this process; opening while it reads made the two
+    /// threads hand over row by row, and a page read first then opened took a third less time:
+    /// BENCHMARKS.md)?
+    #[doc(hidden)]
+    const STREAM_PAGES: bool;
 
     /// The audit head lock without waiting (an error at once if another transaction holds it),
     /// for a worker that already holds row locks of an application's table; `None` where

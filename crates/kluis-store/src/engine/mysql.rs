@@ -42,6 +42,7 @@ impl Engine for MySql {
     const SHARE_LOCK: &'static str = " LOCK IN SHARE MODE";
     const UPDATE_LOCK: &'static str = " FOR UPDATE";
     const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    const STREAM_PAGES: bool = true;
     const HEAD_NOWAIT: Option<&'static str> =
         Some("SELECT seq FROM kluis_audit_head WHERE id = 1 FOR UPDATE NOWAIT");
     const BEGIN_WRITE: Option<&'static str> = None;

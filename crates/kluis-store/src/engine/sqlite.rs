@@ -91,6 +91,7 @@ impl Engine for Sqlite {
     /// Nothing to claim: a batch's `BEGIN IMMEDIATE` holds the database's write lock, so batches
     /// of several workers run one after another.
     const CLAIM_LOCK: &'static str = "";
+    const STREAM_PAGES: bool = false;
     const HEAD_NOWAIT: Option<&'static str> = None;
     const BEGIN_WRITE: Option<&'static str> = Some("BEGIN IMMEDIATE");
     const PURGE_STEPS: &'static str =

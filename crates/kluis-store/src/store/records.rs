@@ -157,22 +157,32 @@ impl<E: Engine> Store<E> {
         access.collection_in_scope(collection, subject)?;
         let limit = limit.clamp(1, 1000);
         let table = self.layout.table(collection)?;
-        // Each record is opened as its row arrives, while the database reads the next ones (both
-        // in this task: the engine's own thread or server keeps reading meanwhile).
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let read = self.backend.list_each(table, access.tenant.as_str(), subject, after, limit, tx);
-        // Moves the receiver in: an error here drops it, and the read stops.
-        let open = async move {
-            let mut records = Vec::with_capacity(limit as usize);
-            while let Some(s) = rx.recv().await {
+        let records = if E::STREAM_PAGES {
+            // Each record is opened as its row arrives, while the database reads the next ones
+            // (both in this task: the server keeps reading meanwhile).
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let read = self.backend.list_each(table, access.tenant.as_str(), subject, after, limit, tx);
+            // Moves the receiver in: an error here drops it, and the read stops.
+            let open = async move {
+                let mut records = Vec::with_capacity(limit as usize);
+                while let Some(s) = rx.recv().await {
+                    records.push(self.open_record(access, s, &mut tags).await?);
+                }
+                Ok::<_, StoreError>(records)
+            };
+            let (read, opened) = tokio::join!(read, open);
+            // A read error closed the channel early: it is the answer, not the shorter page.
+            read?;
+            opened?
+        } else {
+            // The whole page first, then each record opened (Engine::STREAM_PAGES).
+            let rows = self.backend.list(table, access.tenant.as_str(), subject, after, limit).await?;
+            let mut records = Vec::with_capacity(rows.len());
+            for s in rows {
                 records.push(self.open_record(access, s, &mut tags).await?);
             }
-            Ok::<_, StoreError>(records)
+            records
         };
-        let (read, opened) = tokio::join!(read, open);
-        // A read error closed the channel early: it is the answer, not the shorter page.
-        read?;
-        let records = opened?;
         let full = records.len() == limit as usize;
         let next = if full { records.last().map(|r| r.id.clone()) } else { None };
         Ok(Page { records, next })
