@@ -348,8 +348,9 @@ async fn rotate_root<B: Engine, O: BlobBackend + Clone>(
 ) -> Result<Report> {
     // A keyring whose primary version is the active one gets a new version (staged: primary in
     // the file, not yet active in the database); one whose primary is newer already has one.
-    let record = env.store.keyring_record(env.provider().await?).await?;
-    let primary = env.provider().await?.primary_version().await?;
+    let provider = env.provider().await?;
+    let record = env.store.keyring_record(provider).await?;
+    let primary = provider.primary_version().await?;
     let active = record.and_then(|r| r.active);
     if let Some(active) = active.filter(|a| primary < *a) {
         // An older copy of the keyring file: a version made from it would fork the file's line.
@@ -404,17 +405,12 @@ async fn instances<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>, window: D
     let provider = env.provider().await?;
     let record = env.store.keyring_record(provider).await?;
     let list = env.store.instances(window).await?;
-    let held = |i: &kluis_store::InstanceReport| match &i.held {
-        kluis_store::Held::Every => "every".to_owned(),
-        kluis_store::Held::Versions(vs) => vs.iter().map(|v| format!("v{v}")).collect::<Vec<_>>().join(","),
-        kluis_store::Held::Unreadable => "unreadable".to_owned(),
-    };
     let json_list: Vec<_> = list
         .iter()
         .map(|i| {
             json!({
                 "id": i.id, "label": i.label, "root_key_id": i.root_key_id,
-                "generation": i.generation, "holds": held(i), "seen_at": i.seen_at,
+                "generation": i.generation, "holds": i.held.to_string(), "seen_at": i.seen_at,
             })
         })
         .collect();
@@ -438,11 +434,7 @@ async fn instances<B: Engine, O: BlobBackend + Clone>(env: &Env<B, O>, window: D
         let generation = i.generation.map_or("-".to_owned(), |g| g.to_string());
         r.line(format!(
             "{}  {}  root {}  generation {generation}  holds {}  seen {}",
-            i.id,
-            i.label,
-            i.root_key_id,
-            held(i),
-            i.seen_at
+            i.id, i.label, i.root_key_id, i.held, i.seen_at
         ));
     }
     Ok(r)

@@ -75,19 +75,8 @@ impl<E: Engine> SqlBackend<E> {
                     label: text(r, 1)?,
                     root_key_id: text(r, 2)?,
                     generation: r.col(3)?,
-                    versions: match r.col::<Option<String>>(4) {
-                        Ok(v) => v,
-                        // MariaDB reports the ascii_bin column as binary.
-                        Err(_) => r
-                            .col::<Option<Vec<u8>>>(4)?
-                            .map(|b| {
-                                String::from_utf8(b).map_err(|_| StoreError::Corrupt {
-                                    what: "kluis_instances.versions",
-                                    reason: "not utf-8".into(),
-                                })
-                            })
-                            .transpose()?,
-                    },
+                    // MariaDB reports the ascii_bin column as binary: `opt_text` reads both.
+                    versions: opt_text(r, 4)?,
                     seen_at: r.col(5)?,
                 })
             })

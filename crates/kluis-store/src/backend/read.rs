@@ -19,6 +19,24 @@ pub(super) fn list_sql(table: &Table, subject: bool, after: bool) -> String {
     sql
 }
 
+/// The statement of [`list_sql`] (`sql`, in the engine's placeholders) with its binds.
+fn list_stmt<'q, E: Engine>(
+    sql: &'q str,
+    tenant: &'q str,
+    subject: Option<&'q str>,
+    after: Option<&'q str>,
+    limit: u32,
+) -> crate::engine::Stmt<'q, E> {
+    let mut q = query::<E>(sql).bind(tenant);
+    if let Some(s) = subject {
+        q = q.bind(s);
+    }
+    if let Some(a) = after {
+        q = q.bind(a);
+    }
+    q.bind(i64::from(limit))
+}
+
 impl<E: Engine> SqlBackend<E> {
     pub(super) fn record_from(row: &RowOf<E>) -> Result<RecordRow> {
         Ok(RecordRow {
@@ -195,14 +213,7 @@ impl<E: Engine> SqlBackend<E> {
         limit: u32,
     ) -> Result<Vec<StoredRecord>> {
         let sql = E::sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
-        let mut q = query::<E>(&sql).bind(tenant);
-        if let Some(s) = subject {
-            q = q.bind(s);
-        }
-        if let Some(a) = after {
-            q = q.bind(a);
-        }
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        let rows = list_stmt::<E>(&sql, tenant, subject, after, limit).fetch_all(&self.pool).await?;
         rows.iter().map(|r| Self::stored_from(table, r)).collect()
     }
 
@@ -221,14 +232,7 @@ impl<E: Engine> SqlBackend<E> {
         out: tokio::sync::mpsc::UnboundedSender<StoredRecord>,
     ) -> Result<()> {
         let sql = E::sql(&list_sql(table, subject.is_some(), after.is_some())).into_owned();
-        let mut q = query::<E>(&sql).bind(tenant);
-        if let Some(s) = subject {
-            q = q.bind(s);
-        }
-        if let Some(a) = after {
-            q = q.bind(a);
-        }
-        q.bind(i64::from(limit))
+        list_stmt::<E>(&sql, tenant, subject, after, limit)
             .for_each(&self.pool, |row| Ok(out.send(Self::stored_from(table, &row)?).is_ok()))
             .await
     }

@@ -266,14 +266,19 @@ impl<E: Engine> Store<E> {
         Ok(oldest_running.map_or(newest, |o| o.max(old)).min(newest))
     }
 
-    pub(super) async fn write_record(&self, provider: &dyn RootKeyProvider, r: KeyringRecord) -> Result<()> {
-        let set = self.meta_set(provider).await?;
+    /// Format 2: `0x02 || body || sealed(body)` under the metadata key `set`.
+    fn sealed_record(set: &DomainKeySet, r: &KeyringRecord) -> Result<Vec<u8>> {
         let ctx = Self::meta_ctx(set.tenant(), set.domain());
         let body = r.encode();
         let mut record = Vec::with_capacity(1 + 20 + 92);
         record.push(GENERATION_RECORD_V2);
         record.extend_from_slice(&body);
         record.extend_from_slice(&set.seal(&ctx, &body)?);
+        Ok(record)
+    }
+
+    pub(super) async fn write_record(&self, provider: &dyn RootKeyProvider, r: KeyringRecord) -> Result<()> {
+        let record = Self::sealed_record(&self.meta_set(provider).await?, &r)?;
         self.backend.set_meta(META_GENERATION, record.clone()).await?;
         if let Ok(mut seen) = self.generation_seen.lock() {
             *seen = Some((r, record));
@@ -300,10 +305,7 @@ mod tests {
         let set = meta_set(key.clone(), 1);
         let r = KeyringRecord { newest: 7, floor: 5, active: Some(KeyVersion::new(3).unwrap()) };
         let body = r.encode();
-        let ctx = Store::<Sqlite>::meta_ctx(set.tenant(), set.domain());
-        let mut record = vec![GENERATION_RECORD_V2];
-        record.extend_from_slice(&body);
-        record.extend_from_slice(&set.seal(&ctx, &body).unwrap());
+        let record = Store::<Sqlite>::sealed_record(&set, &r).unwrap();
         println!("key {}\nbody {}\nrecord {}", hex::encode(key), hex::encode(body), hex::encode(record));
     }
 

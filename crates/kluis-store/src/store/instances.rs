@@ -55,6 +55,22 @@ pub struct InstanceReport {
     pub seen_at: i64,
 }
 
+impl fmt::Display for Held {
+    /// `every version`, `v1,v2`, or `an unreadable report`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Every => f.write_str("every version"),
+            Self::Versions(vs) => {
+                for (i, v) in vs.iter().enumerate() {
+                    write!(f, "{}v{v}", if i > 0 { "," } else { "" })?;
+                }
+                Ok(())
+            }
+            Self::Unreadable => f.write_str("an unreadable report"),
+        }
+    }
+}
+
 impl InstanceReport {
     /// Does this instance hold root key version `v`?
     pub fn holds(&self, v: KeyVersion) -> bool {
@@ -66,13 +82,8 @@ impl InstanceReport {
     }
 
     fn describe(&self) -> String {
-        let held = match &self.held {
-            Held::Every => "every version".to_owned(),
-            Held::Versions(vs) => vs.iter().map(|v| format!("v{v}")).collect::<Vec<_>>().join(","),
-            Held::Unreadable => "an unreadable report".to_owned(),
-        };
         let generation = self.generation.map(|g| format!(", generation {g}")).unwrap_or_default();
-        format!("{} (id {}{generation}, holds {held})", self.label, self.id)
+        format!("{} (id {}{generation}, holds {})", self.label, self.id, self.held)
     }
 
     fn from_row(r: InstanceRow) -> Self {
@@ -131,11 +142,9 @@ impl<E: Engine> Store<E> {
             ));
         };
         let generation = provider.generation().map(to_i64).transpose()?;
-        let versions = provider.held_versions().map(|vs| {
-            let mut vs: Vec<_> = vs.iter().map(|v| v.get().to_string()).collect();
-            vs.dedup();
-            vs.join(",")
-        });
+        let versions = provider
+            .held_versions()
+            .map(|vs| vs.iter().map(|v| v.get().to_string()).collect::<Vec<_>>().join(","));
         let now = now_unix();
         let row = InstanceRow {
             id: r.id.clone(),
