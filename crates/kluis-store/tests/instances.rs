@@ -59,6 +59,25 @@ where
     assert_eq!(seen[0].id, app.instance_id().unwrap());
     assert_eq!(seen[0].label, "hr-app vm-1");
     assert_eq!((seen[0].generation, seen[0].held.clone()), (Some(1), Held::Versions(vec![kv(1)])));
+    // At most one report a minute from unlocks: the row deleted, another unlock does not write it
+    // again; a report on demand does, and deletes reports not renewed for a week.
+    let week_old = kluis_keyring::unix_now() - 8 * 86_400;
+    h.store
+        .raw_exec(
+            &format!(
+                "INSERT INTO kluis_instances (id, label, root_key_id, generation, versions, seen_at) \
+                 VALUES ('stale', 'old vm', 'keyring', 1, '1', {week_old})"
+            ),
+            vec![],
+        )
+        .await;
+    h.store.raw_exec("DELETE FROM kluis_instances WHERE id <> 'stale'", vec![]).await;
+    app.admin_access(&app_keys, &h.tenant, &both()).await.unwrap();
+    assert!(h.store.instances(DEFAULT_INSTANCE_WINDOW).await.unwrap().is_empty(), "not due yet");
+    app.report_instance(&app_keys).await.unwrap();
+    assert_eq!(h.store.instances(DEFAULT_INSTANCE_WINDOW).await.unwrap().len(), 1);
+    let all = h.store.instances(Duration::from_secs(30 * 86_400)).await.unwrap();
+    assert!(all.iter().all(|i| i.id != "stale"), "a week-old report is deleted: {all:?}");
 
     // Stage: a new root version, primary in the operator's file, recorded but not active.
     h.keyring.rotate(1).unwrap();
