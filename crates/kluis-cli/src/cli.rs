@@ -392,11 +392,15 @@ pub enum AuditCmd {
         /// A file written by `kluis shred --certificate` (one certificate).
         file: PathBuf,
     },
-    /// Write the audit log.
+    /// Write the audit log (all of it, or one tenant's entries).
     Export {
         /// Output format.
         #[arg(long, value_enum, default_value_t = AuditFormat::Jsonl)]
         format: AuditFormat,
+        /// Only this tenant's entries. The export is itself audited first, as an entry of that
+        /// tenant (which the export then holds).
+        #[arg(long)]
+        tenant: Option<String>,
         /// Write to this file instead of standard output.
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,

@@ -60,7 +60,9 @@ impl Job for CommandJob {
             Command::Import(args) => import(&env, &actor, &args).await,
             Command::Export(args) => crate::package::export(&env, &actor, &args).await,
             Command::Audit(AuditCmd::Verify { against }) => audit_verify(&env, against.as_deref()).await,
-            Command::Audit(AuditCmd::Export { output, .. }) => audit_export(&env, output.as_deref()).await,
+            Command::Audit(AuditCmd::Export { output, tenant, .. }) => {
+                audit_export(&env, &actor, tenant.as_deref(), output.as_deref()).await
+            }
             Command::Audit(AuditCmd::Certificates { tenant, subject, output }) => {
                 crate::erasure::certificates(&env, &tenant, subject.as_deref(), output.as_deref()).await
             }
@@ -1188,25 +1190,42 @@ async fn audit_verify<B: Engine, O: BlobBackend + Clone>(
 
 async fn audit_export<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
+    actor: &str,
+    tenant: Option<&str>,
     output: Option<&Path>,
 ) -> Result<Report> {
     let svc = |e: kluis_service::Error| CliError::Service(e.to_string());
-    match output {
+    let tenant = match tenant {
+        Some(t) => {
+            let t = env.tenant(t).await?;
+            // Fail closed: the export is logged before anything is written.
+            let event = AdminEvent::Other {
+                action: "export_audit".into(),
+                tenant: Some(t.clone()),
+                detail: "the tenant's audit entries".into(),
+            };
+            env.audit_admin(actor, event).await?;
+            Some(t)
+        }
+        None => None,
+    };
+    let out: Box<dyn std::io::Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(io("create", p))?)),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let n = match &tenant {
+        Some(t) => kluis_service::audit::export_tenant_jsonl(&env.store, t, out).await,
+        None => kluis_service::audit::export_jsonl(&env.store, out).await,
+    }
+    .map_err(svc)?;
+    Ok(match output {
         Some(p) => {
-            let f = std::fs::File::create(p).map_err(io("create", p))?;
-            let n = kluis_service::audit::export_jsonl(&env.store, std::io::BufWriter::new(f))
-                .await
-                .map_err(svc)?;
             let mut r = Report::new(json!({ "entries": n, "output": p }));
             r.line(format!("{n} audit entries written to {}", p.display()));
-            Ok(r)
+            r
         }
-        None => {
-            let so = std::io::stdout();
-            kluis_service::audit::export_jsonl(&env.store, so.lock()).await.map_err(svc)?;
-            Ok(Report::silent())
-        }
-    }
+        None => Report::silent(),
+    })
 }
 
 // ------------------------------------------------------------------ doctor
