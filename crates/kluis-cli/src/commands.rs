@@ -806,23 +806,6 @@ async fn reencrypt_cmd<B: Engine, O: BlobBackend + Clone + 'static>(
 
 // ------------------------------------------------------------------ shred
 
-pub(crate) async fn subject_exists<B: Engine, O: BlobBackend + Clone>(
-    env: &Env<B, O>,
-    access: &Access,
-    subject: &str,
-) -> Result<bool> {
-    if !env.store.documents_of_subject(access, subject).await?.is_empty() {
-        return Ok(true);
-    }
-    for c in env.store.schema().collections() {
-        let page = env.store.list(access, &c.name, Some(subject), None, 1).await?;
-        if !page.records.is_empty() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 async fn shred<B: Engine, O: BlobBackend + Clone>(
     env: &Env<B, O>,
     actor: &str,
@@ -832,7 +815,7 @@ async fn shred<B: Engine, O: BlobBackend + Clone>(
     kluis_store::check_id("subject id", &args.subject)?;
     let mut access = env.admin_access(&t).await?;
     // A subject with keys and no record may have values in the application's mapped tables.
-    if !subject_exists(env, &access, &args.subject).await?
+    if !env.subject_exists(&access, &args.subject).await?
         && !env.store.subject_has_keys(&access, &args.subject).await?
     {
         return Err(CliError::UnknownSubject { tenant: t.to_string(), subject: args.subject.clone() });

@@ -182,6 +182,20 @@ impl<B: Engine, O: BlobBackend + Clone> Env<B, O> {
         Ok(self.store.tenant_domains(tenant).await?)
     }
 
+    /// Does the subject have a document, or a record in any collection, that `access` reaches?
+    pub async fn subject_exists(&self, access: &Access, subject: &str) -> Result<bool> {
+        if !self.store.documents_of_subject(access, subject).await?.is_empty() {
+            return Ok(true);
+        }
+        for c in self.store.schema().collections() {
+            let page = self.store.list(access, &c.name, Some(subject), None, 1).await?;
+            if !page.records.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Checks that the tenant has the domain.
     pub async fn domain(&self, tenant: &TenantId, domain: &str) -> Result<DomainName> {
         let d = DomainName::new(domain).map_err(|e| CliError::Usage(format!("domain {domain:?}: {e}")))?;

@@ -116,7 +116,7 @@ pub async fn export<B: Engine, O: BlobBackend + Clone + 'static>(
         s
     };
     let all = env.admin_access(&t).await?;
-    if !crate::commands::subject_exists(env, &all, &args.subject).await? {
+    if !env.subject_exists(&all, &args.subject).await? {
         return Err(CliError::UnknownSubject { tenant: t.to_string(), subject: args.subject.clone() });
     }
     // The operator's keys, limited to the selected domains (and read-only).

@@ -144,6 +144,16 @@ impl Prk {
     }
 }
 
+impl KeyMaterial {
+    /// A non-secret fingerprint for logs: the first 8 bytes of HMAC-SHA256(key, "kluis key id").
+    pub fn fingerprint(&self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        let mac = hmac_sha256(self.expose_secret(), &[b"kluis key id"]);
+        out.copy_from_slice(mac.get(..8).unwrap_or(&[0u8; 8]));
+        out
+    }
+}
+
 /// HMAC-SHA256 over the concatenation of `parts`, with the preferred backend.
 pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     hmac_sha256_with(Backend::preferred(), key, parts)

@@ -54,14 +54,6 @@ impl KeyMaterial {
     pub fn expose_secret(&self) -> &[u8; KEY_LEN] {
         &self.0
     }
-
-    /// A non-secret fingerprint for logs: the first 8 bytes of HMAC-SHA256(key, "kluis key id").
-    pub fn fingerprint(&self) -> [u8; 8] {
-        let mut out = [0u8; 8];
-        let mac = crate::crypto::hmac_sha256(self.0.as_slice(), &[b"kluis key id"]);
-        out.copy_from_slice(mac.get(..8).unwrap_or(&[0u8; 8]));
-        out
-    }
 }
 
 impl Clone for KeyMaterial {

@@ -15,7 +15,7 @@ use base64ct::{Base64Unpadded, Encoding};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use super::password::Password;
+use super::secret::Password;
 use crate::error::{Error, Result, random_fill};
 
 /// Argon2id cost parameters.

@@ -56,6 +56,7 @@
 
 pub mod hash;
 pub mod password;
+mod secret;
 pub mod session;
 pub mod throttle;
 pub mod totp;

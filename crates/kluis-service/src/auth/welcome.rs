@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use zeroize::Zeroizing;
 
 use super::hash::{PasswordHash, PasswordHasher};
-use super::password::Password;
+use super::secret::Password;
 use crate::error::{Error, Result, random_fill};
 
 const UPPER: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
