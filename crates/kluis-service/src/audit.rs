@@ -403,9 +403,10 @@ pub async fn export_jsonl<B: Engine>(store: &Store<B>, out: impl Write) -> Resul
     export_rows(store, None, out).await
 }
 
-/// [`export_jsonl`] of the entries of `tenant` only (for an operator, who logs the export
-/// first; `kluis audit export --tenant`). Entries of other tenants and without a tenant are left
-/// out, so the lines alone do not verify as a chain: `kluis audit verify` checks the whole log.
+/// [`export_jsonl`] of the entries of `tenant` only. It logs nothing itself: a caller logs the
+/// export first, as `kluis audit export --tenant` does ([`crate::Service::export_audit`] is the
+/// variant that logs). Entries of other tenants and without a tenant are left out, so the lines
+/// alone do not verify as a chain: `kluis audit verify` checks the whole log.
 pub async fn export_tenant_jsonl<B: Engine>(
     store: &Store<B>,
     tenant: &TenantId,
