@@ -469,8 +469,8 @@ struct Bound {
     tables: Vec<BoundTable>,
 }
 
-/// (table, columns, rows as captured, index of the `id` column).
-type BoundTable = (String, Vec<String>, Vec<Vec<Cell>>, usize);
+/// (table, columns, rows as captured, index of the `id` column, what it holds, as printed).
+type BoundTable = (String, Vec<String>, Vec<Vec<Cell>>, usize, &'static str);
 
 const GENERAL_FIELDS: [&str; 4] = ["start_date", "end_date", "work_capacity", "employee_number"];
 const MEDICAL_FIELDS: [&str; 2] = ["diagnosis", "doctor_notes"];
@@ -521,12 +521,24 @@ async fn make_bound<B: PlainTable>(b: &Bench<B>) -> Bound {
     let (int, blob) = B::BOUND_TYPES;
     let mut tables = Vec::new();
     let sets = [
-        ("bench_bound_rows", cols.clone(), rows.clone(), true),
-        ("bench_bound_rows_ix", cols.clone(), rows, false),
-        ("bench_bound_domain", dcols.clone(), drows.clone(), true),
-        ("bench_bound_floor", dcols, drows, false),
+        ("bench_bound_rows", "the store's rows", cols.clone(), rows.clone(), true),
+        (
+            "bench_bound_rows_ix",
+            "the store's rows with the plain table's indexes only",
+            cols.clone(),
+            rows,
+            false,
+        ),
+        ("bench_bound_domain", "one sealed value per domain", dcols.clone(), drows.clone(), true),
+        (
+            "bench_bound_floor",
+            "one sealed value per domain with the plain table's indexes only",
+            dcols,
+            drows,
+            false,
+        ),
     ];
-    for (name, cs, rs, all_indexes) in sets {
+    for (name, label, cs, rs, all_indexes) in sets {
         let defs: Vec<String> = cs
             .iter()
             .map(|c| {
@@ -559,7 +571,7 @@ async fn make_bound<B: PlainTable>(b: &Bench<B>) -> Bound {
             B::run_sql(pool, &sql).await;
         }
         let id_at = cs.iter().position(|c| c == "id").unwrap();
-        tables.push((name.to_owned(), cs, rs, id_at));
+        tables.push((name.to_owned(), cs, rs, id_at, label));
     }
     Bound { tables }
 }
@@ -831,18 +843,14 @@ fn run_paired<B: PlainTable>(rt: &tokio::runtime::Runtime, engine: &str, b: &Ben
     });
 }
 
-/// `KLUIS_BENCH_BOUND=1`: the plain table against the store's rows (and against rows with one
-/// sealed value per domain) written and read by plain SQL, paired the same way. The ratios are
-/// the most any code that stores those rows could reach.
+/// `KLUIS_BENCH_BOUND=1`: the plain table against each table of [`make_bound`] (the store's rows,
+/// rows with one sealed value per domain, each with the store's indexes and with the plain
+/// table's), written and read by plain SQL, paired the same way. The ratios are the most any code
+/// that stores those rows could reach.
 async fn run_bound<B: PlainTable>(b: &Bench<B>, engine: &str, rounds: usize) {
     let bound = make_bound(b).await;
     let pool = b.store.pool();
-    let names = [
-        "the store's rows",
-        "the store's rows with the plain table's indexes only",
-        "one sealed value per domain",
-        "one sealed value per domain with the plain table's indexes only",
-    ];
+    let names: Vec<&str> = bound.tables.iter().map(|t| t.4).collect();
     let sides = names.len() + 1;
     let mut ins = vec![Vec::new(); names.len()];
     for r in 0..rounds {
@@ -860,7 +868,7 @@ async fn run_bound<B: PlainTable>(b: &Bench<B>, engine: &str, rounds: usize) {
                 if side == 0 {
                     B::insert_plain_chunk(pool, "w", chunk * BATCH).await;
                 } else {
-                    let (name, cols, rows, id_at) = &bound.tables[side - 1];
+                    let (name, cols, rows, id_at, _) = &bound.tables[side - 1];
                     let part: Vec<Vec<Cell>> = (chunk * BATCH..(chunk + 1) * BATCH)
                         .map(|i| {
                             let mut row = rows[i].clone();
@@ -880,7 +888,7 @@ async fn run_bound<B: PlainTable>(b: &Bench<B>, engine: &str, rounds: usize) {
     // Reads: each bound table holds the captured rows (ids `e-...`), the plain table its own.
     clear(b).await;
     insert_plain(b, "e").await;
-    for (name, cols, rows, _) in &bound.tables {
+    for (name, cols, rows, ..) in &bound.tables {
         B::run_sql(pool, &format!("DELETE FROM {name}")).await;
         for part in rows.chunks(BATCH) {
             B::insert_cells(pool, name, cols, part.to_vec()).await;
@@ -905,7 +913,7 @@ async fn run_bound<B: PlainTable>(b: &Bench<B>, engine: &str, rounds: usize) {
                     let recs = B::read_plain_page(pool, &after[0]).await;
                     (recs.len(), recs.last().map(|r| r.id.clone()))
                 } else {
-                    let (name, cols, _, id_at) = &bound.tables[side - 1];
+                    let (name, cols, _, id_at, _) = &bound.tables[side - 1];
                     let rows = B::read_cells_page(pool, name, cols, &after[side]).await;
                     let last = rows.last().map(|r| match &r[*id_at] {
                         Cell::Text(s) => s.clone(),
